@@ -1,0 +1,127 @@
+-- Firebreak schema, SQLite. Times are INTEGER microseconds since the Unix epoch (UTC). Append-only: never edit a migration once released;
+-- add a new numbered file instead (the runner refuses changed checksums).
+
+CREATE TABLE incidents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_key   TEXT NOT NULL,
+    service     TEXT,
+    environment TEXT,
+    title       TEXT NOT NULL,
+    severity    TEXT,
+    status      TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    opened_at   INTEGER NOT NULL,
+    resolved_at INTEGER,
+    created_at  INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER)),
+    updated_at  INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+);
+-- The database, not luck, keeps one open incident per group.
+CREATE UNIQUE INDEX incidents_one_open_per_group ON incidents (group_key) WHERE status = 'open';
+CREATE INDEX incidents_group_latest ON incidents (group_key, id DESC);
+CREATE INDEX incidents_status_id ON incidents (status, id DESC);
+CREATE INDEX incidents_service_id ON incidents (service, id DESC);
+
+-- Every alert notification Firebreak processed, once (id derived from fingerprint,
+-- status and start).
+CREATE TABLE alert_events (
+    id               TEXT PRIMARY KEY,
+    incident_id      INTEGER REFERENCES incidents (id),
+    fingerprint      TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    alertname        TEXT NOT NULL,
+    labels           TEXT NOT NULL,
+    annotations      TEXT NOT NULL,
+    starts_at        INTEGER NOT NULL,
+    ends_at          INTEGER,
+    generator_url    TEXT NOT NULL,
+    truncated_alerts INTEGER NOT NULL DEFAULT 0,
+    received_at      INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+);
+CREATE INDEX alert_events_incident ON alert_events (incident_id);
+CREATE INDEX alert_events_fingerprint ON alert_events (fingerprint);
+
+-- The current state of each alert within an incident.
+CREATE TABLE incident_alerts (
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    fingerprint TEXT NOT NULL,
+    alertname   TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    starts_at   INTEGER NOT NULL,
+    ends_at     INTEGER,
+    PRIMARY KEY (incident_id, fingerprint)
+);
+
+CREATE TABLE deploys (
+    id               TEXT PRIMARY KEY,
+    service          TEXT NOT NULL,
+    environment      TEXT,
+    version          TEXT NOT NULL,
+    previous_version TEXT,
+    status           TEXT NOT NULL,
+    strategy         TEXT,
+    step             TEXT,
+    started_at       INTEGER NOT NULL,
+    finished_at      INTEGER,
+    commit_sha       TEXT,
+    url              TEXT,
+    actor            TEXT,
+    flags            TEXT NOT NULL DEFAULT '[]',
+    received_at      INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+);
+CREATE INDEX deploys_service_started ON deploys (service, started_at DESC);
+
+CREATE TABLE gate_results (
+    id           TEXT PRIMARY KEY,
+    service      TEXT NOT NULL,
+    environment  TEXT,
+    version      TEXT,
+    deploy_id    TEXT,
+    gate         TEXT NOT NULL,
+    metric       TEXT,
+    comparison   TEXT,
+    threshold    REAL,
+    baseline     REAL,
+    observed     REAL,
+    window_text  TEXT,
+    step         TEXT,
+    verdict      TEXT NOT NULL,
+    evaluated_at INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+);
+CREATE INDEX gate_results_deploy ON gate_results (deploy_id);
+CREATE INDEX gate_results_service ON gate_results (service, evaluated_at DESC);
+
+CREATE TABLE log_lines (
+    id          TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    environment TEXT,
+    at          INTEGER NOT NULL,
+    level       TEXT,
+    message     TEXT NOT NULL,
+    labels      TEXT NOT NULL
+);
+CREATE INDEX log_lines_service_at ON log_lines (service, at);
+
+CREATE TABLE incident_changes (
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    deploy_id   TEXT NOT NULL REFERENCES deploys (id),
+    PRIMARY KEY (incident_id, deploy_id)
+);
+
+CREATE TABLE incident_gates (
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    gate_id     TEXT NOT NULL REFERENCES gate_results (id),
+    PRIMARY KEY (incident_id, gate_id)
+);
+
+CREATE TABLE timeline (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    ref_id      TEXT NOT NULL,
+    UNIQUE (incident_id, kind, ref_id)
+);
+CREATE INDEX timeline_incident_at ON timeline (incident_id, at, id);

@@ -1,0 +1,111 @@
+//! The one place errors become HTTP responses. 4xx bodies say what is wrong and
+//! how to fix it; 5xx bodies are opaque, the details go to the log.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use firebreak_bus::BusError;
+use firebreak_domain::WireError;
+use firebreak_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidBody(WireError),
+    #[error("{message}")]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("unsupported content type")]
+    UnsupportedMediaType(String),
+    #[error("body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("missing or malformed bearer token")]
+    Unauthorized,
+    #[error("bearer token not valid for this endpoint")]
+    Forbidden,
+    #[error("not found")]
+    NotFound(String),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("no such resource".into()),
+            e if e.is_transient() => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Unavailable(m) | BusError::Refused(m) => ApiError::Unavailable(m),
+            BusError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::InvalidBody(e) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_body", "message": e.to_string(), "field": e.path}),
+            ),
+            ApiError::BadRequest { field, message } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_request", "message": message, "field": field}),
+            ),
+            ApiError::UnsupportedMediaType(got) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": "unsupported_media_type",
+                       "message": format!("expected Content-Type: application/json, got {got:?}")}),
+            ),
+            ApiError::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "payload_too_large",
+                       "message": format!("the body is larger than the limit of {limit} bytes; split it or raise ingest.max_body_bytes")}),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": "send Authorization: Bearer <token> with the token configured for this source"}),
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "forbidden", "message": "this token is not valid for this endpoint"}),
+            ),
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": what}),
+            ),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(%detail, "answering 503");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": "unavailable", "message": "temporarily unable to accept this; retry"})),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal", "message": "internal error"}),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,57 @@
+//! Firebreak's HTTP surface. Routers are merged per role: ingest (webhooks and
+//! event endpoints), api (read side); operations endpoints are always served.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use firebreak_bus::Bus;
+use firebreak_domain::metrics::Metrics;
+use firebreak_store::Store;
+use serde_json::json;
+
+mod auth;
+mod error;
+mod incidents;
+mod ingest;
+mod ops;
+
+pub use auth::{Secret, Tokens};
+pub use error::ApiError;
+
+/// What the HTTP layer needs; roles that do not run leave their parts out.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Option<Arc<dyn Store>>,
+    pub bus: Option<Arc<dyn Bus>>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Arc<Tokens>,
+    pub max_body_bytes: usize,
+}
+
+/// Builds the router for the roles this process runs.
+pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    if ingest {
+        router = router.merge(ingest::router().layer(DefaultBodyLimit::max(state.max_body_bytes)));
+    }
+    if api {
+        router = router.merge(incidents::router());
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(
+            json!({"error": "not_found", "message": "no such endpoint; see the README for the API"}),
+        ),
+    )
+}

@@ -1,0 +1,370 @@
+//! The embedded durable queue: a table in its own SQLite file (WAL, fsync on
+//! commit). Enqueueing is a commit; consuming leases messages, and a message is
+//! removed only when acked, so a crash anywhere redelivers rather than loses.
+//!
+//! The queue lives in a file of its own, not in the store's, so that ingest
+//! (writing the queue) and the engine (writing the store) never wait for each
+//! other's write lock.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+use tokio::sync::Notify;
+
+use crate::{Bus, BusError, Delivery, OutMessage, Subscription};
+
+/// How long a consumer holds a message before it is offered again.
+const LEASE: Duration = Duration::from_secs(60);
+/// After this many deliveries a message is dead-lettered (a poison message must
+/// not loop forever).
+pub const DELIVERY_LIMIT: i64 = 20;
+/// How often an idle consumer looks for messages another process may have queued.
+const POLL: Duration = Duration::from_millis(200);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    routing_key TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    enqueued_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    lease_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_ready ON queue (lease_until, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    routing_key TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    reason      TEXT NOT NULL,
+    dead_at     INTEGER NOT NULL
+);
+";
+
+pub struct EmbeddedBus {
+    pool: SqlitePool,
+    notify: Arc<Notify>,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn unavailable(e: sqlx::Error) -> BusError {
+    BusError::Unavailable(format!("embedded queue: {e}"))
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the queue at a `sqlite://` URL.
+    pub async fn open(url: &str) -> Result<EmbeddedBus, BusError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| BusError::Internal(format!("bad queue URL {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection: every queue operation is a write, and SQLite has one writer.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        sqlx::Executor::execute(&pool, SCHEMA)
+            .await
+            .map_err(unavailable)?;
+        Ok(EmbeddedBus {
+            pool,
+            notify: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Messages waiting (including leased ones), for tests and operators.
+    pub async fn depth(&self) -> Result<i64, BusError> {
+        sqlx::query_scalar("SELECT count(*) FROM queue")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Dead-lettered messages: (routing key, body, reason).
+    pub async fn dead_letters(&self) -> Result<Vec<(String, Vec<u8>, String)>, BusError> {
+        sqlx::query_as("SELECT routing_key, body, reason FROM dead_letters ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn publish(&self, messages: &[OutMessage]) -> Result<(), BusError> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for m in messages {
+            sqlx::query("INSERT INTO queue (routing_key, body, enqueued_at) VALUES (?1, ?2, ?3)")
+                .bind(&m.routing_key)
+                .bind(m.body.as_ref())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    async fn subscribe(&self, _prefetch: u16) -> Result<Box<dyn Subscription>, BusError> {
+        Ok(Box::new(EmbeddedSubscription {
+            pool: self.pool.clone(),
+            notify: self.notify.clone(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+struct EmbeddedSubscription {
+    pool: SqlitePool,
+    notify: Arc<Notify>,
+}
+
+impl EmbeddedSubscription {
+    async fn claim(&self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let now = now_micros();
+        let lease_until = now + i64::try_from(LEASE.as_micros()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Poison messages first: past the delivery limit they go to dead letters.
+        sqlx::query(
+            "INSERT INTO dead_letters (routing_key, body, reason, dead_at)
+             SELECT routing_key, body, 'delivery limit reached after ' || attempts || ' attempts', ?1
+             FROM queue WHERE lease_until < ?1 AND attempts >= ?2",
+        )
+        .bind(now)
+        .bind(DELIVERY_LIMIT)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("DELETE FROM queue WHERE lease_until < ?1 AND attempts >= ?2")
+            .bind(now)
+            .bind(DELIVERY_LIMIT)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let rows = sqlx::query(
+            "UPDATE queue SET lease_until = ?1, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM queue WHERE lease_until < ?2 ORDER BY id LIMIT ?3)
+             RETURNING id, routing_key, body, attempts",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                let id: i64 = r.try_get("id")?;
+                let attempts: i64 = r.try_get("attempts")?;
+                let body: Vec<u8> = r.try_get("body")?;
+                Ok(Delivery {
+                    tag: u64::try_from(id).unwrap_or_default(),
+                    routing_key: r.try_get("routing_key")?,
+                    body: Bytes::from(body),
+                    redelivered: attempts > 1,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(unavailable)?;
+        out.sort_by_key(|d| d.tag);
+        Ok(out)
+    }
+}
+
+fn tag_list(tags: &[u64]) -> String {
+    let mut s = String::from("[");
+    for (i, t) in tags.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&t.to_string());
+    }
+    s.push(']');
+    s
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        loop {
+            let batch = self.claim(max.max(1)).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            let _ = tokio::time::timeout(POLL, self.notify.notified()).await;
+        }
+    }
+
+    async fn ack(&mut self, tags: &[u64]) -> Result<(), BusError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM queue WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(tag_list(tags))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn requeue(&mut self, tags: &[u64]) -> Result<(), BusError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE queue SET lease_until = 0 WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(tag_list(tags))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO dead_letters (routing_key, body, reason, dead_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&delivery.routing_key)
+        .bind(delivery.body.as_ref())
+        .bind(reason)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("DELETE FROM queue WHERE id = ?1")
+            .bind(i64::try_from(delivery.tag).unwrap_or_default())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bus(dir: &tempfile::TempDir) -> EmbeddedBus {
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        EmbeddedBus::open(&url).await.expect("open queue")
+    }
+
+    fn msg(key: &str, body: &str) -> OutMessage {
+        OutMessage {
+            routing_key: key.into(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_in_order_and_removes_on_ack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bus = bus(&dir).await;
+        bus.publish(&[
+            msg("alert.a", "1"),
+            msg("alert.b", "2"),
+            msg("deploy.a", "3"),
+        ])
+        .await
+        .expect("publish");
+        let mut sub = bus.subscribe(10).await.expect("subscribe");
+        let batch = sub.next_batch(2).await.expect("batch");
+        assert_eq!(
+            batch.iter().map(|d| d.body.as_ref()).collect::<Vec<_>>(),
+            vec![b"1", b"2"]
+        );
+        sub.ack(&[batch[0].tag, batch[1].tag]).await.expect("ack");
+        let rest = sub.next_batch(10).await.expect("batch");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].routing_key, "deploy.a");
+        sub.ack(&[rest[0].tag]).await.expect("ack");
+        assert_eq!(bus.depth().await.expect("depth"), 0);
+    }
+
+    #[tokio::test]
+    async fn unacked_messages_survive_reopen_and_requeue_redelivers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let bus = bus(&dir).await;
+            bus.publish(&[msg("alert.a", "kept")])
+                .await
+                .expect("publish");
+            let mut sub = bus.subscribe(10).await.expect("subscribe");
+            let batch = sub.next_batch(10).await.expect("batch");
+            sub.requeue(&[batch[0].tag]).await.expect("requeue");
+            let again = sub.next_batch(10).await.expect("batch");
+            assert!(again[0].redelivered);
+            bus.close().await;
+        }
+        let bus = bus(&dir).await;
+        assert_eq!(
+            bus.depth().await.expect("depth"),
+            1,
+            "a published message outlives the process"
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letter_keeps_reason_and_removes_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bus = bus(&dir).await;
+        bus.publish(&[msg("alert.a", "{not json")])
+            .await
+            .expect("publish");
+        let mut sub = bus.subscribe(10).await.expect("subscribe");
+        let batch = sub.next_batch(10).await.expect("batch");
+        sub.dead_letter(&batch[0], "malformed JSON")
+            .await
+            .expect("dead letter");
+        assert_eq!(bus.depth().await.expect("depth"), 0);
+        let dead = bus.dead_letters().await.expect("dead letters");
+        assert_eq!(
+            dead,
+            vec![(
+                "alert.a".to_string(),
+                b"{not json".to_vec(),
+                "malformed JSON".to_string()
+            )]
+        );
+    }
+}

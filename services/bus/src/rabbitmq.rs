@@ -1,0 +1,439 @@
+//! RabbitMQ: topic exchange `<ns>.events`, a durable quorum queue `<ns>.engine`
+//! shared by every engine process (competing consumers), dead-letter exchange and
+//! queue `<ns>.dead`. Publisher confirms and persistent messages on the way in;
+//! manual acks, sent only after the database commit, on the way out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::Mutex;
+
+use crate::{Bus, BusError, Delivery, OutMessage, Subscription};
+
+/// How long a publish may wait for the broker's confirm before the sender is told
+/// to retry (a blocked broker must not hang every ingest request).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries of one message before the quorum queue dead-letters it by itself.
+const DELIVERY_LIMIT: i64 = 20;
+
+/// Names of the exchanges and queues, all under one namespace (default
+/// `firebreak`), so that tests and several installations can share a broker.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub dead_exchange: String,
+    pub queue: String,
+    pub dead_queue: String,
+}
+
+impl Topology {
+    pub fn new(namespace: &str) -> Topology {
+        Topology {
+            exchange: format!("{namespace}.events"),
+            dead_exchange: format!("{namespace}.dead"),
+            queue: format!("{namespace}.engine"),
+            dead_queue: format!("{namespace}.dead"),
+        }
+    }
+}
+
+pub struct RabbitBus {
+    url: String,
+    topology: Topology,
+    publisher: Mutex<Option<(Connection, Channel)>>,
+    consumer_seq: AtomicU64,
+}
+
+fn unavailable(e: lapin::Error) -> BusError {
+    BusError::Unavailable(format!("rabbitmq: {e}"))
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+async fn connect(url: &str) -> Result<Connection, BusError> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(LongString::from("firebreak"));
+    Connection::connect(url, props).await.map_err(unavailable)
+}
+
+/// Declares the topology; idempotent, so every process does it at start.
+async fn declare(channel: &Channel, t: &Topology) -> Result<(), BusError> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            &t.exchange,
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .exchange_declare(
+            &t.dead_exchange,
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let quorum = AMQPValue::LongString(LongString::from("quorum"));
+    channel
+        .queue_declare(
+            &t.dead_queue,
+            durable_queue,
+            table(&[("x-queue-type", quorum.clone())]),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            &t.dead_queue,
+            &t.dead_exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_declare(
+            &t.queue,
+            durable_queue,
+            table(&[
+                ("x-queue-type", quorum),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(LongString::from(t.dead_exchange.as_str())),
+                ),
+                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+            ]),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            &t.queue,
+            &t.exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn confirm_channel(conn: &Connection) -> Result<Channel, BusError> {
+    let channel = conn.create_channel().await.map_err(unavailable)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(channel)
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+}
+
+/// Publishes and waits for every confirm. Unroutable messages come back with an
+/// Ack carrying the returned message: that is a failure, not a success.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    messages: &[(String, &[u8], BasicProperties)],
+) -> Result<(), BusError> {
+    let mut confirms = Vec::with_capacity(messages.len());
+    for (key, body, props) in messages {
+        let confirm = channel
+            .basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                props.clone(),
+            )
+            .await
+            .map_err(unavailable)?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| BusError::Unavailable("rabbitmq: no publisher confirm within 10s".into()))?
+            .map_err(unavailable)?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+            Confirmation::Ack(Some(returned)) => {
+                return Err(BusError::Refused(format!(
+                    "no queue bound for routing key {:?} ({})",
+                    returned.delivery.routing_key.as_str(),
+                    returned.reply_text.as_str()
+                )))
+            }
+            Confirmation::Nack(_) => {
+                return Err(BusError::Refused("the broker nacked the message".into()))
+            }
+        }
+    }
+    Ok(())
+}
+
+impl RabbitBus {
+    /// Connects, declares the topology and keeps a confirm channel for publishing.
+    pub async fn connect(url: &str, topology: Topology) -> Result<RabbitBus, BusError> {
+        let bus = RabbitBus {
+            url: url.to_string(),
+            topology,
+            publisher: Mutex::new(None),
+            consumer_seq: AtomicU64::new(0),
+        };
+        bus.publisher_channel().await?;
+        Ok(bus)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The shared publishing channel, reconnecting if the broker went away.
+    async fn publisher_channel(&self) -> Result<Channel, BusError> {
+        let mut guard = self.publisher.lock().await;
+        if let Some((conn, channel)) = guard.as_ref() {
+            if conn.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        *guard = None;
+        let conn = connect(&self.url).await?;
+        let channel = confirm_channel(&conn).await?;
+        declare(&channel, &self.topology).await?;
+        *guard = Some((conn, channel.clone()));
+        Ok(channel)
+    }
+
+    async fn drop_publisher(&self) {
+        if let Some((conn, _)) = self.publisher.lock().await.take() {
+            let _ = conn.close(200, "reconnecting").await;
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RabbitBus {
+    fn backend(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn publish(&self, messages: &[OutMessage]) -> Result<(), BusError> {
+        let now = u64::try_from(chrono_now_secs()).unwrap_or_default();
+        let batch: Vec<(String, &[u8], BasicProperties)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.routing_key.clone(),
+                    m.body.as_ref(),
+                    persistent().with_timestamp(now),
+                )
+            })
+            .collect();
+        // One retry on a fresh connection: a broker restart between two requests
+        // should cost the sender nothing. Consumers are idempotent, so a message
+        // that did reach the broker before the failure is harmless when sent again.
+        for attempt in 0..2 {
+            let channel = self.publisher_channel().await?;
+            match publish_confirmed(&channel, &self.topology.exchange, &batch).await {
+                Ok(()) => return Ok(()),
+                Err(BusError::Unavailable(e)) if attempt == 0 => {
+                    tracing::warn!(error = %e, "publish failed; reconnecting to RabbitMQ");
+                    self.drop_publisher().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BusError::Unavailable(
+            "rabbitmq: publish failed after reconnecting".into(),
+        ))
+    }
+
+    async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, BusError> {
+        let conn = connect(&self.url).await?;
+        let channel = confirm_channel(&conn).await?;
+        declare(&channel, &self.topology).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let tag = format!(
+            "firebreak-engine-{}-{}",
+            std::process::id(),
+            self.consumer_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let consumer = channel
+            .basic_consume(
+                &self.topology.queue,
+                &tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(Box::new(RabbitSubscription {
+            conn: Some(conn),
+            channel,
+            consumer,
+            topology: self.topology.clone(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.publisher_channel().await.map(|_| ())
+    }
+
+    async fn close(&self) {
+        self.drop_publisher().await;
+    }
+}
+
+fn chrono_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+struct RabbitSubscription {
+    conn: Option<Connection>,
+    channel: Channel,
+    consumer: Consumer,
+    topology: Topology,
+}
+
+impl Drop for RabbitSubscription {
+    fn drop(&mut self) {
+        // Closing the connection returns unacked messages to the queue at once
+        // instead of when the broker notices the socket is gone.
+        if let (Some(conn), Ok(runtime)) = (self.conn.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = conn.close(200, "consumer stopped").await;
+            });
+        }
+    }
+}
+
+fn delivery(d: lapin::message::Delivery) -> Delivery {
+    Delivery {
+        tag: d.delivery_tag,
+        routing_key: d.routing_key.as_str().to_string(),
+        body: Bytes::from(d.data),
+        redelivered: d.redelivered,
+    }
+}
+
+#[async_trait]
+impl Subscription for RabbitSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let first = match self.consumer.next().await {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(unavailable(e)),
+            None => {
+                return Err(BusError::Unavailable(
+                    "rabbitmq: consumer was cancelled".into(),
+                ))
+            }
+        };
+        let mut batch = vec![delivery(first)];
+        while batch.len() < max {
+            match self.consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(delivery(d)),
+                Some(Some(Err(e))) => return Err(unavailable(e)),
+                Some(None) | None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&mut self, tags: &[u64]) -> Result<(), BusError> {
+        for tag in tags {
+            self.channel
+                .basic_ack(*tag, BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn requeue(&mut self, tags: &[u64]) -> Result<(), BusError> {
+        for tag in tags {
+            self.channel
+                .basic_nack(
+                    *tag,
+                    BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    },
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, d: &Delivery, reason: &str) -> Result<(), BusError> {
+        // Published explicitly (rather than nack without requeue) so the reason
+        // travels with the message; acked only once the dead-letter copy is safe.
+        let headers = table(&[
+            (
+                "x-firebreak-reason",
+                AMQPValue::LongString(LongString::from(reason)),
+            ),
+            (
+                "x-firebreak-routing-key",
+                AMQPValue::LongString(LongString::from(d.routing_key.as_str())),
+            ),
+        ]);
+        let props = persistent().with_headers(headers);
+        publish_confirmed(
+            &self.channel,
+            &self.topology.dead_exchange,
+            &[(d.routing_key.clone(), d.body.as_ref(), props)],
+        )
+        .await?;
+        self.channel
+            .basic_ack(d.tag, BasicAckOptions::default())
+            .await
+            .map_err(unavailable)
+    }
+}

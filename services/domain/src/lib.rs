@@ -1,0 +1,19 @@
+//! Firebreak's domain model: what the outside world sends (Alertmanager webhooks,
+//! deploy events, gate results, log lines), how those become normalized events with
+//! stable ids, and the pure decisions of incident correlation.
+//!
+//! This crate does no IO and needs no async runtime, so every rule here is tested
+//! with plain unit tests and shared by the HTTP ingest and the bus consumers.
+
+pub mod alertmanager;
+pub mod correlation;
+pub mod events;
+pub mod ids;
+pub mod metrics;
+pub mod timeline;
+mod wire;
+
+pub use events::{
+    AlertEvent, DeployEvent, DeployStatus, EventKind, GateResult, GateVerdict, LogLine,
+};
+pub use wire::{decode, Decoded, WireError};

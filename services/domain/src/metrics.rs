@@ -1,0 +1,208 @@
+//! Operational counters, rendered in the Prometheus text format. Lock-free atomics:
+//! the hot path pays one relaxed add per batch.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::events::EventKind;
+
+const KINDS: usize = 4;
+/// Upper bounds in seconds; a batch of events usually commits in milliseconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct PerKind([AtomicU64; KINDS]);
+
+impl PerKind {
+    fn add(&self, kind: EventKind, n: u64) {
+        self.0[kind.index()].fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self, kind: EventKind) -> u64 {
+        self.0[kind.index()].load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// Shared by every role of one process.
+#[derive(Default)]
+pub struct Metrics {
+    received: PerKind,
+    rejected: PerKind,
+    processed: PerKind,
+    duplicates: PerKind,
+    failed: PerKind,
+    dead_lettered: PerKind,
+    dead_lettered_unknown: AtomicU64,
+    incidents_opened: AtomicU64,
+    incidents_resolved: AtomicU64,
+    processing: Histogram,
+}
+
+impl Metrics {
+    /// Events accepted and durably queued by ingest.
+    pub fn received(&self, kind: EventKind, n: u64) {
+        self.received.add(kind, n);
+    }
+    /// Bodies refused by ingest (bad input, auth).
+    pub fn rejected(&self, kind: EventKind) {
+        self.rejected.add(kind, 1);
+    }
+    /// Events committed by the engine (new ones).
+    pub fn processed(&self, kind: EventKind, n: u64) {
+        self.processed.add(kind, n);
+    }
+    /// Events the engine had seen already (duplicates, redeliveries).
+    pub fn duplicates(&self, kind: EventKind, n: u64) {
+        self.duplicates.add(kind, n);
+    }
+    /// Batches the engine failed to commit (they are redelivered).
+    pub fn failed(&self, kind: EventKind, n: u64) {
+        self.failed.add(kind, n);
+    }
+    pub fn dead_lettered(&self, kind: Option<EventKind>) {
+        match kind {
+            Some(kind) => self.dead_lettered.add(kind, 1),
+            // A routing key Firebreak does not know names no kind.
+            None => {
+                self.dead_lettered_unknown.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    pub fn incident_opened(&self, n: u64) {
+        self.incidents_opened.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn incident_resolved(&self, n: u64) {
+        self.incidents_resolved.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn observe_processing(&self, seconds: f64) {
+        let h = &self.processing;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn processed_total(&self, kind: EventKind) -> u64 {
+        self.processed.get(kind)
+    }
+
+    /// The Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let per_kind: [(&str, &str, &PerKind); 6] = [
+            (
+                "firebreak_events_received_total",
+                "Events accepted by ingest and durably queued.",
+                &self.received,
+            ),
+            (
+                "firebreak_events_rejected_total",
+                "Request bodies refused by ingest.",
+                &self.rejected,
+            ),
+            (
+                "firebreak_events_processed_total",
+                "New events committed by the engine.",
+                &self.processed,
+            ),
+            (
+                "firebreak_events_duplicate_total",
+                "Events the engine had already processed.",
+                &self.duplicates,
+            ),
+            (
+                "firebreak_events_failed_total",
+                "Events in batches that failed to commit and were retried.",
+                &self.failed,
+            ),
+            (
+                "firebreak_events_dead_lettered_total",
+                "Bus messages sent to the dead-letter queue.",
+                &self.dead_lettered,
+            ),
+        ];
+        for (name, help, counter) in per_kind {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for kind in EventKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kind=\"{}\"}} {}",
+                    kind.as_str(),
+                    counter.get(kind)
+                );
+            }
+            if std::ptr::eq(counter, &self.dead_lettered) {
+                let unknown = self.dead_lettered_unknown.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{kind=\"unknown\"}} {unknown}");
+            }
+        }
+        for (name, help, value) in [
+            (
+                "firebreak_incidents_opened_total",
+                "Incidents opened.",
+                &self.incidents_opened,
+            ),
+            (
+                "firebreak_incidents_resolved_total",
+                "Incidents resolved.",
+                &self.incidents_resolved,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "firebreak_batch_processing_seconds";
+        let _ = writeln!(out, "# HELP {name} Time to process and commit one batch of bus messages.\n# TYPE {name} histogram");
+        let h = &self.processing;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                h.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.received(EventKind::Alert, 3);
+        m.processed(EventKind::Deploy, 2);
+        m.observe_processing(0.002);
+        let text = m.render();
+        assert!(text.contains("firebreak_events_received_total{kind=\"alert\"} 3"));
+        assert!(text.contains("firebreak_events_processed_total{kind=\"deploy\"} 2"));
+        assert!(text.contains("firebreak_batch_processing_seconds_bucket{le=\"0.0025\"} 1"));
+        assert!(text.contains("firebreak_batch_processing_seconds_bucket{le=\"0.001\"} 0"));
+        assert!(text.contains("firebreak_batch_processing_seconds_count 1"));
+    }
+}

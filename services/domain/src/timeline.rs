@@ -1,0 +1,122 @@
+//! Timeline entries: what happened to an incident, at the time it happened.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::alertmanager::AlertStatus;
+use crate::events::{AlertEvent, DeployEvent, GateResult};
+
+/// Entry kinds, as the API shows them.
+pub mod kind {
+    pub const INCIDENT_OPENED: &str = "incident_opened";
+    pub const INCIDENT_REOPENED: &str = "incident_reopened";
+    pub const INCIDENT_RESOLVED: &str = "incident_resolved";
+    pub const ALERT_FIRING: &str = "alert_firing";
+    pub const ALERT_RESOLVED: &str = "alert_resolved";
+    pub const ALERTS_TRUNCATED: &str = "alerts_truncated";
+    pub const DEPLOY: &str = "deploy";
+    pub const GATE: &str = "gate";
+}
+
+/// A new entry for the timeline. `ref_id` names what it is about (an event id, or
+/// a synthetic key for lifecycle entries) so that writing it twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewEntry {
+    pub incident_id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: &'static str,
+    pub source: String,
+    pub summary: String,
+    pub ref_id: String,
+}
+
+pub fn alert_entry(incident_id: i64, alert: &AlertEvent) -> NewEntry {
+    let (kind, verb) = match alert.status {
+        AlertStatus::Firing => (kind::ALERT_FIRING, "firing"),
+        AlertStatus::Resolved => (kind::ALERT_RESOLVED, "resolved"),
+    };
+    let mut summary = format!("{} {verb}", alert.alertname());
+    if let Some(s) = alert.annotations.get("summary") {
+        summary.push_str(": ");
+        summary.push_str(s);
+    }
+    NewEntry {
+        incident_id,
+        at: alert.occurred_at(),
+        kind,
+        source: "alertmanager".into(),
+        summary,
+        ref_id: alert.id.clone(),
+    }
+}
+
+pub fn deploy_entry(incident_id: i64, deploy: &DeployEvent) -> NewEntry {
+    let mut summary = format!(
+        "{} {} {}",
+        deploy.service,
+        deploy.version,
+        deploy.status.as_str().replace('_', " ")
+    );
+    if let Some(prev) = &deploy.previous_version {
+        summary.push_str(&format!(" (from {prev})"));
+    }
+    if let Some(env) = &deploy.environment {
+        summary.push_str(&format!(" in {env}"));
+    }
+    if let Some(step) = &deploy.step {
+        summary.push_str(&format!(", step {step}"));
+    }
+    NewEntry {
+        incident_id,
+        at: deploy.started_at,
+        kind: kind::DEPLOY,
+        source: deploy
+            .actor
+            .clone()
+            .map(|a| format!("deploy:{a}"))
+            .unwrap_or_else(|| "deploy".into()),
+        summary,
+        ref_id: deploy.id.clone(),
+    }
+}
+
+pub fn gate_entry(incident_id: i64, gate: &GateResult) -> NewEntry {
+    let mut summary = format!("gate {} {}", gate.gate, gate.verdict.as_str());
+    if let Some(metric) = &gate.metric {
+        summary.push_str(&format!(": {metric}"));
+    }
+    if let Some(observed) = gate.observed {
+        summary.push_str(&format!(" observed {observed}"));
+    }
+    if let Some(threshold) = gate.threshold {
+        let cmp = gate.comparison.as_deref().unwrap_or("threshold");
+        summary.push_str(&format!(" ({cmp} {threshold})"));
+    }
+    if let Some(version) = &gate.version {
+        summary.push_str(&format!(" for {} {version}", gate.service));
+    }
+    NewEntry {
+        incident_id,
+        at: gate.evaluated_at,
+        kind: kind::GATE,
+        source: format!("gate:{}", gate.gate),
+        summary,
+        ref_id: gate.id.clone(),
+    }
+}
+
+pub fn lifecycle_entry(
+    incident_id: i64,
+    at: DateTime<Utc>,
+    kind: &'static str,
+    summary: String,
+) -> NewEntry {
+    NewEntry {
+        incident_id,
+        at,
+        kind,
+        source: "firebreak".into(),
+        ref_id: format!("{kind}@{}", at.timestamp_micros()),
+        summary,
+    }
+}

@@ -1,0 +1,274 @@
+//! Firebreak's storage: one [`Store`] trait with a PostgreSQL and a SQLite
+//! implementation. Callers never see `sqlx::Error`: it is translated here into
+//! [`StoreError`], which says whether trying again can help.
+//!
+//! The write side is a transaction ([`StoreTx`]) with batch operations, so the
+//! engine processes a whole delivery (up to thousands of events) in a handful of
+//! round trips. The read side answers the API.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use firebreak_domain::correlation::{IncidentHead, NewIncident};
+use firebreak_domain::timeline::NewEntry;
+use firebreak_domain::{AlertEvent, DeployEvent, GateResult, LogLine};
+use serde::Serialize;
+
+mod migrate;
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// Lost a race with another writer (deadlock, serialization failure, unique
+    /// violation); the whole transaction may be retried.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or is overloaded; retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A migration on disk differs from the one applied, or the schema is newer.
+    #[error("migration error: {0}")]
+    Migration(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether running the same work again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Unavailable(_))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Translates a driver error into what callers can act on.
+pub(crate) fn translate(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            match code.as_str() {
+                // PostgreSQL: unique violation, serialization failure, deadlock.
+                "23505" | "40001" | "40P01" => StoreError::Conflict(db.to_string()),
+                // PostgreSQL: too many connections, shutting down, cannot connect now.
+                "53300" | "57P01" | "57P02" | "57P03" => StoreError::Unavailable(db.to_string()),
+                // SQLite: busy, locked (primary and extended codes).
+                "5" | "6" | "261" | "262" | "517" => StoreError::Unavailable(db.to_string()),
+                // SQLite: unique constraint.
+                "2067" | "1555" => StoreError::Conflict(db.to_string()),
+                _ => StoreError::Internal(db.to_string()),
+            }
+        }
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+/// One incident as lists show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentRow {
+    pub id: i64,
+    pub status: String,
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub title: String,
+    pub severity: Option<String>,
+    pub group_key: String,
+    pub opened_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// The current state of one alert within an incident.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentAlertRow {
+    pub fingerprint: String,
+    pub alertname: String,
+    pub status: String,
+    pub labels: serde_json::Value,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub source: String,
+    pub summary: String,
+    pub ref_id: String,
+}
+
+/// An open incident a deploy or gate may attach to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenIncident {
+    pub id: i64,
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub opened_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub status: Option<String>,
+    pub service: Option<String>,
+    /// Only incidents with an id below this (the previous page's last id).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// Everything the detail view of one incident shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentDetail {
+    pub incident: IncidentRow,
+    pub alerts: Vec<IncidentAlertRow>,
+    pub changes: Vec<DeployEvent>,
+    pub gates: Vec<GateResult>,
+    pub timeline_entries: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations; refuses if an applied one was changed.
+    async fn migrate(&self) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+
+    async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRow>>;
+    async fn incident(&self, id: i64) -> Result<IncidentDetail>;
+    async fn timeline(&self, incident_id: i64, limit: i64, offset: i64)
+        -> Result<Vec<TimelineRow>>;
+    /// Events stored per kind, for tests and operators: (alerts, deploys, gates, log lines).
+    async fn event_counts(&self) -> Result<[i64; 4]>;
+    async fn close(&self);
+}
+
+/// The write side: one transaction. Dropping it without `commit` rolls back.
+#[async_trait]
+pub trait StoreTx: Send {
+    /// Serializes work on the same incident groups across processes (PostgreSQL
+    /// advisory locks, taken in sorted order; SQLite has one writer anyway).
+    async fn lock_groups(&mut self, keys: &[i64]) -> Result<()>;
+    /// Which of these alert event ids are stored already.
+    async fn existing_alert_ids(&mut self, ids: &[String]) -> Result<HashSet<String>>;
+    /// The latest incident of each group key that has one.
+    async fn latest_incidents(&mut self, group_keys: &[String]) -> Result<Vec<IncidentHead>>;
+    /// Opens incidents; returns their ids in input order.
+    async fn open_incidents(&mut self, incidents: &[NewIncident]) -> Result<Vec<i64>>;
+    async fn reopen_incidents(&mut self, ids: &[i64]) -> Result<()>;
+    async fn insert_alerts(&mut self, alerts: &[(Option<i64>, &AlertEvent)]) -> Result<()>;
+    /// Updates each alert's current state within its incident; an older
+    /// notification never overwrites a newer one. At most one row per
+    /// (incident, fingerprint) per call.
+    async fn upsert_incident_alerts(&mut self, alerts: &[(i64, &AlertEvent)]) -> Result<()>;
+    /// Stores deploys; returns the ids that were new.
+    async fn insert_deploys(&mut self, deploys: &[DeployEvent]) -> Result<HashSet<String>>;
+    /// Stores gate results; returns the ids that were new.
+    async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>>;
+    /// Stores log lines; returns how many were new.
+    async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64>;
+    /// Deploys of a service (and environment, when given) that started in [from, to].
+    async fn deploys_between(
+        &mut self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<DeployEvent>>;
+    /// Gate results of a service (and environment, when given) evaluated in [from, to].
+    async fn gates_between(
+        &mut self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<GateResult>>;
+    async fn open_incidents_for(&mut self, services: &[String]) -> Result<Vec<OpenIncident>>;
+    /// The id of the most recent deploy of a service version.
+    async fn find_deploy(
+        &mut self,
+        service: &str,
+        environment: Option<&str>,
+        version: &str,
+    ) -> Result<Option<String>>;
+    /// (incident, deploy) pairs for incidents these deploys are attached to.
+    async fn incidents_of_deploys(&mut self, deploy_ids: &[String]) -> Result<Vec<(i64, String)>>;
+    /// Attaches deploys as suspect changes; returns the pairs that were new.
+    async fn attach_changes(&mut self, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>>;
+    /// Attaches gate results to incidents; returns the pairs that were new.
+    async fn attach_gates(&mut self, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>>;
+    async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()>;
+    /// Open incidents whose alerts are all resolved, the last one at or before
+    /// `quiet_before`: (id, group key, time of the last resolution).
+    async fn resolvable_incidents(
+        &mut self,
+        quiet_before: DateTime<Utc>,
+    ) -> Result<Vec<(i64, String, DateTime<Utc>)>>;
+    /// Resolves these incidents if they are still open with nothing firing;
+    /// returns the ids it resolved.
+    async fn resolve_incidents(&mut self, incidents: &[(i64, DateTime<Utc>)]) -> Result<Vec<i64>>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Connects to the store a URL names: `postgres://…` or `sqlite://…`.
+pub async fn connect(url: &str) -> Result<Box<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Box::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Box::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Internal(format!(
+            "unsupported database URL scheme in {:?}: use postgres://… or sqlite://…",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A URL with its password replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+pub(crate) fn labels_json(map: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+    }
+}
