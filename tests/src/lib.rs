@@ -1,1 +1,413 @@
+//! Test kit: real services, fresh per test.
+//!
+//! - PostgreSQL: a new database per test on `FIREBREAK_TEST_POSTGRES` (default
+//!   `postgres://postgres@127.0.0.1:5432`), dropped afterwards.
+//! - RabbitMQ: a new namespace (exchange and queue prefix) per test on
+//!   `FIREBREAK_TEST_AMQP` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//! - SQLite: a temporary directory.
+//!
+//! A missing service fails the test with a message saying how to start it; no
+//! test skips silently.
+#![allow(clippy::unwrap_used)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+pub fn postgres_base() -> String {
+    std::env::var("FIREBREAK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("FIREBREAK_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A fresh PostgreSQL database.
+pub struct Pg {
+    pub url: String,
+    name: String,
+}
+
+impl Pg {
+    pub async fn fresh() -> Pg {
+        let base = postgres_base();
+        let admin_url = format!("{base}/postgres");
+        let mut admin = sqlx_connect(&admin_url).await;
+        let name = format!("fbtest_{}", short_id());
+        sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database on {base}: {e}"));
+        Pg { url: format!("{base}/{name}"), name }
+    }
+
+    pub async fn drop_db(self) {
+        let mut admin = sqlx_connect(&format!("{}/postgres", postgres_base())).await;
+        let _ = sqlx::Executor::execute(&mut admin, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str()).await;
+    }
+}
+
+async fn sqlx_connect(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url}: {e}\n\
+             Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
+             (or point FIREBREAK_TEST_POSTGRES at one)"
+        )
+    })
+}
+
+/// A fresh RabbitMQ namespace; `cleanup` deletes its queues and exchanges.
+pub struct Amqp {
+    pub url: String,
+    pub namespace: String,
+}
+
+impl Amqp {
+    pub async fn fresh() -> Amqp {
+        let amqp = Amqp { url: amqp_url(), namespace: format!("fbtest-{}", short_id()) };
+        // Fail early and clearly if the broker is not there.
+        let conn = amqp.connect().await;
+        let _ = conn.close(200, "probe").await;
+        amqp
+    }
+
+    pub async fn connect(&self) -> lapin::Connection {
+        let props = lapin::ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        lapin::Connection::connect(&self.url, props).await.unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is not reachable at {}: {e}\nStart it with: rabbitmq-server -detached\n\
+                 (or point FIREBREAK_TEST_AMQP at one)",
+                self.url
+            )
+        })
+    }
+
+    pub fn topology(&self) -> firebreak_bus::Topology {
+        firebreak_bus::Topology::new(&self.namespace)
+    }
+
+    pub async fn cleanup(&self) {
+        let conn = self.connect().await;
+        if let Ok(ch) = conn.create_channel().await {
+            let t = self.topology();
+            for q in [&t.queue, &t.dead_queue] {
+                let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
+            }
+            for e in [&t.exchange, &t.dead_exchange] {
+                let _ = ch.exchange_delete(e, ExchangeDeleteOptions::default()).await;
+            }
+        }
+        let _ = conn.close(200, "cleanup").await;
+    }
+}
+
+/// The firebreak binary built by this `cargo test` run.
+pub fn firebreak_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/firebreak
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join(format!("firebreak{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} does not exist: run the tests with `cargo test --workspace` (it builds the binary) or `cargo build -p firebreak`",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running firebreak process.
+pub struct Firebreak {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// How to start firebreak: extra environment, and the data directory to use.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    pub roles: Option<String>,
+}
+
+impl Options {
+    pub fn embedded() -> Options {
+        Options::default().with("FIREBREAK_SWEEP_INTERVAL", "100ms").with("FIREBREAK_QUIET_PERIOD", "0s")
+    }
+
+    pub fn backed(pg: &Pg, amqp: &Amqp) -> Options {
+        Options::embedded()
+            .with("FIREBREAK_DATABASE_URL", &pg.url)
+            .with("FIREBREAK_AMQP_URL", &amqp.url)
+            .with("FIREBREAK_AMQP_NAMESPACE", &amqp.namespace)
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> Options {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn roles(mut self, roles: &str) -> Options {
+        self.roles = Some(roles.to_string());
+        self
+    }
+}
+
+impl Firebreak {
+    /// Starts firebreak with its data in `data_dir` and waits until it is ready.
+    pub async fn start(data_dir: &Path, options: Options) -> Firebreak {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut env = options.env.clone();
+        env.push(("FIREBREAK_LISTEN".into(), addr.to_string()));
+        env.push(("FIREBREAK_DATA_DIR".into(), data_dir.display().to_string()));
+        if let Some(roles) = &options.roles {
+            env.push(("FIREBREAK_ROLES".into(), roles.clone()));
+        }
+        let log = data_dir.join(format!("firebreak-{port}.log"));
+        let mut fb = Firebreak { child: None, addr, base: format!("http://{addr}"), data_dir: data_dir.to_path_buf(), log, env };
+        fb.spawn().await;
+        fb
+    }
+
+    async fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut cmd = Command::new(firebreak_bin());
+        cmd.arg("serve").stdout(Stdio::null()).stderr(log);
+        for (k, v) in std::env::vars() {
+            if k.starts_with("FIREBREAK_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info,sqlx=warn,lapin=warn");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn firebreak"));
+        let client = client();
+        for _ in 0..300 {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("firebreak exited at start with {status}:\n{}", self.logs());
+            }
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("firebreak did not become ready in 30s:\n{}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// kill -9: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            for _ in 0..100 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = client().post(format!("{}{path}", self.base)).json(body).send().await.expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = client().get(format!("{}{path}", self.base)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = client().get(format!("{}/metrics", self.base)).send().await.expect("GET /metrics").text().await.expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Firebreak {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// Polls `check` until it returns `Some`, or panics naming what never happened.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture JSON")
+}
+
+/// One alert of a synthetic webhook.
+pub struct TestAlert<'a> {
+    pub fingerprint: String,
+    pub alertname: &'a str,
+    pub service: &'a str,
+    pub firing: bool,
+    pub starts_at: &'a str,
+    pub ends_at: &'a str,
+}
+
+impl<'a> TestAlert<'a> {
+    pub fn firing(fingerprint: impl Into<String>, service: &'a str) -> TestAlert<'a> {
+        TestAlert {
+            fingerprint: fingerprint.into(),
+            alertname: "HighErrorRate",
+            service,
+            firing: true,
+            starts_at: "2026-11-23T14:02:00.123456789Z",
+            ends_at: "0001-01-01T00:00:00Z",
+        }
+    }
+
+    pub fn resolved(mut self, ends_at: &'a str) -> TestAlert<'a> {
+        self.firing = false;
+        self.ends_at = ends_at;
+        self
+    }
+}
+
+/// An Alertmanager v4 webhook body shaped like the real ones in `fixtures/`.
+pub fn webhook(alerts: &[TestAlert]) -> Value {
+    let status = if alerts.iter().any(|a| a.firing) { "firing" } else { "resolved" };
+    json!({
+        "receiver": "firebreak",
+        "status": status,
+        "alerts": alerts.iter().map(|a| json!({
+            "status": if a.firing { "firing" } else { "resolved" },
+            "labels": {"alertname": a.alertname, "service": a.service, "env": "prod", "severity": "critical",
+                       "instance": format!("{}-{}", a.service, a.fingerprint)},
+            "annotations": {"summary": "5xx rate > 5%"},
+            "startsAt": a.starts_at,
+            "endsAt": a.ends_at,
+            "generatorURL": "http://prometheus.local/graph?g0.expr=rate",
+            "fingerprint": a.fingerprint,
+        })).collect::<Vec<_>>(),
+        "groupLabels": {"alertname": "HighErrorRate"},
+        "commonLabels": {"alertname": "HighErrorRate", "env": "prod"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local:9093",
+        "version": "4",
+        "groupKey": "{}:{alertname=\"HighErrorRate\"}",
+        "truncatedAlerts": 0
+    })
+}
+
+/// A TCP proxy whose connections can be cut, to simulate a broker or database
+/// going away without touching the machine's shared services.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let tracked = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().unwrap().push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        Proxy { addr, connections, accept }
+    }
+
+    /// Drops every open connection (new ones are still let through).
+    pub fn cut(&self) -> usize {
+        let mut conns = self.connections.lock().unwrap();
+        let n = conns.len();
+        for c in conns.drain(..) {
+            c.abort();
+        }
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

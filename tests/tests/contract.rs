@@ -1,0 +1,360 @@
+//! The store contract and the engine's correlation rules, run against every store
+//! implementation: SQLite in a temp dir and a fresh PostgreSQL database.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use firebreak_bus::EmbeddedBus;
+use firebreak_domain::correlation::{CorrelationPolicy, GroupKey, NewIncident};
+use firebreak_domain::metrics::Metrics;
+use firebreak_domain::{decode, Decoded, EventKind};
+use firebreak_engine::{Engine, EngineConfig};
+use firebreak_store::{IncidentFilter, Store, StoreError};
+use firebreak_tests::{webhook, Pg, TestAlert};
+use serde_json::json;
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Harness {
+    store: Arc<dyn Store>,
+    engine: Arc<Engine>,
+    _dir: tempfile::TempDir,
+    pg: Option<Pg>,
+}
+
+impl Harness {
+    async fn new(backend: Backend) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("store.db").display()), None),
+            Backend::Postgres => {
+                let pg = Pg::fresh().await;
+                (pg.url.clone(), Some(pg))
+            }
+        };
+        let store: Arc<dyn Store> = Arc::from(firebreak_store::connect(&url).await.unwrap());
+        store.migrate().await.unwrap();
+        let bus = EmbeddedBus::open(&format!("sqlite://{}", dir.path().join("queue.db").display())).await.unwrap();
+        let config = EngineConfig {
+            policy: CorrelationPolicy { quiet_period: Duration::zero(), ..CorrelationPolicy::default() },
+            ..EngineConfig::default()
+        };
+        let engine = Arc::new(Engine::new(store.clone(), Arc::new(bus), Arc::new(Metrics::default()), config));
+        Harness { store, engine, _dir: dir, pg }
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some(pg) = self.pg {
+            pg.drop_db().await;
+        }
+    }
+
+    async fn process(&self, kind: EventKind, body: serde_json::Value) -> firebreak_engine::Outcome {
+        let decoded = decode(kind, &serde_json::to_vec(&body).unwrap(), t("2026-11-23T15:00:00Z")).unwrap();
+        self.engine.process(&[decoded]).await.unwrap()
+    }
+
+    async fn incidents(&self) -> Vec<firebreak_store::IncidentRow> {
+        self.store.list_incidents(&IncidentFilter { limit: 100, ..IncidentFilter::default() }).await.unwrap()
+    }
+
+    async fn timeline_kinds(&self, id: i64) -> Vec<String> {
+        self.store.timeline(id, 1000, 0).await.unwrap().into_iter().map(|e| e.kind).collect()
+    }
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// Runs one async test body against each store.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { let h = super::Harness::new(super::Backend::Sqlite).await; super::$name(&h).await; h.finish().await; })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { let h = super::Harness::new(super::Backend::Postgres).await; super::$name(&h).await; h.finish().await; })*
+        }
+    };
+}
+
+contract!(
+    alerts_open_one_incident_per_group,
+    duplicates_change_nothing,
+    resolves_after_quiet_period_and_reopens_on_refire,
+    suspect_deploys_and_gates_attach,
+    late_firing_never_overwrites_resolution,
+    concurrent_processing_never_duplicates,
+    migrations_are_idempotent,
+    one_open_incident_per_group_is_enforced,
+    listing_filters_and_pages,
+    logs_are_stored_once,
+    resolved_alert_without_incident_is_kept_unplaced,
+);
+
+async fn alerts_open_one_incident_per_group(h: &Harness) {
+    let body = webhook(&[
+        TestAlert::firing("aaaa000000000001", "checkout"),
+        TestAlert::firing("aaaa000000000002", "checkout"),
+        TestAlert::firing("aaaa000000000003", "payments"),
+    ]);
+    let outcome = h.process(EventKind::Alert, body).await;
+    assert_eq!(outcome.new[0], 3);
+    assert_eq!(outcome.incidents_opened.len(), 2);
+    let incidents = h.incidents().await;
+    assert_eq!(incidents.len(), 2);
+    let checkout = incidents.iter().find(|i| i.service.as_deref() == Some("checkout")).unwrap();
+    assert_eq!(checkout.status, "open");
+    assert_eq!(checkout.environment.as_deref(), Some("prod"));
+    assert_eq!(checkout.opened_at, t("2026-11-23T14:02:00.123456Z"), "opened at the alert's own start");
+    let kinds = h.timeline_kinds(checkout.id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "alert_firing").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| *k == "incident_opened").count(), 1);
+    let detail = h.store.incident(checkout.id).await.unwrap();
+    assert_eq!(detail.alerts.len(), 2);
+}
+
+async fn duplicates_change_nothing(h: &Harness) {
+    let body = webhook(&[TestAlert::firing("bbbb000000000001", "checkout")]);
+    h.process(EventKind::Alert, body.clone()).await;
+    let counts = h.store.event_counts().await.unwrap();
+    let id = h.incidents().await[0].id;
+    let timeline = h.store.timeline(id, 1000, 0).await.unwrap();
+
+    // The same body again, and twice within one batch (an HA pair's duplicates).
+    let again = h.process(EventKind::Alert, body.clone()).await;
+    assert_eq!(again.new[0], 0);
+    assert_eq!(again.duplicates[0], 1);
+    let decoded = decode(EventKind::Alert, &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap();
+    let twice = h.engine.process(&[decoded.clone(), decoded]).await.unwrap();
+    assert_eq!(twice.new[0], 0);
+    assert_eq!(twice.duplicates[0], 2);
+
+    let deploy = json!({"service": "checkout", "version": "v9", "started_at": "2026-11-23T14:00:00Z"});
+    h.process(EventKind::Deploy, deploy.clone()).await;
+    let dup = h.process(EventKind::Deploy, deploy).await;
+    assert_eq!(dup.new[1], 0);
+
+    assert_eq!(h.store.event_counts().await.unwrap(), [counts[0], 1, 0, 0]);
+    assert_eq!(h.incidents().await.len(), 1);
+    let after = h.store.timeline(id, 1000, 0).await.unwrap();
+    assert_eq!(after.len(), timeline.len() + 1, "only the new deploy was added");
+}
+
+async fn resolves_after_quiet_period_and_reopens_on_refire(h: &Harness) {
+    h.process(EventKind::Alert, webhook(&[TestAlert::firing("cccc000000000001", "checkout")])).await;
+    let id = h.incidents().await[0].id;
+    assert!(h.engine.sweep(Utc::now()).await.unwrap().is_empty(), "a firing alert keeps the incident open");
+
+    let resolved = TestAlert::firing("cccc000000000001", "checkout").resolved("2026-11-23T14:20:00Z");
+    h.process(EventKind::Alert, webhook(&[resolved])).await;
+    // Judged before the last alert's end, nothing resolves; after it, the incident does.
+    assert!(h.engine.sweep(t("2026-11-23T14:19:00Z")).await.unwrap().is_empty());
+    assert_eq!(h.engine.sweep(t("2026-11-23T14:21:00Z")).await.unwrap(), vec![id]);
+    assert!(h.engine.sweep(t("2026-11-23T14:22:00Z")).await.unwrap().is_empty(), "resolving is idempotent");
+    let incident = h.store.incident(id).await.unwrap().incident;
+    assert_eq!(incident.status, "resolved");
+    assert_eq!(incident.resolved_at, Some(t("2026-11-23T14:20:00Z")), "resolved at the last alert's end");
+
+    // The same alert fires again 10 minutes later: the incident reopens.
+    let mut refire = TestAlert::firing("cccc000000000001", "checkout");
+    refire.starts_at = "2026-11-23T14:30:00Z";
+    let outcome = h.process(EventKind::Alert, webhook(&[refire])).await;
+    assert_eq!(outcome.incidents_reopened, vec![id]);
+    assert!(outcome.incidents_opened.is_empty());
+    assert_eq!(h.incidents().await.len(), 1, "flapping does not make new incidents");
+    assert_eq!(h.store.incident(id).await.unwrap().incident.status, "open");
+    let kinds = h.timeline_kinds(id).await;
+    assert_eq!(
+        kinds,
+        vec!["alert_firing", "incident_opened", "alert_resolved", "incident_resolved", "alert_firing", "incident_reopened"]
+    );
+
+    // Far outside the reopen window a new incident opens instead.
+    let resolved = TestAlert { starts_at: "2026-11-23T14:30:00Z", ..TestAlert::firing("cccc000000000001", "checkout") }
+        .resolved("2026-11-23T14:40:00Z");
+    h.process(EventKind::Alert, webhook(&[resolved])).await;
+    h.engine.sweep(t("2026-11-23T14:41:00Z")).await.unwrap();
+    let mut later = TestAlert::firing("cccc000000000001", "checkout");
+    later.starts_at = "2026-11-23T18:00:00Z";
+    let outcome = h.process(EventKind::Alert, webhook(&[later])).await;
+    assert_eq!(outcome.incidents_opened.len(), 1);
+    assert_ne!(outcome.incidents_opened[0], id);
+}
+
+async fn suspect_deploys_and_gates_attach(h: &Harness) {
+    // Long before: not a suspect. 13:55: the suspect. Another service: unrelated.
+    h.process(
+        EventKind::Deploy,
+        json!([
+            {"id": "old", "service": "checkout", "environment": "prod", "version": "v1", "started_at": "2026-11-23T09:00:00Z"},
+            {"id": "suspect", "service": "checkout", "environment": "prod", "version": "v2", "previous_version": "v1",
+             "started_at": "2026-11-23T13:55:00Z", "strategy": "canary", "actor": "ci"},
+            {"id": "other", "service": "search", "environment": "prod", "version": "v7", "started_at": "2026-11-23T13:56:00Z"}
+        ]),
+    )
+    .await;
+    h.process(
+        EventKind::Gate,
+        json!({"service": "checkout", "environment": "prod", "version": "v2", "gate": "error-rate", "metric": "http_5xx_ratio",
+               "comparison": "<=", "threshold": 0.01, "observed": 0.07, "verdict": "fail", "step": 2,
+               "evaluated_at": "2026-11-23T13:58:00Z"}),
+    )
+    .await;
+    h.process(EventKind::Alert, webhook(&[TestAlert::firing("dddd000000000001", "checkout")])).await;
+    let id = h.incidents().await[0].id;
+    let detail = h.store.incident(id).await.unwrap();
+    assert_eq!(detail.changes.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["suspect"]);
+    assert_eq!(detail.changes[0].actor.as_deref(), Some("ci"));
+    assert_eq!(detail.gates.len(), 1);
+    assert_eq!(detail.gates[0].observed, Some(0.07));
+    assert_eq!(detail.gates[0].step.as_deref(), Some("2"));
+
+    // While the incident is open, a rollback deploy and a gate on it arrive.
+    h.process(
+        EventKind::Deploy,
+        json!({"id": "rollback", "service": "checkout", "environment": "prod", "version": "v1", "status": "rolled_back",
+               "started_at": "2026-11-23T14:10:00Z"}),
+    )
+    .await;
+    h.process(
+        EventKind::Gate,
+        json!({"service": "checkout", "environment": "prod", "deploy_id": "rollback", "gate": "error-rate", "verdict": "pass",
+               "evaluated_at": "2026-11-23T14:15:00Z"}),
+    )
+    .await;
+    let detail = h.store.incident(id).await.unwrap();
+    assert_eq!(detail.changes.len(), 2);
+    assert_eq!(detail.gates.len(), 2);
+    let timeline = h.store.timeline(id, 1000, 0).await.unwrap();
+    let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["deploy", "gate", "alert_firing", "incident_opened", "deploy", "gate"], "in event time order");
+    assert!(timeline[0].summary.contains("checkout v2"), "{}", timeline[0].summary);
+    assert!(timeline.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+async fn late_firing_never_overwrites_resolution(h: &Harness) {
+    let firing = TestAlert::firing("eeee000000000001", "checkout");
+    let resolved = TestAlert::firing("eeee000000000001", "checkout").resolved("2026-11-23T14:05:00Z");
+    h.process(EventKind::Alert, webhook(&[firing])).await;
+    h.process(EventKind::Alert, webhook(&[resolved])).await;
+    // A stale firing notification (an earlier start, delayed in some queue) arrives
+    // after the resolution: it is recorded, but must not flip the alert back.
+    let mut stale = TestAlert::firing("eeee000000000001", "checkout");
+    stale.starts_at = "2026-11-23T13:50:00Z";
+    let outcome = h.process(EventKind::Alert, webhook(&[stale])).await;
+    assert_eq!(outcome.new[0], 1);
+    let id = h.incidents().await[0].id;
+    let detail = h.store.incident(id).await.unwrap();
+    assert_eq!(detail.alerts.len(), 1);
+    assert_eq!(detail.alerts[0].status, "resolved");
+    assert_eq!(detail.alerts[0].starts_at, t("2026-11-23T14:02:00.123456Z"));
+}
+
+async fn concurrent_processing_never_duplicates(h: &Harness) {
+    let alerts: Vec<TestAlert> = (0..50).map(|i| TestAlert::firing(format!("ffff{i:012}"), "checkout")).collect();
+    let body = serde_json::to_vec(&webhook(&alerts)).unwrap();
+    let decoded: Decoded = decode(EventKind::Alert, &body, Utc::now()).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let engine = h.engine.clone();
+        let decoded = decoded.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match engine.process(std::slice::from_ref(&decoded)).await {
+                    Ok(o) => return o,
+                    Err(e) if e.is_transient() => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let mut new_total = 0;
+    let mut opened = 0;
+    for t in tasks {
+        let o = t.await.unwrap();
+        new_total += o.new[0];
+        opened += o.incidents_opened.len();
+    }
+    assert_eq!(new_total, 50, "each alert counted once across concurrent engines");
+    assert_eq!(opened, 1);
+    let incidents = h.incidents().await;
+    assert_eq!(incidents.len(), 1);
+    let kinds = h.timeline_kinds(incidents[0].id).await;
+    assert_eq!(kinds.len(), 51);
+}
+
+async fn migrations_are_idempotent(h: &Harness) {
+    h.store.migrate().await.unwrap();
+    h.store.migrate().await.unwrap();
+    h.store.ping().await.unwrap();
+}
+
+async fn one_open_incident_per_group_is_enforced(h: &Harness) {
+    let new = NewIncident {
+        group: GroupKey { key: "service=x,env=prod".into(), service: Some("x".into()), environment: Some("prod".into()) },
+        title: "t".into(),
+        severity: None,
+        opened_at: Utc::now(),
+    };
+    let mut tx = h.store.begin().await.unwrap();
+    tx.open_incidents(std::slice::from_ref(&new)).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = h.store.begin().await.unwrap();
+    let second = tx.open_incidents(std::slice::from_ref(&new)).await;
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+}
+
+async fn listing_filters_and_pages(h: &Harness) {
+    for service in ["a", "b", "c", "d", "e"] {
+        h.process(EventKind::Alert, webhook(&[TestAlert::firing(format!("{service}000000000000001"), service)])).await;
+    }
+    let page1 = h.store.list_incidents(&IncidentFilter { limit: 2, ..IncidentFilter::default() }).await.unwrap();
+    assert_eq!(page1.len(), 2);
+    assert!(page1[0].id > page1[1].id, "newest first");
+    let page2 = h
+        .store
+        .list_incidents(&IncidentFilter { limit: 10, before_id: Some(page1[1].id), ..IncidentFilter::default() })
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 3);
+    let only_c = h
+        .store
+        .list_incidents(&IncidentFilter { limit: 10, service: Some("c".into()), ..IncidentFilter::default() })
+        .await
+        .unwrap();
+    assert_eq!(only_c.len(), 1);
+    let resolved = h
+        .store
+        .list_incidents(&IncidentFilter { limit: 10, status: Some("resolved".into()), ..IncidentFilter::default() })
+        .await
+        .unwrap();
+    assert!(resolved.is_empty());
+    assert!(matches!(h.store.incident(9_999_999).await, Err(StoreError::NotFound)));
+}
+
+async fn logs_are_stored_once(h: &Harness) {
+    let loki = json!({"streams": [{"stream": {"service": "checkout", "env": "prod"},
+        "values": [["1763906520000000000", "GET /pay 500 upstream timeout after 3000ms"],
+                   ["1763906520000000001", "GET /pay 200 in 31ms"]]}]});
+    let first = h.process(EventKind::Log, loki.clone()).await;
+    assert_eq!(first.new[3], 2);
+    let again = h.process(EventKind::Log, loki).await;
+    assert_eq!(again.new[3], 0);
+    assert_eq!(again.duplicates[3], 2);
+    assert_eq!(h.store.event_counts().await.unwrap()[3], 2);
+}
+
+async fn resolved_alert_without_incident_is_kept_unplaced(h: &Harness) {
+    let resolved = TestAlert::firing("9999000000000001", "checkout").resolved("2026-11-23T14:05:00Z");
+    let outcome = h.process(EventKind::Alert, webhook(&[resolved])).await;
+    assert_eq!(outcome.new[0], 1, "the event is kept");
+    assert!(outcome.incidents_opened.is_empty(), "a resolution alone opens nothing");
+    assert!(h.incidents().await.is_empty());
+}
