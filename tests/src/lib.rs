@@ -22,11 +22,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 pub fn postgres_base() -> String {
-    std::env::var("FIREBREAK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("FIREBREAK_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("FIREBREAK_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("FIREBREAK_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn short_id() -> String {
@@ -48,12 +50,19 @@ impl Pg {
         sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
             .await
             .unwrap_or_else(|e| panic!("cannot create test database on {base}: {e}"));
-        Pg { url: format!("{base}/{name}"), name }
+        Pg {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 
     pub async fn drop_db(self) {
         let mut admin = sqlx_connect(&format!("{}/postgres", postgres_base())).await;
-        let _ = sqlx::Executor::execute(&mut admin, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str()).await;
+        let _ = sqlx::Executor::execute(
+            &mut admin,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str(),
+        )
+        .await;
     }
 }
 
@@ -76,7 +85,10 @@ pub struct Amqp {
 
 impl Amqp {
     pub async fn fresh() -> Amqp {
-        let amqp = Amqp { url: amqp_url(), namespace: format!("fbtest-{}", short_id()) };
+        let amqp = Amqp {
+            url: amqp_url(),
+            namespace: format!("fbtest-{}", short_id()),
+        };
         // Fail early and clearly if the broker is not there.
         let conn = amqp.connect().await;
         let _ = conn.close(200, "probe").await;
@@ -87,13 +99,15 @@ impl Amqp {
         let props = lapin::ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio);
-        lapin::Connection::connect(&self.url, props).await.unwrap_or_else(|e| {
-            panic!(
+        lapin::Connection::connect(&self.url, props)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
                 "RabbitMQ is not reachable at {}: {e}\nStart it with: rabbitmq-server -detached\n\
                  (or point FIREBREAK_TEST_AMQP at one)",
                 self.url
             )
-        })
+            })
     }
 
     pub fn topology(&self) -> firebreak_bus::Topology {
@@ -108,7 +122,9 @@ impl Amqp {
                 let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
             }
             for e in [&t.exchange, &t.dead_exchange] {
-                let _ = ch.exchange_delete(e, ExchangeDeleteOptions::default()).await;
+                let _ = ch
+                    .exchange_delete(e, ExchangeDeleteOptions::default())
+                    .await;
             }
         }
         let _ = conn.close(200, "cleanup").await;
@@ -119,7 +135,10 @@ impl Amqp {
 pub fn firebreak_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/firebreak
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join(format!("firebreak{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
@@ -130,7 +149,11 @@ pub fn firebreak_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A running firebreak process.
@@ -152,7 +175,9 @@ pub struct Options {
 
 impl Options {
     pub fn embedded() -> Options {
-        Options::default().with("FIREBREAK_SWEEP_INTERVAL", "100ms").with("FIREBREAK_QUIET_PERIOD", "0s")
+        Options::default()
+            .with("FIREBREAK_SWEEP_INTERVAL", "100ms")
+            .with("FIREBREAK_QUIET_PERIOD", "0s")
     }
 
     pub fn backed(pg: &Pg, amqp: &Amqp) -> Options {
@@ -186,17 +211,28 @@ impl Firebreak {
             env.push(("FIREBREAK_ROLES".into(), roles.clone()));
         }
         let log = data_dir.join(format!("firebreak-{port}.log"));
-        let mut fb = Firebreak { child: None, addr, base: format!("http://{addr}"), data_dir: data_dir.to_path_buf(), log, env };
+        let mut fb = Firebreak {
+            child: None,
+            addr,
+            base: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            log,
+            env,
+        };
         fb.spawn().await;
         fb
     }
 
     async fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let mut cmd = Command::new(firebreak_bin());
         cmd.arg("serve").stdout(Stdio::null()).stderr(log);
-        for (k, v) in std::env::vars() {
+        for (k, _) in std::env::vars() {
             if k.starts_with("FIREBREAK_") {
                 cmd.env_remove(k);
             }
@@ -208,7 +244,11 @@ impl Firebreak {
         self.child = Some(cmd.spawn().expect("spawn firebreak"));
         let client = client();
         for _ in 0..300 {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("firebreak exited at start with {status}:\n{}", self.logs());
             }
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
@@ -240,7 +280,10 @@ impl Firebreak {
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             for _ in 0..100 {
                 if child.try_wait().ok().flatten().is_some() {
                     return;
@@ -258,21 +301,40 @@ impl Firebreak {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = client().post(format!("{}{path}", self.base)).json(body).send().await.expect("POST");
+        let r = client()
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = client().get(format!("{}{path}", self.base)).send().await.expect("GET");
+        let r = client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = client().get(format!("{}/metrics", self.base)).send().await.expect("GET /metrics").text().await.expect("text");
+        let text = client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
         text.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 }
@@ -284,7 +346,10 @@ impl Drop for Firebreak {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 /// Polls `check` until it returns `Some`, or panics naming what never happened.
@@ -306,8 +371,11 @@ where
 }
 
 pub fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture JSON")
 }
 
@@ -333,6 +401,13 @@ impl<'a> TestAlert<'a> {
         }
     }
 
+    pub fn clone_alert(&self) -> TestAlert<'a> {
+        TestAlert {
+            fingerprint: self.fingerprint.clone(),
+            ..*self
+        }
+    }
+
     pub fn resolved(mut self, ends_at: &'a str) -> TestAlert<'a> {
         self.firing = false;
         self.ends_at = ends_at;
@@ -342,7 +417,11 @@ impl<'a> TestAlert<'a> {
 
 /// An Alertmanager v4 webhook body shaped like the real ones in `fixtures/`.
 pub fn webhook(alerts: &[TestAlert]) -> Value {
-    let status = if alerts.iter().any(|a| a.firing) { "firing" } else { "resolved" };
+    let status = if alerts.iter().any(|a| a.firing) {
+        "firing"
+    } else {
+        "resolved"
+    };
     json!({
         "receiver": "firebreak",
         "status": status,
@@ -391,7 +470,11 @@ impl Proxy {
             }
         })
         .abort_handle();
-        Proxy { addr, connections, accept }
+        Proxy {
+            addr,
+            connections,
+            accept,
+        }
     }
 
     /// Drops every open connection (new ones are still let through).

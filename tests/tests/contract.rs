@@ -30,7 +30,10 @@ impl Harness {
     async fn new(backend: Backend) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = match backend {
-            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("store.db").display()), None),
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("store.db").display()),
+                None,
+            ),
             Backend::Postgres => {
                 let pg = Pg::fresh().await;
                 (pg.url.clone(), Some(pg))
@@ -38,13 +41,31 @@ impl Harness {
         };
         let store: Arc<dyn Store> = Arc::from(firebreak_store::connect(&url).await.unwrap());
         store.migrate().await.unwrap();
-        let bus = EmbeddedBus::open(&format!("sqlite://{}", dir.path().join("queue.db").display())).await.unwrap();
+        let bus = EmbeddedBus::open(&format!(
+            "sqlite://{}",
+            dir.path().join("queue.db").display()
+        ))
+        .await
+        .unwrap();
         let config = EngineConfig {
-            policy: CorrelationPolicy { quiet_period: Duration::zero(), ..CorrelationPolicy::default() },
+            policy: CorrelationPolicy {
+                quiet_period: Duration::zero(),
+                ..CorrelationPolicy::default()
+            },
             ..EngineConfig::default()
         };
-        let engine = Arc::new(Engine::new(store.clone(), Arc::new(bus), Arc::new(Metrics::default()), config));
-        Harness { store, engine, _dir: dir, pg }
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            Arc::new(bus),
+            Arc::new(Metrics::default()),
+            config,
+        ));
+        Harness {
+            store,
+            engine,
+            _dir: dir,
+            pg,
+        }
     }
 
     async fn finish(self) {
@@ -55,16 +76,33 @@ impl Harness {
     }
 
     async fn process(&self, kind: EventKind, body: serde_json::Value) -> firebreak_engine::Outcome {
-        let decoded = decode(kind, &serde_json::to_vec(&body).unwrap(), t("2026-11-23T15:00:00Z")).unwrap();
+        let decoded = decode(
+            kind,
+            &serde_json::to_vec(&body).unwrap(),
+            t("2026-11-23T15:00:00Z"),
+        )
+        .unwrap();
         self.engine.process(&[decoded]).await.unwrap()
     }
 
     async fn incidents(&self) -> Vec<firebreak_store::IncidentRow> {
-        self.store.list_incidents(&IncidentFilter { limit: 100, ..IncidentFilter::default() }).await.unwrap()
+        self.store
+            .list_incidents(&IncidentFilter {
+                limit: 100,
+                ..IncidentFilter::default()
+            })
+            .await
+            .unwrap()
     }
 
     async fn timeline_kinds(&self, id: i64) -> Vec<String> {
-        self.store.timeline(id, 1000, 0).await.unwrap().into_iter().map(|e| e.kind).collect()
+        self.store
+            .timeline(id, 1000, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
     }
 }
 
@@ -109,10 +147,17 @@ async fn alerts_open_one_incident_per_group(h: &Harness) {
     assert_eq!(outcome.incidents_opened.len(), 2);
     let incidents = h.incidents().await;
     assert_eq!(incidents.len(), 2);
-    let checkout = incidents.iter().find(|i| i.service.as_deref() == Some("checkout")).unwrap();
+    let checkout = incidents
+        .iter()
+        .find(|i| i.service.as_deref() == Some("checkout"))
+        .unwrap();
     assert_eq!(checkout.status, "open");
     assert_eq!(checkout.environment.as_deref(), Some("prod"));
-    assert_eq!(checkout.opened_at, t("2026-11-23T14:02:00.123456Z"), "opened at the alert's own start");
+    assert_eq!(
+        checkout.opened_at,
+        t("2026-11-23T14:02:00.123456Z"),
+        "opened at the alert's own start"
+    );
     let kinds = h.timeline_kinds(checkout.id).await;
     assert_eq!(kinds.iter().filter(|k| *k == "alert_firing").count(), 2);
     assert_eq!(kinds.iter().filter(|k| *k == "incident_opened").count(), 1);
@@ -131,12 +176,18 @@ async fn duplicates_change_nothing(h: &Harness) {
     let again = h.process(EventKind::Alert, body.clone()).await;
     assert_eq!(again.new[0], 0);
     assert_eq!(again.duplicates[0], 1);
-    let decoded = decode(EventKind::Alert, &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap();
+    let decoded = decode(
+        EventKind::Alert,
+        &serde_json::to_vec(&body).unwrap(),
+        Utc::now(),
+    )
+    .unwrap();
     let twice = h.engine.process(&[decoded.clone(), decoded]).await.unwrap();
     assert_eq!(twice.new[0], 0);
     assert_eq!(twice.duplicates[0], 2);
 
-    let deploy = json!({"service": "checkout", "version": "v9", "started_at": "2026-11-23T14:00:00Z"});
+    let deploy =
+        json!({"service": "checkout", "version": "v9", "started_at": "2026-11-23T14:00:00Z"});
     h.process(EventKind::Deploy, deploy.clone()).await;
     let dup = h.process(EventKind::Deploy, deploy).await;
     assert_eq!(dup.new[1], 0);
@@ -144,23 +195,54 @@ async fn duplicates_change_nothing(h: &Harness) {
     assert_eq!(h.store.event_counts().await.unwrap(), [counts[0], 1, 0, 0]);
     assert_eq!(h.incidents().await.len(), 1);
     let after = h.store.timeline(id, 1000, 0).await.unwrap();
-    assert_eq!(after.len(), timeline.len() + 1, "only the new deploy was added");
+    assert_eq!(
+        after.len(),
+        timeline.len() + 1,
+        "only the new deploy was added"
+    );
 }
 
 async fn resolves_after_quiet_period_and_reopens_on_refire(h: &Harness) {
-    h.process(EventKind::Alert, webhook(&[TestAlert::firing("cccc000000000001", "checkout")])).await;
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("cccc000000000001", "checkout")]),
+    )
+    .await;
     let id = h.incidents().await[0].id;
-    assert!(h.engine.sweep(Utc::now()).await.unwrap().is_empty(), "a firing alert keeps the incident open");
+    assert!(
+        h.engine.sweep(Utc::now()).await.unwrap().is_empty(),
+        "a firing alert keeps the incident open"
+    );
 
-    let resolved = TestAlert::firing("cccc000000000001", "checkout").resolved("2026-11-23T14:20:00Z");
+    let resolved =
+        TestAlert::firing("cccc000000000001", "checkout").resolved("2026-11-23T14:20:00Z");
     h.process(EventKind::Alert, webhook(&[resolved])).await;
     // Judged before the last alert's end, nothing resolves; after it, the incident does.
-    assert!(h.engine.sweep(t("2026-11-23T14:19:00Z")).await.unwrap().is_empty());
-    assert_eq!(h.engine.sweep(t("2026-11-23T14:21:00Z")).await.unwrap(), vec![id]);
-    assert!(h.engine.sweep(t("2026-11-23T14:22:00Z")).await.unwrap().is_empty(), "resolving is idempotent");
+    assert!(h
+        .engine
+        .sweep(t("2026-11-23T14:19:00Z"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        h.engine.sweep(t("2026-11-23T14:21:00Z")).await.unwrap(),
+        vec![id]
+    );
+    assert!(
+        h.engine
+            .sweep(t("2026-11-23T14:22:00Z"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "resolving is idempotent"
+    );
     let incident = h.store.incident(id).await.unwrap().incident;
     assert_eq!(incident.status, "resolved");
-    assert_eq!(incident.resolved_at, Some(t("2026-11-23T14:20:00Z")), "resolved at the last alert's end");
+    assert_eq!(
+        incident.resolved_at,
+        Some(t("2026-11-23T14:20:00Z")),
+        "resolved at the last alert's end"
+    );
 
     // The same alert fires again 10 minutes later: the incident reopens.
     let mut refire = TestAlert::firing("cccc000000000001", "checkout");
@@ -168,17 +250,31 @@ async fn resolves_after_quiet_period_and_reopens_on_refire(h: &Harness) {
     let outcome = h.process(EventKind::Alert, webhook(&[refire])).await;
     assert_eq!(outcome.incidents_reopened, vec![id]);
     assert!(outcome.incidents_opened.is_empty());
-    assert_eq!(h.incidents().await.len(), 1, "flapping does not make new incidents");
+    assert_eq!(
+        h.incidents().await.len(),
+        1,
+        "flapping does not make new incidents"
+    );
     assert_eq!(h.store.incident(id).await.unwrap().incident.status, "open");
     let kinds = h.timeline_kinds(id).await;
     assert_eq!(
         kinds,
-        vec!["alert_firing", "incident_opened", "alert_resolved", "incident_resolved", "alert_firing", "incident_reopened"]
+        vec![
+            "alert_firing",
+            "incident_opened",
+            "alert_resolved",
+            "incident_resolved",
+            "alert_firing",
+            "incident_reopened"
+        ]
     );
 
     // Far outside the reopen window a new incident opens instead.
-    let resolved = TestAlert { starts_at: "2026-11-23T14:30:00Z", ..TestAlert::firing("cccc000000000001", "checkout") }
-        .resolved("2026-11-23T14:40:00Z");
+    let resolved = TestAlert {
+        starts_at: "2026-11-23T14:30:00Z",
+        ..TestAlert::firing("cccc000000000001", "checkout")
+    }
+    .resolved("2026-11-23T14:40:00Z");
     h.process(EventKind::Alert, webhook(&[resolved])).await;
     h.engine.sweep(t("2026-11-23T14:41:00Z")).await.unwrap();
     let mut later = TestAlert::firing("cccc000000000001", "checkout");
@@ -207,10 +303,21 @@ async fn suspect_deploys_and_gates_attach(h: &Harness) {
                "evaluated_at": "2026-11-23T13:58:00Z"}),
     )
     .await;
-    h.process(EventKind::Alert, webhook(&[TestAlert::firing("dddd000000000001", "checkout")])).await;
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("dddd000000000001", "checkout")]),
+    )
+    .await;
     let id = h.incidents().await[0].id;
     let detail = h.store.incident(id).await.unwrap();
-    assert_eq!(detail.changes.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["suspect"]);
+    assert_eq!(
+        detail
+            .changes
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["suspect"]
+    );
     assert_eq!(detail.changes[0].actor.as_deref(), Some("ci"));
     assert_eq!(detail.gates.len(), 1);
     assert_eq!(detail.gates[0].observed, Some(0.07));
@@ -234,14 +341,30 @@ async fn suspect_deploys_and_gates_attach(h: &Harness) {
     assert_eq!(detail.gates.len(), 2);
     let timeline = h.store.timeline(id, 1000, 0).await.unwrap();
     let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, vec!["deploy", "gate", "alert_firing", "incident_opened", "deploy", "gate"], "in event time order");
-    assert!(timeline[0].summary.contains("checkout v2"), "{}", timeline[0].summary);
+    assert_eq!(
+        kinds,
+        vec![
+            "deploy",
+            "gate",
+            "alert_firing",
+            "incident_opened",
+            "deploy",
+            "gate"
+        ],
+        "in event time order"
+    );
+    assert!(
+        timeline[0].summary.contains("checkout v2"),
+        "{}",
+        timeline[0].summary
+    );
     assert!(timeline.windows(2).all(|w| w[0].at <= w[1].at));
 }
 
 async fn late_firing_never_overwrites_resolution(h: &Harness) {
     let firing = TestAlert::firing("eeee000000000001", "checkout");
-    let resolved = TestAlert::firing("eeee000000000001", "checkout").resolved("2026-11-23T14:05:00Z");
+    let resolved =
+        TestAlert::firing("eeee000000000001", "checkout").resolved("2026-11-23T14:05:00Z");
     h.process(EventKind::Alert, webhook(&[firing])).await;
     h.process(EventKind::Alert, webhook(&[resolved])).await;
     // A stale firing notification (an earlier start, delayed in some queue) arrives
@@ -258,7 +381,9 @@ async fn late_firing_never_overwrites_resolution(h: &Harness) {
 }
 
 async fn concurrent_processing_never_duplicates(h: &Harness) {
-    let alerts: Vec<TestAlert> = (0..50).map(|i| TestAlert::firing(format!("ffff{i:012}"), "checkout")).collect();
+    let alerts: Vec<TestAlert> = (0..50)
+        .map(|i| TestAlert::firing(format!("ffff{i:012}"), "checkout"))
+        .collect();
     let body = serde_json::to_vec(&webhook(&alerts)).unwrap();
     let decoded: Decoded = decode(EventKind::Alert, &body, Utc::now()).unwrap();
     let mut tasks = Vec::new();
@@ -269,7 +394,9 @@ async fn concurrent_processing_never_duplicates(h: &Harness) {
             loop {
                 match engine.process(std::slice::from_ref(&decoded)).await {
                     Ok(o) => return o,
-                    Err(e) if e.is_transient() => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                    }
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -282,7 +409,10 @@ async fn concurrent_processing_never_duplicates(h: &Harness) {
         new_total += o.new[0];
         opened += o.incidents_opened.len();
     }
-    assert_eq!(new_total, 50, "each alert counted once across concurrent engines");
+    assert_eq!(
+        new_total, 50,
+        "each alert counted once across concurrent engines"
+    );
     assert_eq!(opened, 1);
     let incidents = h.incidents().await;
     assert_eq!(incidents.len(), 1);
@@ -298,7 +428,11 @@ async fn migrations_are_idempotent(h: &Harness) {
 
 async fn one_open_incident_per_group_is_enforced(h: &Harness) {
     let new = NewIncident {
-        group: GroupKey { key: "service=x,env=prod".into(), service: Some("x".into()), environment: Some("prod".into()) },
+        group: GroupKey {
+            key: "service=x,env=prod".into(),
+            service: Some("x".into()),
+            environment: Some("prod".into()),
+        },
         title: "t".into(),
         severity: None,
         opened_at: Utc::now(),
@@ -313,30 +447,59 @@ async fn one_open_incident_per_group_is_enforced(h: &Harness) {
 
 async fn listing_filters_and_pages(h: &Harness) {
     for service in ["a", "b", "c", "d", "e"] {
-        h.process(EventKind::Alert, webhook(&[TestAlert::firing(format!("{service}000000000000001"), service)])).await;
+        h.process(
+            EventKind::Alert,
+            webhook(&[TestAlert::firing(
+                format!("{service}000000000000001"),
+                service,
+            )]),
+        )
+        .await;
     }
-    let page1 = h.store.list_incidents(&IncidentFilter { limit: 2, ..IncidentFilter::default() }).await.unwrap();
+    let page1 = h
+        .store
+        .list_incidents(&IncidentFilter {
+            limit: 2,
+            ..IncidentFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page1.len(), 2);
     assert!(page1[0].id > page1[1].id, "newest first");
     let page2 = h
         .store
-        .list_incidents(&IncidentFilter { limit: 10, before_id: Some(page1[1].id), ..IncidentFilter::default() })
+        .list_incidents(&IncidentFilter {
+            limit: 10,
+            before_id: Some(page1[1].id),
+            ..IncidentFilter::default()
+        })
         .await
         .unwrap();
     assert_eq!(page2.len(), 3);
     let only_c = h
         .store
-        .list_incidents(&IncidentFilter { limit: 10, service: Some("c".into()), ..IncidentFilter::default() })
+        .list_incidents(&IncidentFilter {
+            limit: 10,
+            service: Some("c".into()),
+            ..IncidentFilter::default()
+        })
         .await
         .unwrap();
     assert_eq!(only_c.len(), 1);
     let resolved = h
         .store
-        .list_incidents(&IncidentFilter { limit: 10, status: Some("resolved".into()), ..IncidentFilter::default() })
+        .list_incidents(&IncidentFilter {
+            limit: 10,
+            status: Some("resolved".into()),
+            ..IncidentFilter::default()
+        })
         .await
         .unwrap();
     assert!(resolved.is_empty());
-    assert!(matches!(h.store.incident(9_999_999).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        h.store.incident(9_999_999).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn logs_are_stored_once(h: &Harness) {
@@ -352,9 +515,13 @@ async fn logs_are_stored_once(h: &Harness) {
 }
 
 async fn resolved_alert_without_incident_is_kept_unplaced(h: &Harness) {
-    let resolved = TestAlert::firing("9999000000000001", "checkout").resolved("2026-11-23T14:05:00Z");
+    let resolved =
+        TestAlert::firing("9999000000000001", "checkout").resolved("2026-11-23T14:05:00Z");
     let outcome = h.process(EventKind::Alert, webhook(&[resolved])).await;
     assert_eq!(outcome.new[0], 1, "the event is kept");
-    assert!(outcome.incidents_opened.is_empty(), "a resolution alone opens nothing");
+    assert!(
+        outcome.incidents_opened.is_empty(),
+        "a resolution alone opens nothing"
+    );
     assert!(h.incidents().await.is_empty());
 }

@@ -7,6 +7,7 @@
 //! other's write lock.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 pub struct EmbeddedBus {
     pool: SqlitePool,
     notify: Arc<Notify>,
+    /// Whether this process has taken over messages a dead predecessor leased.
+    recovered: AtomicBool,
 }
 
 fn now_micros() -> i64 {
@@ -85,6 +88,7 @@ impl EmbeddedBus {
         Ok(EmbeddedBus {
             pool,
             notify: Arc::new(Notify::new()),
+            recovered: AtomicBool::new(false),
         })
     }
 
@@ -129,6 +133,22 @@ impl Bus for EmbeddedBus {
     }
 
     async fn subscribe(&self, _prefetch: u16) -> Result<Box<dyn Subscription>, BusError> {
+        // The embedded queue has one consuming process. When it starts, anything
+        // still leased was leased by a process that died (kill -9, power loss):
+        // offer it again now rather than when the lease runs out.
+        if !self.recovered.swap(true, Ordering::SeqCst) {
+            let released = sqlx::query("UPDATE queue SET lease_until = 0 WHERE lease_until > 0")
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "redelivering messages left in flight by a previous process"
+                );
+            }
+        }
         Ok(Box::new(EmbeddedSubscription {
             pool: self.pool.clone(),
             notify: self.notify.clone(),

@@ -623,7 +623,10 @@ mod tests {
     fn malformed_json_is_reported_as_such() {
         let err = decode(EventKind::Alert, b"{\"version\": ", now()).expect_err("must fail");
         assert!(err.message.starts_with("malformed JSON"), "{err}");
-        assert_eq!(err.path, "version", "the value being read when the body ended");
+        assert_eq!(
+            err.path, "version",
+            "the value being read when the body ended"
+        );
         let truncated = decode(EventKind::Alert, b"{", now()).expect_err("must fail");
         assert!(!truncated.to_string().contains('?'), "{truncated}");
     }
