@@ -21,30 +21,33 @@ CREATE INDEX incidents_status_id ON incidents (status, id DESC);
 CREATE INDEX incidents_service_id ON incidents (service, id DESC);
 
 -- Every alert notification Firebreak processed, once (id derived from fingerprint,
--- status and start).
+-- status and start). These rows are also the alert entries of the timeline
+-- (read together with the timeline table), so an alert is written once.
+-- Labels are JSON, not JSONB: written once per alert on the hot path and only
+-- read back whole, so the binary conversion is not worth it.
 CREATE TABLE alert_events (
     id               TEXT PRIMARY KEY,
     incident_id      BIGINT REFERENCES incidents (id),
     fingerprint      TEXT NOT NULL,
     status           TEXT NOT NULL,
     alertname        TEXT NOT NULL,
-    labels           JSONB NOT NULL,
-    annotations      JSONB NOT NULL,
+    labels           JSON NOT NULL,
+    annotations      JSON NOT NULL,
     starts_at        TIMESTAMPTZ NOT NULL,
     ends_at          TIMESTAMPTZ,
+    occurred_at      TIMESTAMPTZ NOT NULL,
     generator_url    TEXT NOT NULL,
     truncated_alerts BIGINT NOT NULL DEFAULT 0,
     received_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX alert_events_incident ON alert_events (incident_id);
-CREATE INDEX alert_events_fingerprint ON alert_events (fingerprint);
+CREATE INDEX alert_events_incident_time ON alert_events (incident_id, occurred_at);
 
 -- The current state of each alert within an incident.
 CREATE TABLE incident_alerts (
     incident_id BIGINT NOT NULL REFERENCES incidents (id),
     fingerprint TEXT NOT NULL,
     alertname   TEXT NOT NULL,
-    labels      JSONB NOT NULL,
+    labels      JSON NOT NULL,
     status      TEXT NOT NULL,
     starts_at   TIMESTAMPTZ NOT NULL,
     ends_at     TIMESTAMPTZ,
@@ -98,7 +101,7 @@ CREATE TABLE log_lines (
     at          TIMESTAMPTZ NOT NULL,
     level       TEXT,
     message     TEXT NOT NULL,
-    labels      JSONB NOT NULL
+    labels      JSON NOT NULL
 );
 CREATE INDEX log_lines_service_at ON log_lines (service, at);
 
@@ -114,6 +117,8 @@ CREATE TABLE incident_gates (
     PRIMARY KEY (incident_id, gate_id)
 );
 
+-- Timeline entries other than alerts: lifecycle, deploys, gates (and later
+-- actions and notes).
 CREATE TABLE timeline (
     id          BIGSERIAL PRIMARY KEY,
     incident_id BIGINT NOT NULL REFERENCES incidents (id),

@@ -21,7 +21,8 @@ CREATE INDEX incidents_status_id ON incidents (status, id DESC);
 CREATE INDEX incidents_service_id ON incidents (service, id DESC);
 
 -- Every alert notification Firebreak processed, once (id derived from fingerprint,
--- status and start).
+-- status and start). These rows are also the alert entries of the timeline
+-- (read together with the timeline table), so an alert is written once.
 CREATE TABLE alert_events (
     id               TEXT PRIMARY KEY,
     incident_id      INTEGER REFERENCES incidents (id),
@@ -32,12 +33,12 @@ CREATE TABLE alert_events (
     annotations      TEXT NOT NULL,
     starts_at        INTEGER NOT NULL,
     ends_at          INTEGER,
+    occurred_at      INTEGER NOT NULL,
     generator_url    TEXT NOT NULL,
     truncated_alerts INTEGER NOT NULL DEFAULT 0,
     received_at      INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
 );
-CREATE INDEX alert_events_incident ON alert_events (incident_id);
-CREATE INDEX alert_events_fingerprint ON alert_events (fingerprint);
+CREATE INDEX alert_events_incident_time ON alert_events (incident_id, occurred_at);
 
 -- The current state of each alert within an incident.
 CREATE TABLE incident_alerts (
@@ -114,6 +115,8 @@ CREATE TABLE incident_gates (
     PRIMARY KEY (incident_id, gate_id)
 );
 
+-- Timeline entries other than alerts: lifecycle, deploys, gates (and later
+-- actions and notes).
 CREATE TABLE timeline (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     incident_id INTEGER NOT NULL REFERENCES incidents (id),

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::alertmanager::AlertStatus;
-use crate::events::{AlertEvent, DeployEvent, GateResult};
+use crate::events::{DeployEvent, GateResult};
 
 /// Entry kinds, as the API shows them.
 pub mod kind {
@@ -30,23 +30,26 @@ pub struct NewEntry {
     pub ref_id: String,
 }
 
-pub fn alert_entry(incident_id: i64, alert: &AlertEvent) -> NewEntry {
-    let (kind, verb) = match alert.status {
-        AlertStatus::Firing => (kind::ALERT_FIRING, "firing"),
-        AlertStatus::Resolved => (kind::ALERT_RESOLVED, "resolved"),
+/// The timeline summary of an alert notification. Alert entries are not stored
+/// in the timeline table: the store reads them from the alert events themselves.
+pub fn alert_summary(alertname: &str, status: &str, summary: Option<&str>) -> String {
+    let verb = if status == AlertStatus::Resolved.as_str() {
+        "resolved"
+    } else {
+        "firing"
     };
-    let mut summary = format!("{} {verb}", alert.alertname());
-    if let Some(s) = alert.annotations.get("summary") {
-        summary.push_str(": ");
-        summary.push_str(s);
+    match summary {
+        Some(s) if !s.is_empty() => format!("{alertname} {verb}: {s}"),
+        _ => format!("{alertname} {verb}"),
     }
-    NewEntry {
-        incident_id,
-        at: alert.occurred_at(),
-        kind,
-        source: "alertmanager".into(),
-        summary,
-        ref_id: alert.id.clone(),
+}
+
+/// The timeline kind of an alert notification with this status.
+pub fn alert_kind(status: &str) -> &'static str {
+    if status == AlertStatus::Resolved.as_str() {
+        kind::ALERT_RESOLVED
+    } else {
+        kind::ALERT_FIRING
     }
 }
 

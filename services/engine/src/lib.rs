@@ -354,7 +354,6 @@ impl Engine {
         let mut truncated: HashMap<i64, u64> = HashMap::new();
         for (incident, alert) in &placed {
             let Some(incident) = *incident else { continue };
-            entries.push(timeline::alert_entry(incident, alert));
             if alert.truncated_alerts > 0 {
                 truncated.insert(incident, alert.truncated_alerts);
             }

@@ -102,6 +102,7 @@ pub struct IncidentAlertRow {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TimelineRow {
+    /// Order among entries at the same time (0 for alert entries).
     pub id: i64,
     pub at: DateTime<Utc>,
     pub kind: String,
@@ -249,6 +250,39 @@ pub fn redact_url(url: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
     }
+}
+
+/// Builds a timeline row from the union of stored entries and alert events (for
+/// which `alertname` is set and `kind` holds the alert's status).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn timeline_row(
+    at: DateTime<Utc>,
+    seq: i64,
+    kind: String,
+    source: String,
+    summary: Option<String>,
+    ref_id: String,
+    alertname: Option<String>,
+    note: Option<String>,
+) -> Result<TimelineRow, sqlx::Error> {
+    Ok(match alertname {
+        Some(alertname) => TimelineRow {
+            id: seq,
+            at,
+            kind: firebreak_domain::timeline::alert_kind(&kind).to_string(),
+            summary: firebreak_domain::timeline::alert_summary(&alertname, &kind, note.as_deref()),
+            source,
+            ref_id,
+        },
+        None => TimelineRow {
+            id: seq,
+            at,
+            kind,
+            source,
+            summary: summary.unwrap_or_default(),
+            ref_id,
+        },
+    })
 }
 
 pub(crate) fn labels_json(map: &std::collections::BTreeMap<String, String>) -> String {

@@ -14,8 +14,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::migrate::{self, CREATE_TABLE};
 use crate::{
-    labels_json, translate, IncidentAlertRow, IncidentDetail, IncidentFilter, IncidentRow,
-    OpenIncident, Result, Store, StoreError, StoreTx, TimelineRow,
+    labels_json, timeline_row, translate, IncidentAlertRow, IncidentDetail, IncidentFilter,
+    IncidentRow, OpenIncident, Result, Store, StoreError, StoreTx, TimelineRow,
 };
 
 /// Key for the advisory lock that serializes migrations across processes.
@@ -220,12 +220,14 @@ impl Store for PgStore {
         .map(gate_row)
         .collect::<Result<Vec<_>, _>>()
         .map_err(translate)?;
-        let timeline_entries: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM timeline WHERE incident_id = $1")
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(translate)?;
+        let timeline_entries: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM timeline WHERE incident_id = $1)
+                  + (SELECT count(*) FROM alert_events WHERE incident_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate)?;
         Ok(IncidentDetail {
             incident,
             alerts,
@@ -241,9 +243,16 @@ impl Store for PgStore {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<TimelineRow>> {
+        // Alert entries come from the alert events themselves; at equal times an
+        // alert sorts before what it caused (seq 0 before any stored entry).
         let rows = sqlx::query(
-            "SELECT id, at, kind, source, summary, ref_id FROM timeline WHERE incident_id = $1
-             ORDER BY at, id LIMIT $2 OFFSET $3",
+            "SELECT at, seq, kind, source, summary, ref_id, alertname, note FROM (
+                SELECT occurred_at AS at, 0::bigint AS seq, status AS kind, 'alertmanager' AS source,
+                       NULL::text AS summary, id AS ref_id, alertname, annotations ->> 'summary' AS note
+                FROM alert_events WHERE incident_id = $1
+                UNION ALL
+                SELECT at, id, kind, source, summary, ref_id, NULL, NULL FROM timeline WHERE incident_id = $1
+             ) t ORDER BY at, seq, ref_id LIMIT $2 OFFSET $3",
         )
         .bind(incident_id)
         .bind(limit)
@@ -253,14 +262,16 @@ impl Store for PgStore {
         .map_err(translate)?;
         rows.iter()
             .map(|r| {
-                Ok(TimelineRow {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    kind: r.try_get("kind")?,
-                    source: r.try_get("source")?,
-                    summary: r.try_get("summary")?,
-                    ref_id: r.try_get("ref_id")?,
-                })
+                timeline_row(
+                    r.try_get("at")?,
+                    r.try_get("seq")?,
+                    r.try_get("kind")?,
+                    r.try_get("source")?,
+                    r.try_get("summary")?,
+                    r.try_get("ref_id")?,
+                    r.try_get("alertname")?,
+                    r.try_get("note")?,
+                )
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(translate)
@@ -421,7 +432,16 @@ impl StoreTx for PgTx {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut labels, mut annotations, mut starts, mut ends, mut urls, mut truncated) = (
+        let (
+            mut labels,
+            mut annotations,
+            mut starts,
+            mut ends,
+            mut occurred,
+            mut urls,
+            mut truncated,
+        ) = (
+            Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -439,18 +459,19 @@ impl StoreTx for PgTx {
             annotations.push(labels_json(&a.annotations));
             starts.push(a.starts_at);
             ends.push(a.ends_at);
+            occurred.push(a.occurred_at());
             urls.push(a.generator_url.as_str());
             truncated.push(i64::try_from(a.truncated_alerts).unwrap_or(i64::MAX));
         }
         sqlx::query(
             "INSERT INTO alert_events (id, incident_id, fingerprint, status, alertname, labels, annotations,
-                                       starts_at, ends_at, generator_url, truncated_alerts)
-             SELECT id, incident_id, fingerprint, status, alertname, labels::jsonb, annotations::jsonb,
-                    starts_at, ends_at, generator_url, truncated_alerts
+                                       starts_at, ends_at, occurred_at, generator_url, truncated_alerts)
+             SELECT id, incident_id, fingerprint, status, alertname, labels::json, annotations::json,
+                    starts_at, ends_at, occurred_at, generator_url, truncated_alerts
              FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[])
+                         $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::bigint[])
                   AS t(id, incident_id, fingerprint, status, alertname, labels, annotations,
-                       starts_at, ends_at, generator_url, truncated_alerts)
+                       starts_at, ends_at, occurred_at, generator_url, truncated_alerts)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(ids)
@@ -462,6 +483,7 @@ impl StoreTx for PgTx {
         .bind(annotations)
         .bind(starts)
         .bind(ends)
+        .bind(occurred)
         .bind(urls)
         .bind(truncated)
         .execute(&mut *self.tx)
@@ -492,7 +514,7 @@ impl StoreTx for PgTx {
         }
         sqlx::query(
             "INSERT INTO incident_alerts (incident_id, fingerprint, alertname, labels, status, starts_at, ends_at)
-             SELECT incident_id, fingerprint, alertname, labels::jsonb, status, starts_at, ends_at
+             SELECT incident_id, fingerprint, alertname, labels::json, status, starts_at, ends_at
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
                   AS t(incident_id, fingerprint, alertname, labels, status, starts_at, ends_at)
              ON CONFLICT (incident_id, fingerprint) DO UPDATE
@@ -611,7 +633,7 @@ impl StoreTx for PgTx {
         }
         let done = sqlx::query(
             "INSERT INTO log_lines (id, service, environment, at, level, message, labels)
-             SELECT id, service, environment, at, level, message, labels::jsonb
+             SELECT id, service, environment, at, level, message, labels::json
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
                   AS t(id, service, environment, at, level, message, labels)
              ON CONFLICT (id) DO NOTHING",

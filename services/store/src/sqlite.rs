@@ -1,7 +1,9 @@
 //! SQLite (WAL): the embedded default. One writer connection (SQLite has one
 //! writer per file anyway, and queuing in the pool beats SQLITE_BUSY), several
-//! readers. Times are stored as INTEGER microseconds since the epoch; lists are
-//! passed as one JSON array and expanded with `json_each`.
+//! readers. Times are stored as INTEGER microseconds since the epoch. Batches
+//! are passed as one JSON array and expanded with `json_each`, so a batch is one
+//! statement: sqlx hands every SQLite statement to a worker thread, and a hop per
+//! row would cost more than the insert itself.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -20,8 +22,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::migrate::{self, CREATE_TABLE};
 use crate::{
-    labels_json, translate, IncidentAlertRow, IncidentDetail, IncidentFilter, IncidentRow,
-    OpenIncident, Result, Store, StoreError, StoreTx, TimelineRow,
+    labels_json, timeline_row, translate, IncidentAlertRow, IncidentDetail, IncidentFilter,
+    IncidentRow, OpenIncident, Result, Store, StoreError, StoreTx, TimelineRow,
 };
 
 pub struct SqliteStore {
@@ -243,12 +245,14 @@ impl Store for SqliteStore {
         .map(gate_row)
         .collect::<Result<Vec<_>, _>>()
         .map_err(translate)?;
-        let timeline_entries: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM timeline WHERE incident_id = ?1")
-                .bind(id)
-                .fetch_one(&self.reader)
-                .await
-                .map_err(translate)?;
+        let timeline_entries: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM timeline WHERE incident_id = ?1)
+                  + (SELECT count(*) FROM alert_events WHERE incident_id = ?1)",
+        )
+        .bind(id)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(translate)?;
         Ok(IncidentDetail {
             incident,
             alerts,
@@ -264,9 +268,16 @@ impl Store for SqliteStore {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<TimelineRow>> {
+        // Alert entries come from the alert events themselves; at equal times an
+        // alert sorts before what it caused (seq 0 before any stored entry).
         let rows = sqlx::query(
-            "SELECT id, at, kind, source, summary, ref_id FROM timeline WHERE incident_id = ?1
-             ORDER BY at, id LIMIT ?2 OFFSET ?3",
+            "SELECT at, seq, kind, source, summary, ref_id, alertname, note FROM (
+                SELECT occurred_at AS at, 0 AS seq, status AS kind, 'alertmanager' AS source,
+                       NULL AS summary, id AS ref_id, alertname, annotations ->> '$.summary' AS note
+                FROM alert_events WHERE incident_id = ?1
+                UNION ALL
+                SELECT at, id, kind, source, summary, ref_id, NULL, NULL FROM timeline WHERE incident_id = ?1
+             ) ORDER BY at, seq, ref_id LIMIT ?2 OFFSET ?3",
         )
         .bind(incident_id)
         .bind(limit)
@@ -276,14 +287,16 @@ impl Store for SqliteStore {
         .map_err(translate)?;
         rows.iter()
             .map(|r| {
-                Ok(TimelineRow {
-                    id: r.try_get("id")?,
-                    at: time(r.try_get("at")?),
-                    kind: r.try_get("kind")?,
-                    source: r.try_get("source")?,
-                    summary: r.try_get("summary")?,
-                    ref_id: r.try_get("ref_id")?,
-                })
+                timeline_row(
+                    time(r.try_get("at")?),
+                    r.try_get("seq")?,
+                    r.try_get("kind")?,
+                    r.try_get("source")?,
+                    r.try_get("summary")?,
+                    r.try_get("ref_id")?,
+                    r.try_get("alertname")?,
+                    r.try_get("note")?,
+                )
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(translate)
@@ -425,142 +438,204 @@ impl StoreTx for SqliteTx {
     }
 
     async fn insert_alerts(&mut self, alerts: &[(Option<i64>, &AlertEvent)]) -> Result<()> {
-        for (incident, a) in alerts {
-            sqlx::query(
-                "INSERT INTO alert_events (id, incident_id, fingerprint, status, alertname, labels, annotations,
-                                           starts_at, ends_at, generator_url, truncated_alerts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&a.id)
-            .bind(incident)
-            .bind(&a.fingerprint)
-            .bind(a.status.as_str())
-            .bind(a.alertname())
-            .bind(labels_json(&a.labels))
-            .bind(labels_json(&a.annotations))
-            .bind(micros(a.starts_at))
-            .bind(a.ends_at.map(micros))
-            .bind(&a.generator_url)
-            .bind(i64::try_from(a.truncated_alerts).unwrap_or(i64::MAX))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(translate)?;
+        if alerts.is_empty() {
+            return Ok(());
         }
+        let rows: Vec<_> = alerts
+            .iter()
+            .map(|(incident, a)| {
+                (
+                    &a.id,
+                    incident,
+                    &a.fingerprint,
+                    a.status.as_str(),
+                    a.alertname(),
+                    labels_json(&a.labels),
+                    labels_json(&a.annotations),
+                    micros(a.starts_at),
+                    a.ends_at.map(micros),
+                    micros(a.occurred_at()),
+                    &a.generator_url,
+                    i64::try_from(a.truncated_alerts).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO alert_events (id, incident_id, fingerprint, status, alertname, labels, annotations,
+                                       starts_at, ends_at, occurred_at, generator_url, truncated_alerts)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                    value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(json_list(&rows))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(translate)?;
         Ok(())
     }
 
     async fn upsert_incident_alerts(&mut self, alerts: &[(i64, &AlertEvent)]) -> Result<()> {
-        for (incident, a) in alerts {
-            sqlx::query(
-                "INSERT INTO incident_alerts (incident_id, fingerprint, alertname, labels, status, starts_at, ends_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (incident_id, fingerprint) DO UPDATE
-                 SET status = excluded.status, starts_at = excluded.starts_at, ends_at = excluded.ends_at,
-                     labels = excluded.labels
-                 WHERE excluded.starts_at > incident_alerts.starts_at
-                    OR (excluded.starts_at = incident_alerts.starts_at AND excluded.status = 'resolved')",
-            )
-            .bind(incident)
-            .bind(&a.fingerprint)
-            .bind(a.alertname())
-            .bind(labels_json(&a.labels))
-            .bind(a.status.as_str())
-            .bind(micros(a.starts_at))
-            .bind(a.ends_at.map(micros))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(translate)?;
+        if alerts.is_empty() {
+            return Ok(());
         }
+        let rows: Vec<_> = alerts
+            .iter()
+            .map(|(incident, a)| {
+                (
+                    incident,
+                    &a.fingerprint,
+                    a.alertname(),
+                    labels_json(&a.labels),
+                    a.status.as_str(),
+                    micros(a.starts_at),
+                    a.ends_at.map(micros),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO incident_alerts (incident_id, fingerprint, alertname, labels, status, starts_at, ends_at)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (incident_id, fingerprint) DO UPDATE
+             SET status = excluded.status, starts_at = excluded.starts_at, ends_at = excluded.ends_at,
+                 labels = excluded.labels
+             WHERE excluded.starts_at > incident_alerts.starts_at
+                OR (excluded.starts_at = incident_alerts.starts_at AND excluded.status = 'resolved')",
+        )
+        .bind(json_list(&rows))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(translate)?;
         Ok(())
     }
 
     async fn insert_deploys(&mut self, deploys: &[DeployEvent]) -> Result<HashSet<String>> {
-        let mut new = HashSet::new();
-        for d in deploys {
-            let strategy = d
-                .strategy
-                .and_then(|s| serde_json::to_value(s).ok())
-                .and_then(|v| v.as_str().map(String::from));
-            let inserted: Option<String> = sqlx::query_scalar(
-                "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
-                                      started_at, finished_at, commit_sha, url, actor, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-            )
-            .bind(&d.id)
-            .bind(&d.service)
-            .bind(&d.environment)
-            .bind(&d.version)
-            .bind(&d.previous_version)
-            .bind(d.status.as_str())
-            .bind(strategy)
-            .bind(&d.step)
-            .bind(micros(d.started_at))
-            .bind(d.finished_at.map(micros))
-            .bind(&d.commit)
-            .bind(&d.url)
-            .bind(&d.actor)
-            .bind(json_list(&d.flags))
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(translate)?;
-            new.extend(inserted);
+        if deploys.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(new)
+        let rows: Vec<_> = deploys
+            .iter()
+            .map(|d| {
+                let strategy = d
+                    .strategy
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .and_then(|v| v.as_str().map(String::from));
+                (
+                    (
+                        &d.id,
+                        &d.service,
+                        &d.environment,
+                        &d.version,
+                        &d.previous_version,
+                        d.status.as_str(),
+                        strategy,
+                    ),
+                    (
+                        &d.step,
+                        micros(d.started_at),
+                        d.finished_at.map(micros),
+                        &d.commit,
+                        &d.url,
+                        &d.actor,
+                    ),
+                    json_list(&d.flags),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
+                                  started_at, finished_at, commit_sha, url, actor, flags)
+             SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
+                    value ->> '$[0][4]', value ->> '$[0][5]', value ->> '$[0][6]', value ->> '$[1][0]',
+                    value ->> '$[1][1]', value ->> '$[1][2]', value ->> '$[1][3]', value ->> '$[1][4]',
+                    value ->> '$[1][5]', value ->> 2
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(json_list(&rows))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(translate)?;
+        Ok(ids.into_iter().collect())
     }
 
     async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>> {
-        let mut new = HashSet::new();
-        for g in gates {
-            let inserted: Option<String> = sqlx::query_scalar(
-                "INSERT INTO gate_results (id, service, environment, version, deploy_id, gate, metric, comparison,
-                                           threshold, baseline, observed, window_text, step, verdict, evaluated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-            )
-            .bind(&g.id)
-            .bind(&g.service)
-            .bind(&g.environment)
-            .bind(&g.version)
-            .bind(&g.deploy_id)
-            .bind(&g.gate)
-            .bind(&g.metric)
-            .bind(&g.comparison)
-            .bind(g.threshold)
-            .bind(g.baseline)
-            .bind(g.observed)
-            .bind(&g.window)
-            .bind(&g.step)
-            .bind(g.verdict.as_str())
-            .bind(micros(g.evaluated_at))
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(translate)?;
-            new.extend(inserted);
+        if gates.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(new)
+        let rows: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                (
+                    (
+                        &g.id,
+                        &g.service,
+                        &g.environment,
+                        &g.version,
+                        &g.deploy_id,
+                        &g.gate,
+                        &g.metric,
+                        &g.comparison,
+                    ),
+                    (
+                        g.threshold,
+                        g.baseline,
+                        g.observed,
+                        &g.window,
+                        &g.step,
+                        g.verdict.as_str(),
+                        micros(g.evaluated_at),
+                    ),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO gate_results (id, service, environment, version, deploy_id, gate, metric, comparison,
+                                       threshold, baseline, observed, window_text, step, verdict, evaluated_at)
+             SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
+                    value ->> '$[0][4]', value ->> '$[0][5]', value ->> '$[0][6]', value ->> '$[0][7]',
+                    value ->> '$[1][0]', value ->> '$[1][1]', value ->> '$[1][2]', value ->> '$[1][3]',
+                    value ->> '$[1][4]', value ->> '$[1][5]', value ->> '$[1][6]'
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(json_list(&rows))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(translate)?;
+        Ok(ids.into_iter().collect())
     }
 
     async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64> {
-        let mut new = 0;
-        for l in lines {
-            let done = sqlx::query(
-                "INSERT INTO log_lines (id, service, environment, at, level, message, labels)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&l.id)
-            .bind(&l.service)
-            .bind(&l.environment)
-            .bind(micros(l.at))
-            .bind(&l.level)
-            .bind(&l.message)
-            .bind(labels_json(&l.labels))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(translate)?;
-            new += done.rows_affected();
+        if lines.is_empty() {
+            return Ok(0);
         }
-        Ok(new)
+        let rows: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (
+                    &l.id,
+                    &l.service,
+                    &l.environment,
+                    micros(l.at),
+                    &l.level,
+                    &l.message,
+                    labels_json(&l.labels),
+                )
+            })
+            .collect();
+        let done = sqlx::query(
+            "INSERT INTO log_lines (id, service, environment, at, level, message, labels)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(json_list(&rows))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(translate)?;
+        Ok(done.rows_affected())
     }
 
     async fn deploys_between(
@@ -668,53 +743,62 @@ impl StoreTx for SqliteTx {
     }
 
     async fn attach_changes(&mut self, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
-        let mut new = Vec::new();
-        for (incident, deploy) in pairs {
-            let done = sqlx::query("INSERT INTO incident_changes (incident_id, deploy_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                .bind(incident)
-                .bind(deploy)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(translate)?;
-            if done.rows_affected() > 0 {
-                new.push((*incident, deploy.clone()));
-            }
+        if pairs.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(new)
+        sqlx::query_as(
+            "INSERT INTO incident_changes (incident_id, deploy_id)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+             ON CONFLICT DO NOTHING RETURNING incident_id, deploy_id",
+        )
+        .bind(json_list(pairs))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(translate)
     }
 
     async fn attach_gates(&mut self, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
-        let mut new = Vec::new();
-        for (incident, gate) in pairs {
-            let done = sqlx::query("INSERT INTO incident_gates (incident_id, gate_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                .bind(incident)
-                .bind(gate)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(translate)?;
-            if done.rows_affected() > 0 {
-                new.push((*incident, gate.clone()));
-            }
+        if pairs.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(new)
+        sqlx::query_as(
+            "INSERT INTO incident_gates (incident_id, gate_id)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+             ON CONFLICT DO NOTHING RETURNING incident_id, gate_id",
+        )
+        .bind(json_list(pairs))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(translate)
     }
 
     async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()> {
-        for e in entries {
-            sqlx::query(
-                "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
-            )
-            .bind(e.incident_id)
-            .bind(micros(e.at))
-            .bind(e.kind)
-            .bind(&e.source)
-            .bind(&e.summary)
-            .bind(&e.ref_id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(translate)?;
+        if entries.is_empty() {
+            return Ok(());
         }
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.incident_id,
+                    micros(e.at),
+                    e.kind,
+                    &e.source,
+                    &e.summary,
+                    &e.ref_id,
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+        )
+        .bind(json_list(&rows))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(translate)?;
         Ok(())
     }
 
