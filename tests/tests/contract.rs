@@ -129,6 +129,7 @@ contract!(
     suspect_deploys_and_gates_attach,
     late_firing_never_overwrites_resolution,
     concurrent_processing_never_duplicates,
+    deploy_and_incident_committed_side_by_side_still_meet,
     migrations_are_idempotent,
     one_open_incident_per_group_is_enforced,
     listing_filters_and_pages,
@@ -418,6 +419,62 @@ async fn concurrent_processing_never_duplicates(h: &Harness) {
     assert_eq!(incidents.len(), 1);
     let kinds = h.timeline_kinds(incidents[0].id).await;
     assert_eq!(kinds.len(), 51);
+}
+
+/// A deploy and the first alert of its incident processed by two engines at
+/// the same moment: whichever commits second must still see the other, so the
+/// deploy is a suspect every time.
+async fn deploy_and_incident_committed_side_by_side_still_meet(h: &Harness) {
+    for round in 0..20 {
+        let service = format!("race{round}");
+        let alert = [TestAlert::firing(format!("aaaa{round:012}"), &service)];
+        let alert = decode(
+            EventKind::Alert,
+            &serde_json::to_vec(&webhook(&alert)).unwrap(),
+            Utc::now(),
+        )
+        .unwrap();
+        let deploy =
+            json!({"service": service, "version": "v2", "started_at": "2026-11-23T13:55:00Z"});
+        let deploy = decode(
+            EventKind::Deploy,
+            &serde_json::to_vec(&deploy).unwrap(),
+            Utc::now(),
+        )
+        .unwrap();
+        let tasks: Vec<_> = [alert, deploy]
+            .into_iter()
+            .map(|decoded| {
+                let engine = h.engine.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match engine.process(std::slice::from_ref(&decoded)).await {
+                            Ok(_) => return,
+                            Err(e) if e.is_transient() => {
+                                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let incident = h
+            .incidents()
+            .await
+            .into_iter()
+            .find(|i| i.service.as_deref() == Some(service.as_str()))
+            .unwrap();
+        let detail = h.store.incident(incident.id).await.unwrap();
+        assert_eq!(
+            detail.changes.len(),
+            1,
+            "round {round}: the deploy must be a suspect of the incident"
+        );
+    }
 }
 
 async fn migrations_are_idempotent(h: &Harness) {

@@ -265,6 +265,25 @@ impl Engine {
             }
         }
         let mut tx = self.store.begin().await?;
+        // Every lock this batch needs, taken at once in sorted order (no
+        // deadlocks between batches): the incident groups its alerts touch, and
+        // each service involved, so that a deploy and the incident it belongs to
+        // never miss each other when two batches commit side by side.
+        let policy = &self.config.policy;
+        let mut locks: BTreeSet<i64> = BTreeSet::new();
+        for a in &alerts {
+            let group = policy.group_key(&a.labels);
+            locks.insert(lock_key(&group.key));
+            if let Some(service) = &group.service {
+                locks.insert(service_lock(service));
+            }
+        }
+        locks.extend(deploys.iter().map(|d| service_lock(&d.service)));
+        locks.extend(gates.iter().map(|g| service_lock(&g.service)));
+        if !locks.is_empty() {
+            tx.lock_groups(&locks.into_iter().collect::<Vec<_>>())
+                .await?;
+        }
         let mut entries = Vec::new();
         if !alerts.is_empty() {
             self.apply_alerts(tx.as_mut(), &alerts, &mut entries, &mut outcome)
@@ -300,10 +319,6 @@ impl Engine {
             .iter()
             .map(|a| (policy.group_key(&a.labels), *a))
             .collect();
-        let group_keys: BTreeSet<&str> = keyed.iter().map(|(g, _)| g.key.as_str()).collect();
-        let locks: Vec<i64> = group_keys.iter().map(|k| lock_key(k)).collect();
-        tx.lock_groups(&locks).await?;
-
         let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
         let existing = tx.existing_alert_ids(&ids).await?;
         let fresh: Vec<(GroupKey, &AlertEvent)> = keyed
@@ -626,4 +641,9 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
     }
+}
+
+/// The lock that orders incident creation against deploys and gates of a service.
+fn service_lock(service: &str) -> i64 {
+    lock_key(&format!("service\u{0}{service}"))
 }
