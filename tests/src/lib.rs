@@ -494,3 +494,179 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// One request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: Value,
+}
+
+type Responder = dyn Fn(&Recorded) -> (u16, Value) + Send + Sync;
+
+/// A local HTTP server standing in for a SaaS API (Slack, LaunchDarkly, Argo
+/// CD): it records every request and answers with `respond`.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub base: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(
+        respond: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static,
+    ) -> Recorder {
+        use axum::extract::Request;
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let respond: std::sync::Arc<Responder> = std::sync::Arc::new(respond);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
+        let addr = listener.local_addr().expect("addr");
+        let log = requests.clone();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let log = log.clone();
+            let respond = respond.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(body, 10 << 20)
+                    .await
+                    .unwrap_or_default();
+                let rec = Recorded {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().unwrap_or("").to_string(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect(),
+                    body: serde_json::from_slice(&bytes)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+                };
+                let (status, answer) = respond(&rec);
+                log.lock().expect("recorder lock").push(rec);
+                (
+                    axum::http::StatusCode::from_u16(status).expect("status"),
+                    axum::Json(answer),
+                )
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Recorder {
+            addr,
+            base: format!("http://{addr}"),
+            requests,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("recorder lock").clone()
+    }
+
+    /// Requests whose method and path match.
+    pub fn matching(&self, method: &str, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Evaluates a boolean flag with the real OpenFeature Python SDK and its OFREP
+/// provider (`tests/support/ofrep`), as an application would.
+pub async fn openfeature_bool(base: &str, flag: &str) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/ofrep/evaluate.py");
+    let python = std::env::var("FIREBREAK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(base)
+        .arg(flag)
+        .arg("true")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "the OpenFeature client did not answer with JSON (install it: pip install -r tests/support/ofrep/requirements.txt)\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A webhook of one firing alert for `service` starting `minutes_ago`.
+pub fn alert_now(fingerprint: &str, alertname: &str, service: &str, minutes_ago: i64) -> Value {
+    let starts = (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+    serde_json::json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{alertname}\"}}"),
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "firebreak",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": {"alertname": alertname, "service": service},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": alertname, "service": service, "severity": "critical"},
+            "annotations": {"summary": format!("{alertname} on {service}")},
+            "startsAt": starts,
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus:9090/graph",
+            "fingerprint": fingerprint,
+        }],
+    })
+}
+
+/// A deploy event of `service` `version` that started `minutes_ago`.
+pub fn deploy_now(service: &str, version: &str, minutes_ago: i64) -> Value {
+    serde_json::json!({
+        "service": service,
+        "version": version,
+        "status": "succeeded",
+        "started_at": (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339(),
+    })
+}
+
+impl Firebreak {
+    /// Waits until the action list has an action of `playbook` in `status`.
+    pub async fn action_in(&self, playbook: &str, status: &str) -> Value {
+        eventually(
+            &format!("an action of {playbook} in status {status}"),
+            Duration::from_secs(20),
+            || async {
+                let (_, body) = self.get("/api/v1/actions?limit=500").await;
+                body["actions"]
+                    .as_array()?
+                    .iter()
+                    .find(|a| a["playbook"] == playbook && a["status"] == status)
+                    .cloned()
+            },
+        )
+        .await
+    }
+
+    /// Every action, oldest first.
+    pub async fn actions(&self) -> Vec<Value> {
+        let (_, body) = self.get("/api/v1/actions?limit=500").await;
+        let mut v = body["actions"].as_array().cloned().unwrap_or_default();
+        v.reverse();
+        v
+    }
+}

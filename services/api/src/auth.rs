@@ -1,31 +1,11 @@
 //! Optional bearer tokens, one per source. Tokens are compared in constant time
 //! and never printed.
 
-use std::fmt;
-
 use axum::http::{header, HeaderMap};
 
+pub use firebreak_domain::secret::Secret;
+
 use crate::ApiError;
-
-/// A secret string: `Debug` and `Display` print `***`.
-#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Which token each source must present; `None` means open.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +15,8 @@ pub struct Tokens {
     pub gate: Option<Secret>,
     pub logs: Option<Secret>,
     pub api: Option<Secret>,
+    /// Applications reading kill switches over OFREP.
+    pub ofrep: Option<Secret>,
 }
 
 pub(crate) fn check(expected: Option<&Secret>, headers: &HeaderMap) -> Result<(), ApiError> {

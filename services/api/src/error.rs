@@ -28,6 +28,10 @@ pub enum ApiError {
     Forbidden,
     #[error("not found")]
     NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("upstream refused: {0}")]
+    BadGateway(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -85,6 +89,14 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": what}),
+            ),
+            ApiError::Conflict(what) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "message": what}),
+            ),
+            ApiError::BadGateway(what) => (
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "upstream_failed", "message": what}),
             ),
             ApiError::Unavailable(detail) => {
                 tracing::warn!(%detail, "answering 503");

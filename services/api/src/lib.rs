@@ -18,6 +18,7 @@ mod error;
 mod incidents;
 mod ingest;
 mod ops;
+mod remediation;
 
 pub use auth::{Secret, Tokens};
 pub use error::ApiError;
@@ -30,6 +31,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<Tokens>,
     pub max_body_bytes: usize,
+    /// The active playbooks (api role); `None` when no directory is configured.
+    pub playbooks: Option<Arc<firebreak_engine::PlaybookSet>>,
+    /// Kill switch providers, for reverting actions.
+    pub providers: Option<Arc<firebreak_actions::Providers>>,
+    /// Wakes an in-process executor after an approval.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
+    /// Automation runs in dry-run (reported by `GET /api/v1/automation`).
+    pub dry_run: bool,
 }
 
 /// Builds the router for the roles this process runs.
@@ -42,7 +51,9 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
         router = router.merge(ingest::router().layer(DefaultBodyLimit::max(state.max_body_bytes)));
     }
     if api {
-        router = router.merge(incidents::router());
+        router = router
+            .merge(incidents::router())
+            .merge(remediation::router());
     }
     router.fallback(not_found).with_state(state)
 }

@@ -9,7 +9,10 @@ pub mod alertmanager;
 pub mod correlation;
 pub mod events;
 pub mod ids;
+pub mod matcher;
 pub mod metrics;
+pub mod playbook;
+pub mod secret;
 pub mod timeline;
 mod wire;
 

@@ -44,6 +44,11 @@ pub struct Metrics {
     incidents_opened: AtomicU64,
     incidents_resolved: AtomicU64,
     processing: Histogram,
+    /// Remediation actions by outcome (rare: a lock is fine).
+    actions: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    playbooks_loaded: AtomicU64,
+    playbook_load_errors: AtomicU64,
+    playbook_reloads_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -92,6 +97,29 @@ impl Metrics {
         h.count.fetch_add(1, Ordering::Relaxed);
         h.sum_micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// A remediation action reached `outcome` (requested, held, succeeded, …).
+    pub fn action(&self, outcome: &'static str) {
+        if let Ok(mut map) = self.actions.lock() {
+            *map.entry(outcome).or_default() += 1;
+        }
+    }
+
+    pub fn action_total(&self, outcome: &str) -> u64 {
+        self.actions
+            .lock()
+            .map(|m| m.get(outcome).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The playbook set after a (re)load: how many loaded, how many files failed.
+    pub fn playbooks(&self, loaded: u64, errors: u64) {
+        self.playbooks_loaded.store(loaded, Ordering::Relaxed);
+        self.playbook_load_errors.store(errors, Ordering::Relaxed);
+        if errors > 0 {
+            self.playbook_reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn processed_total(&self, kind: EventKind) -> u64 {
@@ -163,6 +191,42 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "firebreak_actions_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Remediation actions by outcome.\n# TYPE {name} counter"
+        );
+        if let Ok(map) = self.actions.lock() {
+            for (outcome, n) in map.iter() {
+                let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {n}");
+            }
+        }
+        for (name, help, kind, value) in [
+            (
+                "firebreak_playbooks_loaded",
+                "Playbooks in the active set.",
+                "gauge",
+                &self.playbooks_loaded,
+            ),
+            (
+                "firebreak_playbook_load_errors",
+                "Playbook files that failed to load at the last (re)load.",
+                "gauge",
+                &self.playbook_load_errors,
+            ),
+            (
+                "firebreak_playbook_reloads_failed_total",
+                "Playbook (re)loads that found a bad file.",
+                "counter",
+                &self.playbook_reloads_failed,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 value.load(Ordering::Relaxed)
             );
         }

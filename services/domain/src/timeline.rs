@@ -16,6 +16,17 @@ pub mod kind {
     pub const ALERTS_TRUNCATED: &str = "alerts_truncated";
     pub const DEPLOY: &str = "deploy";
     pub const GATE: &str = "gate";
+    pub const PLAYBOOK_SKIPPED: &str = "playbook_skipped";
+    pub const ACTION_REQUESTED: &str = "action_requested";
+    pub const ACTION_HELD: &str = "action_held";
+    pub const ACTION_SUPPRESSED: &str = "action_suppressed";
+    pub const ACTION_DRY_RUN: &str = "action_dry_run";
+    pub const ACTION_APPROVED: &str = "action_approved";
+    pub const ACTION_DENIED: &str = "action_denied";
+    pub const ACTION_EXECUTED: &str = "action_executed";
+    pub const ACTION_FAILED: &str = "action_failed";
+    pub const ACTION_REVERTED: &str = "action_reverted";
+    pub const NOTE: &str = "note";
 }
 
 /// A new entry for the timeline. `ref_id` names what it is about (an event id, or

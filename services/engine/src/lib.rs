@@ -22,7 +22,15 @@ use firebreak_domain::metrics::Metrics;
 use firebreak_domain::timeline::{self, kind, NewEntry};
 use firebreak_domain::{decode, AlertEvent, Decoded, DeployEvent, EventKind, GateResult, LogLine};
 use firebreak_store::{Store, StoreError, StoreTx};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub mod playbooks;
+mod remediation;
+
+use firebreak_domain::playbook::Trigger;
+pub use playbooks::{Loaded, PlaybookSet, StepCheck};
+pub use remediation::AutomationPolicy;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -35,6 +43,7 @@ pub struct EngineConfig {
     pub workers: usize,
     /// How often open incidents are checked for resolution.
     pub sweep_interval: Duration,
+    pub automation: AutomationPolicy,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +54,7 @@ impl Default for EngineConfig {
             prefetch: 256,
             workers: 2,
             sweep_interval: Duration::from_secs(5),
+            automation: AutomationPolicy::default(),
         }
     }
 }
@@ -56,6 +66,8 @@ pub struct Outcome {
     pub duplicates: [u64; 4],
     pub incidents_opened: Vec<i64>,
     pub incidents_reopened: Vec<i64>,
+    /// Actions claimed and ready for an executor.
+    pub actions_ready: usize,
 }
 
 pub struct Engine {
@@ -63,6 +75,9 @@ pub struct Engine {
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
     config: EngineConfig,
+    playbooks: Arc<PlaybookSet>,
+    /// Wakes the executor when actions are ready.
+    wake: Arc<Notify>,
 }
 
 /// Transient store failures are retried this many times in-process before the
@@ -77,12 +92,22 @@ impl Engine {
         metrics: Arc<Metrics>,
         config: EngineConfig,
     ) -> Engine {
+        let playbooks = Arc::new(PlaybookSet::empty(metrics.clone()));
         Engine {
             store,
             bus,
             metrics,
             config,
+            playbooks,
+            wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Matches events against `playbooks`; `wake` is notified when actions are claimed.
+    pub fn with_playbooks(mut self, playbooks: Arc<PlaybookSet>, wake: Arc<Notify>) -> Engine {
+        self.playbooks = playbooks;
+        self.wake = wake;
+        self
     }
 
     /// Runs the consumers and the sweeper until `shutdown` is cancelled; work in
@@ -285,18 +310,43 @@ impl Engine {
                 .await?;
         }
         let mut entries = Vec::new();
+        let mut triggers: Vec<(Trigger<'_>, Option<i64>)> = Vec::new();
+        let mut placed_alerts: Vec<(Option<i64>, &AlertEvent)> = Vec::new();
         if !alerts.is_empty() {
-            self.apply_alerts(tx.as_mut(), &alerts, &mut entries, &mut outcome)
-                .await?;
+            self.apply_alerts(
+                tx.as_mut(),
+                &alerts,
+                &mut entries,
+                &mut outcome,
+                &mut placed_alerts,
+            )
+            .await?;
         }
+        triggers.extend(placed_alerts.iter().map(|(i, a)| (Trigger::Alert(a), *i)));
         if !deploys.is_empty() {
-            self.apply_deploys(tx.as_mut(), &deploys, &mut entries, &mut outcome)
+            let fresh = self
+                .apply_deploys(tx.as_mut(), &deploys, &mut entries, &mut outcome)
                 .await?;
+            triggers.extend(
+                deploys
+                    .iter()
+                    .filter_map(|d| fresh.get(d.id.as_str()).map(|i| (Trigger::Deploy(d), *i))),
+            );
         }
         if !gates.is_empty() {
-            self.apply_gates(tx.as_mut(), &gates, &mut entries, &mut outcome)
+            let fresh = self
+                .apply_gates(tx.as_mut(), &gates, &mut entries, &mut outcome)
                 .await?;
+            triggers.extend(
+                gates
+                    .iter()
+                    .filter_map(|g| fresh.get(g.id.as_str()).map(|i| (Trigger::Gate(g), *i))),
+            );
         }
+        let mut ready = 0;
+        self.remediate(tx.as_mut(), &triggers, &mut entries, &mut ready)
+            .await?;
+        outcome.actions_ready = ready;
         if !logs.is_empty() {
             let new = tx.insert_logs(&logs).await?;
             outcome.new[EventKind::Log.index()] = new;
@@ -304,24 +354,28 @@ impl Engine {
         }
         tx.insert_timeline(&entries).await?;
         tx.commit().await?;
+        if outcome.actions_ready > 0 {
+            self.wake.notify_one();
+        }
         Ok(outcome)
     }
 
-    async fn apply_alerts(
+    async fn apply_alerts<'a>(
         &self,
         tx: &mut dyn StoreTx,
-        alerts: &[&AlertEvent],
+        alerts: &[&'a AlertEvent],
         entries: &mut Vec<NewEntry>,
         outcome: &mut Outcome,
+        placed_out: &mut Vec<(Option<i64>, &'a AlertEvent)>,
     ) -> Result<(), StoreError> {
         let policy = &self.config.policy;
-        let keyed: Vec<(GroupKey, &AlertEvent)> = alerts
+        let keyed: Vec<(GroupKey, &'a AlertEvent)> = alerts
             .iter()
             .map(|a| (policy.group_key(&a.labels), *a))
             .collect();
         let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
         let existing = tx.existing_alert_ids(&ids).await?;
-        let fresh: Vec<(GroupKey, &AlertEvent)> = keyed
+        let fresh: Vec<(GroupKey, &'a AlertEvent)> = keyed
             .into_iter()
             .filter(|(_, a)| !existing.contains(&a.id))
             .collect();
@@ -350,7 +404,7 @@ impl Engine {
         if !reopened.is_empty() {
             tx.reopen_incidents(&reopened).await?;
         }
-        let placed: Vec<(Option<i64>, &AlertEvent)> = fresh
+        let placed: Vec<(Option<i64>, &'a AlertEvent)> = fresh
             .iter()
             .zip(&plan.targets)
             .map(|((_, alert), target)| {
@@ -363,6 +417,7 @@ impl Engine {
             })
             .collect();
         tx.insert_alerts(&placed).await?;
+        placed_out.extend(placed.iter().copied());
 
         // One state row per (incident, fingerprint): the newest notification wins.
         let mut current: HashMap<(i64, &str), &AlertEvent> = HashMap::new();
@@ -448,19 +503,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Returns each new deploy with the incident it was attached to, if any.
     async fn apply_deploys(
         &self,
         tx: &mut dyn StoreTx,
         deploys: &[DeployEvent],
         entries: &mut Vec<NewEntry>,
         outcome: &mut Outcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HashMap<String, Option<i64>>, StoreError> {
         let new_ids = tx.insert_deploys(deploys).await?;
         outcome.new[EventKind::Deploy.index()] = new_ids.len() as u64;
         outcome.duplicates[EventKind::Deploy.index()] = (deploys.len() - new_ids.len()) as u64;
         let fresh: Vec<&DeployEvent> = deploys.iter().filter(|d| new_ids.contains(&d.id)).collect();
+        let mut result: HashMap<String, Option<i64>> =
+            fresh.iter().map(|d| (d.id.clone(), None)).collect();
         if fresh.is_empty() {
-            return Ok(());
+            return Ok(result);
         }
         let services: Vec<String> = fresh
             .iter()
@@ -481,30 +539,36 @@ impl Engine {
                 }
             }
         }
+        for (incident, deploy_id) in &pairs {
+            result.insert(deploy_id.clone(), Some(*incident));
+        }
         if pairs.is_empty() {
-            return Ok(());
+            return Ok(result);
         }
         for (incident, deploy_id) in tx.attach_changes(&pairs).await? {
             if let Some(d) = fresh.iter().find(|d| d.id == deploy_id) {
                 entries.push(timeline::deploy_entry(incident, d));
             }
         }
-        Ok(())
+        Ok(result)
     }
 
+    /// Returns each new gate result with an incident it was attached to, if any.
     async fn apply_gates(
         &self,
         tx: &mut dyn StoreTx,
         gates: &[GateResult],
         entries: &mut Vec<NewEntry>,
         outcome: &mut Outcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HashMap<String, Option<i64>>, StoreError> {
         let new_ids = tx.insert_gates(gates).await?;
         outcome.new[EventKind::Gate.index()] = new_ids.len() as u64;
         outcome.duplicates[EventKind::Gate.index()] = (gates.len() - new_ids.len()) as u64;
         let fresh: Vec<&GateResult> = gates.iter().filter(|g| new_ids.contains(&g.id)).collect();
+        let mut result: HashMap<String, Option<i64>> =
+            fresh.iter().map(|g| (g.id.clone(), None)).collect();
         if fresh.is_empty() {
-            return Ok(());
+            return Ok(result);
         }
         // The deploy each gate judged: named, or found by service and version.
         let mut deploy_of: HashMap<&str, String> = HashMap::new();
@@ -559,15 +623,18 @@ impl Engine {
             }
         }
         if pairs.is_empty() {
-            return Ok(());
+            return Ok(result);
         }
         let pairs: Vec<(i64, String)> = pairs.into_iter().collect();
+        for (incident, gate_id) in &pairs {
+            result.insert(gate_id.clone(), Some(*incident));
+        }
         for (incident, gate_id) in tx.attach_gates(&pairs).await? {
             if let Some(g) = fresh.iter().find(|g| g.id == gate_id) {
                 entries.push(timeline::gate_entry(incident, g));
             }
         }
-        Ok(())
+        Ok(result)
     }
 
     async fn sweep_loop(&self, shutdown: CancellationToken) {

@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use firebreak_actions::{KillSwitchConfig, NotifierConfig, RollbackConfig, SlackConfig};
 use firebreak_api::{Secret, Tokens};
 use firebreak_domain::correlation::CorrelationPolicy;
-use firebreak_engine::EngineConfig;
+use firebreak_domain::playbook::{Budget, NotifyStep};
+use firebreak_engine::{AutomationPolicy, EngineConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,57 @@ pub struct FileConfig {
     pub api: ApiSection,
     pub engine: EngineSection,
     pub incidents: IncidentsSection,
+    pub playbooks: PlaybooksSection,
+    pub automation: AutomationSection,
+    pub kill_switch: BTreeMap<String, KillSwitchConfig>,
+    pub rollback: BTreeMap<String, RollbackConfig>,
+    pub notify: BTreeMap<String, NotifierConfig>,
+    pub slack: SlackConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybooksSection {
+    /// Directory of playbook files; unset: no playbooks, no automation.
+    pub dir: Option<PathBuf>,
+    pub reload_interval: String,
+}
+
+impl Default for PlaybooksSection {
+    fn default() -> Self {
+        PlaybooksSection {
+            dir: None,
+            reload_interval: "2s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutomationSection {
+    pub dry_run: bool,
+    /// Global budget, e.g. `{ count = 10, per = "1h" }`.
+    pub max_actions: Option<Budget>,
+    /// Where held and failed actions are escalated: a Slack channel and/or a notifier.
+    pub escalate_slack: Option<String>,
+    pub escalate_webhook: Option<String>,
+    pub max_attempts: i32,
+    pub retry_backoff: String,
+    pub lease: String,
+}
+
+impl Default for AutomationSection {
+    fn default() -> Self {
+        AutomationSection {
+            dry_run: false,
+            max_actions: None,
+            escalate_slack: None,
+            escalate_webhook: None,
+            max_attempts: 3,
+            retry_backoff: "1s".into(),
+            lease: "2m".into(),
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -93,6 +148,12 @@ impl Default for FileConfig {
             api: ApiSection::default(),
             engine: EngineSection::default(),
             incidents: IncidentsSection::default(),
+            playbooks: PlaybooksSection::default(),
+            automation: AutomationSection::default(),
+            kill_switch: BTreeMap::new(),
+            rollback: BTreeMap::new(),
+            notify: BTreeMap::new(),
+            slack: SlackConfig::default(),
         }
     }
 }
@@ -143,6 +204,8 @@ pub struct TokensSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     pub token: Option<Secret>,
+    /// Bearer token applications present on the OFREP endpoints; unset: open.
+    pub ofrep_token: Option<Secret>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +276,13 @@ pub struct Config {
     pub tokens: Tokens,
     pub max_body_bytes: usize,
     pub engine: EngineConfig,
+    pub playbooks_dir: Option<PathBuf>,
+    pub playbooks_reload: Duration,
+    pub executor: firebreak_actions::ExecutorConfig,
+    pub kill_switches: BTreeMap<String, KillSwitchConfig>,
+    pub rollbacks: BTreeMap<String, RollbackConfig>,
+    pub notifiers: BTreeMap<String, NotifierConfig>,
+    pub slack: SlackConfig,
 }
 
 impl Config {
@@ -245,7 +315,16 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FIREBREAK_REOPEN_WINDOW", "incidents.reopen_window"),
     ("FIREBREAK_QUIET_PERIOD", "incidents.quiet_period"),
     ("FIREBREAK_DEPLOY_LOOKBACK", "incidents.deploy_lookback"),
+    ("FIREBREAK_PLAYBOOKS", "playbooks.dir"),
+    ("FIREBREAK_DRY_RUN", "automation.dry_run"),
+    ("FIREBREAK_ESCALATE_SLACK", "automation.escalate_slack"),
+    ("FIREBREAK_ESCALATE_WEBHOOK", "automation.escalate_webhook"),
+    ("FIREBREAK_OFREP_TOKEN", "api.ofrep_token"),
+    ("FIREBREAK_SLACK_BOT_TOKEN", "slack.bot_token"),
+    ("FIREBREAK_SLACK_API_URL", "slack.api_url"),
 ];
+
+const BOOL_KEYS: &[&str] = &["automation.dry_run"];
 
 const INTEGER_KEYS: &[&str] = &[
     "amqp.prefetch",
@@ -262,6 +341,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub roles: Option<String>,
     pub log_format: Option<String>,
+    pub playbooks: Option<PathBuf>,
 }
 
 pub fn load(
@@ -282,7 +362,13 @@ pub fn load(
         let Some(raw) = env(var).filter(|v| !v.is_empty()) else {
             continue;
         };
-        let value = if INTEGER_KEYS.contains(key) {
+        let value = if BOOL_KEYS.contains(key) {
+            toml::Value::Boolean(match raw.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => return Err(format!("{var} (key `{key}`): {raw:?} is not true or false")),
+            })
+        } else if INTEGER_KEYS.contains(key) {
             toml::Value::Integer(
                 raw.trim()
                     .parse()
@@ -302,10 +388,41 @@ pub fn load(
     let origin = file
         .map(|p| format!("config file {}", p.display()))
         .unwrap_or_else(|| "environment".into());
+    // Provider tokens and headers may name secrets kept in the environment.
+    for section in ["kill_switch", "rollback", "notify", "slack"] {
+        if let Some(v) = table.get_mut(section) {
+            expand_secrets(v, section, &env)?;
+        }
+    }
     let parsed: FileConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| format!("{origin}: {}", e.message()))?;
     validate(parsed, overrides)
+}
+
+fn expand_secrets(
+    v: &mut toml::Value,
+    path: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) if s.contains("${") => {
+            *s = firebreak_domain::secret::expand(s, env)
+                .map_err(|e| format!("key `{path}`: {e}"))?;
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                expand_secrets(v, &format!("{path}.{k}"), env)?;
+            }
+        }
+        toml::Value::Array(a) => {
+            for v in a.iter_mut() {
+                expand_secrets(v, path, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
@@ -395,6 +512,38 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     if sweep_interval.is_zero() {
         return Err("key `engine.sweep_interval`: must be more than 0s".into());
     }
+    let playbooks_reload = duration("playbooks.reload_interval", &f.playbooks.reload_interval)?;
+    if playbooks_reload.is_zero() {
+        return Err("key `playbooks.reload_interval`: must be more than 0s".into());
+    }
+    if !(1..=20).contains(&f.automation.max_attempts) {
+        return Err("key `automation.max_attempts`: must be between 1 and 20".into());
+    }
+    if let Some(b) = &f.automation.max_actions {
+        if b.count == 0 {
+            return Err("key `automation.max_actions.count`: must be at least 1".into());
+        }
+    }
+    if let Some(w) = &f.automation.escalate_webhook {
+        if !f.notify.contains_key(w) {
+            return Err(format!(
+                "key `automation.escalate_webhook`: notifier {w:?} is not configured: add [notify.{w}]"
+            ));
+        }
+    }
+    if f.automation.escalate_slack.is_some() && f.slack.bot_token.is_none() {
+        return Err(
+            "key `automation.escalate_slack`: needs slack.bot_token (FIREBREAK_SLACK_BOT_TOKEN)"
+                .into(),
+        );
+    }
+    let escalate = (f.automation.escalate_slack.is_some()
+        || f.automation.escalate_webhook.is_some())
+    .then(|| NotifyStep {
+        slack: f.automation.escalate_slack.clone(),
+        webhook: f.automation.escalate_webhook.clone(),
+        message: None,
+    });
     let policy = CorrelationPolicy {
         group_by: f.incidents.group_by,
         reopen_window: chrono_duration("incidents.reopen_window", &f.incidents.reopen_window)?,
@@ -418,6 +567,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             gate: f.ingest.tokens.gate,
             logs: f.ingest.tokens.logs,
             api: f.api.token,
+            ofrep: f.api.ofrep_token,
         },
         max_body_bytes: f.ingest.max_body_bytes,
         engine: EngineConfig {
@@ -426,7 +576,25 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             prefetch: f.amqp.prefetch,
             workers: f.engine.workers,
             sweep_interval,
+            automation: AutomationPolicy {
+                dry_run: f.automation.dry_run,
+                max_actions: f.automation.max_actions,
+                escalate: escalate.clone(),
+            },
         },
+        playbooks_dir: o.playbooks.clone().or(f.playbooks.dir),
+        playbooks_reload,
+        executor: firebreak_actions::ExecutorConfig {
+            lease: duration("automation.lease", &f.automation.lease)?,
+            max_attempts: f.automation.max_attempts,
+            backoff: duration("automation.retry_backoff", &f.automation.retry_backoff)?,
+            escalate,
+            ..firebreak_actions::ExecutorConfig::default()
+        },
+        kill_switches: f.kill_switch,
+        rollbacks: f.rollback,
+        notifiers: f.notify,
+        slack: f.slack,
     })
 }
 

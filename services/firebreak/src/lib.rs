@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use firebreak_actions::{Executor, Providers};
 use firebreak_api::AppState;
 use firebreak_bus::{Bus, EmbeddedBus, RabbitBus, Topology};
 use firebreak_domain::metrics::Metrics;
-use firebreak_engine::Engine;
+use firebreak_engine::{Engine, PlaybookSet, StepCheck};
 use firebreak_store::Store;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub mod config;
+pub mod playbooks_cli;
 
 use config::{Config, Overrides};
 
@@ -38,6 +41,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(ServeArgs),
+    /// Check, test and replay playbooks.
+    #[command(subcommand)]
+    Playbooks(playbooks_cli::PlaybooksCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +60,9 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "FIREBREAK_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Directory of playbook files (none: no automation).
+    #[arg(long, env = "FIREBREAK_PLAYBOOKS")]
+    pub playbooks: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -63,6 +72,7 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             roles: self.roles.clone(),
             log_format: self.log_format.clone(),
+            playbooks: self.playbooks.clone(),
         }
     }
 }
@@ -70,20 +80,21 @@ impl ServeArgs {
 /// Parses the command line and runs it; the process exit code follows the result.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let args = match &cli.command {
-        Command::Serve(a) | Command::Migrate(a) => a,
+    let overrides = match &cli.command {
+        Command::Serve(a) | Command::Migrate(a) => a.overrides(),
+        Command::Playbooks(p) => p.overrides(),
     };
-    let config = match config::load(
-        cli.config.as_deref(),
-        |k| std::env::var(k).ok(),
-        &args.overrides(),
-    ) {
+    let config = match config::load(cli.config.as_deref(), |k| std::env::var(k).ok(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("firebreak: configuration error: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    if let Command::Playbooks(p) = &cli.command {
+        // Offline commands: no telemetry noise on the terminal.
+        return playbooks_cli::run(p, &config);
+    }
     init_telemetry(config.json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,6 +110,7 @@ pub fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(_) => serve(config, shutdown_signal()).await,
             Command::Migrate(_) => migrate(&config).await,
+            Command::Playbooks(_) => Ok(()),
         }
     });
     match result {
@@ -176,7 +188,7 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = retry("database", &config.database_url.to_string(), || {
         firebreak_store::connect(&config.database_url.0)
     })
@@ -262,19 +274,66 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "firebreak started"
     );
 
-    let engine_task = match (&store, &bus, roles.engine) {
-        (Some(store), Some(bus), true) => {
-            let engine = Arc::new(Engine::new(
-                store.clone(),
-                bus.clone(),
+    let providers = store.as_ref().map(|store| {
+        Arc::new(Providers::new(
+            Some(store.clone()),
+            &config.kill_switches,
+            config.rollbacks.clone(),
+            config.notifiers.clone(),
+            config.slack.clone(),
+        ))
+    });
+    let playbooks = match (&config.playbooks_dir, &providers) {
+        (Some(dir), Some(providers)) => {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "the playbook directory {} does not exist (set --playbooks or FIREBREAK_PLAYBOOKS)",
+                    dir.display()
+                );
+            }
+            let set = Arc::new(PlaybookSet::load(
+                dir.clone(),
+                step_check(providers),
                 metrics.clone(),
-                config.engine.clone(),
             ));
-            let token = shutdown.clone();
-            Some(tokio::spawn(async move { engine.run(token).await }))
+            tokio::spawn(set.clone().watch(config.playbooks_reload, shutdown.clone()));
+            Some(set)
         }
         _ => None,
     };
+    if config.engine.automation.dry_run {
+        tracing::warn!(
+            "automation is in dry-run: playbooks record what they would do and call nothing"
+        );
+    }
+    let wake = Arc::new(Notify::new());
+
+    let mut background = Vec::new();
+    if let (Some(store), Some(bus), true) = (&store, &bus, roles.engine) {
+        let mut engine = Engine::new(
+            store.clone(),
+            bus.clone(),
+            metrics.clone(),
+            config.engine.clone(),
+        );
+        if let Some(set) = &playbooks {
+            engine = engine.with_playbooks(set.clone(), wake.clone());
+        }
+        let engine = Arc::new(engine);
+        let token = shutdown.clone();
+        background.push(tokio::spawn(async move { engine.run(token).await }));
+        if let Some(providers) = &providers {
+            let executor = Arc::new(Executor::new(
+                store.clone(),
+                providers.clone(),
+                metrics.clone(),
+                config.executor.clone(),
+                wake.clone(),
+            ));
+            let token = shutdown.clone();
+            background.push(tokio::spawn(async move { executor.run(token).await }));
+        }
+    }
 
     let state = AppState {
         store: if roles.api || roles.engine {
@@ -286,6 +345,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
         tokens: Arc::new(config.tokens.clone()),
         max_body_bytes: config.max_body_bytes,
+        playbooks,
+        providers,
+        wake: Some(wake),
+        dry_run: config.engine.automation.dry_run,
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
     let http_shutdown = shutdown.clone();
@@ -294,7 +357,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("HTTP server failed")?;
 
-    if let Some(task) = engine_task {
+    for task in background {
         let _ = task.await;
     }
     if let Some(bus) = bus {
@@ -305,4 +368,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     tracing::info!("firebreak stopped");
     Ok(())
+}
+
+/// Checks playbook steps against the configured providers.
+pub fn step_check(providers: &Arc<Providers>) -> StepCheck {
+    let p = providers.clone();
+    Arc::new(move |step| p.missing(step))
 }

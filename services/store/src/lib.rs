@@ -17,9 +17,14 @@ use serde::Serialize;
 
 mod migrate;
 pub mod postgres;
+pub mod remediation;
 pub mod sqlite;
 
 pub use postgres::PgStore;
+pub use remediation::{
+    ActionChange, ActionFilter, ActionRow, ActionStatus, AuditFilter, AuditRow, FlagRow, History,
+    NewAction, NewAudit, SETTING_PAUSED,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +159,48 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Vec<TimelineRow>>;
     /// Events stored per kind, for tests and operators: (alerts, deploys, gates, log lines).
     async fn event_counts(&self) -> Result<[i64; 4]>;
+
+    /// Claims the oldest action ready to run (pending and due, or running with
+    /// an expired lease) whose target has no other action running. Returns it
+    /// with `true` when it was found running: a crash left it in doubt.
+    async fn claim_action(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<(ActionRow, bool)>>;
+    /// Moves an action to a new status if its status is one of `from`, writing
+    /// audit rows and timeline entries in the same transaction. `None` when the
+    /// action was not in `from` (someone else decided first): nothing written.
+    async fn transition_action(
+        &self,
+        id: i64,
+        from: &[ActionStatus],
+        change: &ActionChange,
+        audit: &[NewAudit],
+        timeline: &[NewEntry],
+    ) -> Result<Option<ActionRow>>;
+    async fn action(&self, id: i64) -> Result<ActionRow>;
+    async fn list_actions(&self, filter: &ActionFilter) -> Result<Vec<ActionRow>>;
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
+    /// Writes audit rows and timeline entries in one transaction.
+    async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()>;
+    async fn list_flags(&self) -> Result<Vec<FlagRow>>;
+    async fn flag(&self, key: &str) -> Result<FlagRow>;
+    /// Creates or sets a built-in flag; returns its previous state (`None`: it
+    /// did not exist). The audit row is written in the same transaction.
+    async fn set_flag(
+        &self,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<Option<bool>>;
+    async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool>;
+    async fn setting(&self, key: &str) -> Result<Option<String>>;
+    async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
+    /// Alerts, deploys and gates stored since `since`, oldest first.
+    async fn history_since(&self, since: DateTime<Utc>) -> Result<History>;
     async fn close(&self);
 }
 
@@ -221,6 +268,13 @@ pub trait StoreTx: Send {
     /// Resolves these incidents if they are still open with nothing firing;
     /// returns the ids it resolved.
     async fn resolve_incidents(&mut self, incidents: &[(i64, DateTime<Utc>)]) -> Result<Vec<i64>>;
+    /// Claims actions; returns the rows that were new (a dedupe key seen before
+    /// claims nothing).
+    async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>>;
+    /// Actions created at or after `since`, for cooldowns and budgets.
+    async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>>;
+    async fn tx_setting(&mut self, key: &str) -> Result<Option<String>>;
+    async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 

@@ -17,17 +17,31 @@ impl Migration {
     }
 }
 
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "events_incidents_timeline",
-    sql: include_str!("../../../migrations/postgres/0001_events_incidents_timeline.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events_incidents_timeline",
+        sql: include_str!("../../../migrations/postgres/0001_events_incidents_timeline.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "remediation",
+        sql: include_str!("../../../migrations/postgres/0002_remediation.sql"),
+    },
+];
 
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "events_incidents_timeline",
-    sql: include_str!("../../../migrations/sqlite/0001_events_incidents_timeline.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events_incidents_timeline",
+        sql: include_str!("../../../migrations/sqlite/0001_events_incidents_timeline.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "remediation",
+        sql: include_str!("../../../migrations/sqlite/0002_remediation.sql"),
+    },
+];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS firebreak_migrations (
     version BIGINT PRIMARY KEY,

@@ -10,12 +10,15 @@ use firebreak_domain::correlation::{IncidentHead, IncidentStatus, NewIncident};
 use firebreak_domain::timeline::NewEntry;
 use firebreak_domain::{AlertEvent, DeployEvent, DeployStatus, GateResult, GateVerdict, LogLine};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::migrate::{self, CREATE_TABLE};
+use crate::remediation::parse_status;
 use crate::{
-    labels_json, timeline_row, translate, IncidentAlertRow, IncidentDetail, IncidentFilter,
-    IncidentRow, OpenIncident, Result, Store, StoreError, StoreTx, TimelineRow,
+    labels_json, timeline_row, translate, ActionChange, ActionFilter, ActionRow, ActionStatus,
+    AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow, IncidentDetail, IncidentFilter,
+    IncidentRow, NewAction, NewAudit, OpenIncident, Result, Store, StoreError, StoreTx,
+    TimelineRow,
 };
 
 /// Key for the advisory lock that serializes migrations across processes.
@@ -108,6 +111,122 @@ fn gate_row(row: &PgRow) -> Result<GateResult, sqlx::Error> {
             .unwrap_or(GateVerdict::Inconclusive),
         evaluated_at: row.try_get("evaluated_at")?,
     })
+}
+
+const ACTION_COLUMNS: &str =
+    "id, dedupe_key, playbook, playbook_version, step_index, kind, target, \
+     incident_id, trigger_id, status, reason, spec, previous_state, result, attempts, decided_by, \
+     created_at, updated_at, not_before, lease_until";
+
+fn action_row(row: &PgRow) -> Result<ActionRow, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(ActionRow {
+        id: row.try_get("id")?,
+        dedupe_key: row.try_get("dedupe_key")?,
+        playbook: row.try_get("playbook")?,
+        playbook_version: row.try_get("playbook_version")?,
+        step_index: row.try_get("step_index")?,
+        kind: row.try_get("kind")?,
+        target: row.try_get("target")?,
+        incident_id: row.try_get("incident_id")?,
+        trigger_id: row.try_get("trigger_id")?,
+        status: parse_status(&status)?,
+        reason: row.try_get("reason")?,
+        spec: row.try_get("spec")?,
+        previous_state: row.try_get("previous_state")?,
+        result: row.try_get("result")?,
+        attempts: row.try_get("attempts")?,
+        decided_by: row.try_get("decided_by")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        not_before: row.try_get("not_before")?,
+        lease_until: row.try_get("lease_until")?,
+    })
+}
+
+fn audit_row(row: &PgRow) -> Result<AuditRow, sqlx::Error> {
+    Ok(AuditRow {
+        id: row.try_get("id")?,
+        entry: NewAudit {
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            event: row.try_get("event")?,
+            action_id: row.try_get("action_id")?,
+            incident_id: row.try_get("incident_id")?,
+            playbook: row.try_get("playbook")?,
+            playbook_version: row.try_get("playbook_version")?,
+            detail: row.try_get("detail")?,
+        },
+    })
+}
+
+fn flag_row(row: &PgRow) -> Result<FlagRow, sqlx::Error> {
+    Ok(FlagRow {
+        key: row.try_get("key")?,
+        enabled: row.try_get("enabled")?,
+        description: row.try_get("description")?,
+        updated_at: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+    })
+}
+
+async fn write_audit(conn: &mut PgConnection, rows: &[NewAudit]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, event, action_id, incident_id, playbook, playbook_version, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(r.at)
+        .bind(&r.actor)
+        .bind(&r.event)
+        .bind(r.action_id)
+        .bind(r.incident_id)
+        .bind(&r.playbook)
+        .bind(&r.playbook_version)
+        .bind(&r.detail)
+        .execute(&mut *conn)
+        .await
+        .map_err(translate)?;
+    }
+    Ok(())
+}
+
+async fn write_timeline(conn: &mut PgConnection, entries: &[NewEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let n = entries.len();
+    let (mut incidents, mut ats, mut kinds, mut sources, mut summaries, mut refs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in entries {
+        incidents.push(e.incident_id);
+        ats.push(e.at);
+        kinds.push(e.kind);
+        sources.push(e.source.as_str());
+        summaries.push(e.summary.as_str());
+        refs.push(e.ref_id.as_str());
+    }
+    sqlx::query(
+        "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id)
+         SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+    )
+    .bind(incidents)
+    .bind(ats)
+    .bind(kinds)
+    .bind(sources)
+    .bind(summaries)
+    .bind(refs)
+    .execute(&mut *conn)
+    .await
+    .map_err(translate)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -291,6 +410,286 @@ impl Store for PgStore {
             row.try_get(2).map_err(translate)?,
             row.try_get(3).map_err(translate)?,
         ])
+    }
+
+    async fn claim_action(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<(ActionRow, bool)>> {
+        let row = sqlx::query(&format!(
+            "WITH c AS (
+                SELECT a.id, a.status AS was FROM actions a
+                WHERE ((a.status = 'pending' AND a.not_before <= $1)
+                       OR (a.status = 'running' AND a.lease_until < $1))
+                  AND NOT EXISTS (SELECT 1 FROM actions r
+                                  WHERE r.target = a.target AND r.status = 'running' AND r.id <> a.id)
+                ORDER BY a.id LIMIT 1
+                FOR UPDATE OF a SKIP LOCKED)
+             UPDATE actions SET status = 'running', attempts = attempts + 1, lease_until = $2, updated_at = $1
+             FROM c WHERE actions.id = c.id
+             RETURNING {}, c.was",
+            ACTION_COLUMNS
+                .split(", ")
+                .map(|c| format!("actions.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let was: String = row.try_get("was").map_err(translate)?;
+                Ok(Some((
+                    action_row(&row).map_err(translate)?,
+                    was == "running",
+                )))
+            }
+        }
+    }
+
+    async fn transition_action(
+        &self,
+        id: i64,
+        from: &[ActionStatus],
+        change: &ActionChange,
+        audit: &[NewAudit],
+        timeline: &[NewEntry],
+    ) -> Result<Option<ActionRow>> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let row = sqlx::query(&format!(
+            "UPDATE actions SET status = $3, updated_at = $4,
+                 reason = COALESCE($5, reason), result = COALESCE($6, result),
+                 previous_state = COALESCE($7, previous_state), decided_by = COALESCE($8, decided_by),
+                 not_before = COALESCE($9, not_before),
+                 lease_until = CASE WHEN $3 = 'running' THEN lease_until ELSE NULL END
+             WHERE id = $1 AND status = ANY($2)
+             RETURNING {ACTION_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(&from)
+        .bind(change.status.as_str())
+        .bind(change.at)
+        .bind(&change.reason)
+        .bind(&change.result)
+        .bind(&change.previous_state)
+        .bind(&change.decided_by)
+        .bind(change.not_before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(translate)?;
+        let Some(row) = row else { return Ok(None) };
+        let action = action_row(&row).map_err(translate)?;
+        write_audit(&mut tx, audit).await?;
+        write_timeline(&mut tx, timeline).await?;
+        tx.commit().await.map_err(translate)?;
+        Ok(Some(action))
+    }
+
+    async fn action(&self, id: i64) -> Result<ActionRow> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate)?;
+        action_row(&row).map_err(translate)
+    }
+
+    async fn list_actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions
+             WHERE ($1::bigint IS NULL OR incident_id = $1) AND ($2::text IS NULL OR status = $2)
+               AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR id < $4)
+             ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(f.incident_id)
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.since)
+        .bind(f.before_id)
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(action_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, event, action_id, incident_id, playbook, playbook_version, detail
+             FROM audit
+             WHERE ($1::bigint IS NULL OR action_id = $1) AND ($2::bigint IS NULL OR incident_id = $2)
+               AND ($3::bigint IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(f.action_id)
+        .bind(f.incident_id)
+        .bind(f.before_id)
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(audit_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        write_audit(&mut tx, audit).await?;
+        write_timeline(&mut tx, timeline).await?;
+        tx.commit().await.map_err(translate)
+    }
+
+    async fn list_flags(&self) -> Result<Vec<FlagRow>> {
+        let rows = sqlx::query(
+            "SELECT key, enabled, description, updated_at, updated_by FROM flags ORDER BY key",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(flag_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn flag(&self, key: &str) -> Result<FlagRow> {
+        let row = sqlx::query(
+            "SELECT key, enabled, description, updated_at, updated_by FROM flags WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate)?;
+        flag_row(&row).map_err(translate)
+    }
+
+    async fn set_flag(
+        &self,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<Option<bool>> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let previous: Option<bool> =
+            sqlx::query_scalar("SELECT enabled FROM flags WHERE key = $1 FOR UPDATE")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(translate)?;
+        sqlx::query(
+            "INSERT INTO flags (key, enabled, description, updated_at, updated_by)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET enabled = $2,
+                 description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5",
+        )
+        .bind(key)
+        .bind(enabled)
+        .bind(description)
+        .bind(audit.at)
+        .bind(by)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await.map_err(translate)?;
+        Ok(previous)
+    }
+
+    async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let n = sqlx::query("DELETE FROM flags WHERE key = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?
+            .rows_affected();
+        if n > 0 {
+            write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await.map_err(translate)?;
+        Ok(n > 0)
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate)
+    }
+
+    async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET value = $2, updated_at = $3, updated_by = $4",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(audit.at)
+        .bind(&audit.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await.map_err(translate)
+    }
+
+    async fn history_since(&self, since: DateTime<Utc>) -> Result<History> {
+        let rows = sqlx::query(
+            "SELECT id, incident_id, fingerprint, status, labels::text AS labels,
+                    annotations::text AS annotations, starts_at, ends_at, generator_url, truncated_alerts
+             FROM alert_events WHERE occurred_at >= $1 ORDER BY occurred_at, id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        let mut alerts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            alerts.push(history_alert(row).map_err(translate)?);
+        }
+        let deploys = sqlx::query(&format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys d WHERE d.started_at >= $1 - interval '30 days' ORDER BY d.started_at"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?
+        .iter()
+        .map(deploy_row)
+        .collect::<Result<_, _>>()
+        .map_err(translate)?;
+        let gates = sqlx::query(&format!(
+            "SELECT {GATE_COLUMNS} FROM gate_results g WHERE g.evaluated_at >= $1 ORDER BY g.evaluated_at"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?
+        .iter()
+        .map(gate_row)
+        .collect::<Result<_, _>>()
+        .map_err(translate)?;
+        Ok(History {
+            alerts,
+            deploys,
+            gates,
+        })
     }
 
     async fn close(&self) {
@@ -782,41 +1181,7 @@ impl StoreTx for PgTx {
     }
 
     async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let n = entries.len();
-        let (mut incidents, mut ats, mut kinds, mut sources, mut summaries, mut refs) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for e in entries {
-            incidents.push(e.incident_id);
-            ats.push(e.at);
-            kinds.push(e.kind);
-            sources.push(e.source.as_str());
-            summaries.push(e.summary.as_str());
-            refs.push(e.ref_id.as_str());
-        }
-        sqlx::query(
-            "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id)
-             SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
-             ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
-        )
-        .bind(incidents)
-        .bind(ats)
-        .bind(kinds)
-        .bind(sources)
-        .bind(summaries)
-        .bind(refs)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(translate)?;
-        Ok(())
+        write_timeline(&mut self.tx, entries).await
     }
 
     async fn resolvable_incidents(
@@ -850,7 +1215,91 @@ impl StoreTx for PgTx {
         .map_err(translate)
     }
 
+    async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>> {
+        let mut out = Vec::new();
+        for a in actions {
+            let row = sqlx::query(&format!(
+                "INSERT INTO actions (dedupe_key, playbook, playbook_version, step_index, kind, target,
+                     incident_id, trigger_id, status, reason, spec, created_at, updated_at, not_before)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $12)
+                 ON CONFLICT (dedupe_key) DO NOTHING
+                 RETURNING {ACTION_COLUMNS}"
+            ))
+            .bind(&a.dedupe_key)
+            .bind(&a.playbook)
+            .bind(&a.playbook_version)
+            .bind(a.step_index)
+            .bind(&a.kind)
+            .bind(&a.target)
+            .bind(a.incident_id)
+            .bind(&a.trigger_id)
+            .bind(a.status.as_str())
+            .bind(&a.reason)
+            .bind(&a.spec)
+            .bind(a.at)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(translate)?;
+            if let Some(row) = row {
+                out.push(action_row(&row).map_err(translate)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE created_at >= $1 ORDER BY id"
+        ))
+        .bind(since)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(action_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn tx_setting(&mut self, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(translate)
+    }
+
+    async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()> {
+        write_audit(&mut self.tx, rows).await
+    }
+
     async fn commit(self: Box<Self>) -> Result<()> {
         self.tx.commit().await.map_err(translate)
     }
+}
+
+fn history_alert(row: &PgRow) -> Result<(Option<i64>, AlertEvent), sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let labels: String = row.try_get("labels")?;
+    let annotations: String = row.try_get("annotations")?;
+    let truncated: i64 = row.try_get("truncated_alerts")?;
+    Ok((
+        row.try_get("incident_id")?,
+        AlertEvent {
+            id: row.try_get("id")?,
+            fingerprint: row.try_get("fingerprint")?,
+            status: if status == "resolved" {
+                firebreak_domain::alertmanager::AlertStatus::Resolved
+            } else {
+                firebreak_domain::alertmanager::AlertStatus::Firing
+            },
+            labels: crate::remediation::parse_labels(&labels)?,
+            annotations: crate::remediation::parse_labels(&annotations)?,
+            starts_at: row.try_get("starts_at")?,
+            ends_at: row.try_get("ends_at")?,
+            generator_url: row.try_get("generator_url")?,
+            truncated_alerts: u64::try_from(truncated).unwrap_or(0),
+            receiver: String::new(),
+        },
+    ))
 }

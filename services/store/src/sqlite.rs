@@ -18,12 +18,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::migrate::{self, CREATE_TABLE};
+use crate::remediation::{json_text, parse_json, parse_labels, parse_status};
 use crate::{
-    labels_json, timeline_row, translate, IncidentAlertRow, IncidentDetail, IncidentFilter,
-    IncidentRow, OpenIncident, Result, Store, StoreError, StoreTx, TimelineRow,
+    labels_json, timeline_row, translate, ActionChange, ActionFilter, ActionRow, ActionStatus,
+    AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow, IncidentDetail, IncidentFilter,
+    IncidentRow, NewAction, NewAudit, OpenIncident, Result, Store, StoreError, StoreTx,
+    TimelineRow,
 };
 
 pub struct SqliteStore {
@@ -145,6 +148,146 @@ fn gate_row(row: &SqliteRow) -> Result<GateResult, sqlx::Error> {
             .unwrap_or(GateVerdict::Inconclusive),
         evaluated_at: time(row.try_get("evaluated_at")?),
     })
+}
+
+const ACTION_COLUMNS: &str =
+    "id, dedupe_key, playbook, playbook_version, step_index, kind, target, \
+     incident_id, trigger_id, status, reason, spec, previous_state, result, attempts, decided_by, \
+     created_at, updated_at, not_before, lease_until";
+
+fn opt_json(s: Option<String>) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    s.map(|s| parse_json(&s)).transpose()
+}
+
+fn action_row(row: &SqliteRow) -> Result<ActionRow, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(ActionRow {
+        id: row.try_get("id")?,
+        dedupe_key: row.try_get("dedupe_key")?,
+        playbook: row.try_get("playbook")?,
+        playbook_version: row.try_get("playbook_version")?,
+        step_index: row.try_get("step_index")?,
+        kind: row.try_get("kind")?,
+        target: row.try_get("target")?,
+        incident_id: row.try_get("incident_id")?,
+        trigger_id: row.try_get("trigger_id")?,
+        status: parse_status(&status)?,
+        reason: row.try_get("reason")?,
+        spec: parse_json(&spec)?,
+        previous_state: opt_json(row.try_get("previous_state")?)?,
+        result: opt_json(row.try_get("result")?)?,
+        attempts: row.try_get("attempts")?,
+        decided_by: row.try_get("decided_by")?,
+        created_at: time(row.try_get("created_at")?),
+        updated_at: time(row.try_get("updated_at")?),
+        not_before: time(row.try_get("not_before")?),
+        lease_until: opt_time(row.try_get("lease_until")?),
+    })
+}
+
+fn audit_row(row: &SqliteRow) -> Result<AuditRow, sqlx::Error> {
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditRow {
+        id: row.try_get("id")?,
+        entry: NewAudit {
+            at: time(row.try_get("at")?),
+            actor: row.try_get("actor")?,
+            event: row.try_get("event")?,
+            action_id: row.try_get("action_id")?,
+            incident_id: row.try_get("incident_id")?,
+            playbook: row.try_get("playbook")?,
+            playbook_version: row.try_get("playbook_version")?,
+            detail: parse_json(&detail)?,
+        },
+    })
+}
+
+fn flag_row(row: &SqliteRow) -> Result<FlagRow, sqlx::Error> {
+    Ok(FlagRow {
+        key: row.try_get("key")?,
+        enabled: row.try_get("enabled")?,
+        description: row.try_get("description")?,
+        updated_at: time(row.try_get("updated_at")?),
+        updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn history_alert(row: &SqliteRow) -> Result<(Option<i64>, AlertEvent), sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let labels: String = row.try_get("labels")?;
+    let annotations: String = row.try_get("annotations")?;
+    let truncated: i64 = row.try_get("truncated_alerts")?;
+    Ok((
+        row.try_get("incident_id")?,
+        AlertEvent {
+            id: row.try_get("id")?,
+            fingerprint: row.try_get("fingerprint")?,
+            status: if status == "resolved" {
+                firebreak_domain::alertmanager::AlertStatus::Resolved
+            } else {
+                firebreak_domain::alertmanager::AlertStatus::Firing
+            },
+            labels: parse_labels(&labels)?,
+            annotations: parse_labels(&annotations)?,
+            starts_at: time(row.try_get("starts_at")?),
+            ends_at: opt_time(row.try_get("ends_at")?),
+            generator_url: row.try_get("generator_url")?,
+            truncated_alerts: u64::try_from(truncated).unwrap_or(0),
+            receiver: String::new(),
+        },
+    ))
+}
+
+async fn write_audit(conn: &mut SqliteConnection, rows: &[NewAudit]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, event, action_id, incident_id, playbook, playbook_version, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(micros(r.at))
+        .bind(&r.actor)
+        .bind(&r.event)
+        .bind(r.action_id)
+        .bind(r.incident_id)
+        .bind(&r.playbook)
+        .bind(&r.playbook_version)
+        .bind(json_text(&r.detail))
+        .execute(&mut *conn)
+        .await
+        .map_err(translate)?;
+    }
+    Ok(())
+}
+
+async fn write_timeline(conn: &mut SqliteConnection, entries: &[NewEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.incident_id,
+                micros(e.at),
+                e.kind,
+                &e.source,
+                &e.summary,
+                &e.ref_id,
+            )
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+         FROM json_each(?1) WHERE true
+         ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+    )
+    .bind(json_list(&rows))
+    .execute(&mut *conn)
+    .await
+    .map_err(translate)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -316,6 +459,281 @@ impl Store for SqliteStore {
             row.try_get(2).map_err(translate)?,
             row.try_get(3).map_err(translate)?,
         ])
+    }
+
+    async fn claim_action(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<(ActionRow, bool)>> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let found: Option<(i64, String)> = sqlx::query_as(
+            "SELECT a.id, a.status FROM actions a
+             WHERE ((a.status = 'pending' AND a.not_before <= ?1)
+                    OR (a.status = 'running' AND a.lease_until < ?1))
+               AND NOT EXISTS (SELECT 1 FROM actions r
+                               WHERE r.target = a.target AND r.status = 'running' AND r.id <> a.id)
+             ORDER BY a.id LIMIT 1",
+        )
+        .bind(micros(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(translate)?;
+        let Some((id, was)) = found else {
+            return Ok(None);
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE actions SET status = 'running', attempts = attempts + 1, lease_until = ?2, updated_at = ?3
+             WHERE id = ?1 RETURNING {ACTION_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(micros(lease_until))
+        .bind(micros(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(translate)?;
+        let action = action_row(&row).map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        Ok(Some((action, was == "running")))
+    }
+
+    async fn transition_action(
+        &self,
+        id: i64,
+        from: &[ActionStatus],
+        change: &ActionChange,
+        audit: &[NewAudit],
+        timeline: &[NewEntry],
+    ) -> Result<Option<ActionRow>> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let row = sqlx::query(&format!(
+            "UPDATE actions SET status = ?3, updated_at = ?4,
+                 reason = COALESCE(?5, reason), result = COALESCE(?6, result),
+                 previous_state = COALESCE(?7, previous_state), decided_by = COALESCE(?8, decided_by),
+                 not_before = COALESCE(?9, not_before),
+                 lease_until = CASE WHEN ?3 = 'running' THEN lease_until ELSE NULL END
+             WHERE id = ?1 AND status IN (SELECT value FROM json_each(?2))
+             RETURNING {ACTION_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(json_list(&from))
+        .bind(change.status.as_str())
+        .bind(micros(change.at))
+        .bind(&change.reason)
+        .bind(change.result.as_ref().map(json_text))
+        .bind(change.previous_state.as_ref().map(json_text))
+        .bind(&change.decided_by)
+        .bind(change.not_before.map(micros))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(translate)?;
+        let Some(row) = row else { return Ok(None) };
+        let action = action_row(&row).map_err(translate)?;
+        write_audit(&mut tx, audit).await?;
+        write_timeline(&mut tx, timeline).await?;
+        tx.commit().await.map_err(translate)?;
+        Ok(Some(action))
+    }
+
+    async fn action(&self, id: i64) -> Result<ActionRow> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(translate)?;
+        action_row(&row).map_err(translate)
+    }
+
+    async fn list_actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions
+             WHERE (?1 IS NULL OR incident_id = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5"
+        ))
+        .bind(f.incident_id)
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.since.map(micros))
+        .bind(f.before_id)
+        .bind(f.limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(action_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, event, action_id, incident_id, playbook, playbook_version, detail
+             FROM audit
+             WHERE (?1 IS NULL OR action_id = ?1) AND (?2 IS NULL OR incident_id = ?2)
+               AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(f.action_id)
+        .bind(f.incident_id)
+        .bind(f.before_id)
+        .bind(f.limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(audit_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        write_audit(&mut tx, audit).await?;
+        write_timeline(&mut tx, timeline).await?;
+        tx.commit().await.map_err(translate)
+    }
+
+    async fn list_flags(&self) -> Result<Vec<FlagRow>> {
+        let rows = sqlx::query(
+            "SELECT key, enabled, description, updated_at, updated_by FROM flags ORDER BY key",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(flag_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn flag(&self, key: &str) -> Result<FlagRow> {
+        let row = sqlx::query(
+            "SELECT key, enabled, description, updated_at, updated_by FROM flags WHERE key = ?1",
+        )
+        .bind(key)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(translate)?;
+        flag_row(&row).map_err(translate)
+    }
+
+    async fn set_flag(
+        &self,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<Option<bool>> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let previous: Option<bool> = sqlx::query_scalar("SELECT enabled FROM flags WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(translate)?;
+        sqlx::query(
+            "INSERT INTO flags (key, enabled, description, updated_at, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (key) DO UPDATE SET enabled = ?2,
+                 description = COALESCE(?3, flags.description), updated_at = ?4, updated_by = ?5",
+        )
+        .bind(key)
+        .bind(enabled)
+        .bind(description)
+        .bind(micros(audit.at))
+        .bind(by)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await.map_err(translate)?;
+        Ok(previous)
+    }
+
+    async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let n = sqlx::query("DELETE FROM flags WHERE key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?
+            .rows_affected();
+        if n > 0 {
+            write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await.map_err(translate)?;
+        Ok(n > 0)
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(translate)
+    }
+
+    async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET value = ?2, updated_at = ?3, updated_by = ?4",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(micros(audit.at))
+        .bind(&audit.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await.map_err(translate)
+    }
+
+    async fn history_since(&self, since: DateTime<Utc>) -> Result<History> {
+        let rows = sqlx::query(
+            "SELECT id, incident_id, fingerprint, status, labels, annotations, starts_at, ends_at,
+                    generator_url, truncated_alerts
+             FROM alert_events WHERE occurred_at >= ?1 ORDER BY occurred_at, id",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?;
+        let mut alerts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            alerts.push(history_alert(row).map_err(translate)?);
+        }
+        let deploys = sqlx::query(&format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys d WHERE d.started_at >= ?1 ORDER BY d.started_at"
+        ))
+        .bind(micros(since - chrono::Duration::days(30)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?
+        .iter()
+        .map(deploy_row)
+        .collect::<Result<_, _>>()
+        .map_err(translate)?;
+        let gates = sqlx::query(&format!(
+            "SELECT {GATE_COLUMNS} FROM gate_results g WHERE g.evaluated_at >= ?1 ORDER BY g.evaluated_at"
+        ))
+        .bind(micros(since))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?
+        .iter()
+        .map(gate_row)
+        .collect::<Result<_, _>>()
+        .map_err(translate)?;
+        Ok(History {
+            alerts,
+            deploys,
+            gates,
+        })
     }
 
     async fn close(&self) {
@@ -773,33 +1191,7 @@ impl StoreTx for SqliteTx {
     }
 
     async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<_> = entries
-            .iter()
-            .map(|e| {
-                (
-                    e.incident_id,
-                    micros(e.at),
-                    e.kind,
-                    &e.source,
-                    &e.summary,
-                    &e.ref_id,
-                )
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id)
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
-             FROM json_each(?1) WHERE true
-             ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
-        )
-        .bind(json_list(&rows))
-        .execute(&mut *self.tx)
-        .await
-        .map_err(translate)?;
-        Ok(())
+        write_timeline(&mut self.tx, entries).await
     }
 
     async fn resolvable_incidents(
@@ -839,6 +1231,64 @@ impl StoreTx for SqliteTx {
             resolved.extend(done);
         }
         Ok(resolved)
+    }
+
+    async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>> {
+        let mut out = Vec::new();
+        for a in actions {
+            let row = sqlx::query(&format!(
+                "INSERT INTO actions (dedupe_key, playbook, playbook_version, step_index, kind, target,
+                     incident_id, trigger_id, status, reason, spec, created_at, updated_at, not_before)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
+                 ON CONFLICT (dedupe_key) DO NOTHING
+                 RETURNING {ACTION_COLUMNS}"
+            ))
+            .bind(&a.dedupe_key)
+            .bind(&a.playbook)
+            .bind(&a.playbook_version)
+            .bind(a.step_index)
+            .bind(&a.kind)
+            .bind(&a.target)
+            .bind(a.incident_id)
+            .bind(&a.trigger_id)
+            .bind(a.status.as_str())
+            .bind(&a.reason)
+            .bind(json_text(&a.spec))
+            .bind(micros(a.at))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(translate)?;
+            if let Some(row) = row {
+                out.push(action_row(&row).map_err(translate)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE created_at >= ?1 ORDER BY id"
+        ))
+        .bind(micros(since))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(action_row)
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn tx_setting(&mut self, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(translate)
+    }
+
+    async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()> {
+        write_audit(&mut self.tx, rows).await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {

@@ -1,0 +1,634 @@
+//! The outside systems an action calls: kill switch providers (built-in flag
+//! store, Unleash, LaunchDarkly, generic HTTP), rollback providers (HTTP
+//! templates, a command run without a shell) and notifiers (webhook, Slack).
+//!
+//! Values that come from alerts are data everywhere: percent-encoded in URLs,
+//! JSON-escaped in bodies (bodies are built as JSON values, then serialized),
+//! and passed as single argv elements to commands.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use firebreak_domain::playbook::{render, render_json, url_escape, Dur};
+use firebreak_domain::secret::Secret;
+use firebreak_store::{NewAudit, Store, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::ExecError;
+
+/// `[kill_switch.<name>]` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KillSwitchConfig {
+    Unleash {
+        url: String,
+        token: Secret,
+        #[serde(default = "default_project")]
+        project: String,
+        #[serde(default)]
+        environment: Option<String>,
+    },
+    Launchdarkly {
+        #[serde(default = "launchdarkly_url")]
+        url: String,
+        token: Secret,
+        project: String,
+        #[serde(default)]
+        environment: Option<String>,
+    },
+    Http {
+        /// Sets the state; placeholders: `{{flag}}`, `{{environment}}`, `{{state}}`
+        /// (`on`/`off`); a body string that is exactly `{{enabled}}` becomes a JSON boolean.
+        set_url: String,
+        #[serde(default = "put")]
+        set_method: String,
+        #[serde(default)]
+        set_body: Option<Value>,
+        /// Reads the state back; `state_pointer` (JSON pointer) finds the boolean.
+        get_url: String,
+        state_pointer: String,
+        #[serde(default)]
+        headers: BTreeMap<String, Secret>,
+        #[serde(default)]
+        environment: Option<String>,
+    },
+}
+
+fn default_project() -> String {
+    "default".into()
+}
+fn launchdarkly_url() -> String {
+    "https://app.launchdarkly.com".into()
+}
+fn put() -> String {
+    "PUT".into()
+}
+fn post() -> String {
+    "POST".into()
+}
+
+/// `[rollback.<name>]` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RollbackConfig {
+    Http {
+        url: String,
+        #[serde(default = "post")]
+        method: String,
+        #[serde(default)]
+        headers: BTreeMap<String, Secret>,
+        #[serde(default)]
+        body: Option<Value>,
+        #[serde(default)]
+        timeout: Option<Dur>,
+    },
+    Command {
+        argv: Vec<String>,
+        #[serde(default)]
+        timeout: Option<Dur>,
+    },
+}
+
+/// `[notify.<name>]` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NotifierConfig {
+    Webhook {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, Secret>,
+    },
+}
+
+/// `[slack]` in the configuration (outbound messages).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    pub bot_token: Option<Secret>,
+    #[serde(default = "slack_api")]
+    pub api_url: String,
+}
+
+fn slack_api() -> String {
+    "https://slack.com/api".into()
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        SlackConfig {
+            bot_token: None,
+            api_url: slack_api(),
+        }
+    }
+}
+
+/// A kill switch: read a flag's state, set it.
+#[async_trait]
+pub trait KillSwitch: Send + Sync {
+    /// `None`: the flag does not exist.
+    async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError>;
+    /// Sets the flag; returns what the provider answered.
+    async fn set(
+        &self,
+        flag: &str,
+        env: Option<&str>,
+        enabled: bool,
+        by: &str,
+    ) -> Result<Value, ExecError>;
+}
+
+pub struct Builtin {
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl KillSwitch for Builtin {
+    async fn get(&self, flag: &str, _env: Option<&str>) -> Result<Option<bool>, ExecError> {
+        match self.store.flag(flag).await {
+            Ok(f) => Ok(Some(f.enabled)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(ExecError::retry(format!("built-in flag store: {e}"))),
+        }
+    }
+
+    async fn set(
+        &self,
+        flag: &str,
+        _env: Option<&str>,
+        enabled: bool,
+        by: &str,
+    ) -> Result<Value, ExecError> {
+        let audit = NewAudit {
+            at: Utc::now(),
+            actor: by.to_string(),
+            event: "flag_set".into(),
+            action_id: None,
+            incident_id: None,
+            playbook: None,
+            playbook_version: None,
+            detail: json!({"flag": flag, "enabled": enabled}),
+        };
+        let previous = self
+            .store
+            .set_flag(flag, enabled, None, by, &audit)
+            .await
+            .map_err(|e| ExecError::retry(format!("built-in flag store: {e}")))?;
+        Ok(json!({"flag": flag, "enabled": enabled, "previous": previous}))
+    }
+}
+
+pub(crate) fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Sends a request; 2xx returns the body (JSON if it parses), 429/5xx and
+/// network errors are worth retrying, other statuses are not.
+pub(crate) async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<Value, ExecError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ExecError::retry(format!("{what}: {}", without_url(&e))))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str::<Value>(&text)
+        .unwrap_or_else(|_| Value::String(truncate(&text, 2000)));
+    if status.is_success() {
+        return Ok(json!({"status": status.as_u16(), "body": body}));
+    }
+    let message = format!("{what}: HTTP {} {}", status.as_u16(), truncate(&text, 300));
+    let response = json!({"status": status.as_u16(), "body": body});
+    if status.as_u16() == 429 || status.is_server_error() {
+        Err(ExecError::retry(message).with_response(response))
+    } else {
+        Err(ExecError::fatal(message).with_response(response))
+    }
+}
+
+/// reqwest's errors print the URL, which may carry a token in its query.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn trim_slash(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+pub struct Unleash {
+    pub url: String,
+    pub token: Secret,
+    pub project: String,
+    pub environment: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Unleash {
+    fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
+        env.or(self.environment.as_deref()).ok_or_else(|| {
+            ExecError::fatal(
+                "Unleash needs an environment: set `environment` in the step or the provider",
+            )
+        })
+    }
+    fn feature_url(&self, flag: &str) -> String {
+        format!(
+            "{}/api/admin/projects/{}/features/{}",
+            trim_slash(&self.url),
+            url_escape(&self.project),
+            url_escape(flag)
+        )
+    }
+}
+
+#[async_trait]
+impl KillSwitch for Unleash {
+    async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
+        let env = self.env(env)?;
+        let req = self
+            .http
+            .get(self.feature_url(flag))
+            .header("Authorization", self.token.expose());
+        match send(req, "Unleash").await {
+            Ok(v) => {
+                let envs = v["body"]["environments"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let state = envs
+                    .iter()
+                    .find(|e| e["name"] == env)
+                    .and_then(|e| e["enabled"].as_bool())
+                    .ok_or_else(|| {
+                        ExecError::fatal(format!(
+                            "Unleash: feature {flag:?} has no environment {env:?}"
+                        ))
+                    })?;
+                Ok(Some(state))
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set(
+        &self,
+        flag: &str,
+        env: Option<&str>,
+        enabled: bool,
+        _by: &str,
+    ) -> Result<Value, ExecError> {
+        let env = self.env(env)?;
+        let url = format!(
+            "{}/environments/{}/{}",
+            self.feature_url(flag),
+            url_escape(env),
+            if enabled { "on" } else { "off" }
+        );
+        send(
+            self.http
+                .post(url)
+                .header("Authorization", self.token.expose()),
+            "Unleash",
+        )
+        .await
+    }
+}
+
+pub struct LaunchDarkly {
+    pub url: String,
+    pub token: Secret,
+    pub project: String,
+    pub environment: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl LaunchDarkly {
+    fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
+        env.or(self.environment.as_deref()).ok_or_else(|| {
+            ExecError::fatal("LaunchDarkly needs an environment key: set `environment` in the step or the provider")
+        })
+    }
+    fn flag_url(&self, flag: &str) -> String {
+        format!(
+            "{}/api/v2/flags/{}/{}",
+            trim_slash(&self.url),
+            url_escape(&self.project),
+            url_escape(flag)
+        )
+    }
+}
+
+#[async_trait]
+impl KillSwitch for LaunchDarkly {
+    async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
+        let env = self.env(env)?;
+        let req = self
+            .http
+            .get(format!("{}?env={}", self.flag_url(flag), url_escape(env)))
+            .header("Authorization", self.token.expose());
+        match send(req, "LaunchDarkly").await {
+            Ok(v) => v["body"]["environments"][env]["on"]
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| {
+                    ExecError::fatal(format!(
+                        "LaunchDarkly: flag {flag:?} has no environment {env:?}"
+                    ))
+                }),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set(
+        &self,
+        flag: &str,
+        env: Option<&str>,
+        enabled: bool,
+        by: &str,
+    ) -> Result<Value, ExecError> {
+        let env = self.env(env)?;
+        let body = json!({
+            "environmentKey": env,
+            "instructions": [{"kind": if enabled { "turnFlagOn" } else { "turnFlagOff" }}],
+            "comment": format!("Firebreak ({by})"),
+        });
+        send(
+            self.http
+                .patch(self.flag_url(flag))
+                .header("Authorization", self.token.expose())
+                .header(
+                    "Content-Type",
+                    "application/json; domain-model=launchdarkly.semanticpatch",
+                )
+                .body(body.to_string()),
+            "LaunchDarkly",
+        )
+        .await
+    }
+}
+
+pub struct HttpKillSwitch {
+    pub set_url: String,
+    pub set_method: String,
+    pub set_body: Option<Value>,
+    pub get_url: String,
+    pub state_pointer: String,
+    pub headers: BTreeMap<String, Secret>,
+    pub environment: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl HttpKillSwitch {
+    fn vars(
+        &self,
+        flag: &str,
+        env: Option<&str>,
+        enabled: Option<bool>,
+    ) -> BTreeMap<String, String> {
+        let mut v = BTreeMap::new();
+        v.insert("flag".to_string(), flag.to_string());
+        v.insert(
+            "environment".to_string(),
+            env.or(self.environment.as_deref())
+                .unwrap_or("")
+                .to_string(),
+        );
+        if let Some(e) = enabled {
+            v.insert("enabled".to_string(), e.to_string());
+            v.insert(
+                "state".to_string(),
+                if e { "on" } else { "off" }.to_string(),
+            );
+        }
+        v
+    }
+
+    fn with_headers(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        for (k, v) in &self.headers {
+            req = req.header(k, v.expose());
+        }
+        req
+    }
+}
+
+#[async_trait]
+impl KillSwitch for HttpKillSwitch {
+    async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
+        let url = render(&self.get_url, &self.vars(flag, env, None), url_escape)
+            .map_err(ExecError::fatal)?;
+        match send(self.with_headers(self.http.get(url)), "kill switch").await {
+            Ok(v) => v["body"]
+                .pointer(&self.state_pointer)
+                .and_then(Value::as_bool)
+                .map(Some)
+                .ok_or_else(|| {
+                    ExecError::fatal(format!(
+                        "kill switch: no boolean at {} in the answer",
+                        self.state_pointer
+                    ))
+                }),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set(
+        &self,
+        flag: &str,
+        env: Option<&str>,
+        enabled: bool,
+        _by: &str,
+    ) -> Result<Value, ExecError> {
+        let vars = self.vars(flag, env, Some(enabled));
+        let url = render(&self.set_url, &vars, url_escape).map_err(ExecError::fatal)?;
+        let method = reqwest::Method::from_bytes(self.set_method.as_bytes())
+            .map_err(|_| ExecError::fatal(format!("bad HTTP method {:?}", self.set_method)))?;
+        let mut req = self.with_headers(self.http.request(method, url));
+        if let Some(body) = &self.set_body {
+            let body = typed_enabled(render_json(body, &vars).map_err(ExecError::fatal)?, enabled);
+            req = req
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        send(req, "kill switch").await
+    }
+}
+
+/// A body string that is exactly the enabled state becomes a JSON boolean.
+fn typed_enabled(v: Value, enabled: bool) -> Value {
+    match v {
+        Value::String(s) if s == enabled.to_string() => Value::Bool(enabled),
+        Value::Array(a) => Value::Array(a.into_iter().map(|v| typed_enabled(v, enabled)).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, typed_enabled(v, enabled)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Runs a rollback with the action's values.
+pub async fn rollback(
+    config: &RollbackConfig,
+    vars: &BTreeMap<String, String>,
+) -> Result<Value, ExecError> {
+    match config {
+        RollbackConfig::Http {
+            url,
+            method,
+            headers,
+            body,
+            timeout,
+        } => {
+            let timeout = timeout
+                .map(|d| d.0.to_std().unwrap_or_default())
+                .unwrap_or(Duration::from_secs(30));
+            let url = render(url, vars, url_escape).map_err(ExecError::fatal)?;
+            let method = reqwest::Method::from_bytes(method.as_bytes())
+                .map_err(|_| ExecError::fatal(format!("bad HTTP method {method:?}")))?;
+            let mut req = client(timeout).request(method, url);
+            for (k, v) in headers {
+                req = req.header(k, v.expose());
+            }
+            if let Some(body) = body {
+                let body = render_json(body, vars).map_err(ExecError::fatal)?;
+                req = req
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string());
+            }
+            send(req, "rollback").await
+        }
+        RollbackConfig::Command { argv, timeout } => {
+            let timeout = timeout
+                .map(|d| d.0.to_std().unwrap_or_default())
+                .unwrap_or(Duration::from_secs(300));
+            let args: Vec<String> = argv
+                .iter()
+                .map(|a| render(a, vars, str::to_string))
+                .collect::<Result<_, _>>()
+                .map_err(ExecError::fatal)?;
+            let (program, rest) = args
+                .split_first()
+                .ok_or_else(|| ExecError::fatal("rollback command has an empty argv"))?;
+            // No shell: each element is one argument, whatever it contains.
+            let child = tokio::process::Command::new(program)
+                .args(rest)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(timeout, child)
+                .await
+                .map_err(|_| {
+                    ExecError::retry(format!(
+                        "rollback command timed out after {}s",
+                        timeout.as_secs()
+                    ))
+                })?
+                .map_err(|e| ExecError::fatal(format!("cannot run {program:?}: {e}")))?;
+            let response = json!({
+                "exit_code": out.status.code(),
+                "stdout": truncate(&String::from_utf8_lossy(&out.stdout), 2000),
+                "stderr": truncate(&String::from_utf8_lossy(&out.stderr), 2000),
+            });
+            match out.status.code() {
+                Some(0) => Ok(response),
+                // EX_TEMPFAIL: the command says trying again may help.
+                Some(75) => Err(
+                    ExecError::retry("rollback command exited 75 (temporary failure)")
+                        .with_response(response),
+                ),
+                code => Err(ExecError::fatal(format!(
+                    "rollback command failed with exit code {code:?}"
+                ))
+                .with_response(response)),
+            }
+        }
+    }
+}
+
+/// Sends a notification to a webhook notifier or a Slack channel.
+pub async fn notify(
+    notifiers: &BTreeMap<String, NotifierConfig>,
+    slack: &SlackConfig,
+    webhook: Option<&str>,
+    slack_channel: Option<&str>,
+    text: &str,
+    context: Value,
+) -> Result<Value, ExecError> {
+    let http = client(Duration::from_secs(10));
+    let mut results = serde_json::Map::new();
+    if let Some(name) = webhook {
+        let Some(NotifierConfig::Webhook { url, headers }) = notifiers.get(name) else {
+            return Err(ExecError::fatal(format!(
+                "notifier {name:?} is not configured: add [notify.{name}] to the configuration"
+            )));
+        };
+        let mut req = http
+            .post(url)
+            .json(&json!({"text": text, "firebreak": context}));
+        for (k, v) in headers {
+            req = req.header(k, v.expose());
+        }
+        results.insert("webhook".into(), send(req, "notify webhook").await?);
+    }
+    if let Some(channel) = slack_channel {
+        let token = slack.bot_token.as_ref().ok_or_else(|| {
+            ExecError::fatal(
+                "Slack is not configured: set FIREBREAK_SLACK_BOT_TOKEN or [slack] bot_token",
+            )
+        })?;
+        let resp = send(
+            http.post(format!("{}/chat.postMessage", trim_slash(&slack.api_url)))
+                .bearer_auth(token.expose())
+                .json(&json!({"channel": channel, "text": text})),
+            "Slack",
+        )
+        .await?;
+        if resp["body"]["ok"] != Value::Bool(true) {
+            return Err(ExecError::fatal(format!(
+                "Slack refused the message: {}",
+                resp["body"]["error"].as_str().unwrap_or("unknown error")
+            ))
+            .with_response(resp));
+        }
+        results.insert("slack".into(), resp);
+    }
+    Ok(Value::Object(results))
+}

@@ -1,0 +1,735 @@
+//! Remediation over HTTP: playbooks loaded, actions (approve, deny, revert),
+//! the automation pause, the audit trail, the built-in flags, and the OpenFeature
+//! Remote Evaluation Protocol that serves those flags to applications.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_store::{
+    ActionChange, ActionFilter, ActionRow, ActionStatus, AuditFilter, FlagRow, NewAudit, Store,
+    StoreError, SETTING_PAUSED,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::auth::check;
+use crate::{ApiError, AppState};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/playbooks", get(playbooks))
+        .route("/api/v1/playbooks/reload", post(reload))
+        .route("/api/v1/actions", get(list_actions))
+        .route("/api/v1/actions/{id}", get(action))
+        .route("/api/v1/actions/{id}/approve", post(approve))
+        .route("/api/v1/actions/{id}/deny", post(deny))
+        .route("/api/v1/actions/{id}/revert", post(revert))
+        .route("/api/v1/automation", get(automation))
+        .route("/api/v1/automation/pause", post(pause))
+        .route("/api/v1/automation/resume", post(resume))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/flags", get(list_flags).post(create_flag))
+        .route(
+            "/api/v1/flags/{key}",
+            get(get_flag).put(put_flag).delete(delete_flag),
+        )
+        .route("/ofrep/v1/evaluate/flags", post(ofrep_bulk))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_one))
+        .route("/ofrep/v1/configuration", get(ofrep_configuration))
+}
+
+fn store(state: &AppState, headers: &HeaderMap) -> Result<Arc<dyn Store>, ApiError> {
+    check(state.tokens.api.as_ref(), headers)?;
+    state
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        field: Some(field.into()),
+        message: message.into(),
+    }
+}
+
+/// A JSON body, or the type's default when the body is empty.
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
+        field: Some(e.path().to_string()).filter(|p| p != "."),
+        message: e.inner().to_string(),
+    })
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: e.body_text(),
+    })
+}
+
+fn not_found(what: String) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(what.clone()),
+        e => e.into(),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| bad("id", format!("{raw:?} is not an action id")))
+}
+
+/// Who did it: the body's `by`, else `api`. Recorded, never trusted for auth.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    by: Option<String>,
+    comment: Option<String>,
+}
+
+impl Decision {
+    fn actor(&self) -> Result<String, ApiError> {
+        match &self.by {
+            None => Ok("api".into()),
+            Some(b) if b.trim().is_empty() || b.len() > 200 => Err(bad(
+                "by",
+                "must be a non-empty name of at most 200 characters",
+            )),
+            Some(b) => Ok(format!("api:{}", b.trim())),
+        }
+    }
+}
+
+async fn playbooks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check(state.tokens.api.as_ref(), &headers)?;
+    let Some(set) = &state.playbooks else {
+        return Ok(Json(json!({"playbooks": [], "errors": [], "dir": null})));
+    };
+    let loaded = set.current();
+    Ok(Json(json!({
+        "dir": loaded.dir,
+        "loaded_at": loaded.loaded_at,
+        "playbooks": loaded.view(),
+        "errors": loaded.errors.iter().map(|e| json!({
+            "file": e.file, "line": e.line, "column": e.column, "message": e.message, "text": e.to_string(),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn reload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check(state.tokens.api.as_ref(), &headers)?;
+    let Some(set) = &state.playbooks else {
+        return Err(ApiError::NotFound(
+            "no playbook directory is configured".into(),
+        ));
+    };
+    let loaded = set.reload();
+    Ok(Json(json!({
+        "playbooks": loaded.playbooks.len(),
+        "errors": loaded.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionsQuery {
+    status: Option<String>,
+    incident: Option<i64>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn action_json(a: &ActionRow) -> Value {
+    let mut v = json!(a);
+    v["describe"] = a.spec["describe"].clone();
+    v["links"] = json!({
+        "approve": format!("/api/v1/actions/{}/approve", a.id),
+        "deny": format!("/api/v1/actions/{}/deny", a.id),
+        "revert": format!("/api/v1/actions/{}/revert", a.id),
+    });
+    v
+}
+
+async fn list_actions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ActionsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let q = query(q)?;
+    let status = match &q.status {
+        None => None,
+        Some(s) => Some(ActionStatus::parse(s).ok_or_else(|| {
+            bad(
+                "status",
+                format!(
+                    "{s:?} is not an action status: use one of {}",
+                    ActionStatus::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("limit", "must be between 1 and 500"));
+    }
+    let rows = store
+        .list_actions(&ActionFilter {
+            incident_id: q.incident,
+            status,
+            since: None,
+            before_id: q.before,
+            limit,
+        })
+        .await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({
+        "actions": rows.iter().map(action_json).collect::<Vec<_>>(),
+        "next_before": next,
+    })))
+}
+
+async fn action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let row = store
+        .action(id)
+        .await
+        .map_err(not_found(format!("no action {id}")))?;
+    let audit = store
+        .list_audit(&AuditFilter {
+            action_id: Some(id),
+            limit: 500,
+            ..AuditFilter::default()
+        })
+        .await?;
+    let mut v = action_json(&row);
+    v["audit"] = json!(audit.into_iter().rev().collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+/// Approve or deny a held action. Deciding twice changes nothing: the second
+/// call gets 409 naming who decided.
+async fn decide(
+    state: AppState,
+    headers: HeaderMap,
+    id: String,
+    bytes: Bytes,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let d: Decision = body(&bytes)?;
+    let actor = d.actor()?;
+    let current = store
+        .action(id)
+        .await
+        .map_err(not_found(format!("no action {id}")))?;
+    let now = Utc::now();
+    let (to, event, k) = if approve {
+        (ActionStatus::Pending, "approved", kind::ACTION_APPROVED)
+    } else {
+        (ActionStatus::Denied, "denied", kind::ACTION_DENIED)
+    };
+    let audit = [NewAudit::of(
+        &current,
+        &actor,
+        event,
+        now,
+        json!({"comment": d.comment, "was": current.reason}),
+    )];
+    let describe = current.spec["describe"]
+        .as_str()
+        .unwrap_or(&current.kind)
+        .to_string();
+    let timeline: Vec<NewEntry> = current
+        .incident_id
+        .map(|incident_id| NewEntry {
+            incident_id,
+            at: now,
+            kind: k,
+            source: actor.clone(),
+            summary: format!(
+                "{event} by {actor}: {describe} [{}@{}]",
+                current.playbook, current.playbook_version
+            ),
+            ref_id: format!("action:{id}:{event}"),
+        })
+        .into_iter()
+        .collect();
+    let change = ActionChange {
+        decided_by: Some(actor.clone()),
+        not_before: Some(now),
+        ..ActionChange::to(to, now)
+    };
+    match store
+        .transition_action(id, &[ActionStatus::Held], &change, &audit, &timeline)
+        .await?
+    {
+        Some(row) => {
+            if approve {
+                if let Some(wake) = &state.wake {
+                    wake.notify_one();
+                }
+            }
+            state
+                .metrics
+                .action(if approve { "approved" } else { "denied" });
+            Ok(Json(action_json(&row)))
+        }
+        None => {
+            let now_row = store.action(id).await?;
+            Err(ApiError::Conflict(format!(
+                "action {id} is {}{}; only a held action can be approved or denied",
+                now_row.status.as_str(),
+                now_row
+                    .decided_by
+                    .map(|b| format!(" (decided by {b})"))
+                    .unwrap_or_default()
+            )))
+        }
+    }
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, headers, id, bytes, true).await
+}
+
+async fn deny(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, headers, id, bytes, false).await
+}
+
+async fn revert(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let d: Decision = body(&bytes)?;
+    let actor = d.actor()?;
+    let providers = state
+        .providers
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without providers".into()))?;
+    match firebreak_actions::revert(store.as_ref(), &providers, &state.metrics, id, &actor).await {
+        Ok(row) => Ok(Json(action_json(&row))),
+        Err(firebreak_actions::RevertError::Store(StoreError::NotFound)) => {
+            Err(ApiError::NotFound(format!("no action {id}")))
+        }
+        Err(firebreak_actions::RevertError::Store(e)) => Err(e.into()),
+        Err(firebreak_actions::RevertError::Provider(m)) => Err(ApiError::BadGateway(m)),
+        Err(e) => Err(ApiError::Conflict(e.to_string())),
+    }
+}
+
+async fn automation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let paused = store.setting(SETTING_PAUSED).await?.as_deref() == Some("true");
+    Ok(Json(json!({"paused": paused, "dry_run": state.dry_run})))
+}
+
+async fn set_paused(
+    state: AppState,
+    headers: HeaderMap,
+    bytes: Bytes,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let d: Decision = body(&bytes)?;
+    let actor = d.actor()?;
+    let audit = NewAudit {
+        at: Utc::now(),
+        actor: actor.clone(),
+        event: if paused {
+            "automation_paused"
+        } else {
+            "automation_resumed"
+        }
+        .into(),
+        action_id: None,
+        incident_id: None,
+        playbook: None,
+        playbook_version: None,
+        detail: json!({"comment": d.comment}),
+    };
+    store
+        .set_setting(
+            SETTING_PAUSED,
+            if paused { "true" } else { "false" },
+            &audit,
+        )
+        .await?;
+    tracing::warn!(by = %actor, paused, "automation pause changed");
+    Ok(Json(json!({"paused": paused, "by": actor})))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(state, headers, bytes, true).await
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(state, headers, bytes, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    action: Option<i64>,
+    incident: Option<i64>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit", "must be between 1 and 1000"));
+    }
+    let rows = store
+        .list_audit(&AuditFilter {
+            action_id: q.action,
+            incident_id: q.incident,
+            before_id: q.before,
+            limit,
+        })
+        .await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({"entries": rows, "next_before": next})))
+}
+
+/// Flag keys travel unencoded in OFREP paths: keep them to safe characters.
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty()
+        || key.len() > 200
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(bad(
+            "key",
+            format!("{key:?} is not a flag key: use 1-200 letters, digits, '.', '-' or '_'"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FlagBody {
+    key: Option<String>,
+    enabled: Option<bool>,
+    description: Option<String>,
+    by: Option<String>,
+}
+
+async fn list_flags(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    Ok(Json(json!({"flags": store.list_flags().await?})))
+}
+
+async fn get_flag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    check_key(&key)?;
+    let flag = store
+        .flag(&key)
+        .await
+        .map_err(not_found(format!("no flag {key:?}")))?;
+    Ok(Json(json!(flag)))
+}
+
+async fn write_flag(
+    store: &dyn Store,
+    key: &str,
+    f: &FlagBody,
+) -> Result<(Option<bool>, FlagRow), ApiError> {
+    check_key(key)?;
+    let enabled = f.enabled.unwrap_or(true);
+    let actor = Decision {
+        by: f.by.clone(),
+        comment: None,
+    }
+    .actor()?;
+    let audit = NewAudit {
+        at: Utc::now(),
+        actor: actor.clone(),
+        event: "flag_set".into(),
+        action_id: None,
+        incident_id: None,
+        playbook: None,
+        playbook_version: None,
+        detail: json!({"flag": key, "enabled": enabled}),
+    };
+    let previous = store
+        .set_flag(key, enabled, f.description.as_deref(), &actor, &audit)
+        .await?;
+    Ok((previous, store.flag(key).await?))
+}
+
+async fn create_flag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let store = store(&state, &headers)?;
+    let f: FlagBody = body(&bytes)?;
+    let key = f
+        .key
+        .clone()
+        .ok_or_else(|| bad("key", "missing: give the flag's key"))?;
+    let (previous, flag) = write_flag(store.as_ref(), &key, &f).await?;
+    let status = if previous.is_none() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"flag": flag, "previous_enabled": previous})),
+    )
+        .into_response())
+}
+
+async fn put_flag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state, &headers)?;
+    let f: FlagBody = body(&bytes)?;
+    if f.key.as_deref().is_some_and(|k| k != key) {
+        return Err(bad("key", "differs from the key in the path"));
+    }
+    if f.enabled.is_none() {
+        return Err(bad("enabled", "missing: give true or false"));
+    }
+    let (previous, flag) = write_flag(store.as_ref(), &key, &f).await?;
+    Ok(Json(json!({"flag": flag, "previous_enabled": previous})))
+}
+
+async fn delete_flag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let store = store(&state, &headers)?;
+    check_key(&key)?;
+    let audit = NewAudit {
+        at: Utc::now(),
+        actor: "api".into(),
+        event: "flag_deleted".into(),
+        action_id: None,
+        incident_id: None,
+        playbook: None,
+        playbook_version: None,
+        detail: json!({"flag": key}),
+    };
+    if store.delete_flag(&key, &audit).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no flag {key:?}")))
+    }
+}
+
+// --- OFREP -----------------------------------------------------------------
+
+fn ofrep_store(state: &AppState, headers: &HeaderMap) -> Result<Arc<dyn Store>, ApiError> {
+    check(state.tokens.ofrep.as_ref(), headers)?;
+    state
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
+}
+
+fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
+    let mut body = json!({"errorCode": code, "errorDetails": details});
+    if let Some(k) = key {
+        body["key"] = json!(k);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// The request body: `{"context": {...}}`, context optional. Built-in kill
+/// switches do not target, so the context is checked for shape and not used.
+/// `Some(response)` when the body is not acceptable.
+fn ofrep_context(bytes: &Bytes, key: Option<&str>) -> Option<Response> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Err(e) => Some(ofrep_error(
+            StatusCode::BAD_REQUEST,
+            key,
+            "PARSE_ERROR",
+            format!("the body is not JSON: {e}"),
+        )),
+        Ok(Value::Object(o)) => match o.get("context") {
+            None | Some(Value::Object(_)) | Some(Value::Null) => None,
+            Some(_) => Some(ofrep_error(
+                StatusCode::BAD_REQUEST,
+                key,
+                "INVALID_CONTEXT",
+                "context must be a JSON object".into(),
+            )),
+        },
+        Ok(_) => Some(ofrep_error(
+            StatusCode::BAD_REQUEST,
+            key,
+            "PARSE_ERROR",
+            "the body must be a JSON object".into(),
+        )),
+    }
+}
+
+fn evaluation(f: &FlagRow) -> Value {
+    json!({
+        "key": f.key,
+        "value": f.enabled,
+        "reason": "STATIC",
+        "variant": if f.enabled { "on" } else { "off" },
+        "metadata": {"updatedAt": f.updated_at.to_rfc3339(), "updatedBy": f.updated_by},
+    })
+}
+
+async fn ofrep_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let store = ofrep_store(&state, &headers)?;
+    if let Some(r) = ofrep_context(&bytes, Some(&key)) {
+        return Ok(r);
+    }
+    match store.flag(&key).await {
+        Ok(f) => Ok(Json(evaluation(&f)).into_response()),
+        Err(StoreError::NotFound) => Ok(ofrep_error(
+            StatusCode::NOT_FOUND,
+            Some(&key),
+            "FLAG_NOT_FOUND",
+            format!("flag {key} not found; create it with POST /api/v1/flags"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ofrep_bulk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let store = ofrep_store(&state, &headers)?;
+    if let Some(r) = ofrep_context(&bytes, None) {
+        return Ok(r);
+    }
+    let flags = store.list_flags().await?;
+    let mut hasher = Sha256::new();
+    for f in &flags {
+        hasher.update(f.key.as_bytes());
+        hasher.update([u8::from(f.enabled), 0]);
+        hasher.update(f.updated_at.timestamp_micros().to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    let etag = format!(
+        "\"{}\"",
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if matches {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, etag_value);
+        return Ok(r);
+    }
+    let mut r =
+        Json(json!({"flags": flags.iter().map(evaluation).collect::<Vec<_>>()})).into_response();
+    r.headers_mut().insert(header::ETAG, etag_value);
+    Ok(r)
+}
+
+async fn ofrep_configuration(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check(state.tokens.ofrep.as_ref(), &headers)?;
+    Ok(Json(json!({
+        "name": "Firebreak",
+        "capabilities": {
+            "cacheInvalidation": {"polling": {"enabled": true, "minPollingIntervalMs": 1000}},
+            "flagEvaluation": {"supportedTypes": ["boolean"]},
+        },
+    })))
+}

@@ -1,0 +1,528 @@
+//! Playbook matching and action claims, inside the transaction that processed
+//! the triggering events. Claims are unique rows (playbook, step, target,
+//! incident), so a duplicate delivery, a restart or a second engine claims
+//! nothing new. Guardrails are decided here, under one advisory lock, so two
+//! engines cannot both spend the last run of a budget.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use firebreak_actions::{escalation, ActionSpec};
+use firebreak_domain::ids::lock_key;
+use firebreak_domain::playbook::{last_good, Facts, Playbook, Step, StepAction, Trigger, Verdict};
+use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_domain::DeployEvent;
+use firebreak_store::{
+    ActionRow, ActionStatus, NewAction, NewAudit, StoreError, StoreTx, SETTING_PAUSED,
+};
+use serde_json::json;
+
+use crate::Engine;
+
+/// How far back a rollback looks for the last good deploy.
+const ROLLBACK_HISTORY_DAYS: i64 = 30;
+
+/// Automation limits that apply to every playbook.
+#[derive(Debug, Clone, Default)]
+pub struct AutomationPolicy {
+    /// Every playbook runs in dry-run: record, call nothing.
+    pub dry_run: bool,
+    /// At most this many actions across all playbooks per window; over it, held.
+    pub max_actions: Option<firebreak_domain::playbook::Budget>,
+    /// Who hears about held and failed actions.
+    pub escalate: Option<firebreak_domain::playbook::NotifyStep>,
+}
+
+struct Decision<'a> {
+    playbook: Arc<Playbook>,
+    trigger: Trigger<'a>,
+    incident: Option<i64>,
+    latest: Option<DeployEvent>,
+}
+
+impl Engine {
+    /// Matches `triggers` (fresh events, with the incident each belongs to)
+    /// against the playbooks and claims the actions they call for.
+    pub(crate) async fn remediate(
+        &self,
+        tx: &mut dyn StoreTx,
+        triggers: &[(Trigger<'_>, Option<i64>)],
+        entries: &mut Vec<NewEntry>,
+        ready: &mut usize,
+    ) -> Result<(), StoreError> {
+        let set = self.playbooks.current();
+        if set.playbooks.is_empty() || triggers.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let mut decisions: Vec<Decision<'_>> = Vec::new();
+        let mut audit = Vec::new();
+        for (trigger, incident) in triggers {
+            for pb in &set.playbooks {
+                let mut verdict = pb.evaluate(trigger, &Facts::default(), now);
+                let mut latest = None;
+                // Matches are rare: only then look up the deploy the conditions
+                // and the steps' values need.
+                if verdict != Verdict::NoMatch {
+                    latest = latest_deploy(tx, trigger).await?;
+                    verdict = pb.evaluate(
+                        trigger,
+                        &Facts {
+                            latest_deploy: latest.as_ref(),
+                        },
+                        now,
+                    );
+                }
+                match verdict {
+                    Verdict::NoMatch => {}
+                    Verdict::Unmet(why) => {
+                        if let Some(incident) = incident {
+                            entries.push(NewEntry {
+                                incident_id: *incident,
+                                at: now,
+                                kind: kind::PLAYBOOK_SKIPPED,
+                                source: format!("playbook:{}", pb.name()),
+                                summary: format!(
+                                    "{}@{} matched {} but did not act: {why}",
+                                    pb.name(),
+                                    pb.version,
+                                    trigger.describe()
+                                ),
+                                ref_id: format!("{}:{}", pb.name(), trigger.id()),
+                            });
+                        }
+                    }
+                    Verdict::Match => {
+                        audit.push(NewAudit {
+                            at: now,
+                            actor: "engine".into(),
+                            event: "matched".into(),
+                            action_id: None,
+                            incident_id: *incident,
+                            playbook: Some(pb.name().to_string()),
+                            playbook_version: Some(pb.version.clone()),
+                            detail: json!({"trigger": trigger.describe(), "trigger_id": trigger.id(), "file": pb.file}),
+                        });
+                        decisions.push(Decision {
+                            playbook: pb.clone(),
+                            trigger: *trigger,
+                            incident: *incident,
+                            latest,
+                        });
+                    }
+                }
+            }
+        }
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        // One lock for every automation decision across engines: they are rare,
+        // and budgets must be counted by one decider at a time.
+        tx.lock_groups(&[lock_key("firebreak:automation")]).await?;
+        let paused = tx.tx_setting(SETTING_PAUSED).await?.as_deref() == Some("true");
+        let policy = &self.config.automation;
+        let window = decisions
+            .iter()
+            .flat_map(|d| {
+                let g = &d.playbook.spec.guard;
+                [g.cooldown.map(|c| c.0), g.max_runs.map(|b| b.per.0)]
+            })
+            .chain([policy.max_actions.map(|b| b.per.0)])
+            .flatten()
+            .max()
+            .unwrap_or_else(Duration::zero);
+        let mut recent: Vec<ActionRow> = if window > Duration::zero() {
+            tx.actions_created_since(now - window).await?
+        } else {
+            Vec::new()
+        };
+        tx.insert_audit(&audit).await?;
+        audit.clear();
+
+        for d in &decisions {
+            for (index, step) in d.playbook.spec.steps.iter().enumerate() {
+                let mut claim = self.claim(tx, d, index, step, paused, &recent, now).await?;
+                let Some(row) = tx
+                    .insert_actions(std::slice::from_ref(&claim.action))
+                    .await?
+                    .pop()
+                else {
+                    continue; // claimed before: a duplicate delivery or another engine
+                };
+                let outcome = match row.status {
+                    ActionStatus::Pending => "requested",
+                    other => other.as_str(),
+                };
+                self.metrics.action(outcome);
+                if row.status == ActionStatus::Pending {
+                    *ready += 1;
+                }
+                audit.push(NewAudit::of(
+                    &row,
+                    "engine",
+                    outcome,
+                    now,
+                    json!({"step": claim.spec.describe, "reason": row.reason, "trigger": d.trigger.describe(), "vars": claim.spec.vars}),
+                ));
+                if let Some(incident) = row.incident_id {
+                    let (k, text) = match row.status {
+                        ActionStatus::Pending => (
+                            kind::ACTION_REQUESTED,
+                            format!("requested: {}", claim.spec.describe),
+                        ),
+                        ActionStatus::Held => (
+                            kind::ACTION_HELD,
+                            format!(
+                                "held for a human: {} ({})",
+                                claim.spec.describe,
+                                row.reason.as_deref().unwrap_or("")
+                            ),
+                        ),
+                        ActionStatus::Suppressed => (
+                            kind::ACTION_SUPPRESSED,
+                            format!(
+                                "not repeated: {} ({})",
+                                claim.spec.describe,
+                                row.reason.as_deref().unwrap_or("")
+                            ),
+                        ),
+                        ActionStatus::DryRun => (
+                            kind::ACTION_DRY_RUN,
+                            format!("dry run, would have: {}", claim.spec.describe),
+                        ),
+                        _ => (
+                            kind::ACTION_FAILED,
+                            format!(
+                                "cannot: {} ({})",
+                                claim.spec.describe,
+                                row.reason.as_deref().unwrap_or("")
+                            ),
+                        ),
+                    };
+                    entries.push(NewEntry {
+                        incident_id: incident,
+                        at: now,
+                        kind: k,
+                        source: format!("playbook:{}", row.playbook),
+                        summary: format!("{text} [{}@{}]", row.playbook, row.playbook_version),
+                        ref_id: format!("action:{}:{}", row.id, row.status.as_str()),
+                    });
+                }
+                if matches!(row.status, ActionStatus::Held | ActionStatus::Failed) {
+                    if let Some(target) = &policy.escalate {
+                        let message = format!(
+                            "Firebreak {} action #{}{}: {} ({}). {}",
+                            if row.status == ActionStatus::Held {
+                                "held"
+                            } else {
+                                "could not run"
+                            },
+                            row.id,
+                            row.incident_id
+                                .map(|i| format!(" for incident #{i}"))
+                                .unwrap_or_default(),
+                            claim.spec.describe,
+                            row.reason.as_deref().unwrap_or(""),
+                            if row.status == ActionStatus::Held {
+                                format!("Approve with POST /api/v1/actions/{}/approve or deny with …/deny.", row.id)
+                            } else {
+                                "A human needs to look.".into()
+                            }
+                        );
+                        if !tx
+                            .insert_actions(&[escalation(target, &row, &message, now)])
+                            .await?
+                            .is_empty()
+                        {
+                            *ready += 1;
+                        }
+                    } else {
+                        tracing::warn!(action = row.id, reason = ?row.reason, "action held for a human; no escalation target configured");
+                    }
+                }
+                claim.action.status = row.status;
+                recent.push(row);
+            }
+        }
+        tx.insert_audit(&audit).await?;
+        Ok(())
+    }
+
+    /// Builds the claim for one step and decides its guardrails.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        tx: &mut dyn StoreTx,
+        d: &Decision<'_>,
+        index: usize,
+        step: &Step,
+        paused: bool,
+        recent: &[ActionRow],
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let pb = &d.playbook;
+        let service = d.trigger.service().unwrap_or("").to_string();
+        let env = d.trigger.environment().map(str::to_string);
+        let mut vars = base_vars(&d.trigger, d.incident, pb);
+        let mut failure = None;
+        let mut good = None;
+        if let Some(latest) = &d.latest {
+            put_deploy(&mut vars, "suspect", latest);
+            let history = tx
+                .deploys_between(
+                    &latest.service,
+                    latest.environment.as_deref(),
+                    latest.started_at - Duration::days(ROLLBACK_HISTORY_DAYS),
+                    latest.started_at,
+                )
+                .await?;
+            good = last_good(latest, &history).cloned();
+            if let Some(g) = &good {
+                put_deploy(&mut vars, "target", g);
+            }
+        }
+        let (target, describe) = match &step.action {
+            StepAction::KillSwitch(k) => {
+                vars.insert("flag".into(), k.flag.clone());
+                (
+                    format!(
+                        "flag:{}:{}:{}",
+                        k.provider,
+                        k.environment.as_deref().unwrap_or(""),
+                        k.flag
+                    ),
+                    format!(
+                        "turn {} flag {} ({}{})",
+                        k.state.as_str(),
+                        k.flag,
+                        k.provider,
+                        k.environment
+                            .as_deref()
+                            .map(|e| format!(", {e}"))
+                            .unwrap_or_default()
+                    ),
+                )
+            }
+            StepAction::Rollback(r) => {
+                let target = format!("deploys:{}:{}", service, env.as_deref().unwrap_or(""));
+                match &d.latest {
+                    None => {
+                        failure = Some(format!(
+                            "no deploy of {service} is known, so there is nothing to roll back"
+                        ));
+                        (target, format!("roll back {service} ({})", r.provider))
+                    }
+                    Some(suspect) => match &good {
+                        Some(good) => (
+                            target,
+                            format!(
+                                "roll back {service} from {} to {} ({})",
+                                suspect.version, good.version, r.provider
+                            ),
+                        ),
+                        None => {
+                            failure = Some(format!(
+                                "no successful deploy of {service} before {} in the last {ROLLBACK_HISTORY_DAYS} days to roll back to",
+                                suspect.version
+                            ));
+                            (
+                                target,
+                                format!(
+                                    "roll back {service} from {} ({})",
+                                    suspect.version, r.provider
+                                ),
+                            )
+                        }
+                    },
+                }
+            }
+            StepAction::Notify(n) => (
+                format!(
+                    "notify:{}",
+                    d.incident
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| d.trigger.id().to_string())
+                ),
+                match (&n.slack, &n.webhook) {
+                    (Some(c), _) => format!("notify Slack {c}"),
+                    (None, Some(w)) => format!("notify {w}"),
+                    _ => "notify".into(),
+                },
+            ),
+            StepAction::Http(h) => (format!("http:{}", h.url), format!("{} {}", h.method, h.url)),
+        };
+        let dedupe_key = format!(
+            "{}:{}:{}:{}",
+            pb.name(),
+            index,
+            target,
+            d.incident
+                .map(|i| format!("incident:{i}"))
+                .unwrap_or_else(|| format!("event:{}", d.trigger.id()))
+        );
+        let g = &pb.spec.guard;
+        let runs = |since: DateTime<Utc>, same_playbook: bool| {
+            recent
+                .iter()
+                .filter(|r| {
+                    r.status.counts_as_run()
+                        && !r.dedupe_key.starts_with("escalate:")
+                        && r.created_at >= since
+                        && (!same_playbook || r.playbook == pb.name())
+                })
+                .count()
+        };
+        let cooled = g.cooldown.and_then(|c| {
+            recent.iter().find(|r| {
+                r.playbook == pb.name()
+                    && r.target == target
+                    && r.status.counts_as_run()
+                    && r.created_at >= now - c.0
+            })
+        });
+        let (status, reason) = if let Some(why) = failure {
+            (ActionStatus::Failed, Some(why))
+        } else if let (Some(prev), Some(c)) = (cooled, g.cooldown) {
+            (
+                ActionStatus::Suppressed,
+                Some(format!(
+                    "cooldown {c}: action #{} ran for this target at {}",
+                    prev.id,
+                    prev.created_at.format("%H:%M:%S UTC")
+                )),
+            )
+        } else if g.dry_run || self.config.automation.dry_run {
+            (
+                ActionStatus::DryRun,
+                Some(if g.dry_run {
+                    "playbook is in dry-run".to_string()
+                } else {
+                    "automation is in dry-run".to_string()
+                }),
+            )
+        } else if paused {
+            (ActionStatus::Held, Some("automation is paused".to_string()))
+        } else if let Some(b) = g
+            .max_runs
+            .filter(|b| runs(now - b.per.0, true) >= b.count as usize)
+        {
+            (
+                ActionStatus::Held,
+                Some(format!("over budget: max_runs {} per {}", b.count, b.per)),
+            )
+        } else if let Some(b) = self
+            .config
+            .automation
+            .max_actions
+            .filter(|b| runs(now - b.per.0, false) >= b.count as usize)
+        {
+            (
+                ActionStatus::Held,
+                Some(format!(
+                    "over the global budget: {} actions per {}",
+                    b.count, b.per
+                )),
+            )
+        } else if g.require_approval || step.require_approval {
+            (ActionStatus::Held, Some("approval required".to_string()))
+        } else {
+            (ActionStatus::Pending, None)
+        };
+        let spec = ActionSpec {
+            step: step.action.clone(),
+            vars,
+            describe,
+        };
+        Ok(Claim {
+            action: NewAction {
+                dedupe_key,
+                playbook: pb.name().to_string(),
+                playbook_version: pb.version.clone(),
+                step_index: i32::try_from(index).unwrap_or(i32::MAX),
+                kind: step.action.kind().to_string(),
+                target,
+                incident_id: d.incident,
+                trigger_id: d.trigger.id().to_string(),
+                status,
+                reason,
+                spec: serde_json::to_value(&spec).unwrap_or_default(),
+                at: now,
+            },
+            spec,
+        })
+    }
+}
+
+struct Claim {
+    action: NewAction,
+    spec: ActionSpec,
+}
+
+/// The latest deploy of the trigger's service (and environment) at or before it.
+async fn latest_deploy(
+    tx: &mut dyn StoreTx,
+    trigger: &Trigger<'_>,
+) -> Result<Option<DeployEvent>, StoreError> {
+    if let Trigger::Deploy(d) = trigger {
+        return Ok(Some((*d).clone()));
+    }
+    let Some(service) = trigger.service() else {
+        return Ok(None);
+    };
+    let at = trigger.at();
+    let deploys = tx
+        .deploys_between(
+            service,
+            trigger.environment(),
+            at - Duration::days(ROLLBACK_HISTORY_DAYS),
+            at,
+        )
+        .await?;
+    Ok(deploys.into_iter().max_by_key(|d| d.started_at))
+}
+
+/// Placeholder values every step can use.
+fn base_vars(
+    trigger: &Trigger<'_>,
+    incident: Option<i64>,
+    pb: &Playbook,
+) -> BTreeMap<String, String> {
+    let mut v = BTreeMap::new();
+    v.insert(
+        "service".into(),
+        trigger.service().unwrap_or("").to_string(),
+    );
+    v.insert(
+        "environment".into(),
+        trigger.environment().unwrap_or("").to_string(),
+    );
+    v.insert(
+        "incident.id".into(),
+        incident.map(|i| i.to_string()).unwrap_or_default(),
+    );
+    v.insert("trigger".into(), trigger.describe());
+    v.insert("trigger.id".into(), trigger.id().to_string());
+    v.insert("trigger.kind".into(), trigger.kind().to_string());
+    v.insert("playbook".into(), pb.name().to_string());
+    for (k, val) in trigger.labels() {
+        v.insert(format!("labels.{k}"), val);
+    }
+    if let Trigger::Alert(a) = trigger {
+        v.insert("alertname".into(), a.alertname().to_string());
+        for (k, val) in &a.annotations {
+            v.insert(format!("annotations.{k}"), val.clone());
+        }
+    }
+    v
+}
+
+fn put_deploy(vars: &mut BTreeMap<String, String>, prefix: &str, d: &DeployEvent) {
+    vars.insert(format!("{prefix}.id"), d.id.clone());
+    vars.insert(format!("{prefix}.version"), d.version.clone());
+    vars.insert(
+        format!("{prefix}.commit"),
+        d.commit.clone().unwrap_or_default(),
+    );
+    vars.insert(format!("{prefix}.started_at"), d.started_at.to_rfc3339());
+}

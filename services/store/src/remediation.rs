@@ -1,0 +1,236 @@
+//! Rows of remediation: actions, the audit trail, built-in flags, settings.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use firebreak_domain::{AlertEvent, DeployEvent, GateResult};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    /// Claimed, waiting for an executor.
+    Pending,
+    /// Waiting for a human: approval required, over a budget, or automation paused.
+    Held,
+    Running,
+    Succeeded,
+    Failed,
+    Denied,
+    /// Recorded what would have happened; nothing was called.
+    DryRun,
+    /// Inside a cooldown: recorded, not run.
+    Suppressed,
+    Reverted,
+}
+
+impl ActionStatus {
+    pub const ALL: [ActionStatus; 9] = [
+        ActionStatus::Pending,
+        ActionStatus::Held,
+        ActionStatus::Running,
+        ActionStatus::Succeeded,
+        ActionStatus::Failed,
+        ActionStatus::Denied,
+        ActionStatus::DryRun,
+        ActionStatus::Suppressed,
+        ActionStatus::Reverted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::Held => "held",
+            ActionStatus::Running => "running",
+            ActionStatus::Succeeded => "succeeded",
+            ActionStatus::Failed => "failed",
+            ActionStatus::Denied => "denied",
+            ActionStatus::DryRun => "dry_run",
+            ActionStatus::Suppressed => "suppressed",
+            ActionStatus::Reverted => "reverted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ActionStatus> {
+        ActionStatus::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether an action in this status counts as a run against budgets and cooldowns.
+    pub fn counts_as_run(self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Pending
+                | ActionStatus::Running
+                | ActionStatus::Succeeded
+                | ActionStatus::Failed
+                | ActionStatus::Reverted
+        )
+    }
+}
+
+/// An action claimed by the engine.
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    /// Unique: playbook, step, target and incident (or trigger event).
+    pub dedupe_key: String,
+    pub playbook: String,
+    pub playbook_version: String,
+    pub step_index: i32,
+    pub kind: String,
+    pub target: String,
+    pub incident_id: Option<i64>,
+    pub trigger_id: String,
+    pub status: ActionStatus,
+    pub reason: Option<String>,
+    /// The step with everything it needs to run (provider, rendered values).
+    pub spec: Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionRow {
+    pub id: i64,
+    pub dedupe_key: String,
+    pub playbook: String,
+    pub playbook_version: String,
+    pub step_index: i32,
+    pub kind: String,
+    pub target: String,
+    pub incident_id: Option<i64>,
+    pub trigger_id: String,
+    pub status: ActionStatus,
+    pub reason: Option<String>,
+    pub spec: Value,
+    pub previous_state: Option<Value>,
+    pub result: Option<Value>,
+    pub attempts: i32,
+    pub decided_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub not_before: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+/// A status change; `Some` fields are written, `None` ones left as they are.
+#[derive(Debug, Clone)]
+pub struct ActionChange {
+    pub status: ActionStatus,
+    pub at: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub result: Option<Value>,
+    pub previous_state: Option<Value>,
+    pub decided_by: Option<String>,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+impl ActionChange {
+    pub fn to(status: ActionStatus, at: DateTime<Utc>) -> ActionChange {
+        ActionChange {
+            status,
+            at,
+            reason: None,
+            result: None,
+            previous_state: None,
+            decided_by: None,
+            not_before: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ActionFilter {
+    pub incident_id: Option<i64>,
+    pub status: Option<ActionStatus>,
+    pub since: Option<DateTime<Utc>>,
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewAudit {
+    pub at: DateTime<Utc>,
+    /// `engine`, `api`, `slack:U123`, …
+    pub actor: String,
+    pub event: String,
+    pub action_id: Option<i64>,
+    pub incident_id: Option<i64>,
+    pub playbook: Option<String>,
+    pub playbook_version: Option<String>,
+    pub detail: Value,
+}
+
+impl NewAudit {
+    /// An audit row about `action`, by `actor`.
+    pub fn of(
+        action: &ActionRow,
+        actor: &str,
+        event: &str,
+        at: DateTime<Utc>,
+        detail: Value,
+    ) -> NewAudit {
+        NewAudit {
+            at,
+            actor: actor.to_string(),
+            event: event.to_string(),
+            action_id: Some(action.id),
+            incident_id: action.incident_id,
+            playbook: Some(action.playbook.clone()),
+            playbook_version: Some(action.playbook_version.clone()),
+            detail,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    #[serde(flatten)]
+    pub entry: NewAudit,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub action_id: Option<i64>,
+    pub incident_id: Option<i64>,
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagRow {
+    pub key: String,
+    pub enabled: bool,
+    pub description: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+/// Stored events since a moment, for replaying playbooks over history.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Alert notifications with the incident each was placed in.
+    pub alerts: Vec<(Option<i64>, AlertEvent)>,
+    pub deploys: Vec<DeployEvent>,
+    pub gates: Vec<GateResult>,
+}
+
+/// The automation pause flag in `settings`.
+pub const SETTING_PAUSED: &str = "automation_paused";
+
+pub(crate) fn parse_status(s: &str) -> Result<ActionStatus, sqlx::Error> {
+    ActionStatus::parse(s)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown action status {s:?}").into()))
+}
+
+pub(crate) fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+pub(crate) fn parse_json(s: &str) -> Result<Value, sqlx::Error> {
+    serde_json::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, sqlx::Error> {
+    serde_json::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}

@@ -1,0 +1,728 @@
+//! Playbooks and remediation end to end, against the real binary: kill switches
+//! read back by a real OpenFeature client, guardrails, approvals, rollbacks
+//! against a recording Argo CD, and exactly-once claims across two engines.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use firebreak_tests::{
+    alert_now, deploy_now, eventually, openfeature_bool, Amqp, Firebreak, Options, Pg, Recorder,
+};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn repo_playbook(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../playbooks")
+            .join(name),
+    )
+    .unwrap()
+}
+
+async fn timeline_kinds(fb: &Firebreak, incident: i64) -> Vec<String> {
+    let (_, t) = fb
+        .get(&format!("/api/v1/incidents/{incident}/timeline"))
+        .await;
+    t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The story: 13:55 deploy, 14:02 HighErrorRate on checkout. The
+/// repository's example playbook turns the built-in flag off once, however many
+/// duplicates arrive; an application using OpenFeature's OFREP provider sees it
+/// off; one call reverts it.
+#[tokio::test]
+async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "checkout-kill-switch.yaml",
+        &repo_playbook("checkout-kill-switch.yaml"),
+    );
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded().with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap()),
+    )
+    .await;
+
+    let (status, _) = fb
+        .post("/api/v1/flags", &json!({"key": "checkout.new-payment-flow", "enabled": true, "description": "new payment flow"}))
+        .await;
+    assert_eq!(status, 201);
+    let before = openfeature_bool(&fb.base, "checkout.new-payment-flow").await;
+    assert_eq!(before["value"], true, "{before}");
+
+    assert_eq!(
+        fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v2", 7))
+            .await
+            .0,
+        202
+    );
+    let webhook = alert_now("c0ffee01", "HighErrorRate", "checkout", 0);
+    for _ in 0..3 {
+        // Alertmanager HA pairs and retries deliver the same notification again.
+        assert_eq!(
+            fb.post("/api/v1/alerts/alertmanager", &webhook).await.0,
+            202
+        );
+    }
+    let action = fb.action_in("checkout-kill-switch", "succeeded").await;
+    assert_eq!(action["result"]["verified"], true);
+    assert_eq!(action["previous_state"]["enabled"], true);
+
+    let after = openfeature_bool(&fb.base, "checkout.new-payment-flow").await;
+    assert_eq!(
+        after["value"], false,
+        "the application sees the kill switch off: {after}"
+    );
+    assert_eq!(after["reason"], "STATIC");
+
+    // However many duplicates: one action.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let actions = fb.actions().await;
+    assert_eq!(actions.len(), 1, "{actions:#?}");
+
+    let incident = action["incident_id"].as_i64().unwrap();
+    let kinds = timeline_kinds(&fb, incident).await;
+    for k in [
+        "deploy",
+        "alert_firing",
+        "incident_opened",
+        "action_requested",
+        "action_executed",
+    ] {
+        assert!(
+            kinds.contains(&k.to_string()),
+            "timeline lacks {k}: {kinds:?}"
+        );
+    }
+
+    let id = action["id"].as_i64().unwrap();
+    let (_, audit) = fb.get(&format!("/api/v1/audit?action={id}")).await;
+    let events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for e in ["requested", "executed", "verified"] {
+        assert!(events.contains(&e), "audit lacks {e}: {events:?}");
+    }
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["playbook_version"] == action["playbook_version"]));
+    let (_, matched) = fb.get(&format!("/api/v1/audit?incident={incident}")).await;
+    assert!(matched["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "matched"));
+
+    // Revert restores the previous state, once.
+    let (status, reverted) = fb
+        .post(
+            &format!("/api/v1/actions/{id}/revert"),
+            &json!({"by": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reverted}");
+    assert_eq!(reverted["status"], "reverted");
+    let restored = openfeature_bool(&fb.base, "checkout.new-payment-flow").await;
+    assert_eq!(restored["value"], true, "{restored}");
+    let (status, again) = fb
+        .post(&format!("/api/v1/actions/{id}/revert"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{again}");
+    let kinds = timeline_kinds(&fb, incident).await;
+    assert!(kinds.contains(&"action_reverted".to_string()), "{kinds:?}");
+
+    // A missing flag is a FLAG_NOT_FOUND the SDK understands (it falls back to its default).
+    let missing = openfeature_bool(&fb.base, "no.such-flag").await;
+    assert_eq!(missing["error_code"], "FLAG_NOT_FOUND", "{missing}");
+    assert_eq!(missing["value"], true);
+}
+
+/// An alert long after the last deploy matches the trigger but not
+/// `deployed_within`: nothing runs, and the timeline says why.
+#[tokio::test]
+async fn unmet_conditions_do_nothing_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "checkout-kill-switch.yaml",
+        &repo_playbook("checkout-kill-switch.yaml"),
+    );
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded().with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap()),
+    )
+    .await;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "checkout.new-payment-flow"}),
+    )
+    .await;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v2", 90))
+        .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("c0ffee02", "HighErrorRate", "checkout", 0),
+    )
+    .await;
+    let id = eventually("the incident", WAIT, || async {
+        let (_, l) = fb.get("/api/v1/incidents").await;
+        l["incidents"][0]["id"].as_i64()
+    })
+    .await;
+    let summary = eventually("a playbook_skipped entry", WAIT, || async {
+        let (_, t) = fb.get(&format!("/api/v1/incidents/{id}/timeline")).await;
+        t["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["kind"] == "playbook_skipped")
+            .cloned()
+    })
+    .await;
+    assert!(
+        summary["summary"]
+            .as_str()
+            .unwrap()
+            .contains("more than 30m"),
+        "{summary}"
+    );
+    assert!(fb.actions().await.is_empty());
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-payment-flow").await;
+    assert_eq!(flag["enabled"], true);
+}
+
+/// Cooldown suppresses a repeat on the same target; a budget holds the next
+/// action for a human and escalates; approval runs it once; a pause holds new
+/// actions; dry-run records and calls nothing.
+#[tokio::test]
+async fn guardrails_suppress_hold_escalate_approve_pause_and_dry_run() {
+    let hooks = Recorder::start(|_| (200, json!({"ok": true}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "cooldown.yaml",
+        "name: cooldown\nwhen:\n  alert: { matchers: ['alertname=\"Cool\"'] }\ndo:\n  - kill_switch: { flag: shared.flag }\nguard: { cooldown: 1h }\n",
+    );
+    write(
+        &books,
+        "budget.yaml",
+        "name: budget\nwhen:\n  alert: { matchers: ['alertname=\"Budget\"'] }\ndo:\n  - notify: { webhook: team, message: \"budget {{service}}\" }\nguard: { max_runs: { count: 1, per: 1h } }\n",
+    );
+    write(
+        &books,
+        "paused.yaml",
+        "name: paused\nwhen:\n  alert: { matchers: ['alertname=\"Paused\"'] }\ndo:\n  - notify: { webhook: team, message: \"paused {{service}}\" }\n",
+    );
+    write(
+        &books,
+        "dry.yaml",
+        "name: dry\nwhen:\n  alert: { matchers: ['alertname=\"Dry\"'] }\ndo:\n  - kill_switch: { flag: dry.flag }\nguard: { dry_run: true }\n",
+    );
+    let config = dir.path().join("firebreak.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[automation]\nescalate_webhook = \"oncall\"\n\n[notify.team]\ntype = \"webhook\"\nurl = \"{0}/team\"\n\n[notify.oncall]\ntype = \"webhook\"\nurl = \"{0}/oncall\"\nheaders = {{ Authorization = \"Bearer ${{FIREBREAK_SECRET_HOOK}}\" }}\n",
+            hooks.base
+        ),
+    )
+    .unwrap();
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded()
+            .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
+            .with("FIREBREAK_CONFIG", config.to_str().unwrap())
+            .with("FIREBREAK_SECRET_HOOK", "s3cret"),
+    )
+    .await;
+    let (_, loaded) = fb.get("/api/v1/playbooks").await;
+    assert_eq!(loaded["playbooks"].as_array().unwrap().len(), 4, "{loaded}");
+    fb.post("/api/v1/flags", &json!({"key": "shared.flag"}))
+        .await;
+    fb.post("/api/v1/flags", &json!({"key": "dry.flag"})).await;
+
+    // Cooldown: the second incident's action on the same flag is suppressed.
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("a1", "Cool", "svc-a", 0),
+    )
+    .await;
+    fb.action_in("cooldown", "succeeded").await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("a2", "Cool", "svc-b", 0),
+    )
+    .await;
+    let suppressed = fb.action_in("cooldown", "suppressed").await;
+    assert!(
+        suppressed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cooldown 1h"),
+        "{suppressed}"
+    );
+
+    // Budget: one run per hour; the second is held and escalated, not dropped.
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("b1", "Budget", "svc-a", 0),
+    )
+    .await;
+    fb.action_in("budget", "succeeded").await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("b2", "Budget", "svc-b", 0),
+    )
+    .await;
+    let held = fb.action_in("budget", "held").await;
+    assert!(
+        held["reason"].as_str().unwrap().contains("over budget"),
+        "{held}"
+    );
+    let escalation = eventually("the escalation", WAIT, || async {
+        hooks.matching("POST", "/oncall").pop()
+    })
+    .await;
+    assert_eq!(escalation.headers["authorization"], "Bearer s3cret");
+    let text = escalation.body["text"].as_str().unwrap();
+    assert!(text.contains("held") && text.contains("approve"), "{text}");
+    assert_eq!(hooks.matching("POST", "/team").len(), 1);
+
+    // Approve releases it exactly once; a second decision is refused.
+    let id = held["id"].as_i64().unwrap();
+    let (status, approved) = fb
+        .post(
+            &format!("/api/v1/actions/{id}/approve"),
+            &json!({"by": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["decided_by"], "api:alice");
+    let (status, twice) = fb
+        .post(
+            &format!("/api/v1/actions/{id}/approve"),
+            &json!({"by": "bob"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{twice}");
+    assert!(
+        twice["message"].as_str().unwrap().contains("alice"),
+        "{twice}"
+    );
+    eventually("the approved notification", WAIT, || async {
+        (hooks.matching("POST", "/team").len() == 2).then_some(())
+    })
+    .await;
+    let (status, _) = fb
+        .post(&format!("/api/v1/actions/{id}/deny"), &json!({}))
+        .await;
+    assert_eq!(status, 409);
+
+    // Pause: new actions wait for a human.
+    assert_eq!(
+        fb.post("/api/v1/automation/pause", &json!({"by": "carol"}))
+            .await
+            .0,
+        200
+    );
+    let (_, state) = fb.get("/api/v1/automation").await;
+    assert_eq!(state["paused"], true);
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("p1", "Paused", "svc-a", 0),
+    )
+    .await;
+    let held = fb.action_in("paused", "held").await;
+    assert_eq!(held["reason"], "automation is paused");
+    let (status, denied) = fb
+        .post(
+            &format!("/api/v1/actions/{}/deny", held["id"]),
+            &json!({"by": "carol", "comment": "not now"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(denied["status"], "denied");
+    fb.post("/api/v1/automation/resume", &json!({})).await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("p2", "Paused", "svc-b", 0),
+    )
+    .await;
+    fb.action_in("paused", "succeeded").await;
+    let (_, audit) = fb.get("/api/v1/audit?limit=1000").await;
+    let events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for e in [
+        "automation_paused",
+        "automation_resumed",
+        "approved",
+        "denied",
+        "held",
+        "suppressed",
+    ] {
+        assert!(events.contains(&e), "audit lacks {e}: {events:?}");
+    }
+
+    // Dry run: recorded, flag untouched.
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("d1", "Dry", "svc-a", 0),
+    )
+    .await;
+    let dry = fb.action_in("dry", "dry_run").await;
+    let incident = dry["incident_id"].as_i64().unwrap();
+    assert!(timeline_kinds(&fb, incident)
+        .await
+        .contains(&"action_dry_run".to_string()));
+    let (_, flag) = fb.get("/api/v1/flags/dry.flag").await;
+    assert_eq!(flag["enabled"], true);
+    assert!(fb.metric("firebreak_actions_total{outcome=\"held\"}").await >= 2.0);
+}
+
+/// A failed canary gate proposes a rollback of checkout to its last good
+/// deploy; it waits for approval, then calls Argo CD's rollback API once, with
+/// the token from the environment and the target's values as data.
+#[tokio::test]
+async fn failed_gate_rollback_waits_for_approval_then_calls_argocd_once() {
+    let argocd = Recorder::start(|r| {
+        if r.path.starts_with("/api/v1/applications/") {
+            (200, json!({"metadata": {"name": "checkout"}}))
+        } else if r.path == "/slack/chat.postMessage" {
+            (200, json!({"ok": true, "ts": "1.2"}))
+        } else {
+            (404, json!({"error": "unknown path"}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "canary-rollback.yaml",
+        &repo_playbook("canary-rollback.yaml"),
+    );
+    let config = dir.path().join("firebreak.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rollback.argocd]\ntype = \"http\"\nurl = \"{0}/api/v1/applications/{{{{service}}}}/rollback\"\nheaders = {{ Authorization = \"Bearer ${{FIREBREAK_SECRET_ARGOCD_TOKEN}}\" }}\nbody = {{ id = \"{{{{target.version}}}}\", prune = false, dryRun = false }}\n\n[slack]\nbot_token = \"xoxb-test\"\napi_url = \"{0}/slack\"\n",
+            argocd.base
+        ),
+    )
+    .unwrap();
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded()
+            .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
+            .with("FIREBREAK_CONFIG", config.to_str().unwrap())
+            .with("FIREBREAK_SECRET_ARGOCD_TOKEN", "argo-t0ken"),
+    )
+    .await;
+    let (_, loaded) = fb.get("/api/v1/playbooks").await;
+    assert_eq!(loaded["errors"], json!([]), "{loaded}");
+
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v41", 180))
+        .await;
+    fb.post("/api/v1/events/deploy", &json!({"service": "checkout", "version": "v41.5", "status": "failed", "started_at": (chrono::Utc::now() - chrono::Duration::minutes(60)).to_rfc3339()})).await;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v42", 10))
+        .await;
+    fb.post(
+        "/api/v1/events/gate",
+        &json!({"service": "checkout", "version": "v42", "gate": "canary-error-rate", "metric": "http_5xx_ratio",
+                "threshold": 0.01, "observed": 0.07, "verdict": "fail", "evaluated_at": chrono::Utc::now().to_rfc3339()}),
+    )
+    .await;
+    let held = fb.action_in("canary-rollback", "held").await;
+    assert_eq!(held["reason"], "approval required");
+    assert_eq!(
+        held["spec"]["vars"]["target.version"], "v41",
+        "last good skips the failed v41.5"
+    );
+    assert_eq!(held["spec"]["vars"]["suspect.version"], "v42");
+    // The notify step of the same playbook runs without approval.
+    let note = eventually("the Slack message", WAIT, || async {
+        argocd.matching("POST", "/slack/chat.postMessage").pop()
+    })
+    .await;
+    assert_eq!(note.headers["authorization"], "Bearer xoxb-test");
+    assert_eq!(note.body["channel"], "#deploys");
+    assert!(
+        note.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("rollback to v41"),
+        "{:?}",
+        note.body
+    );
+    assert!(
+        argocd
+            .matching("POST", "/api/v1/applications/checkout/rollback")
+            .is_empty(),
+        "nothing before approval"
+    );
+
+    let id = held["id"].as_i64().unwrap();
+    let (status, _) = fb
+        .post(
+            &format!("/api/v1/actions/{id}/approve"),
+            &json!({"by": "dana"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    fb.post(
+        &format!("/api/v1/actions/{id}/approve"),
+        &json!({"by": "erin"}),
+    )
+    .await;
+    let done = eventually("the rollback to finish", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (a["status"] == "succeeded").then_some(a)
+    })
+    .await;
+    assert_eq!(done["decided_by"], "api:dana");
+    let audit: Vec<&str> = done["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        audit,
+        ["held", "approved", "executed"],
+        "approved once, by dana"
+    );
+    let calls = argocd.matching("POST", "/api/v1/applications/checkout/rollback");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].headers["authorization"], "Bearer argo-t0ken");
+    assert_eq!(
+        calls[0].body,
+        json!({"id": "v41", "prune": false, "dryRun": false})
+    );
+    assert!(
+        !fb.logs().contains("argo-t0ken"),
+        "the token never reaches the log"
+    );
+}
+
+/// Two engine processes compete for one RabbitMQ queue while every webhook
+/// arrives twice: each incident gets its notification exactly once.
+#[tokio::test]
+async fn two_engines_and_duplicate_webhooks_run_each_action_once() {
+    let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
+    let hooks = Recorder::start(|_| (200, json!({"ok": true}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "page.yaml",
+        "name: page\nwhen:\n  alert: { matchers: ['alertname=\"HighErrorRate\"'] }\ndo:\n  - notify: { webhook: team, message: \"incident {{incident.id}} {{service}}\" }\n  - kill_switch: { flag: global.flag }\n",
+    );
+    let config = dir.path().join("firebreak.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[notify.team]\ntype = \"webhook\"\nurl = \"{}/team\"\n",
+            hooks.base
+        ),
+    )
+    .unwrap();
+    let base = Options::backed(&pg, &amqp)
+        .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
+        .with("FIREBREAK_CONFIG", config.to_str().unwrap());
+    let front = Firebreak::start(&dir.path().join("front"), base.clone().roles("ingest,api")).await;
+    let e1 = Firebreak::start(&dir.path().join("e1"), base.clone().roles("engine")).await;
+    let e2 = Firebreak::start(&dir.path().join("e2"), base.clone().roles("engine")).await;
+    front
+        .post("/api/v1/flags", &json!({"key": "global.flag"}))
+        .await;
+
+    let services = 20;
+    let mut sends = Vec::new();
+    for i in 0..services {
+        let body = alert_now(&format!("fe{i:04}"), "HighErrorRate", &format!("svc{i}"), 0);
+        for _ in 0..2 {
+            let front = &front;
+            let body = body.clone();
+            sends.push(async move { front.post("/api/v1/alerts/alertmanager", &body).await.0 });
+        }
+    }
+    for status in futures_util::future::join_all(sends).await {
+        assert_eq!(status, 202);
+    }
+    eventually(
+        "every incident notified",
+        Duration::from_secs(60),
+        || async {
+            let done = front
+                .actions()
+                .await
+                .iter()
+                .filter(|a| a["status"] == "succeeded")
+                .count();
+            (done == 2 * services).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let actions = front.actions().await;
+    assert_eq!(
+        actions.len(),
+        2 * services,
+        "one claim per step and incident"
+    );
+    let sent = hooks.matching("POST", "/team");
+    assert_eq!(
+        sent.len(),
+        services,
+        "each incident notified once across two engines"
+    );
+    let mut texts: Vec<String> = sent
+        .iter()
+        .map(|r| r.body["text"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), services);
+    let (_, flag) = front.get("/api/v1/flags/global.flag").await;
+    assert_eq!(flag["enabled"], false);
+    drop((front, e1, e2));
+    amqp.cleanup().await;
+    pg.drop_db().await;
+}
+
+/// Files are reloaded on change; a broken file keeps its previous good version
+/// and is reported with file and line.
+#[tokio::test]
+async fn playbooks_reload_and_a_bad_file_keeps_the_good_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded()
+            .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
+            .with("FIREBREAK_CONFIG", "/dev/null"),
+    )
+    .await;
+    let good = "name: reloaded\nwhen:\n  alert: { matchers: ['alertname=\"X\"'] }\ndo:\n  - kill_switch: { flag: x }\n";
+    write(&books, "reloaded.yaml", good);
+    let listed = eventually("the new playbook", WAIT, || async {
+        let (_, l) = fb.get("/api/v1/playbooks").await;
+        (l["playbooks"].as_array()?.len() == 1).then_some(l)
+    })
+    .await;
+    let version = listed["playbooks"][0]["version"].clone();
+    write(
+        &books,
+        "reloaded.yaml",
+        &good.replace("matchers:", "matcherz:"),
+    );
+    let broken = eventually("the load error", WAIT, || async {
+        let (_, l) = fb.get("/api/v1/playbooks").await;
+        (!l["errors"].as_array()?.is_empty()).then_some(l)
+    })
+    .await;
+    let err = &broken["errors"][0];
+    assert_eq!(err["line"], 3, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("matcherz"),
+        "{err}"
+    );
+    assert_eq!(
+        broken["playbooks"][0]["version"], version,
+        "the good version stays"
+    );
+    assert_eq!(broken["playbooks"][0]["stale"], true);
+    assert_eq!(fb.metric("firebreak_playbook_load_errors").await, 1.0);
+    // And it still acts.
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("r1", "X", "svc", 0),
+    )
+    .await;
+    fb.action_in("reloaded", "succeeded").await;
+}
+
+#[tokio::test]
+async fn flags_and_ofrep_answer_by_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = Firebreak::start(dir.path(), Options::embedded()).await;
+    let c = firebreak_tests::client();
+    let (status, _) = fb.post("/api/v1/flags", &json!({"key": "bad key!"})).await;
+    assert_eq!(status, 400);
+    fb.post("/api/v1/flags", &json!({"key": "a.flag", "enabled": false}))
+        .await;
+    let r = c
+        .post(format!("{}/ofrep/v1/evaluate/flags/a.flag", fb.base))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errorCode"], "PARSE_ERROR");
+    let r = c
+        .post(format!("{}/ofrep/v1/evaluate/flags", fb.base))
+        .json(&json!({"context": {}}))
+        .send()
+        .await
+        .unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["flags"][0],
+        json!({"key": "a.flag", "value": false, "reason": "STATIC", "variant": "off", "metadata": body["flags"][0]["metadata"]})
+    );
+    let r = c
+        .post(format!("{}/ofrep/v1/evaluate/flags", fb.base))
+        .header("If-None-Match", &etag)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .put(format!("{}/api/v1/flags/a.flag", fb.base))
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(format!("{}/ofrep/v1/evaluate/flags", fb.base))
+        .header("If-None-Match", &etag)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a changed flag changes the ETag");
+}
