@@ -10,7 +10,9 @@ use firebreak_domain::correlation::{CorrelationPolicy, GroupKey, NewIncident};
 use firebreak_domain::metrics::Metrics;
 use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
-use firebreak_store::{IncidentFilter, Store, StoreError};
+use firebreak_store::{
+    ActionChange, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit, Store, StoreError,
+};
 use firebreak_tests::{webhook, Pg, TestAlert};
 use serde_json::json;
 
@@ -20,6 +22,7 @@ enum Backend {
 }
 
 struct Harness {
+    url: String,
     store: Arc<dyn Store>,
     engine: Arc<Engine>,
     _dir: tempfile::TempDir,
@@ -61,6 +64,7 @@ impl Harness {
             config,
         ));
         Harness {
+            url,
             store,
             engine,
             _dir: dir,
@@ -135,7 +139,216 @@ contract!(
     listing_filters_and_pages,
     logs_are_stored_once,
     resolved_alert_without_incident_is_kept_unplaced,
+    actions_are_claimed_once_and_run_one_at_a_time_per_target,
+    an_expired_lease_comes_back_in_doubt,
+    audit_is_append_only,
+    flags_remember_their_previous_state,
 );
+
+fn new_action(key: &str, target: &str) -> NewAction {
+    NewAction {
+        dedupe_key: key.into(),
+        playbook: "pb".into(),
+        playbook_version: "abc".into(),
+        step_index: 0,
+        kind: "kill_switch".into(),
+        target: target.into(),
+        incident_id: None,
+        trigger_id: "al-1".into(),
+        status: ActionStatus::Pending,
+        reason: None,
+        spec: json!({"describe": "x"}),
+        at: Utc::now() - Duration::seconds(1),
+    }
+}
+
+fn audit_row(event: &str) -> NewAudit {
+    NewAudit {
+        at: Utc::now(),
+        actor: "test".into(),
+        event: event.into(),
+        action_id: None,
+        incident_id: None,
+        playbook: None,
+        playbook_version: None,
+        detail: json!({"k": "v"}),
+    }
+}
+
+async fn actions_are_claimed_once_and_run_one_at_a_time_per_target(h: &Harness) {
+    let mut tx = h.store.begin().await.unwrap();
+    let first = tx
+        .insert_actions(&[new_action("k1", "flag:x")])
+        .await
+        .unwrap();
+    let again = tx
+        .insert_actions(&[new_action("k1", "flag:x")])
+        .await
+        .unwrap();
+    let other = tx
+        .insert_actions(&[new_action("k2", "flag:x")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(
+        again.is_empty(),
+        "the same key claims nothing the second time"
+    );
+    assert_eq!(other.len(), 1);
+
+    let now = Utc::now();
+    let (a, in_doubt) = h
+        .store
+        .claim_action(now, now + Duration::minutes(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.id, first[0].id);
+    assert!(!in_doubt);
+    assert_eq!(a.status, ActionStatus::Running);
+    assert_eq!(a.attempts, 1);
+    assert!(
+        h.store
+            .claim_action(now, now + Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "one running action per target"
+    );
+    let done = h
+        .store
+        .transition_action(
+            a.id,
+            &[ActionStatus::Running],
+            &ActionChange::to(ActionStatus::Succeeded, now),
+            &[audit_row("executed")],
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, ActionStatus::Succeeded);
+    assert!(done.lease_until.is_none());
+    assert!(
+        h.store
+            .transition_action(
+                a.id,
+                &[ActionStatus::Held],
+                &ActionChange::to(ActionStatus::Pending, now),
+                &[audit_row("approved")],
+                &[]
+            )
+            .await
+            .unwrap()
+            .is_none(),
+        "a transition from the wrong status changes nothing"
+    );
+    let (b, _) = h
+        .store
+        .claim_action(now, now + Duration::minutes(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.id, other[0].id);
+    let audit = h
+        .store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1, "the refused transition wrote no audit row");
+}
+
+async fn an_expired_lease_comes_back_in_doubt(h: &Harness) {
+    let mut tx = h.store.begin().await.unwrap();
+    tx.insert_actions(&[new_action("k1", "flag:y")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let now = Utc::now();
+    let (a, in_doubt) = h
+        .store
+        .claim_action(now, now - Duration::seconds(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!in_doubt);
+    let (b, in_doubt) = h
+        .store
+        .claim_action(Utc::now(), Utc::now() + Duration::minutes(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.id, b.id);
+    assert!(in_doubt, "a crashed executor's action is in doubt");
+    assert_eq!(b.attempts, 2);
+}
+
+async fn audit_is_append_only(h: &Harness) {
+    h.store.record(&[audit_row("flag_set")], &[]).await.unwrap();
+    let (update, delete) = if h.url.starts_with("postgres") {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&h.url)
+            .await
+            .unwrap();
+        (
+            sqlx::query("UPDATE audit SET actor = 'mallory'")
+                .execute(&mut c)
+                .await
+                .err(),
+            sqlx::query("DELETE FROM audit").execute(&mut c).await.err(),
+        )
+    } else {
+        let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&h.url)
+            .await
+            .unwrap();
+        (
+            sqlx::query("UPDATE audit SET actor = 'mallory'")
+                .execute(&mut c)
+                .await
+                .err(),
+            sqlx::query("DELETE FROM audit").execute(&mut c).await.err(),
+        )
+    };
+    assert!(update.unwrap().to_string().contains("append-only"));
+    assert!(delete.unwrap().to_string().contains("append-only"));
+    let rows = h
+        .store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows[0].entry.actor, "test");
+}
+
+async fn flags_remember_their_previous_state(h: &Harness) {
+    let a = audit_row("flag_set");
+    assert_eq!(
+        h.store
+            .set_flag("f", true, Some("desc"), "t", &a)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        h.store.set_flag("f", false, None, "t", &a).await.unwrap(),
+        Some(true)
+    );
+    let f = h.store.flag("f").await.unwrap();
+    assert!(!f.enabled);
+    assert_eq!(
+        f.description.as_deref(),
+        Some("desc"),
+        "an update without a description keeps it"
+    );
+    assert!(matches!(h.store.flag("g").await, Err(StoreError::NotFound)));
+    assert!(h.store.delete_flag("f", &a).await.unwrap());
+    assert!(!h.store.delete_flag("f", &a).await.unwrap());
+}
 
 async fn alerts_open_one_incident_per_group(h: &Harness) {
     let body = webhook(&[

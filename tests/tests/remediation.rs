@@ -726,3 +726,85 @@ async fn flags_and_ofrep_answer_by_the_protocol() {
         .unwrap();
     assert_eq!(r.status(), 200, "a changed flag changes the ETag");
 }
+
+/// `firebreak playbooks replay` backtests the playbooks over stored history:
+/// what each would have done, against what actually ran.
+#[tokio::test]
+async fn replay_compares_what_would_have_run_with_what_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "checkout-kill-switch.yaml",
+        &repo_playbook("checkout-kill-switch.yaml"),
+    );
+    let data = dir.path().join("data");
+    let mut fb = Firebreak::start(
+        &data,
+        Options::embedded().with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap()),
+    )
+    .await;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "checkout.new-payment-flow"}),
+    )
+    .await;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v2", 7))
+        .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("rp01", "HighErrorRate", "checkout", 0),
+    )
+    .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("rp02", "HighLatency", "payments", 0),
+    )
+    .await;
+    let action = fb.action_in("checkout-kill-switch", "succeeded").await;
+    let incident = action["incident_id"].as_i64().unwrap();
+    fb.stop().await;
+
+    // A candidate playbook nobody ran yet.
+    let candidate = dir.path().join("candidate");
+    std::fs::create_dir_all(&candidate).unwrap();
+    write(
+        &candidate,
+        "checkout-kill-switch.yaml",
+        &repo_playbook("checkout-kill-switch.yaml"),
+    );
+    write(
+        &candidate,
+        "payments-latency-notify.yaml",
+        &repo_playbook("payments-latency-notify.yaml"),
+    );
+    let out = tokio::process::Command::new(firebreak_tests::firebreak_bin())
+        .args(["playbooks", "replay", "--since", "1d"])
+        .arg(&candidate)
+        .env("FIREBREAK_DATA_DIR", &data)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkout = stdout.split("checkout-kill-switch@").nth(1).unwrap();
+    assert!(
+        checkout.contains(&format!("would act on: #{incident}")),
+        "{stdout}"
+    );
+    assert!(
+        checkout.contains(&format!("actually ran: #{incident} (succeeded)")),
+        "{stdout}"
+    );
+    let payments = stdout.split("payments-latency-notify@").nth(1).unwrap();
+    assert!(payments.contains("actually ran: nothing"), "{stdout}");
+    assert!(
+        payments.contains("would act where nothing ran: #"),
+        "{stdout}"
+    );
+}

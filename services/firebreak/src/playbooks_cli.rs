@@ -40,6 +40,9 @@ pub enum PlaybooksCommand {
         /// How far back, e.g. 7d, 24h.
         #[arg(long, default_value = "7d")]
         since: String,
+        /// Directory of the embedded store (when no database URL is configured).
+        #[arg(long, env = "FIREBREAK_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// Playbook directory (default as for `check`).
         dir: Option<PathBuf>,
     },
@@ -47,7 +50,13 @@ pub enum PlaybooksCommand {
 
 impl PlaybooksCommand {
     pub fn overrides(&self) -> Overrides {
-        Overrides::default()
+        match self {
+            PlaybooksCommand::Replay { data_dir, .. } => Overrides {
+                data_dir: data_dir.clone(),
+                ..Overrides::default()
+            },
+            _ => Overrides::default(),
+        }
     }
 
     fn dir(&self, config: &Config) -> PathBuf {
@@ -251,7 +260,17 @@ fn latest_before<'a>(deploys: &'a [DeployEvent], t: &Trigger<'_>) -> Option<&'a 
 }
 
 async fn replay(loaded: &Loaded, config: &Config, since: DateTime<Utc>) -> anyhow::Result<()> {
-    let store = crate::open_store(config).await?;
+    if config.database_url.0.starts_with("sqlite:")
+        && !config.data_dir.join("firebreak.db").exists()
+    {
+        anyhow::bail!(
+            "no Firebreak data in {} (give --data-dir, or FIREBREAK_DATABASE_URL for PostgreSQL)",
+            config.data_dir.display()
+        );
+    }
+    let store = firebreak_store::connect(&config.database_url.0)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", config.database_url))?;
     let history = store.history_since(since).await?;
     let actual = store
         .list_actions(&ActionFilter {

@@ -80,3 +80,131 @@ fn unreachable_listen_address_is_explained() {
         "{stderr}"
     );
 }
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// Every example in playbooks/ loads against the example provider configuration.
+#[test]
+fn playbooks_check_passes_on_the_examples() {
+    let out = firebreak()
+        .args(["--config"])
+        .arg(repo("playbooks/firebreak.example.toml"))
+        .args(["playbooks", "check"])
+        .arg(repo("playbooks"))
+        .env("FIREBREAK_SECRET_ARGOCD_TOKEN", "test")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "checkout-kill-switch",
+        "canary-rollback",
+        "payments-latency-notify",
+    ] {
+        assert!(stdout.contains(name), "{stdout}");
+    }
+}
+
+#[test]
+fn playbooks_check_fails_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        "name: good\nwhen:\n  alert: { matchers: ['alertname=\"A\"'] }\ndo:\n  - kill_switch: { flag: f }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "name: bad\nwhen:\n  alert:\n    matchers: ['service=~\"(\"']\ndo:\n  - kill_switch: { flag: f }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("provider.yml"),
+        "name: provider\nwhen:\n  gate: {}\ndo:\n  - rollback: { provider: nowhere }\n",
+    )
+    .unwrap();
+    let out = firebreak()
+        .args(["playbooks", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bad = format!("{}:4:", dir.path().join("bad.yaml").display());
+    assert!(
+        stderr.contains(&bad) && stderr.contains("bad regular expression"),
+        "{stderr}"
+    );
+    let provider = format!("{}:5:", dir.path().join("provider.yml").display());
+    assert!(
+        stderr.contains(&provider) && stderr.contains("[rollback.nowhere]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 of 3 files have errors"), "{stderr}");
+}
+
+/// `playbooks test` shows what would happen for a deploy and an alert, and
+/// touches nothing (no data directory appears).
+#[test]
+fn playbooks_test_explains_matches_without_side_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now();
+    let deploy = dir.path().join("deploy.json");
+    std::fs::write(
+        &deploy,
+        serde_json::json!({"service": "checkout", "version": "v2", "status": "succeeded",
+                           "started_at": (now - chrono::Duration::minutes(7)).to_rfc3339()})
+        .to_string(),
+    )
+    .unwrap();
+    let alert = dir.path().join("alert.json");
+    std::fs::write(
+        &alert,
+        serde_json::json!({"version": "4", "status": "firing", "receiver": "r", "groupKey": "g",
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+            "alerts": [{"status": "firing", "labels": {"alertname": "HighErrorRate", "service": "checkout"},
+                        "annotations": {}, "startsAt": now.to_rfc3339(), "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "", "fingerprint": "f1"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = firebreak()
+        .current_dir(dir.path())
+        .args(["playbooks", "test", "--event"])
+        .arg(&deploy)
+        .arg("--event")
+        .arg(&alert)
+        .arg(repo("playbooks"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("+ checkout-kill-switch@"), "{stdout}");
+    assert!(
+        stdout.contains("turn off flag checkout.new-payment-flow (builtin)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cooldown 30m"), "{stdout}");
+    assert!(!dir.path().join("data").exists(), "no side effects");
+
+    // Without the deploy, the same alert matches but does not act.
+    let out = firebreak()
+        .args(["playbooks", "test", "--event"])
+        .arg(&alert)
+        .arg(repo("playbooks"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("- checkout-kill-switch matched but would not act"),
+        "{stdout}"
+    );
+}
