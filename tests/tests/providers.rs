@@ -350,3 +350,89 @@ async fn rollback_command_gets_values_as_arguments_never_through_a_shell() {
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
+
+/// A generic HTTP kill switch that answers 503 once is retried with backoff and
+/// then verified; an `http` step sends label values as data: percent-encoded
+/// in the URL, escaped in the JSON body.
+#[tokio::test]
+async fn http_kill_switch_is_retried_and_http_steps_send_values_as_data() {
+    let state = Arc::new(Mutex::new((true, 0u32)));
+    let shared = state.clone();
+    let rec = Recorder::start(move |r| {
+        let mut st = shared.lock().unwrap();
+        match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/flags/pay.flag") => (200, json!({"data": {"enabled": st.0}})),
+            ("PUT", "/flags/pay.flag") => {
+                if st.1 == 0 {
+                    st.1 += 1;
+                    return (503, json!({"error": "try again"}));
+                }
+                st.0 = r.body["enabled"].as_bool().unwrap();
+                (200, json!({"ok": true}))
+            }
+            ("POST", "/hook") => (200, json!({"received": true})),
+            _ => (404, json!({})),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let books = playbook_dir(
+        dir.path(),
+        "name: http-things\nwhen:\n  alert: { matchers: ['alertname=\"Pay\"'] }\ndo:\n  - kill_switch: { provider: custom, flag: pay.flag }\n  - http:\n      url: \"REC/hook?svc={{service}}\"\n      headers: { X-Token: \"${FIREBREAK_SECRET_HOOK}\" }\n      body: { service: \"{{service}}\", team: \"{{labels.team}}\", n: 1 }\n"
+            .replace("REC", &rec.base)
+            .as_str(),
+    );
+    let config = dir.path().join("firebreak.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[automation]\nretry_backoff = \"50ms\"\n\n[kill_switch.custom]\ntype = \"http\"\nset_url = \"{0}/flags/{{{{flag}}}}\"\nset_method = \"PUT\"\nset_body = {{ enabled = \"{{{{enabled}}}}\" }}\nget_url = \"{0}/flags/{{{{flag}}}}\"\nstate_pointer = \"/data/enabled\"\n",
+            rec.base
+        ),
+    )
+    .unwrap();
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded()
+            .with("FIREBREAK_PLAYBOOKS", &books)
+            .with("FIREBREAK_CONFIG", config.to_str().unwrap())
+            .with("FIREBREAK_SECRET_HOOK", "h00k"),
+    )
+    .await;
+    let service = "pay \"quoted\"&x=1";
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("h1", "Pay", service, 0),
+    )
+    .await;
+    let ks = eventually("the kill switch", Duration::from_secs(20), || async {
+        fb.actions()
+            .await
+            .into_iter()
+            .find(|a| a["kind"] == "kill_switch" && a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(ks["attempts"], 2, "retried once after the 503: {ks}");
+    assert_eq!(ks["result"]["verified"], true);
+    assert!(!state.lock().unwrap().0);
+    let puts = rec.matching("PUT", "/flags/pay.flag");
+    assert_eq!(
+        puts.last().unwrap().body,
+        json!({"enabled": false}),
+        "a boolean, not a string"
+    );
+    let (_, audit) = fb.get(&format!("/api/v1/audit?action={}", ks["id"])).await;
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "retry"));
+
+    let hook = eventually("the http step", Duration::from_secs(20), || async {
+        rec.matching("POST", "/hook").pop()
+    })
+    .await;
+    assert_eq!(hook.query, "svc=pay%20%22quoted%22%26x%3D1");
+    assert_eq!(hook.body, json!({"service": service, "team": "", "n": 1}));
+    assert_eq!(hook.headers["x-token"], "h00k");
+}

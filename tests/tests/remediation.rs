@@ -90,8 +90,26 @@ async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
     );
     assert_eq!(after["reason"], "STATIC");
 
-    // However many duplicates: one action.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // However many duplicates, and a storm of other alerts in the same
+    // incident: one action, one "matched" audit row.
+    let storm: Vec<Value> = (0..50)
+        .map(|i| {
+            alert_now(&format!("st{i:04}"), "HighErrorRate", "checkout", 0)["alerts"][0].clone()
+        })
+        .collect();
+    let mut storm_body = webhook.clone();
+    storm_body["alerts"] = Value::Array(storm);
+    assert_eq!(
+        fb.post("/api/v1/alerts/alertmanager", &storm_body).await.0,
+        202
+    );
+    eventually("the storm processed", WAIT, || async {
+        (fb.metric("firebreak_events_processed_total{kind=\"alert\"}")
+            .await
+            >= 51.0)
+            .then_some(())
+    })
+    .await;
     let actions = fb.actions().await;
     assert_eq!(actions.len(), 1, "{actions:#?}");
 
@@ -127,11 +145,13 @@ async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
         .iter()
         .all(|e| e["playbook_version"] == action["playbook_version"]));
     let (_, matched) = fb.get(&format!("/api/v1/audit?incident={incident}")).await;
-    assert!(matched["entries"]
+    let matched = matched["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|e| e["event"] == "matched"));
+        .filter(|e| e["event"] == "matched")
+        .count();
+    assert_eq!(matched, 1);
 
     // Revert restores the previous state, once.
     let (status, reverted) = fb
@@ -807,4 +827,64 @@ async fn replay_compares_what_would_have_run_with_what_ran() {
         payments.contains("would act where nothing ran: #"),
         "{stdout}"
     );
+}
+
+/// The notify-only example posts to Slack's chat.postMessage with the bot token.
+#[tokio::test]
+async fn notify_only_example_posts_to_slack() {
+    let slack = Recorder::start(|r| {
+        if r.path == "/api/chat.postMessage" {
+            (200, json!({"ok": true, "channel": "C1", "ts": "1.1"}))
+        } else {
+            (404, json!({"ok": false, "error": "unknown_method"}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    write(
+        &books,
+        "payments-latency-notify.yaml",
+        &repo_playbook("payments-latency-notify.yaml"),
+    );
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded()
+            .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
+            .with("FIREBREAK_SLACK_BOT_TOKEN", "xoxb-1")
+            .with("FIREBREAK_SLACK_API_URL", &format!("{}/api", slack.base)),
+    )
+    .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("n1", "HighLatency", "payments", 0),
+    )
+    .await;
+    fb.action_in("payments-latency-notify", "succeeded").await;
+    let sent = slack.matching("POST", "/api/chat.postMessage");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].headers["authorization"], "Bearer xoxb-1");
+    assert_eq!(sent[0].body["channel"], "#inc-payments");
+    assert_eq!(
+        sent[0].body["text"],
+        "HighLatency for payments (): HighLatency on payments"
+    );
+    // Not for other services, and not twice within the cooldown.
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("n2", "HighLatency", "search", 0),
+    )
+    .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("n3", "SlowRequests", "checkout", 0),
+    )
+    .await;
+    let suppressed = fb.action_in("payments-latency-notify", "suppressed").await;
+    assert!(suppressed["reason"]
+        .as_str()
+        .unwrap()
+        .contains("cooldown 15m"));
+    assert_eq!(slack.matching("POST", "/api/chat.postMessage").len(), 1);
 }

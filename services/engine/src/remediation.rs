@@ -4,7 +4,7 @@
 //! nothing new. Guardrails are decided here, under one advisory lock, so two
 //! engines cannot both spend the last run of a budget.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -57,15 +57,25 @@ impl Engine {
         }
         let now = Utc::now();
         let mut decisions: Vec<Decision<'_>> = Vec::new();
-        let mut audit = Vec::new();
+        // One decision per (playbook, incident) per batch: an alert storm in one
+        // incident is one claim, not thousands of lookups.
+        let mut decided: HashSet<(String, String)> = HashSet::new();
+        let mut skipped: HashSet<(String, i64)> = HashSet::new();
+        let mut deploys: HashMap<(String, Option<String>), Vec<DeployEvent>> = HashMap::new();
         for (trigger, incident) in triggers {
+            let scope = incident
+                .map(|i| format!("incident:{i}"))
+                .unwrap_or_else(|| format!("event:{}", trigger.id()));
             for pb in &set.playbooks {
+                if decided.contains(&(pb.name().to_string(), scope.clone())) {
+                    continue;
+                }
                 let mut verdict = pb.evaluate(trigger, &Facts::default(), now);
                 let mut latest = None;
                 // Matches are rare: only then look up the deploy the conditions
                 // and the steps' values need.
                 if verdict != Verdict::NoMatch {
-                    latest = latest_deploy(tx, trigger).await?;
+                    latest = latest_deploy(tx, trigger, &mut deploys, now).await?;
                     verdict = pb.evaluate(
                         trigger,
                         &Facts {
@@ -78,32 +88,25 @@ impl Engine {
                     Verdict::NoMatch => {}
                     Verdict::Unmet(why) => {
                         if let Some(incident) = incident {
-                            entries.push(NewEntry {
-                                incident_id: *incident,
-                                at: now,
-                                kind: kind::PLAYBOOK_SKIPPED,
-                                source: format!("playbook:{}", pb.name()),
-                                summary: format!(
-                                    "{}@{} matched {} but did not act: {why}",
-                                    pb.name(),
-                                    pb.version,
-                                    trigger.describe()
-                                ),
-                                ref_id: format!("{}:{}", pb.name(), trigger.id()),
-                            });
+                            if skipped.insert((pb.name().to_string(), *incident)) {
+                                entries.push(NewEntry {
+                                    incident_id: *incident,
+                                    at: now,
+                                    kind: kind::PLAYBOOK_SKIPPED,
+                                    source: format!("playbook:{}", pb.name()),
+                                    summary: format!(
+                                        "{}@{} matched {} but did not act: {why}",
+                                        pb.name(),
+                                        pb.version,
+                                        trigger.describe()
+                                    ),
+                                    ref_id: format!("{}@{}", pb.name(), pb.version),
+                                });
+                            }
                         }
                     }
                     Verdict::Match => {
-                        audit.push(NewAudit {
-                            at: now,
-                            actor: "engine".into(),
-                            event: "matched".into(),
-                            action_id: None,
-                            incident_id: *incident,
-                            playbook: Some(pb.name().to_string()),
-                            playbook_version: Some(pb.version.clone()),
-                            detail: json!({"trigger": trigger.describe(), "trigger_id": trigger.id(), "file": pb.file}),
-                        });
+                        decided.insert((pb.name().to_string(), scope.clone()));
                         decisions.push(Decision {
                             playbook: pb.clone(),
                             trigger: *trigger,
@@ -137,10 +140,9 @@ impl Engine {
         } else {
             Vec::new()
         };
-        tx.insert_audit(&audit).await?;
-        audit.clear();
-
+        let mut audit = Vec::new();
         for d in &decisions {
+            let mut matched_recorded = false;
             for (index, step) in d.playbook.spec.steps.iter().enumerate() {
                 let mut claim = self.claim(tx, d, index, step, paused, &recent, now).await?;
                 let Some(row) = tx
@@ -150,6 +152,21 @@ impl Engine {
                 else {
                     continue; // claimed before: a duplicate delivery or another engine
                 };
+                if !matched_recorded {
+                    // Recorded once, with the first claim: a re-match of an incident
+                    // whose actions are claimed already writes nothing.
+                    matched_recorded = true;
+                    audit.push(NewAudit {
+                        at: now,
+                        actor: "engine".into(),
+                        event: "matched".into(),
+                        action_id: None,
+                        incident_id: d.incident,
+                        playbook: Some(d.playbook.name().to_string()),
+                        playbook_version: Some(d.playbook.version.clone()),
+                        detail: json!({"trigger": d.trigger.describe(), "trigger_id": d.trigger.id(), "file": d.playbook.file}),
+                    });
+                }
                 let outcome = match row.status {
                     ActionStatus::Pending => "requested",
                     other => other.as_str(),
@@ -337,12 +354,13 @@ impl Engine {
                     },
                 }
             }
+            // The target of a notification is where it goes: a cooldown keeps a
+            // channel from being flooded across incidents.
             StepAction::Notify(n) => (
                 format!(
-                    "notify:{}",
-                    d.incident
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|| d.trigger.id().to_string())
+                    "notify:{}:{}",
+                    n.slack.as_deref().unwrap_or(""),
+                    n.webhook.as_deref().unwrap_or("")
                 ),
                 match (&n.slack, &n.webhook) {
                     (Some(c), _) => format!("notify Slack {c}"),
@@ -459,10 +477,13 @@ struct Claim {
     spec: ActionSpec,
 }
 
-/// The latest deploy of the trigger's service (and environment) at or before it.
+/// The latest deploy of the trigger's service (and environment) at or before
+/// it. Deploys are read once per (service, environment) per batch.
 async fn latest_deploy(
     tx: &mut dyn StoreTx,
     trigger: &Trigger<'_>,
+    cache: &mut HashMap<(String, Option<String>), Vec<DeployEvent>>,
+    now: DateTime<Utc>,
 ) -> Result<Option<DeployEvent>, StoreError> {
     if let Trigger::Deploy(d) = trigger {
         return Ok(Some((*d).clone()));
@@ -470,16 +491,31 @@ async fn latest_deploy(
     let Some(service) = trigger.service() else {
         return Ok(None);
     };
+    let key = (
+        service.to_string(),
+        trigger.environment().map(str::to_string),
+    );
+    if !cache.contains_key(&key) {
+        let from = now.min(trigger.at()) - Duration::days(ROLLBACK_HISTORY_DAYS);
+        let found = tx
+            .deploys_between(
+                service,
+                trigger.environment(),
+                from,
+                now + Duration::days(1),
+            )
+            .await?;
+        cache.insert(key.clone(), found);
+    }
     let at = trigger.at();
-    let deploys = tx
-        .deploys_between(
-            service,
-            trigger.environment(),
-            at - Duration::days(ROLLBACK_HISTORY_DAYS),
-            at,
-        )
-        .await?;
-    Ok(deploys.into_iter().max_by_key(|d| d.started_at))
+    Ok(cache
+        .get(&key)
+        .and_then(|ds| {
+            ds.iter()
+                .filter(|d| d.started_at <= at)
+                .max_by_key(|d| d.started_at)
+        })
+        .cloned())
 }
 
 /// Placeholder values every step can use.
