@@ -11,7 +11,8 @@ use firebreak_domain::metrics::Metrics;
 use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
 use firebreak_store::{
-    ActionChange, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit, Store, StoreError,
+    ActionChange, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit, PostmortemSave,
+    SaveOutcome, Store, StoreError,
 };
 use firebreak_tests::{webhook, Pg, TestAlert};
 use serde_json::json;
@@ -143,7 +144,133 @@ contract!(
     an_expired_lease_comes_back_in_doubt,
     audit_is_append_only,
     flags_remember_their_previous_state,
+    postmortem_saves_are_conditional_on_the_revision,
+    logs_stream_in_time_order_within_the_window,
 );
+
+async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("aaaa000000000001", "checkout")]),
+    )
+    .await;
+    let id = h.incidents().await[0].id;
+    assert!(
+        h.store
+            .incidents_needing_postmortem(10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "open: no draft yet"
+    );
+    h.process(
+        EventKind::Alert,
+        webhook(&[
+            TestAlert::firing("aaaa000000000001", "checkout").resolved("2026-11-23T14:10:00Z")
+        ]),
+    )
+    .await;
+    h.engine.sweep(t("2026-11-23T15:00:00Z")).await.unwrap();
+    assert_eq!(
+        h.store.incidents_needing_postmortem(10).await.unwrap(),
+        vec![id]
+    );
+    let save = |expected: Option<i64>, text: &str, author: &str| PostmortemSave {
+        incident_id: id,
+        expected_revision: expected,
+        markdown: text.into(),
+        status: "draft".into(),
+        generated: expected.is_none().then(|| text.to_string()),
+        author: author.into(),
+        kind: if expected.is_none() {
+            "generated"
+        } else {
+            "edited"
+        }
+        .into(),
+        at: Utc::now(),
+    };
+    let SaveOutcome::Saved(first) = h
+        .store
+        .save_postmortem(&save(None, "v1", "firebreak"))
+        .await
+        .unwrap()
+    else {
+        panic!("create")
+    };
+    assert_eq!(first.revision, 1);
+    assert!(matches!(
+        h.store
+            .save_postmortem(&save(None, "again", "x"))
+            .await
+            .unwrap(),
+        SaveOutcome::Stale(Some(_))
+    ));
+    assert!(h
+        .store
+        .incidents_needing_postmortem(10)
+        .await
+        .unwrap()
+        .is_empty());
+    let SaveOutcome::Saved(second) = h
+        .store
+        .save_postmortem(&save(Some(1), "v2", "alice"))
+        .await
+        .unwrap()
+    else {
+        panic!("edit")
+    };
+    assert_eq!(
+        (second.revision, second.generated.as_str()),
+        (2, "v1"),
+        "an edit keeps the last render"
+    );
+    match h
+        .store
+        .save_postmortem(&save(Some(1), "stale", "bob"))
+        .await
+        .unwrap()
+    {
+        SaveOutcome::Stale(Some(cur)) => {
+            assert_eq!((cur.revision, cur.markdown.as_str()), (2, "v2"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let revs = h.store.postmortem_revisions(id).await.unwrap();
+    let seen: Vec<(i64, &str, &str)> = revs
+        .iter()
+        .map(|r| (r.revision, r.author.as_str(), r.markdown.as_str()))
+        .collect();
+    assert_eq!(seen, [(1, "firebreak", "v1"), (2, "alice", "v2")]);
+}
+
+async fn logs_stream_in_time_order_within_the_window(h: &Harness) {
+    let lines: Vec<serde_json::Value> = (0..50)
+        .rev()
+        .map(|i| json!({"at": format!("2026-11-23T14:{i:02}:00Z"), "message": format!("line {i}")}))
+        .collect();
+    h.process(
+        EventKind::Log,
+        json!({"service": "checkout", "environment": "prod", "lines": lines}),
+    )
+    .await;
+    h.process(EventKind::Log, json!({"service": "payments", "lines": [{"at": "2026-11-23T14:10:00Z", "message": "other"}]})).await;
+    let mut seen = Vec::new();
+    let n = h
+        .store
+        .scan_logs(
+            "checkout",
+            Some("prod"),
+            t("2026-11-23T14:10:00Z"),
+            t("2026-11-23T14:19:00Z"),
+            &mut |row| seen.push(row.message),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
+    assert_eq!(seen.first().map(String::as_str), Some("line 10"));
+    assert_eq!(seen.last().map(String::as_str), Some("line 19"));
+}
 
 fn new_action(key: &str, target: &str) -> NewAction {
     NewAction {

@@ -30,6 +30,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("precondition required: {0}")]
+    PreconditionRequired(String),
+    #[error("cannot process: {0}")]
+    Unprocessable(String),
     #[error("upstream refused: {0}")]
     BadGateway(String),
     #[error("service unavailable: {0}")]
@@ -93,6 +97,14 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(what) => (
                 StatusCode::CONFLICT,
                 json!({"error": "conflict", "message": what}),
+            ),
+            ApiError::PreconditionRequired(what) => (
+                StatusCode::PRECONDITION_REQUIRED,
+                json!({"error": "precondition_required", "message": what}),
+            ),
+            ApiError::Unprocessable(what) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "unprocessable", "message": what}),
             ),
             ApiError::BadGateway(what) => (
                 StatusCode::BAD_GATEWAY,

@@ -18,6 +18,7 @@ mod error;
 mod incidents;
 mod ingest;
 mod ops;
+mod postmortems;
 mod remediation;
 
 pub use auth::{Secret, Tokens};
@@ -39,6 +40,8 @@ pub struct AppState {
     pub wake: Option<Arc<tokio::sync::Notify>>,
     /// Automation runs in dry-run (reported by `GET /api/v1/automation`).
     pub dry_run: bool,
+    /// Renders postmortem drafts (api role).
+    pub postmortems: Option<Arc<firebreak_postmortem::Generator>>,
 }
 
 /// Builds the router for the roles this process runs.
@@ -53,7 +56,8 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
     if api {
         router = router
             .merge(incidents::router())
-            .merge(remediation::router());
+            .merge(remediation::router())
+            .merge(postmortems::router());
     }
     router.fallback(not_found).with_state(state)
 }

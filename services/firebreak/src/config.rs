@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub engine: EngineSection,
     pub incidents: IncidentsSection,
     pub playbooks: PlaybooksSection,
+    pub postmortem: PostmortemSection,
     pub automation: AutomationSection,
     pub kill_switch: BTreeMap<String, KillSwitchConfig>,
     pub rollback: BTreeMap<String, RollbackConfig>,
@@ -102,6 +103,27 @@ impl Default for PlaybooksSection {
         PlaybooksSection {
             dir: None,
             reload_interval: "2s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostmortemSection {
+    /// Directory holding postmortem.md.hbs (read at every render).
+    pub templates: PathBuf,
+    /// IANA time zone for times in drafts, e.g. "Europe/Berlin".
+    pub timezone: String,
+    /// How often the engine looks for resolved incidents without a draft.
+    pub interval: String,
+}
+
+impl Default for PostmortemSection {
+    fn default() -> Self {
+        PostmortemSection {
+            templates: PathBuf::from("templates"),
+            timezone: "UTC".into(),
+            interval: "2s".into(),
         }
     }
 }
@@ -149,6 +171,7 @@ impl Default for FileConfig {
             engine: EngineSection::default(),
             incidents: IncidentsSection::default(),
             playbooks: PlaybooksSection::default(),
+            postmortem: PostmortemSection::default(),
             automation: AutomationSection::default(),
             kill_switch: BTreeMap::new(),
             rollback: BTreeMap::new(),
@@ -278,6 +301,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub playbooks_dir: Option<PathBuf>,
     pub playbooks_reload: Duration,
+    pub postmortem: firebreak_postmortem::PostmortemConfig,
+    pub postmortem_interval: Duration,
     pub executor: firebreak_actions::ExecutorConfig,
     pub kill_switches: BTreeMap<String, KillSwitchConfig>,
     pub rollbacks: BTreeMap<String, RollbackConfig>,
@@ -316,6 +341,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FIREBREAK_QUIET_PERIOD", "incidents.quiet_period"),
     ("FIREBREAK_DEPLOY_LOOKBACK", "incidents.deploy_lookback"),
     ("FIREBREAK_PLAYBOOKS", "playbooks.dir"),
+    ("FIREBREAK_TEMPLATES", "postmortem.templates"),
+    ("FIREBREAK_TIMEZONE", "postmortem.timezone"),
     ("FIREBREAK_DRY_RUN", "automation.dry_run"),
     ("FIREBREAK_ESCALATE_SLACK", "automation.escalate_slack"),
     ("FIREBREAK_ESCALATE_WEBHOOK", "automation.escalate_webhook"),
@@ -342,6 +369,7 @@ pub struct Overrides {
     pub roles: Option<String>,
     pub log_format: Option<String>,
     pub playbooks: Option<PathBuf>,
+    pub templates: Option<PathBuf>,
 }
 
 pub fn load(
@@ -513,6 +541,16 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         return Err("key `engine.sweep_interval`: must be more than 0s".into());
     }
     let playbooks_reload = duration("playbooks.reload_interval", &f.playbooks.reload_interval)?;
+    let timezone: chrono_tz::Tz = f.postmortem.timezone.parse().map_err(|_| {
+        format!(
+            "key `postmortem.timezone`: {:?} is not an IANA time zone: use e.g. UTC, Europe/Berlin, America/New_York",
+            f.postmortem.timezone
+        )
+    })?;
+    let postmortem_interval = duration("postmortem.interval", &f.postmortem.interval)?;
+    if postmortem_interval.is_zero() {
+        return Err("key `postmortem.interval`: must be more than 0s".into());
+    }
     if playbooks_reload.is_zero() {
         return Err("key `playbooks.reload_interval`: must be more than 0s".into());
     }
@@ -553,6 +591,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             &f.incidents.deploy_lookback,
         )?,
     };
+    let policy_lookback = policy.deploy_lookback;
     Ok(Config {
         listen,
         data_dir,
@@ -584,6 +623,13 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         },
         playbooks_dir: o.playbooks.clone().or(f.playbooks.dir),
         playbooks_reload,
+        postmortem: firebreak_postmortem::PostmortemConfig {
+            templates: o.templates.clone().unwrap_or(f.postmortem.templates),
+            timezone,
+            lookback: policy_lookback,
+            ..firebreak_postmortem::PostmortemConfig::default()
+        },
+        postmortem_interval,
         executor: firebreak_actions::ExecutorConfig {
             lease: duration("automation.lease", &f.automation.lease)?,
             max_attempts: f.automation.max_attempts,

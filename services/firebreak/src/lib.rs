@@ -12,6 +12,7 @@ use firebreak_api::AppState;
 use firebreak_bus::{Bus, EmbeddedBus, RabbitBus, Topology};
 use firebreak_domain::metrics::Metrics;
 use firebreak_engine::{Engine, PlaybookSet, StepCheck};
+use firebreak_postmortem::Generator;
 use firebreak_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,9 @@ pub struct ServeArgs {
     /// Directory of playbook files (none: no automation).
     #[arg(long, env = "FIREBREAK_PLAYBOOKS")]
     pub playbooks: Option<PathBuf>,
+    /// Directory of templates (postmortem.md.hbs); default ./templates, else built in.
+    #[arg(long, env = "FIREBREAK_TEMPLATES")]
+    pub templates: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -73,6 +77,7 @@ impl ServeArgs {
             roles: self.roles.clone(),
             log_format: self.log_format.clone(),
             playbooks: self.playbooks.clone(),
+            templates: self.templates.clone(),
         }
     }
 }
@@ -307,6 +312,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
     let wake = Arc::new(Notify::new());
+    let postmortems = store
+        .as_ref()
+        .map(|store| Arc::new(Generator::new(store.clone(), config.postmortem.clone())));
 
     let mut background = Vec::new();
     if let (Some(store), Some(bus), true) = (&store, &bus, roles.engine) {
@@ -322,6 +330,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let engine = Arc::new(engine);
         let token = shutdown.clone();
         background.push(tokio::spawn(async move { engine.run(token).await }));
+        if let Some(generator) = &postmortems {
+            let token = shutdown.clone();
+            background.push(tokio::spawn(draft_loop(
+                store.clone(),
+                generator.clone(),
+                config.postmortem_interval,
+                token,
+            )));
+        }
         if let Some(providers) = &providers {
             let executor = Arc::new(Executor::new(
                 store.clone(),
@@ -349,6 +366,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         providers,
         wake: Some(wake),
         dry_run: config.engine.automation.dry_run,
+        postmortems,
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
     let http_shutdown = shutdown.clone();
@@ -374,4 +392,54 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 pub fn step_check(providers: &Arc<Providers>) -> StepCheck {
     let p = providers.clone();
     Arc::new(move |step| p.missing(step))
+}
+
+/// Writes the first draft of every resolved incident that has none. Polling the
+/// store (rather than hooking the resolution) means a draft is never lost to a
+/// crash between resolving and writing; several engines may race, and the
+/// store's create-if-absent keeps one draft.
+async fn draft_loop(
+    store: Arc<dyn Store>,
+    generator: Arc<Generator>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut failing: std::collections::HashMap<i64, (u32, tokio::time::Instant)> =
+        std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids = match store.incidents_needing_postmortem(50).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for incidents needing a postmortem");
+                continue;
+            }
+        };
+        for id in ids {
+            if let Some((_, next)) = failing.get(&id) {
+                if tokio::time::Instant::now() < *next {
+                    continue;
+                }
+            }
+            match generator.generate(id, "firebreak").await {
+                Ok(g) => {
+                    failing.remove(&id);
+                    tracing::info!(
+                        incident = id,
+                        revision = g.postmortem.revision,
+                        "postmortem draft written"
+                    );
+                }
+                Err(e) => {
+                    let tries = failing.get(&id).map_or(1, |(n, _)| n + 1);
+                    let wait = Duration::from_secs(5u64.saturating_mul(1 << tries.min(8)));
+                    failing.insert(id, (tries, tokio::time::Instant::now() + wait));
+                    tracing::error!(incident = id, error = %e, retry_in_s = wait.as_secs(), "cannot write the postmortem draft");
+                }
+            }
+        }
+    }
 }

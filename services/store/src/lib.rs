@@ -23,7 +23,8 @@ pub mod sqlite;
 pub use postgres::PgStore;
 pub use remediation::{
     ActionChange, ActionFilter, ActionRow, ActionStatus, AuditFilter, AuditRow, FlagRow, History,
-    NewAction, NewAudit, SETTING_PAUSED,
+    LogRow, NewAction, NewAudit, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
+    SETTING_PAUSED,
 };
 pub use sqlite::SqliteStore;
 
@@ -201,6 +202,24 @@ pub trait Store: Send + Sync + 'static {
     async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
     /// Alerts, deploys and gates stored since `since`, oldest first.
     async fn history_since(&self, since: DateTime<Utc>) -> Result<History>;
+
+    async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>>;
+    /// Writes a new revision if the document is at `expected_revision` (or
+    /// does not exist, for `None`); otherwise writes nothing.
+    async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome>;
+    async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>>;
+    /// Resolved incidents that have no postmortem yet, oldest first.
+    async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
+    /// Streams the log lines of a service (any environment when `None`) in
+    /// [from, to] to `each`, in time order, without holding them; returns how many.
+    async fn scan_logs(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        each: &mut (dyn FnMut(LogRow) + Send),
+    ) -> Result<u64>;
     async fn close(&self);
 }
 

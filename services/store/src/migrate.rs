@@ -28,6 +28,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "remediation",
         sql: include_str!("../../../migrations/postgres/0002_remediation.sql"),
     },
+    Migration {
+        version: 3,
+        name: "postmortems",
+        sql: include_str!("../../../migrations/postgres/0003_postmortems.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -40,6 +45,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 2,
         name: "remediation",
         sql: include_str!("../../../migrations/sqlite/0002_remediation.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "postmortems",
+        sql: include_str!("../../../migrations/sqlite/0003_postmortems.sql"),
     },
 ];
 

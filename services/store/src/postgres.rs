@@ -17,8 +17,8 @@ use crate::remediation::parse_status;
 use crate::{
     labels_json, timeline_row, translate, ActionChange, ActionFilter, ActionRow, ActionStatus,
     AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow, IncidentDetail, IncidentFilter,
-    IncidentRow, NewAction, NewAudit, OpenIncident, Result, Store, StoreError, StoreTx,
-    TimelineRow,
+    IncidentRow, LogRow, NewAction, NewAudit, OpenIncident, PostmortemRow, PostmortemSave, Result,
+    RevisionRow, SaveOutcome, Store, StoreError, StoreTx, TimelineRow,
 };
 
 /// Key for the advisory lock that serializes migrations across processes.
@@ -692,6 +692,146 @@ impl Store for PgStore {
         })
     }
 
+    async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>> {
+        let row = sqlx::query(
+            "SELECT incident_id, revision, status, markdown, generated, created_at, updated_at, updated_by
+             FROM postmortems WHERE incident_id = $1",
+        )
+        .bind(incident_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate)?;
+        row.map(|r| postmortem_row(&r))
+            .transpose()
+            .map_err(translate)
+    }
+
+    async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let row = match save.expected_revision {
+            None => sqlx::query(
+                "INSERT INTO postmortems (incident_id, revision, status, markdown, generated, created_at, updated_at, updated_by)
+                 VALUES ($1, 1, $2, $3, COALESCE($4, ''), $5, $5, $6)
+                 ON CONFLICT (incident_id) DO NOTHING
+                 RETURNING incident_id, revision, status, markdown, generated, created_at, updated_at, updated_by",
+            )
+            .bind(save.incident_id)
+            .bind(&save.status)
+            .bind(&save.markdown)
+            .bind(&save.generated)
+            .bind(save.at)
+            .bind(&save.author)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(translate)?,
+            Some(expected) => sqlx::query(
+                "UPDATE postmortems SET revision = revision + 1, status = $3, markdown = $4,
+                     generated = COALESCE($5, generated), updated_at = $6, updated_by = $7
+                 WHERE incident_id = $1 AND revision = $2
+                 RETURNING incident_id, revision, status, markdown, generated, created_at, updated_at, updated_by",
+            )
+            .bind(save.incident_id)
+            .bind(expected)
+            .bind(&save.status)
+            .bind(&save.markdown)
+            .bind(&save.generated)
+            .bind(save.at)
+            .bind(&save.author)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(translate)?,
+        };
+        let Some(row) = row else {
+            drop(tx);
+            return Ok(SaveOutcome::Stale(self.postmortem(save.incident_id).await?));
+        };
+        let saved = postmortem_row(&row).map_err(translate)?;
+        sqlx::query(
+            "INSERT INTO postmortem_revisions (incident_id, revision, kind, status, markdown, author, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(saved.incident_id)
+        .bind(saved.revision)
+        .bind(&save.kind)
+        .bind(&saved.status)
+        .bind(&saved.markdown)
+        .bind(&save.author)
+        .bind(save.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        Ok(SaveOutcome::Saved(saved))
+    }
+
+    async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>> {
+        let rows = sqlx::query(
+            "SELECT revision, kind, status, author, created_at, markdown FROM postmortem_revisions
+             WHERE incident_id = $1 ORDER BY revision",
+        )
+        .bind(incident_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(|r| -> Result<RevisionRow, sqlx::Error> {
+                Ok(RevisionRow {
+                    revision: r.try_get("revision")?,
+                    kind: r.try_get("kind")?,
+                    status: r.try_get("status")?,
+                    author: r.try_get("author")?,
+                    created_at: r.try_get("created_at")?,
+                    markdown: r.try_get("markdown")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT i.id FROM incidents i
+             WHERE i.status = 'resolved' AND NOT EXISTS (SELECT 1 FROM postmortems p WHERE p.incident_id = i.id)
+             ORDER BY i.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)
+    }
+
+    async fn scan_logs(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        each: &mut (dyn FnMut(LogRow) + Send),
+    ) -> Result<u64> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query(
+            "SELECT at, level, message FROM log_lines
+             WHERE service = $1 AND ($2::text IS NULL OR environment IS NULL OR environment = $2)
+               AND at BETWEEN $3 AND $4
+             ORDER BY at",
+        )
+        .bind(service)
+        .bind(environment)
+        .bind(from)
+        .bind(to)
+        .fetch(&self.pool);
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await.map_err(translate)? {
+            each(LogRow {
+                at: row.try_get("at").map_err(translate)?,
+                level: row.try_get("level").map_err(translate)?,
+                message: row.try_get("message").map_err(translate)?,
+            });
+            n += 1;
+        }
+        Ok(n)
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -1302,4 +1442,17 @@ fn history_alert(row: &PgRow) -> Result<(Option<i64>, AlertEvent), sqlx::Error> 
             receiver: String::new(),
         },
     ))
+}
+
+fn postmortem_row(r: &PgRow) -> Result<PostmortemRow, sqlx::Error> {
+    Ok(PostmortemRow {
+        incident_id: r.try_get("incident_id")?,
+        revision: r.try_get("revision")?,
+        status: r.try_get("status")?,
+        markdown: r.try_get("markdown")?,
+        generated: r.try_get("generated")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        updated_by: r.try_get("updated_by")?,
+    })
 }

@@ -234,3 +234,60 @@ pub(crate) fn parse_json(s: &str) -> Result<Value, sqlx::Error> {
 pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, sqlx::Error> {
     serde_json::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
+
+/// A postmortem document as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostmortemRow {
+    pub incident_id: i64,
+    pub revision: i64,
+    pub status: String,
+    pub markdown: String,
+    /// The last machine render (not shown to editors; used to merge regenerations).
+    #[serde(skip)]
+    pub generated: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+/// A new revision of a postmortem.
+#[derive(Debug, Clone)]
+pub struct PostmortemSave {
+    pub incident_id: i64,
+    /// The revision the writer started from; `None` creates the document.
+    pub expected_revision: Option<i64>,
+    pub markdown: String,
+    pub status: String,
+    /// A new machine render, when this save comes from (re)generation.
+    pub generated: Option<String>,
+    pub author: String,
+    /// `generated`, `edited`, `regenerated`, `status`.
+    pub kind: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What a save found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SaveOutcome {
+    Saved(PostmortemRow),
+    /// The document moved on (or exists already): nothing was written.
+    Stale(Option<PostmortemRow>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RevisionRow {
+    pub revision: i64,
+    pub kind: String,
+    pub status: String,
+    pub author: String,
+    pub created_at: DateTime<Utc>,
+    pub markdown: String,
+}
+
+/// One stored log line, as the postmortem's log mining reads it.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub at: DateTime<Utc>,
+    pub level: Option<String>,
+    pub message: String,
+}

@@ -1,0 +1,449 @@
+//! Postmortem drafts: the context of one incident (timeline, suspect changes,
+//! gates, actions, mined log patterns), rendered from `templates/` with
+//! handlebars in strict mode; regeneration that never destroys human edits;
+//! the blameless check; a sanitized HTML export.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use chrono_tz::Tz;
+use firebreak_store::{
+    ActionFilter, PostmortemRow, PostmortemSave, SaveOutcome, Store, StoreError,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+pub mod context;
+pub mod lint;
+pub mod logmine;
+pub mod sections;
+
+pub use sections::Conflict;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostmortemError {
+    #[error("template {file}: {message}")]
+    Template { file: String, message: String },
+    #[error("no incident {0}")]
+    NoIncident(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone)]
+pub struct PostmortemConfig {
+    pub templates: PathBuf,
+    pub timezone: Tz,
+    /// How far before the incident deploys are suspects (as for correlation).
+    pub lookback: Duration,
+    /// Logs this long before the suspect deploy (or the first alert) are mined too.
+    pub log_lead: Duration,
+}
+
+impl Default for PostmortemConfig {
+    fn default() -> Self {
+        PostmortemConfig {
+            templates: PathBuf::from("templates"),
+            timezone: Tz::UTC,
+            lookback: Duration::hours(2),
+            log_lead: Duration::hours(1),
+        }
+    }
+}
+
+/// A rendered draft and the numbers behind it.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub markdown: String,
+    pub context: Value,
+    pub log_lines: u64,
+}
+
+/// What a (re)generation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generated {
+    pub postmortem: PostmortemRow,
+    pub conflicts: Vec<Conflict>,
+    pub created: bool,
+}
+
+pub struct Generator {
+    store: Arc<dyn Store>,
+    config: PostmortemConfig,
+}
+
+const TEMPLATE: &str = "postmortem.md.hbs";
+/// The repository's template, for when no templates directory is present.
+pub const BUILTIN_TEMPLATE: &str = include_str!("../../../templates/postmortem.md.hbs");
+
+impl Generator {
+    pub fn new(store: Arc<dyn Store>, config: PostmortemConfig) -> Generator {
+        Generator { store, config }
+    }
+
+    pub fn config(&self) -> &PostmortemConfig {
+        &self.config
+    }
+
+    /// Renders the draft of one incident from the store's current data.
+    pub async fn draft(&self, incident_id: i64) -> Result<Draft, PostmortemError> {
+        let now = Utc::now();
+        let detail = self
+            .store
+            .incident(incident_id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => PostmortemError::NoIncident(incident_id),
+                e => e.into(),
+            })?;
+        let timeline = self.store.timeline(incident_id, 1_000_000, 0).await?;
+        let actions = self
+            .store
+            .list_actions(&ActionFilter {
+                incident_id: Some(incident_id),
+                limit: 10_000,
+                ..ActionFilter::default()
+            })
+            .await?;
+        let mut actions = actions;
+        actions.reverse();
+        let first_alert = detail
+            .alerts
+            .iter()
+            .map(|a| a.starts_at)
+            .min()
+            .unwrap_or(detail.incident.opened_at)
+            .min(detail.incident.opened_at);
+        // The reference for "new since the deploy": the latest suspect change
+        // before the first alert.
+        let reference = detail
+            .changes
+            .iter()
+            .filter(|d| {
+                d.started_at <= first_alert && first_alert - d.started_at <= self.config.lookback
+            })
+            .map(|d| d.started_at)
+            .max();
+        let from = reference.unwrap_or(first_alert).min(first_alert) - self.config.log_lead;
+        let to = detail.incident.resolved_at.unwrap_or(now);
+        let mut miner = logmine::Miner::new(reference);
+        let lines = match &detail.incident.service {
+            Some(service) => {
+                self.store
+                    .scan_logs(
+                        service,
+                        detail.incident.environment.as_deref(),
+                        from,
+                        to,
+                        &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
+                    )
+                    .await?
+            }
+            None => 0,
+        };
+        let patterns = miner.patterns();
+        let inputs = context::Inputs {
+            incident: &detail.incident,
+            alerts: &detail.alerts,
+            changes: &detail.changes,
+            gates: &detail.gates,
+            timeline: &timeline,
+            timeline_total: timeline.len() as i64,
+            actions: &actions,
+            patterns: &patterns,
+            log_lines: lines,
+            log_window: (from, to),
+            lookback: self.config.lookback,
+            tz: self.config.timezone,
+            now,
+        };
+        let context = context::build(&inputs);
+        let markdown = self.render(&context)?;
+        Ok(Draft {
+            markdown,
+            context,
+            log_lines: lines,
+        })
+    }
+
+    /// Names of people known from the incident (deploy actors, approvers): the
+    /// blameless check flags them when they are named as a cause.
+    pub async fn people(&self, incident_id: i64) -> Result<Vec<String>, PostmortemError> {
+        let detail = self.store.incident(incident_id).await?;
+        let actions = self
+            .store
+            .list_actions(&ActionFilter {
+                incident_id: Some(incident_id),
+                limit: 10_000,
+                ..ActionFilter::default()
+            })
+            .await?;
+        let mut names: Vec<String> = detail
+            .changes
+            .iter()
+            .filter_map(|d| d.actor.clone())
+            .chain(actions.iter().filter_map(|a| a.decided_by.clone()))
+            .map(|n| n.rsplit(':').next().unwrap_or(&n).to_string())
+            .filter(|n| !n.is_empty() && n != "ci" && n != "api")
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Renders `postmortem.md.hbs` from the templates directory, read now, so
+    /// an edited template applies to the next draft.
+    pub fn render(&self, context: &Value) -> Result<String, PostmortemError> {
+        let path = self.config.templates.join(TEMPLATE);
+        let file = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => render_template(&file, &text, context),
+            // No templates directory where Firebreak runs: the built-in copy of
+            // the repository's template.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                render_template("(built-in) postmortem.md.hbs", BUILTIN_TEMPLATE, context)
+            }
+            Err(e) => Err(PostmortemError::Template {
+                file,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// Creates the draft, or regenerates it into the current document without
+    /// destroying human edits.
+    pub async fn generate(
+        &self,
+        incident_id: i64,
+        author: &str,
+    ) -> Result<Generated, PostmortemError> {
+        for _ in 0..5 {
+            let draft = self.draft(incident_id).await?;
+            let current = self.store.postmortem(incident_id).await?;
+            let (save, conflicts) = match &current {
+                None => (
+                    PostmortemSave {
+                        incident_id,
+                        expected_revision: None,
+                        markdown: draft.markdown.clone(),
+                        status: "draft".into(),
+                        generated: Some(draft.markdown.clone()),
+                        author: author.to_string(),
+                        kind: "generated".into(),
+                        at: Utc::now(),
+                    },
+                    Vec::new(),
+                ),
+                Some(cur) => {
+                    let (merged, conflicts) =
+                        sections::merge(&cur.markdown, &cur.generated, &draft.markdown);
+                    if merged == cur.markdown && cur.generated == draft.markdown {
+                        return Ok(Generated {
+                            postmortem: cur.clone(),
+                            conflicts,
+                            created: false,
+                        });
+                    }
+                    (
+                        PostmortemSave {
+                            incident_id,
+                            expected_revision: Some(cur.revision),
+                            markdown: merged,
+                            status: cur.status.clone(),
+                            generated: Some(draft.markdown.clone()),
+                            author: author.to_string(),
+                            kind: "regenerated".into(),
+                            at: Utc::now(),
+                        },
+                        conflicts,
+                    )
+                }
+            };
+            match self.store.save_postmortem(&save).await? {
+                SaveOutcome::Saved(row) => {
+                    return Ok(Generated {
+                        postmortem: row,
+                        conflicts,
+                        created: current.is_none(),
+                    })
+                }
+                // Someone saved in between: merge again into their revision.
+                SaveOutcome::Stale(_) => continue,
+            }
+        }
+        Err(PostmortemError::Store(StoreError::Conflict(
+            "the postmortem kept changing while it was regenerated; try again".into(),
+        )))
+    }
+}
+
+/// Renders a template in strict mode: a field the context lacks is an error
+/// naming the template and line.
+pub fn render_template(file: &str, text: &str, context: &Value) -> Result<String, PostmortemError> {
+    let mut hb = handlebars::Handlebars::new();
+    hb.set_strict_mode(true);
+    // Markdown, not HTML: values go in as written (the HTML export escapes
+    // them); a line break inside a value would break a table row.
+    hb.register_escape_fn(|s| s.replace(['\r', '\n'], " "));
+    hb.register_helper("cell", Box::new(cell));
+    hb.register_helper("code", Box::new(code));
+    hb.register_template_string(TEMPLATE, text)
+        .map_err(|e| PostmortemError::Template {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+    hb.render(TEMPLATE, context)
+        .map_err(|e| PostmortemError::Template {
+            file: file.to_string(),
+            message: e.to_string(),
+        })
+}
+
+fn helper_text(h: &handlebars::Helper<'_>) -> String {
+    match h.param(0).map(|p| p.value()) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn cell(
+    h: &handlebars::Helper<'_>,
+    _: &handlebars::Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let s = helper_text(h)
+        .replace(['\r', '\n'], " ")
+        .replace('|', "\\|");
+    out.write(&s)?;
+    Ok(())
+}
+
+fn code(
+    h: &handlebars::Helper<'_>,
+    _: &handlebars::Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let s = helper_text(h)
+        .replace(['\r', '\n'], " ")
+        .replace('|', "\\|");
+    // A fence longer than any run of backticks inside.
+    let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    out.write(&format!("{fence}{pad}{s}{pad}{fence}"))?;
+    Ok(())
+}
+
+/// Markdown to HTML that is safe to serve: raw HTML in the document (from a
+/// person or from a log line) is shown as text, and links and images keep only
+/// http, https, mailto and relative targets.
+pub fn to_html(markdown: &str, title: &str) -> String {
+    use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag};
+    let body = sections::strip_markers(markdown);
+    let safe_url = |u: &CowStr<'_>| -> bool {
+        let lower = u.trim().to_ascii_lowercase();
+        match lower.split_once(':') {
+            Some((scheme, _)) if !scheme.contains('/') => {
+                matches!(scheme, "http" | "https" | "mailto")
+            }
+            _ => true,
+        }
+    };
+    let parser = Parser::new_ext(
+        &body,
+        Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH,
+    )
+    .map(|e| match e {
+        Event::Html(s) | Event::InlineHtml(s) => Event::Text(s),
+        Event::Start(Tag::Link {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) if !safe_url(&dest_url) => Event::Start(Tag::Link {
+            link_type,
+            dest_url: CowStr::Borrowed("#"),
+            title,
+            id,
+        }),
+        Event::Start(Tag::Image {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) if !safe_url(&dest_url) => Event::Start(Tag::Image {
+            link_type,
+            dest_url: CowStr::Borrowed("#"),
+            title,
+            id,
+        }),
+        other => other,
+    });
+    let mut html_body = String::new();
+    html::push_html(&mut html_body, parser);
+    let mut escaped_title = String::new();
+    for c in title.chars() {
+        match c {
+            '<' => escaped_title.push_str("&lt;"),
+            '>' => escaped_title.push_str("&gt;"),
+            '&' => escaped_title.push_str("&amp;"),
+            '"' => escaped_title.push_str("&quot;"),
+            c => escaped_title.push(c),
+        }
+    }
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escaped_title}</title>\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
+         <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2rem .4rem}}</style>\
+         </head><body>\n{html_body}</body></html>\n"
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_export_neutralizes_raw_html_and_script_links() {
+        let md = "# T\n\n<script>alert(1)</script>\n\nline <img src=x onerror=alert(1)> here\n\n[x](javascript:alert(1)) [ok](https://example.com)\n\n| a |\n|---|\n| `<b>` |\n";
+        let html = to_html(md, "<T>");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(!html.contains("javascript:"), "{html}");
+        assert!(html.contains("href=\"https://example.com\""));
+        assert!(html.contains("<title>&lt;T&gt;</title>"));
+        assert!(html.contains("<table>"));
+    }
+
+    #[test]
+    fn strict_templates_name_the_missing_field() {
+        let err = render_template("t.hbs", "a {{nope}}", &serde_json::json!({})).unwrap_err();
+        assert!(
+            err.to_string().contains("t.hbs") && err.to_string().contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn helpers_escape_cells_and_fence_code() {
+        let out = render_template(
+            "t.hbs",
+            "{{cell a}} {{code b}}",
+            &serde_json::json!({"a": "x|y\nz", "b": "a `tick` b"}),
+        )
+        .unwrap();
+        assert_eq!(out, "x\\|y z ``a `tick` b``");
+    }
+}
