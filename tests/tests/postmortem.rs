@@ -438,3 +438,58 @@ async fn lint_endpoint_flags_blame_and_leaves_neutral_text() {
         .await;
     assert_eq!(status, 400);
 }
+
+/// Teams change the template without rebuilding: Firebreak reads it at every
+/// render; a broken one is refused with the file and the problem, and nothing
+/// is written.
+#[tokio::test]
+async fn a_changed_template_applies_to_the_next_draft_and_a_broken_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("postmortem.md.hbs"),
+        "# {{incident.title}}\n\nDetected in {{metrics.ttd}}.\n<!-- firebreak:begin facts -->\n{{impact.duration}}\n<!-- firebreak:end facts -->\n",
+    )
+    .unwrap();
+    let fb = Firebreak::start(
+        &dir.path().join("data"),
+        Options::embedded().with("FIREBREAK_TEMPLATES", templates.to_str().unwrap()),
+    )
+    .await;
+    let id = resolved_incident(&fb).await;
+    let doc = eventually("the draft", WAIT, || async {
+        let (status, d) = fb.get(&format!("/api/v1/incidents/{id}/postmortem")).await;
+        (status == 200).then_some(d)
+    })
+    .await;
+    assert!(
+        doc["markdown"]
+            .as_str()
+            .unwrap()
+            .contains("Detected in 7m 0s."),
+        "{doc}"
+    );
+    std::fs::write(
+        templates.join("postmortem.md.hbs"),
+        "# {{incident.titel}}\n",
+    )
+    .unwrap();
+    let r = client()
+        .post(format!(
+            "{}/api/v1/incidents/{id}/postmortem/regenerate",
+            fb.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("postmortem.md.hbs") && message.contains("titel"),
+        "{message}"
+    );
+    let (_, still) = fb.get(&format!("/api/v1/incidents/{id}/postmortem")).await;
+    assert_eq!(still["revision"], 1, "nothing written");
+}
