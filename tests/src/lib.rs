@@ -508,7 +508,8 @@ pub struct Recorded {
 type Responder = dyn Fn(&Recorded) -> (u16, Value) + Send + Sync;
 
 /// A local HTTP server standing in for a SaaS API (Slack, LaunchDarkly, Argo
-/// CD): it records every request and answers with `respond`.
+/// CD): it records every request and answers with `respond`; a `_headers`
+/// object in the answer is sent as response headers.
 pub struct Recorder {
     pub addr: SocketAddr,
     pub base: String,
@@ -548,10 +549,25 @@ impl Recorder {
                     body: serde_json::from_slice(&bytes)
                         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
                 };
-                let (status, answer) = respond(&rec);
+                let (status, mut answer) = respond(&rec);
                 log.lock().expect("recorder lock").push(rec);
+                // `_headers` in an answer become response headers (e.g. Retry-After).
+                let mut headers = axum::http::HeaderMap::new();
+                if let Some(Value::Object(h)) =
+                    answer.as_object_mut().and_then(|o| o.remove("_headers"))
+                {
+                    for (k, v) in h {
+                        if let (Ok(name), Some(Ok(value))) = (
+                            axum::http::HeaderName::from_bytes(k.as_bytes()),
+                            v.as_str().map(axum::http::HeaderValue::from_str),
+                        ) {
+                            headers.insert(name, value);
+                        }
+                    }
+                }
                 (
                     axum::http::StatusCode::from_u16(status).expect("status"),
+                    headers,
                     axum::Json(answer),
                 )
             }

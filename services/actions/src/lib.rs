@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub mod providers;
+pub mod slack;
 
 use providers::{Builtin, HttpKillSwitch, KillSwitch, LaunchDarkly, Unleash};
 pub use providers::{KillSwitchConfig, NotifierConfig, RollbackConfig, SlackConfig};

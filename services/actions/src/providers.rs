@@ -104,13 +104,25 @@ pub enum NotifierConfig {
     },
 }
 
-/// `[slack]` in the configuration (outbound messages).
+/// `[slack]` in the configuration.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SlackConfig {
+    /// Bot token for chat.postMessage (FIREBREAK_SLACK_BOT_TOKEN).
     pub bot_token: Option<Secret>,
-    #[serde(default = "slack_api")]
+    /// Verifies requests from Slack (FIREBREAK_SLACK_SIGNING_SECRET).
+    pub signing_secret: Option<Secret>,
     pub api_url: String,
+    /// Channel for incident threads (opened, actions, resolved); unset: none.
+    pub channel: Option<String>,
+    /// Slack user ids allowed to run killswitch, rollback, pause/resume and approvals.
+    pub allowed_users: Vec<String>,
+    /// Slack user group ids whose members are allowed likewise.
+    pub allowed_groups: Vec<String>,
+    /// Rollback provider `/firebreak rollback` uses (default: the only one configured).
+    pub rollback_provider: Option<String>,
+    /// Firebreak's address as people reach it, for links in messages.
+    pub public_url: Option<String>,
 }
 
 fn slack_api() -> String {
@@ -121,7 +133,13 @@ impl Default for SlackConfig {
     fn default() -> Self {
         SlackConfig {
             bot_token: None,
+            signing_secret: None,
             api_url: slack_api(),
+            channel: None,
+            allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
+            rollback_provider: None,
+            public_url: None,
         }
     }
 }

@@ -20,6 +20,7 @@ mod ingest;
 mod ops;
 mod postmortems;
 mod remediation;
+mod slack;
 
 pub use auth::{Secret, Tokens};
 pub use error::ApiError;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub dry_run: bool,
     /// Renders postmortem drafts (api role).
     pub postmortems: Option<Arc<firebreak_postmortem::Generator>>,
+    /// Slack commands and buttons (when a signing secret is configured).
+    pub slack: Option<Arc<firebreak_actions::slack::SlackClient>>,
 }
 
 /// Builds the router for the roles this process runs.
@@ -57,7 +60,8 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
         router = router
             .merge(incidents::router())
             .merge(remediation::router())
-            .merge(postmortems::router());
+            .merge(postmortems::router())
+            .merge(slack::router());
     }
     router.fallback(not_found).with_state(state)
 }

@@ -250,6 +250,28 @@ async fn decide(
     let id = parse_id(&id)?;
     let d: Decision = body(&bytes)?;
     let actor = d.actor()?;
+    let row = decide_action(
+        &state,
+        store.as_ref(),
+        id,
+        approve,
+        &actor,
+        d.comment.as_deref(),
+    )
+    .await?;
+    Ok(Json(action_json(&row)))
+}
+
+/// Approves (held -> pending) or denies (held -> denied) an action, once:
+/// deciding twice gets a conflict naming who decided.
+pub(crate) async fn decide_action(
+    state: &AppState,
+    store: &dyn Store,
+    id: i64,
+    approve: bool,
+    actor: &str,
+    comment: Option<&str>,
+) -> Result<ActionRow, ApiError> {
     let current = store
         .action(id)
         .await
@@ -262,10 +284,10 @@ async fn decide(
     };
     let audit = [NewAudit::of(
         &current,
-        &actor,
+        actor,
         event,
         now,
-        json!({"comment": d.comment, "was": current.reason}),
+        json!({"comment": comment, "was": current.reason}),
     )];
     let describe = current.spec["describe"]
         .as_str()
@@ -277,7 +299,7 @@ async fn decide(
             incident_id,
             at: now,
             kind: k,
-            source: actor.clone(),
+            source: actor.to_string(),
             summary: format!(
                 "{event} by {actor}: {describe} [{}@{}]",
                 current.playbook, current.playbook_version
@@ -287,7 +309,7 @@ async fn decide(
         .into_iter()
         .collect();
     let change = ActionChange {
-        decided_by: Some(actor.clone()),
+        decided_by: Some(actor.to_string()),
         not_before: Some(now),
         ..ActionChange::to(to, now)
     };
@@ -304,7 +326,7 @@ async fn decide(
             state
                 .metrics
                 .action(if approve { "approved" } else { "denied" });
-            Ok(Json(action_json(&row)))
+            Ok(row)
         }
         None => {
             let now_row = store.action(id).await?;

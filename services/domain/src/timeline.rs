@@ -27,6 +27,7 @@ pub mod kind {
     pub const ACTION_FAILED: &str = "action_failed";
     pub const ACTION_REVERTED: &str = "action_reverted";
     pub const NOTE: &str = "note";
+    pub const INCIDENT_ACKNOWLEDGED: &str = "incident_acknowledged";
 }
 
 /// A new entry for the timeline. `ref_id` names what it is about (an event id, or

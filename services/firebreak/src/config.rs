@@ -349,6 +349,11 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FIREBREAK_OFREP_TOKEN", "api.ofrep_token"),
     ("FIREBREAK_SLACK_BOT_TOKEN", "slack.bot_token"),
     ("FIREBREAK_SLACK_API_URL", "slack.api_url"),
+    ("FIREBREAK_SLACK_SIGNING_SECRET", "slack.signing_secret"),
+    ("FIREBREAK_SLACK_CHANNEL", "slack.channel"),
+    ("FIREBREAK_SLACK_ALLOWED_USERS", "slack.allowed_users"),
+    ("FIREBREAK_SLACK_ALLOWED_GROUPS", "slack.allowed_groups"),
+    ("FIREBREAK_PUBLIC_URL", "slack.public_url"),
 ];
 
 const BOOL_KEYS: &[&str] = &["automation.dry_run"];
@@ -359,7 +364,11 @@ const INTEGER_KEYS: &[&str] = &[
     "engine.workers",
     "engine.batch_max",
 ];
-const LIST_KEYS: &[&str] = &["incidents.group_by"];
+const LIST_KEYS: &[&str] = &[
+    "incidents.group_by",
+    "slack.allowed_users",
+    "slack.allowed_groups",
+];
 
 /// Flag values (already merged with their env twins by clap).
 #[derive(Debug, Default, Clone)]
@@ -568,6 +577,11 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
                 "key `automation.escalate_webhook`: notifier {w:?} is not configured: add [notify.{w}]"
             ));
         }
+    }
+    if f.slack.channel.is_some() && f.slack.bot_token.is_none() {
+        return Err(
+            "key `slack.channel`: needs slack.bot_token (FIREBREAK_SLACK_BOT_TOKEN) to post".into(),
+        );
     }
     if f.automation.escalate_slack.is_some() && f.slack.bot_token.is_none() {
         return Err(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use firebreak_actions::slack::SlackClient;
 use firebreak_actions::{Executor, Providers};
 use firebreak_api::AppState;
 use firebreak_bus::{Bus, EmbeddedBus, RabbitBus, Topology};
@@ -312,6 +313,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
     let wake = Arc::new(Notify::new());
+    let slack = (config.slack.signing_secret.is_some() || config.slack.bot_token.is_some())
+        .then(|| Arc::new(SlackClient::new(config.slack.clone())));
+    if config.slack.signing_secret.is_some()
+        && config.slack.allowed_users.is_empty()
+        && config.slack.allowed_groups.is_empty()
+    {
+        tracing::warn!("Slack commands are on but slack.allowed_users and slack.allowed_groups are empty: nobody may run killswitch, rollback, pause/resume or approve");
+    }
     let postmortems = store
         .as_ref()
         .map(|store| Arc::new(Generator::new(store.clone(), config.postmortem.clone())));
@@ -330,6 +339,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let engine = Arc::new(engine);
         let token = shutdown.clone();
         background.push(tokio::spawn(async move { engine.run(token).await }));
+        if let Some(slack) = &slack {
+            let token = shutdown.clone();
+            background.push(tokio::spawn(firebreak_actions::slack::run_notifier(
+                store.clone(),
+                slack.clone(),
+                token,
+            )));
+        }
         if let Some(generator) = &postmortems {
             let token = shutdown.clone();
             background.push(tokio::spawn(draft_loop(
@@ -367,6 +384,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         wake: Some(wake),
         dry_run: config.engine.automation.dry_run,
         postmortems,
+        slack,
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
     let http_shutdown = shutdown.clone();

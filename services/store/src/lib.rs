@@ -24,7 +24,7 @@ pub use postgres::PgStore;
 pub use remediation::{
     ActionChange, ActionFilter, ActionRow, ActionStatus, AuditFilter, AuditRow, FlagRow, History,
     LogRow, NewAction, NewAudit, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
-    SETTING_PAUSED,
+    TimelineEvent, SETTING_PAUSED,
 };
 pub use sqlite::SqliteStore;
 
@@ -202,6 +202,39 @@ pub trait Store: Send + Sync + 'static {
     async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
     /// Alerts, deploys and gates stored since `since`, oldest first.
     async fn history_since(&self, since: DateTime<Utc>) -> Result<History>;
+
+    /// Resolves an open incident now, whatever its alerts say (a person
+    /// decided); writes the audit row and timeline entries with it. `false`
+    /// when it was not open.
+    async fn resolve_incident_manually(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool>;
+    /// Claims the Slack announcement of timeline entry `seq`; `false` if
+    /// another process (or an earlier run) claimed it.
+    async fn claim_slack_message(
+        &self,
+        seq: i64,
+        incident_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+    async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()>;
+    /// Gives a claim back after a failed post, so it is tried again.
+    async fn release_slack_message(&self, seq: i64) -> Result<()>;
+    /// The channel and ts of an incident's first posted message: its thread.
+    async fn slack_thread(&self, incident_id: i64) -> Result<Option<(String, String)>>;
+    /// Sets a setting with no audit row (bookkeeping such as cursors).
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()>;
+    /// Timeline table entries after `after_seq` whose kind is one of `kinds`, in order.
+    async fn timeline_since(
+        &self,
+        after_seq: i64,
+        kinds: &[&str],
+        limit: i64,
+    ) -> Result<Vec<TimelineEvent>>;
 
     async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>>;
     /// Writes a new revision if the document is at `expected_revision` (or

@@ -33,6 +33,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "postmortems",
         sql: include_str!("../../../migrations/postgres/0003_postmortems.sql"),
     },
+    Migration {
+        version: 4,
+        name: "slack",
+        sql: include_str!("../../../migrations/postgres/0004_slack.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -50,6 +55,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 3,
         name: "postmortems",
         sql: include_str!("../../../migrations/sqlite/0003_postmortems.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "slack",
+        sql: include_str!("../../../migrations/sqlite/0004_slack.sql"),
     },
 ];
 

@@ -18,7 +18,7 @@ use crate::{
     labels_json, timeline_row, translate, ActionChange, ActionFilter, ActionRow, ActionStatus,
     AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow, IncidentDetail, IncidentFilter,
     IncidentRow, LogRow, NewAction, NewAudit, OpenIncident, PostmortemRow, PostmortemSave, Result,
-    RevisionRow, SaveOutcome, Store, StoreError, StoreTx, TimelineRow,
+    RevisionRow, SaveOutcome, Store, StoreError, StoreTx, TimelineEvent, TimelineRow,
 };
 
 /// Key for the advisory lock that serializes migrations across processes.
@@ -690,6 +690,128 @@ impl Store for PgStore {
             deploys,
             gates,
         })
+    }
+
+    async fn resolve_incident_manually(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let n = sqlx::query(
+            "UPDATE incidents SET status = 'resolved', resolved_at = $2, updated_at = now()
+             WHERE id = $1 AND status = 'open'",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        write_timeline(&mut tx, timeline).await?;
+        tx.commit().await.map_err(translate)?;
+        Ok(true)
+    }
+
+    async fn claim_slack_message(
+        &self,
+        seq: i64,
+        incident_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO slack_messages (seq, incident_id, claimed_at) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(seq)
+        .bind(incident_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(translate)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()> {
+        sqlx::query("UPDATE slack_messages SET channel = $2, ts = $3 WHERE seq = $1")
+            .bind(seq)
+            .bind(channel)
+            .bind(ts)
+            .execute(&self.pool)
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn release_slack_message(&self, seq: i64) -> Result<()> {
+        sqlx::query("DELETE FROM slack_messages WHERE seq = $1 AND ts IS NULL")
+            .bind(seq)
+            .execute(&self.pool)
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn slack_thread(&self, incident_id: i64) -> Result<Option<(String, String)>> {
+        sqlx::query_as(
+            "SELECT channel, ts FROM slack_messages WHERE incident_id = $1 AND ts IS NOT NULL ORDER BY seq LIMIT 1",
+        )
+        .bind(incident_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate)
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, now(), 'firebreak')
+             ON CONFLICT (key) DO UPDATE SET value = $2, updated_at = now()",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn timeline_since(
+        &self,
+        after_seq: i64,
+        kinds: &[&str],
+        limit: i64,
+    ) -> Result<Vec<TimelineEvent>> {
+        let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        let rows = sqlx::query(
+            "SELECT id, incident_id, at, kind, source, summary, ref_id FROM timeline
+             WHERE id > $1 AND kind = ANY($2) ORDER BY id LIMIT $3",
+        )
+        .bind(after_seq)
+        .bind(&kinds)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(|r| -> Result<TimelineEvent, sqlx::Error> {
+                Ok(TimelineEvent {
+                    seq: r.try_get("id")?,
+                    incident_id: r.try_get("incident_id")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    source: r.try_get("source")?,
+                    summary: r.try_get("summary")?,
+                    ref_id: r.try_get("ref_id")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(translate)
     }
 
     async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>> {

@@ -291,3 +291,16 @@ pub struct LogRow {
     pub level: Option<String>,
     pub message: String,
 }
+
+/// A timeline entry with its incident and its place in the table, for
+/// followers such as the Slack notifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEvent {
+    pub seq: i64,
+    pub incident_id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub source: String,
+    pub summary: String,
+    pub ref_id: String,
+}

@@ -1,0 +1,928 @@
+//! Slack chat-ops: the `/firebreak` slash command and the Approve / Deny
+//! buttons. Every request is verified with the signing secret as Slack
+//! specifies (`v0=` HMAC-SHA256 over `v0:{timestamp}:{raw body}`, constant-time
+//! comparison, at most 5 minutes old) before anything is parsed. Destructive
+//! commands and approvals need an allowed user; every command, allowed or
+//! refused, is in the audit trail with the Slack user id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use firebreak_actions::slack::{escape, SlackClient};
+use firebreak_actions::ActionSpec;
+use firebreak_domain::playbook::{last_good, FlagState, KillSwitchStep, RollbackStep, StepAction};
+use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_store::{
+    ActionFilter, ActionRow, ActionStatus, IncidentFilter, NewAction, NewAudit, Store, StoreError,
+    SETTING_PAUSED,
+};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::{ApiError, AppState};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/slack/commands", post(commands))
+        .route("/slack/interactions", post(interactions))
+}
+
+/// Requests older (or newer) than this are refused as replays.
+const MAX_SKEW_SECS: i64 = 300;
+
+/// Checks Slack's signature headers against the raw body.
+pub fn verify(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<(), &'static str> {
+    let ts = headers
+        .get("x-slack-request-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("missing X-Slack-Request-Timestamp")?;
+    let ts_num: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| "bad X-Slack-Request-Timestamp")?;
+    if (now - ts_num).abs() > MAX_SKEW_SECS {
+        return Err("request timestamp is more than 5 minutes away: refused as a replay");
+    }
+    let sig = headers
+        .get("x-slack-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("missing X-Slack-Signature")?;
+    let hex = sig
+        .strip_prefix("v0=")
+        .ok_or("signature is not a v0 signature")?;
+    let given = decode_hex(hex).ok_or("signature is not hex")?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| "bad signing secret")?;
+    mac.update(b"v0:");
+    mac.update(ts.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    // Constant-time comparison.
+    mac.verify_slice(&given)
+        .map_err(|_| "signature does not match")
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn unauthorized(why: &str) -> Response {
+    tracing::warn!(reason = why, "Slack request refused");
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "unauthorized", "message": format!("not a valid Slack request: {why}")})),
+    )
+        .into_response()
+}
+
+fn slack_parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<SlackClient>), ApiError> {
+    let store = state
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without a store".into()))?;
+    let slack = state.slack.clone().ok_or_else(|| {
+        ApiError::NotFound("Slack is not configured: set FIREBREAK_SLACK_SIGNING_SECRET".into())
+    })?;
+    Ok((store, slack))
+}
+
+/// Verifies the request; `Some` is the refusal to send.
+fn check(slack: &SlackClient, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let Some(secret) = &slack.config().signing_secret else {
+        return Some(unauthorized("no signing secret configured"));
+    };
+    verify(secret.expose(), headers, body, Utc::now().timestamp())
+        .err()
+        .map(unauthorized)
+}
+
+fn ephemeral(text: impl Into<String>) -> Response {
+    Json(json!({"response_type": "ephemeral", "text": text.into()})).into_response()
+}
+
+fn in_channel(text: impl Into<String>) -> Response {
+    Json(json!({"response_type": "in_channel", "text": text.into()})).into_response()
+}
+
+const USAGE: &str = "*Firebreak* — `/firebreak <command>`:\n\
+• `list` — open incidents\n\
+• `status <id>` — one incident\n\
+• `ack <id>` — acknowledge it\n\
+• `resolve <id>` — resolve it now\n\
+• `note <id> <text>` — add a note to its timeline\n\
+• `killswitch <flag> off|on [provider]` — set a kill switch (allowed users)\n\
+• `rollback <service>` — roll back to the last good deploy (allowed users)\n\
+• `pause` / `resume` — automation (allowed users)\n\
+• `postmortem <id>` — the draft's summary and link";
+
+struct Caller {
+    id: String,
+    name: String,
+}
+
+impl Caller {
+    fn actor(&self) -> String {
+        format!("slack:{}", self.id)
+    }
+}
+
+async fn commands(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (store, slack) = slack_parts(&state)?;
+    if let Some(r) = check(&slack, &headers, &body) {
+        return Ok(r);
+    }
+    let form: HashMap<String, String> =
+        serde_urlencoded::from_bytes(&body).map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: format!("not a form body: {e}"),
+        })?;
+    let caller = Caller {
+        id: form.get("user_id").cloned().unwrap_or_default(),
+        name: form.get("user_name").cloned().unwrap_or_default(),
+    };
+    if caller.id.is_empty() {
+        return Ok(ephemeral("Slack sent no user_id; nothing done."));
+    }
+    let text = form.get("text").cloned().unwrap_or_default();
+    let response_url = form.get("response_url").cloned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let command = words
+        .first()
+        .map(|w| w.to_ascii_lowercase())
+        .unwrap_or_default();
+    let destructive = matches!(
+        command.as_str(),
+        "killswitch" | "rollback" | "pause" | "resume"
+    );
+    let allowed = !destructive || slack.allowed(&caller.id).await;
+    let audit = NewAudit {
+        at: Utc::now(),
+        actor: caller.actor(),
+        event: if allowed {
+            "slack_command"
+        } else {
+            "slack_command_refused"
+        }
+        .into(),
+        action_id: None,
+        incident_id: None,
+        playbook: None,
+        playbook_version: None,
+        detail: json!({"text": text, "user_name": caller.name, "channel": form.get("channel_id")}),
+    };
+    store.record(&[audit], &[]).await?;
+    if !allowed {
+        return Ok(ephemeral(format!(
+            ":no_entry: You are not allowed to run `{command}`. Ask an admin to add your Slack user id ({}) to `slack.allowed_users` or one of `slack.allowed_groups`. Nothing was changed.",
+            caller.id
+        )));
+    }
+    let r = match (command.as_str(), &words[1.min(words.len())..]) {
+        ("" | "help", _) => ephemeral(USAGE),
+        ("list", _) => list(store.as_ref()).await?,
+        ("status", [id]) => status(store.as_ref(), id).await?,
+        ("ack", [id]) => ack(store.as_ref(), id, &caller).await?,
+        ("resolve", [id]) => resolve(store.as_ref(), id, &caller).await?,
+        ("note", [id, rest @ ..]) if !rest.is_empty() => {
+            let note = text
+                .splitn(3, char::is_whitespace)
+                .nth(2)
+                .unwrap_or("")
+                .trim();
+            add_note(store.as_ref(), id, note, &caller).await?
+        }
+        ("killswitch", [flag, state_word, rest @ ..]) if rest.len() <= 1 => {
+            let provider = rest.first().copied().unwrap_or("builtin");
+            killswitch(
+                &state,
+                store.as_ref(),
+                &slack,
+                flag,
+                state_word,
+                provider,
+                &caller,
+                response_url,
+            )
+            .await?
+        }
+        ("rollback", [service]) => {
+            rollback(
+                &state,
+                store.as_ref(),
+                &slack,
+                service,
+                &caller,
+                response_url,
+            )
+            .await?
+        }
+        ("pause", []) | ("resume", []) => {
+            let paused = command == "pause";
+            let audit = NewAudit {
+                at: Utc::now(),
+                actor: caller.actor(),
+                event: if paused {
+                    "automation_paused"
+                } else {
+                    "automation_resumed"
+                }
+                .into(),
+                action_id: None,
+                incident_id: None,
+                playbook: None,
+                playbook_version: None,
+                detail: json!({"via": "slack"}),
+            };
+            store
+                .set_setting(
+                    SETTING_PAUSED,
+                    if paused { "true" } else { "false" },
+                    &audit,
+                )
+                .await?;
+            in_channel(if paused {
+                format!(":double_vertical_bar: <@{}> paused automation: playbooks now hold every action for a human.", caller.id)
+            } else {
+                format!(":arrow_forward: <@{}> resumed automation.", caller.id)
+            })
+        }
+        ("postmortem", [id]) => postmortem(&state, store.as_ref(), id).await?,
+        (
+            known @ ("status" | "ack" | "resolve" | "note" | "killswitch" | "rollback"
+            | "postmortem" | "pause" | "resume"),
+            _,
+        ) => ephemeral(format!("`{known}` needs different arguments.\n{USAGE}")),
+        (other, _) => ephemeral(format!("I don't know `{}`.\n{USAGE}", escape(other))),
+    };
+    Ok(r)
+}
+
+fn incident_id(raw: &str) -> Option<i64> {
+    raw.trim_start_matches('#').parse().ok().filter(|i| *i > 0)
+}
+
+async fn list(store: &dyn Store) -> Result<Response, ApiError> {
+    let open = store
+        .list_incidents(&IncidentFilter {
+            status: Some("open".into()),
+            limit: 20,
+            ..IncidentFilter::default()
+        })
+        .await?;
+    if open.is_empty() {
+        return Ok(ephemeral(":white_check_mark: No open incidents."));
+    }
+    let now = Utc::now();
+    let lines: Vec<String> = open
+        .iter()
+        .map(|i| {
+            format!(
+                "• *#{}* {} — open {}",
+                i.id,
+                escape(&i.title),
+                firebreak_postmortem::context::fmt_duration(now - i.opened_at)
+            )
+        })
+        .collect();
+    Ok(ephemeral(format!("*Open incidents*\n{}", lines.join("\n"))))
+}
+
+async fn status(store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(format!(
+            "`{}` is not an incident id.",
+            escape(raw)
+        )));
+    };
+    let detail = match store.incident(id).await {
+        Ok(d) => d,
+        Err(StoreError::NotFound) => return Ok(ephemeral(format!("There is no incident #{id}."))),
+        Err(e) => return Err(e.into()),
+    };
+    let i = &detail.incident;
+    let firing = detail
+        .alerts
+        .iter()
+        .filter(|a| a.status == "firing")
+        .count();
+    let timeline = store.timeline(id, 10_000, 0).await?;
+    let acks: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e.kind == kind::INCIDENT_ACKNOWLEDGED)
+        .map(|e| e.source.as_str())
+        .collect();
+    let actions = store
+        .list_actions(&ActionFilter {
+            incident_id: Some(id),
+            limit: 5,
+            ..ActionFilter::default()
+        })
+        .await?;
+    let mut text = format!(
+        "*#{id} {}* — {}\nOpened {}{}\nAlerts firing: {firing} of {}",
+        escape(&i.title),
+        i.status,
+        i.opened_at.format("%Y-%m-%d %H:%M UTC"),
+        i.resolved_at
+            .map(|r| format!(", resolved {}", r.format("%H:%M UTC")))
+            .unwrap_or_default(),
+        detail.alerts.len()
+    );
+    if !acks.is_empty() {
+        text.push_str(&format!("\nAcknowledged by {}", acks.join(", ")));
+    }
+    if let Some(d) = detail.changes.iter().max_by_key(|d| d.started_at) {
+        text.push_str(&format!(
+            "\nLatest suspect change: {} {} at {}",
+            escape(&d.service),
+            escape(&d.version),
+            d.started_at.format("%H:%M UTC")
+        ));
+    }
+    for a in &actions {
+        text.push_str(&format!(
+            "\n• action #{} {} — {}",
+            a.id,
+            escape(a.spec["describe"].as_str().unwrap_or(&a.kind)),
+            a.status.as_str()
+        ));
+    }
+    Ok(ephemeral(text))
+}
+
+async fn ack(store: &dyn Store, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(format!(
+            "`{}` is not an incident id.",
+            escape(raw)
+        )));
+    };
+    if matches!(store.incident(id).await, Err(StoreError::NotFound)) {
+        return Ok(ephemeral(format!("There is no incident #{id}.")));
+    }
+    let now = Utc::now();
+    let entry = NewEntry {
+        incident_id: id,
+        at: now,
+        kind: kind::INCIDENT_ACKNOWLEDGED,
+        source: caller.actor(),
+        summary: format!("Acknowledged by {} ({})", caller.name, caller.id),
+        ref_id: format!("ack:{}", caller.id),
+    };
+    let audit = audit_for(caller, "acknowledged", Some(id), json!({}));
+    store.record(&[audit], &[entry]).await?;
+    Ok(in_channel(format!(
+        ":eyes: <@{}> acknowledged incident #{id}.",
+        caller.id
+    )))
+}
+
+fn audit_for(caller: &Caller, event: &str, incident: Option<i64>, detail: Value) -> NewAudit {
+    NewAudit {
+        at: Utc::now(),
+        actor: caller.actor(),
+        event: event.into(),
+        action_id: None,
+        incident_id: incident,
+        playbook: None,
+        playbook_version: None,
+        detail,
+    }
+}
+
+async fn resolve(store: &dyn Store, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(format!(
+            "`{}` is not an incident id.",
+            escape(raw)
+        )));
+    };
+    let now = Utc::now();
+    let entry = NewEntry {
+        incident_id: id,
+        at: now,
+        kind: kind::INCIDENT_RESOLVED,
+        source: caller.actor(),
+        summary: format!(
+            "Incident resolved by {} ({}) from Slack",
+            caller.name, caller.id
+        ),
+        ref_id: format!("resolved-by:{}@{}", caller.id, now.timestamp_micros()),
+    };
+    let audit = audit_for(caller, "resolved", Some(id), json!({}));
+    match store
+        .resolve_incident_manually(id, now, &audit, &[entry])
+        .await
+    {
+        Ok(true) => Ok(in_channel(format!(
+            ":white_check_mark: <@{}> resolved incident #{id}.",
+            caller.id
+        ))),
+        Ok(false) => Ok(ephemeral(format!(
+            "Incident #{id} is not open (or does not exist); nothing changed."
+        ))),
+        Err(StoreError::NotFound) => Ok(ephemeral(format!("There is no incident #{id}."))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn add_note(
+    store: &dyn Store,
+    raw: &str,
+    note: &str,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(format!(
+            "`{}` is not an incident id.",
+            escape(raw)
+        )));
+    };
+    if matches!(store.incident(id).await, Err(StoreError::NotFound)) {
+        return Ok(ephemeral(format!("There is no incident #{id}.")));
+    }
+    if note.chars().count() > 3000 {
+        return Ok(ephemeral("Notes are at most 3,000 characters."));
+    }
+    let now = Utc::now();
+    let entry = NewEntry {
+        incident_id: id,
+        at: now,
+        kind: kind::NOTE,
+        source: format!("slack:{} ({})", caller.name, caller.id),
+        summary: note.to_string(),
+        ref_id: format!("note:{}@{}", caller.id, now.timestamp_micros()),
+    };
+    let audit = audit_for(caller, "note_added", Some(id), json!({"note": note}));
+    store.record(&[audit], &[entry]).await?;
+    Ok(ephemeral(format!(":memo: Added to the timeline of #{id}.")))
+}
+
+/// Queues an action claimed by a person; the executor runs it (verified,
+/// retried, audited) and the outcome is posted to `response_url`.
+#[allow(clippy::too_many_arguments)]
+async fn queue_action(
+    state: &AppState,
+    store: &dyn Store,
+    slack: &Arc<SlackClient>,
+    caller: &Caller,
+    kind_name: &str,
+    target: String,
+    spec: ActionSpec,
+    response_url: Option<String>,
+) -> Result<ActionRow, ApiError> {
+    let now = Utc::now();
+    let action = NewAction {
+        dedupe_key: format!("slack:{}:{}:{}", caller.id, target, now.timestamp_micros()),
+        playbook: "slack".into(),
+        playbook_version: "-".into(),
+        step_index: 0,
+        kind: kind_name.into(),
+        target,
+        incident_id: None,
+        trigger_id: caller.actor(),
+        status: ActionStatus::Pending,
+        reason: Some(format!(
+            "requested in Slack by {} ({})",
+            caller.name, caller.id
+        )),
+        spec: serde_json::to_value(&spec).unwrap_or(Value::Null),
+        at: now,
+    };
+    let mut tx = store.begin().await?;
+    let row = tx
+        .insert_actions(std::slice::from_ref(&action))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Conflict("the same request is already queued".into()))?;
+    tx.insert_audit(&[NewAudit::of(
+        &row,
+        &caller.actor(),
+        "requested",
+        now,
+        json!({"via": "slack", "step": spec.describe}),
+    )])
+    .await?;
+    tx.commit().await?;
+    state.metrics.action("requested");
+    if let Some(wake) = &state.wake {
+        wake.notify_one();
+    }
+    if let (Some(url), Some(store)) = (response_url, state.store.clone()) {
+        let slack = slack.clone();
+        let id = row.id;
+        tokio::spawn(async move { follow_up(store, slack, id, url).await });
+    }
+    Ok(row)
+}
+
+/// Waits (up to two minutes) for an action to finish and tells the channel.
+async fn follow_up(store: Arc<dyn Store>, slack: Arc<SlackClient>, id: i64, response_url: String) {
+    for _ in 0..240 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(a) = store.action(id).await else {
+            continue;
+        };
+        let done = match a.status {
+            ActionStatus::Succeeded => format!(
+                ":white_check_mark: {} — done{}.",
+                escape(a.spec["describe"].as_str().unwrap_or(&a.kind)),
+                if a.result
+                    .as_ref()
+                    .is_some_and(|r| r["verified"] == Value::Bool(true))
+                {
+                    ", verified"
+                } else {
+                    ""
+                }
+            ),
+            ActionStatus::Failed => format!(
+                ":x: {} — failed: {}",
+                escape(a.spec["describe"].as_str().unwrap_or(&a.kind)),
+                escape(a.reason.as_deref().unwrap_or("unknown"))
+            ),
+            _ => continue,
+        };
+        if let Err(e) = slack
+            .respond(
+                &response_url,
+                &json!({"response_type": "in_channel", "text": done}),
+            )
+            .await
+        {
+            tracing::warn!(action = id, error = %e, "cannot post the outcome to Slack");
+        }
+        return;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn killswitch(
+    state: &AppState,
+    store: &dyn Store,
+    slack: &Arc<SlackClient>,
+    flag: &str,
+    state_word: &str,
+    provider: &str,
+    caller: &Caller,
+    response_url: Option<String>,
+) -> Result<Response, ApiError> {
+    let wanted = match state_word.to_ascii_lowercase().as_str() {
+        "off" => FlagState::Off,
+        "on" => FlagState::On,
+        _ => {
+            return Ok(ephemeral(format!(
+                "Use `killswitch {} off` or `on`.",
+                escape(flag)
+            )))
+        }
+    };
+    let known = state
+        .providers
+        .as_ref()
+        .is_some_and(|p| p.kill_switches.contains_key(provider));
+    if !known {
+        return Ok(ephemeral(format!("There is no kill switch provider `{}`; use builtin or one configured under [kill_switch.<name>].", escape(provider))));
+    }
+    let step = KillSwitchStep {
+        flag: flag.to_string(),
+        provider: provider.to_string(),
+        environment: None,
+        state: wanted,
+    };
+    let describe = format!("turn {} flag {} ({})", wanted.as_str(), flag, provider);
+    let mut vars = BTreeMap::new();
+    vars.insert("flag".to_string(), flag.to_string());
+    let spec = ActionSpec {
+        step: StepAction::KillSwitch(step),
+        vars,
+        describe: describe.clone(),
+    };
+    let target = format!("flag:{provider}::{flag}");
+    let row = queue_action(
+        state,
+        store,
+        slack,
+        caller,
+        "kill_switch",
+        target,
+        spec,
+        response_url,
+    )
+    .await?;
+    Ok(in_channel(format!(
+        ":hammer_and_wrench: <@{}> asked to {} (action #{}); I'll post the outcome here.",
+        caller.id,
+        escape(&describe),
+        row.id
+    )))
+}
+
+async fn rollback(
+    state: &AppState,
+    store: &dyn Store,
+    slack: &Arc<SlackClient>,
+    service: &str,
+    caller: &Caller,
+    response_url: Option<String>,
+) -> Result<Response, ApiError> {
+    let providers: Vec<String> = state
+        .providers
+        .as_ref()
+        .map(|p| p.rollbacks.keys().cloned().collect())
+        .unwrap_or_default();
+    let provider = match (&slack.config().rollback_provider, providers.as_slice()) {
+        (Some(p), _) => p.clone(),
+        (None, [only]) => only.clone(),
+        (None, []) => {
+            return Ok(ephemeral(
+                "No rollback provider is configured ([rollback.<name>]).",
+            ))
+        }
+        (None, _) => {
+            return Ok(ephemeral(
+                "Several rollback providers are configured: set `slack.rollback_provider`.",
+            ))
+        }
+    };
+    let now = Utc::now();
+    let mut tx = store.begin().await?;
+    let history = tx
+        .deploys_between(service, None, now - chrono::Duration::days(30), now)
+        .await?;
+    drop(tx);
+    let Some(suspect) = history.iter().max_by_key(|d| d.started_at) else {
+        return Ok(ephemeral(format!(
+            "No deploy of `{}` is known in the last 30 days; nothing to roll back.",
+            escape(service)
+        )));
+    };
+    let Some(good) = last_good(suspect, &history) else {
+        return Ok(ephemeral(format!(
+            "No successful deploy of `{}` before {} is known; I can't tell what to roll back to.",
+            escape(service),
+            escape(&suspect.version)
+        )));
+    };
+    let mut vars = BTreeMap::new();
+    vars.insert("service".to_string(), service.to_string());
+    vars.insert(
+        "environment".to_string(),
+        suspect.environment.clone().unwrap_or_default(),
+    );
+    vars.insert("incident.id".to_string(), String::new());
+    for (prefix, d) in [("suspect", suspect), ("target", good)] {
+        vars.insert(format!("{prefix}.id"), d.id.clone());
+        vars.insert(format!("{prefix}.version"), d.version.clone());
+        vars.insert(
+            format!("{prefix}.commit"),
+            d.commit.clone().unwrap_or_default(),
+        );
+        vars.insert(format!("{prefix}.started_at"), d.started_at.to_rfc3339());
+    }
+    let describe = format!(
+        "roll back {service} from {} to {} ({provider})",
+        suspect.version, good.version
+    );
+    let spec = ActionSpec {
+        step: StepAction::Rollback(RollbackStep {
+            provider,
+            to: "last_good".into(),
+        }),
+        vars,
+        describe: describe.clone(),
+    };
+    let target = format!(
+        "deploys:{service}:{}",
+        suspect.environment.as_deref().unwrap_or("")
+    );
+    let row = queue_action(
+        state,
+        store,
+        slack,
+        caller,
+        "rollback",
+        target,
+        spec,
+        response_url,
+    )
+    .await?;
+    Ok(in_channel(format!(
+        ":rewind: <@{}> asked to {} (action #{}); I'll post the outcome here.",
+        caller.id,
+        escape(&describe),
+        row.id
+    )))
+}
+
+async fn postmortem(state: &AppState, store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(format!(
+            "`{}` is not an incident id.",
+            escape(raw)
+        )));
+    };
+    let Some(pm) = store.postmortem(id).await? else {
+        return Ok(ephemeral(format!(
+            "Incident #{id} has no postmortem draft yet (drafts are written when it resolves, or with POST /api/v1/incidents/{id}/postmortem/regenerate)."
+        )));
+    };
+    let title = pm
+        .markdown
+        .lines()
+        .find_map(|l| l.strip_prefix("# "))
+        .unwrap_or("Postmortem");
+    let facts: Vec<&str> = pm
+        .markdown
+        .lines()
+        .filter(|l| l.starts_with("| Impact window") || l.starts_with("| Time to"))
+        .collect();
+    let link = state
+        .slack
+        .as_ref()
+        .and_then(|s| s.config().public_url.clone())
+        .map(|u| {
+            format!(
+                "{}/api/v1/incidents/{id}/postmortem.html",
+                u.trim_end_matches('/')
+            )
+        })
+        .unwrap_or_else(|| format!("/api/v1/incidents/{id}/postmortem.html"));
+    let lint = firebreak_postmortem::lint::check(&pm.markdown, &[]).len();
+    Ok(ephemeral(format!(
+        "*{}* — {} (revision {})\n{}\nBlameless check: {}\n<{link}|Read the draft>",
+        escape(title),
+        pm.status,
+        pm.revision,
+        facts
+            .iter()
+            .map(|l| l.trim_matches('|').replace(" | ", ": ").trim().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        if lint == 0 {
+            "no findings".to_string()
+        } else {
+            format!("{lint} findings")
+        },
+    )))
+}
+
+/// Block Kit buttons: Approve / Deny on a held action. Two clicks decide once;
+/// the message is replaced to show who decided.
+async fn interactions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (store, slack) = slack_parts(&state)?;
+    if let Some(r) = check(&slack, &headers, &body) {
+        return Ok(r);
+    }
+    let form: HashMap<String, String> =
+        serde_urlencoded::from_bytes(&body).map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: format!("not a form body: {e}"),
+        })?;
+    let payload: Value = form
+        .get("payload")
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or_else(|| ApiError::BadRequest {
+            field: Some("payload".into()),
+            message: "missing or not JSON".into(),
+        })?;
+    let caller = Caller {
+        id: payload["user"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        name: payload["user"]["username"]
+            .as_str()
+            .or(payload["user"]["name"].as_str())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let response_url = payload["response_url"].as_str().map(str::to_string);
+    let Some(action) = payload["actions"].as_array().and_then(|a| a.first()) else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    let approve = match action["action_id"].as_str() {
+        Some("firebreak_approve") => true,
+        Some("firebreak_deny") => false,
+        _ => return Ok(StatusCode::OK.into_response()),
+    };
+    let Some(id) = action["value"].as_str().and_then(|v| v.parse::<i64>().ok()) else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    let allowed = slack.allowed(&caller.id).await;
+    let audit = NewAudit {
+        at: Utc::now(),
+        actor: caller.actor(),
+        event: if allowed {
+            "slack_button"
+        } else {
+            "slack_button_refused"
+        }
+        .into(),
+        action_id: Some(id),
+        incident_id: None,
+        playbook: None,
+        playbook_version: None,
+        detail: json!({"button": action["action_id"], "user_name": caller.name}),
+    };
+    store.record(&[audit], &[]).await?;
+    let reply = if !allowed {
+        json!({"response_type": "ephemeral", "replace_original": false,
+               "text": format!(":no_entry: <@{}>, you are not allowed to approve or deny actions; nothing changed.", caller.id)})
+    } else {
+        match crate::remediation::decide_action(
+            &state,
+            store.as_ref(),
+            id,
+            approve,
+            &caller.actor(),
+            Some("from Slack"),
+        )
+        .await
+        {
+            Ok(row) => json!({"replace_original": true, "text": format!(
+                "{} {} by <@{}>: {}",
+                if approve { ":white_check_mark:" } else { ":no_entry_sign:" },
+                if approve { "Approved" } else { "Denied" },
+                caller.id,
+                escape(row.spec["describe"].as_str().unwrap_or(&row.kind))
+            )}),
+            Err(ApiError::Conflict(m)) => {
+                json!({"response_type": "ephemeral", "replace_original": false, "text": format!("Nothing changed: {}", escape(&m))})
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if let Some(url) = response_url {
+        let slack = slack.clone();
+        tokio::spawn(async move {
+            if let Err(e) = slack.respond(&url, &reply).await {
+                tracing::warn!(error = %e, "cannot update the Slack message");
+            }
+        });
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Slack's published example (api.slack.com, "Verifying requests from Slack").
+    #[test]
+    fn slacks_published_example_verifies() {
+        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        let mut h = HeaderMap::new();
+        h.insert("x-slack-request-timestamp", "1531420618".parse().unwrap());
+        h.insert(
+            "x-slack-signature",
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+                .parse()
+                .unwrap(),
+        );
+        let secret = "8f742231b10e8888abcd99yyyzzz85a5";
+        assert_eq!(verify(secret, &h, body.as_bytes(), 1531420618 + 10), Ok(()));
+        assert!(verify(secret, &h, body.as_bytes(), 1531420618 + 301)
+            .unwrap_err()
+            .contains("replay"));
+        assert!(
+            verify(secret, &h, format!("{body}x").as_bytes(), 1531420618)
+                .unwrap_err()
+                .contains("does not match")
+        );
+        assert!(verify("other", &h, body.as_bytes(), 1531420618).is_err());
+        h.remove("x-slack-signature");
+        assert!(verify(secret, &h, body.as_bytes(), 1531420618)
+            .unwrap_err()
+            .contains("missing"));
+    }
+}

@@ -1,0 +1,497 @@
+//! Slack chat-ops end to end: requests signed by Slack's own SDK (Python
+//! `slack_sdk`, tests/support/slack/sign.py), a recording server standing in
+//! for Slack's Web API and response_url, the real binary in between.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use firebreak_tests::{alert_now, client, deploy_now, eventually, Firebreak, Options, Recorder};
+use serde_json::{json, Value};
+
+const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Signs `body` with Slack's SDK at `timestamp`; returns the signature.
+async fn sdk_signature(secret: &str, timestamp: i64, body: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/slack/sign.py");
+    let python = std::env::var("FIREBREAK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(secret)
+        .arg(timestamp.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "slack_sdk did not sign (install it: pip install -r tests/support/slack/requirements.txt): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    parsed["signature"].as_str().unwrap().to_string()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Slack {
+    fb: Firebreak,
+    api: Recorder,
+    posts: Arc<Mutex<u32>>,
+}
+
+impl Slack {
+    async fn send(&self, path: &str, body: &str, signature: Option<(&str, i64)>) -> (u16, Value) {
+        let mut req = client()
+            .post(format!("{}{path}", self.fb.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string());
+        if let Some((secret, ts)) = signature {
+            req = req
+                .header("X-Slack-Request-Timestamp", ts.to_string())
+                .header("X-Slack-Signature", sdk_signature(secret, ts, body).await);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn command(&self, user: &str, text: &str) -> Value {
+        let body = form(&[
+            ("token", "legacy-unused"),
+            ("team_id", "T1"),
+            ("channel_id", "C1"),
+            ("user_id", user),
+            ("user_name", &user.to_lowercase()),
+            ("command", "/firebreak"),
+            ("text", text),
+            (
+                "response_url",
+                &format!("{}/response/{user}", self.api.base),
+            ),
+            ("trigger_id", "1.2.3"),
+        ]);
+        let (status, answer) = self
+            .send(
+                "/slack/commands",
+                &body,
+                Some((SECRET, chrono::Utc::now().timestamp())),
+            )
+            .await;
+        assert_eq!(status, 200, "{text}: {answer}");
+        answer
+    }
+
+    async fn click(&self, user: &str, action_id: &str, value: &str) -> u16 {
+        let payload = json!({
+            "type": "block_actions",
+            "user": {"id": user, "username": user.to_lowercase()},
+            "response_url": format!("{}/response/click-{user}", self.api.base),
+            "actions": [{"action_id": action_id, "value": value, "type": "button"}],
+        });
+        let body = form(&[("payload", &payload.to_string())]);
+        self.send(
+            "/slack/interactions",
+            &body,
+            Some((SECRET, chrono::Utc::now().timestamp())),
+        )
+        .await
+        .0
+    }
+}
+
+async fn start(dir: &Path, playbook: Option<&str>) -> Slack {
+    let posts = Arc::new(Mutex::new(0u32));
+    let counter = posts.clone();
+    let api = Recorder::start(move |r| match r.path.as_str() {
+        "/api/chat.postMessage" => {
+            let mut n = counter.lock().unwrap();
+            *n += 1;
+            // Slack rate-limits the very first post: Firebreak must wait and retry.
+            if *n == 1 {
+                return (
+                    429,
+                    json!({"ok": false, "error": "ratelimited", "_headers": {"Retry-After": "1"}}),
+                );
+            }
+            (
+                200,
+                json!({"ok": true, "channel": "C_INC", "ts": format!("1700000000.{:06}", *n)}),
+            )
+        }
+        "/api/usergroups.users.list" => (200, json!({"ok": true, "users": ["U_ONCALL"]})),
+        p if p.starts_with("/response/") => (200, json!({})),
+        p if p.starts_with("/argocd/") => (200, json!({"ok": true})),
+        _ => (404, json!({"ok": false, "error": "unknown_method"})),
+    })
+    .await;
+    let books = dir.join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    if let Some(p) = playbook {
+        std::fs::write(books.join("p.yaml"), p).unwrap();
+    }
+    let config = dir.join("firebreak.toml");
+    std::fs::write(
+        &config,
+        format!("[rollback.argocd]\ntype = \"http\"\nurl = \"{}/argocd/{{{{service}}}}/rollback\"\nbody = {{ id = \"{{{{target.version}}}}\" }}\n", api.base),
+    )
+    .unwrap();
+    let fb = Firebreak::start(
+        &dir.join("data"),
+        Options::embedded()
+            .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
+            .with("FIREBREAK_CONFIG", config.to_str().unwrap())
+            .with("FIREBREAK_SLACK_SIGNING_SECRET", SECRET)
+            .with("FIREBREAK_SLACK_BOT_TOKEN", "xoxb-test")
+            .with("FIREBREAK_SLACK_API_URL", &format!("{}/api", api.base))
+            .with("FIREBREAK_SLACK_CHANNEL", "#incidents")
+            .with("FIREBREAK_SLACK_ALLOWED_USERS", "U_ADMIN")
+            .with("FIREBREAK_SLACK_ALLOWED_GROUPS", "S_ONCALL"),
+    )
+    .await;
+    Slack { fb, api, posts }
+}
+
+async fn audit_len(fb: &Firebreak) -> usize {
+    let (_, a) = fb.get("/api/v1/audit?limit=1000").await;
+    a["entries"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn only_requests_signed_as_slack_does_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), None).await;
+    let now = chrono::Utc::now().timestamp();
+    let body = form(&[
+        ("user_id", "U_ADMIN"),
+        ("user_name", "admin"),
+        ("text", "pause"),
+    ]);
+    let before = audit_len(&s.fb).await;
+    // Forged (another secret), stale (signed correctly 6 minutes ago), unsigned.
+    assert_eq!(
+        s.send("/slack/commands", &body, Some(("not-the-secret", now)))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        s.send("/slack/commands", &body, Some((SECRET, now - 360)))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(s.send("/slack/commands", &body, None).await.0, 401);
+    let interaction = form(&[("payload", "{}")]);
+    assert_eq!(
+        s.send("/slack/interactions", &interaction, Some(("forged", now)))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        audit_len(&s.fb).await,
+        before,
+        "refused requests change nothing"
+    );
+    let (_, automation) = s.fb.get("/api/v1/automation").await;
+    assert_eq!(automation["paused"], false);
+    // The same body signed by Slack's SDK with the right secret now is accepted.
+    let (status, answer) = s.send("/slack/commands", &body, Some((SECRET, now))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["response_type"], "in_channel");
+    let (_, automation) = s.fb.get("/api/v1/automation").await;
+    assert_eq!(automation["paused"], true);
+}
+
+#[tokio::test]
+async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), None).await;
+    let fb = &s.fb;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "checkout.new-payment-flow"}),
+    )
+    .await;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v41", 300))
+        .await;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v42", 10))
+        .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("sl01", "HighErrorRate", "checkout", 0),
+    )
+    .await;
+    let id = eventually("the incident", WAIT, || async {
+        let (_, l) = fb.get("/api/v1/incidents").await;
+        l["incidents"][0]["id"].as_i64()
+    })
+    .await;
+
+    let help = s.command("U_ALICE", "").await;
+    assert!(help["text"]
+        .as_str()
+        .unwrap()
+        .contains("killswitch <flag> off|on"));
+    assert_eq!(help["response_type"], "ephemeral");
+    let unknown = s.command("U_ALICE", "reboot everything").await;
+    assert!(unknown["text"]
+        .as_str()
+        .unwrap()
+        .contains("I don't know `reboot`"));
+    let bad = s.command("U_ALICE", "note").await;
+    assert!(bad["text"]
+        .as_str()
+        .unwrap()
+        .contains("needs different arguments"));
+
+    let list = s.command("U_ALICE", "list").await;
+    assert!(
+        list["text"].as_str().unwrap().contains(&format!("#{id}")),
+        "{list}"
+    );
+    let ack = s.command("U_ALICE", &format!("ack {id}")).await;
+    assert_eq!(ack["response_type"], "in_channel");
+    s.command(
+        "U_ALICE",
+        &format!("note {id} checked the dashboards: <b>5xx</b> only on /pay"),
+    )
+    .await;
+    let status = s.command("U_ALICE", &format!("status #{id}")).await;
+    let text = status["text"].as_str().unwrap();
+    assert!(
+        text.contains("Acknowledged by slack:U_ALICE") && text.contains("checkout v42"),
+        "{text}"
+    );
+    let (_, t) = fb.get(&format!("/api/v1/incidents/{id}/timeline")).await;
+    let note = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "note")
+        .unwrap();
+    assert_eq!(note["source"], "slack:u_alice (U_ALICE)");
+    assert_eq!(
+        note["summary"],
+        "checked the dashboards: <b>5xx</b> only on /pay"
+    );
+
+    // Not allowed: refused, nothing changes, audited.
+    let refused = s
+        .command("U_ALICE", "killswitch checkout.new-payment-flow off")
+        .await;
+    assert!(
+        refused["text"].as_str().unwrap().contains("not allowed"),
+        "{refused}"
+    );
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-payment-flow").await;
+    assert_eq!(flag["enabled"], true);
+    // Allowed by user id: the kill switch goes off, verified, and the outcome is posted later.
+    let ks = s
+        .command("U_ADMIN", "killswitch checkout.new-payment-flow off")
+        .await;
+    assert_eq!(ks["response_type"], "in_channel", "{ks}");
+    eventually("the flag off", WAIT, || async {
+        let (_, f) = fb.get("/api/v1/flags/checkout.new-payment-flow").await;
+        (f["enabled"] == false).then_some(())
+    })
+    .await;
+    let outcome = eventually("the follow-up", WAIT, || async {
+        s.api.matching("POST", "/response/U_ADMIN").pop()
+    })
+    .await;
+    assert!(
+        outcome.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("done, verified"),
+        "{:?}",
+        outcome.body
+    );
+    // Allowed through a user group: pause and resume.
+    let paused = s.command("U_ONCALL", "pause").await;
+    assert!(paused["text"]
+        .as_str()
+        .unwrap()
+        .contains("paused automation"));
+    s.command("U_ONCALL", "resume").await;
+    // Rollback to the last good deploy, through the configured provider.
+    let rb = s.command("U_ADMIN", "rollback checkout").await;
+    assert!(
+        rb["text"].as_str().unwrap().contains("from v42 to v41"),
+        "{rb}"
+    );
+    let call = eventually("the rollback call", WAIT, || async {
+        s.api.matching("POST", "/argocd/checkout/rollback").pop()
+    })
+    .await;
+    assert_eq!(call.body, json!({"id": "v41"}));
+    // The postmortem answer, then resolve.
+    let pm = s.command("U_ALICE", &format!("postmortem {id}")).await;
+    assert!(pm["text"]
+        .as_str()
+        .unwrap()
+        .contains("no postmortem draft yet"));
+    let resolved = s.command("U_ALICE", &format!("resolve {id}")).await;
+    assert!(resolved["text"]
+        .as_str()
+        .unwrap()
+        .contains("resolved incident"));
+    let (_, i) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(i["status"], "resolved");
+
+    let (_, audit) = fb.get("/api/v1/audit?limit=1000").await;
+    let entries = audit["entries"].as_array().unwrap();
+    let refused: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["event"] == "slack_command_refused")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["actor"], "slack:U_ALICE");
+    let commands = entries
+        .iter()
+        .filter(|e| e["event"] == "slack_command")
+        .count();
+    assert_eq!(
+        commands, 13,
+        "every allowed command is audited (and the refused one above)"
+    );
+}
+
+#[tokio::test]
+async fn buttons_approve_once_and_incidents_get_one_thread_despite_rate_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        Some("name: held\nwhen:\n  alert: { matchers: ['alertname=\"HighErrorRate\"'] }\ndo:\n  - kill_switch: { flag: pay.flag }\n    require_approval: true\n"),
+    )
+    .await;
+    let fb = &s.fb;
+    fb.post("/api/v1/flags", &json!({"key": "pay.flag"})).await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("sl02", "HighErrorRate", "payments", 0),
+    )
+    .await;
+    let held = fb.action_in("held", "held").await;
+    let id = held["id"].as_i64().unwrap().to_string();
+
+    // The held message arrives in the incident's thread with buttons, after
+    // Slack's 429 on the first post was waited out.
+    let with_buttons = eventually("the held message", Duration::from_secs(30), || async {
+        s.api
+            .matching("POST", "/api/chat.postMessage")
+            .into_iter()
+            .find(|r| r.body["blocks"].is_array())
+    })
+    .await;
+    let posts = s.api.matching("POST", "/api/chat.postMessage");
+    assert!(
+        *s.posts.lock().unwrap() >= 3,
+        "one 429, then the thread root and the held message"
+    );
+    assert_eq!(posts[0].body["channel"], "#incidents");
+    assert!(posts[0].body["text"]
+        .as_str()
+        .unwrap()
+        .contains("Incident opened"));
+    let root_ts = "1700000000.000002";
+    assert_eq!(
+        with_buttons.body["thread_ts"], root_ts,
+        "held message in the incident's thread"
+    );
+    assert_eq!(with_buttons.body["blocks"][1]["elements"][0]["value"], id);
+
+    // Not allowed: nothing changes.
+    assert_eq!(s.click("U_ALICE", "firebreak_approve", &id).await, 200);
+    let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+    assert_eq!(a["status"], "held");
+    // Two clicks by an allowed user approve once.
+    assert_eq!(s.click("U_ADMIN", "firebreak_approve", &id).await, 200);
+    assert_eq!(s.click("U_ADMIN", "firebreak_approve", &id).await, 200);
+    let done = eventually("the approved action", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (a["status"] == "succeeded").then_some(a)
+    })
+    .await;
+    assert_eq!(done["decided_by"], "slack:U_ADMIN");
+    let approvals = done["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "approved")
+        .count();
+    assert_eq!(approvals, 1);
+    let (_, flag) = fb.get("/api/v1/flags/pay.flag").await;
+    assert_eq!(flag["enabled"], false);
+    let replies = eventually("the message updates", WAIT, || async {
+        let r = s.api.matching("POST", "/response/click-U_ADMIN");
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let replaced = replies
+        .iter()
+        .find(|r| r.body["replace_original"] == true)
+        .unwrap();
+    assert!(replaced.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("Approved by <@U_ADMIN>"));
+    let second = replies
+        .iter()
+        .find(|r| r.body["replace_original"] == false)
+        .unwrap();
+    assert!(second.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("Nothing changed"));
+    let refusal = s
+        .api
+        .matching("POST", "/response/click-U_ALICE")
+        .pop()
+        .unwrap();
+    assert!(refusal.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("not allowed"));
+    // The executed action is announced in the same thread.
+    let executed = eventually("the executed message", WAIT, || async {
+        s.api
+            .matching("POST", "/api/chat.postMessage")
+            .into_iter()
+            .find(|r| r.body["text"].as_str().unwrap_or("").contains("verified"))
+    })
+    .await;
+    assert_eq!(executed.body["thread_ts"], root_ts);
+}
