@@ -18,6 +18,7 @@ use firebreak_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub mod bench;
 pub mod config;
 pub mod playbooks_cli;
 
@@ -46,6 +47,8 @@ pub enum Command {
     /// Check, test and replay playbooks.
     #[command(subcommand)]
     Playbooks(playbooks_cli::PlaybooksCommand),
+    /// Load generator against a running Firebreak (see bench/run.sh).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,9 +89,28 @@ impl ServeArgs {
 /// Parses the command line and runs it; the process exit code follows the result.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => match rt.block_on(bench::run(args)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("firebreak bench: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("firebreak: cannot start the async runtime: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let overrides = match &cli.command {
         Command::Serve(a) | Command::Migrate(a) => a.overrides(),
         Command::Playbooks(p) => p.overrides(),
+        Command::Bench(_) => Overrides::default(),
     };
     let config = match config::load(cli.config.as_deref(), |k| std::env::var(k).ok(), &overrides) {
         Ok(c) => c,
@@ -116,7 +138,7 @@ pub fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(_) => serve(config, shutdown_signal()).await,
             Command::Migrate(_) => migrate(&config).await,
-            Command::Playbooks(_) => Ok(()),
+            Command::Playbooks(_) | Command::Bench(_) => Ok(()),
         }
     });
     match result {

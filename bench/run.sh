@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Firebreak's benchmark suite, one command:
+#
+#   bash bench/run.sh [embedded|backed|all] [--no-micro]
+#
+# For each mode (embedded: SQLite + embedded queue; backed: PostgreSQL +
+# RabbitMQ on localhost) it starts a release build with bench/playbooks and
+# runs `firebreak bench`: 100-alert webhooks as fast as accepted, 1-alert
+# webhooks as fast as accepted, a 10,000-alert storm in one webhook, and
+# alert-to-kill-switch latency probes under 1,000 alerts/s of background load.
+# It records idle and peak resident memory of the server. Then it runs the
+# criterion micro-benchmarks. Results: bench/results/<mode>.jsonl and
+# bench/results/criterion.txt; a table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+modes=${1:-all}; [ "$modes" = all ] && modes="embedded backed"
+micro=1; [ "${2:-}" = --no-micro ] && micro=0
+cargo build --release --bin firebreak
+bin=target/release/firebreak
+out=bench/results; mkdir -p "$out"
+port=18960
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+run_mode() {
+  local mode=$1 dir db ns pid sampler peak_file
+  dir=$(mktemp -d)
+  local env_args=(FIREBREAK_LISTEN=127.0.0.1:$port FIREBREAK_DATA_DIR=$dir FIREBREAK_PLAYBOOKS=bench/playbooks RUST_LOG=warn)
+  if [ "$mode" = backed ]; then
+    db=fbbench_$$; ns=fbbench-$$
+    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
+    env_args+=(FIREBREAK_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db
+               FIREBREAK_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f FIREBREAK_AMQP_NAMESPACE=$ns)
+  fi
+  env "${env_args[@]}" "$bin" serve 2>"$dir/log" &
+  pid=$!
+  for _ in $(seq 100); do curl -sf "localhost:$port/readyz" >/dev/null && break; sleep 0.1; done
+  sleep 2
+  local idle; idle=$(rss_kb "$pid")
+  peak_file=$dir/peak; echo 0 > "$peak_file"
+  ( while kill -0 "$pid" 2>/dev/null; do r=$(rss_kb "$pid"); [ "$r" -gt "$(cat "$peak_file")" ] && echo "$r" > "$peak_file"; sleep 0.2; done ) &
+  sampler=$!
+  local results=$out/$mode.jsonl; : > "$results"
+  b() { "$bin" bench --url "http://127.0.0.1:$port" "$@" | tee /dev/stderr | tail -1 >> "$results"; }
+  b --label "$mode: 100 alerts/webhook" --alerts-per-webhook 100 --connections 16 --duration 10s
+  b --label "$mode: 1 alert/webhook" --alerts-per-webhook 1 --connections 64 --duration 10s --deploy-every 0
+  b --label "$mode: 10,000-alert storm" --alerts-per-webhook 10000 --connections 1 --webhooks 1 --deploy-every 0
+  b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
+  kill "$sampler" 2>/dev/null || true
+  echo "{\"bench\":\"memory\",\"label\":\"$mode\",\"idle_rss_mb\":$((idle / 1024)),\"peak_rss_mb\":$(( $(cat "$peak_file") / 1024 ))}" >> "$results"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [ "$mode" = backed ]; then
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+    rabbitmqctl delete_queue "$ns.engine" >/dev/null 2>&1 || true
+    rabbitmqctl delete_queue "$ns.dead" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+
+for m in $modes; do run_mode "$m"; done
+
+if [ "$micro" = 1 ]; then
+  cargo bench -p firebreak-domain -p firebreak-postmortem 2>&1 | grep -E '^[a-z_/0-9 ]+ +time:|^Benchmarking .*: Analyzing' -A0 | grep time: | tee "$out/criterion.txt"
+fi
+
+echo
+echo "== summary (machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo))"
+python3 - "$out" $modes <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+print(f"{'run':<40} {'accepted/s':>11} {'processed/s':>12} {'p99 req ms':>11} {'switch p50/p99 ms':>18}")
+for mode in sys.argv[2:]:
+    for line in (out / f"{mode}.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("bench") == "memory":
+            print(f"{mode + ': memory':<40} idle {r['idle_rss_mb']} MB, peak {r['peak_rss_mb']} MB")
+            continue
+        ks = r.get("kill_switch_ms") or {}
+        off = ks.get("kill switch off (OFREP)")
+        sw = f"{off['p50']:.1f} / {off['p99']:.1f}" if off else ""
+        print(f"{r['label']:<40} {r['accepted_per_s']:>11.0f} {r['processed_per_s']:>12.0f} {r['request_ms']['p99']:>11.1f} {sw:>18}")
+PY

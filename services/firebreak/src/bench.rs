@@ -1,0 +1,421 @@
+//! `firebreak bench`: a load generator against a running Firebreak over HTTP.
+//!
+//! It sends Alertmanager webhooks (N alerts per body, distinct fingerprints
+//! across many services) as fast as they are accepted or at a fixed rate, with
+//! deploy events and gate results mixed in, and reports accepted alerts/s,
+//! processed alerts/s (read from the target's /metrics until the engine has
+//! committed everything) and request latency. With `--probes`, it also measures
+//! alert-to-kill-switch latency under that load: the target must load
+//! `bench/playbooks/latency-probe.yaml`, which turns off the built-in flag
+//! `bench.probe` when a `FirebreakBenchProbe` alert fires.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Firebreak's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Alerts per webhook body.
+    #[arg(long, default_value_t = 100)]
+    pub alerts_per_webhook: usize,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// How long to send, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Alerts per second to send (0: as fast as accepted).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Distinct services the alerts are spread over.
+    #[arg(long, default_value_t = 50)]
+    pub services: usize,
+    /// One deploy event and one gate result per this many webhooks (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub deploy_every: u64,
+    /// Alert-to-kill-switch latency probes to send during the load (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub probes: usize,
+    /// Bearer token for the webhook endpoint, if the target wants one.
+    #[arg(long, env = "FIREBREAK_TOKEN_ALERTMANAGER")]
+    pub token: Option<String>,
+    /// Stop after this many webhooks (0: run for --duration). `--webhooks 1
+    /// --alerts-per-webhook 10000` is a storm in one webhook.
+    #[arg(long, default_value_t = 0)]
+    pub webhooks: u64,
+    /// A label for this run in the output.
+    #[arg(long, default_value = "run")]
+    pub label: String,
+}
+
+struct Shared {
+    sent_alerts: AtomicU64,
+    accepted_alerts: AtomicU64,
+    failed_requests: AtomicU64,
+    latencies_us: std::sync::Mutex<Vec<u64>>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn webhook(run: &str, seq: u64, per: usize, services: usize, status: &str) -> Value {
+    let now = Utc::now().to_rfc3339();
+    let alerts: Vec<Value> = (0..per)
+        .map(|i| {
+            let n = seq * per as u64 + i as u64;
+            let service = format!("svc-{}", n % services as u64);
+            json!({
+                "status": status,
+                "labels": {"alertname": "BenchHighErrorRate", "service": service, "env": "bench", "severity": "warning", "instance": format!("10.0.{}.{}:9100", n % 250, n % 199)},
+                "annotations": {"summary": "bench alert"},
+                "startsAt": now,
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": format!("{run}{n:016x}"),
+            })
+        })
+        .collect();
+    json!({
+        "version": "4", "groupKey": format!("bench:{seq}"), "truncatedAlerts": 0, "status": status,
+        "receiver": "firebreak", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093", "alerts": alerts,
+    })
+}
+
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
+        return f64::NAN;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let duration = crate::config::parse_duration(&args.duration).ok_or_else(|| {
+        anyhow::anyhow!("--duration {:?} is not a duration like 10s", args.duration)
+    })?;
+    let url = args.url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections * 2)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let ready = http.get(format!("{url}/readyz")).send().await;
+    if !matches!(&ready, Ok(r) if r.status().is_success()) {
+        anyhow::bail!("{url}/readyz does not answer 200: is Firebreak running there?");
+    }
+    let processed_before = metric(
+        &http,
+        &url,
+        "firebreak_events_processed_total{kind=\"alert\"}",
+    )
+    .await;
+    let run_id = format!("{:06x}", Utc::now().timestamp_micros() as u64 & 0xff_ffff);
+    let shared = Arc::new(Shared {
+        sent_alerts: AtomicU64::new(0),
+        accepted_alerts: AtomicU64::new(0),
+        failed_requests: AtomicU64::new(0),
+        latencies_us: std::sync::Mutex::new(Vec::new()),
+    });
+    let seq = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let per_conn_interval = if args.rate > 0 {
+        let webhooks_per_s = args.rate as f64 / args.alerts_per_webhook as f64;
+        Some(Duration::from_secs_f64(
+            args.connections as f64 / webhooks_per_s,
+        ))
+    } else {
+        None
+    };
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (http, url, shared, seq, args, run_id) = (
+            http.clone(),
+            url.clone(),
+            shared.clone(),
+            seq.clone(),
+            args.clone(),
+            run_id.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Some(iv) = per_conn_interval {
+                tokio::time::sleep(iv.mul_f64(c as f64 / args.connections as f64)).await;
+            }
+            let mut next = Instant::now();
+            while Instant::now() < deadline || args.webhooks > 0 {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                if args.webhooks > 0 && n >= args.webhooks {
+                    break;
+                }
+                let body = webhook(&run_id, n, args.alerts_per_webhook, args.services, "firing");
+                let t0 = Instant::now();
+                let mut req = http.post(format!("{url}/api/v1/alerts/alertmanager")).json(&body);
+                if let Some(t) = &args.token {
+                    req = req.bearer_auth(t);
+                }
+                shared.sent_alerts.fetch_add(args.alerts_per_webhook as u64, Ordering::Relaxed);
+                match req.send().await {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        shared.accepted_alerts.fetch_add(args.alerts_per_webhook as u64, Ordering::Relaxed);
+                        if let Ok(mut l) = shared.latencies_us.lock() {
+                            l.push(t0.elapsed().as_micros() as u64);
+                        }
+                    }
+                    _ => {
+                        shared.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if args.deploy_every > 0 && n % args.deploy_every == 0 {
+                    let service = format!("svc-{}", n % args.services as u64);
+                    let at = Utc::now().to_rfc3339();
+                    let _ = http
+                        .post(format!("{url}/api/v1/events/deploy"))
+                        .json(&json!({"service": service, "environment": "bench", "version": format!("b{n}"), "started_at": at}))
+                        .send()
+                        .await;
+                    let _ = http
+                        .post(format!("{url}/api/v1/events/gate"))
+                        .json(&json!({"service": service, "environment": "bench", "version": format!("b{n}"), "gate": "bench-canary", "verdict": "pass", "evaluated_at": at}))
+                        .send()
+                        .await;
+                }
+                if let Some(iv) = per_conn_interval {
+                    next += iv;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }));
+    }
+    let probes = if args.probes > 0 {
+        Some(tokio::spawn(probe_latency(
+            http.clone(),
+            url.clone(),
+            args.probes,
+            deadline,
+            run_id.clone(),
+        )))
+    } else {
+        None
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    let probe_result = match probes {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
+    let accepted = shared.accepted_alerts.load(Ordering::Relaxed);
+    // Processed: wait until the engine has committed what was accepted (or gives up).
+    let target = processed_before + accepted as f64;
+    let drain_deadline = Instant::now() + Duration::from_secs(300);
+    let mut processed_now = processed_before;
+    while Instant::now() < drain_deadline {
+        processed_now = metric(
+            &http,
+            &url,
+            "firebreak_events_processed_total{kind=\"alert\"}",
+        )
+        .await;
+        if processed_now >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_secs = start.elapsed().as_secs_f64();
+    let processed = processed_now - processed_before;
+    let mut lat = shared
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    lat.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let report = json!({
+        "bench": "pipeline",
+        "label": args.label,
+        "alerts_per_webhook": args.alerts_per_webhook,
+        "connections": args.connections,
+        "rate_target": args.rate,
+        "seconds": send_secs,
+        "accepted_alerts": accepted,
+        "accepted_per_s": accepted as f64 / send_secs,
+        "processed_alerts": processed,
+        "processed_per_s": processed / all_secs,
+        "drained": processed_now >= target,
+        "failed_requests": shared.failed_requests.load(Ordering::Relaxed),
+        "request_ms": {"p50": ms(percentile(&lat, 0.5)), "p90": ms(percentile(&lat, 0.9)), "p99": ms(percentile(&lat, 0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
+        "kill_switch_ms": probe_result,
+    });
+    println!("{:<28} {}", "run", args.label);
+    println!(
+        "{:<28} {} alerts/webhook, {} connections, {}",
+        "load",
+        args.alerts_per_webhook,
+        args.connections,
+        if args.rate > 0 {
+            format!("{} alerts/s", args.rate)
+        } else {
+            "as fast as accepted".into()
+        }
+    );
+    println!(
+        "{:<28} {:.0} alerts/s ({accepted} in {send_secs:.1} s)",
+        "accepted",
+        accepted as f64 / send_secs
+    );
+    println!(
+        "{:<28} {:.0} alerts/s ({processed:.0} committed in {all_secs:.1} s{})",
+        "processed",
+        processed / all_secs,
+        if processed_now >= target {
+            ""
+        } else {
+            ", NOT drained"
+        }
+    );
+    println!(
+        "{:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms",
+        "request latency",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.9)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or(0))
+    );
+    if let Some(p) = &report["kill_switch_ms"].as_object() {
+        for (k, v) in p.iter() {
+            if let Some(o) = v.as_object() {
+                println!(
+                    "{:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms ({} probes)",
+                    format!("webhook -> {k}"),
+                    o["p50"].as_f64().unwrap_or(0.0),
+                    o["p90"].as_f64().unwrap_or(0.0),
+                    o["p99"].as_f64().unwrap_or(0.0),
+                    o["max"].as_f64().unwrap_or(0.0),
+                    o["n"]
+                );
+            }
+        }
+    }
+    println!("{report}");
+    Ok(())
+}
+
+/// Sends probe alerts one at a time and times two moments: OFREP answers
+/// `false` for `bench.probe`, and the action is recorded as verified.
+async fn probe_latency(
+    http: reqwest::Client,
+    url: String,
+    n: usize,
+    deadline: Instant,
+    run_id: String,
+) -> anyhow::Result<Value> {
+    let mut to_flag = Vec::new();
+    let mut to_verified = Vec::new();
+    let spacing = deadline
+        .checked_duration_since(Instant::now())
+        .unwrap_or_default()
+        .div_f64(n as f64 + 1.0)
+        .max(Duration::from_millis(50));
+    for i in 0..n {
+        tokio::time::sleep(spacing).await;
+        let put = http
+            .put(format!("{url}/api/v1/flags/bench.probe"))
+            .json(&json!({"enabled": true, "description": "firebreak bench latency probe"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            put.status().is_success(),
+            "cannot set the probe flag: HTTP {}",
+            put.status()
+        );
+        let service = format!("probe-{run_id}-{i}");
+        let body = json!({
+            "version": "4", "groupKey": format!("probe:{i}"), "truncatedAlerts": 0, "status": "firing",
+            "receiver": "firebreak", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": [{"status": "firing", "labels": {"alertname": "FirebreakBenchProbe", "service": service},
+                        "annotations": {}, "startsAt": Utc::now().to_rfc3339(), "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "", "fingerprint": format!("probe{run_id}{i:08x}")}],
+        });
+        let t0 = Instant::now();
+        let sent = http
+            .post(format!("{url}/api/v1/alerts/alertmanager"))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            sent.status().as_u16() == 202,
+            "probe webhook refused: HTTP {}",
+            sent.status()
+        );
+        let limit = t0 + Duration::from_secs(10);
+        let mut flag_at = None;
+        while Instant::now() < limit {
+            let r: Value = http
+                .post(format!("{url}/ofrep/v1/evaluate/flags/bench.probe"))
+                .json(&json!({"context": {}}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if r["value"] == Value::Bool(false) {
+                flag_at = Some(t0.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        let Some(flag_at) = flag_at else {
+            anyhow::bail!("probe {i}: the kill switch did not go off within 10 s; does the target load bench/playbooks/latency-probe.yaml?");
+        };
+        to_flag.push(flag_at.as_micros() as u64);
+        while Instant::now() < limit {
+            let r: Value = http
+                .get(format!("{url}/api/v1/actions?limit=20"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let verified = r["actions"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["playbook"] == "bench-latency-probe"
+                        && x["spec"]["vars"]["service"] == Value::String(service.clone())
+                        && x["result"]["verified"] == Value::Bool(true)
+                })
+            });
+            if verified {
+                to_verified.push(t0.elapsed().as_micros() as u64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let summary = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        json!({
+            "n": v.len(),
+            "p50": percentile(&v, 0.5) as f64 / 1000.0,
+            "p90": percentile(&v, 0.9) as f64 / 1000.0,
+            "p99": percentile(&v, 0.99) as f64 / 1000.0,
+            "max": v.last().copied().unwrap_or(0) as f64 / 1000.0,
+        })
+    };
+    Ok(
+        json!({"kill switch off (OFREP)": summary(to_flag), "action verified": summary(to_verified)}),
+    )
+}
