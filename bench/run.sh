@@ -60,7 +60,8 @@ run_mode() {
 for m in $modes; do run_mode "$m"; done
 
 if [ "$micro" = 1 ]; then
-  cargo bench -p firebreak-domain -p firebreak-postmortem 2>&1 | grep -E '^[a-z_/0-9 ]+ +time:|^Benchmarking .*: Analyzing' -A0 | grep time: | tee "$out/criterion.txt"
+  cargo bench -p firebreak-domain -p firebreak-postmortem 2>/dev/null \
+    | awk '/^[a-z_]+\// {name=$1} /time:/ { if ($1 == name) print $0; else print name, $0 }' | tee "$out/criterion.txt"
 fi
 
 echo

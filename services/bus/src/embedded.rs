@@ -51,8 +51,60 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 pub struct EmbeddedBus {
     pool: SqlitePool,
     notify: Arc<Notify>,
+    /// Publishes waiting for the group committer.
+    commits: tokio::sync::mpsc::Sender<Publish>,
     /// Whether this process has taken over messages a dead predecessor leased.
     recovered: AtomicBool,
+}
+
+/// One caller's messages and where to tell it they are durable.
+struct Publish {
+    messages: Vec<(String, bytes::Bytes)>,
+    done: tokio::sync::oneshot::Sender<Result<(), BusError>>,
+}
+
+/// Publishes that arrive while a commit is in flight are written together in
+/// the next transaction: one fsync for many webhooks, and each caller still
+/// hears back only once its own messages are durable.
+async fn group_committer(
+    pool: SqlitePool,
+    notify: Arc<Notify>,
+    mut rx: tokio::sync::mpsc::Receiver<Publish>,
+) {
+    const MAX_GROUP: usize = 512;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = commit_group(&pool, &group).await;
+        if result.is_ok() {
+            notify.notify_one();
+        }
+        for p in group {
+            let _ = p.done.send(result.clone());
+        }
+    }
+}
+
+async fn commit_group(pool: &SqlitePool, group: &[Publish]) -> Result<(), BusError> {
+    let now = now_micros();
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    for p in group {
+        for (key, body) in &p.messages {
+            sqlx::query("INSERT INTO queue (routing_key, body, enqueued_at) VALUES (?1, ?2, ?3)")
+                .bind(key)
+                .bind(body.as_ref())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+    }
+    tx.commit().await.map_err(unavailable)
 }
 
 fn now_micros() -> i64 {
@@ -85,9 +137,13 @@ impl EmbeddedBus {
         sqlx::Executor::execute(&pool, SCHEMA)
             .await
             .map_err(unavailable)?;
+        let notify = Arc::new(Notify::new());
+        let (commits, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(group_committer(pool.clone(), notify.clone(), rx));
         Ok(EmbeddedBus {
             pool,
-            notify: Arc::new(Notify::new()),
+            notify,
+            commits,
             recovered: AtomicBool::new(false),
         })
     }
@@ -116,20 +172,20 @@ impl Bus for EmbeddedBus {
     }
 
     async fn publish(&self, messages: &[OutMessage]) -> Result<(), BusError> {
-        let now = now_micros();
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        for m in messages {
-            sqlx::query("INSERT INTO queue (routing_key, body, enqueued_at) VALUES (?1, ?2, ?3)")
-                .bind(&m.routing_key)
-                .bind(m.body.as_ref())
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        self.notify.notify_one();
-        Ok(())
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let publish = Publish {
+            messages: messages
+                .iter()
+                .map(|m| (m.routing_key.clone(), m.body.clone()))
+                .collect(),
+            done,
+        };
+        self.commits
+            .send(publish)
+            .await
+            .map_err(|_| BusError::Unavailable("embedded queue: the committer stopped".into()))?;
+        wait.await
+            .map_err(|_| BusError::Unavailable("embedded queue: the committer stopped".into()))?
     }
 
     async fn subscribe(&self, _prefetch: u16) -> Result<Box<dyn Subscription>, BusError> {

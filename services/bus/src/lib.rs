@@ -18,7 +18,7 @@ pub mod rabbitmq;
 pub use embedded::EmbeddedBus;
 pub use rabbitmq::{RabbitBus, Topology};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The broker or queue file cannot be reached; retry later.
     #[error("bus unavailable: {0}")]

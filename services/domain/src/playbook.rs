@@ -708,15 +708,16 @@ pub enum Trigger<'a> {
 }
 
 impl<'a> Trigger<'a> {
-    /// The labels matchers see: the alert's own, or the event's fields.
-    pub fn labels(&self) -> BTreeMap<String, String> {
+    /// The labels matchers see: the alert's own (borrowed), or the event's fields.
+    pub fn labels(&self) -> std::borrow::Cow<'a, BTreeMap<String, String>> {
+        use std::borrow::Cow;
         fn put(m: &mut BTreeMap<String, String>, k: &str, v: Option<&str>) {
             if let Some(v) = v {
                 m.insert(k.to_string(), v.to_string());
             }
         }
-        match self {
-            Trigger::Alert(a) => a.labels.clone(),
+        match *self {
+            Trigger::Alert(a) => Cow::Borrowed(&a.labels),
             Trigger::Gate(g) => {
                 let mut m = BTreeMap::new();
                 put(&mut m, "service", Some(&g.service));
@@ -726,7 +727,7 @@ impl<'a> Trigger<'a> {
                 put(&mut m, "metric", g.metric.as_deref());
                 put(&mut m, "step", g.step.as_deref());
                 put(&mut m, "verdict", Some(g.verdict.as_str()));
-                m
+                Cow::Owned(m)
             }
             Trigger::Deploy(d) => {
                 let mut m = BTreeMap::new();
@@ -735,7 +736,7 @@ impl<'a> Trigger<'a> {
                 put(&mut m, "version", Some(&d.version));
                 put(&mut m, "status", Some(d.status.as_str()));
                 put(&mut m, "actor", d.actor.as_deref());
-                m
+                Cow::Owned(m)
             }
         }
     }

@@ -541,8 +541,8 @@ fn base_vars(
     v.insert("trigger.id".into(), trigger.id().to_string());
     v.insert("trigger.kind".into(), trigger.kind().to_string());
     v.insert("playbook".into(), pb.name().to_string());
-    for (k, val) in trigger.labels() {
-        v.insert(format!("labels.{k}"), val);
+    for (k, val) in trigger.labels().iter() {
+        v.insert(format!("labels.{k}"), val.clone());
     }
     if let Trigger::Alert(a) = trigger {
         v.insert("alertname".into(), a.alertname().to_string());
