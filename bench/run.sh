@@ -61,7 +61,7 @@ for m in $modes; do run_mode "$m"; done
 
 if [ "$micro" = 1 ]; then
   cargo bench -p firebreak-domain -p firebreak-postmortem 2>/dev/null \
-    | awk '/^[a-z_]+\// {name=$1} /time:/ { if ($1 == name) print $0; else print name, $0 }' | tee "$out/criterion.txt"
+    | awk '/^[a-z_]+\// {name=$1} /time:/ && !/%/ { if ($1 == name) print $0; else print name, $0 }' | tee "$out/criterion.txt"
 fi
 
 echo

@@ -570,6 +570,23 @@ impl Playbook {
                 msg,
             )
         })?;
+        // Cheap matchers first: equality rejects most playbooks before any
+        // regular expression runs.
+        let mut spec = spec;
+        for matchers in [
+            spec.when.alert.as_mut().map(|t| &mut t.matchers),
+            spec.when.gate.as_mut().map(|t| &mut t.matchers),
+            spec.when.deploy.as_mut().map(|t| &mut t.matchers),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            matchers.sort_by_key(|m| match m.op {
+                crate::matcher::MatchOp::Equal => 0,
+                crate::matcher::MatchOp::NotEqual => 1,
+                _ => 2,
+            });
+        }
         let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
         if spec.name.trim().is_empty()
             || !spec
