@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use firebreak_domain::playbook::{render, render_json, url_escape, Dur};
 use firebreak_domain::secret::Secret;
 use firebreak_store::{NewAudit, Store, StoreError};
@@ -180,16 +179,11 @@ impl KillSwitch for Builtin {
         enabled: bool,
         by: &str,
     ) -> Result<Value, ExecError> {
-        let audit = NewAudit {
-            at: Utc::now(),
-            actor: by.to_string(),
-            event: "flag_set".into(),
-            action_id: None,
-            incident_id: None,
-            playbook: None,
-            playbook_version: None,
-            detail: json!({"flag": flag, "enabled": enabled}),
-        };
+        let audit = NewAudit::by(
+            by.to_string(),
+            "flag_set",
+            json!({"flag": flag, "enabled": enabled}),
+        );
         let previous = self
             .store
             .set_flag(flag, enabled, None, by, &audit)

@@ -403,21 +403,15 @@ async fn set_paused(
     let store = store(&state, &headers)?;
     let d: Decision = body(&bytes)?;
     let actor = d.actor()?;
-    let audit = NewAudit {
-        at: Utc::now(),
-        actor: actor.clone(),
-        event: if paused {
+    let audit = NewAudit::by(
+        actor.clone(),
+        if paused {
             "automation_paused"
         } else {
             "automation_resumed"
-        }
-        .into(),
-        action_id: None,
-        incident_id: None,
-        playbook: None,
-        playbook_version: None,
-        detail: json!({"comment": d.comment}),
-    };
+        },
+        json!({"comment": d.comment}),
+    );
     store
         .set_setting(
             SETTING_PAUSED,
@@ -538,16 +532,11 @@ async fn write_flag(
         comment: None,
     }
     .actor()?;
-    let audit = NewAudit {
-        at: Utc::now(),
-        actor: actor.clone(),
-        event: "flag_set".into(),
-        action_id: None,
-        incident_id: None,
-        playbook: None,
-        playbook_version: None,
-        detail: json!({"flag": key, "enabled": enabled}),
-    };
+    let audit = NewAudit::by(
+        actor.clone(),
+        "flag_set",
+        json!({"flag": key, "enabled": enabled}),
+    );
     let previous = store
         .set_flag(key, enabled, f.description.as_deref(), &actor, &audit)
         .await?;
@@ -603,16 +592,7 @@ async fn delete_flag(
 ) -> Result<StatusCode, ApiError> {
     let store = store(&state, &headers)?;
     check_key(&key)?;
-    let audit = NewAudit {
-        at: Utc::now(),
-        actor: "api".into(),
-        event: "flag_deleted".into(),
-        action_id: None,
-        incident_id: None,
-        playbook: None,
-        playbook_version: None,
-        detail: json!({"flag": key}),
-    };
+    let audit = NewAudit::by("api", "flag_deleted", json!({"flag": key}));
     if store.delete_flag(&key, &audit).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

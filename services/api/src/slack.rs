@@ -179,21 +179,15 @@ async fn commands(
         "killswitch" | "rollback" | "pause" | "resume"
     );
     let allowed = !destructive || slack.allowed(&caller.id).await;
-    let audit = NewAudit {
-        at: Utc::now(),
-        actor: caller.actor(),
-        event: if allowed {
+    let audit = NewAudit::by(
+        caller.actor(),
+        if allowed {
             "slack_command"
         } else {
             "slack_command_refused"
-        }
-        .into(),
-        action_id: None,
-        incident_id: None,
-        playbook: None,
-        playbook_version: None,
-        detail: json!({"text": text, "user_name": caller.name, "channel": form.get("channel_id")}),
-    };
+        },
+        json!({"text": text, "user_name": caller.name, "channel": form.get("channel_id")}),
+    );
     store.record(&[audit], &[]).await?;
     if !allowed {
         return Ok(ephemeral(format!(
@@ -242,21 +236,15 @@ async fn commands(
         }
         ("pause", []) | ("resume", []) => {
             let paused = command == "pause";
-            let audit = NewAudit {
-                at: Utc::now(),
-                actor: caller.actor(),
-                event: if paused {
+            let audit = NewAudit::by(
+                caller.actor(),
+                if paused {
                     "automation_paused"
                 } else {
                     "automation_resumed"
-                }
-                .into(),
-                action_id: None,
-                incident_id: None,
-                playbook: None,
-                playbook_version: None,
-                detail: json!({"via": "slack"}),
-            };
+                },
+                json!({"via": "slack"}),
+            );
             store
                 .set_setting(
                     SETTING_PAUSED,

@@ -309,16 +309,7 @@ impl Engine {
                         k.environment.as_deref().unwrap_or(""),
                         k.flag
                     ),
-                    format!(
-                        "turn {} flag {} ({}{})",
-                        k.state.as_str(),
-                        k.flag,
-                        k.provider,
-                        k.environment
-                            .as_deref()
-                            .map(|e| format!(", {e}"))
-                            .unwrap_or_default()
-                    ),
+                    step.action.describe(),
                 )
             }
             StepAction::Rollback(r) => {

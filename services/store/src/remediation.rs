@@ -161,6 +161,20 @@ pub struct NewAudit {
 }
 
 impl NewAudit {
+    /// An audit row about no particular action or incident, now.
+    pub fn by(actor: impl Into<String>, event: impl Into<String>, detail: Value) -> NewAudit {
+        NewAudit {
+            at: chrono::Utc::now(),
+            actor: actor.into(),
+            event: event.into(),
+            action_id: None,
+            incident_id: None,
+            playbook: None,
+            playbook_version: None,
+            detail,
+        }
+    }
+
     /// An audit row about `action`, by `actor`.
     pub fn of(
         action: &ActionRow,
