@@ -151,7 +151,7 @@ impl Default for AutomationSection {
             escalate_webhook: None,
             max_attempts: 3,
             retry_backoff: "1s".into(),
-            lease: "2m".into(),
+            lease: "10m".into(),
         }
     }
 }
@@ -589,6 +589,23 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
                 .into(),
         );
     }
+    // A running action whose lease expires is treated as in doubt by the next
+    // executor: the lease must outlast the slowest provider call.
+    let lease = duration("automation.lease", &f.automation.lease)?;
+    for (name, r) in &f.rollback {
+        let (timeout, default) = match r {
+            RollbackConfig::Http { timeout, .. } => (timeout, Duration::from_secs(30)),
+            RollbackConfig::Command { timeout, .. } => (timeout, Duration::from_secs(300)),
+        };
+        let t = timeout.and_then(|d| d.0.to_std().ok()).unwrap_or(default);
+        if lease < t + Duration::from_secs(30) {
+            return Err(format!(
+                "key `automation.lease`: {} is shorter than rollback.{name}'s timeout ({}s) plus 30s; a running rollback would be taken for a crashed one",
+                f.automation.lease,
+                t.as_secs()
+            ));
+        }
+    }
     let escalate = (f.automation.escalate_slack.is_some()
         || f.automation.escalate_webhook.is_some())
     .then(|| NotifyStep {
@@ -645,7 +662,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         },
         postmortem_interval,
         executor: firebreak_actions::ExecutorConfig {
-            lease: duration("automation.lease", &f.automation.lease)?,
+            lease,
             max_attempts: f.automation.max_attempts,
             backoff: duration("automation.retry_backoff", &f.automation.retry_backoff)?,
             escalate,
@@ -816,6 +833,19 @@ mod tests {
             !printed.contains("s3cret") && !printed.contains("pw0rd"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn the_action_lease_must_outlast_rollback_timeouts() {
+        let file = "[automation]\nlease = \"1m\"\n\n[rollback.script]\ntype = \"command\"\nargv = [\"/bin/true\"]\ntimeout = \"5m\"\n";
+        let err = load_with(Some(file), &[], Overrides::default())
+            .expect_err("a lease shorter than a rollback timeout is refused");
+        assert!(
+            err.contains("automation.lease") && err.contains("rollback.script"),
+            "{err}"
+        );
+        let ok = file.replace("lease = \"1m\"", "lease = \"6m\"");
+        assert!(load_with(Some(&ok), &[], Overrides::default()).is_ok());
     }
 
     #[test]
