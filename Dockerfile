@@ -7,8 +7,9 @@ RUN cargo build --release --bin firebreak
 FROM debian:bookworm-slim
 RUN useradd --system --home /var/lib/firebreak firebreak && mkdir -p /var/lib/firebreak && chown firebreak /var/lib/firebreak
 COPY --from=build /src/target/release/firebreak /usr/local/bin/firebreak
+COPY templates /etc/firebreak/templates
 USER firebreak
-ENV FIREBREAK_LISTEN=0.0.0.0:8080 FIREBREAK_DATA_DIR=/var/lib/firebreak
+ENV FIREBREAK_LISTEN=0.0.0.0:8080 FIREBREAK_DATA_DIR=/var/lib/firebreak FIREBREAK_TEMPLATES=/etc/firebreak/templates
 EXPOSE 8080
 ENTRYPOINT ["firebreak"]
 CMD ["serve"]
