@@ -42,10 +42,12 @@ run_mode() {
   sampler=$!
   local results=$out/$mode.jsonl; : > "$results"
   b() { "$bin" bench --url "http://127.0.0.1:$port" "$@" | tee /dev/stderr | tail -1 >> "$results"; }
+  # Latency first, on a fresh store; again last, after about a million alerts.
+  b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
   b --label "$mode: 100 alerts/webhook" --alerts-per-webhook 100 --connections 16 --duration 10s
   b --label "$mode: 1 alert/webhook" --alerts-per-webhook 1 --connections 64 --duration 10s --deploy-every 0
   b --label "$mode: 10,000-alert storm" --alerts-per-webhook 10000 --connections 1 --webhooks 1 --deploy-every 0
-  b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
+  b --label "$mode: kill switch again, store now large" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
   kill "$sampler" 2>/dev/null || true
   echo "{\"bench\":\"memory\",\"label\":\"$mode\",\"idle_rss_mb\":$((idle / 1024)),\"peak_rss_mb\":$(( $(cat "$peak_file") / 1024 ))}" >> "$results"
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -107,6 +107,25 @@ async fn commit_group(pool: &SqlitePool, group: &[Publish]) -> Result<(), BusErr
     tx.commit().await.map_err(unavailable)
 }
 
+/// PASSIVE checkpoints twice a second while the queue is open; a TRUNCATE now
+/// and then keeps the WAL file from growing.
+async fn checkpoints(checkpointer: SqlitePool, queue: SqlitePool) {
+    while !queue.is_closed() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&checkpointer)
+            .await;
+        if let Ok((_, log, copied)) = done {
+            if log > 20_000 && log == copied {
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&checkpointer)
+                    .await;
+            }
+        }
+    }
+    checkpointer.close().await;
+}
+
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -127,10 +146,17 @@ impl EmbeddedBus {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        // One connection: every queue operation is a write, and SQLite has one writer.
+        // One connection: every queue operation is a write, and SQLite has one
+        // writer. It never checkpoints; a second connection does, in the
+        // background, so no publish waits behind a checkpoint's fsync.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await
+            .map_err(unavailable)?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
             .connect_with(options)
             .await
             .map_err(unavailable)?;
@@ -138,6 +164,7 @@ impl EmbeddedBus {
             .await
             .map_err(unavailable)?;
         let notify = Arc::new(Notify::new());
+        tokio::spawn(checkpoints(checkpointer, pool.clone()));
         let (commits, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(group_committer(pool.clone(), notify.clone(), rx));
         Ok(EmbeddedBus {

@@ -32,6 +32,30 @@ use crate::{
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    checkpointer: SqlitePool,
+}
+
+/// Copies the WAL into the database file every half second (PASSIVE: never
+/// waits for or blocks the writer), and truncates the WAL when it grew large.
+async fn checkpoint_loop(pool: SqlitePool) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if pool.is_closed() {
+            return;
+        }
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok((_, log, done)) if log > 0 && log == done && log > 20_000 => {
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&pool)
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "background WAL checkpoint did not run"),
+        }
+    }
 }
 
 /// Connection options shared by the store and the embedded queue: WAL, full
@@ -49,19 +73,32 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore> {
         let options = connect_options(url)?;
+        // The writer never checkpoints: a checkpoint (with its fsync of the
+        // database file) would stall every write queued behind it. A separate
+        // connection checkpoints in the background instead.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await
+            .map_err(translate)?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(translate)?;
+        tokio::spawn(checkpoint_loop(checkpointer.clone()));
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.read_only(true))
             .await
             .map_err(translate)?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            checkpointer,
+        })
     }
 }
 
@@ -1002,6 +1039,7 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        self.checkpointer.close().await;
     }
 }
 
