@@ -38,6 +38,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "slack",
         sql: include_str!("../../../migrations/postgres/0004_slack.sql"),
     },
+    Migration {
+        version: 5,
+        name: "sweep_index",
+        sql: include_str!("../../../migrations/postgres/0005_sweep_index.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -60,6 +65,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 4,
         name: "slack",
         sql: include_str!("../../../migrations/sqlite/0004_slack.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "sweep_index",
+        sql: include_str!("../../../migrations/sqlite/0005_sweep_index.sql"),
     },
 ];
 

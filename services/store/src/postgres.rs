@@ -1017,7 +1017,12 @@ impl StoreTx for PgTx {
 
     async fn existing_alert_ids(&mut self, ids: &[String]) -> Result<HashSet<String>> {
         let rows: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM alert_events WHERE id = ANY($1)")
+            // A join, not `id = ANY($1)`: once PostgreSQL switches the prepared
+            // statement to a generic plan it may scan the table and compare each
+            // row with every element of a 10,000-id array.
+            sqlx::query_scalar(
+                "SELECT a.id FROM unnest($1::text[]) AS t(id) JOIN alert_events a ON a.id = t.id",
+            )
                 .bind(ids)
                 .fetch_all(&mut *self.tx)
                 .await
@@ -1406,7 +1411,8 @@ impl StoreTx for PgTx {
 
     async fn incidents_of_deploys(&mut self, deploy_ids: &[String]) -> Result<Vec<(i64, String)>> {
         sqlx::query_as(
-            "SELECT incident_id, deploy_id FROM incident_changes WHERE deploy_id = ANY($1)",
+            "SELECT c.incident_id, c.deploy_id FROM unnest($1::text[]) AS t(id)
+             JOIN incident_changes c ON c.deploy_id = t.id",
         )
         .bind(deploy_ids)
         .fetch_all(&mut *self.tx)
@@ -1451,9 +1457,13 @@ impl StoreTx for PgTx {
         quiet_before: DateTime<Utc>,
     ) -> Result<Vec<(i64, String, DateTime<Utc>)>> {
         sqlx::query_as(
-            "SELECT i.id, i.group_key, max(a.ends_at) FROM incidents i JOIN incident_alerts a ON a.incident_id = i.id
-             WHERE i.status = 'open' GROUP BY i.id, i.group_key
-             HAVING sum(CASE WHEN a.status = 'resolved' THEN 0 ELSE 1 END) = 0 AND max(a.ends_at) <= $1",
+            "SELECT id, group_key, last_end FROM (
+                 SELECT i.id, i.group_key,
+                        (SELECT max(a.ends_at) FROM incident_alerts a WHERE a.incident_id = i.id) AS last_end
+                 FROM incidents i
+                 WHERE i.status = 'open'
+                   AND NOT EXISTS (SELECT 1 FROM incident_alerts f WHERE f.incident_id = i.id AND f.status = 'firing')
+             ) c WHERE last_end <= $1",
         )
         .bind(quiet_before)
         .fetch_all(&mut *self.tx)

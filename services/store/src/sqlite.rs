@@ -1500,9 +1500,13 @@ impl StoreTx for SqliteTx {
         quiet_before: DateTime<Utc>,
     ) -> Result<Vec<(i64, String, DateTime<Utc>)>> {
         let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT i.id, i.group_key, max(a.ends_at) FROM incidents i JOIN incident_alerts a ON a.incident_id = i.id
-             WHERE i.status = 'open' GROUP BY i.id, i.group_key
-             HAVING sum(CASE WHEN a.status = 'resolved' THEN 0 ELSE 1 END) = 0 AND max(a.ends_at) <= ?1",
+            "SELECT id, group_key, last_end FROM (
+                 SELECT i.id, i.group_key,
+                        (SELECT max(a.ends_at) FROM incident_alerts a WHERE a.incident_id = i.id) AS last_end
+                 FROM incidents i
+                 WHERE i.status = 'open'
+                   AND NOT EXISTS (SELECT 1 FROM incident_alerts f WHERE f.incident_id = i.id AND f.status = 'firing')
+             ) c WHERE last_end <= ?1",
         )
         .bind(micros(quiet_before))
         .fetch_all(&mut *self.tx)
