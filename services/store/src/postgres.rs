@@ -30,10 +30,17 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<PgStore> {
+        // Plan every execution with its real parameters: a generic plan for a
+        // prepared statement guesses array sizes and table sizes, and a bad
+        // guess turns an index lookup of a batch into a scan of the table.
+        let options = url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .map_err(translate)?
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(translate)?;
         Ok(PgStore { pool })
