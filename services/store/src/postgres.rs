@@ -30,17 +30,10 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<PgStore> {
-        // Plan every execution with its real parameters: a generic plan for a
-        // prepared statement guesses array sizes and table sizes, and a bad
-        // guess turns an index lookup of a batch into a scan of the table.
-        let options = url
-            .parse::<sqlx::postgres::PgConnectOptions>()
-            .map_err(translate)?
-            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect(url)
             .await
             .map_err(translate)?;
         Ok(PgStore { pool })
@@ -1030,6 +1023,8 @@ impl StoreTx for PgTx {
             sqlx::query_scalar(
                 "SELECT a.id FROM unnest($1::text[]) AS t(id) JOIN alert_events a ON a.id = t.id",
             )
+                // Planned with the real parameters: a generic plan may scan the table.
+                .persistent(false)
                 .bind(ids)
                 .fetch_all(&mut *self.tx)
                 .await
@@ -1042,6 +1037,8 @@ impl StoreTx for PgTx {
             "SELECT DISTINCT ON (group_key) id, group_key, status, resolved_at FROM incidents
              WHERE group_key = ANY($1) ORDER BY group_key, id DESC",
         )
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(group_keys)
         .fetch_all(&mut *self.tx)
         .await
@@ -1337,6 +1334,8 @@ impl StoreTx for PgTx {
                AND d.started_at BETWEEN $3 AND $4
              ORDER BY d.started_at"
         ))
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(service)
         .bind(environment)
         .bind(from)
@@ -1363,6 +1362,8 @@ impl StoreTx for PgTx {
                AND g.evaluated_at BETWEEN $3 AND $4
              ORDER BY g.evaluated_at"
         ))
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(service)
         .bind(environment)
         .bind(from)
@@ -1380,6 +1381,8 @@ impl StoreTx for PgTx {
         let rows = sqlx::query(
             "SELECT id, service, environment, opened_at FROM incidents WHERE status = 'open' AND service = ANY($1)",
         )
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(services)
         .fetch_all(&mut *self.tx)
         .await
@@ -1408,6 +1411,8 @@ impl StoreTx for PgTx {
                AND ($2::text IS NULL OR environment IS NULL OR environment = $2)
              ORDER BY started_at DESC LIMIT 1",
         )
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(service)
         .bind(environment)
         .bind(version)
@@ -1421,6 +1426,8 @@ impl StoreTx for PgTx {
             "SELECT c.incident_id, c.deploy_id FROM unnest($1::text[]) AS t(id)
              JOIN incident_changes c ON c.deploy_id = t.id",
         )
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(deploy_ids)
         .fetch_all(&mut *self.tx)
         .await
@@ -1472,6 +1479,8 @@ impl StoreTx for PgTx {
                    AND NOT EXISTS (SELECT 1 FROM incident_alerts f WHERE f.incident_id = i.id AND f.status = 'firing')
              ) c WHERE last_end <= $1",
         )
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(quiet_before)
         .fetch_all(&mut *self.tx)
         .await
@@ -1530,6 +1539,8 @@ impl StoreTx for PgTx {
         let rows = sqlx::query(&format!(
             "SELECT {ACTION_COLUMNS} FROM actions WHERE created_at >= $1 ORDER BY id"
         ))
+        // Planned with the real parameters: a generic plan may scan the table.
+        .persistent(false)
         .bind(since)
         .fetch_all(&mut *self.tx)
         .await
