@@ -257,6 +257,36 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Reads a flag's state: `None` when the provider answers 404, else the
+/// boolean `extract` finds in the answer's body, or `missing` as the error.
+async fn read_state(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    extract: impl FnOnce(&Value) -> Option<bool>,
+    missing: impl FnOnce() -> String,
+) -> Result<Option<bool>, ExecError> {
+    match send(req, what).await {
+        Ok(v) => extract(&v["body"])
+            .map(Some)
+            .ok_or_else(|| ExecError::fatal(missing())),
+        Err(e) if e.status() == Some(404) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The environment a step names, else the provider's.
+fn environment<'a>(
+    step: Option<&'a str>,
+    provider: Option<&'a str>,
+    what: &str,
+) -> Result<&'a str, ExecError> {
+    step.or(provider).ok_or_else(|| {
+        ExecError::fatal(format!(
+            "{what} needs an environment: set `environment` in the step or the provider"
+        ))
+    })
+}
+
 fn trim_slash(url: &str) -> &str {
     url.trim_end_matches('/')
 }
@@ -271,11 +301,7 @@ pub struct Unleash {
 
 impl Unleash {
     fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
-        env.or(self.environment.as_deref()).ok_or_else(|| {
-            ExecError::fatal(
-                "Unleash needs an environment: set `environment` in the step or the provider",
-            )
-        })
+        environment(env, self.environment.as_deref(), "Unleash")
     }
     fn feature_url(&self, flag: &str) -> String {
         format!(
@@ -295,26 +321,19 @@ impl KillSwitch for Unleash {
             .http
             .get(self.feature_url(flag))
             .header("Authorization", self.token.expose());
-        match send(req, "Unleash").await {
-            Ok(v) => {
-                let envs = v["body"]["environments"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let state = envs
+        read_state(
+            req,
+            "Unleash",
+            |body| {
+                body["environments"]
+                    .as_array()?
                     .iter()
-                    .find(|e| e["name"] == env)
-                    .and_then(|e| e["enabled"].as_bool())
-                    .ok_or_else(|| {
-                        ExecError::fatal(format!(
-                            "Unleash: feature {flag:?} has no environment {env:?}"
-                        ))
-                    })?;
-                Ok(Some(state))
-            }
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+                    .find(|e| e["name"] == env)?["enabled"]
+                    .as_bool()
+            },
+            || format!("Unleash: feature {flag:?} has no environment {env:?}"),
+        )
+        .await
     }
 
     async fn set(
@@ -351,9 +370,7 @@ pub struct LaunchDarkly {
 
 impl LaunchDarkly {
     fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
-        env.or(self.environment.as_deref()).ok_or_else(|| {
-            ExecError::fatal("LaunchDarkly needs an environment key: set `environment` in the step or the provider")
-        })
+        environment(env, self.environment.as_deref(), "LaunchDarkly")
     }
     fn flag_url(&self, flag: &str) -> String {
         format!(
@@ -373,18 +390,13 @@ impl KillSwitch for LaunchDarkly {
             .http
             .get(format!("{}?env={}", self.flag_url(flag), url_escape(env)))
             .header("Authorization", self.token.expose());
-        match send(req, "LaunchDarkly").await {
-            Ok(v) => v["body"]["environments"][env]["on"]
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| {
-                    ExecError::fatal(format!(
-                        "LaunchDarkly: flag {flag:?} has no environment {env:?}"
-                    ))
-                }),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        read_state(
+            req,
+            "LaunchDarkly",
+            |body| body["environments"][env]["on"].as_bool(),
+            || format!("LaunchDarkly: flag {flag:?} has no environment {env:?}"),
+        )
+        .await
     }
 
     async fn set(
@@ -464,20 +476,18 @@ impl KillSwitch for HttpKillSwitch {
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
         let url = render(&self.get_url, &self.vars(flag, env, None), url_escape)
             .map_err(ExecError::fatal)?;
-        match send(self.with_headers(self.http.get(url)), "kill switch").await {
-            Ok(v) => v["body"]
-                .pointer(&self.state_pointer)
-                .and_then(Value::as_bool)
-                .map(Some)
-                .ok_or_else(|| {
-                    ExecError::fatal(format!(
-                        "kill switch: no boolean at {} in the answer",
-                        self.state_pointer
-                    ))
-                }),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        read_state(
+            self.with_headers(self.http.get(url)),
+            "kill switch",
+            |body| body.pointer(&self.state_pointer).and_then(Value::as_bool),
+            || {
+                format!(
+                    "kill switch: no boolean at {} in the answer",
+                    self.state_pointer
+                )
+            },
+        )
+        .await
     }
 
     async fn set(

@@ -39,6 +39,8 @@ struct Decision<'a> {
     trigger: Trigger<'a>,
     incident: Option<i64>,
     latest: Option<DeployEvent>,
+    /// The last good deploy before `latest`.
+    good: Option<DeployEvent>,
 }
 
 impl Engine {
@@ -71,11 +73,11 @@ impl Engine {
                     continue;
                 }
                 let mut verdict = pb.evaluate(trigger, &Facts::default(), now);
-                let mut latest = None;
+                let (mut latest, mut good) = (None, None);
                 // Matches are rare: only then look up the deploy the conditions
                 // and the steps' values need.
                 if verdict != Verdict::NoMatch {
-                    latest = latest_deploy(tx, trigger, &mut deploys, now).await?;
+                    (latest, good) = deploy_facts(tx, trigger, &mut deploys, now).await?;
                     verdict = pb.evaluate(
                         trigger,
                         &Facts {
@@ -112,6 +114,7 @@ impl Engine {
                             trigger: *trigger,
                             incident: *incident,
                             latest,
+                            good,
                         });
                     }
                 }
@@ -144,7 +147,7 @@ impl Engine {
         for d in &decisions {
             let mut matched_recorded = false;
             for (index, step) in d.playbook.spec.steps.iter().enumerate() {
-                let mut claim = self.claim(tx, d, index, step, paused, &recent, now).await?;
+                let claim = self.claim(d, index, step, paused, &recent, now);
                 let Some(row) = tx
                     .insert_actions(std::slice::from_ref(&claim.action))
                     .await?
@@ -258,7 +261,6 @@ impl Engine {
                         tracing::warn!(action = row.id, reason = ?row.reason, "action held for a human; no escalation target configured");
                     }
                 }
-                claim.action.status = row.status;
                 recent.push(row);
             }
         }
@@ -267,37 +269,25 @@ impl Engine {
     }
 
     /// Builds the claim for one step and decides its guardrails.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim(
+    fn claim(
         &self,
-        tx: &mut dyn StoreTx,
         d: &Decision<'_>,
         index: usize,
         step: &Step,
         paused: bool,
         recent: &[ActionRow],
         now: DateTime<Utc>,
-    ) -> Result<Claim, StoreError> {
+    ) -> Claim {
         let pb = &d.playbook;
         let service = d.trigger.service().unwrap_or("").to_string();
         let env = d.trigger.environment().map(str::to_string);
         let mut vars = base_vars(&d.trigger, d.incident, pb);
         let mut failure = None;
-        let mut good = None;
         if let Some(latest) = &d.latest {
             put_deploy(&mut vars, "suspect", latest);
-            let history = tx
-                .deploys_between(
-                    &latest.service,
-                    latest.environment.as_deref(),
-                    latest.started_at - Duration::days(ROLLBACK_HISTORY_DAYS),
-                    latest.started_at,
-                )
-                .await?;
-            good = last_good(latest, &history).cloned();
-            if let Some(g) = &good {
-                put_deploy(&mut vars, "target", g);
-            }
+        }
+        if let Some(good) = &d.good {
+            put_deploy(&mut vars, "target", good);
         }
         let (target, describe) = match &step.action {
             StepAction::KillSwitch(k) => {
@@ -321,7 +311,7 @@ impl Engine {
                         ));
                         (target, format!("roll back {service} ({})", r.provider))
                     }
-                    Some(suspect) => match &good {
+                    Some(suspect) => match &d.good {
                         Some(good) => (
                             target,
                             format!(
@@ -443,7 +433,7 @@ impl Engine {
             vars,
             describe,
         };
-        Ok(Claim {
+        Claim {
             action: NewAction {
                 dedupe_key,
                 playbook: pb.name().to_string(),
@@ -459,7 +449,7 @@ impl Engine {
                 at: now,
             },
             spec,
-        })
+        }
     }
 }
 
@@ -469,18 +459,16 @@ struct Claim {
 }
 
 /// The latest deploy of the trigger's service (and environment) at or before
-/// it. Deploys are read once per (service, environment) per batch.
-async fn latest_deploy(
+/// it (the suspect), and the last good deploy before that (what a rollback
+/// goes back to). Deploys are read once per (service, environment) per batch.
+async fn deploy_facts(
     tx: &mut dyn StoreTx,
     trigger: &Trigger<'_>,
     cache: &mut HashMap<(String, Option<String>), Vec<DeployEvent>>,
     now: DateTime<Utc>,
-) -> Result<Option<DeployEvent>, StoreError> {
-    if let Trigger::Deploy(d) = trigger {
-        return Ok(Some((*d).clone()));
-    }
+) -> Result<(Option<DeployEvent>, Option<DeployEvent>), StoreError> {
     let Some(service) = trigger.service() else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let key = (
         service.to_string(),
@@ -498,15 +486,18 @@ async fn latest_deploy(
             .await?;
         cache.insert(key.clone(), found);
     }
+    let history = cache.get(&key).map(Vec::as_slice).unwrap_or_default();
     let at = trigger.at();
-    Ok(cache
-        .get(&key)
-        .and_then(|ds| {
-            ds.iter()
-                .filter(|d| d.started_at <= at)
-                .max_by_key(|d| d.started_at)
-        })
-        .cloned())
+    let latest = match trigger {
+        Trigger::Deploy(d) => Some((*d).clone()),
+        _ => history
+            .iter()
+            .filter(|d| d.started_at <= at)
+            .max_by_key(|d| d.started_at)
+            .cloned(),
+    };
+    let good = latest.as_ref().and_then(|l| last_good(l, history)).cloned();
+    Ok((latest, good))
 }
 
 /// Placeholder values every step can use.

@@ -97,7 +97,11 @@ impl Generator {
                 StoreError::NotFound => PostmortemError::NoIncident(incident_id),
                 e => e.into(),
             })?;
-        let timeline = self.store.timeline(incident_id, 1_000_000, 0).await?;
+        // The document shows the first entries; the API has the rest.
+        let timeline = self
+            .store
+            .timeline(incident_id, context::TIMELINE_IN_DOCUMENT as i64, 0)
+            .await?;
         let actions = self
             .store
             .list_actions(&ActionFilter {
@@ -149,7 +153,7 @@ impl Generator {
             changes: &detail.changes,
             gates: &detail.gates,
             timeline: &timeline,
-            timeline_total: timeline.len() as i64,
+            timeline_total: detail.timeline_entries,
             actions: &actions,
             patterns: &patterns,
             log_lines: lines,

@@ -17,61 +17,30 @@ impl Migration {
     }
 }
 
-pub(crate) const POSTGRES: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "events_incidents_timeline",
-        sql: include_str!("../../../migrations/postgres/0001_events_incidents_timeline.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "remediation",
-        sql: include_str!("../../../migrations/postgres/0002_remediation.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "postmortems",
-        sql: include_str!("../../../migrations/postgres/0003_postmortems.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "slack",
-        sql: include_str!("../../../migrations/postgres/0004_slack.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "sweep_index",
-        sql: include_str!("../../../migrations/postgres/0005_sweep_index.sql"),
-    },
-];
+/// Every migration, in order, for one dialect's directory: the list is
+/// written once and both dialects must have each file.
+macro_rules! migrations {
+    ($dialect:literal) => {
+        migrations!(@ $dialect;
+            1, "0001", "events_incidents_timeline";
+            2, "0002", "remediation";
+            3, "0003", "postmortems";
+            4, "0004", "slack";
+            5, "0005", "sweep_index";
+        )
+    };
+    (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {
+        &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../../migrations/", $dialect, "/", $file, "_", $name, ".sql")),
+        }),*]
+    };
+}
 
-pub(crate) const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "events_incidents_timeline",
-        sql: include_str!("../../../migrations/sqlite/0001_events_incidents_timeline.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "remediation",
-        sql: include_str!("../../../migrations/sqlite/0002_remediation.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "postmortems",
-        sql: include_str!("../../../migrations/sqlite/0003_postmortems.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "slack",
-        sql: include_str!("../../../migrations/sqlite/0004_slack.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "sweep_index",
-        sql: include_str!("../../../migrations/sqlite/0005_sweep_index.sql"),
-    },
-];
+pub(crate) const POSTGRES: &[Migration] = migrations!("postgres");
+
+pub(crate) const SQLITE: &[Migration] = migrations!("sqlite");
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS firebreak_migrations (
     version BIGINT PRIMARY KEY,
