@@ -11,14 +11,24 @@
 # It records idle and peak resident memory of the server. Then it runs the
 # criterion micro-benchmarks. Results: bench/results/<mode>.jsonl and
 # bench/results/criterion.txt; a table on stdout.
+# FIREBREAK_BIN=path runs an already built binary (e.g. an older build, to
+# compare before and after a change) instead of building target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modes=${1:-all}; [ "$modes" = all ] && modes="embedded backed"
 micro=1; [ "${2:-}" = --no-micro ] && micro=0
-cargo build --release --bin firebreak
-bin=target/release/firebreak
-out=bench/results; mkdir -p "$out"
+if [ -n "${FIREBREAK_BIN:-}" ]; then
+  bin=$FIREBREAK_BIN
+else
+  cargo build --release --bin firebreak
+  bin=target/release/firebreak
+fi
+out=${FIREBREAK_BENCH_OUT:-bench/results}; mkdir -p "$out"
 port=18960
+server=""
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; true' EXIT
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -32,16 +42,30 @@ run_mode() {
     env_args+=(FIREBREAK_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db
                FIREBREAK_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f FIREBREAK_AMQP_NAMESPACE=$ns)
   fi
+  if port_open "$port"; then
+    echo "port $port is in use (a server left from an earlier run?): stop it first" >&2
+    exit 1
+  fi
   env "${env_args[@]}" "$bin" serve 2>"$dir/log" &
-  pid=$!
+  pid=$!; server=$pid
   for _ in $(seq 100); do curl -sf "localhost:$port/readyz" >/dev/null && break; sleep 0.1; done
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "the $mode server did not start:" >&2; tail -5 "$dir/log" >&2; exit 1
+  fi
   sleep 2
   local idle; idle=$(rss_kb "$pid")
   peak_file=$dir/peak; echo 0 > "$peak_file"
   ( while kill -0 "$pid" 2>/dev/null; do r=$(rss_kb "$pid"); [ "$r" -gt "$(cat "$peak_file")" ] && echo "$r" > "$peak_file"; sleep 0.2; done ) &
   sampler=$!
   local results=$out/$mode.jsonl; : > "$results"
-  b() { "$bin" bench --url "http://127.0.0.1:$port" "$@" | tee /dev/stderr | tail -1 >> "$results"; }
+  # A run that fails (the generator says why) is reported and the next one goes on.
+  b() {
+    if ! "$bin" bench --url "http://127.0.0.1:$port" "$@" | tee /dev/stderr | tail -1 >> "$results"; then
+      echo "!! $mode: run failed: $*" >&2
+      sed -i '$ { /^{/!d }' "$results"
+      grep -a "ERROR\| WARN" "$dir/log" | tail -3 >&2 || true
+    fi
+  }
   # Latency first, on a fresh store; again last, after about a million alerts.
   b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
   b --label "$mode: 100 alerts/webhook" --alerts-per-webhook 100 --connections 16 --duration 10s
@@ -50,7 +74,8 @@ run_mode() {
   b --label "$mode: kill switch again, store now large" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
   kill "$sampler" 2>/dev/null || true
   echo "{\"bench\":\"memory\",\"label\":\"$mode\",\"idle_rss_mb\":$((idle / 1024)),\"peak_rss_mb\":$(( $(cat "$peak_file") / 1024 ))}" >> "$results"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true; server=""
+
   if [ "$mode" = backed ]; then
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
     rabbitmqctl delete_queue "$ns.engine" >/dev/null 2>&1 || true
