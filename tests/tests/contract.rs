@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use firebreak_bus::EmbeddedBus;
+use firebreak_domain::action::ActionSpec;
 use firebreak_domain::correlation::{CorrelationPolicy, GroupKey, NewIncident};
 use firebreak_domain::metrics::Metrics;
+use firebreak_domain::playbook::{FlagState, KillSwitchStep, StepAction};
 use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
 use firebreak_store::{
-    ActionChange, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit, PostmortemSave,
-    SaveOutcome, Store, StoreError,
+    ActionChange, ActionFilter, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit,
+    PostmortemSave, SaveOutcome, Store, StoreError,
 };
 use firebreak_tests::{webhook, Pg, TestAlert};
 use serde_json::json;
@@ -146,6 +148,14 @@ contract!(
     flags_remember_their_previous_state,
     postmortem_saves_are_conditional_on_the_revision,
     logs_stream_in_time_order_within_the_window,
+    leases_are_renewed_fenced_and_taken_back,
+    a_revert_holds_its_target_and_an_interrupted_one_comes_back,
+    actions_are_listed_and_found,
+    settings_are_shared_and_audited,
+    slack_messages_are_claimed_once_and_threaded,
+    incidents_resolve_by_hand_once,
+    history_reads_back_what_was_stored,
+    unknown_stored_values_are_errors_naming_row_and_column,
 );
 
 async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
@@ -272,6 +282,8 @@ async fn logs_stream_in_time_order_within_the_window(h: &Harness) {
     assert_eq!(seen.last().map(String::as_str), Some("line 19"));
 }
 
+const OWNER: &str = "node-a/1";
+
 fn new_action(key: &str, target: &str) -> NewAction {
     NewAction {
         dedupe_key: key.into(),
@@ -282,9 +294,19 @@ fn new_action(key: &str, target: &str) -> NewAction {
         target: target.into(),
         incident_id: None,
         trigger_id: "al-1".into(),
+        requested_by: "engine".into(),
         status: ActionStatus::Pending,
         reason: None,
-        spec: json!({"describe": "x"}),
+        spec: ActionSpec {
+            step: StepAction::KillSwitch(KillSwitchStep {
+                flag: "f".into(),
+                provider: "builtin".into(),
+                environment: None,
+                state: FlagState::Off,
+            }),
+            vars: Default::default(),
+            describe: "turn off flag f (builtin)".into(),
+        },
         at: Utc::now() - Duration::seconds(1),
     }
 }
@@ -327,7 +349,7 @@ async fn actions_are_claimed_once_and_run_one_at_a_time_per_target(h: &Harness) 
     let now = Utc::now();
     let (a, in_doubt) = h
         .store
-        .claim_action(now, now + Duration::minutes(1))
+        .claim_action(now, now + Duration::minutes(1), OWNER)
         .await
         .unwrap()
         .unwrap();
@@ -337,7 +359,7 @@ async fn actions_are_claimed_once_and_run_one_at_a_time_per_target(h: &Harness) 
     assert_eq!(a.attempts, 1);
     assert!(
         h.store
-            .claim_action(now, now + Duration::minutes(1))
+            .claim_action(now, now + Duration::minutes(1), OWNER)
             .await
             .unwrap()
             .is_none(),
@@ -373,7 +395,7 @@ async fn actions_are_claimed_once_and_run_one_at_a_time_per_target(h: &Harness) 
     );
     let (b, _) = h
         .store
-        .claim_action(now, now + Duration::minutes(1))
+        .claim_action(now, now + Duration::minutes(1), OWNER)
         .await
         .unwrap()
         .unwrap();
@@ -398,14 +420,14 @@ async fn an_expired_lease_comes_back_in_doubt(h: &Harness) {
     let now = Utc::now();
     let (a, in_doubt) = h
         .store
-        .claim_action(now, now - Duration::seconds(1))
+        .claim_action(now, now - Duration::seconds(1), OWNER)
         .await
         .unwrap()
         .unwrap();
     assert!(!in_doubt);
     let (b, in_doubt) = h
         .store
-        .claim_action(Utc::now(), Utc::now() + Duration::minutes(1))
+        .claim_action(Utc::now(), Utc::now() + Duration::minutes(1), "node-b/2")
         .await
         .unwrap()
         .unwrap();
@@ -921,4 +943,599 @@ async fn resolved_alert_without_incident_is_kept_unplaced(h: &Harness) {
         "a resolution alone opens nothing"
     );
     assert!(h.incidents().await.is_empty());
+}
+
+/// Runs raw SQL against the harness's database (to plant what an older or
+/// foreign writer might have left).
+async fn raw(h: &Harness, sql: &str) {
+    if h.url.starts_with("postgres") {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&h.url)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&h.url)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
+
+async fn leases_are_renewed_fenced_and_taken_back(h: &Harness) {
+    let mut tx = h.store.begin().await.unwrap();
+    tx.insert_actions(&[new_action("k1", "flag:builtin::f")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let now = Utc::now();
+    let (a, _) = h
+        .store
+        .claim_action(now, now + Duration::seconds(10), OWNER)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.lease_owner.as_deref(), Some(OWNER));
+    let later = now + Duration::minutes(5);
+    assert!(h.store.renew_lease(a.id, OWNER, later).await.unwrap());
+    assert!(
+        !h.store.renew_lease(a.id, "node-b/9", later).await.unwrap(),
+        "only the holder renews"
+    );
+    assert_eq!(
+        h.store
+            .action(a.id)
+            .await
+            .unwrap()
+            .lease_until
+            .map(|t| t.timestamp_micros()),
+        Some(later.timestamp_micros())
+    );
+    // The state before acting is recorded once, and only by the holder.
+    let before = json!({"flag": "f", "enabled": true});
+    assert!(!h
+        .store
+        .record_previous_state(a.id, "node-b/9", &json!({"enabled": false}))
+        .await
+        .unwrap());
+    assert!(h
+        .store
+        .record_previous_state(a.id, OWNER, &before)
+        .await
+        .unwrap());
+    assert!(h
+        .store
+        .record_previous_state(a.id, OWNER, &json!({"enabled": false}))
+        .await
+        .unwrap());
+    assert_eq!(
+        h.store.action(a.id).await.unwrap().previous_state,
+        Some(before),
+        "the first recorded state is kept"
+    );
+    // A restart of node-a takes back its earlier instance's lease at once,
+    // and leaves other nodes' leases alone.
+    let mut tx = h.store.begin().await.unwrap();
+    tx.insert_actions(&[new_action("k2", "flag:builtin::g")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (other, _) = h
+        .store
+        .claim_action(Utc::now(), later, "node-b/2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.store
+            .expire_leases("node-a/", "node-a/3", Utc::now())
+            .await
+            .unwrap(),
+        1
+    );
+    let (again, in_doubt) = h
+        .store
+        .claim_action(Utc::now(), later, "node-a/3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.id, in_doubt), (a.id, true));
+    assert_eq!(again.lease_owner.as_deref(), Some("node-a/3"));
+    assert_eq!(
+        h.store
+            .action(other.id)
+            .await
+            .unwrap()
+            .lease_owner
+            .as_deref(),
+        Some("node-b/2")
+    );
+    // The old holder's late outcome is refused: the new holder decides.
+    let late = ActionChange {
+        held_by: Some(OWNER.into()),
+        ..ActionChange::to(ActionStatus::Succeeded, Utc::now())
+    };
+    assert!(h
+        .store
+        .transition_action(
+            a.id,
+            &[ActionStatus::Running],
+            &late,
+            &[audit_row("executed")],
+            &[]
+        )
+        .await
+        .unwrap()
+        .is_none());
+    let ours = ActionChange {
+        held_by: Some("node-a/3".into()),
+        ..ActionChange::to(ActionStatus::Succeeded, Utc::now())
+    };
+    let done = h
+        .store
+        .transition_action(a.id, &[ActionStatus::Running], &ours, &[], &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done.lease_until.is_none() && done.lease_owner.is_none());
+}
+
+async fn a_revert_holds_its_target_and_an_interrupted_one_comes_back(h: &Harness) {
+    let mut tx = h.store.begin().await.unwrap();
+    let a = tx
+        .insert_actions(&[new_action("k1", "flag:builtin::f")])
+        .await
+        .unwrap()
+        .remove(0);
+    tx.commit().await.unwrap();
+    let now = Utc::now();
+    h.store
+        .claim_action(now, now + Duration::minutes(1), OWNER)
+        .await
+        .unwrap();
+    h.store
+        .transition_action(
+            a.id,
+            &[ActionStatus::Running],
+            &ActionChange::to(ActionStatus::Succeeded, now),
+            &[],
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // succeeded -> reverting, under a lease that then runs out (the process died).
+    let reverting = ActionChange {
+        lease: Some((Utc::now() - Duration::seconds(1), OWNER.into())),
+        ..ActionChange::to(ActionStatus::Reverting, Utc::now())
+    };
+    let r = h
+        .store
+        .transition_action(a.id, &[ActionStatus::Succeeded], &reverting, &[], &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, ActionStatus::Reverting);
+    assert_eq!(r.lease_owner.as_deref(), Some(OWNER));
+    // While it holds the target, nothing else on the target may run...
+    let mut tx = h.store.begin().await.unwrap();
+    tx.insert_actions(&[new_action("k2", "flag:builtin::f")])
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.open_actions_on("flag:builtin::f").await.unwrap().len(),
+        2
+    );
+    tx.commit().await.unwrap();
+    // ...and once its lease is gone it is claimed again, still reverting, in doubt.
+    let (back, in_doubt) = h
+        .store
+        .claim_action(Utc::now(), Utc::now() + Duration::minutes(1), "node-b/1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (back.id, back.status, in_doubt),
+        (a.id, ActionStatus::Reverting, true)
+    );
+    assert!(
+        h.store
+            .claim_action(Utc::now(), Utc::now() + Duration::minutes(1), "node-b/1")
+            .await
+            .unwrap()
+            .is_none(),
+        "the pending action waits for the revert"
+    );
+    h.store
+        .transition_action(
+            a.id,
+            &[ActionStatus::Reverting],
+            &ActionChange::to(ActionStatus::Reverted, Utc::now()),
+            &[],
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let (next, _) = h
+        .store
+        .claim_action(Utc::now(), Utc::now() + Duration::minutes(1), "node-b/1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.dedupe_key, "k2",
+        "the target accepts new actions after the revert"
+    );
+}
+
+async fn actions_are_listed_and_found(h: &Harness) {
+    h.process(
+        EventKind::Deploy,
+        json!({"service": "checkout", "version": "v2", "started_at": "2026-11-23T13:55:00Z",
+               "flags": ["checkout.new-flow"]}),
+    )
+    .await;
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("cccc000000000001", "checkout")]),
+    )
+    .await;
+    let incident = h.incidents().await[0].id;
+    let mut tx = h.store.begin().await.unwrap();
+    let mut held = new_action("k1", "flag:builtin::f");
+    held.status = ActionStatus::Held;
+    held.incident_id = Some(incident);
+    held.requested_by = "api:alice".into();
+    let rows = tx
+        .insert_actions(&[held, new_action("k2", "flag:builtin::g")])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let since = tx
+        .actions_created_since(Utc::now() - Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 2);
+    let with_flag = tx
+        .open_incidents_with_flag("checkout.new-flow")
+        .await
+        .unwrap();
+    assert_eq!(
+        with_flag.iter().map(|i| i.id).collect::<Vec<_>>(),
+        [incident]
+    );
+    assert!(tx
+        .open_incidents_with_flag("other")
+        .await
+        .unwrap()
+        .is_empty());
+    tx.insert_audit(&[audit_row("requested")]).await.unwrap();
+    assert_eq!(tx.tx_setting("nothing").await.unwrap(), None);
+    tx.commit().await.unwrap();
+    let held = h
+        .store
+        .list_actions(&ActionFilter {
+            status: Some(ActionStatus::Held),
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].requested_by, "api:alice");
+    assert_eq!(held[0].spec.describe, "turn off flag f (builtin)");
+    let of_incident = h
+        .store
+        .list_actions(&ActionFilter {
+            incident_id: Some(incident),
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_incident.len(), 1);
+    let page = h
+        .store
+        .list_actions(&ActionFilter {
+            before_id: Some(rows[1].id),
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|a| a.id).collect::<Vec<_>>(), [rows[0].id]);
+    assert_eq!(h.store.action(rows[1].id).await.unwrap().dedupe_key, "k2");
+    assert!(matches!(
+        h.store.action(999_999).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn settings_are_shared_and_audited(h: &Harness) {
+    assert_eq!(h.store.setting("automation_paused").await.unwrap(), None);
+    let mut a = audit_row("automation_paused");
+    a.actor = "api:bob".into();
+    h.store
+        .set_setting("automation_paused", "true", &a)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .setting("automation_paused")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("true")
+    );
+    let mut tx = h.store.begin().await.unwrap();
+    assert_eq!(
+        tx.tx_setting("automation_paused").await.unwrap().as_deref(),
+        Some("true")
+    );
+    drop(tx);
+    h.store.put_setting("cursor", "41").await.unwrap();
+    h.store.put_setting("cursor", "42").await.unwrap();
+    assert_eq!(
+        h.store.setting("cursor").await.unwrap().as_deref(),
+        Some("42")
+    );
+    let audit = h
+        .store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1, "a bookkeeping setting writes no audit row");
+    assert_eq!(audit[0].entry.actor, "api:bob");
+    assert_eq!(h.store.list_flags().await.unwrap().len(), 0);
+    h.store
+        .set_flag("a", true, None, "t", &audit_row("flag_set"))
+        .await
+        .unwrap();
+    h.store
+        .set_flag("b", false, None, "t", &audit_row("flag_set"))
+        .await
+        .unwrap();
+    let flags = h.store.list_flags().await.unwrap();
+    assert_eq!(
+        flags
+            .iter()
+            .map(|f| (f.key.as_str(), f.enabled))
+            .collect::<Vec<_>>(),
+        [("a", true), ("b", false)]
+    );
+}
+
+async fn slack_messages_are_claimed_once_and_threaded(h: &Harness) {
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("dddd000000000001", "checkout")]),
+    )
+    .await;
+    let incident = h.incidents().await[0].id;
+    let events = h
+        .store
+        .timeline_since(0, &["incident_opened", "incident_resolved"], 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].incident_id, events[0].kind.as_str()),
+        (incident, "incident_opened")
+    );
+    assert!(h
+        .store
+        .timeline_since(events[0].seq, &["incident_opened"], 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let seq = events[0].seq;
+    assert!(h
+        .store
+        .claim_slack_message(seq, incident, Utc::now())
+        .await
+        .unwrap());
+    assert!(
+        !h.store
+            .claim_slack_message(seq, incident, Utc::now())
+            .await
+            .unwrap(),
+        "claimed once"
+    );
+    h.store.release_slack_message(seq).await.unwrap();
+    assert!(h
+        .store
+        .claim_slack_message(seq, incident, Utc::now())
+        .await
+        .unwrap());
+    assert_eq!(h.store.slack_thread(incident).await.unwrap(), None);
+    h.store
+        .slack_message_posted(seq, "C1", "1700000000.000100")
+        .await
+        .unwrap();
+    h.store.release_slack_message(seq).await.unwrap();
+    assert_eq!(
+        h.store.slack_thread(incident).await.unwrap(),
+        Some(("C1".into(), "1700000000.000100".into())),
+        "a posted message is never released"
+    );
+}
+
+async fn incidents_resolve_by_hand_once(h: &Harness) {
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("eeee000000000001", "checkout")]),
+    )
+    .await;
+    let id = h.incidents().await[0].id;
+    let entry = firebreak_domain::timeline::NewEntry {
+        incident_id: id,
+        at: Utc::now(),
+        kind: "incident_resolved",
+        source: "slack:U1".into(),
+        summary: "resolved by hand".into(),
+        ref_id: "resolved-by:U1".into(),
+    };
+    assert!(h
+        .store
+        .resolve_incident_manually(
+            id,
+            Utc::now(),
+            &audit_row("resolved"),
+            std::slice::from_ref(&entry)
+        )
+        .await
+        .unwrap());
+    assert!(!h
+        .store
+        .resolve_incident_manually(id, Utc::now(), &audit_row("resolved"), &[entry])
+        .await
+        .unwrap());
+    let detail = h.store.incident(id).await.unwrap();
+    assert_eq!(detail.incident.status, "resolved");
+    assert!(h
+        .timeline_kinds(id)
+        .await
+        .contains(&"incident_resolved".to_string()));
+    assert_eq!(
+        h.store.backend(),
+        if h.url.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    );
+    h.store.ping().await.unwrap();
+}
+
+async fn history_reads_back_what_was_stored(h: &Harness) {
+    h.process(
+        EventKind::Deploy,
+        json!({"service": "checkout", "environment": "prod", "version": "v2", "strategy": "blue-green",
+               "started_at": "2026-11-23T13:55:00Z", "flags": ["a", "b"]}),
+    )
+    .await;
+    h.process(
+        EventKind::Gate,
+        json!({"service": "checkout", "version": "v2", "gate": "errors", "verdict": "fail",
+               "threshold": 1, "observed": 0.5, "evaluated_at": "2026-11-23T13:58:00Z"}),
+    )
+    .await;
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("ffff000000000001", "checkout")]),
+    )
+    .await;
+    let history = h
+        .store
+        .history_since(t("2026-11-23T13:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(history.alerts.len(), 1);
+    assert!(
+        history.alerts[0].0.is_some(),
+        "the alert knows its incident"
+    );
+    assert_eq!(history.alerts[0].1.labels["service"], "checkout");
+    assert_eq!(history.deploys.len(), 1);
+    let d = &history.deploys[0];
+    assert_eq!(d.flags, ["a", "b"]);
+    assert_eq!(
+        d.strategy,
+        Some(firebreak_domain::DeployStrategy::BlueGreen)
+    );
+    assert_eq!(history.gates.len(), 1);
+    assert_eq!(
+        history.gates[0].threshold,
+        Some(1.0),
+        "a whole number reads back as a number"
+    );
+    assert_eq!(
+        history.gates[0].verdict,
+        firebreak_domain::GateVerdict::Fail
+    );
+    let counts = h.store.event_counts().await.unwrap();
+    assert_eq!(counts, [1, 1, 1, 0]);
+}
+
+async fn unknown_stored_values_are_errors_naming_row_and_column(h: &Harness) {
+    h.process(
+        EventKind::Deploy,
+        json!({"id": "dep-1", "service": "checkout", "version": "v2", "started_at": "2026-11-23T13:55:00Z"}),
+    )
+    .await;
+    raw(
+        h,
+        "UPDATE deploys SET status = 'exploded' WHERE id = 'dep-1'",
+    )
+    .await;
+    let err = h
+        .store
+        .history_since(t("2026-11-23T13:00:00Z"))
+        .await
+        .expect_err("an unknown deploy status is an error, not a success");
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{m}");
+    assert!(
+        m.contains("deploys")
+            && m.contains("dep-1")
+            && m.contains("status")
+            && m.contains("exploded"),
+        "{m}"
+    );
+    // The engine's lookups refuse it too: a rollback never picks it as "last good".
+    let mut tx = h.store.begin().await.unwrap();
+    assert!(matches!(
+        tx.deploys_between(
+            "checkout",
+            None,
+            t("2026-11-23T00:00:00Z"),
+            t("2026-11-24T00:00:00Z")
+        )
+        .await,
+        Err(StoreError::Corrupt(_))
+    ));
+    drop(tx);
+    raw(
+        h,
+        "UPDATE deploys SET status = 'succeeded' WHERE id = 'dep-1'",
+    )
+    .await;
+    h.process(
+        EventKind::Gate,
+        json!({"id": "gate-1", "service": "checkout", "gate": "errors", "verdict": "pass",
+               "evaluated_at": "2026-11-23T13:58:00Z"}),
+    )
+    .await;
+    raw(
+        h,
+        "UPDATE gate_results SET verdict = 'maybe' WHERE id = 'gate-1'",
+    )
+    .await;
+    let m = h
+        .store
+        .history_since(t("2026-11-23T13:00:00Z"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("gate_results") && m.contains("verdict") && m.contains("maybe"),
+        "{m}"
+    );
+    if !h.url.starts_with("postgres") {
+        // SQLite keeps times as integers: one out of range is named, not read as 1970.
+        raw(h, "UPDATE gate_results SET verdict = 'pass', evaluated_at = 9223372036854775807 WHERE id = 'gate-1'").await;
+        let m = h
+            .store
+            .history_since(t("2026-11-23T13:00:00Z"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("evaluated_at") && m.contains("not a time"),
+            "{m}"
+        );
+    }
 }

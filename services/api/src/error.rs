@@ -52,6 +52,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<firebreak_remediation::CommandError> for ApiError {
+    fn from(e: firebreak_remediation::CommandError) -> Self {
+        use firebreak_remediation::CommandError as C;
+        match e {
+            C::BadRequest { field, message } => ApiError::BadRequest { field, message },
+            C::NotFound(m) => ApiError::NotFound(m),
+            C::Conflict(m) => ApiError::Conflict(m),
+            C::Provider(m) => ApiError::BadGateway(m),
+            C::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         match e {

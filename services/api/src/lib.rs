@@ -35,16 +35,13 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The active playbooks (api role); `None` when no directory is configured.
     pub playbooks: Option<Arc<firebreak_engine::PlaybookSet>>,
-    /// Kill switch providers, for reverting actions.
-    pub providers: Option<Arc<firebreak_actions::Providers>>,
-    /// Wakes an in-process executor after an approval.
-    pub wake: Option<Arc<tokio::sync::Notify>>,
-    /// Automation runs in dry-run (reported by `GET /api/v1/automation`).
-    pub dry_run: bool,
+    /// Every action command (request, approve, deny, revert, pause, flags)
+    /// goes through the one remediation path.
+    pub remediation: Option<Arc<firebreak_remediation::Remediation>>,
     /// Renders postmortem drafts (api role).
     pub postmortems: Option<Arc<firebreak_postmortem::Generator>>,
     /// Slack commands and buttons (when a signing secret is configured).
-    pub slack: Option<Arc<firebreak_actions::slack::SlackClient>>,
+    pub slack: Option<Arc<firebreak_remediation::slack::SlackClient>>,
 }
 
 /// Builds the router for the roles this process runs.

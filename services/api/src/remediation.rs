@@ -11,11 +11,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
-use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_domain::playbook::FlagState;
+use firebreak_remediation::{Remediation, Request, RequestOptions};
 use firebreak_store::{
-    ActionChange, ActionFilter, ActionRow, ActionStatus, AuditFilter, FlagRow, NewAudit, Store,
-    StoreError, SETTING_PAUSED,
+    ActionFilter, ActionRow, ActionStatus, AuditFilter, FlagRow, Store, StoreError,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -29,7 +28,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/playbooks", get(playbooks))
         .route("/api/v1/playbooks/reload", post(reload))
-        .route("/api/v1/actions", get(list_actions))
+        .route("/api/v1/actions", get(list_actions).post(request_action))
         .route("/api/v1/actions/{id}", get(action))
         .route("/api/v1/actions/{id}/approve", post(approve))
         .route("/api/v1/actions/{id}/deny", post(deny))
@@ -54,6 +53,14 @@ fn store(state: &AppState, headers: &HeaderMap) -> Result<Arc<dyn Store>, ApiErr
         .store
         .clone()
         .ok_or_else(|| ApiError::Internal("api role without a store".into()))
+}
+
+fn remediation(state: &AppState, headers: &HeaderMap) -> Result<Arc<Remediation>, ApiError> {
+    check(state.tokens.api.as_ref(), headers)?;
+    state
+        .remediation
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without remediation".into()))
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
@@ -164,7 +171,7 @@ struct ActionsQuery {
 
 fn action_json(a: &ActionRow) -> Value {
     let mut v = json!(a);
-    v["describe"] = a.spec["describe"].clone();
+    v["describe"] = json!(a.spec.describe);
     v["links"] = json!({
         "approve": format!("/api/v1/actions/{}/approve", a.id),
         "deny": format!("/api/v1/actions/{}/deny", a.id),
@@ -246,100 +253,14 @@ async fn decide(
     bytes: Bytes,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let remediation = remediation(&state, &headers)?;
     let id = parse_id(&id)?;
     let d: Decision = body(&bytes)?;
     let actor = d.actor()?;
-    let row = decide_action(
-        &state,
-        store.as_ref(),
-        id,
-        approve,
-        &actor,
-        d.comment.as_deref(),
-    )
-    .await?;
+    let row = remediation
+        .decide(&actor, id, approve, d.comment.as_deref())
+        .await?;
     Ok(Json(action_json(&row)))
-}
-
-/// Approves (held -> pending) or denies (held -> denied) an action, once:
-/// deciding twice gets a conflict naming who decided.
-pub(crate) async fn decide_action(
-    state: &AppState,
-    store: &dyn Store,
-    id: i64,
-    approve: bool,
-    actor: &str,
-    comment: Option<&str>,
-) -> Result<ActionRow, ApiError> {
-    let current = store
-        .action(id)
-        .await
-        .map_err(not_found(format!("no action {id}")))?;
-    let now = Utc::now();
-    let (to, event, k) = if approve {
-        (ActionStatus::Pending, "approved", kind::ACTION_APPROVED)
-    } else {
-        (ActionStatus::Denied, "denied", kind::ACTION_DENIED)
-    };
-    let audit = [NewAudit::of(
-        &current,
-        actor,
-        event,
-        now,
-        json!({"comment": comment, "was": current.reason}),
-    )];
-    let describe = current.spec["describe"]
-        .as_str()
-        .unwrap_or(&current.kind)
-        .to_string();
-    let timeline: Vec<NewEntry> = current
-        .incident_id
-        .map(|incident_id| NewEntry {
-            incident_id,
-            at: now,
-            kind: k,
-            source: actor.to_string(),
-            summary: format!(
-                "{event} by {actor}: {describe} [{}@{}]",
-                current.playbook, current.playbook_version
-            ),
-            ref_id: format!("action:{id}:{event}"),
-        })
-        .into_iter()
-        .collect();
-    let change = ActionChange {
-        decided_by: Some(actor.to_string()),
-        not_before: Some(now),
-        ..ActionChange::to(to, now)
-    };
-    match store
-        .transition_action(id, &[ActionStatus::Held], &change, &audit, &timeline)
-        .await?
-    {
-        Some(row) => {
-            if approve {
-                if let Some(wake) = &state.wake {
-                    wake.notify_one();
-                }
-            }
-            state
-                .metrics
-                .action(if approve { "approved" } else { "denied" });
-            Ok(row)
-        }
-        None => {
-            let now_row = store.action(id).await?;
-            Err(ApiError::Conflict(format!(
-                "action {id} is {}{}; only a held action can be approved or denied",
-                now_row.status.as_str(),
-                now_row
-                    .decided_by
-                    .map(|b| format!(" (decided by {b})"))
-                    .unwrap_or_default()
-            )))
-        }
-    }
 }
 
 async fn approve(
@@ -360,38 +281,168 @@ async fn deny(
     decide(state, headers, id, bytes, false).await
 }
 
+/// `{"by"?, "force"?}`: a revert meets the pause like any request.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevertBody {
+    by: Option<String>,
+    force: Option<bool>,
+}
+
 async fn revert(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let remediation = remediation(&state, &headers)?;
     let id = parse_id(&id)?;
-    let d: Decision = body(&bytes)?;
-    let actor = d.actor()?;
-    let providers = state
-        .providers
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without providers".into()))?;
-    match firebreak_actions::revert(store.as_ref(), &providers, &state.metrics, id, &actor).await {
-        Ok(row) => Ok(Json(action_json(&row))),
-        Err(firebreak_actions::RevertError::Store(StoreError::NotFound)) => {
-            Err(ApiError::NotFound(format!("no action {id}")))
-        }
-        Err(firebreak_actions::RevertError::Store(e)) => Err(e.into()),
-        Err(firebreak_actions::RevertError::Provider(m)) => Err(ApiError::BadGateway(m)),
-        Err(e) => Err(ApiError::Conflict(e.to_string())),
+    let b: RevertBody = body(&bytes)?;
+    let actor = Decision {
+        by: b.by,
+        comment: None,
     }
+    .actor()?;
+    let row = remediation
+        .revert(&actor, id, b.force.unwrap_or(false))
+        .await?;
+    Ok(Json(action_json(&row)))
+}
+
+/// `POST /api/v1/actions`: a person's (or a tool's) request, through the same
+/// guardrails as a playbook step. The kinds and their fields:
+/// `kill_switch` (`flag`, `provider`?, `environment`?, `state`?),
+/// `rollback` (`service`, `environment`?, `provider`?),
+/// `notify` (`slack` or `webhook`, `message`); for every kind `incident`?,
+/// `reason`?, `force`? (run past the automation pause) and `by`?.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RequestBody {
+    kind: Option<String>,
+    flag: Option<String>,
+    provider: Option<String>,
+    environment: Option<String>,
+    state: Option<FlagState>,
+    service: Option<String>,
+    slack: Option<String>,
+    webhook: Option<String>,
+    message: Option<String>,
+    incident: Option<i64>,
+    reason: Option<String>,
+    force: Option<bool>,
+    by: Option<String>,
+}
+
+impl RequestBody {
+    fn into_request(self) -> Result<(Request, RequestOptions, Option<String>), ApiError> {
+        let kind = self
+            .kind
+            .clone()
+            .ok_or_else(|| bad("kind", "missing: give kill_switch, rollback or notify"))?;
+        let not_for = |field: &str, present: bool| -> Result<(), ApiError> {
+            if present {
+                Err(bad(
+                    field,
+                    format!("{field} does not apply to a {kind} request"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let request = match kind.as_str() {
+            "kill_switch" => {
+                not_for("service", self.service.is_some())?;
+                not_for("slack", self.slack.is_some())?;
+                not_for("webhook", self.webhook.is_some())?;
+                not_for("message", self.message.is_some())?;
+                Request::KillSwitch {
+                    flag: self
+                        .flag
+                        .ok_or_else(|| bad("flag", "missing: the kill switch's flag key"))?,
+                    provider: self.provider,
+                    environment: self.environment,
+                    state: self.state.unwrap_or_default(),
+                }
+            }
+            "rollback" => {
+                not_for("flag", self.flag.is_some())?;
+                not_for("state", self.state.is_some())?;
+                not_for("slack", self.slack.is_some())?;
+                not_for("webhook", self.webhook.is_some())?;
+                not_for("message", self.message.is_some())?;
+                Request::Rollback {
+                    service: self
+                        .service
+                        .ok_or_else(|| bad("service", "missing: the service to roll back"))?,
+                    environment: self.environment,
+                    provider: self.provider,
+                }
+            }
+            "notify" => {
+                not_for("flag", self.flag.is_some())?;
+                not_for("state", self.state.is_some())?;
+                not_for("service", self.service.is_some())?;
+                not_for("provider", self.provider.is_some())?;
+                not_for("environment", self.environment.is_some())?;
+                Request::Notify {
+                    slack: self.slack,
+                    webhook: self.webhook,
+                    message: self
+                        .message
+                        .ok_or_else(|| bad("message", "missing: what to say"))?,
+                }
+            }
+            "http" => {
+                return Err(bad(
+                    "kind",
+                    "http steps run only from playbooks (reviewed files): a request to an arbitrary URL from the API would let anyone who may operate make Firebreak call anything",
+                ))
+            }
+            other => {
+                return Err(bad(
+                    "kind",
+                    format!("{other:?} is not an action kind: use kill_switch, rollback or notify"),
+                ))
+            }
+        };
+        Ok((
+            request,
+            RequestOptions {
+                incident: self.incident,
+                reason: self.reason,
+                force: self.force.unwrap_or(false),
+            },
+            self.by,
+        ))
+    }
+}
+
+async fn request_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let remediation = remediation(&state, &headers)?;
+    let b: RequestBody = body(&bytes)?;
+    let (request, opts, by) = b.into_request()?;
+    let actor = Decision { by, comment: None }.actor()?;
+    let row = remediation.request(&actor, request, opts).await?;
+    let mut r = (StatusCode::ACCEPTED, Json(action_json(&row))).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/actions/{}", row.id)) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(r)
 }
 
 async fn automation(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
-    let paused = store.setting(SETTING_PAUSED).await?.as_deref() == Some("true");
-    Ok(Json(json!({"paused": paused, "dry_run": state.dry_run})))
+    let remediation = remediation(&state, &headers)?;
+    let paused = remediation.paused().await?;
+    Ok(Json(
+        json!({"paused": paused, "dry_run": remediation.policy().dry_run}),
+    ))
 }
 
 async fn set_paused(
@@ -400,26 +451,12 @@ async fn set_paused(
     bytes: Bytes,
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let remediation = remediation(&state, &headers)?;
     let d: Decision = body(&bytes)?;
     let actor = d.actor()?;
-    let audit = NewAudit::by(
-        actor.clone(),
-        if paused {
-            "automation_paused"
-        } else {
-            "automation_resumed"
-        },
-        json!({"comment": d.comment}),
-    );
-    store
-        .set_setting(
-            SETTING_PAUSED,
-            if paused { "true" } else { "false" },
-            &audit,
-        )
+    remediation
+        .set_paused(&actor, paused, d.comment.as_deref())
         .await?;
-    tracing::warn!(by = %actor, paused, "automation pause changed");
     Ok(Json(json!({"paused": paused, "by": actor})))
 }
 
@@ -473,20 +510,8 @@ async fn audit(
     Ok(Json(json!({"entries": rows, "next_before": next})))
 }
 
-/// Flag keys travel unencoded in OFREP paths: keep them to safe characters.
 fn check_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty()
-        || key.len() > 200
-        || !key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(bad(
-            "key",
-            format!("{key:?} is not a flag key: use 1-200 letters, digits, '.', '-' or '_'"),
-        ));
-    }
-    Ok(())
+    firebreak_remediation::check_flag_key(key).map_err(|m| bad("key", m))
 }
 
 #[derive(Deserialize, Default)]
@@ -521,26 +546,23 @@ async fn get_flag(
 }
 
 async fn write_flag(
-    store: &dyn Store,
+    remediation: &Remediation,
     key: &str,
     f: &FlagBody,
 ) -> Result<(Option<bool>, FlagRow), ApiError> {
-    check_key(key)?;
-    let enabled = f.enabled.unwrap_or(true);
     let actor = Decision {
         by: f.by.clone(),
         comment: None,
     }
     .actor()?;
-    let audit = NewAudit::by(
-        actor.clone(),
-        "flag_set",
-        json!({"flag": key, "enabled": enabled}),
-    );
-    let previous = store
-        .set_flag(key, enabled, f.description.as_deref(), &actor, &audit)
-        .await?;
-    Ok((previous, store.flag(key).await?))
+    Ok(remediation
+        .set_flag(
+            &actor,
+            key,
+            f.enabled.unwrap_or(true),
+            f.description.as_deref(),
+        )
+        .await?)
 }
 
 async fn create_flag(
@@ -548,13 +570,13 @@ async fn create_flag(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let store = store(&state, &headers)?;
+    let remediation = remediation(&state, &headers)?;
     let f: FlagBody = body(&bytes)?;
     let key = f
         .key
         .clone()
         .ok_or_else(|| bad("key", "missing: give the flag's key"))?;
-    let (previous, flag) = write_flag(store.as_ref(), &key, &f).await?;
+    let (previous, flag) = write_flag(&remediation, &key, &f).await?;
     let status = if previous.is_none() {
         StatusCode::CREATED
     } else {
@@ -573,7 +595,7 @@ async fn put_flag(
     Path(key): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let remediation = remediation(&state, &headers)?;
     let f: FlagBody = body(&bytes)?;
     if f.key.as_deref().is_some_and(|k| k != key) {
         return Err(bad("key", "differs from the key in the path"));
@@ -581,7 +603,7 @@ async fn put_flag(
     if f.enabled.is_none() {
         return Err(bad("enabled", "missing: give true or false"));
     }
-    let (previous, flag) = write_flag(store.as_ref(), &key, &f).await?;
+    let (previous, flag) = write_flag(&remediation, &key, &f).await?;
     Ok(Json(json!({"flag": flag, "previous_enabled": previous})))
 }
 
@@ -590,14 +612,9 @@ async fn delete_flag(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let store = store(&state, &headers)?;
-    check_key(&key)?;
-    let audit = NewAudit::by("api", "flag_deleted", json!({"flag": key}));
-    if store.delete_flag(&key, &audit).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!("no flag {key:?}")))
-    }
+    let remediation = remediation(&state, &headers)?;
+    remediation.delete_flag("api", &key).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // --- OFREP -----------------------------------------------------------------

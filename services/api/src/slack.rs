@@ -5,7 +5,7 @@
 //! commands and approvals need an allowed user; every command, allowed or
 //! refused, is in the audit trail with the Slack user id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use firebreak_actions::slack::{escape, SlackClient};
-use firebreak_actions::ActionSpec;
-use firebreak_domain::playbook::{last_good, FlagState, KillSwitchStep, RollbackStep, StepAction};
+use firebreak_domain::playbook::FlagState;
 use firebreak_domain::timeline::{kind, NewEntry};
-use firebreak_store::{
-    ActionFilter, ActionRow, ActionStatus, IncidentFilter, NewAction, NewAudit, Store, StoreError,
-    SETTING_PAUSED,
-};
+use firebreak_remediation::slack::{escape, SlackClient};
+use firebreak_remediation::{CommandError, Remediation, Request, RequestOptions};
+use firebreak_store::{ActionFilter, ActionStatus, IncidentFilter, NewAudit, Store, StoreError};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -131,7 +128,7 @@ const USAGE: &str = "*Firebreak* — `/firebreak <command>`:\n\
 • `resolve <id>` — resolve it now\n\
 • `note <id> <text>` — add a note to its timeline\n\
 • `killswitch <flag> off|on [provider]` — set a kill switch (allowed users)\n\
-• `rollback <service>` — roll back to the last good deploy (allowed users)\n\
+• `rollback <service> [environment]` — roll back to the last good deploy (allowed users)\n\
 • `pause` / `resume` — automation (allowed users)\n\
 • `postmortem <id>` — the draft's summary and link";
 
@@ -210,47 +207,36 @@ async fn commands(
             add_note(store.as_ref(), id, note, &caller).await?
         }
         ("killswitch", [flag, state_word, rest @ ..]) if rest.len() <= 1 => {
-            let provider = rest.first().copied().unwrap_or("builtin");
-            killswitch(
-                &state,
-                store.as_ref(),
-                &slack,
-                flag,
-                state_word,
-                provider,
-                &caller,
-                response_url,
-            )
-            .await?
+            let wanted = match state_word.to_ascii_lowercase().as_str() {
+                "off" => Some(FlagState::Off),
+                "on" => Some(FlagState::On),
+                _ => None,
+            };
+            match wanted {
+                None => ephemeral(format!("Use `killswitch {} off` or `on`.", escape(flag))),
+                Some(state_word) => {
+                    let request = Request::KillSwitch {
+                        flag: flag.to_string(),
+                        provider: rest.first().map(|p| p.to_string()),
+                        environment: None,
+                        state: state_word,
+                    };
+                    ask(&state, &slack, &caller, request, response_url).await?
+                }
+            }
         }
-        ("rollback", [service]) => {
-            rollback(
-                &state,
-                store.as_ref(),
-                &slack,
-                service,
-                &caller,
-                response_url,
-            )
-            .await?
+        ("rollback", [service, rest @ ..]) if rest.len() <= 1 => {
+            let request = Request::Rollback {
+                service: service.to_string(),
+                environment: rest.first().map(|e| e.to_string()),
+                provider: None,
+            };
+            ask(&state, &slack, &caller, request, response_url).await?
         }
         ("pause", []) | ("resume", []) => {
             let paused = command == "pause";
-            let audit = NewAudit::by(
-                caller.actor(),
-                if paused {
-                    "automation_paused"
-                } else {
-                    "automation_resumed"
-                },
-                json!({"via": "slack"}),
-            );
-            store
-                .set_setting(
-                    SETTING_PAUSED,
-                    if paused { "true" } else { "false" },
-                    &audit,
-                )
+            remediation(&state)?
+                .set_paused(&caller.actor(), paused, Some("from Slack"))
                 .await?;
             in_channel(if paused {
                 format!(":double_vertical_bar: <@{}> paused automation: playbooks now hold every action for a human.", caller.id)
@@ -355,7 +341,7 @@ async fn status(store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
         text.push_str(&format!(
             "\n• action #{} {} — {}",
             a.id,
-            escape(a.spec["describe"].as_str().unwrap_or(&a.kind)),
+            escape(&a.spec.describe),
             a.status.as_str()
         ));
     }
@@ -470,62 +456,82 @@ async fn add_note(
     Ok(ephemeral(format!(":memo: Added to the timeline of #{id}.")))
 }
 
-/// Queues an action claimed by a person; the executor runs it (verified,
-/// retried, audited) and the outcome is posted to `response_url`.
-#[allow(clippy::too_many_arguments)]
-async fn queue_action(
+fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {
+    state
+        .remediation
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without remediation".into()))
+}
+
+/// A person's request from Slack: the same guarded path as REST and
+/// playbooks; the answer says what the guardrails decided, and the outcome
+/// is posted to `response_url` once the executor is done.
+async fn ask(
     state: &AppState,
-    store: &dyn Store,
     slack: &Arc<SlackClient>,
     caller: &Caller,
-    kind_name: &str,
-    target: String,
-    spec: ActionSpec,
+    request: Request,
     response_url: Option<String>,
-) -> Result<ActionRow, ApiError> {
-    let now = Utc::now();
-    let action = NewAction {
-        dedupe_key: format!("slack:{}:{}:{}", caller.id, target, now.timestamp_micros()),
-        playbook: "slack".into(),
-        playbook_version: "-".into(),
-        step_index: 0,
-        kind: kind_name.into(),
-        target,
-        incident_id: None,
-        trigger_id: caller.actor(),
-        status: ActionStatus::Pending,
+) -> Result<Response, ApiError> {
+    let remediation = remediation(state)?;
+    let opts = RequestOptions {
         reason: Some(format!(
             "requested in Slack by {} ({})",
             caller.name, caller.id
         )),
-        spec: serde_json::to_value(&spec).unwrap_or(Value::Null),
-        at: now,
+        ..RequestOptions::default()
     };
-    let mut tx = store.begin().await?;
-    let row = tx
-        .insert_actions(std::slice::from_ref(&action))
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::Conflict("the same request is already queued".into()))?;
-    tx.insert_audit(&[NewAudit::of(
-        &row,
-        &caller.actor(),
-        "requested",
-        now,
-        json!({"via": "slack", "step": spec.describe}),
-    )])
-    .await?;
-    tx.commit().await?;
-    state.metrics.action("requested");
-    if let Some(wake) = &state.wake {
-        wake.notify_one();
-    }
-    if let (Some(url), Some(store)) = (response_url, state.store.clone()) {
-        let slack = slack.clone();
-        let id = row.id;
-        tokio::spawn(async move { follow_up(store, slack, id, url).await });
-    }
-    Ok(row)
+    let row = match remediation.request(&caller.actor(), request, opts).await {
+        Ok(row) => row,
+        Err(CommandError::BadRequest { message, .. }) => {
+            return Ok(ephemeral(format!("Nothing done: {}", escape(&message))))
+        }
+        Err(CommandError::Conflict(message)) | Err(CommandError::NotFound(message)) => {
+            return Ok(ephemeral(format!("Nothing done: {}", escape(&message))))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let describe = escape(&row.spec.describe);
+    let text = match row.status {
+        ActionStatus::Pending => {
+            if let (Some(url), Some(store)) = (response_url, state.store.clone()) {
+                let slack = slack.clone();
+                let id = row.id;
+                tokio::spawn(async move { follow_up(store, slack, id, url).await });
+            }
+            format!(
+                ":hammer_and_wrench: <@{}> asked to {describe} (action #{}); I'll post the outcome here.",
+                caller.id, row.id
+            )
+        }
+        ActionStatus::Held => format!(
+            ":raised_hand: <@{}> asked to {describe} (action #{}): held for a human, {}. Approve it with the buttons in the incident thread or POST /api/v1/actions/{}/approve.",
+            caller.id,
+            row.id,
+            escape(row.reason.as_deref().unwrap_or("")),
+            row.id
+        ),
+        ActionStatus::DryRun => format!(
+            ":test_tube: <@{}> asked to {describe} (action #{}): dry run ({}), nothing was called.",
+            caller.id,
+            row.id,
+            escape(row.reason.as_deref().unwrap_or(""))
+        ),
+        ActionStatus::Suppressed => format!(
+            ":zzz: <@{}> asked to {describe} (action #{}): not repeated ({}).",
+            caller.id,
+            row.id,
+            escape(row.reason.as_deref().unwrap_or(""))
+        ),
+        other => format!(
+            ":x: <@{}> asked to {describe} (action #{}): {} ({}).",
+            caller.id,
+            row.id,
+            other.as_str(),
+            escape(row.reason.as_deref().unwrap_or(""))
+        ),
+    };
+    Ok(in_channel(text))
 }
 
 /// Waits (up to two minutes) for an action to finish and tells the channel.
@@ -538,7 +544,7 @@ async fn follow_up(store: Arc<dyn Store>, slack: Arc<SlackClient>, id: i64, resp
         let done = match a.status {
             ActionStatus::Succeeded => format!(
                 ":white_check_mark: {} — done{}.",
-                escape(a.spec["describe"].as_str().unwrap_or(&a.kind)),
+                escape(&a.spec.describe),
                 if a.result
                     .as_ref()
                     .is_some_and(|r| r["verified"] == Value::Bool(true))
@@ -550,7 +556,7 @@ async fn follow_up(store: Arc<dyn Store>, slack: Arc<SlackClient>, id: i64, resp
             ),
             ActionStatus::Failed => format!(
                 ":x: {} — failed: {}",
-                escape(a.spec["describe"].as_str().unwrap_or(&a.kind)),
+                escape(&a.spec.describe),
                 escape(a.reason.as_deref().unwrap_or("unknown"))
             ),
             _ => continue,
@@ -566,165 +572,6 @@ async fn follow_up(store: Arc<dyn Store>, slack: Arc<SlackClient>, id: i64, resp
         }
         return;
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn killswitch(
-    state: &AppState,
-    store: &dyn Store,
-    slack: &Arc<SlackClient>,
-    flag: &str,
-    state_word: &str,
-    provider: &str,
-    caller: &Caller,
-    response_url: Option<String>,
-) -> Result<Response, ApiError> {
-    let wanted = match state_word.to_ascii_lowercase().as_str() {
-        "off" => FlagState::Off,
-        "on" => FlagState::On,
-        _ => {
-            return Ok(ephemeral(format!(
-                "Use `killswitch {} off` or `on`.",
-                escape(flag)
-            )))
-        }
-    };
-    let known = state
-        .providers
-        .as_ref()
-        .is_some_and(|p| p.kill_switches.contains_key(provider));
-    if !known {
-        return Ok(ephemeral(format!("There is no kill switch provider `{}`; use builtin or one configured under [kill_switch.<name>].", escape(provider))));
-    }
-    let step = KillSwitchStep {
-        flag: flag.to_string(),
-        provider: provider.to_string(),
-        environment: None,
-        state: wanted,
-    };
-    let describe = format!("turn {} flag {} ({})", wanted.as_str(), flag, provider);
-    let mut vars = BTreeMap::new();
-    vars.insert("flag".to_string(), flag.to_string());
-    let spec = ActionSpec {
-        step: StepAction::KillSwitch(step),
-        vars,
-        describe: describe.clone(),
-    };
-    let target = format!("flag:{provider}::{flag}");
-    let row = queue_action(
-        state,
-        store,
-        slack,
-        caller,
-        "kill_switch",
-        target,
-        spec,
-        response_url,
-    )
-    .await?;
-    Ok(in_channel(format!(
-        ":hammer_and_wrench: <@{}> asked to {} (action #{}); I'll post the outcome here.",
-        caller.id,
-        escape(&describe),
-        row.id
-    )))
-}
-
-async fn rollback(
-    state: &AppState,
-    store: &dyn Store,
-    slack: &Arc<SlackClient>,
-    service: &str,
-    caller: &Caller,
-    response_url: Option<String>,
-) -> Result<Response, ApiError> {
-    let providers: Vec<String> = state
-        .providers
-        .as_ref()
-        .map(|p| p.rollbacks.keys().cloned().collect())
-        .unwrap_or_default();
-    let provider = match (&slack.config().rollback_provider, providers.as_slice()) {
-        (Some(p), _) => p.clone(),
-        (None, [only]) => only.clone(),
-        (None, []) => {
-            return Ok(ephemeral(
-                "No rollback provider is configured ([rollback.<name>]).",
-            ))
-        }
-        (None, _) => {
-            return Ok(ephemeral(
-                "Several rollback providers are configured: set `slack.rollback_provider`.",
-            ))
-        }
-    };
-    let now = Utc::now();
-    let mut tx = store.begin().await?;
-    let history = tx
-        .deploys_between(service, None, now - chrono::Duration::days(30), now)
-        .await?;
-    drop(tx);
-    let Some(suspect) = history.iter().max_by_key(|d| d.started_at) else {
-        return Ok(ephemeral(format!(
-            "No deploy of `{}` is known in the last 30 days; nothing to roll back.",
-            escape(service)
-        )));
-    };
-    let Some(good) = last_good(suspect, &history) else {
-        return Ok(ephemeral(format!(
-            "No successful deploy of `{}` before {} is known; I can't tell what to roll back to.",
-            escape(service),
-            escape(&suspect.version)
-        )));
-    };
-    let mut vars = BTreeMap::new();
-    vars.insert("service".to_string(), service.to_string());
-    vars.insert(
-        "environment".to_string(),
-        suspect.environment.clone().unwrap_or_default(),
-    );
-    vars.insert("incident.id".to_string(), String::new());
-    for (prefix, d) in [("suspect", suspect), ("target", good)] {
-        vars.insert(format!("{prefix}.id"), d.id.clone());
-        vars.insert(format!("{prefix}.version"), d.version.clone());
-        vars.insert(
-            format!("{prefix}.commit"),
-            d.commit.clone().unwrap_or_default(),
-        );
-        vars.insert(format!("{prefix}.started_at"), d.started_at.to_rfc3339());
-    }
-    let describe = format!(
-        "roll back {service} from {} to {} ({provider})",
-        suspect.version, good.version
-    );
-    let spec = ActionSpec {
-        step: StepAction::Rollback(RollbackStep {
-            provider,
-            to: "last_good".into(),
-        }),
-        vars,
-        describe: describe.clone(),
-    };
-    let target = format!(
-        "deploys:{service}:{}",
-        suspect.environment.as_deref().unwrap_or("")
-    );
-    let row = queue_action(
-        state,
-        store,
-        slack,
-        caller,
-        "rollback",
-        target,
-        spec,
-        response_url,
-    )
-    .await?;
-    Ok(in_channel(format!(
-        ":rewind: <@{}> asked to {} (action #{}); I'll post the outcome here.",
-        caller.id,
-        escape(&describe),
-        row.id
-    )))
 }
 
 async fn postmortem(state: &AppState, store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
@@ -846,27 +693,21 @@ async fn interactions(
         json!({"response_type": "ephemeral", "replace_original": false,
                "text": format!(":no_entry: <@{}>, you are not allowed to approve or deny actions; nothing changed.", caller.id)})
     } else {
-        match crate::remediation::decide_action(
-            &state,
-            store.as_ref(),
-            id,
-            approve,
-            &caller.actor(),
-            Some("from Slack"),
-        )
-        .await
+        match remediation(&state)?
+            .decide(&caller.actor(), id, approve, Some("from Slack"))
+            .await
         {
             Ok(row) => json!({"replace_original": true, "text": format!(
                 "{} {} by <@{}>: {}",
                 if approve { ":white_check_mark:" } else { ":no_entry_sign:" },
                 if approve { "Approved" } else { "Denied" },
                 caller.id,
-                escape(row.spec["describe"].as_str().unwrap_or(&row.kind))
+                escape(&row.spec.describe)
             )}),
-            Err(ApiError::Conflict(m)) => {
+            Err(CommandError::Conflict(m)) | Err(CommandError::NotFound(m)) => {
                 json!({"response_type": "ephemeral", "replace_original": false, "text": format!("Nothing changed: {}", escape(&m))})
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     };
     if let Some(url) = response_url {

@@ -124,6 +124,28 @@ pub enum DeployStrategy {
     Flag,
 }
 
+impl DeployStrategy {
+    pub const ALL: [DeployStrategy; 4] = [
+        DeployStrategy::Canary,
+        DeployStrategy::BlueGreen,
+        DeployStrategy::Rolling,
+        DeployStrategy::Flag,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStrategy::Canary => "canary",
+            DeployStrategy::BlueGreen => "blue-green",
+            DeployStrategy::Rolling => "rolling",
+            DeployStrategy::Flag => "flag",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeployStrategy> {
+        DeployStrategy::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployEvent {
     pub id: String,
@@ -156,6 +178,15 @@ impl GateVerdict {
             GateVerdict::Pass => "pass",
             GateVerdict::Fail => "fail",
             GateVerdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GateVerdict> {
+        match s {
+            "pass" => Some(GateVerdict::Pass),
+            "fail" => Some(GateVerdict::Fail),
+            "inconclusive" => Some(GateVerdict::Inconclusive),
+            _ => None,
         }
     }
 }

@@ -5,8 +5,10 @@
 //! This crate does no IO and needs no async runtime, so every rule here is tested
 //! with plain unit tests and shared by the HTTP ingest and the bus consumers.
 
+pub mod action;
 pub mod alertmanager;
 pub mod correlation;
+pub mod duration;
 pub mod events;
 pub mod ids;
 pub mod matcher;
@@ -17,6 +19,7 @@ pub mod timeline;
 mod wire;
 
 pub use events::{
-    AlertEvent, DeployEvent, DeployStatus, EventKind, GateResult, GateVerdict, LogLine,
+    AlertEvent, DeployEvent, DeployStatus, DeployStrategy, EventKind, GateResult, GateVerdict,
+    LogLine,
 };
 pub use wire::{decode, Decoded, WireError};

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::alertmanager::AlertStatus;
+pub use crate::duration::Dur;
 use crate::events::{DeployEvent, DeployStatus, GateResult, GateVerdict};
 use crate::matcher::Matcher;
 use crate::AlertEvent;
@@ -467,68 +468,6 @@ pub struct Guard {
 pub struct Budget {
     pub count: u32,
     pub per: Dur,
-}
-
-/// A duration written as `90s`, `30m`, `2h`, `7d` or combined (`1h30m`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    pub fn parse(s: &str) -> Result<Dur, String> {
-        let bad = || format!("{s:?} is not a duration like 90s, 30m, 2h or 7d");
-        let mut total = Duration::zero();
-        let mut num = String::new();
-        let mut any = false;
-        for c in s.trim().chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-                continue;
-            }
-            let n: i64 = num.parse().map_err(|_| bad())?;
-            num.clear();
-            total += match c {
-                's' => Duration::seconds(n),
-                'm' => Duration::minutes(n),
-                'h' => Duration::hours(n),
-                'd' => Duration::days(n),
-                'w' => Duration::weeks(n),
-                _ => return Err(bad()),
-            };
-            any = true;
-        }
-        if !num.is_empty() || !any {
-            return Err(bad());
-        }
-        Ok(Dur(total))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0.num_seconds();
-        if s % 86_400 == 0 && s > 0 {
-            write!(f, "{}d", s / 86_400)
-        } else if s % 3600 == 0 && s > 0 {
-            write!(f, "{}h", s / 3600)
-        } else if s % 60 == 0 && s > 0 {
-            write!(f, "{}m", s / 60)
-        } else {
-            write!(f, "{s}s")
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Dur::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
 }
 
 /// A playbook file that failed to load: where and what.

@@ -21,8 +21,8 @@ use firebreak_domain::ids::lock_key;
 use firebreak_domain::metrics::Metrics;
 use firebreak_domain::timeline::{self, kind, NewEntry};
 use firebreak_domain::{decode, AlertEvent, Decoded, DeployEvent, EventKind, GateResult, LogLine};
+use firebreak_remediation::Remediation;
 use firebreak_store::{Store, StoreError, StoreTx};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub mod playbooks;
@@ -30,7 +30,6 @@ mod remediation;
 
 use firebreak_domain::playbook::Trigger;
 pub use playbooks::{Loaded, PlaybookSet, StepCheck};
-pub use remediation::AutomationPolicy;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,7 +42,6 @@ pub struct EngineConfig {
     pub workers: usize,
     /// How often open incidents are checked for resolution.
     pub sweep_interval: Duration,
-    pub automation: AutomationPolicy,
 }
 
 impl Default for EngineConfig {
@@ -54,7 +52,6 @@ impl Default for EngineConfig {
             prefetch: 256,
             workers: 2,
             sweep_interval: Duration::from_secs(5),
-            automation: AutomationPolicy::default(),
         }
     }
 }
@@ -76,8 +73,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     config: EngineConfig,
     playbooks: Arc<PlaybookSet>,
-    /// Wakes the executor when actions are ready.
-    wake: Arc<Notify>,
+    /// Claims what matched playbooks call for (none: no automation).
+    remediation: Option<Arc<Remediation>>,
 }
 
 /// Transient store failures are retried this many times in-process before the
@@ -99,14 +96,18 @@ impl Engine {
             metrics,
             config,
             playbooks,
-            wake: Arc::new(Notify::new()),
+            remediation: None,
         }
     }
 
-    /// Matches events against `playbooks`; `wake` is notified when actions are claimed.
-    pub fn with_playbooks(mut self, playbooks: Arc<PlaybookSet>, wake: Arc<Notify>) -> Engine {
+    /// Matches events against `playbooks` and claims their actions through `remediation`.
+    pub fn with_playbooks(
+        mut self,
+        playbooks: Arc<PlaybookSet>,
+        remediation: Arc<Remediation>,
+    ) -> Engine {
         self.playbooks = playbooks;
-        self.wake = wake;
+        self.remediation = Some(remediation);
         self
     }
 
@@ -355,7 +356,9 @@ impl Engine {
         tx.insert_timeline(&entries).await?;
         tx.commit().await?;
         if outcome.actions_ready > 0 {
-            self.wake.notify_one();
+            if let Some(r) = &self.remediation {
+                r.wake();
+            }
         }
         Ok(outcome)
     }

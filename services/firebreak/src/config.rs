@@ -1,19 +1,34 @@
-//! Configuration: embedded defaults, then an optional TOML file, then
-//! `FIREBREAK_*` environment variables, then command-line flags. Validated once
-//! at boot; every error names the key and what would be right.
+//! Configuration: one layered loader. Embedded defaults (`defaults.toml`),
+//! then an optional TOML file, then environment variables, then
+//! command-line flags; validated once at boot, and every error names the key
+//! (and the variable, when one set it) and what would be right.
+//!
+//! Every key has an environment twin: `FIREBREAK_` followed by the key's path
+//! in capitals with `__` between levels (`engine.workers` is
+//! `FIREBREAK_ENGINE__WORKERS`, `kill_switch.unleash.token` is
+//! `FIREBREAK_KILL_SWITCH__UNLEASH__TOKEN`); top-level keys have one level
+//! (`FIREBREAK_LISTEN`). The short names of earlier versions
+//! (`FIREBREAK_DRY_RUN`, …, see [`ALIASES`]) still work. Durations, addresses
+//! and URLs are typed: a bad one is refused at start, not at first use.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use firebreak_actions::{KillSwitchConfig, NotifierConfig, RollbackConfig, SlackConfig};
 use firebreak_api::{Secret, Tokens};
+use firebreak_domain::action::AutomationPolicy;
 use firebreak_domain::correlation::CorrelationPolicy;
-use firebreak_domain::playbook::{Budget, NotifyStep};
-use firebreak_engine::{AutomationPolicy, EngineConfig};
+use firebreak_domain::duration::Dur;
+use firebreak_domain::playbook::{Budget, Guard, NotifyStep};
+use firebreak_engine::EngineConfig;
+use firebreak_remediation::{
+    KillSwitchConfig, NotifierConfig, RemediationConfig, RollbackConfig, SlackConfig,
+};
 use serde::Deserialize;
+
+/// The first layer.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
@@ -66,16 +81,20 @@ impl Roles {
     }
 }
 
-/// The file's shape (and the defaults). Unknown keys are errors.
+/// The file's shape. Every layer is merged into one table first; unknown
+/// keys are errors naming the key.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: String,
     pub data_dir: PathBuf,
+    #[serde(default)]
     pub database_url: Option<String>,
+    #[serde(default)]
     pub amqp_url: Option<String>,
     pub roles: Vec<String>,
     pub log_format: String,
+    pub node: String,
     pub amqp: AmqpSection,
     pub ingest: IngestSection,
     pub api: ApiSection,
@@ -84,189 +103,106 @@ pub struct FileConfig {
     pub playbooks: PlaybooksSection,
     pub postmortem: PostmortemSection,
     pub automation: AutomationSection,
+    #[serde(default)]
     pub kill_switch: BTreeMap<String, KillSwitchConfig>,
+    #[serde(default)]
     pub rollback: BTreeMap<String, RollbackConfig>,
+    #[serde(default)]
     pub notify: BTreeMap<String, NotifierConfig>,
     pub slack: SlackConfig,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PlaybooksSection {
-    /// Directory of playbook files; unset: no playbooks, no automation.
-    pub dir: Option<PathBuf>,
-    pub reload_interval: String,
-}
-
-impl Default for PlaybooksSection {
-    fn default() -> Self {
-        PlaybooksSection {
-            dir: None,
-            reload_interval: "2s".into(),
-        }
-    }
+#[serde(deny_unknown_fields)]
+pub struct AmqpSection {
+    pub namespace: String,
+    pub prefetch: u16,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    pub max_body_bytes: usize,
+    pub tokens: TokensSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    #[serde(default)]
+    pub alertmanager: Option<Secret>,
+    #[serde(default)]
+    pub deploy: Option<Secret>,
+    #[serde(default)]
+    pub gate: Option<Secret>,
+    #[serde(default)]
+    pub logs: Option<Secret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Bearer token applications present on the OFREP endpoints; unset: open.
+    #[serde(default)]
+    pub ofrep_token: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub workers: usize,
+    pub batch_max: usize,
+    pub sweep_interval: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsSection {
+    pub group_by: Vec<String>,
+    pub reopen_window: Dur,
+    pub quiet_period: Dur,
+    pub deploy_lookback: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybooksSection {
+    /// Directory of playbook files; unset: no playbooks, no automation.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    pub reload_interval: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PostmortemSection {
     /// Directory holding postmortem.md.hbs (read at every render).
     pub templates: PathBuf,
     /// IANA time zone for times in drafts, e.g. "Europe/Berlin".
     pub timezone: String,
     /// How often the engine looks for resolved incidents without a draft.
-    pub interval: String,
-}
-
-impl Default for PostmortemSection {
-    fn default() -> Self {
-        PostmortemSection {
-            templates: PathBuf::from("templates"),
-            timezone: "UTC".into(),
-            interval: "2s".into(),
-        }
-    }
+    pub interval: Dur,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct AutomationSection {
     pub dry_run: bool,
     /// Global budget, e.g. `{ count = 10, per = "1h" }`.
+    #[serde(default)]
     pub max_actions: Option<Budget>,
     /// Where held and failed actions are escalated: a Slack channel and/or a notifier.
+    #[serde(default)]
     pub escalate_slack: Option<String>,
+    #[serde(default)]
     pub escalate_webhook: Option<String>,
     pub max_attempts: i32,
-    pub retry_backoff: String,
-    pub lease: String,
-}
-
-impl Default for AutomationSection {
-    fn default() -> Self {
-        AutomationSection {
-            dry_run: false,
-            max_actions: None,
-            escalate_slack: None,
-            escalate_webhook: None,
-            max_attempts: 3,
-            retry_backoff: "1s".into(),
-            lease: "10m".into(),
-        }
-    }
-}
-
-impl Default for FileConfig {
-    fn default() -> Self {
-        FileConfig {
-            listen: "127.0.0.1:8080".into(),
-            data_dir: PathBuf::from("./data"),
-            database_url: None,
-            amqp_url: None,
-            roles: vec!["ingest".into(), "engine".into(), "api".into()],
-            log_format: "text".into(),
-            amqp: AmqpSection::default(),
-            ingest: IngestSection::default(),
-            api: ApiSection::default(),
-            engine: EngineSection::default(),
-            incidents: IncidentsSection::default(),
-            playbooks: PlaybooksSection::default(),
-            postmortem: PostmortemSection::default(),
-            automation: AutomationSection::default(),
-            kill_switch: BTreeMap::new(),
-            rollback: BTreeMap::new(),
-            notify: BTreeMap::new(),
-            slack: SlackConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AmqpSection {
-    pub namespace: String,
-    pub prefetch: u16,
-}
-
-impl Default for AmqpSection {
-    fn default() -> Self {
-        AmqpSection {
-            namespace: "firebreak".into(),
-            prefetch: 256,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestSection {
-    pub max_body_bytes: usize,
-    pub tokens: TokensSection,
-}
-
-impl Default for IngestSection {
-    fn default() -> Self {
-        // A 10,000-alert storm in one webhook is about 10 MB; leave room.
-        IngestSection {
-            max_body_bytes: 32 * 1024 * 1024,
-            tokens: TokensSection::default(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokensSection {
-    pub alertmanager: Option<Secret>,
-    pub deploy: Option<Secret>,
-    pub gate: Option<Secret>,
-    pub logs: Option<Secret>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiSection {
-    pub token: Option<Secret>,
-    /// Bearer token applications present on the OFREP endpoints; unset: open.
-    pub ofrep_token: Option<Secret>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSection {
-    pub workers: usize,
-    pub batch_max: usize,
-    pub sweep_interval: String,
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        EngineSection {
-            workers: 2,
-            batch_max: 64,
-            sweep_interval: "5s".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IncidentsSection {
-    pub group_by: Vec<String>,
-    pub reopen_window: String,
-    pub quiet_period: String,
-    pub deploy_lookback: String,
-}
-
-impl Default for IncidentsSection {
-    fn default() -> Self {
-        IncidentsSection {
-            group_by: vec!["service".into(), "env|environment".into()],
-            reopen_window: "30m".into(),
-            quiet_period: "5m".into(),
-            deploy_lookback: "2h".into(),
-        }
-    }
+    pub retry_backoff: Dur,
+    pub lease: Dur,
+    /// The guard of people's requests.
+    pub manual: Guard,
 }
 
 /// A connection URL that may carry a password: `Debug` shows it redacted.
@@ -303,7 +239,7 @@ pub struct Config {
     pub playbooks_reload: Duration,
     pub postmortem: firebreak_postmortem::PostmortemConfig,
     pub postmortem_interval: Duration,
-    pub executor: firebreak_actions::ExecutorConfig,
+    pub remediation: RemediationConfig,
     pub kill_switches: BTreeMap<String, KillSwitchConfig>,
     pub rollbacks: BTreeMap<String, RollbackConfig>,
     pub notifiers: BTreeMap<String, NotifierConfig>,
@@ -320,11 +256,9 @@ impl Config {
     }
 }
 
-/// Environment variables and the key each sets. Flags (`--listen`, `--data-dir`,
-/// `--roles`, `--log-format`) read their own twins.
-pub const ENV_KEYS: &[(&str, &str)] = &[
-    ("FIREBREAK_DATABASE_URL", "database_url"),
-    ("FIREBREAK_AMQP_URL", "amqp_url"),
+/// Short environment names of earlier versions and the key each sets; the
+/// generic twin (`FIREBREAK_SECTION__KEY`) works for these keys as well.
+pub const ALIASES: &[(&str, &str)] = &[
     ("FIREBREAK_AMQP_NAMESPACE", "amqp.namespace"),
     ("FIREBREAK_AMQP_PREFETCH", "amqp.prefetch"),
     ("FIREBREAK_MAX_BODY_BYTES", "ingest.max_body_bytes"),
@@ -333,6 +267,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FIREBREAK_TOKEN_GATE", "ingest.tokens.gate"),
     ("FIREBREAK_TOKEN_LOGS", "ingest.tokens.logs"),
     ("FIREBREAK_API_TOKEN", "api.token"),
+    ("FIREBREAK_OFREP_TOKEN", "api.ofrep_token"),
     ("FIREBREAK_ENGINE_WORKERS", "engine.workers"),
     ("FIREBREAK_ENGINE_BATCH_MAX", "engine.batch_max"),
     ("FIREBREAK_SWEEP_INTERVAL", "engine.sweep_interval"),
@@ -346,7 +281,6 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FIREBREAK_DRY_RUN", "automation.dry_run"),
     ("FIREBREAK_ESCALATE_SLACK", "automation.escalate_slack"),
     ("FIREBREAK_ESCALATE_WEBHOOK", "automation.escalate_webhook"),
-    ("FIREBREAK_OFREP_TOKEN", "api.ofrep_token"),
     ("FIREBREAK_SLACK_BOT_TOKEN", "slack.bot_token"),
     ("FIREBREAK_SLACK_API_URL", "slack.api_url"),
     ("FIREBREAK_SLACK_SIGNING_SECRET", "slack.signing_secret"),
@@ -356,19 +290,39 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FIREBREAK_PUBLIC_URL", "slack.public_url"),
 ];
 
-const BOOL_KEYS: &[&str] = &["automation.dry_run"];
+/// Top-level keys: their twin has one level (`FIREBREAK_LISTEN`).
+const TOP_LEVEL: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "amqp_url",
+    "roles",
+    "log_format",
+    "node",
+];
 
-const INTEGER_KEYS: &[&str] = &[
-    "amqp.prefetch",
-    "ingest.max_body_bytes",
-    "engine.workers",
-    "engine.batch_max",
+/// Variables that start with `FIREBREAK_` but are not configuration keys.
+const NOT_KEYS: &[&str] = &[
+    "FIREBREAK_CONFIG",
+    "FIREBREAK_SECRET_",
+    "FIREBREAK_TEST_",
+    "FIREBREAK_BENCH_",
+    "FIREBREAK_BIN",
 ];
-const LIST_KEYS: &[&str] = &[
-    "incidents.group_by",
-    "slack.allowed_users",
-    "slack.allowed_groups",
+
+/// Optional keys (no default) whose value is not a string, so their twin is typed.
+const TYPED_OPTIONAL: &[(&str, Kind)] = &[
+    ("automation.max_actions.count", Kind::Integer),
+    ("automation.manual.max_runs.count", Kind::Integer),
 ];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Integer,
+    List,
+    Text,
+}
 
 /// Flag values (already merged with their env twins by clap).
 #[derive(Debug, Default, Clone)]
@@ -381,60 +335,152 @@ pub struct Overrides {
     pub templates: Option<PathBuf>,
 }
 
+/// Loads and validates the configuration. `vars` lists the process's
+/// environment (name, value); `env` looks one up (for `${FIREBREAK_SECRET_…}`).
 pub fn load(
     file: Option<&Path>,
-    env: impl Fn(&str) -> Option<String>,
+    vars: &[(String, String)],
     overrides: &Overrides,
 ) -> Result<Config, String> {
-    let mut table = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-            text.parse::<toml::Table>()
-                .map_err(|e| format!("config file {}: {e}", path.display()))?
+    let defaults: toml::Table = DEFAULTS
+        .parse()
+        .map_err(|e| format!("embedded defaults: {e}"))?;
+    let mut table = defaults.clone();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let layer: toml::Table = text
+            .parse()
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        merge(&mut table, layer);
+    }
+    // Which variable set which key, for error messages.
+    let mut origin: BTreeMap<String, String> = BTreeMap::new();
+    let mut sets: Vec<(String, &str, &str)> = Vec::new();
+    for (var, key) in ALIASES {
+        if let Some((_, v)) = vars.iter().find(|(n, v)| n == var && !v.is_empty()) {
+            sets.push((key.to_string(), var, v));
         }
-        None => toml::Table::new(),
-    };
-    for (var, key) in ENV_KEYS {
-        let Some(raw) = env(var).filter(|v| !v.is_empty()) else {
+    }
+    for (var, value) in vars {
+        let Some(rest) = var.strip_prefix("FIREBREAK_") else {
             continue;
         };
-        let value = if BOOL_KEYS.contains(key) {
-            toml::Value::Boolean(match raw.trim() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => return Err(format!("{var} (key `{key}`): {raw:?} is not true or false")),
-            })
-        } else if INTEGER_KEYS.contains(key) {
-            toml::Value::Integer(
-                raw.trim()
-                    .parse()
-                    .map_err(|_| format!("{var} (key `{key}`): {raw:?} is not a whole number"))?,
-            )
-        } else if LIST_KEYS.contains(key) {
-            toml::Value::Array(
-                raw.split(',')
-                    .map(|s| toml::Value::String(s.trim().to_string()))
-                    .collect(),
-            )
-        } else {
-            toml::Value::String(raw)
-        };
-        set_path(&mut table, key, value);
+        if value.is_empty()
+            || ALIASES.iter().any(|(a, _)| a == var)
+            || NOT_KEYS.iter().any(|p| var.starts_with(p))
+        {
+            continue;
+        }
+        let key = rest
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(".");
+        if !rest.contains("__") && !TOP_LEVEL.contains(&key.as_str()) {
+            // One level that is not a top-level key: not ours (e.g. FIREBREAK_LISTEN is,
+            // FIREBREAK_FOO is not); serve's flags read FIREBREAK_ROLES etc. themselves.
+            continue;
+        }
+        sets.push((key, var, value));
     }
-    let origin = file
-        .map(|p| format!("config file {}", p.display()))
-        .unwrap_or_else(|| "environment".into());
+    for (key, var, raw) in sets {
+        let value = typed(&defaults, &key, raw).map_err(|e| format!("{var} (key `{key}`): {e}"))?;
+        set_path(&mut table, &key, value);
+        origin.insert(key, var.to_string());
+    }
     // Provider tokens and headers may name secrets kept in the environment.
+    let env = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     for section in ["kill_switch", "rollback", "notify", "slack"] {
         if let Some(v) = table.get_mut(section) {
             expand_secrets(v, section, &env)?;
         }
     }
-    let parsed: FileConfig = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| format!("{origin}: {}", e.message()))?;
+    let parsed: FileConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let key = path.trim_start_matches('.');
+            let source = origin
+                .iter()
+                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+                .map(|(_, var)| format!(" (set by {var})"))
+                .or_else(|| file.map(|f| format!(" (in {})", f.display())))
+                .unwrap_or_default();
+            let inner = e.into_inner();
+            let message = inner.message().trim().to_string();
+            if key.is_empty() || key == "?" {
+                format!("{message}{source}")
+            } else {
+                format!("key `{key}`{source}: {message}")
+            }
+        },
+    )?;
     validate(parsed, overrides)
+}
+
+/// The type a key's twin is read as: its default's, else string (or a known optional type).
+fn typed(defaults: &toml::Table, key: &str, raw: &str) -> Result<toml::Value, String> {
+    let kind = lookup(defaults, key)
+        .map(|v| match v {
+            toml::Value::Boolean(_) => Kind::Bool,
+            toml::Value::Integer(_) => Kind::Integer,
+            toml::Value::Array(_) => Kind::List,
+            _ => Kind::Text,
+        })
+        .or_else(|| {
+            TYPED_OPTIONAL
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, kind)| *kind)
+        })
+        .unwrap_or(
+            if key.ends_with(".dry_run") || key.ends_with(".require_approval") {
+                Kind::Bool
+            } else {
+                Kind::Text
+            },
+        );
+    Ok(match kind {
+        Kind::Bool => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(format!("{raw:?} is not true or false")),
+        }),
+        Kind::Integer => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        Kind::Text => toml::Value::String(raw.to_string()),
+    })
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut current = table.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_table()?.get(part)?;
+    }
+    Some(current)
+}
+
+/// Deep merge: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (k, v) in layer {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l)) => merge(b, l),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 fn expand_secrets(
@@ -479,6 +525,23 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
         }
     }
     current.insert(last.to_string(), value);
+}
+
+fn positive(key: &str, d: Dur) -> Result<Duration, String> {
+    if d.is_zero() {
+        return Err(format!("key `{key}`: must be more than 0s"));
+    }
+    Ok(d.to_std())
+}
+
+/// The host name, for lease owners: `/proc/sys/kernel/hostname` or `$HOSTNAME`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "firebreak".into())
 }
 
 fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
@@ -545,30 +608,24 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     if f.incidents.group_by.is_empty() || f.incidents.group_by.iter().any(|g| g.trim().is_empty()) {
         return Err("key `incidents.group_by`: list at least one label, e.g. [\"service\", \"env|environment\"]".into());
     }
-    let sweep_interval = duration("engine.sweep_interval", &f.engine.sweep_interval)?;
-    if sweep_interval.is_zero() {
-        return Err("key `engine.sweep_interval`: must be more than 0s".into());
-    }
-    let playbooks_reload = duration("playbooks.reload_interval", &f.playbooks.reload_interval)?;
+    let sweep_interval = positive("engine.sweep_interval", f.engine.sweep_interval)?;
+    let playbooks_reload = positive("playbooks.reload_interval", f.playbooks.reload_interval)?;
     let timezone: chrono_tz::Tz = f.postmortem.timezone.parse().map_err(|_| {
         format!(
             "key `postmortem.timezone`: {:?} is not an IANA time zone: use e.g. UTC, Europe/Berlin, America/New_York",
             f.postmortem.timezone
         )
     })?;
-    let postmortem_interval = duration("postmortem.interval", &f.postmortem.interval)?;
-    if postmortem_interval.is_zero() {
-        return Err("key `postmortem.interval`: must be more than 0s".into());
-    }
-    if playbooks_reload.is_zero() {
-        return Err("key `playbooks.reload_interval`: must be more than 0s".into());
-    }
+    let postmortem_interval = positive("postmortem.interval", f.postmortem.interval)?;
     if !(1..=20).contains(&f.automation.max_attempts) {
         return Err("key `automation.max_attempts`: must be between 1 and 20".into());
     }
-    if let Some(b) = &f.automation.max_actions {
-        if b.count == 0 {
-            return Err("key `automation.max_actions.count`: must be at least 1".into());
+    for (key, budget) in [
+        ("automation.max_actions", f.automation.max_actions),
+        ("automation.manual.max_runs", f.automation.manual.max_runs),
+    ] {
+        if budget.is_some_and(|b| b.count == 0) {
+            return Err(format!("key `{key}.count`: must be at least 1"));
         }
     }
     if let Some(w) = &f.automation.escalate_webhook {
@@ -589,22 +646,26 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
                 .into(),
         );
     }
-    // A running action whose lease expires is treated as in doubt by the next
-    // executor: the lease must outlast the slowest provider call.
-    let lease = duration("automation.lease", &f.automation.lease)?;
-    for (name, r) in &f.rollback {
-        let (timeout, default) = match r {
-            RollbackConfig::Http { timeout, .. } => (timeout, Duration::from_secs(30)),
-            RollbackConfig::Command { timeout, .. } => (timeout, Duration::from_secs(300)),
-        };
-        let t = timeout.and_then(|d| d.0.to_std().ok()).unwrap_or(default);
-        if lease < t + Duration::from_secs(30) {
-            return Err(format!(
-                "key `automation.lease`: {} is shorter than rollback.{name}'s timeout ({}s) plus 30s; a running rollback would be taken for a crashed one",
-                f.automation.lease,
-                t.as_secs()
-            ));
+    for (key, url) in [
+        ("slack.api_url", Some(&f.slack.api_url)),
+        ("slack.public_url", f.slack.public_url.as_ref()),
+    ] {
+        if let Some(url) = url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "key `{key}`: {url:?} is not an http:// or https:// URL"
+                ));
+            }
         }
+    }
+    // Leases are renewed every third of their length while a step runs: a
+    // few seconds is enough, and a crashed process's work is taken over fast.
+    let lease = f.automation.lease.to_std();
+    if lease < Duration::from_secs(3) || lease > Duration::from_secs(600) {
+        return Err(format!(
+            "key `automation.lease`: {} is out of range: use 3s to 10m (15s by default; it is renewed while a step runs)",
+            f.automation.lease
+        ));
     }
     let escalate = (f.automation.escalate_slack.is_some()
         || f.automation.escalate_webhook.is_some())
@@ -615,14 +676,22 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     });
     let policy = CorrelationPolicy {
         group_by: f.incidents.group_by,
-        reopen_window: chrono_duration("incidents.reopen_window", &f.incidents.reopen_window)?,
-        quiet_period: chrono_duration("incidents.quiet_period", &f.incidents.quiet_period)?,
-        deploy_lookback: chrono_duration(
-            "incidents.deploy_lookback",
-            &f.incidents.deploy_lookback,
-        )?,
+        reopen_window: f.incidents.reopen_window.0,
+        quiet_period: f.incidents.quiet_period.0,
+        deploy_lookback: f.incidents.deploy_lookback.0,
     };
     let policy_lookback = policy.deploy_lookback;
+    let node = if f.node.trim().is_empty() {
+        host_name()
+    } else if f.node.contains('/') || f.node.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "key `node`: {:?} must not contain '/' or spaces",
+            f.node
+        ));
+    } else {
+        f.node
+    };
+    let reclaim_all = database_url.starts_with("sqlite:");
     Ok(Config {
         listen,
         data_dir,
@@ -646,11 +715,6 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             prefetch: f.amqp.prefetch,
             workers: f.engine.workers,
             sweep_interval,
-            automation: AutomationPolicy {
-                dry_run: f.automation.dry_run,
-                max_actions: f.automation.max_actions,
-                escalate: escalate.clone(),
-            },
         },
         playbooks_dir: o.playbooks.clone().or(f.playbooks.dir),
         playbooks_reload,
@@ -661,12 +725,19 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             ..firebreak_postmortem::PostmortemConfig::default()
         },
         postmortem_interval,
-        executor: firebreak_actions::ExecutorConfig {
+        remediation: RemediationConfig {
+            policy: AutomationPolicy {
+                dry_run: f.automation.dry_run,
+                max_actions: f.automation.max_actions,
+                escalate,
+                manual: f.automation.manual,
+            },
             lease,
             max_attempts: f.automation.max_attempts,
-            backoff: duration("automation.retry_backoff", &f.automation.retry_backoff)?,
-            escalate,
-            ..firebreak_actions::ExecutorConfig::default()
+            backoff: f.automation.retry_backoff.to_std(),
+            node,
+            reclaim_all,
+            ..RemediationConfig::default()
         },
         kill_switches: f.kill_switch,
         rollbacks: f.rollback,
@@ -675,50 +746,9 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     })
 }
 
-/// `90s`, `5m`, `2h`, `1h30m`, `1d`, `0s`.
+/// Parses a duration with the one grammar (`500ms`, `30s`, `5m`, `2h`, `1h30m`, `7d`).
 pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let s = raw.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = 0u64;
-    let mut number = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let value: u64 = number.parse().ok()?;
-        number.clear();
-        let unit_ms = match c {
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                1
-            }
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => 3_600_000,
-            'd' => 86_400_000,
-            _ => return None,
-        };
-        total = total.checked_add(value.checked_mul(unit_ms)?)?;
-    }
-    if !number.is_empty() {
-        return None;
-    }
-    Some(Duration::from_millis(total))
-}
-
-fn duration(key: &str, raw: &str) -> Result<Duration, String> {
-    parse_duration(raw).ok_or_else(|| {
-        format!("key `{key}`: {raw:?} is not a duration: use e.g. 500ms, 30s, 5m, 2h, 1h30m")
-    })
-}
-
-fn chrono_duration(key: &str, raw: &str) -> Result<chrono::Duration, String> {
-    let d = duration(key, raw)?;
-    chrono::Duration::from_std(d).map_err(|_| format!("key `{key}`: {raw:?} is too long"))
+    Dur::parse(raw).ok().map(Dur::to_std)
 }
 
 #[cfg(test)]
@@ -731,15 +761,11 @@ mod tests {
         if let Some(text) = file {
             std::fs::write(&path, text).expect("write");
         }
-        let env: Vec<(String, String)> = env
+        let vars: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        load(
-            file.map(|_| path.as_path()),
-            |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
-            &o,
-        )
+        load(file.map(|_| path.as_path()), &vars, &o)
     }
 
     #[test]
@@ -757,16 +783,22 @@ mod tests {
             }
         );
         assert_eq!(c.engine.policy.quiet_period, chrono::Duration::minutes(5));
+        assert_eq!(c.remediation.lease, Duration::from_secs(15));
+        assert!(
+            c.remediation.reclaim_all,
+            "SQLite is one process: reclaim every lease at start"
+        );
     }
 
     #[test]
     fn file_then_env_then_flags() {
-        let file = "listen = \"127.0.0.1:9000\"\n[incidents]\nquiet_period = \"1m\"\n[engine]\nworkers = 3\n";
+        let file = "listen = \"127.0.0.1:9000\"\n[incidents]\nquiet_period = \"1m\"\n[engine]\nworkers = 3\nbatch_max = 10\n";
         let c = load_with(
             Some(file),
             &[
                 ("FIREBREAK_QUIET_PERIOD", "10s"),
                 ("FIREBREAK_DATABASE_URL", "postgres://u:p@h/db"),
+                ("FIREBREAK_ENGINE__BATCH_MAX", "20"),
             ],
             Overrides {
                 listen: Some("127.0.0.1:9100".into()),
@@ -776,8 +808,51 @@ mod tests {
         .expect("valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.engine.policy.quiet_period, chrono::Duration::seconds(10));
-        assert_eq!(c.engine.workers, 3);
+        assert_eq!(
+            c.engine.workers, 3,
+            "the file keeps what the environment does not set"
+        );
+        assert_eq!(c.engine.batch_max, 20, "the environment beats the file");
         assert_eq!(c.database_url.0, "postgres://u:p@h/db");
+        assert!(!c.remediation.reclaim_all);
+    }
+
+    #[test]
+    fn every_key_has_an_environment_twin() {
+        let c = load_with(
+            None,
+            &[
+                ("FIREBREAK_AUTOMATION__DRY_RUN", "true"),
+                ("FIREBREAK_AUTOMATION__LEASE", "30s"),
+                ("FIREBREAK_AUTOMATION__MANUAL__REQUIRE_APPROVAL", "yes"),
+                ("FIREBREAK_AUTOMATION__MANUAL__COOLDOWN", "5m"),
+                ("FIREBREAK_AUTOMATION__MAX_ACTIONS__COUNT", "7"),
+                ("FIREBREAK_AUTOMATION__MAX_ACTIONS__PER", "1h"),
+                ("FIREBREAK_INCIDENTS__GROUP_BY", "team, env"),
+                ("FIREBREAK_SLACK__ALLOWED_USERS", "U1,U2"),
+                ("FIREBREAK_KILL_SWITCH__UNLEASH__TYPE", "unleash"),
+                ("FIREBREAK_KILL_SWITCH__UNLEASH__URL", "http://unleash:4242"),
+                ("FIREBREAK_KILL_SWITCH__UNLEASH__TOKEN", "tok"),
+                ("FIREBREAK_LISTEN", "127.0.0.1:9200"),
+                ("FIREBREAK_NODE", "engine-2"),
+                ("FIREBREAK_SECRET_UNUSED", "whatever"),
+            ],
+            Overrides::default(),
+        )
+        .expect("valid");
+        let p = &c.remediation.policy;
+        assert!(p.dry_run && p.manual.require_approval);
+        assert_eq!(
+            p.manual.cooldown.map(|d| d.to_string()).as_deref(),
+            Some("5m")
+        );
+        assert_eq!(p.max_actions.map(|b| b.count), Some(7));
+        assert_eq!(c.remediation.lease, Duration::from_secs(30));
+        assert_eq!(c.engine.policy.group_by, vec!["team", "env"]);
+        assert_eq!(c.slack.allowed_users, vec!["U1", "U2"]);
+        assert!(c.kill_switches.contains_key("unleash"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9200");
+        assert_eq!(c.remediation.node, "engine-2");
     }
 
     #[test]
@@ -788,7 +863,10 @@ mod tests {
             Overrides::default(),
         )
         .expect_err("bad");
-        assert!(e.contains("incidents.quiet_period"), "{e}");
+        assert!(
+            e.contains("incidents.quiet_period") && e.contains("is not a duration"),
+            "{e}"
+        );
         let e = load_with(Some("lisen = \"x\"\n"), &[], Overrides::default()).expect_err("typo");
         assert!(e.contains("lisen"), "{e}");
         let e = load_with(
@@ -798,6 +876,23 @@ mod tests {
         )
         .expect_err("bad");
         assert!(e.contains("FIREBREAK_ENGINE_WORKERS"), "{e}");
+        let e = load_with(
+            None,
+            &[("FIREBREAK_INCIDENTS__QUIET_PERIOD", "soon")],
+            Overrides::default(),
+        )
+        .expect_err("bad");
+        assert!(
+            e.contains("incidents.quiet_period") && e.contains("FIREBREAK_INCIDENTS__QUIET_PERIOD"),
+            "{e}"
+        );
+        let e = load_with(
+            None,
+            &[("FIREBREAK_ENGINE__WORKRS", "3")],
+            Overrides::default(),
+        )
+        .expect_err("typo in a twin");
+        assert!(e.contains("workrs"), "{e}");
         let e = load_with(
             None,
             &[("FIREBREAK_DATABASE_URL", "mysql://u:pw@h/db")],
@@ -815,6 +910,13 @@ mod tests {
         )
         .expect_err("bad role");
         assert!(e.contains("roles") && e.contains("egnine"), "{e}");
+        let e = load_with(
+            None,
+            &[("FIREBREAK_SLACK__PUBLIC_URL", "firebreak.example.com")],
+            Overrides::default(),
+        )
+        .expect_err("not a URL");
+        assert!(e.contains("slack.public_url"), "{e}");
     }
 
     #[test]
@@ -836,24 +938,29 @@ mod tests {
     }
 
     #[test]
-    fn the_action_lease_must_outlast_rollback_timeouts() {
-        let file = "[automation]\nlease = \"1m\"\n\n[rollback.script]\ntype = \"command\"\nargv = [\"/bin/true\"]\ntimeout = \"5m\"\n";
-        let err = load_with(Some(file), &[], Overrides::default())
-            .expect_err("a lease shorter than a rollback timeout is refused");
-        assert!(
-            err.contains("automation.lease") && err.contains("rollback.script"),
-            "{err}"
-        );
-        let ok = file.replace("lease = \"1m\"", "lease = \"6m\"");
-        assert!(load_with(Some(&ok), &[], Overrides::default()).is_ok());
+    fn leases_are_short_and_bounded() {
+        let err = load_with(
+            Some("[automation]\nlease = \"1s\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .expect_err("a lease under 3s is refused");
+        assert!(err.contains("automation.lease"), "{err}");
+        assert!(load_with(
+            Some("[automation]\nlease = \"5s\"\n"),
+            &[],
+            Overrides::default()
+        )
+        .is_ok());
     }
 
     #[test]
-    fn durations() {
+    fn durations_share_the_playbook_grammar() {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1w"), Some(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5x"), None);
     }

@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use firebreak_actions::slack::SlackClient;
-use firebreak_actions::{Executor, Providers};
 use firebreak_api::AppState;
 use firebreak_bus::{Bus, EmbeddedBus, RabbitBus, Topology};
 use firebreak_domain::metrics::Metrics;
 use firebreak_engine::{Engine, PlaybookSet, StepCheck};
 use firebreak_postmortem::Generator;
+use firebreak_remediation::slack::SlackClient;
+use firebreak_remediation::{Providers, Remediation};
 use firebreak_store::Store;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub mod bench;
@@ -112,7 +111,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Playbooks(p) => p.overrides(),
         Command::Bench(_) => Overrides::default(),
     };
-    let config = match config::load(cli.config.as_deref(), |k| std::env::var(k).ok(), &overrides) {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let config = match config::load(cli.config.as_deref(), &vars, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("firebreak: configuration error: {e}");
@@ -329,12 +329,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
         _ => None,
     };
-    if config.engine.automation.dry_run {
+    if config.remediation.policy.dry_run {
         tracing::warn!(
-            "automation is in dry-run: playbooks record what they would do and call nothing"
+            "automation is in dry-run: playbooks and requests record what they would do and call nothing"
         );
     }
-    let wake = Arc::new(Notify::new());
+    let remediation = match (&store, &providers) {
+        (Some(store), Some(providers)) => Some(Arc::new(Remediation::new(
+            store.clone(),
+            providers.clone(),
+            metrics.clone(),
+            config.remediation.clone(),
+        ))),
+        _ => None,
+    };
     let slack = (config.slack.signing_secret.is_some() || config.slack.bot_token.is_some())
         .then(|| Arc::new(SlackClient::new(config.slack.clone())));
     if config.slack.signing_secret.is_some()
@@ -355,15 +363,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             metrics.clone(),
             config.engine.clone(),
         );
-        if let Some(set) = &playbooks {
-            engine = engine.with_playbooks(set.clone(), wake.clone());
+        if let (Some(set), Some(remediation)) = (&playbooks, &remediation) {
+            engine = engine.with_playbooks(set.clone(), remediation.clone());
         }
         let engine = Arc::new(engine);
         let token = shutdown.clone();
         background.push(tokio::spawn(async move { engine.run(token).await }));
         if let Some(slack) = &slack {
             let token = shutdown.clone();
-            background.push(tokio::spawn(firebreak_actions::slack::run_notifier(
+            background.push(tokio::spawn(firebreak_remediation::slack::run_notifier(
                 store.clone(),
                 slack.clone(),
                 token,
@@ -378,14 +386,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 token,
             )));
         }
-        if let Some(providers) = &providers {
-            let executor = Arc::new(Executor::new(
-                store.clone(),
-                providers.clone(),
-                metrics.clone(),
-                config.executor.clone(),
-                wake.clone(),
-            ));
+        if let Some(remediation) = &remediation {
+            let executor = remediation.clone();
             let token = shutdown.clone();
             background.push(tokio::spawn(async move { executor.run(token).await }));
         }
@@ -402,9 +404,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokens: Arc::new(config.tokens.clone()),
         max_body_bytes: config.max_body_bytes,
         playbooks,
-        providers,
-        wake: Some(wake),
-        dry_run: config.engine.automation.dry_run,
+        remediation,
         postmortems,
         slack,
     };

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use firebreak_actions::Providers;
 use firebreak_domain::playbook::{Facts, Trigger, Verdict};
 use firebreak_domain::{decode, Decoded, DeployEvent, EventKind};
 use firebreak_engine::playbooks::{load_dir, Loaded};
+use firebreak_remediation::Providers;
 use firebreak_store::ActionFilter;
 
 use crate::config::{parse_duration, Config, Overrides};

@@ -153,7 +153,7 @@ pub fn rank<'a>(i: &Inputs<'a>, first_alert: DateTime<Utc>) -> Vec<Suspect<'a>> 
                     } else {
                         "kill switch"
                     },
-                    action.spec["describe"].as_str().unwrap_or(&action.kind)
+                    action.spec.describe.as_str()
                 ));
             }
         }
@@ -222,10 +222,7 @@ pub fn build(i: &Inputs<'_>) -> Value {
         })
         .min_by_key(|a| a.updated_at);
     let (mitigated_at, mitigated_by) = match (mitigation, i.incident.resolved_at) {
-        (Some(a), _) => (
-            Some(a.updated_at),
-            a.spec["describe"].as_str().unwrap_or(&a.kind).to_string(),
-        ),
+        (Some(a), _) => (Some(a.updated_at), a.spec.describe.clone()),
         (None, Some(r)) => (
             Some(r),
             "the alerts resolving (no remediation action ran)".to_string(),
@@ -359,7 +356,7 @@ pub fn build(i: &Inputs<'_>) -> Value {
         },
         "actions": i.actions.iter().filter(|a| !a.dedupe_key.starts_with("escalate:")).map(|a| json!({
             "at": fmt_time(a.created_at, tz),
-            "what": a.spec["describe"].as_str().unwrap_or(&a.kind),
+            "what": a.spec.describe,
             "by": if a.decided_by.is_some() { format!("automation, approved by {}", role(a.decided_by.as_deref())) } else { "automation".to_string() },
             "playbook": a.playbook,
             "status": a.status.as_str(),

@@ -7,6 +7,8 @@
 use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
+use firebreak_domain::action::ActionSpec;
+use firebreak_domain::playbook::{FlagState, KillSwitchStep, StepAction};
 use firebreak_domain::{DeployEvent, DeployStatus, GateResult, GateVerdict};
 use firebreak_postmortem::context::{build, Inputs};
 use firebreak_postmortem::logmine::Miner;
@@ -129,9 +131,19 @@ fn checkout_kill_switch_incident() {
         target: "flag:builtin::checkout.new-payment-flow".into(),
         incident_id: Some(42),
         trigger_id: "al-1".into(),
+        requested_by: "engine".into(),
         status: ActionStatus::Succeeded,
         reason: None,
-        spec: json!({"describe": "turn off flag checkout.new-payment-flow (builtin)"}),
+        spec: ActionSpec {
+            step: StepAction::KillSwitch(KillSwitchStep {
+                flag: "checkout.new-payment-flow".into(),
+                provider: "builtin".into(),
+                environment: None,
+                state: FlagState::Off,
+            }),
+            vars: Default::default(),
+            describe: "turn off flag checkout.new-payment-flow (builtin)".into(),
+        },
         previous_state: None,
         result: None,
         attempts: 1,
@@ -140,6 +152,7 @@ fn checkout_kill_switch_incident() {
         updated_at: t("2026-11-23T14:02:01Z"),
         not_before: t("2026-11-23T14:02:00Z"),
         lease_until: None,
+        lease_owner: None,
     }];
     let mut miner = Miner::new(Some(t("2026-11-23T13:55:00Z")));
     for i in 0..90 {

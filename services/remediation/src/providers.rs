@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use firebreak_domain::playbook::{render, render_json, url_escape, Dur};
+use firebreak_domain::duration::Dur;
+use firebreak_domain::playbook::{render, render_json, url_escape};
 use firebreak_domain::secret::Secret;
 use firebreak_store::{NewAudit, Store, StoreError};
 use serde::Deserialize;
@@ -156,6 +157,10 @@ pub trait KillSwitch: Send + Sync {
         enabled: bool,
         by: &str,
     ) -> Result<Value, ExecError>;
+    /// The environment a step acts in: the step's, else this provider's
+    /// default. It is part of the action's target, so one flag is one target
+    /// whether or not a step names the default environment.
+    fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str>;
 }
 
 pub struct Builtin {
@@ -164,6 +169,11 @@ pub struct Builtin {
 
 #[async_trait]
 impl KillSwitch for Builtin {
+    fn target_environment<'a>(&'a self, _step: Option<&'a str>) -> Option<&'a str> {
+        // Built-in flags have no environments.
+        None
+    }
+
     async fn get(&self, flag: &str, _env: Option<&str>) -> Result<Option<bool>, ExecError> {
         match self.store.flag(flag).await {
             Ok(f) => Ok(Some(f.enabled)),
@@ -315,6 +325,10 @@ impl Unleash {
 
 #[async_trait]
 impl KillSwitch for Unleash {
+    fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str> {
+        step.or(self.environment.as_deref())
+    }
+
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
         let env = self.env(env)?;
         let req = self
@@ -384,6 +398,10 @@ impl LaunchDarkly {
 
 #[async_trait]
 impl KillSwitch for LaunchDarkly {
+    fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str> {
+        step.or(self.environment.as_deref())
+    }
+
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
         let env = self.env(env)?;
         let req = self
@@ -473,6 +491,10 @@ impl HttpKillSwitch {
 
 #[async_trait]
 impl KillSwitch for HttpKillSwitch {
+    fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str> {
+        step.or(self.environment.as_deref())
+    }
+
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
         let url = render(&self.get_url, &self.vars(flag, env, None), url_escape)
             .map_err(ExecError::fatal)?;

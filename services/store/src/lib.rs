@@ -5,6 +5,11 @@
 //! The write side is a transaction ([`StoreTx`]) with batch operations, so the
 //! engine processes a whole delivery (up to thousands of events) in a handful of
 //! round trips. The read side answers the API.
+//!
+//! Both backends are one implementation (`sql.rs`) over two dialects
+//! (`postgres.rs`, `sqlite.rs`); what is stored is decoded into the domain's
+//! types here, and a value the domain does not know is an error naming the
+//! table, row and column ([`StoreError::Corrupt`]), never a silent default.
 
 use std::collections::HashSet;
 
@@ -18,13 +23,14 @@ use serde::Serialize;
 mod migrate;
 pub mod postgres;
 pub mod remediation;
+mod sql;
 pub mod sqlite;
 
+pub use firebreak_domain::action::{ActionRow, ActionStatus, NewAction};
 pub use postgres::PgStore;
 pub use remediation::{
-    ActionChange, ActionFilter, ActionRow, ActionStatus, AuditFilter, AuditRow, FlagRow, History,
-    LogRow, NewAction, NewAudit, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
-    TimelineEvent, SETTING_PAUSED,
+    ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, LogRow, NewAudit,
+    PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome, TimelineEvent, SETTING_PAUSED,
 };
 pub use sqlite::SqliteStore;
 
@@ -42,6 +48,10 @@ pub enum StoreError {
     /// A migration on disk differs from the one applied, or the schema is newer.
     #[error("migration error: {0}")]
     Migration(String),
+    /// A stored value this version cannot read (an unknown status, a bad
+    /// timestamp): names the table, row and column.
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
     #[error("database error: {0}")]
     Internal(String),
 }
@@ -56,7 +66,13 @@ impl StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Translates a driver error into what callers can act on.
-pub(crate) fn translate(err: sqlx::Error) -> StoreError {
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> StoreError {
+        translate(err)
+    }
+}
+
+fn translate(err: sqlx::Error) -> StoreError {
     match err {
         sqlx::Error::RowNotFound => StoreError::NotFound,
         sqlx::Error::PoolTimedOut
@@ -161,14 +177,36 @@ pub trait Store: Send + Sync + 'static {
     /// Events stored per kind, for tests and operators: (alerts, deploys, gates, log lines).
     async fn event_counts(&self) -> Result<[i64; 4]>;
 
-    /// Claims the oldest action ready to run (pending and due, or running with
-    /// an expired lease) whose target has no other action running. Returns it
-    /// with `true` when it was found running: a crash left it in doubt.
+    /// Claims the oldest action ready to run (pending and due, or running or
+    /// reverting with an expired lease) whose target nothing else holds, under
+    /// a lease held by `owner`. Returns it with `true` when its lease had
+    /// expired: a crash left it in doubt. A reverting action stays `reverting`.
     async fn claim_action(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
+        owner: &str,
     ) -> Result<Option<(ActionRow, bool)>>;
+    /// Extends the lease `owner` holds on a running or reverting action;
+    /// `false` when it holds it no longer.
+    async fn renew_lease(&self, id: i64, owner: &str, until: DateTime<Utc>) -> Result<bool>;
+    /// Ends the leases of owners that start with `owner_prefix` other than
+    /// `except` (an earlier run of this process on this node): their actions
+    /// are claimable at once. Returns how many.
+    async fn expire_leases(
+        &self,
+        owner_prefix: &str,
+        except: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Records the state before an action acts, once (a later call keeps the
+    /// first), while `owner` holds its lease.
+    async fn record_previous_state(
+        &self,
+        id: i64,
+        owner: &str,
+        state: &serde_json::Value,
+    ) -> Result<bool>;
     /// Moves an action to a new status if its status is one of `from`, writing
     /// audit rows and timeline entries in the same transaction. `None` when the
     /// action was not in `from` (someone else decided first): nothing written.
@@ -297,6 +335,8 @@ pub trait StoreTx: Send {
         to: DateTime<Utc>,
     ) -> Result<Vec<GateResult>>;
     async fn open_incidents_for(&mut self, services: &[String]) -> Result<Vec<OpenIncident>>;
+    /// Open incidents whose suspect changes turned on this flag (deploy `flags`).
+    async fn open_incidents_with_flag(&mut self, flag: &str) -> Result<Vec<OpenIncident>>;
     /// The id of the most recent deploy of a service version.
     async fn find_deploy(
         &mut self,
@@ -325,6 +365,8 @@ pub trait StoreTx: Send {
     async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>>;
     /// Actions created at or after `since`, for cooldowns and budgets.
     async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>>;
+    /// Actions on `target` that are not finished (pending, held, running, reverting).
+    async fn open_actions_on(&mut self, target: &str) -> Result<Vec<ActionRow>>;
     async fn tx_setting(&mut self, key: &str) -> Result<Option<String>>;
     async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
@@ -370,8 +412,8 @@ pub(crate) fn timeline_row(
     ref_id: String,
     alertname: Option<String>,
     note: Option<String>,
-) -> Result<TimelineRow, sqlx::Error> {
-    Ok(match alertname {
+) -> TimelineRow {
+    match alertname {
         Some(alertname) => TimelineRow {
             id: seq,
             at,
@@ -388,7 +430,7 @@ pub(crate) fn timeline_row(
             summary: summary.unwrap_or_default(),
             ref_id,
         },
-    })
+    }
 }
 
 pub(crate) fn labels_json(map: &std::collections::BTreeMap<String, String>) -> String {

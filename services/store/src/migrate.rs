@@ -27,6 +27,7 @@ macro_rules! migrations {
             3, "0003", "postmortems";
             4, "0004", "slack";
             5, "0005", "sweep_index";
+            6, "0006", "action_leases";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -1,116 +1,11 @@
-//! Rows of remediation: actions, the audit trail, built-in flags, settings.
-
-use std::collections::BTreeMap;
+//! Rows besides the domain's own: action changes and filters, the audit trail,
+//! built-in flags, settings, postmortems.
 
 use chrono::{DateTime, Utc};
+use firebreak_domain::action::{ActionRow, ActionStatus};
 use firebreak_domain::{AlertEvent, DeployEvent, GateResult};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionStatus {
-    /// Claimed, waiting for an executor.
-    Pending,
-    /// Waiting for a human: approval required, over a budget, or automation paused.
-    Held,
-    Running,
-    Succeeded,
-    Failed,
-    Denied,
-    /// Recorded what would have happened; nothing was called.
-    DryRun,
-    /// Inside a cooldown: recorded, not run.
-    Suppressed,
-    Reverted,
-}
-
-impl ActionStatus {
-    pub const ALL: [ActionStatus; 9] = [
-        ActionStatus::Pending,
-        ActionStatus::Held,
-        ActionStatus::Running,
-        ActionStatus::Succeeded,
-        ActionStatus::Failed,
-        ActionStatus::Denied,
-        ActionStatus::DryRun,
-        ActionStatus::Suppressed,
-        ActionStatus::Reverted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionStatus::Pending => "pending",
-            ActionStatus::Held => "held",
-            ActionStatus::Running => "running",
-            ActionStatus::Succeeded => "succeeded",
-            ActionStatus::Failed => "failed",
-            ActionStatus::Denied => "denied",
-            ActionStatus::DryRun => "dry_run",
-            ActionStatus::Suppressed => "suppressed",
-            ActionStatus::Reverted => "reverted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ActionStatus> {
-        ActionStatus::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    /// Whether an action in this status counts as a run against budgets and cooldowns.
-    pub fn counts_as_run(self) -> bool {
-        matches!(
-            self,
-            ActionStatus::Pending
-                | ActionStatus::Running
-                | ActionStatus::Succeeded
-                | ActionStatus::Failed
-                | ActionStatus::Reverted
-        )
-    }
-}
-
-/// An action claimed by the engine.
-#[derive(Debug, Clone)]
-pub struct NewAction {
-    /// Unique: playbook, step, target and incident (or trigger event).
-    pub dedupe_key: String,
-    pub playbook: String,
-    pub playbook_version: String,
-    pub step_index: i32,
-    pub kind: String,
-    pub target: String,
-    pub incident_id: Option<i64>,
-    pub trigger_id: String,
-    pub status: ActionStatus,
-    pub reason: Option<String>,
-    /// The step with everything it needs to run (provider, rendered values).
-    pub spec: Value,
-    pub at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ActionRow {
-    pub id: i64,
-    pub dedupe_key: String,
-    pub playbook: String,
-    pub playbook_version: String,
-    pub step_index: i32,
-    pub kind: String,
-    pub target: String,
-    pub incident_id: Option<i64>,
-    pub trigger_id: String,
-    pub status: ActionStatus,
-    pub reason: Option<String>,
-    pub spec: Value,
-    pub previous_state: Option<Value>,
-    pub result: Option<Value>,
-    pub attempts: i32,
-    pub decided_by: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub not_before: DateTime<Utc>,
-    pub lease_until: Option<DateTime<Utc>>,
-}
 
 /// A status change; `Some` fields are written, `None` ones left as they are.
 #[derive(Debug, Clone)]
@@ -122,6 +17,12 @@ pub struct ActionChange {
     pub previous_state: Option<Value>,
     pub decided_by: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
+    /// A new lease (until, owner); only kept when the new status holds the
+    /// target (running, reverting), otherwise any lease is cleared.
+    pub lease: Option<(DateTime<Utc>, String)>,
+    /// Only if this owner holds the lease (an executor records the outcome
+    /// of its own work, never of work another executor took over).
+    pub held_by: Option<String>,
 }
 
 impl ActionChange {
@@ -134,6 +35,8 @@ impl ActionChange {
             previous_state: None,
             decided_by: None,
             not_before: None,
+            lease: None,
+            held_by: None,
         }
     }
 }
@@ -231,23 +134,6 @@ pub struct History {
 
 /// The automation pause flag in `settings`.
 pub const SETTING_PAUSED: &str = "automation_paused";
-
-pub(crate) fn parse_status(s: &str) -> Result<ActionStatus, sqlx::Error> {
-    ActionStatus::parse(s)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown action status {s:?}").into()))
-}
-
-pub(crate) fn json_text(v: &Value) -> String {
-    v.to_string()
-}
-
-pub(crate) fn parse_json(s: &str) -> Result<Value, sqlx::Error> {
-    serde_json::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, sqlx::Error> {
-    serde_json::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
 
 /// A postmortem document as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,0 +1,608 @@
+//! The commands people (and tools) give remediation, whatever door they come
+//! in by: request an action, approve, deny, revert, pause and resume
+//! automation, edit a built-in flag. Each names who gives it; each is
+//! audited; a request meets the same guardrails as a playbook's step.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use firebreak_domain::action::{ActionRow, ActionStatus, MANUAL};
+use firebreak_domain::playbook::{FlagState, KillSwitchStep, NotifyStep, RollbackStep, StepAction};
+use firebreak_domain::timeline::kind;
+use firebreak_store::{ActionChange, FlagRow, NewAudit, OpenIncident, StoreError, SETTING_PAUSED};
+use serde_json::json;
+
+use crate::claims::Candidate;
+use crate::facts::{self, DeployCache};
+use crate::{entry, provenance, ActionSpec, Remediation};
+
+/// What a person asks remediation to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Set a kill switch (off, by default) in a provider (`builtin` by default).
+    KillSwitch {
+        flag: String,
+        provider: Option<String>,
+        environment: Option<String>,
+        state: FlagState,
+    },
+    /// Roll a service back to its last good deploy.
+    Rollback {
+        service: String,
+        environment: Option<String>,
+        provider: Option<String>,
+    },
+    /// Post a message to a Slack channel or a configured notifier.
+    Notify {
+        slack: Option<String>,
+        webhook: Option<String>,
+        message: String,
+    },
+}
+
+/// How a request is made.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Attach to this incident (else to the open incident it belongs to, if any).
+    pub incident: Option<i64>,
+    /// Why, in the requester's words: recorded with the action.
+    pub reason: Option<String>,
+    /// Run even though automation is paused (recorded as forced).
+    pub force: bool,
+}
+
+/// Why a command did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{message}")]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// The action is not in a state this command applies to, or something
+    /// else holds its target; the message names what and who.
+    #[error("{0}")]
+    Conflict(String),
+    /// The provider refused or failed.
+    #[error("the provider refused: {0}")]
+    Provider(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn bad(field: &str, message: impl Into<String>) -> CommandError {
+    CommandError::BadRequest {
+        field: Some(field.into()),
+        message: message.into(),
+    }
+}
+
+/// Flag keys travel unencoded in OFREP paths: keep them to safe characters.
+pub fn check_flag_key(key: &str) -> Result<(), String> {
+    if key.is_empty()
+        || key.len() > 200
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!(
+            "{key:?} is not a flag key: use 1-200 letters, digits, '.', '-' or '_'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), CommandError> {
+    if value.trim().is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+        return Err(bad(
+            field,
+            "must be a non-empty name of at most 200 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn newest(incidents: Vec<OpenIncident>, environment: Option<&str>) -> Option<i64> {
+    incidents
+        .into_iter()
+        .filter(|i| match (environment, i.environment.as_deref()) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        })
+        .map(|i| i.id)
+        .max()
+}
+
+impl Remediation {
+    /// A person's request: decided by the same guardrails as a playbook step
+    /// (the `[automation.manual]` guard, global dry-run, pause unless
+    /// `force`, budgets), claimed, attached to the named incident or the
+    /// open one it belongs to, and answered with the status it was given.
+    pub async fn request(
+        &self,
+        who: &str,
+        request: Request,
+        opts: RequestOptions,
+    ) -> Result<ActionRow, CommandError> {
+        if let Some(reason) = &opts.reason {
+            if reason.len() > 2000 {
+                return Err(bad("reason", "must be at most 2000 characters"));
+            }
+        }
+        let now = Utc::now();
+        // What the incident says, when one is named.
+        let named = match opts.incident {
+            None => None,
+            Some(id) => match self.store.incident(id).await {
+                Ok(d) => Some(d.incident),
+                Err(StoreError::NotFound) => {
+                    return Err(CommandError::NotFound(format!("no incident {id}")))
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let mut tx = self.store.begin().await?;
+        let (step, service, environment, incident, failure, describe, mut vars) = match request {
+            Request::KillSwitch {
+                flag,
+                provider,
+                environment,
+                state,
+            } => {
+                check_flag_key(&flag).map_err(|m| bad("flag", m))?;
+                let provider = provider.unwrap_or_else(|| "builtin".into());
+                if !self.providers.kill_switches.contains_key(&provider) {
+                    return Err(bad(
+                        "provider",
+                        format!(
+                            "there is no kill switch provider {provider:?}: use builtin or one configured under [kill_switch.<name>] ({})",
+                            self.providers.kill_switches.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                if let Some(env) = &environment {
+                    check_name("environment", env)?;
+                }
+                let incident = match &named {
+                    Some(i) => Some(i.id),
+                    None => newest(tx.open_incidents_with_flag(&flag).await?, None),
+                };
+                let step = StepAction::KillSwitch(KillSwitchStep {
+                    flag: flag.clone(),
+                    provider,
+                    environment,
+                    state,
+                });
+                let service = named
+                    .as_ref()
+                    .and_then(|i| i.service.clone())
+                    .unwrap_or_default();
+                let env = named.as_ref().and_then(|i| i.environment.clone());
+                let mut vars = facts::base_vars(&service, env.as_deref(), incident, MANUAL);
+                vars.insert("flag".into(), flag);
+                let describe = step.describe();
+                (step, service, None, incident, None, describe, vars)
+            }
+            Request::Rollback {
+                service,
+                environment,
+                provider,
+            } => {
+                check_name("service", &service)?;
+                if let Some(env) = &environment {
+                    check_name("environment", env)?;
+                }
+                let provider = self
+                    .providers
+                    .rollback_provider(provider.as_deref())
+                    .map_err(|m| bad("provider", m))?;
+                if let Some(i) = &named {
+                    if i.service.as_deref().is_some_and(|s| s != service) {
+                        return Err(bad(
+                            "incident",
+                            format!(
+                                "incident {} is about {}, not {service}",
+                                i.id,
+                                i.service.as_deref().unwrap_or("")
+                            ),
+                        ));
+                    }
+                }
+                let mut environment =
+                    environment.or_else(|| named.as_ref().and_then(|i| i.environment.clone()));
+                let mut cache = DeployCache::default();
+                if environment.is_none() {
+                    // Which environment: the only one the service deploys to.
+                    let history = cache.history(tx.as_mut(), &service, None, now, now).await?;
+                    let mut envs: Vec<&str> = history
+                        .iter()
+                        .filter_map(|d| d.environment.as_deref())
+                        .collect();
+                    envs.sort_unstable();
+                    envs.dedup();
+                    match envs.as_slice() {
+                        [] => {}
+                        [only] => environment = Some((*only).to_string()),
+                        many => return Err(bad(
+                            "environment",
+                            format!(
+                                "{service} has deploys in {}: name the environment to roll back",
+                                many.join(", ")
+                            ),
+                        )),
+                    }
+                }
+                let facts = cache
+                    .facts(
+                        tx.as_mut(),
+                        &service,
+                        environment.as_deref(),
+                        now,
+                        None,
+                        now,
+                    )
+                    .await?;
+                let incident = match &named {
+                    Some(i) => Some(i.id),
+                    None => newest(
+                        tx.open_incidents_for(std::slice::from_ref(&service))
+                            .await?,
+                        environment.as_deref(),
+                    ),
+                };
+                let failure = facts::rollback_failure(&service, &facts);
+                let describe = facts::describe_rollback(&service, &provider, &facts);
+                let mut vars = facts::base_vars(&service, environment.as_deref(), incident, MANUAL);
+                facts::put_deploys(&mut vars, &facts);
+                let step = StepAction::Rollback(RollbackStep {
+                    provider,
+                    to: "last_good".into(),
+                });
+                (
+                    step,
+                    service,
+                    environment,
+                    incident,
+                    failure,
+                    describe,
+                    vars,
+                )
+            }
+            Request::Notify {
+                slack,
+                webhook,
+                message,
+            } => {
+                if message.trim().is_empty() || message.len() > 4000 {
+                    return Err(bad("message", "must be 1-4000 characters"));
+                }
+                let step = StepAction::Notify(NotifyStep {
+                    slack,
+                    webhook,
+                    message: None,
+                });
+                if let Some(why) = self.providers.missing(&step) {
+                    return Err(bad("webhook", why));
+                }
+                let StepAction::Notify(n) = &step else {
+                    unreachable!("built as a notification above")
+                };
+                match (&n.slack, &n.webhook) {
+                    (None, None) => return Err(bad(
+                        "slack",
+                        "give a Slack channel (\"slack\") or a configured notifier (\"webhook\")",
+                    )),
+                    (Some(_), _) if self.providers.slack.bot_token.is_none() => return Err(bad(
+                        "slack",
+                        "Slack is not configured: set slack.bot_token (FIREBREAK_SLACK_BOT_TOKEN)",
+                    )),
+                    _ => {}
+                }
+                let incident = named.as_ref().map(|i| i.id);
+                let service = named
+                    .as_ref()
+                    .and_then(|i| i.service.clone())
+                    .unwrap_or_default();
+                let mut vars = facts::base_vars(&service, None, incident, MANUAL);
+                vars.insert("message".into(), message);
+                let describe = step.describe();
+                (step, service, None, incident, None, describe, vars)
+            }
+        };
+        vars.insert("requested_by".into(), who.to_string());
+        let target = self
+            .providers
+            .target(&step, &service, environment.as_deref());
+        // The same thing asked twice (a double click, two people at once)
+        // runs once: the second request is told about the first.
+        if let Some(open) = tx
+            .open_actions_on(&target)
+            .await?
+            .into_iter()
+            .find(|a| a.spec.step == step)
+        {
+            return Err(CommandError::Conflict(format!(
+                "action #{} ({}) already does this: {} [{}]",
+                open.id,
+                open.status.as_str(),
+                open.spec.describe,
+                provenance(&open)
+            )));
+        }
+        let candidate = Candidate {
+            playbook: MANUAL.into(),
+            playbook_version: "-".into(),
+            step_index: 0,
+            spec: ActionSpec {
+                step,
+                vars,
+                describe,
+            },
+            guard: self.config.policy.manual.clone(),
+            step_approval: false,
+            target: target.clone(),
+            incident,
+            trigger_id: format!("request:{who}"),
+            trigger: format!("request by {who}"),
+            dedupe_key: format!("manual:{who}:{target}:{}", now.timestamp_micros()),
+            requested_by: who.to_string(),
+            note: opts.reason.clone(),
+            failure,
+            force: opts.force,
+            group: String::new(),
+            announce: None,
+        };
+        let mut entries = Vec::new();
+        let claimed = self
+            .claim(
+                tx.as_mut(),
+                std::slice::from_ref(&candidate),
+                &mut entries,
+                now,
+            )
+            .await?;
+        tx.insert_timeline(&entries).await?;
+        let row = claimed
+            .rows
+            .into_iter()
+            .next()
+            .map(|(_, r)| r)
+            .ok_or_else(|| CommandError::Conflict("the same request is already recorded".into()))?;
+        tx.commit().await?;
+        if claimed.ready > 0 {
+            self.wake();
+        }
+        tracing::info!(
+            action = row.id,
+            by = who,
+            status = row.status.as_str(),
+            "{}",
+            row.spec.describe
+        );
+        Ok(row)
+    }
+
+    /// Approves (held -> pending) or denies (held -> denied) an action, once:
+    /// deciding twice is a conflict naming who decided.
+    pub async fn decide(
+        &self,
+        who: &str,
+        id: i64,
+        approve: bool,
+        comment: Option<&str>,
+    ) -> Result<ActionRow, CommandError> {
+        let current = self.action(id).await?;
+        let now = Utc::now();
+        let (to, event, k) = if approve {
+            (ActionStatus::Pending, "approved", kind::ACTION_APPROVED)
+        } else {
+            (ActionStatus::Denied, "denied", kind::ACTION_DENIED)
+        };
+        let audit = [NewAudit::of(
+            &current,
+            who,
+            event,
+            now,
+            json!({"comment": comment, "was": current.reason}),
+        )];
+        let timeline = entry(
+            &current,
+            k,
+            now,
+            format!(
+                "{event} by {who}: {} [{}]",
+                current.spec.describe,
+                provenance(&current)
+            ),
+            event,
+        );
+        let change = ActionChange {
+            decided_by: Some(who.to_string()),
+            not_before: Some(now),
+            ..ActionChange::to(to, now)
+        };
+        match self
+            .store
+            .transition_action(id, &[ActionStatus::Held], &change, &audit, &timeline)
+            .await?
+        {
+            Some(row) => {
+                if approve {
+                    self.wake();
+                }
+                self.metrics
+                    .action(if approve { "approved" } else { "denied" });
+                Ok(row)
+            }
+            None => {
+                let now_row = self.store.action(id).await?;
+                Err(CommandError::Conflict(format!(
+                    "action {id} is {}{}; only a held action can be approved or denied",
+                    now_row.status.as_str(),
+                    now_row
+                        .decided_by
+                        .map(|b| format!(" (decided by {b})"))
+                        .unwrap_or_default()
+                )))
+            }
+        }
+    }
+
+    async fn action(&self, id: i64) -> Result<ActionRow, CommandError> {
+        self.store.action(id).await.map_err(|e| match e {
+            StoreError::NotFound => CommandError::NotFound(format!("no action {id}")),
+            e => e.into(),
+        })
+    }
+
+    /// Restores a kill switch action's previous state. The action moves
+    /// succeeded -> reverting under a lease (holding its target like any
+    /// running action) -> reverted. The work runs in its own task: a request
+    /// that goes away does not stop it, and a process that dies mid-way
+    /// leaves a lease that expires and an executor that finishes the revert.
+    pub async fn revert(
+        self: &Arc<Self>,
+        who: &str,
+        id: i64,
+        force: bool,
+    ) -> Result<ActionRow, CommandError> {
+        let action = self.action(id).await?;
+        let StepAction::KillSwitch(_) = &action.spec.step else {
+            return Err(CommandError::Conflict(format!(
+                "action {id} is a {}; only kill switch actions can be reverted",
+                action.kind
+            )));
+        };
+        if action.previous_enabled().is_none() {
+            return Err(CommandError::Conflict(format!(
+                "action {id} has no recorded previous state to restore (status {}); set the flag by hand if you know it",
+                action.status.as_str()
+            )));
+        }
+        if self.config.policy.dry_run {
+            return Err(CommandError::Conflict(
+                "automation is in dry-run (automation.dry_run): nothing is called, so nothing is reverted; turn dry-run off first".into(),
+            ));
+        }
+        let paused = self.store.setting(SETTING_PAUSED).await?.as_deref() == Some("true");
+        if paused && !force {
+            return Err(CommandError::Conflict(
+                "automation is paused: send {\"force\": true} to revert anyway (recorded as forced)"
+                    .into(),
+            ));
+        }
+        match action.status {
+            ActionStatus::Succeeded => {}
+            ActionStatus::Reverting => {
+                return Err(CommandError::Conflict(format!(
+                    "action {id} is being reverted; an interrupted revert is finished by the executor once its lease expires"
+                )))
+            }
+            other => {
+                return Err(CommandError::Conflict(format!(
+                    "action {id} is {}; only a succeeded action can be reverted",
+                    other.as_str()
+                )))
+            }
+        }
+        let now = Utc::now();
+        let audit = [NewAudit::of(
+            &action,
+            who,
+            "revert_requested",
+            now,
+            json!({"forced_past_pause": paused && force}),
+        )];
+        let change = ActionChange {
+            lease: Some((now + self.lease_delta(), self.owner.clone())),
+            ..ActionChange::to(ActionStatus::Reverting, now)
+        };
+        let claimed = self
+            .store
+            .transition_action(id, &[ActionStatus::Succeeded], &change, &audit, &[])
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => CommandError::Conflict(
+                    "another action on the same target is running; try again in a moment".into(),
+                ),
+                other => other.into(),
+            })?;
+        let Some(action) = claimed else {
+            let now_row = self.store.action(id).await?;
+            return Err(CommandError::Conflict(format!(
+                "action {id} is {}; only a succeeded action can be reverted",
+                now_row.status.as_str()
+            )));
+        };
+        let this = self.clone();
+        let who = who.to_string();
+        tokio::spawn(async move { this.finish_revert(action, &who).await })
+            .await
+            .map_err(|e| CommandError::Store(StoreError::Internal(format!("revert task: {e}"))))?
+    }
+
+    /// Pauses or resumes automation for every process; audited.
+    pub async fn set_paused(
+        &self,
+        who: &str,
+        paused: bool,
+        comment: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let audit = NewAudit::by(
+            who,
+            if paused {
+                "automation_paused"
+            } else {
+                "automation_resumed"
+            },
+            json!({"comment": comment}),
+        );
+        self.store
+            .set_setting(
+                SETTING_PAUSED,
+                if paused { "true" } else { "false" },
+                &audit,
+            )
+            .await?;
+        tracing::warn!(by = %who, paused, "automation pause changed");
+        Ok(())
+    }
+
+    pub async fn paused(&self) -> Result<bool, CommandError> {
+        Ok(self.store.setting(SETTING_PAUSED).await?.as_deref() == Some("true"))
+    }
+
+    /// Creates or sets a built-in flag directly (an edit, not an action:
+    /// use [`Remediation::request`] for a guarded kill switch). Returns the
+    /// previous state (`None`: it was created) and the flag.
+    pub async fn set_flag(
+        &self,
+        who: &str,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+    ) -> Result<(Option<bool>, FlagRow), CommandError> {
+        check_flag_key(key).map_err(|m| bad("key", m))?;
+        if description.is_some_and(|d| d.len() > 2000) {
+            return Err(bad("description", "must be at most 2000 characters"));
+        }
+        let audit = NewAudit::by(who, "flag_set", json!({"flag": key, "enabled": enabled}));
+        let previous = self
+            .store
+            .set_flag(key, enabled, description, who, &audit)
+            .await?;
+        Ok((previous, self.store.flag(key).await?))
+    }
+
+    pub async fn delete_flag(&self, who: &str, key: &str) -> Result<(), CommandError> {
+        check_flag_key(key).map_err(|m| bad("key", m))?;
+        let audit = NewAudit::by(who, "flag_deleted", json!({"flag": key}));
+        if self.store.delete_flag(key, &audit).await? {
+            Ok(())
+        } else {
+            Err(CommandError::NotFound(format!("no flag {key:?}")))
+        }
+    }
+}

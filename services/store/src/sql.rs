@@ -1,0 +1,1552 @@
+//! The store written once. Every query both dialects can share is here, with
+//! `$n` placeholders (sqlx binds them on SQLite too), typed arguments
+//! ([`Arg`]) that each dialect encodes its own way (timestamps, JSON, lists),
+//! and one decoder per row type that turns what is stored into the domain's
+//! types, refusing (with table, row and column) anything it does not know.
+//!
+//! What really differs lives in `postgres.rs` and `sqlite.rs` behind
+//! [`Dialect`] and [`DialectTx`]: connection set-up and migrations, the batch
+//! writers of the engine's hot path (`UNNEST` arrays vs. one `json_each`
+//! statement), action claims (`SKIP LOCKED` vs. a single writer), advisory
+//! locks, and how a list is matched.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use firebreak_domain::action::{ActionRow, ActionSpec, ActionStatus, NewAction};
+use firebreak_domain::alertmanager::AlertStatus;
+use firebreak_domain::correlation::{IncidentHead, NewIncident};
+use firebreak_domain::timeline::NewEntry;
+use firebreak_domain::{
+    AlertEvent, DeployEvent, DeployStatus, DeployStrategy, GateResult, GateVerdict, LogLine,
+};
+use serde_json::Value;
+
+use crate::{
+    ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow,
+    IncidentDetail, IncidentFilter, IncidentRow, LogRow, NewAudit, OpenIncident, PostmortemRow,
+    PostmortemSave, Result, RevisionRow, SaveOutcome, Store, StoreError, StoreTx, TimelineEvent,
+    TimelineRow,
+};
+
+/// One bound value. Each dialect encodes it: a time is `timestamptz` on
+/// PostgreSQL and microseconds on SQLite; a list is an array on PostgreSQL
+/// and JSON text on SQLite (matched with [`Dialect::any`]).
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Time(Option<DateTime<Utc>>),
+    Json(Option<Value>),
+    Bool(Option<bool>),
+    Float(Option<f64>),
+    Texts(Vec<String>),
+    Ints(Vec<i64>),
+}
+
+macro_rules! arg_from {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {
+        $(impl From<$t> for Arg { fn from($v: $t) -> Arg { $e } })*
+    };
+}
+
+arg_from! {
+    i64 => |v| Arg::Int(Some(v));
+    i32 => |v| Arg::Int(Some(i64::from(v)));
+    Option<i64> => |v| Arg::Int(v);
+    Option<i32> => |v| Arg::Int(v.map(i64::from));
+    &str => |v| Arg::Text(Some(v.to_string()));
+    String => |v| Arg::Text(Some(v));
+    &String => |v| Arg::Text(Some(v.clone()));
+    Option<&str> => |v| Arg::Text(v.map(str::to_string));
+    Option<String> => |v| Arg::Text(v);
+    &Option<String> => |v| Arg::Text(v.clone());
+    DateTime<Utc> => |v| Arg::Time(Some(v));
+    Option<DateTime<Utc>> => |v| Arg::Time(v);
+    bool => |v| Arg::Bool(Some(v));
+    Value => |v| Arg::Json(Some(v));
+    &Value => |v| Arg::Json(Some(v.clone()));
+    Option<Value> => |v| Arg::Json(v);
+    &Option<Value> => |v| Arg::Json(v.clone());
+    Vec<String> => |v| Arg::Texts(v);
+    Vec<i64> => |v| Arg::Ints(v);
+}
+
+/// A statement and its arguments.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub sql: Cow<'static, str>,
+    pub args: Vec<Arg>,
+    /// PostgreSQL: plan with the real parameters every time (never a generic
+    /// plan, which may scan a large table). Used for the engine's lookups.
+    pub plan_each: bool,
+}
+
+pub fn q(sql: impl Into<Cow<'static, str>>) -> Query {
+    Query {
+        sql: sql.into(),
+        args: Vec::new(),
+        plan_each: false,
+    }
+}
+
+impl Query {
+    pub fn bind(mut self, arg: impl Into<Arg>) -> Query {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn plan_each(mut self) -> Query {
+        self.plan_each = true;
+        self
+    }
+}
+
+/// Reading one column of a stored row, whatever the dialect stored it as.
+/// Errors name the column; decoders add the table and row.
+pub trait Get {
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn time(&self, col: &str) -> Result<DateTime<Utc>>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
+    fn opt_json(&self, col: &str) -> Result<Option<Value>>;
+    fn bool(&self, col: &str) -> Result<bool>;
+    fn opt_float(&self, col: &str) -> Result<Option<f64>>;
+
+    fn json(&self, col: &str) -> Result<Value> {
+        self.opt_json(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {col} is NULL")))
+    }
+}
+
+/// A stored value the domain does not know: an error naming table, row and column.
+pub fn corrupt(table: &str, row: impl std::fmt::Display, col: &str, what: String) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{table} row {row}, column {col}: {what}; fix or remove the row (it was not written by this version of Firebreak)"
+    ))
+}
+
+/// Adds the table and row to a column error.
+fn in_row(table: &'static str, row: String) -> impl Fn(StoreError) -> StoreError {
+    move |e| match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{table} row {row}: {m}")),
+        other => other,
+    }
+}
+
+/// The dialect a [`Db`] runs on: how it connects, reads, writes and what it
+/// does its own way.
+#[async_trait]
+pub trait Dialect: Send + Sync + 'static {
+    type Row: Get + Send + Sync + 'static;
+    type Tx: DialectTx<Row = Self::Row> + 'static;
+    const NAME: &'static str;
+
+    /// Runs on a read connection.
+    async fn read(&self, q: Query) -> Result<Vec<Self::Row>>;
+    /// Runs one statement on the writer, as its own transaction.
+    async fn write(&self, q: Query) -> Result<Vec<Self::Row>>;
+    /// Streams rows to `each` without holding them (log mining).
+    async fn stream(
+        &self,
+        q: Query,
+        each: &mut (dyn for<'r> FnMut(&'r Self::Row) -> Result<()> + Send),
+    ) -> Result<u64>;
+    async fn begin(&self) -> Result<Self::Tx>;
+    async fn migrate(&self) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+    async fn close(&self);
+
+    /// Moves the oldest ready action to `running` under a lease, skipping
+    /// targets something else holds; the row carries its old status as `was`.
+    async fn claim_action(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<Option<Self::Row>>;
+}
+
+/// One write transaction of a dialect.
+#[async_trait]
+pub trait DialectTx: Send {
+    type Row: Get + Send + Sync + 'static;
+    /// Row locks for a read-then-write (` FOR UPDATE`), where they exist.
+    const FOR_UPDATE: &'static str;
+
+    /// `expr` is one of the list bound at `$n` ([`Arg::Texts`] / [`Arg::Ints`]).
+    fn any(expr: &str, n: usize) -> String;
+    /// The JSON array of strings in `expr` contains the text bound at `$n`.
+    fn json_array_has(expr: &str, n: usize) -> String;
+
+    async fn fetch(&mut self, q: Query) -> Result<Vec<Self::Row>>;
+    async fn execute(&mut self, q: Query) -> Result<u64>;
+    async fn commit(self) -> Result<()>;
+
+    // The engine's batch writers and lookups, tuned per dialect.
+    async fn lock(&mut self, keys: &[i64]) -> Result<()>;
+    async fn existing_alert_ids(&mut self, ids: &[String]) -> Result<HashSet<String>>;
+    async fn latest_incidents(&mut self, group_keys: &[String]) -> Result<Vec<IncidentHead>>;
+    async fn insert_alerts(&mut self, alerts: &[(Option<i64>, &AlertEvent)]) -> Result<()>;
+    async fn upsert_incident_alerts(&mut self, alerts: &[(i64, &AlertEvent)]) -> Result<()>;
+    async fn insert_deploys(&mut self, deploys: &[DeployEvent]) -> Result<HashSet<String>>;
+    async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>>;
+    async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64>;
+    /// Inserts (incident, id) pairs into `incident_changes` or `incident_gates`.
+    async fn attach(&mut self, to: Attach, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>>;
+    async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()>;
+    async fn resolve_incidents(&mut self, incidents: &[(i64, DateTime<Utc>)]) -> Result<Vec<i64>>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Attach {
+    Changes,
+    Gates,
+}
+
+// --- column lists and decoders ----------------------------------------------
+
+pub const INCIDENT_COLUMNS: &str =
+    "id, status, service, environment, title, severity, group_key, opened_at, resolved_at";
+
+pub fn incident_row(r: &impl Get) -> Result<IncidentRow> {
+    let id = r.int("id")?;
+    let read = || -> Result<IncidentRow> {
+        let status = r.text("status")?;
+        if firebreak_domain::correlation::IncidentStatus::parse(&status).is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "column status: unknown incident status {status:?}"
+            )));
+        }
+        Ok(IncidentRow {
+            id,
+            status,
+            service: r.opt_text("service")?,
+            environment: r.opt_text("environment")?,
+            title: r.text("title")?,
+            severity: r.opt_text("severity")?,
+            group_key: r.text("group_key")?,
+            opened_at: r.time("opened_at")?,
+            resolved_at: r.opt_time("resolved_at")?,
+        })
+    };
+    read().map_err(in_row("incidents", id.to_string()))
+}
+
+pub const DEPLOY_COLUMNS: &str =
+    "d.id, d.service, d.environment, d.version, d.previous_version, d.status, d.strategy, \
+     d.step, d.started_at, d.finished_at, d.commit_sha, d.url, d.actor, d.flags";
+
+pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
+    let id = r.text("id")?;
+    let read = || -> Result<DeployEvent> {
+        let status = r.text("status")?;
+        let status = DeployStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("column status: unknown deploy status {status:?}"))
+        })?;
+        let strategy = match r.opt_text("strategy")? {
+            None => None,
+            Some(s) => Some(DeployStrategy::parse(&s).ok_or_else(|| {
+                StoreError::Corrupt(format!("column strategy: unknown deploy strategy {s:?}"))
+            })?),
+        };
+        let flags: Vec<String> = serde_json::from_value(r.json("flags")?).map_err(|e| {
+            StoreError::Corrupt(format!("column flags: not a list of flag keys: {e}"))
+        })?;
+        Ok(DeployEvent {
+            id: id.clone(),
+            service: r.text("service")?,
+            environment: r.opt_text("environment")?,
+            version: r.text("version")?,
+            previous_version: r.opt_text("previous_version")?,
+            status,
+            strategy,
+            step: r.opt_text("step")?,
+            started_at: r.time("started_at")?,
+            finished_at: r.opt_time("finished_at")?,
+            commit: r.opt_text("commit_sha")?,
+            url: r.opt_text("url")?,
+            actor: r.opt_text("actor")?,
+            flags,
+        })
+    };
+    read().map_err(in_row("deploys", format!("{id:?}")))
+}
+
+pub const GATE_COLUMNS: &str =
+    "g.id, g.service, g.environment, g.version, g.deploy_id, g.gate, g.metric, g.comparison, \
+     g.threshold, g.baseline, g.observed, g.window_text, g.step, g.verdict, g.evaluated_at";
+
+pub fn gate_row(r: &impl Get) -> Result<GateResult> {
+    let id = r.text("id")?;
+    let read = || -> Result<GateResult> {
+        let verdict = r.text("verdict")?;
+        let verdict = GateVerdict::parse(&verdict).ok_or_else(|| {
+            StoreError::Corrupt(format!("column verdict: unknown gate verdict {verdict:?}"))
+        })?;
+        Ok(GateResult {
+            id: id.clone(),
+            service: r.text("service")?,
+            environment: r.opt_text("environment")?,
+            version: r.opt_text("version")?,
+            deploy_id: r.opt_text("deploy_id")?,
+            gate: r.text("gate")?,
+            metric: r.opt_text("metric")?,
+            comparison: r.opt_text("comparison")?,
+            threshold: r.opt_float("threshold")?,
+            baseline: r.opt_float("baseline")?,
+            observed: r.opt_float("observed")?,
+            window: r.opt_text("window_text")?,
+            step: r.opt_text("step")?,
+            verdict,
+            evaluated_at: r.time("evaluated_at")?,
+        })
+    };
+    read().map_err(in_row("gate_results", format!("{id:?}")))
+}
+
+pub const ACTION_COLUMNS: &str =
+    "id, dedupe_key, playbook, playbook_version, step_index, kind, target, \
+     incident_id, trigger_id, requested_by, status, reason, spec, previous_state, result, attempts, \
+     decided_by, created_at, updated_at, not_before, lease_until, lease_owner";
+
+pub fn action_row(r: &impl Get) -> Result<ActionRow> {
+    let id = r.int("id")?;
+    let read = || -> Result<ActionRow> {
+        let status = r.text("status")?;
+        let status = ActionStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("column status: unknown action status {status:?}"))
+        })?;
+        let spec: ActionSpec = serde_json::from_value(r.json("spec")?)
+            .map_err(|e| StoreError::Corrupt(format!("column spec: not an action spec: {e}")))?;
+        Ok(ActionRow {
+            id,
+            dedupe_key: r.text("dedupe_key")?,
+            playbook: r.text("playbook")?,
+            playbook_version: r.text("playbook_version")?,
+            step_index: i32::try_from(r.int("step_index")?)
+                .map_err(|_| StoreError::Corrupt("column step_index: out of range".into()))?,
+            kind: r.text("kind")?,
+            target: r.text("target")?,
+            incident_id: r.opt_int("incident_id")?,
+            trigger_id: r.text("trigger_id")?,
+            requested_by: r.text("requested_by")?,
+            status,
+            reason: r.opt_text("reason")?,
+            spec,
+            previous_state: r.opt_json("previous_state")?,
+            result: r.opt_json("result")?,
+            attempts: i32::try_from(r.int("attempts")?)
+                .map_err(|_| StoreError::Corrupt("column attempts: out of range".into()))?,
+            decided_by: r.opt_text("decided_by")?,
+            created_at: r.time("created_at")?,
+            updated_at: r.time("updated_at")?,
+            not_before: r.time("not_before")?,
+            lease_until: r.opt_time("lease_until")?,
+            lease_owner: r.opt_text("lease_owner")?,
+        })
+    };
+    read().map_err(in_row("actions", id.to_string()))
+}
+
+pub const AUDIT_COLUMNS: &str =
+    "id, at, actor, event, action_id, incident_id, playbook, playbook_version, detail";
+
+pub fn audit_row(r: &impl Get) -> Result<AuditRow> {
+    let id = r.int("id")?;
+    let read = || -> Result<AuditRow> {
+        Ok(AuditRow {
+            id,
+            entry: NewAudit {
+                at: r.time("at")?,
+                actor: r.text("actor")?,
+                event: r.text("event")?,
+                action_id: r.opt_int("action_id")?,
+                incident_id: r.opt_int("incident_id")?,
+                playbook: r.opt_text("playbook")?,
+                playbook_version: r.opt_text("playbook_version")?,
+                detail: r.json("detail")?,
+            },
+        })
+    };
+    read().map_err(in_row("audit", id.to_string()))
+}
+
+const FLAG_COLUMNS: &str = "key, enabled, description, updated_at, updated_by";
+
+pub fn flag_row(r: &impl Get) -> Result<FlagRow> {
+    let key = r.text("key")?;
+    let read = || -> Result<FlagRow> {
+        Ok(FlagRow {
+            key: key.clone(),
+            enabled: r.bool("enabled")?,
+            description: r.opt_text("description")?,
+            updated_at: r.time("updated_at")?,
+            updated_by: r.text("updated_by")?,
+        })
+    };
+    read().map_err(in_row("flags", format!("{key:?}")))
+}
+
+const POSTMORTEM_COLUMNS: &str =
+    "incident_id, revision, status, markdown, generated, created_at, updated_at, updated_by";
+
+pub fn postmortem_row(r: &impl Get) -> Result<PostmortemRow> {
+    let id = r.int("incident_id")?;
+    let read = || -> Result<PostmortemRow> {
+        Ok(PostmortemRow {
+            incident_id: id,
+            revision: r.int("revision")?,
+            status: r.text("status")?,
+            markdown: r.text("markdown")?,
+            generated: r.text("generated")?,
+            created_at: r.time("created_at")?,
+            updated_at: r.time("updated_at")?,
+            updated_by: r.text("updated_by")?,
+        })
+    };
+    read().map_err(in_row("postmortems", id.to_string()))
+}
+
+fn labels(r: &impl Get, col: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_value(r.json(col)?)
+        .map_err(|e| StoreError::Corrupt(format!("column {col}: not a label map: {e}")))
+}
+
+fn history_alert(r: &impl Get) -> Result<(Option<i64>, AlertEvent)> {
+    let id = r.text("id")?;
+    let read = || -> Result<(Option<i64>, AlertEvent)> {
+        let status = match r.text("status")?.as_str() {
+            "firing" => AlertStatus::Firing,
+            "resolved" => AlertStatus::Resolved,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "column status: unknown alert status {other:?}"
+                )))
+            }
+        };
+        Ok((
+            r.opt_int("incident_id")?,
+            AlertEvent {
+                id: id.clone(),
+                fingerprint: r.text("fingerprint")?,
+                status,
+                labels: labels(r, "labels")?,
+                annotations: labels(r, "annotations")?,
+                starts_at: r.time("starts_at")?,
+                ends_at: r.opt_time("ends_at")?,
+                generator_url: r.text("generator_url")?,
+                truncated_alerts: u64::try_from(r.int("truncated_alerts")?).unwrap_or(0),
+                receiver: String::new(),
+            },
+        ))
+    };
+    read().map_err(in_row("alert_events", format!("{id:?}")))
+}
+
+fn open_incident(r: &impl Get) -> Result<OpenIncident> {
+    Ok(OpenIncident {
+        id: r.int("id")?,
+        service: r.opt_text("service")?,
+        environment: r.opt_text("environment")?,
+        opened_at: r.time("opened_at")?,
+    })
+}
+
+fn pair(r: &impl Get, a: &str, b: &str) -> Result<(i64, String)> {
+    Ok((r.int(a)?, r.text(b)?))
+}
+
+fn decode<R, T>(rows: &[R], f: impl Fn(&R) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+fn spec_json(spec: &ActionSpec) -> Result<Value> {
+    serde_json::to_value(spec)
+        .map_err(|e| StoreError::Internal(format!("cannot encode an action spec: {e}")))
+}
+
+// --- statements shared by the store and its transactions ----------------------
+
+async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
+    for r in rows {
+        tx.execute(
+            q("INSERT INTO audit (at, actor, event, action_id, incident_id, playbook, playbook_version, detail)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(r.at)
+            .bind(&r.actor)
+            .bind(&r.event)
+            .bind(r.action_id)
+            .bind(r.incident_id)
+            .bind(&r.playbook)
+            .bind(&r.playbook_version)
+            .bind(&r.detail),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn deploys_between_q(
+    service: &str,
+    environment: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Query {
+    q(format!(
+        "SELECT {DEPLOY_COLUMNS} FROM deploys d
+         WHERE d.service = $1 AND ($2 IS NULL OR d.environment IS NULL OR d.environment = $2)
+           AND d.started_at BETWEEN $3 AND $4
+         ORDER BY d.started_at"
+    ))
+    .bind(service)
+    .bind(environment)
+    .bind(from)
+    .bind(to)
+    .plan_each()
+}
+
+/// The SQL store over one dialect. `PgStore` and `SqliteStore` are this.
+pub struct Db<D> {
+    pub(crate) d: D,
+}
+
+/// A write transaction of a [`Db`].
+pub struct Tx<T> {
+    tx: T,
+}
+
+#[async_trait]
+impl<D: Dialect> Store for Db<D> {
+    fn backend(&self) -> &'static str {
+        D::NAME
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.d.migrate().await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.d.ping().await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        Ok(Box::new(Tx {
+            tx: self.d.begin().await?,
+        }))
+    }
+
+    async fn list_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentRow>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents
+                     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR service = $2)
+                       AND ($3 IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4"
+                ))
+                .bind(&f.status)
+                .bind(&f.service)
+                .bind(f.before_id)
+                .bind(f.limit),
+            )
+            .await?;
+        decode(&rows, incident_row)
+    }
+
+    async fn incident(&self, id: i64) -> Result<IncidentDetail> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"
+                ))
+                .bind(id),
+            )
+            .await?;
+        let incident = incident_row(rows.first().ok_or(StoreError::NotFound)?)?;
+        let alerts = self
+            .d
+            .read(
+                q("SELECT fingerprint, alertname, status, labels, starts_at, ends_at FROM incident_alerts
+                   WHERE incident_id = $1 ORDER BY starts_at, fingerprint")
+                .bind(id),
+            )
+            .await?;
+        let alerts = decode(&alerts, |r| {
+            Ok(IncidentAlertRow {
+                fingerprint: r.text("fingerprint")?,
+                alertname: r.text("alertname")?,
+                status: r.text("status")?,
+                labels: r.json("labels")?,
+                starts_at: r.time("starts_at")?,
+                ends_at: r.opt_time("ends_at")?,
+            })
+        })
+        .map_err(in_row("incident_alerts", format!("of incident {id}")))?;
+        let changes = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {DEPLOY_COLUMNS} FROM incident_changes c JOIN deploys d ON d.id = c.deploy_id
+                     WHERE c.incident_id = $1 ORDER BY d.started_at DESC"
+                ))
+                .bind(id),
+            )
+            .await?;
+        let gates = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {GATE_COLUMNS} FROM incident_gates ig JOIN gate_results g ON g.id = ig.gate_id
+                     WHERE ig.incident_id = $1 ORDER BY g.evaluated_at"
+                ))
+                .bind(id),
+            )
+            .await?;
+        let count = self
+            .d
+            .read(
+                q(
+                    "SELECT (SELECT count(*) FROM timeline WHERE incident_id = $1)
+                        + (SELECT count(*) FROM alert_events WHERE incident_id = $1) AS n",
+                )
+                .bind(id),
+            )
+            .await?;
+        Ok(IncidentDetail {
+            incident,
+            alerts,
+            changes: decode(&changes, deploy_row)?,
+            gates: decode(&gates, gate_row)?,
+            timeline_entries: count.first().map(|r| r.int("n")).transpose()?.unwrap_or(0),
+        })
+    }
+
+    async fn timeline(
+        &self,
+        incident_id: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<TimelineRow>> {
+        // Alert entries come from the alert events themselves; at equal times an
+        // alert sorts before what it caused (seq 0 before any stored entry).
+        let rows = self
+            .d
+            .read(
+                q("SELECT at, seq, kind, source, summary, ref_id, alertname, note FROM (
+                      SELECT occurred_at AS at, 0 AS seq, status AS kind, 'alertmanager' AS source,
+                             NULL AS summary, id AS ref_id, alertname, annotations ->> 'summary' AS note
+                      FROM alert_events WHERE incident_id = $1
+                      UNION ALL
+                      SELECT at, id, kind, source, summary, ref_id, NULL, NULL FROM timeline WHERE incident_id = $1
+                   ) t ORDER BY at, seq, ref_id LIMIT $2 OFFSET $3")
+                .bind(incident_id)
+                .bind(limit)
+                .bind(offset),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(crate::timeline_row(
+                r.time("at")?,
+                r.int("seq")?,
+                r.text("kind")?,
+                r.text("source")?,
+                r.opt_text("summary")?,
+                r.text("ref_id")?,
+                r.opt_text("alertname")?,
+                r.opt_text("note")?,
+            ))
+        })
+    }
+
+    async fn event_counts(&self) -> Result<[i64; 4]> {
+        let rows = self
+            .d
+            .read(q(
+                "SELECT (SELECT count(*) FROM alert_events) AS a, (SELECT count(*) FROM deploys) AS d,
+                        (SELECT count(*) FROM gate_results) AS g, (SELECT count(*) FROM log_lines) AS l",
+            ))
+            .await?;
+        let r = rows.first().ok_or(StoreError::NotFound)?;
+        Ok([r.int("a")?, r.int("d")?, r.int("g")?, r.int("l")?])
+    }
+
+    async fn claim_action(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<Option<(ActionRow, bool)>> {
+        match self.d.claim_action(now, lease_until, owner).await? {
+            None => Ok(None),
+            Some(row) => {
+                let was = row.text("was")?;
+                Ok(Some((action_row(&row)?, was != "pending")))
+            }
+        }
+    }
+
+    async fn renew_lease(&self, id: i64, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+        let rows = self
+            .d
+            .write(
+                q("UPDATE actions SET lease_until = $3
+                   WHERE id = $1 AND lease_owner = $2 AND status IN ('running', 'reverting')
+                   RETURNING id")
+                .bind(id)
+                .bind(owner)
+                .bind(until),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn expire_leases(
+        &self,
+        owner_prefix: &str,
+        except: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let rows = self
+            .d
+            .write(
+                q("UPDATE actions SET lease_until = $3
+                   WHERE status IN ('running', 'reverting') AND lease_owner <> $2
+                     AND substr(lease_owner, 1, length($1)) = $1 AND lease_until >= $3
+                   RETURNING id")
+                .bind(owner_prefix)
+                .bind(except)
+                .bind(now - chrono::Duration::microseconds(1)),
+            )
+            .await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn record_previous_state(&self, id: i64, owner: &str, state: &Value) -> Result<bool> {
+        let rows = self
+            .d
+            .write(
+                q(
+                    "UPDATE actions SET previous_state = COALESCE(previous_state, $3)
+                   WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+                   RETURNING id",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(state),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn transition_action(
+        &self,
+        id: i64,
+        from: &[ActionStatus],
+        change: &ActionChange,
+        audit: &[NewAudit],
+        timeline: &[NewEntry],
+    ) -> Result<Option<ActionRow>> {
+        let mut tx = self.d.begin().await?;
+        let from: Vec<String> = from.iter().map(|s| s.as_str().to_string()).collect();
+        let (lease_until, lease_owner) = match &change.lease {
+            Some((until, owner)) => (Some(*until), Some(owner.clone())),
+            None => (None, None),
+        };
+        let keeps_lease = change.status.holds_target();
+        let rows = tx
+            .fetch(
+                q(format!(
+                    "UPDATE actions SET status = $3, updated_at = $4,
+                         reason = COALESCE($5, reason), result = COALESCE($6, result),
+                         previous_state = COALESCE($7, previous_state), decided_by = COALESCE($8, decided_by),
+                         not_before = COALESCE($9, not_before),
+                         lease_until = CASE WHEN $10 THEN COALESCE($11, lease_until) ELSE NULL END,
+                         lease_owner = CASE WHEN $10 THEN COALESCE($12, lease_owner) ELSE NULL END
+                     WHERE id = $1 AND {} AND ($13 IS NULL OR lease_owner = $13)
+                     RETURNING {ACTION_COLUMNS}",
+                    <D::Tx as DialectTx>::any("status", 2)
+                ))
+                .bind(id)
+                .bind(from)
+                .bind(change.status.as_str())
+                .bind(change.at)
+                .bind(&change.reason)
+                .bind(&change.result)
+                .bind(&change.previous_state)
+                .bind(&change.decided_by)
+                .bind(change.not_before)
+                .bind(keeps_lease)
+                .bind(lease_until)
+                .bind(lease_owner)
+                .bind(&change.held_by),
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let action = action_row(row)?;
+        write_audit(&mut tx, audit).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(Some(action))
+    }
+
+    async fn action(&self, id: i64) -> Result<ActionRow> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1"
+                ))
+                .bind(id),
+            )
+            .await?;
+        action_row(rows.first().ok_or(StoreError::NotFound)?)
+    }
+
+    async fn list_actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {ACTION_COLUMNS} FROM actions
+                     WHERE ($1 IS NULL OR incident_id = $1) AND ($2 IS NULL OR status = $2)
+                       AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR id < $4)
+                     ORDER BY id DESC LIMIT $5"
+                ))
+                .bind(f.incident_id)
+                .bind(f.status.map(|s| s.as_str()))
+                .bind(f.since)
+                .bind(f.before_id)
+                .bind(f.limit),
+            )
+            .await?;
+        decode(&rows, action_row)
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit
+                     WHERE ($1 IS NULL OR action_id = $1) AND ($2 IS NULL OR incident_id = $2)
+                       AND ($3 IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4"
+                ))
+                .bind(f.action_id)
+                .bind(f.incident_id)
+                .bind(f.before_id)
+                .bind(f.limit),
+            )
+            .await?;
+        decode(&rows, audit_row)
+    }
+
+    async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()> {
+        let mut tx = self.d.begin().await?;
+        write_audit(&mut tx, audit).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await
+    }
+
+    async fn list_flags(&self) -> Result<Vec<FlagRow>> {
+        let rows = self
+            .d
+            .read(q(format!("SELECT {FLAG_COLUMNS} FROM flags ORDER BY key")))
+            .await?;
+        decode(&rows, flag_row)
+    }
+
+    async fn flag(&self, key: &str) -> Result<FlagRow> {
+        let rows = self
+            .d
+            .read(q(format!("SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1")).bind(key))
+            .await?;
+        flag_row(rows.first().ok_or(StoreError::NotFound)?)
+    }
+
+    async fn set_flag(
+        &self,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<Option<bool>> {
+        let mut tx = self.d.begin().await?;
+        let previous = tx
+            .fetch(
+                q(format!(
+                    "SELECT enabled FROM flags WHERE key = $1{}",
+                    <D::Tx as DialectTx>::FOR_UPDATE
+                ))
+                .bind(key),
+            )
+            .await?;
+        let previous = previous.first().map(|r| r.bool("enabled")).transpose()?;
+        tx.execute(
+            q(
+                "INSERT INTO flags (key, enabled, description, updated_at, updated_by)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (key) DO UPDATE SET enabled = $2,
+                   description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5",
+            )
+            .bind(key)
+            .bind(enabled)
+            .bind(description)
+            .bind(audit.at)
+            .bind(by),
+        )
+        .await?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(q("DELETE FROM flags WHERE key = $1").bind(key))
+            .await?;
+        if n > 0 {
+            write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        let rows = self
+            .d
+            .read(q("SELECT value FROM settings WHERE key = $1").bind(key))
+            .await?;
+        rows.first().map(|r| r.text("value")).transpose()
+    }
+
+    async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()> {
+        let mut tx = self.d.begin().await?;
+        tx.execute(upsert_setting(key, value, audit.at, &audit.actor))
+            .await?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.d
+            .write(upsert_setting(key, value, Utc::now(), "firebreak"))
+            .await?;
+        Ok(())
+    }
+
+    async fn history_since(&self, since: DateTime<Utc>) -> Result<History> {
+        let alerts = self
+            .d
+            .read(
+                q("SELECT id, incident_id, fingerprint, status, labels, annotations, starts_at, ends_at,
+                          generator_url, truncated_alerts
+                   FROM alert_events WHERE occurred_at >= $1 ORDER BY occurred_at, id")
+                .bind(since),
+            )
+            .await?;
+        // Deploys reach further back: the last good deploy before a suspect one.
+        let deploys = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {DEPLOY_COLUMNS} FROM deploys d WHERE d.started_at >= $1 ORDER BY d.started_at"
+                ))
+                .bind(since - chrono::Duration::days(firebreak_domain::action::ROLLBACK_HISTORY_DAYS)),
+            )
+            .await?;
+        let gates = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {GATE_COLUMNS} FROM gate_results g WHERE g.evaluated_at >= $1 ORDER BY g.evaluated_at"
+                ))
+                .bind(since),
+            )
+            .await?;
+        Ok(History {
+            alerts: decode(&alerts, history_alert)?,
+            deploys: decode(&deploys, deploy_row)?,
+            gates: decode(&gates, gate_row)?,
+        })
+    }
+
+    async fn resolve_incident_manually(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q(
+                    "UPDATE incidents SET status = 'resolved', resolved_at = $2, updated_at = $3
+                   WHERE id = $1 AND status = 'open'",
+                )
+                .bind(id)
+                .bind(at)
+                .bind(Utc::now()),
+            )
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn claim_slack_message(
+        &self,
+        seq: i64,
+        incident_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let rows = self
+            .d
+            .write(
+                q(
+                    "INSERT INTO slack_messages (seq, incident_id, claimed_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (seq) DO NOTHING RETURNING seq",
+                )
+                .bind(seq)
+                .bind(incident_id)
+                .bind(at),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()> {
+        self.d
+            .write(
+                q("UPDATE slack_messages SET channel = $2, ts = $3 WHERE seq = $1")
+                    .bind(seq)
+                    .bind(channel)
+                    .bind(ts),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_slack_message(&self, seq: i64) -> Result<()> {
+        self.d
+            .write(q("DELETE FROM slack_messages WHERE seq = $1 AND ts IS NULL").bind(seq))
+            .await?;
+        Ok(())
+    }
+
+    async fn slack_thread(&self, incident_id: i64) -> Result<Option<(String, String)>> {
+        let rows = self
+            .d
+            .read(
+                q("SELECT channel, ts FROM slack_messages
+                   WHERE incident_id = $1 AND ts IS NOT NULL ORDER BY seq LIMIT 1")
+                .bind(incident_id),
+            )
+            .await?;
+        rows.first()
+            .map(|r| Ok((r.text("channel")?, r.text("ts")?)))
+            .transpose()
+    }
+
+    async fn timeline_since(
+        &self,
+        after_seq: i64,
+        kinds: &[&str],
+        limit: i64,
+    ) -> Result<Vec<TimelineEvent>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT id, incident_id, at, kind, source, summary, ref_id FROM timeline
+                     WHERE id > $1 AND {} ORDER BY id LIMIT $3",
+                    <D::Tx as DialectTx>::any("kind", 2)
+                ))
+                .bind(after_seq)
+                .bind(kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>())
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(TimelineEvent {
+                seq: r.int("id")?,
+                incident_id: r.int("incident_id")?,
+                at: r.time("at")?,
+                kind: r.text("kind")?,
+                source: r.text("source")?,
+                summary: r.text("summary")?,
+                ref_id: r.text("ref_id")?,
+            })
+        })
+    }
+
+    async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {POSTMORTEM_COLUMNS} FROM postmortems WHERE incident_id = $1"
+                ))
+                .bind(incident_id),
+            )
+            .await?;
+        rows.first().map(postmortem_row).transpose()
+    }
+
+    async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome> {
+        let mut tx = self.d.begin().await?;
+        let rows = match save.expected_revision {
+            None => {
+                tx.fetch(
+                    q(format!(
+                        "INSERT INTO postmortems ({POSTMORTEM_COLUMNS})
+                         VALUES ($1, 1, $2, $3, COALESCE($4, ''), $5, $5, $6)
+                         ON CONFLICT (incident_id) DO NOTHING
+                         RETURNING {POSTMORTEM_COLUMNS}"
+                    ))
+                    .bind(save.incident_id)
+                    .bind(&save.status)
+                    .bind(&save.markdown)
+                    .bind(&save.generated)
+                    .bind(save.at)
+                    .bind(&save.author),
+                )
+                .await?
+            }
+            Some(expected) => {
+                tx.fetch(
+                    q(format!(
+                        "UPDATE postmortems SET revision = revision + 1, status = $3, markdown = $4,
+                             generated = COALESCE($5, generated), updated_at = $6, updated_by = $7
+                         WHERE incident_id = $1 AND revision = $2
+                         RETURNING {POSTMORTEM_COLUMNS}"
+                    ))
+                    .bind(save.incident_id)
+                    .bind(expected)
+                    .bind(&save.status)
+                    .bind(&save.markdown)
+                    .bind(&save.generated)
+                    .bind(save.at)
+                    .bind(&save.author),
+                )
+                .await?
+            }
+        };
+        let Some(row) = rows.first() else {
+            drop(tx);
+            return Ok(SaveOutcome::Stale(self.postmortem(save.incident_id).await?));
+        };
+        let saved = postmortem_row(row)?;
+        tx.execute(
+            q("INSERT INTO postmortem_revisions (incident_id, revision, kind, status, markdown, author, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(saved.incident_id)
+            .bind(saved.revision)
+            .bind(&save.kind)
+            .bind(&saved.status)
+            .bind(&saved.markdown)
+            .bind(&save.author)
+            .bind(save.at),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SaveOutcome::Saved(saved))
+    }
+
+    async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>> {
+        let rows = self
+            .d
+            .read(
+                q("SELECT revision, kind, status, author, created_at, markdown FROM postmortem_revisions
+                   WHERE incident_id = $1 ORDER BY revision")
+                .bind(incident_id),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(RevisionRow {
+                revision: r.int("revision")?,
+                kind: r.text("kind")?,
+                status: r.text("status")?,
+                author: r.text("author")?,
+                created_at: r.time("created_at")?,
+                markdown: r.text("markdown")?,
+            })
+        })
+    }
+
+    async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>> {
+        let rows = self
+            .d
+            .read(
+                q("SELECT i.id FROM incidents i
+                   WHERE i.status = 'resolved'
+                     AND NOT EXISTS (SELECT 1 FROM postmortems p WHERE p.incident_id = i.id)
+                   ORDER BY i.id LIMIT $1")
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, |r| r.int("id"))
+    }
+
+    async fn scan_logs(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        each: &mut (dyn FnMut(LogRow) + Send),
+    ) -> Result<u64> {
+        let query = q("SELECT at, level, message FROM log_lines
+                       WHERE service = $1 AND ($2 IS NULL OR environment IS NULL OR environment = $2)
+                         AND at BETWEEN $3 AND $4
+                       ORDER BY at")
+        .bind(service)
+        .bind(environment)
+        .bind(from)
+        .bind(to);
+        self.d
+            .stream(query, &mut |r| {
+                each(LogRow {
+                    at: r.time("at")?,
+                    level: r.opt_text("level")?,
+                    message: r.text("message")?,
+                });
+                Ok(())
+            })
+            .await
+    }
+
+    async fn close(&self) {
+        self.d.close().await;
+    }
+}
+
+fn upsert_setting(key: &str, value: &str, at: DateTime<Utc>, by: &str) -> Query {
+    q(
+        "INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (key) DO UPDATE SET value = $2, updated_at = $3, updated_by = $4",
+    )
+    .bind(key)
+    .bind(value)
+    .bind(at)
+    .bind(by)
+}
+
+#[async_trait]
+impl<T: DialectTx + 'static> StoreTx for Tx<T> {
+    async fn lock_groups(&mut self, keys: &[i64]) -> Result<()> {
+        self.tx.lock(keys).await
+    }
+
+    async fn existing_alert_ids(&mut self, ids: &[String]) -> Result<HashSet<String>> {
+        self.tx.existing_alert_ids(ids).await
+    }
+
+    async fn latest_incidents(&mut self, group_keys: &[String]) -> Result<Vec<IncidentHead>> {
+        self.tx.latest_incidents(group_keys).await
+    }
+
+    async fn open_incidents(&mut self, incidents: &[NewIncident]) -> Result<Vec<i64>> {
+        let mut ids = Vec::with_capacity(incidents.len());
+        for inc in incidents {
+            let rows = self
+                .tx
+                .fetch(
+                    q("INSERT INTO incidents (group_key, service, environment, title, severity, status, opened_at)
+                       VALUES ($1, $2, $3, $4, $5, 'open', $6) RETURNING id")
+                    .bind(&inc.group.key)
+                    .bind(&inc.group.service)
+                    .bind(&inc.group.environment)
+                    .bind(&inc.title)
+                    .bind(&inc.severity)
+                    .bind(inc.opened_at),
+                )
+                .await?;
+            ids.push(rows.first().ok_or(StoreError::NotFound)?.int("id")?);
+        }
+        Ok(ids)
+    }
+
+    async fn reopen_incidents(&mut self, ids: &[i64]) -> Result<()> {
+        self.tx
+            .execute(
+                q(format!(
+                    "UPDATE incidents SET status = 'open', resolved_at = NULL, updated_at = $2
+                     WHERE {} AND status = 'resolved'",
+                    T::any("id", 1)
+                ))
+                .bind(ids.to_vec())
+                .bind(Utc::now()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_alerts(&mut self, alerts: &[(Option<i64>, &AlertEvent)]) -> Result<()> {
+        self.tx.insert_alerts(alerts).await
+    }
+
+    async fn upsert_incident_alerts(&mut self, alerts: &[(i64, &AlertEvent)]) -> Result<()> {
+        self.tx.upsert_incident_alerts(alerts).await
+    }
+
+    async fn insert_deploys(&mut self, deploys: &[DeployEvent]) -> Result<HashSet<String>> {
+        self.tx.insert_deploys(deploys).await
+    }
+
+    async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>> {
+        self.tx.insert_gates(gates).await
+    }
+
+    async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64> {
+        self.tx.insert_logs(lines).await
+    }
+
+    async fn deploys_between(
+        &mut self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<DeployEvent>> {
+        let rows = self
+            .tx
+            .fetch(deploys_between_q(service, environment, from, to))
+            .await?;
+        decode(&rows, deploy_row)
+    }
+
+    async fn gates_between(
+        &mut self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<GateResult>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT {GATE_COLUMNS} FROM gate_results g
+                     WHERE g.service = $1 AND ($2 IS NULL OR g.environment IS NULL OR g.environment = $2)
+                       AND g.evaluated_at BETWEEN $3 AND $4
+                     ORDER BY g.evaluated_at"
+                ))
+                .bind(service)
+                .bind(environment)
+                .bind(from)
+                .bind(to)
+                .plan_each(),
+            )
+            .await?;
+        decode(&rows, gate_row)
+    }
+
+    async fn open_incidents_for(&mut self, services: &[String]) -> Result<Vec<OpenIncident>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT id, service, environment, opened_at FROM incidents
+                     WHERE status = 'open' AND {}",
+                    T::any("service", 1)
+                ))
+                .bind(services.to_vec())
+                .plan_each(),
+            )
+            .await?;
+        decode(&rows, open_incident)
+    }
+
+    async fn open_incidents_with_flag(&mut self, flag: &str) -> Result<Vec<OpenIncident>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT DISTINCT i.id, i.service, i.environment, i.opened_at
+                     FROM incidents i
+                     JOIN incident_changes c ON c.incident_id = i.id
+                     JOIN deploys d ON d.id = c.deploy_id
+                     WHERE i.status = 'open' AND {}
+                     ORDER BY i.id",
+                    T::json_array_has("d.flags", 1)
+                ))
+                .bind(flag),
+            )
+            .await?;
+        decode(&rows, open_incident)
+    }
+
+    async fn find_deploy(
+        &mut self,
+        service: &str,
+        environment: Option<&str>,
+        version: &str,
+    ) -> Result<Option<String>> {
+        let rows = self
+            .tx
+            .fetch(
+                q("SELECT id FROM deploys WHERE service = $1 AND version = $3
+                     AND ($2 IS NULL OR environment IS NULL OR environment = $2)
+                   ORDER BY started_at DESC LIMIT 1")
+                .bind(service)
+                .bind(environment)
+                .bind(version)
+                .plan_each(),
+            )
+            .await?;
+        rows.first().map(|r| r.text("id")).transpose()
+    }
+
+    async fn incidents_of_deploys(&mut self, deploy_ids: &[String]) -> Result<Vec<(i64, String)>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT incident_id, deploy_id FROM incident_changes WHERE {}",
+                    T::any("deploy_id", 1)
+                ))
+                .bind(deploy_ids.to_vec())
+                .plan_each(),
+            )
+            .await?;
+        decode(&rows, |r| pair(r, "incident_id", "deploy_id"))
+    }
+
+    async fn attach_changes(&mut self, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
+        self.tx.attach(Attach::Changes, pairs).await
+    }
+
+    async fn attach_gates(&mut self, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
+        self.tx.attach(Attach::Gates, pairs).await
+    }
+
+    async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()> {
+        self.tx.insert_timeline(entries).await
+    }
+
+    async fn resolvable_incidents(
+        &mut self,
+        quiet_before: DateTime<Utc>,
+    ) -> Result<Vec<(i64, String, DateTime<Utc>)>> {
+        let rows = self
+            .tx
+            .fetch(
+                q("SELECT id, group_key, last_end FROM (
+                       SELECT i.id, i.group_key,
+                              (SELECT max(a.ends_at) FROM incident_alerts a WHERE a.incident_id = i.id) AS last_end
+                       FROM incidents i
+                       WHERE i.status = 'open'
+                         AND NOT EXISTS (SELECT 1 FROM incident_alerts f
+                                         WHERE f.incident_id = i.id AND f.status = 'firing')
+                   ) c WHERE last_end <= $1")
+                .bind(quiet_before)
+                .plan_each(),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok((r.int("id")?, r.text("group_key")?, r.time("last_end")?))
+        })
+    }
+
+    async fn resolve_incidents(&mut self, incidents: &[(i64, DateTime<Utc>)]) -> Result<Vec<i64>> {
+        self.tx.resolve_incidents(incidents).await
+    }
+
+    async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>> {
+        let mut out = Vec::new();
+        for a in actions {
+            let rows = self
+                .tx
+                .fetch(
+                    q(format!(
+                        "INSERT INTO actions (dedupe_key, playbook, playbook_version, step_index, kind, target,
+                             incident_id, trigger_id, requested_by, status, reason, spec,
+                             created_at, updated_at, not_before)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13)
+                         ON CONFLICT (dedupe_key) DO NOTHING
+                         RETURNING {ACTION_COLUMNS}"
+                    ))
+                    .bind(&a.dedupe_key)
+                    .bind(&a.playbook)
+                    .bind(&a.playbook_version)
+                    .bind(a.step_index)
+                    .bind(&a.kind)
+                    .bind(&a.target)
+                    .bind(a.incident_id)
+                    .bind(&a.trigger_id)
+                    .bind(&a.requested_by)
+                    .bind(a.status.as_str())
+                    .bind(&a.reason)
+                    .bind(spec_json(&a.spec)?)
+                    .bind(a.at),
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                out.push(action_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT {ACTION_COLUMNS} FROM actions WHERE created_at >= $1 ORDER BY id"
+                ))
+                .bind(since)
+                .plan_each(),
+            )
+            .await?;
+        decode(&rows, action_row)
+    }
+
+    async fn open_actions_on(&mut self, target: &str) -> Result<Vec<ActionRow>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT {ACTION_COLUMNS} FROM actions
+                     WHERE target = $1 AND status IN ('pending', 'held', 'running', 'reverting')
+                     ORDER BY id"
+                ))
+                .bind(target),
+            )
+            .await?;
+        decode(&rows, action_row)
+    }
+
+    async fn tx_setting(&mut self, key: &str) -> Result<Option<String>> {
+        let rows = self
+            .tx
+            .fetch(q("SELECT value FROM settings WHERE key = $1").bind(key))
+            .await?;
+        rows.first().map(|r| r.text("value")).transpose()
+    }
+
+    async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()> {
+        write_audit(&mut self.tx, rows).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await
+    }
+}
