@@ -321,7 +321,13 @@ impl Firebreak {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+    /// The value of one series on `/metrics`; fails the test naming the
+    /// series (and the ones of the same name that exist) when it is missing.
+    pub async fn metric(&self, series: &str) -> f64 {
+        if let Some(v) = self.metric_opt(series).await {
+            return v;
+        }
+        let name = series.split('{').next().unwrap_or(series);
         let text = client()
             .get(format!("{}/metrics", self.base))
             .send()
@@ -330,13 +336,218 @@ impl Firebreak {
             .text()
             .await
             .expect("text");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name_and_labels)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        let similar: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+        panic!("no series {series} on /metrics; series of {name}: {similar:?}")
     }
+
+    /// The value of one series, `None` when it is not exported (yet).
+    pub async fn metric_opt(&self, series: &str) -> Option<f64> {
+        let text = client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+
+    /// POSTs like Alertmanager does: a 503 (or a refused connection) is
+    /// retried with backoff, at most `attempts` times; any other answer is
+    /// returned. Fails the test when every attempt was refused.
+    pub async fn post_retrying(&self, path: &str, body: &Value, attempts: u32) -> (u16, Value) {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..attempts.max(1) {
+            match client()
+                .post(format!("{}{path}", self.base))
+                .json(body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().as_u16() != 503 => {
+                    let status = r.status().as_u16();
+                    return (status, r.json().await.unwrap_or(Value::Null));
+                }
+                _ => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        panic!("POST {path}: still refused after {attempts} attempts");
+    }
+}
+
+/// Which Firebreak a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SQLite store and the embedded queue, zero configuration.
+    Embedded,
+    /// A fresh PostgreSQL database and RabbitMQ namespace.
+    Backed,
+}
+
+/// Starts Firebreak in either mode; everything it made (process, data
+/// directory, database, queues) goes away when the [`TestApp`] is dropped.
+pub struct TestAppBuilder {
+    mode: Mode,
+    options: Options,
+    playbooks: Vec<(String, String)>,
+    config: Option<String>,
+}
+
+pub struct TestApp {
+    pub fb: Firebreak,
+    pub mode: Mode,
+    pub dir: tempfile::TempDir,
+    pg: Option<Pg>,
+    amqp: Option<Amqp>,
+}
+
+impl TestApp {
+    pub fn builder(mode: Mode) -> TestAppBuilder {
+        TestAppBuilder {
+            mode,
+            options: Options::embedded(),
+            playbooks: Vec::new(),
+            config: None,
+        }
+    }
+
+    pub fn embedded() -> TestAppBuilder {
+        TestApp::builder(Mode::Embedded)
+    }
+
+    pub fn backed() -> TestAppBuilder {
+        TestApp::builder(Mode::Backed)
+    }
+
+    /// The PostgreSQL URL of a backed app.
+    pub fn database_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|p| p.url.as_str())
+    }
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, key: &str, value: &str) -> TestAppBuilder {
+        self.options = self.options.with(key, value);
+        self
+    }
+
+    pub fn roles(mut self, roles: &str) -> TestAppBuilder {
+        self.options = self.options.roles(roles);
+        self
+    }
+
+    /// A playbook file (name, YAML) in the app's playbook directory.
+    pub fn playbook(mut self, name: &str, yaml: &str) -> TestAppBuilder {
+        self.playbooks.push((name.to_string(), yaml.to_string()));
+        self
+    }
+
+    /// The app's configuration file (TOML).
+    pub fn config(mut self, toml: &str) -> TestAppBuilder {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = self.options;
+        let (pg, amqp) = match self.mode {
+            Mode::Embedded => (None, None),
+            Mode::Backed => {
+                let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
+                options = options
+                    .with("FIREBREAK_DATABASE_URL", &pg.url)
+                    .with("FIREBREAK_AMQP_URL", &amqp.url)
+                    .with("FIREBREAK_AMQP_NAMESPACE", &amqp.namespace);
+                (Some(pg), Some(amqp))
+            }
+        };
+        if !self.playbooks.is_empty() {
+            let books = dir.path().join("playbooks");
+            std::fs::create_dir_all(&books).expect("playbook dir");
+            for (name, yaml) in &self.playbooks {
+                std::fs::write(books.join(name), yaml).expect("write playbook");
+            }
+            options = options.with("FIREBREAK_PLAYBOOKS", &books.display().to_string());
+        }
+        if let Some(toml) = &self.config {
+            let path = dir.path().join("firebreak.toml");
+            std::fs::write(&path, toml).expect("write config");
+            options = options.with("FIREBREAK_CONFIG", &path.display().to_string());
+        }
+        let fb = Firebreak::start(&dir.path().join("data"), options).await;
+        TestApp {
+            fb,
+            mode: self.mode,
+            dir,
+            pg,
+            amqp,
+        }
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Firebreak;
+    fn deref(&self) -> &Firebreak {
+        &self.fb
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut Firebreak {
+        &mut self.fb
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.fb.kill9();
+        let (pg, amqp) = (self.pg.take(), self.amqp.take());
+        if pg.is_none() && amqp.is_none() {
+            return;
+        }
+        // Drop is not async: clean up on a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Some(amqp) = amqp {
+                    amqp.cleanup().await;
+                }
+                if let Some(pg) = pg {
+                    pg.drop_db().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One test body, run in both modes: `both_modes!(name, …)` makes
+/// `embedded::name` and `backed::name`, each calling `name(builder)` with a
+/// [`TestAppBuilder`] for its mode.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $name() { super::$name($crate::TestApp::builder($crate::Mode::Embedded)).await; })*
+        }
+        mod backed {
+            $(#[tokio::test] async fn $name() { super::$name($crate::TestApp::builder($crate::Mode::Backed)).await; })*
+        }
+    };
 }
 
 impl Drop for Firebreak {
@@ -506,6 +717,7 @@ pub struct Recorded {
 }
 
 type Responder = dyn Fn(&Recorded) -> (u16, Value) + Send + Sync;
+type Delay = dyn Fn(&Recorded) -> Duration + Send + Sync;
 
 /// A local HTTP server standing in for a SaaS API (Slack, LaunchDarkly, Argo
 /// CD): it records every request and answers with `respond`; a `_headers`
@@ -521,9 +733,20 @@ impl Recorder {
     pub async fn start(
         respond: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static,
     ) -> Recorder {
+        Recorder::slow(respond, |_| Duration::ZERO).await
+    }
+
+    /// Like [`Recorder::start`], but each answer waits `delay(request)`
+    /// after the request was recorded and `respond` ran (a provider that acts
+    /// at once and answers late).
+    pub async fn slow(
+        respond: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static,
+        delay: impl Fn(&Recorded) -> Duration + Send + Sync + 'static,
+    ) -> Recorder {
         use axum::extract::Request;
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let respond: std::sync::Arc<Responder> = std::sync::Arc::new(respond);
+        let delay: std::sync::Arc<Delay> = std::sync::Arc::new(delay);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind recorder");
@@ -532,6 +755,7 @@ impl Recorder {
         let app = axum::Router::new().fallback(move |req: Request| {
             let log = log.clone();
             let respond = respond.clone();
+            let delay = delay.clone();
             async move {
                 let (parts, body) = req.into_parts();
                 let bytes = axum::body::to_bytes(body, 10 << 20)
@@ -550,7 +774,9 @@ impl Recorder {
                         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
                 };
                 let (status, mut answer) = respond(&rec);
+                let wait = delay(&rec);
                 log.lock().expect("recorder lock").push(rec);
+                tokio::time::sleep(wait).await;
                 // `_headers` in an answer become response headers (e.g. Retry-After).
                 let mut headers = axum::http::HeaderMap::new();
                 if let Some(Value::Object(h)) =

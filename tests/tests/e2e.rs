@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firebreak_tests::{
-    client, eventually, fixture, webhook, Amqp, Firebreak, Options, Pg, Proxy, TestAlert,
+    client, eventually, fixture, webhook, Amqp, Firebreak, Mode, Options, Pg, Proxy, TestAlert,
+    TestAppBuilder,
 };
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -38,7 +39,14 @@ fn kinds(entries: &[Value]) -> Vec<String> {
 
 /// The story of the README: a deploy, a failed canary gate, the Alertmanager
 /// webhook, then the resolved webhook.
-async fn webhook_to_timeline(fb: &Firebreak) {
+async fn webhook_to_timeline(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
+    if app.mode == Mode::Backed {
+        let (_, ready) = fb.get("/readyz").await;
+        assert_eq!(ready["checks"]["store"]["backend"], "postgres");
+        assert_eq!(ready["checks"]["bus"]["backend"], "rabbitmq");
+    }
     let (status, body) = fb
         .post(
             "/api/v1/events/deploy",
@@ -115,28 +123,9 @@ async fn webhook_to_timeline(fb: &Firebreak) {
     );
 }
 
-#[tokio::test]
-async fn embedded_webhook_to_timeline() {
-    let dir = tempfile::tempdir().unwrap();
-    let fb = Firebreak::start(dir.path(), Options::embedded()).await;
-    webhook_to_timeline(&fb).await;
-}
-
-#[tokio::test]
-async fn backed_webhook_to_timeline() {
-    let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
-    let dir = tempfile::tempdir().unwrap();
-    let fb = Firebreak::start(dir.path(), Options::backed(&pg, &amqp)).await;
-    let (_, ready) = fb.get("/readyz").await;
-    assert_eq!(ready["checks"]["store"]["backend"], "postgres");
-    assert_eq!(ready["checks"]["bus"]["backend"], "rabbitmq");
-    webhook_to_timeline(&fb).await;
-    drop(fb);
-    amqp.cleanup().await;
-    pg.drop_db().await;
-}
-
-async fn same_webhook_twice(fb: &Firebreak) {
+async fn same_webhook_twice_gives_one_set_of_entries(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
     let body = webhook(&[
         TestAlert::firing("1111000000000001", "checkout"),
         TestAlert::firing("1111000000000002", "checkout"),
@@ -170,24 +159,6 @@ async fn same_webhook_twice(fb: &Firebreak) {
             .await,
         2.0
     );
-}
-
-#[tokio::test]
-async fn embedded_same_webhook_twice_gives_one_set_of_entries() {
-    let dir = tempfile::tempdir().unwrap();
-    let fb = Firebreak::start(dir.path(), Options::embedded()).await;
-    same_webhook_twice(&fb).await;
-}
-
-#[tokio::test]
-async fn backed_same_webhook_twice_gives_one_set_of_entries() {
-    let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
-    let dir = tempfile::tempdir().unwrap();
-    let fb = Firebreak::start(dir.path(), Options::backed(&pg, &amqp)).await;
-    same_webhook_twice(&fb).await;
-    drop(fb);
-    amqp.cleanup().await;
-    pg.drop_db().await;
 }
 
 #[tokio::test]
@@ -345,7 +316,9 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 /// Senders hammer firebreak with distinct alerts for one service; firebreak is
 /// killed with SIGKILL mid-stream and started again. Every alert that was
 /// answered 202 must be processed, and each exactly once.
-async fn kill9_loses_nothing(fb: &mut Firebreak) {
+async fn kill9_mid_stream_loses_nothing(app: TestAppBuilder) {
+    let mut app = app.start().await;
+    let fb = &mut app.fb;
     let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let sent: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut senders = Vec::new();
@@ -415,23 +388,11 @@ async fn kill9_loses_nothing(fb: &mut Firebreak) {
     assert_eq!(incidents(fb).await.len(), 1);
 }
 
-#[tokio::test]
-async fn embedded_kill9_mid_stream_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut fb = Firebreak::start(dir.path(), Options::embedded()).await;
-    kill9_loses_nothing(&mut fb).await;
-}
-
-#[tokio::test]
-async fn backed_kill9_mid_stream_loses_nothing() {
-    let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
-    let dir = tempfile::tempdir().unwrap();
-    let mut fb = Firebreak::start(dir.path(), Options::backed(&pg, &amqp)).await;
-    kill9_loses_nothing(&mut fb).await;
-    drop(fb);
-    amqp.cleanup().await;
-    pg.drop_db().await;
-}
+firebreak_tests::both_modes!(
+    webhook_to_timeline,
+    same_webhook_twice_gives_one_set_of_entries,
+    kill9_mid_stream_loses_nothing,
+);
 
 /// RabbitMQ connections are cut (as on a broker restart) while alerts stream in.
 /// Senders retry 503s as Alertmanager does; every alert ends up processed once.

@@ -4,10 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firebreak_tests::{
-    alert_now, deploy_now, eventually, openfeature_bool, Amqp, Firebreak, Options, Pg, Recorder,
+    alert_now, client, deploy_now, eventually, openfeature_bool, Amqp, Firebreak, Options, Pg,
+    Recorder, TestApp, TestAppBuilder,
 };
 use serde_json::{json, Value};
 
@@ -888,3 +890,348 @@ async fn notify_only_example_posts_to_slack() {
         .contains("cooldown 15m"));
     assert_eq!(slack.matching("POST", "/api/chat.postMessage").len(), 1);
 }
+
+async fn request(fb: &Firebreak, body: Value) -> (u16, Value) {
+    fb.post("/api/v1/actions", &body).await
+}
+
+async fn settled(fb: &Firebreak, id: i64) -> Value {
+    eventually(&format!("action {id} to finish"), WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (!["pending", "running"].contains(&a["status"].as_str().unwrap_or("pending"))).then_some(a)
+    })
+    .await
+}
+
+/// A person's request over REST takes the path a playbook's step takes: it
+/// attaches to the incident whose suspect deploy turned the flag on, is
+/// executed and verified, meets the manual guard's cooldown, the pause (and
+/// `force`), the global budget, and asking twice is one action.
+#[tokio::test]
+async fn requests_take_the_same_guarded_path_as_playbooks() {
+    let app = TestApp::embedded()
+        .config("[automation]\nmax_actions = { count = 3, per = \"1h\" }\n\n[automation.manual]\ncooldown = \"10m\"\n")
+        .start()
+        .await;
+    let fb = &app.fb;
+    for key in [
+        "checkout.new-flow",
+        "search.ranker",
+        "ads.banner",
+        "cart.v2",
+        "promo.x",
+    ] {
+        fb.post("/api/v1/flags", &json!({"key": key, "enabled": true}))
+            .await;
+    }
+    let mut deploy = deploy_now("checkout", "v2", 7);
+    deploy["flags"] = json!(["checkout.new-flow"]);
+    assert_eq!(fb.post("/api/v1/events/deploy", &deploy).await.0, 202);
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("r1", "HighErrorRate", "checkout", 0),
+    )
+    .await;
+    let incident = eventually("the incident", WAIT, || async {
+        let (_, l) = fb.get("/api/v1/incidents").await;
+        l["incidents"][0]["id"].as_i64()
+    })
+    .await;
+    eventually("the deploy attached as a suspect", WAIT, || async {
+        let (_, d) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+        (d["suspect_changes"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+
+    let (status, a) = request(
+        fb,
+        json!({"kind": "kill_switch", "flag": "checkout.new-flow", "reason": "5xx after v2", "by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{a}");
+    assert_eq!(a["status"], "pending");
+    assert_eq!(a["playbook"], "manual");
+    assert_eq!(a["requested_by"], "api:alice");
+    assert_eq!(
+        a["incident_id"], incident,
+        "derived from the suspect deploy's flags"
+    );
+    let done = settled(fb, a["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["verified"], true);
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-flow").await;
+    assert_eq!(flag["enabled"], false);
+    let (_, t) = fb
+        .get(&format!("/api/v1/incidents/{incident}/timeline"))
+        .await;
+    let mine: Vec<(&str, &str)> = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "api:alice")
+        .map(|e| (e["kind"].as_str().unwrap(), e["summary"].as_str().unwrap()))
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0].0, "action_requested");
+    assert!(
+        mine[1].0 == "action_executed" && mine[1].1.contains("requested by api:alice"),
+        "{mine:?}"
+    );
+    let (_, audit) = fb.get(&format!("/api/v1/audit?action={}", a["id"])).await;
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "requested"
+            && e["actor"] == "api:alice"
+            && e["detail"]["note"] == "5xx after v2"));
+
+    // The manual guard's cooldown: the same target again is not repeated.
+    let (_, again) = request(
+        fb,
+        json!({"kind": "kill_switch", "flag": "checkout.new-flow"}),
+    )
+    .await;
+    assert_eq!(again["status"], "suppressed", "{again}");
+    assert!(again["reason"].as_str().unwrap().contains("cooldown 10m"));
+
+    // Paused: held, and the same request again is the same action.
+    fb.post("/api/v1/automation/pause", &json!({})).await;
+    let (_, held) = request(fb, json!({"kind": "kill_switch", "flag": "search.ranker"})).await;
+    assert_eq!(held["status"], "held", "{held}");
+    assert!(held["reason"].as_str().unwrap().contains("force"));
+    let (status, dup) = request(fb, json!({"kind": "kill_switch", "flag": "search.ranker"})).await;
+    assert_eq!(status, 409, "{dup}");
+    assert!(dup["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("action #{}", held["id"])));
+    // force runs past the pause, and says so.
+    let (_, forced) = request(
+        fb,
+        json!({"kind": "kill_switch", "flag": "ads.banner", "force": true}),
+    )
+    .await;
+    assert_eq!(forced["status"], "pending", "{forced}");
+    assert!(forced["reason"].as_str().unwrap().contains("forced"));
+    assert_eq!(
+        settled(fb, forced["id"].as_i64().unwrap()).await["status"],
+        "succeeded"
+    );
+    fb.post("/api/v1/automation/resume", &json!({})).await;
+
+    // The global budget (3 per hour) counts people's actions like playbooks'.
+    let (_, third) = request(fb, json!({"kind": "kill_switch", "flag": "cart.v2"})).await;
+    assert_eq!(third["status"], "pending", "{third}");
+    let (_, over) = request(fb, json!({"kind": "kill_switch", "flag": "promo.x"})).await;
+    assert_eq!(over["status"], "held", "{over}");
+    assert!(over["reason"].as_str().unwrap().contains("global budget"));
+
+    // Bad requests name the field and change nothing.
+    let before = fb.actions().await.len();
+    for (body, field) in [
+        (json!({"kind": "kill_switch"}), "flag"),
+        (
+            json!({"kind": "kill_switch", "flag": "x", "provider": "nope"}),
+            "provider",
+        ),
+        (json!({"kind": "kill_switch", "flag": "bad key!"}), "flag"),
+        (
+            json!({"kind": "rollback", "service": "checkout"}),
+            "provider",
+        ),
+        (
+            json!({"kind": "http", "url": "http://169.254.169.254/"}),
+            "url",
+        ),
+        (json!({"kind": "http"}), "kind"),
+        (json!({"kind": "reboot"}), "kind"),
+        (
+            json!({"kind": "kill_switch", "flag": "x", "service": "y"}),
+            "service",
+        ),
+        (json!({"flag": "x"}), "kind"),
+    ] {
+        let (status, e) = request(fb, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert_eq!(e["field"], field, "{body}: {e}");
+    }
+    let (status, e) = request(
+        fb,
+        json!({"kind": "kill_switch", "flag": "x", "incident": 9999}),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
+    assert_eq!(fb.actions().await.len(), before, "nothing recorded");
+
+    // And the revert of a person's kill switch restores it.
+    let (status, r) = fb
+        .post(&format!("/api/v1/actions/{}/revert", a["id"]), &json!({}))
+        .await;
+    assert_eq!(
+        (status, r["status"].as_str()),
+        (200, Some("reverted")),
+        "{r}"
+    );
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-flow").await;
+    assert_eq!(flag["enabled"], true);
+}
+
+/// Under global dry-run a person's request is recorded and calls nothing, as
+/// a playbook's step would.
+#[tokio::test]
+async fn requests_under_global_dry_run_call_nothing() {
+    let app = TestApp::embedded()
+        .env("FIREBREAK_DRY_RUN", "true")
+        .start()
+        .await;
+    let fb = &app.fb;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "pay.flag", "enabled": true}),
+    )
+    .await;
+    let (status, a) = request(fb, json!({"kind": "kill_switch", "flag": "pay.flag"})).await;
+    assert_eq!(status, 202);
+    assert_eq!(a["status"], "dry_run", "{a}");
+    assert_eq!(a["reason"], "automation is in dry-run");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, flag) = fb.get("/api/v1/flags/pay.flag").await;
+    assert_eq!(flag["enabled"], true);
+}
+
+/// A kill switch provider that acts at once and answers `delay` later.
+async fn slow_switch(delay: Duration) -> (Recorder, Arc<Mutex<bool>>) {
+    let state = Arc::new(Mutex::new(true));
+    let shared = state.clone();
+    let rec = Recorder::slow(
+        move |r| {
+            let mut on = shared.lock().unwrap();
+            match r.method.as_str() {
+                "GET" => (200, json!({"data": {"enabled": *on}})),
+                "PUT" => {
+                    *on = r.body["enabled"].as_bool().unwrap();
+                    (200, json!({"ok": true}))
+                }
+                _ => (404, json!({})),
+            }
+        },
+        move |r| {
+            if r.method == "PUT" {
+                delay
+            } else {
+                Duration::ZERO
+            }
+        },
+    )
+    .await;
+    (rec, state)
+}
+
+fn slow_switch_config(base: &str) -> String {
+    // A 10-minute lease: anything picked up within this test's waits was
+    // taken back at start-up, not by the lease running out.
+    format!(
+        "[automation]\nlease = \"10m\"\n\n[kill_switch.slow]\ntype = \"http\"\nset_url = \"{base}/flags/{{{{flag}}}}\"\nset_method = \"PUT\"\nset_body = {{ enabled = \"{{{{enabled}}}}\" }}\nget_url = \"{base}/flags/{{{{flag}}}}\"\nstate_pointer = \"/data/enabled\"\n"
+    )
+}
+
+/// kill -9 while a kill switch call is in flight: the restarted process
+/// takes the action back at once (not when its 10-minute lease runs out),
+/// finds the flag already set and does not call again, and knows the state
+/// to restore because it wrote it down before calling. Then a revert killed
+/// mid-way is finished after the next restart, and the flag takes new actions.
+async fn kill9_mid_action_and_mid_revert(app: TestAppBuilder) {
+    let (rec, state) = slow_switch(Duration::from_secs(3)).await;
+    let mut app = app.config(&slow_switch_config(&rec.base)).start().await;
+    let (status, a) = request(
+        &app.fb,
+        json!({"kind": "kill_switch", "flag": "pay.flag", "provider": "slow"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{a}");
+    let id = a["id"].as_i64().unwrap();
+    eventually("the provider called", WAIT, || async {
+        (!rec.matching("PUT", "/flags/pay.flag").is_empty()).then_some(())
+    })
+    .await;
+    app.fb.restart().await; // kill -9, then start again
+    let done = eventually(
+        "the action taken back after the restart",
+        Duration::from_secs(30),
+        || async {
+            let (_, a) = app.fb.get(&format!("/api/v1/actions/{id}")).await;
+            (a["status"] == "succeeded").then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["result"]["verified"], true);
+    assert!(
+        done["result"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("not called again"),
+        "{done}"
+    );
+    assert_eq!(
+        done["previous_state"]["enabled"], true,
+        "written down before the call"
+    );
+    assert_eq!(
+        rec.matching("PUT", "/flags/pay.flag").len(),
+        1,
+        "called once"
+    );
+    assert!(!*state.lock().unwrap());
+
+    // A revert killed while the provider is restoring the flag.
+    let base = app.fb.base.clone();
+    let pending_revert = tokio::spawn(async move {
+        let _ = client()
+            .post(format!("{base}/api/v1/actions/{id}/revert"))
+            .json(&json!({}))
+            .send()
+            .await;
+    });
+    eventually("the revert called the provider", WAIT, || async {
+        (rec.matching("PUT", "/flags/pay.flag").len() == 2).then_some(())
+    })
+    .await;
+    app.fb.restart().await;
+    let _ = pending_revert.await;
+    let reverted = eventually(
+        "the interrupted revert finished",
+        Duration::from_secs(30),
+        || async {
+            let (_, a) = app.fb.get(&format!("/api/v1/actions/{id}")).await;
+            (a["status"] == "reverted").then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(reverted["lease_owner"], Value::Null);
+    assert!(*state.lock().unwrap(), "restored");
+    // The flag is not blocked: a new action on it runs.
+    let (_, next) = request(
+        &app.fb,
+        json!({"kind": "kill_switch", "flag": "pay.flag", "provider": "slow"}),
+    )
+    .await;
+    let next = eventually(
+        "a new action on the flag",
+        Duration::from_secs(30),
+        || async {
+            let (_, a) = app.fb.get(&format!("/api/v1/actions/{}", next["id"])).await;
+            (a["status"] == "succeeded").then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(next["result"]["verified"], true);
+    assert!(!*state.lock().unwrap());
+}
+
+firebreak_tests::both_modes!(kill9_mid_action_and_mid_revert);

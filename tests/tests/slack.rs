@@ -131,6 +131,10 @@ impl Slack {
 }
 
 async fn start(dir: &Path, playbook: Option<&str>) -> Slack {
+    start_with(dir, playbook, &[]).await
+}
+
+async fn start_with(dir: &Path, playbook: Option<&str>, env: &[(&str, &str)]) -> Slack {
     let posts = Arc::new(Mutex::new(0u32));
     let counter = posts.clone();
     let api = Recorder::start(move |r| match r.path.as_str() {
@@ -166,9 +170,13 @@ async fn start(dir: &Path, playbook: Option<&str>) -> Slack {
         format!("[rollback.argocd]\ntype = \"http\"\nurl = \"{}/argocd/{{{{service}}}}/rollback\"\nbody = {{ id = \"{{{{target.version}}}}\" }}\n", api.base),
     )
     .unwrap();
+    let mut options = Options::embedded();
+    for (k, v) in env {
+        options = options.with(k, v);
+    }
     let fb = Firebreak::start(
         &dir.join("data"),
-        Options::embedded()
+        options
             .with("FIREBREAK_PLAYBOOKS", books.to_str().unwrap())
             .with("FIREBREAK_CONFIG", config.to_str().unwrap())
             .with("FIREBREAK_SLACK_SIGNING_SECRET", SECRET)
@@ -494,4 +502,73 @@ async fn buttons_approve_once_and_incidents_get_one_thread_despite_rate_limits()
     })
     .await;
     assert_eq!(executed.body["thread_ts"], root_ts);
+}
+
+/// A kill switch or rollback asked for in Slack takes the same guarded path
+/// as a playbook's: under global dry-run it is recorded and nothing is
+/// called; under the pause it is held for a human.
+#[tokio::test]
+async fn slack_requests_meet_the_same_guardrails_as_playbooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let slack = start_with(dir.path(), None, &[("FIREBREAK_DRY_RUN", "true")]).await;
+    let fb = &slack.fb;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "checkout.new-payment-flow", "enabled": true}),
+    )
+    .await;
+    let answer = slack
+        .command("U_ADMIN", "killswitch checkout.new-payment-flow off")
+        .await;
+    let text = answer["text"].as_str().unwrap();
+    assert!(
+        text.contains("dry run") && text.contains("nothing was called"),
+        "{text}"
+    );
+    let actions = fb.actions().await;
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0]["status"], "dry_run", "{}", actions[0]);
+    assert_eq!(actions[0]["playbook"], "manual");
+    assert_eq!(actions[0]["requested_by"], "slack:U_ADMIN");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-payment-flow").await;
+    assert_eq!(flag["enabled"], true, "dry-run called nothing");
+    drop(slack);
+
+    let dir = tempfile::tempdir().unwrap();
+    let slack = start(dir.path(), None).await;
+    let fb = &slack.fb;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "checkout.new-payment-flow", "enabled": true}),
+    )
+    .await;
+    fb.post(
+        "/api/v1/automation/pause",
+        &json!({"by": "incident-commander"}),
+    )
+    .await;
+    let text = slack
+        .command("U_ADMIN", "killswitch checkout.new-payment-flow off")
+        .await["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("held for a human") && text.contains("paused"),
+        "{text}"
+    );
+    assert_eq!(fb.actions().await[0]["status"], "held");
+    // The same request twice is one action.
+    let again = slack
+        .command("U_ADMIN", "killswitch checkout.new-payment-flow off")
+        .await;
+    assert!(
+        again["text"]
+            .as_str()
+            .unwrap()
+            .contains("already does this"),
+        "{again}"
+    );
+    assert_eq!(fb.actions().await.len(), 1);
 }

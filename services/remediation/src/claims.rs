@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use firebreak_domain::action::{self, ActionRow, ActionStatus, Guardrails, NewAction};
 use firebreak_domain::ids::lock_key;
-use firebreak_domain::playbook::{Guard, StepAction};
+use firebreak_domain::playbook::Guard;
 use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_store::{NewAudit, StoreError, StoreTx, SETTING_PAUSED};
 use serde_json::json;
@@ -218,14 +218,4 @@ fn escalation_message(row: &ActionRow) -> String {
             "A human needs to look.".into()
         }
     )
-}
-
-/// A step's kind in words, for errors and answers.
-pub fn kind_name(step: &StepAction) -> &'static str {
-    match step {
-        StepAction::KillSwitch(_) => "kill switch",
-        StepAction::Rollback(_) => "rollback",
-        StepAction::Notify(_) => "notification",
-        StepAction::Http(_) => "HTTP request",
-    }
 }

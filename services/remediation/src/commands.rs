@@ -225,13 +225,15 @@ impl Remediation {
                     match envs.as_slice() {
                         [] => {}
                         [only] => environment = Some((*only).to_string()),
-                        many => return Err(bad(
-                            "environment",
-                            format!(
+                        many => {
+                            return Err(bad(
+                                "environment",
+                                format!(
                                 "{service} has deploys in {}: name the environment to roll back",
                                 many.join(", ")
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
                 let facts = cache

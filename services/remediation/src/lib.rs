@@ -424,3 +424,87 @@ pub(crate) fn provenance(action: &ActionRow) -> String {
 pub(crate) fn verified(result: Option<&Value>) -> bool {
     result.is_some_and(|r| r["verified"] == Value::Bool(true))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use firebreak_domain::playbook::{FlagState, KillSwitchStep};
+    use firebreak_domain::secret::Secret;
+
+    fn kill(provider: &str, environment: Option<&str>) -> StepAction {
+        StepAction::KillSwitch(KillSwitchStep {
+            flag: "checkout.new-flow".into(),
+            provider: provider.into(),
+            environment: environment.map(str::to_string),
+            state: FlagState::Off,
+        })
+    }
+
+    #[test]
+    fn one_flag_is_one_target_whether_or_not_a_step_names_the_default_environment() {
+        let mut switches = BTreeMap::new();
+        switches.insert(
+            "unleash".to_string(),
+            KillSwitchConfig::Unleash {
+                url: "http://unleash:4242".into(),
+                token: Secret::new("t"),
+                project: "default".into(),
+                environment: Some("production".into()),
+            },
+        );
+        let p = Providers::new(
+            None,
+            &switches,
+            BTreeMap::new(),
+            BTreeMap::new(),
+            SlackConfig::default(),
+        );
+        let implicit = p.target(&kill("unleash", None), "checkout", None);
+        let explicit = p.target(&kill("unleash", Some("production")), "checkout", None);
+        assert_eq!(implicit, explicit);
+        assert_eq!(implicit, "flag:unleash:production:checkout.new-flow");
+        assert_ne!(
+            p.target(&kill("unleash", Some("staging")), "checkout", None),
+            implicit
+        );
+        let rollback = StepAction::Rollback(firebreak_domain::playbook::RollbackStep {
+            provider: "argocd".into(),
+            to: "last_good".into(),
+        });
+        assert_eq!(
+            p.target(&rollback, "checkout", Some("prod")),
+            "deploys:checkout:prod"
+        );
+    }
+
+    #[test]
+    fn a_persons_rollback_names_its_provider_or_the_only_one() {
+        let none = Providers::default();
+        assert!(none
+            .rollback_provider(None)
+            .unwrap_err()
+            .contains("no rollback provider"));
+        let mut one = Providers::default();
+        one.rollbacks.insert(
+            "argocd".into(),
+            RollbackConfig::Command {
+                argv: vec!["true".into()],
+                timeout: None,
+            },
+        );
+        assert_eq!(one.rollback_provider(None).unwrap(), "argocd");
+        assert!(one
+            .rollback_provider(Some("spinnaker"))
+            .unwrap_err()
+            .contains("argocd"));
+        one.rollbacks.insert(
+            "script".into(),
+            RollbackConfig::Command {
+                argv: vec!["true".into()],
+                timeout: None,
+            },
+        );
+        assert!(one.rollback_provider(None).unwrap_err().contains("several"));
+    }
+}
