@@ -173,11 +173,28 @@ pub struct Options {
     pub roles: Option<String>,
 }
 
+/// The admin token every test Firebreak is started with (as its bootstrap
+/// token), and that [`client`] sends.
+pub const TEST_TOKEN: &str = "fbtest-bootstrap-admin-0123456789abcdef";
+
 impl Options {
+    /// Embedded store and queue, authentication on (the bootstrap admin token
+    /// [`TEST_TOKEN`]), fast sweeps.
     pub fn embedded() -> Options {
+        Options::open().with("FIREBREAK_AUTH__BOOTSTRAP_TOKEN", TEST_TOKEN)
+    }
+
+    /// Like [`Options::embedded`] but with no authentication configured:
+    /// loopback-only, as a fresh install.
+    pub fn open() -> Options {
         Options::default()
             .with("FIREBREAK_SWEEP_INTERVAL", "100ms")
             .with("FIREBREAK_QUIET_PERIOD", "0s")
+    }
+
+    pub fn without(mut self, key: &str) -> Options {
+        self.env.retain(|(k, _)| k != key);
+        self
     }
 
     pub fn backed(pg: &Pg, amqp: &Amqp) -> Options {
@@ -319,6 +336,18 @@ impl Firebreak {
             .expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a machine token (as the test admin) and returns a caller that uses it.
+    pub async fn token(&self, name: &str, scopes: &[&str]) -> Caller {
+        let (status, body) = self
+            .post("/api/v1/tokens", &json!({"name": name, "scopes": scopes}))
+            .await;
+        assert_eq!(status, 201, "creating token {name}: {body}");
+        Caller {
+            base: self.base.clone(),
+            token: body["token"].as_str().expect("token").to_string(),
+        }
     }
 
     /// The value of one series on `/metrics`; fails the test naming the
@@ -556,11 +585,57 @@ impl Drop for Firebreak {
     }
 }
 
+/// An HTTP client that authenticates as the test admin ([`TEST_TOKEN`]).
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TEST_TOKEN}")).expect("header"),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// An HTTP client that sends no credentials.
+pub fn anonymous() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
+}
+
+/// Requests to a Firebreak as one identity (a bearer token).
+pub struct Caller {
+    pub base: String,
+    pub token: String,
+}
+
+impl Caller {
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = anonymous()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = anonymous()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics naming what never happened.
@@ -830,7 +905,7 @@ impl Drop for Recorder {
 
 /// Evaluates a boolean flag with the real OpenFeature Python SDK and its OFREP
 /// provider (`tests/support/ofrep`), as an application would.
-pub async fn openfeature_bool(base: &str, flag: &str) -> Value {
+pub async fn openfeature_bool(base: &str, flag: &str, token: &str) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/ofrep/evaluate.py");
     let python = std::env::var("FIREBREAK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = tokio::process::Command::new(&python)
@@ -838,6 +913,8 @@ pub async fn openfeature_bool(base: &str, flag: &str) -> Value {
         .arg(base)
         .arg(flag)
         .arg("true")
+        .arg("--bearer")
+        .arg(token)
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));

@@ -156,6 +156,7 @@ contract!(
     incidents_resolve_by_hand_once,
     history_reads_back_what_was_stored,
     unknown_stored_values_are_errors_naming_row_and_column,
+    a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once,
 );
 
 async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
@@ -306,6 +307,7 @@ fn new_action(key: &str, target: &str) -> NewAction {
             }),
             vars: Default::default(),
             describe: "turn off flag f (builtin)".into(),
+            four_eyes: false,
         },
         at: Utc::now() - Duration::seconds(1),
     }
@@ -1538,4 +1540,44 @@ async fn unknown_stored_values_are_errors_naming_row_and_column(h: &Harness) {
             "{m}"
         );
     }
+}
+
+async fn a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once(h: &Harness) {
+    h.store
+        .set_flag("f", true, None, "t", &audit_row("flag_set"))
+        .await
+        .unwrap();
+    let mut tx = h.store.begin().await.unwrap();
+    tx.insert_actions(&[new_action("k1", "flag:builtin::f")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let now = Utc::now();
+    let (a, _) = h
+        .store
+        .claim_action(now, now + Duration::minutes(1), OWNER)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.store
+            .set_flag_for_action("f", false, &audit_row("flag_set"), a.id, "node-b/1")
+            .await
+            .unwrap(),
+        None,
+        "not the lease holder: nothing written"
+    );
+    assert!(h.store.flag("f").await.unwrap().enabled);
+    assert_eq!(
+        h.store
+            .set_flag_for_action("f", false, &audit_row("flag_set"), a.id, OWNER)
+            .await
+            .unwrap(),
+        Some(Some(true))
+    );
+    assert!(!h.store.flag("f").await.unwrap().enabled);
+    assert_eq!(
+        h.store.action(a.id).await.unwrap().previous_enabled(),
+        Some(true)
+    );
 }

@@ -43,8 +43,20 @@ async fn put(
     if_match: Option<&str>,
     body: &Value,
 ) -> (u16, Value, String) {
-    let mut req = client()
+    put_as(fb, firebreak_tests::TEST_TOKEN, id, if_match, body).await
+}
+
+/// Saves as the holder of `token` (the revision records who).
+async fn put_as(
+    fb: &Firebreak,
+    token: &str,
+    id: i64,
+    if_match: Option<&str>,
+    body: &Value,
+) -> (u16, Value, String) {
+    let mut req = firebreak_tests::anonymous()
         .put(format!("{}/api/v1/incidents/{id}/postmortem", fb.base))
+        .bearer_auth(token)
         .json(body);
     if let Some(m) = if_match {
         req = req.header("If-Match", m);
@@ -205,13 +217,14 @@ async fn editors_save_with_if_match_and_a_stale_revision_gets_409() {
         "## What went well\n\n- ",
         "## What went well\n\n- The kill switch worked.",
     );
-    let (alice, bob) = (
-        json!({"markdown": alice, "by": "alice"}),
-        json!({"markdown": bob, "by": "bob"}),
+    let (alice, bob) = (json!({"markdown": alice}), json!({"markdown": bob}));
+    let (alice_t, bob_t) = (
+        fb.token("alice", &["read", "edit"]).await.token,
+        fb.token("bob", &["read", "edit"]).await.token,
     );
     let (a, b) = tokio::join!(
-        put(&fb, id, Some("\"1\""), &alice),
-        put(&fb, id, Some("\"1\""), &bob)
+        put_as(&fb, &alice_t, id, Some("\"1\""), &alice),
+        put_as(&fb, &bob_t, id, Some("\"1\""), &bob)
     );
     let mut statuses = [a.0, b.0];
     statuses.sort();
@@ -224,6 +237,20 @@ async fn editors_save_with_if_match_and_a_stale_revision_gets_409() {
         "the 409 carries the current revision"
     );
     assert!(loser.1["message"].as_str().unwrap().contains("stale"));
+    assert!(
+        ["token:alice", "token:bob"].contains(&winner.1["updated_by"].as_str().unwrap()),
+        "the revision records who authenticated: {}",
+        winner.1
+    );
+    let (status, e, _) = put(
+        &fb,
+        id,
+        Some("\"2\""),
+        &json!({"markdown": "x", "by": "mallory"}),
+    )
+    .await;
+    assert_eq!(status, 400, "a self-asserted author is refused: {e}");
+    assert_eq!(e["field"], "by");
 
     // The loser merges into revision 2 and saves; nothing was lost.
     let current = loser.1["current"]["markdown"].as_str().unwrap().to_string();
@@ -233,13 +260,7 @@ async fn editors_save_with_if_match_and_a_stale_revision_gets_409() {
             "The v42 deploy removed the payment client's timeout; checkout returned 5xx for 18 minutes.",
         )
         .replace("## What went well\n\n- \n", "## What went well\n\n- The kill switch worked.\n");
-    let (status, saved, etag) = put(
-        &fb,
-        id,
-        Some("\"2\""),
-        &json!({"markdown": merged, "by": "carol"}),
-    )
-    .await;
+    let (status, saved, etag) = put(&fb, id, Some("\"2\""), &json!({"markdown": merged})).await;
     assert_eq!(status, 200, "{saved}");
     assert_eq!(etag, "\"3\"");
     let text = saved["markdown"].as_str().unwrap();
@@ -320,13 +341,7 @@ async fn regenerating_keeps_human_edits_and_reports_conflicts() {
             "Our summary, written by the team.",
         )
         .replace("| **fail** |", "| **fail** (the canary caught it) |");
-    let (status, _, _) = put(
-        &fb,
-        id,
-        Some("\"1\""),
-        &json!({"markdown": edited, "by": "dana"}),
-    )
-    .await;
+    let (status, _, _) = put(&fb, id, Some("\"1\""), &json!({"markdown": edited})).await;
     assert_eq!(status, 200);
 
     // New data arrives: a note-worthy gate result and more logs.
@@ -347,7 +362,7 @@ async fn regenerating_keeps_human_edits_and_reports_conflicts() {
             "{}/api/v1/incidents/{id}/postmortem/regenerate",
             fb.base
         ))
-        .json(&json!({"by": "dana"}))
+        .json(&json!({}))
         .send()
         .await
         .unwrap();

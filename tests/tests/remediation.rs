@@ -64,7 +64,11 @@ async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
         .post("/api/v1/flags", &json!({"key": "checkout.new-payment-flow", "enabled": true, "description": "new payment flow"}))
         .await;
     assert_eq!(status, 201);
-    let before = openfeature_bool(&fb.base, "checkout.new-payment-flow").await;
+    // The application's SDK holds a token that can only read flags.
+    let sdk = fb.token("checkout-sdk", &["flags:read"]).await;
+    let (status, _) = sdk.get("/api/v1/incidents").await;
+    assert_eq!(status, 403, "a flags:read token reads flags, nothing else");
+    let before = openfeature_bool(&fb.base, "checkout.new-payment-flow", &sdk.token).await;
     assert_eq!(before["value"], true, "{before}");
 
     assert_eq!(
@@ -85,7 +89,7 @@ async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
     assert_eq!(action["result"]["verified"], true);
     assert_eq!(action["previous_state"]["enabled"], true);
 
-    let after = openfeature_bool(&fb.base, "checkout.new-payment-flow").await;
+    let after = openfeature_bool(&fb.base, "checkout.new-payment-flow", &sdk.token).await;
     assert_eq!(
         after["value"], false,
         "the application sees the kill switch off: {after}"
@@ -157,14 +161,11 @@ async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
 
     // Revert restores the previous state, once.
     let (status, reverted) = fb
-        .post(
-            &format!("/api/v1/actions/{id}/revert"),
-            &json!({"by": "alice"}),
-        )
+        .post(&format!("/api/v1/actions/{id}/revert"), &json!({}))
         .await;
     assert_eq!(status, 200, "{reverted}");
     assert_eq!(reverted["status"], "reverted");
-    let restored = openfeature_bool(&fb.base, "checkout.new-payment-flow").await;
+    let restored = openfeature_bool(&fb.base, "checkout.new-payment-flow", &sdk.token).await;
     assert_eq!(restored["value"], true, "{restored}");
     let (status, again) = fb
         .post(&format!("/api/v1/actions/{id}/revert"), &json!({}))
@@ -174,7 +175,7 @@ async fn checkout_kill_switch_example_flips_the_builtin_flag_once() {
     assert!(kinds.contains(&"action_reverted".to_string()), "{kinds:?}");
 
     // A missing flag is a FLAG_NOT_FOUND the SDK understands (it falls back to its default).
-    let missing = openfeature_bool(&fb.base, "no.such-flag").await;
+    let missing = openfeature_bool(&fb.base, "no.such-flag", &sdk.token).await;
     assert_eq!(missing["error_code"], "FLAG_NOT_FOUND", "{missing}");
     assert_eq!(missing["value"], true);
 }
@@ -335,19 +336,15 @@ async fn guardrails_suppress_hold_escalate_approve_pause_and_dry_run() {
 
     // Approve releases it exactly once; a second decision is refused.
     let id = held["id"].as_i64().unwrap();
-    let (status, approved) = fb
-        .post(
-            &format!("/api/v1/actions/{id}/approve"),
-            &json!({"by": "alice"}),
-        )
+    let alice = fb.token("alice", &["read", "operate"]).await;
+    let bob = fb.token("bob", &["read", "operate"]).await;
+    let (status, approved) = alice
+        .post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
         .await;
     assert_eq!(status, 200, "{approved}");
-    assert_eq!(approved["decided_by"], "api:alice");
-    let (status, twice) = fb
-        .post(
-            &format!("/api/v1/actions/{id}/approve"),
-            &json!({"by": "bob"}),
-        )
+    assert_eq!(approved["decided_by"], "token:alice");
+    let (status, twice) = bob
+        .post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
         .await;
     assert_eq!(status, 409, "{twice}");
     assert!(
@@ -365,9 +362,12 @@ async fn guardrails_suppress_hold_escalate_approve_pause_and_dry_run() {
 
     // Pause: new actions wait for a human.
     assert_eq!(
-        fb.post("/api/v1/automation/pause", &json!({"by": "carol"}))
-            .await
-            .0,
+        fb.post(
+            "/api/v1/automation/pause",
+            &json!({"comment": "change freeze"})
+        )
+        .await
+        .0,
         200
     );
     let (_, state) = fb.get("/api/v1/automation").await;
@@ -382,7 +382,7 @@ async fn guardrails_suppress_hold_escalate_approve_pause_and_dry_run() {
     let (status, denied) = fb
         .post(
             &format!("/api/v1/actions/{}/deny", held["id"]),
-            &json!({"by": "carol", "comment": "not now"}),
+            &json!({"comment": "not now"}),
         )
         .await;
     assert_eq!(status, 200);
@@ -512,24 +512,20 @@ async fn failed_gate_rollback_waits_for_approval_then_calls_argocd_once() {
     );
 
     let id = held["id"].as_i64().unwrap();
-    let (status, _) = fb
-        .post(
-            &format!("/api/v1/actions/{id}/approve"),
-            &json!({"by": "dana"}),
-        )
+    let dana = fb.token("dana", &["read", "operate"]).await;
+    let erin = fb.token("erin", &["read", "operate"]).await;
+    let (status, _) = dana
+        .post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
         .await;
     assert_eq!(status, 200);
-    fb.post(
-        &format!("/api/v1/actions/{id}/approve"),
-        &json!({"by": "erin"}),
-    )
-    .await;
+    erin.post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
+        .await;
     let done = eventually("the rollback to finish", WAIT, || async {
         let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
         (a["status"] == "succeeded").then_some(a)
     })
     .await;
-    assert_eq!(done["decided_by"], "api:dana");
+    assert_eq!(done["decided_by"], "token:dana");
     let audit: Vec<&str> = done["audit"]
         .as_array()
         .unwrap()
@@ -943,15 +939,17 @@ async fn requests_take_the_same_guarded_path_as_playbooks() {
     })
     .await;
 
-    let (status, a) = request(
-        fb,
-        json!({"kind": "kill_switch", "flag": "checkout.new-flow", "reason": "5xx after v2", "by": "alice"}),
-    )
-    .await;
+    let alice = fb.token("alice", &["read", "operate"]).await;
+    let (status, a) = alice
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": "checkout.new-flow", "reason": "5xx after v2"}),
+        )
+        .await;
     assert_eq!(status, 202, "{a}");
     assert_eq!(a["status"], "pending");
     assert_eq!(a["playbook"], "manual");
-    assert_eq!(a["requested_by"], "api:alice");
+    assert_eq!(a["requested_by"], "token:alice");
     assert_eq!(
         a["incident_id"], incident,
         "derived from the suspect deploy's flags"
@@ -968,13 +966,13 @@ async fn requests_take_the_same_guarded_path_as_playbooks() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["source"] == "api:alice")
+        .filter(|e| e["source"] == "token:alice")
         .map(|e| (e["kind"].as_str().unwrap(), e["summary"].as_str().unwrap()))
         .collect();
     assert_eq!(mine.len(), 2, "{mine:?}");
     assert_eq!(mine[0].0, "action_requested");
     assert!(
-        mine[1].0 == "action_executed" && mine[1].1.contains("requested by api:alice"),
+        mine[1].0 == "action_executed" && mine[1].1.contains("requested by token:alice"),
         "{mine:?}"
     );
     let (_, audit) = fb.get(&format!("/api/v1/audit?action={}", a["id"])).await;
@@ -983,7 +981,7 @@ async fn requests_take_the_same_guarded_path_as_playbooks() {
         .unwrap()
         .iter()
         .any(|e| e["event"] == "requested"
-            && e["actor"] == "api:alice"
+            && e["actor"] == "token:alice"
             && e["detail"]["note"] == "5xx after v2"));
 
     // The manual guard's cooldown: the same target again is not repeated.

@@ -184,6 +184,7 @@ async fn start_with(dir: &Path, playbook: Option<&str>, env: &[(&str, &str)]) ->
             .with("FIREBREAK_SLACK_API_URL", &format!("{}/api", api.base))
             .with("FIREBREAK_SLACK_CHANNEL", "#incidents")
             .with("FIREBREAK_SLACK_ALLOWED_USERS", "U_ADMIN")
+            .with("FIREBREAK_SLACK__ROLES__U_ALICE", "editor")
             .with("FIREBREAK_SLACK_ALLOWED_GROUPS", "S_ONCALL"),
     )
     .await;
@@ -320,7 +321,10 @@ async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
         .command("U_ALICE", "killswitch checkout.new-payment-flow off")
         .await;
     assert!(
-        refused["text"].as_str().unwrap().contains("not allowed"),
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("needs the operator role; you (U_ALICE) are editor"),
         "{refused}"
     );
     let (_, flag) = fb.get("/api/v1/flags/checkout.new-payment-flow").await;
@@ -372,6 +376,14 @@ async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
         .unwrap()
         .contains("no postmortem draft yet"));
     let resolved = s.command("U_ALICE", &format!("resolve {id}")).await;
+    assert!(
+        resolved["text"]
+            .as_str()
+            .unwrap()
+            .contains("needs the operator role"),
+        "{resolved}"
+    );
+    let resolved = s.command("U_ADMIN", &format!("resolve {id}")).await;
     assert!(resolved["text"]
         .as_str()
         .unwrap()
@@ -385,8 +397,8 @@ async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
         .iter()
         .filter(|e| e["event"] == "slack_command_refused")
         .collect();
-    assert_eq!(refused.len(), 1);
-    assert_eq!(refused[0]["actor"], "slack:U_ALICE");
+    assert_eq!(refused.len(), 2, "the kill switch and the resolve");
+    assert!(refused.iter().all(|e| e["actor"] == "slack:U_ALICE"));
     let commands = entries
         .iter()
         .filter(|e| e["event"] == "slack_command")
@@ -492,7 +504,7 @@ async fn buttons_approve_once_and_incidents_get_one_thread_despite_rate_limits()
     assert!(refusal.body["text"]
         .as_str()
         .unwrap()
-        .contains("not allowed"));
+        .contains("needs the operator role"));
     // The executed action is announced in the same thread.
     let executed = eventually("the executed message", WAIT, || async {
         s.api
@@ -545,7 +557,7 @@ async fn slack_requests_meet_the_same_guardrails_as_playbooks() {
     .await;
     fb.post(
         "/api/v1/automation/pause",
-        &json!({"by": "incident-commander"}),
+        &json!({"comment": "incident commander"}),
     )
     .await;
     let text = slack

@@ -22,10 +22,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("missing or malformed bearer token")]
-    Unauthorized,
-    #[error("bearer token not valid for this endpoint")]
-    Forbidden,
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
     #[error("not found")]
     NotFound(String),
     #[error("conflict: {0}")]
@@ -58,6 +60,7 @@ impl From<firebreak_remediation::CommandError> for ApiError {
         match e {
             C::BadRequest { field, message } => ApiError::BadRequest { field, message },
             C::NotFound(m) => ApiError::NotFound(m),
+            C::Forbidden(m) => ApiError::Forbidden(m),
             C::Conflict(m) => ApiError::Conflict(m),
             C::Provider(m) => ApiError::BadGateway(m),
             C::Store(e) => e.into(),
@@ -95,14 +98,32 @@ impl IntoResponse for ApiError {
                 json!({"error": "payload_too_large",
                        "message": format!("the body is larger than the limit of {limit} bytes; split it or raise ingest.max_body_bytes")}),
             ),
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": "send Authorization: Bearer <token> with the token configured for this source"}),
-            ),
-            ApiError::Forbidden => (
+            ApiError::Unauthorized(why) => {
+                let mut r = (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "unauthorized", "message": why})),
+                )
+                    .into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"firebreak\""),
+                );
+                return r;
+            }
+            ApiError::Forbidden(why) => (
                 StatusCode::FORBIDDEN,
-                json!({"error": "forbidden", "message": "this token is not valid for this endpoint"}),
+                json!({"error": "forbidden", "message": why}),
             ),
+            ApiError::TooManyRequests(why) => {
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": "too_many_requests", "message": why})),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                return r;
+            }
             ApiError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": what}),

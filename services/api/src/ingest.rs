@@ -14,7 +14,6 @@ use firebreak_bus::OutMessage;
 use firebreak_domain::{decode, Decoded, EventKind, LogLine};
 use serde_json::{json, Value};
 
-use crate::auth::check;
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -32,15 +31,7 @@ async fn alertmanager(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tokens = state.tokens.clone();
-    accept(
-        &state,
-        EventKind::Alert,
-        tokens.alertmanager.as_ref(),
-        &headers,
-        body,
-    )
-    .await
+    accept(&state, EventKind::Alert, &headers, body).await
 }
 
 async fn deploy(
@@ -48,15 +39,7 @@ async fn deploy(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tokens = state.tokens.clone();
-    accept(
-        &state,
-        EventKind::Deploy,
-        tokens.deploy.as_ref(),
-        &headers,
-        body,
-    )
-    .await
+    accept(&state, EventKind::Deploy, &headers, body).await
 }
 
 async fn gate(
@@ -64,15 +47,7 @@ async fn gate(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tokens = state.tokens.clone();
-    accept(
-        &state,
-        EventKind::Gate,
-        tokens.gate.as_ref(),
-        &headers,
-        body,
-    )
-    .await
+    accept(&state, EventKind::Gate, &headers, body).await
 }
 
 async fn logs(
@@ -80,18 +55,17 @@ async fn logs(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tokens = state.tokens.clone();
-    accept(&state, EventKind::Log, tokens.logs.as_ref(), &headers, body).await
+    accept(&state, EventKind::Log, &headers, body).await
 }
 
+/// The caller was authenticated with the `ingest` scope before this runs.
 async fn accept(
     state: &AppState,
     kind: EventKind,
-    token: Option<&crate::Secret>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept_inner(state, kind, token, headers, body).await;
+    let outcome = accept_inner(state, kind, headers, body).await;
     if let Err(e) = &outcome {
         if !matches!(e, ApiError::Unavailable(_) | ApiError::Internal(_)) {
             state.metrics.rejected(kind);
@@ -104,11 +78,9 @@ async fn accept(
 async fn accept_inner(
     state: &AppState,
     kind: EventKind,
-    token: Option<&crate::Secret>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    check(token, headers)?;
     check_json_content_type(headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -13,7 +13,8 @@ use firebreak_domain::metrics::Metrics;
 use firebreak_store::Store;
 use serde_json::json;
 
-mod auth;
+mod access;
+pub mod auth;
 mod error;
 mod incidents;
 mod ingest;
@@ -22,7 +23,7 @@ mod postmortems;
 mod remediation;
 mod slack;
 
-pub use auth::{Secret, Tokens};
+pub use auth::{Auth, AuthConfig, Secret};
 pub use error::ApiError;
 
 /// What the HTTP layer needs; roles that do not run leave their parts out.
@@ -31,7 +32,8 @@ pub struct AppState {
     pub store: Option<Arc<dyn Store>>,
     pub bus: Option<Arc<dyn Bus>>,
     pub metrics: Arc<Metrics>,
-    pub tokens: Arc<Tokens>,
+    /// Who is asking, and may they: every route passes it.
+    pub auth: Arc<Auth>,
     pub max_body_bytes: usize,
     /// The active playbooks (api role); `None` when no directory is configured.
     pub playbooks: Option<Arc<firebreak_engine::PlaybookSet>>,
@@ -58,9 +60,16 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
             .merge(incidents::router())
             .merge(remediation::router())
             .merge(postmortems::router())
+            .merge(access::router())
             .merge(slack::router());
     }
-    router.fallback(not_found).with_state(state)
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 async fn not_found() -> impl IntoResponse {

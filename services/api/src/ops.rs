@@ -39,7 +39,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks})),
+        Json(
+            json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks,
+                    "auth": state.auth.mode()}),
+        ),
     )
 }
 

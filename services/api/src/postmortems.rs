@@ -9,14 +9,14 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
+use firebreak_domain::access::Identity;
 use firebreak_postmortem::{lint, Generator, PostmortemError};
 use firebreak_store::{PostmortemRow, PostmortemSave, SaveOutcome, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::check;
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -41,11 +41,7 @@ pub(crate) fn router() -> Router<AppState> {
 
 const STATUSES: [&str; 3] = ["draft", "in_review", "published"];
 
-fn parts(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<(Arc<dyn Store>, Arc<Generator>), ApiError> {
-    check(state.tokens.api.as_ref(), headers)?;
+fn parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<Generator>), ApiError> {
     let store = state
         .store
         .clone()
@@ -123,12 +119,8 @@ fn with_etag(mut r: Response, revision: i64) -> Response {
     r
 }
 
-async fn read(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let (store, generator) = parts(&state, &headers)?;
+async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (store, generator) = parts(&state)?;
     let id = parse_id(&id)?;
     let pm = current(store.as_ref(), id).await?;
     let people = generator.people(id).await.map_err(from_pm)?;
@@ -140,10 +132,9 @@ async fn read(
 
 async fn markdown(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (store, _) = parts(&state, &headers)?;
+    let (store, _) = parts(&state)?;
     let pm = current(store.as_ref(), parse_id(&id)?).await?;
     let mut r = pm.markdown.clone().into_response();
     r.headers_mut().insert(
@@ -153,12 +144,8 @@ async fn markdown(
     Ok(with_etag(r, pm.revision))
 }
 
-async fn html(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let (store, _) = parts(&state, &headers)?;
+async fn html(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (store, _) = parts(&state)?;
     let id = parse_id(&id)?;
     let pm = current(store.as_ref(), id).await?;
     let title = pm
@@ -200,14 +187,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> 
     })
 }
 
-fn author(by: &Option<String>) -> Result<String, ApiError> {
+/// The author of a save is who authenticated; a `by` is refused.
+fn author(by: &Option<String>, identity: &Identity) -> Result<String, ApiError> {
     match by {
-        None => Ok("api".into()),
-        Some(b) if b.trim().is_empty() || b.len() > 200 => Err(bad(
+        None => Ok(identity.id.clone()),
+        Some(_) => Err(bad(
             "by",
-            "must be a non-empty name of at most 200 characters",
+            "is no longer accepted: revisions record who authenticated (GET /api/v1/me shows who that is)",
         )),
-        Some(b) => Ok(format!("api:{}", b.trim())),
     }
 }
 
@@ -222,11 +209,12 @@ fn transition_ok(from: &str, to: &str) -> bool {
 
 async fn save(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (store, generator) = parts(&state, &headers)?;
+    let (store, generator) = parts(&state)?;
     let id = parse_id(&id)?;
     let Some(if_match) = headers.get(header::IF_MATCH) else {
         return Err(ApiError::PreconditionRequired(
@@ -240,7 +228,7 @@ async fn save(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("If-Match", "must be the ETag of a revision, e.g. \"3\""))?;
     let body: SaveBody = decode(&bytes)?;
-    let author = author(&body.by)?;
+    let author = author(&body.by, &identity)?;
     let cur = current(store.as_ref(), id).await?;
     let markdown = body.markdown.unwrap_or_else(|| cur.markdown.clone());
     if markdown.len() > 5 * 1024 * 1024 {
@@ -311,18 +299,18 @@ struct RegenerateBody {
 
 async fn regenerate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (_, generator) = parts(&state, &headers)?;
+    let (_, generator) = parts(&state)?;
     let id = parse_id(&id)?;
     let body: RegenerateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RegenerateBody::default()
     } else {
         decode(&bytes)?
     };
-    let author = author(&body.by)?;
+    let author = author(&body.by, &identity)?;
     let generated = generator.generate(id, &author).await.map_err(from_pm)?;
     let people = generator.people(id).await.map_err(from_pm)?;
     let mut doc = document(&generated.postmortem, &people);
@@ -341,10 +329,9 @@ async fn regenerate(
 
 async fn revisions(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, _) = parts(&state, &headers)?;
+    let (store, _) = parts(&state)?;
     let id = parse_id(&id)?;
     current(store.as_ref(), id).await?;
     let revs = store.postmortem_revisions(id).await?;
@@ -359,10 +346,9 @@ async fn revisions(
 
 async fn revision(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((id, rev)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, _) = parts(&state, &headers)?;
+    let (store, _) = parts(&state)?;
     let id = parse_id(&id)?;
     let rev: i64 = rev
         .parse()
@@ -407,12 +393,8 @@ struct LintBody {
     incident_id: Option<i64>,
 }
 
-async fn lint_text(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let (_, generator) = parts(&state, &headers)?;
+async fn lint_text(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let (_, generator) = parts(&state)?;
     let body: LintBody = decode(&bytes)?;
     let mut people = body.people;
     if let Some(id) = body.incident_id {

@@ -10,7 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use firebreak_domain::access::Identity;
 use firebreak_domain::playbook::FlagState;
 use firebreak_remediation::{Remediation, Request, RequestOptions};
 use firebreak_store::{
@@ -21,7 +22,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::auth::check;
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -47,16 +47,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ofrep/v1/configuration", get(ofrep_configuration))
 }
 
-fn store(state: &AppState, headers: &HeaderMap) -> Result<Arc<dyn Store>, ApiError> {
-    check(state.tokens.api.as_ref(), headers)?;
+fn store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
     state
         .store
         .clone()
         .ok_or_else(|| ApiError::Internal("api role without a store".into()))
 }
 
-fn remediation(state: &AppState, headers: &HeaderMap) -> Result<Arc<Remediation>, ApiError> {
-    check(state.tokens.api.as_ref(), headers)?;
+fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {
     state
         .remediation
         .clone()
@@ -112,23 +110,24 @@ struct Decision {
 }
 
 impl Decision {
-    fn actor(&self) -> Result<String, ApiError> {
-        match &self.by {
-            None => Ok("api".into()),
-            Some(b) if b.trim().is_empty() || b.len() > 200 => Err(bad(
-                "by",
-                "must be a non-empty name of at most 200 characters",
-            )),
-            Some(b) => Ok(format!("api:{}", b.trim())),
-        }
+    fn check(&self) -> Result<(), ApiError> {
+        no_by(&self.by)
     }
 }
 
-async fn playbooks(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check(state.tokens.api.as_ref(), &headers)?;
+/// `by` was how callers named themselves; the audit trail now records the
+/// authenticated identity, so a `by` is refused rather than ignored.
+fn no_by(by: &Option<String>) -> Result<(), ApiError> {
+    match by {
+        None => Ok(()),
+        Some(_) => Err(bad(
+            "by",
+            "is no longer accepted: the audit trail records who authenticated (GET /api/v1/me shows who that is)",
+        )),
+    }
+}
+
+async fn playbooks(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let Some(set) = &state.playbooks else {
         return Ok(Json(json!({"playbooks": [], "errors": [], "dir": null})));
     };
@@ -143,11 +142,7 @@ async fn playbooks(
     })))
 }
 
-async fn reload(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check(state.tokens.api.as_ref(), &headers)?;
+async fn reload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let Some(set) = &state.playbooks else {
         return Err(ApiError::NotFound(
             "no playbook directory is configured".into(),
@@ -182,10 +177,9 @@ fn action_json(a: &ActionRow) -> Value {
 
 async fn list_actions(
     State(state): State<AppState>,
-    headers: HeaderMap,
     q: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let store = store(&state)?;
     let q = query(q)?;
     let status = match &q.status {
         None => None,
@@ -223,10 +217,9 @@ async fn list_actions(
 
 async fn action(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let store = store(&state)?;
     let id = parse_id(&id)?;
     let row = store
         .action(id)
@@ -248,37 +241,37 @@ async fn action(
 /// call gets 409 naming who decided.
 async fn decide(
     state: AppState,
-    headers: HeaderMap,
+    identity: Identity,
     id: String,
     bytes: Bytes,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+    let remediation = remediation(&state)?;
     let id = parse_id(&id)?;
     let d: Decision = body(&bytes)?;
-    let actor = d.actor()?;
+    d.check()?;
     let row = remediation
-        .decide(&actor, id, approve, d.comment.as_deref())
+        .decide(&identity, id, approve, d.comment.as_deref())
         .await?;
     Ok(Json(action_json(&row)))
 }
 
 async fn approve(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    decide(state, headers, id, bytes, true).await
+    decide(state, identity, id, bytes, true).await
 }
 
 async fn deny(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    decide(state, headers, id, bytes, false).await
+    decide(state, identity, id, bytes, false).await
 }
 
 /// `{"by"?, "force"?}`: a revert meets the pause like any request.
@@ -291,20 +284,16 @@ struct RevertBody {
 
 async fn revert(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+    let remediation = remediation(&state)?;
     let id = parse_id(&id)?;
     let b: RevertBody = body(&bytes)?;
-    let actor = Decision {
-        by: b.by,
-        comment: None,
-    }
-    .actor()?;
+    no_by(&b.by)?;
     let row = remediation
-        .revert(&actor, id, b.force.unwrap_or(false))
+        .revert(&identity, id, b.force.unwrap_or(false))
         .await?;
     Ok(Json(action_json(&row)))
 }
@@ -419,14 +408,14 @@ impl RequestBody {
 
 async fn request_action(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+    let remediation = remediation(&state)?;
     let b: RequestBody = body(&bytes)?;
     let (request, opts, by) = b.into_request()?;
-    let actor = Decision { by, comment: None }.actor()?;
-    let row = remediation.request(&actor, request, opts).await?;
+    no_by(&by)?;
+    let row = remediation.request(&identity, request, opts).await?;
     let mut r = (StatusCode::ACCEPTED, Json(action_json(&row))).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/actions/{}", row.id)) {
         r.headers_mut().insert(header::LOCATION, loc);
@@ -434,11 +423,8 @@ async fn request_action(
     Ok(r)
 }
 
-async fn automation(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+async fn automation(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let remediation = remediation(&state)?;
     let paused = remediation.paused().await?;
     Ok(Json(
         json!({"paused": paused, "dry_run": remediation.policy().dry_run}),
@@ -447,33 +433,33 @@ async fn automation(
 
 async fn set_paused(
     state: AppState,
-    headers: HeaderMap,
+    identity: Identity,
     bytes: Bytes,
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+    let remediation = remediation(&state)?;
     let d: Decision = body(&bytes)?;
-    let actor = d.actor()?;
+    d.check()?;
     remediation
-        .set_paused(&actor, paused, d.comment.as_deref())
+        .set_paused(&identity, paused, d.comment.as_deref())
         .await?;
-    Ok(Json(json!({"paused": paused, "by": actor})))
+    Ok(Json(json!({"paused": paused, "by": identity.id})))
 }
 
 async fn pause(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    set_paused(state, headers, bytes, true).await
+    set_paused(state, identity, bytes, true).await
 }
 
 async fn resume(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    set_paused(state, headers, bytes, false).await
+    set_paused(state, identity, bytes, false).await
 }
 
 #[derive(Deserialize)]
@@ -487,10 +473,9 @@ struct AuditQuery {
 
 async fn audit(
     State(state): State<AppState>,
-    headers: HeaderMap,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let store = store(&state)?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -523,20 +508,16 @@ struct FlagBody {
     by: Option<String>,
 }
 
-async fn list_flags(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+async fn list_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = store(&state)?;
     Ok(Json(json!({"flags": store.list_flags().await?})))
 }
 
 async fn get_flag(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state, &headers)?;
+    let store = store(&state)?;
     check_key(&key)?;
     let flag = store
         .flag(&key)
@@ -547,17 +528,14 @@ async fn get_flag(
 
 async fn write_flag(
     remediation: &Remediation,
+    identity: &Identity,
     key: &str,
     f: &FlagBody,
 ) -> Result<(Option<bool>, FlagRow), ApiError> {
-    let actor = Decision {
-        by: f.by.clone(),
-        comment: None,
-    }
-    .actor()?;
+    no_by(&f.by)?;
     Ok(remediation
         .set_flag(
-            &actor,
+            identity,
             key,
             f.enabled.unwrap_or(true),
             f.description.as_deref(),
@@ -567,16 +545,16 @@ async fn write_flag(
 
 async fn create_flag(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+    let remediation = remediation(&state)?;
     let f: FlagBody = body(&bytes)?;
     let key = f
         .key
         .clone()
         .ok_or_else(|| bad("key", "missing: give the flag's key"))?;
-    let (previous, flag) = write_flag(&remediation, &key, &f).await?;
+    let (previous, flag) = write_flag(&remediation, &identity, &key, &f).await?;
     let status = if previous.is_none() {
         StatusCode::CREATED
     } else {
@@ -591,11 +569,11 @@ async fn create_flag(
 
 async fn put_flag(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     Path(key): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state, &headers)?;
+    let remediation = remediation(&state)?;
     let f: FlagBody = body(&bytes)?;
     if f.key.as_deref().is_some_and(|k| k != key) {
         return Err(bad("key", "differs from the key in the path"));
@@ -603,24 +581,23 @@ async fn put_flag(
     if f.enabled.is_none() {
         return Err(bad("enabled", "missing: give true or false"));
     }
-    let (previous, flag) = write_flag(&remediation, &key, &f).await?;
+    let (previous, flag) = write_flag(&remediation, &identity, &key, &f).await?;
     Ok(Json(json!({"flag": flag, "previous_enabled": previous})))
 }
 
 async fn delete_flag(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(identity): Extension<Identity>,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let remediation = remediation(&state, &headers)?;
-    remediation.delete_flag("api", &key).await?;
+    let remediation = remediation(&state)?;
+    remediation.delete_flag(&identity, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // --- OFREP -----------------------------------------------------------------
 
-fn ofrep_store(state: &AppState, headers: &HeaderMap) -> Result<Arc<dyn Store>, ApiError> {
-    check(state.tokens.ofrep.as_ref(), headers)?;
+fn ofrep_store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
     state
         .store
         .clone()
@@ -679,11 +656,10 @@ fn evaluation(f: &FlagRow) -> Value {
 
 async fn ofrep_one(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(key): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let store = ofrep_store(&state, &headers)?;
+    let store = ofrep_store(&state)?;
     if let Some(r) = ofrep_context(&bytes, Some(&key)) {
         return Ok(r);
     }
@@ -704,7 +680,7 @@ async fn ofrep_bulk(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let store = ofrep_store(&state, &headers)?;
+    let store = ofrep_store(&state)?;
     if let Some(r) = ofrep_context(&bytes, None) {
         return Ok(r);
     }
@@ -739,11 +715,7 @@ async fn ofrep_bulk(
     Ok(r)
 }
 
-async fn ofrep_configuration(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check(state.tokens.ofrep.as_ref(), &headers)?;
+async fn ofrep_configuration() -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({
         "name": "Firebreak",
         "capabilities": {

@@ -2,7 +2,8 @@
 //! buttons. Every request is verified with the signing secret as Slack
 //! specifies (`v0=` HMAC-SHA256 over `v0:{timestamp}:{raw body}`, constant-time
 //! comparison, at most 5 minutes old) before anything is parsed. Destructive
-//! commands and approvals need an allowed user; every command, allowed or
+//! Every command checks the role of the Slack user who typed it (`slack.roles`);
+//! every command, allowed or
 //! refused, is in the audit trail with the Slack user id.
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
+use firebreak_domain::access::{Identity, Role, Via};
 use firebreak_domain::playbook::FlagState;
 use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_remediation::slack::{escape, SlackClient};
@@ -127,19 +129,33 @@ const USAGE: &str = "*Firebreak* — `/firebreak <command>`:\n\
 • `ack <id>` — acknowledge it\n\
 • `resolve <id>` — resolve it now\n\
 • `note <id> <text>` — add a note to its timeline\n\
-• `killswitch <flag> off|on [provider]` — set a kill switch (allowed users)\n\
-• `rollback <service> [environment]` — roll back to the last good deploy (allowed users)\n\
-• `pause` / `resume` — automation (allowed users)\n\
+• `killswitch <flag> off|on [provider]` — set a kill switch (operators)\n\
+• `rollback <service> [environment]` — roll back to the last good deploy (operators)\n\
+• `pause` / `resume` — automation (operators)\n\
 • `postmortem <id>` — the draft's summary and link";
 
 struct Caller {
     id: String,
     name: String,
+    role: Role,
 }
 
 impl Caller {
     fn actor(&self) -> String {
         format!("slack:{}", self.id)
+    }
+
+    fn identity(&self) -> Identity {
+        Identity::person(self.actor(), Via::Slack, self.role)
+    }
+}
+
+/// The role a command needs.
+fn needs(command: &str) -> Role {
+    match command {
+        "ack" | "note" => Role::Editor,
+        "killswitch" | "rollback" | "pause" | "resume" | "resolve" => Role::Operator,
+        _ => Role::Viewer,
     }
 }
 
@@ -157,13 +173,15 @@ async fn commands(
             field: None,
             message: format!("not a form body: {e}"),
         })?;
-    let caller = Caller {
-        id: form.get("user_id").cloned().unwrap_or_default(),
-        name: form.get("user_name").cloned().unwrap_or_default(),
-    };
-    if caller.id.is_empty() {
+    let id = form.get("user_id").cloned().unwrap_or_default();
+    if id.is_empty() {
         return Ok(ephemeral("Slack sent no user_id; nothing done."));
     }
+    let caller = Caller {
+        role: slack.role(&id).await,
+        id,
+        name: form.get("user_name").cloned().unwrap_or_default(),
+    };
     let text = form.get("text").cloned().unwrap_or_default();
     let response_url = form.get("response_url").cloned();
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -171,11 +189,8 @@ async fn commands(
         .first()
         .map(|w| w.to_ascii_lowercase())
         .unwrap_or_default();
-    let destructive = matches!(
-        command.as_str(),
-        "killswitch" | "rollback" | "pause" | "resume"
-    );
-    let allowed = !destructive || slack.allowed(&caller.id).await;
+    let needed = needs(&command);
+    let allowed = caller.role >= needed;
     let audit = NewAudit::by(
         caller.actor(),
         if allowed {
@@ -183,13 +198,13 @@ async fn commands(
         } else {
             "slack_command_refused"
         },
-        json!({"text": text, "user_name": caller.name, "channel": form.get("channel_id")}),
+        json!({"text": text, "user_name": caller.name, "channel": form.get("channel_id"), "role": caller.role}),
     );
     store.record(&[audit], &[]).await?;
     if !allowed {
         return Ok(ephemeral(format!(
-            ":no_entry: You are not allowed to run `{command}`. Ask an admin to add your Slack user id ({}) to `slack.allowed_users` or one of `slack.allowed_groups`. Nothing was changed.",
-            caller.id
+            ":no_entry: `{command}` needs the {needed} role; you ({}) are {}. Ask an admin to map your Slack user or one of your user groups in `slack.roles`. Nothing was changed.",
+            caller.id, caller.role
         )));
     }
     let r = match (command.as_str(), &words[1.min(words.len())..]) {
@@ -236,7 +251,7 @@ async fn commands(
         ("pause", []) | ("resume", []) => {
             let paused = command == "pause";
             remediation(&state)?
-                .set_paused(&caller.actor(), paused, Some("from Slack"))
+                .set_paused(&caller.identity(), paused, Some("from Slack"))
                 .await?;
             in_channel(if paused {
                 format!(":double_vertical_bar: <@{}> paused automation: playbooks now hold every action for a human.", caller.id)
@@ -481,12 +496,14 @@ async fn ask(
         )),
         ..RequestOptions::default()
     };
-    let row = match remediation.request(&caller.actor(), request, opts).await {
+    let row = match remediation.request(&caller.identity(), request, opts).await {
         Ok(row) => row,
         Err(CommandError::BadRequest { message, .. }) => {
             return Ok(ephemeral(format!("Nothing done: {}", escape(&message))))
         }
-        Err(CommandError::Conflict(message)) | Err(CommandError::NotFound(message)) => {
+        Err(CommandError::Conflict(message))
+        | Err(CommandError::NotFound(message))
+        | Err(CommandError::Forbidden(message)) => {
             return Ok(ephemeral(format!("Nothing done: {}", escape(&message))))
         }
         Err(e) => return Err(e.into()),
@@ -649,11 +666,13 @@ async fn interactions(
             field: Some("payload".into()),
             message: "missing or not JSON".into(),
         })?;
+    let user_id = payload["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let caller = Caller {
-        id: payload["user"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        role: slack.role(&user_id).await,
+        id: user_id,
         name: payload["user"]["username"]
             .as_str()
             .or(payload["user"]["name"].as_str())
@@ -672,7 +691,7 @@ async fn interactions(
     let Some(id) = action["value"].as_str().and_then(|v| v.parse::<i64>().ok()) else {
         return Ok(StatusCode::OK.into_response());
     };
-    let allowed = slack.allowed(&caller.id).await;
+    let allowed = caller.role >= Role::Operator;
     let audit = NewAudit {
         at: Utc::now(),
         actor: caller.actor(),
@@ -691,10 +710,10 @@ async fn interactions(
     store.record(&[audit], &[]).await?;
     let reply = if !allowed {
         json!({"response_type": "ephemeral", "replace_original": false,
-               "text": format!(":no_entry: <@{}>, you are not allowed to approve or deny actions; nothing changed.", caller.id)})
+               "text": format!(":no_entry: <@{}>, approving or denying needs the operator role; you are {}. Nothing changed.", caller.id, caller.role)})
     } else {
         match remediation(&state)?
-            .decide(&caller.actor(), id, approve, Some("from Slack"))
+            .decide(&caller.identity(), id, approve, Some("from Slack"))
             .await
         {
             Ok(row) => json!({"replace_original": true, "text": format!(
@@ -704,7 +723,9 @@ async fn interactions(
                 caller.id,
                 escape(&row.spec.describe)
             )}),
-            Err(CommandError::Conflict(m)) | Err(CommandError::NotFound(m)) => {
+            Err(CommandError::Conflict(m))
+            | Err(CommandError::NotFound(m))
+            | Err(CommandError::Forbidden(m)) => {
                 json!({"response_type": "ephemeral", "replace_original": false, "text": format!("Nothing changed: {}", escape(&m))})
             }
             Err(e) => return Err(e.into()),

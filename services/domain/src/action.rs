@@ -107,6 +107,9 @@ pub struct ActionSpec {
     pub vars: BTreeMap<String, String>,
     /// One line for people: what this action does.
     pub describe: String,
+    /// Approval must come from someone other than the requester (the step's own rule).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub four_eyes: bool,
 }
 
 /// How far back a rollback looks for the last good deploy.
@@ -206,7 +209,7 @@ pub mod target {
 }
 
 /// Automation limits that apply to every playbook and every person's request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AutomationPolicy {
     /// Everything runs in dry-run: record, call nothing.
     pub dry_run: bool,
@@ -217,6 +220,23 @@ pub struct AutomationPolicy {
     /// The guard for people's requests (REST, Slack, pages): cooldown, budget,
     /// approval and dry-run, as a playbook's guard.
     pub manual: Guard,
+    /// A held action must be approved by someone other than who asked for it…
+    pub four_eyes: bool,
+    /// …with at least this role.
+    pub four_eyes_min_role: crate::access::Role,
+}
+
+impl Default for AutomationPolicy {
+    fn default() -> Self {
+        AutomationPolicy {
+            dry_run: false,
+            max_actions: None,
+            escalate: None,
+            manual: Guard::default(),
+            four_eyes: false,
+            four_eyes_min_role: crate::access::Role::Operator,
+        }
+    }
 }
 
 /// Everything the guardrail decision looks at, besides recent actions.
@@ -391,6 +411,7 @@ mod tests {
                 }),
                 vars: BTreeMap::new(),
                 describe: "turn off f".into(),
+                four_eyes: false,
             },
             previous_state: None,
             result: None,

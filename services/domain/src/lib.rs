@@ -5,6 +5,7 @@
 //! This crate does no IO and needs no async runtime, so every rule here is tested
 //! with plain unit tests and shared by the HTTP ingest and the bus consumers.
 
+pub mod access;
 pub mod action;
 pub mod alertmanager;
 pub mod correlation;

@@ -263,6 +263,8 @@ pub struct Step {
     pub action: StepAction,
     /// Hold this step for a human even if the guard does not ask for it.
     pub require_approval: bool,
+    /// Its approval must come from someone other than who asked for it.
+    pub four_eyes: bool,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +280,8 @@ struct RawStep {
     http: Option<HttpStep>,
     #[serde(default)]
     require_approval: bool,
+    #[serde(default)]
+    four_eyes: bool,
 }
 
 impl TryFrom<RawStep> for Step {
@@ -308,7 +312,8 @@ impl TryFrom<RawStep> for Step {
         }
         Ok(Step {
             action: actions.remove(0),
-            require_approval: r.require_approval,
+            require_approval: r.require_approval || r.four_eyes,
+            four_eyes: r.four_eyes,
         })
     }
 }

@@ -181,6 +181,7 @@ fn candidates(
                     step: step.action.clone(),
                     vars,
                     describe,
+                    four_eyes: step.four_eyes,
                 },
                 guard: pb.spec.guard.clone(),
                 step_approval: step.require_approval,

@@ -42,8 +42,9 @@ pub struct BenchArgs {
     /// Alert-to-kill-switch latency probes to send during the load (0: none).
     #[arg(long, default_value_t = 0)]
     pub probes: usize,
-    /// Bearer token for the webhook endpoint, if the target wants one.
-    #[arg(long, env = "FIREBREAK_TOKEN_ALERTMANAGER")]
+    /// Bearer token sent with every request (an admin token: the generator
+    /// sends alerts, sets the probe flag, reads OFREP, actions and metrics).
+    #[arg(long, env = "FIREBREAK_BENCH_TOKEN")]
     pub token: Option<String>,
     /// Stop after this many webhooks (0: run for --duration). `--webhooks 1
     /// --alerts-per-webhook 10000` is a storm in one webhook.
@@ -108,7 +109,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("--duration {:?} is not a duration like 10s", args.duration)
     })?;
     let url = args.url.trim_end_matches('/').to_string();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &args.token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| anyhow::anyhow!("--token is not a valid header value"))?,
+        );
+    }
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.connections * 2)
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -162,10 +172,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 let body = webhook(&run_id, n, args.alerts_per_webhook, args.services, "firing");
                 let t0 = Instant::now();
-                let mut req = http.post(format!("{url}/api/v1/alerts/alertmanager")).json(&body);
-                if let Some(t) = &args.token {
-                    req = req.bearer_auth(t);
-                }
+                let req = http.post(format!("{url}/api/v1/alerts/alertmanager")).json(&body);
                 shared.sent_alerts.fetch_add(args.alerts_per_webhook as u64, Ordering::Relaxed);
                 match req.send().await {
                     Ok(r) if r.status().as_u16() == 202 => {

@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use firebreak_api::{Secret, Tokens};
+use firebreak_api::auth::{AuthConfig, CookieSecure, Net, ProxyAuth, StaticToken};
+use firebreak_api::Secret;
+use firebreak_domain::access::{Role, Scope};
 use firebreak_domain::action::AutomationPolicy;
 use firebreak_domain::correlation::CorrelationPolicy;
 use firebreak_domain::duration::Dur;
@@ -103,6 +105,7 @@ pub struct FileConfig {
     pub playbooks: PlaybooksSection,
     pub postmortem: PostmortemSection,
     pub automation: AutomationSection,
+    pub auth: AuthSection,
     #[serde(default)]
     pub kill_switch: BTreeMap<String, KillSwitchConfig>,
     #[serde(default)]
@@ -201,8 +204,34 @@ pub struct AutomationSection {
     pub max_attempts: i32,
     pub retry_backoff: Dur,
     pub lease: Dur,
+    pub four_eyes: bool,
+    pub four_eyes_min_role: Role,
     /// The guard of people's requests.
     pub manual: Guard,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default)]
+    pub bootstrap_token: Option<Secret>,
+    pub insecure_no_auth: bool,
+    pub session_ttl: Dur,
+    pub cookie_secure: String,
+    pub allowed_origins: Vec<String>,
+    pub proxy: ProxySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    pub trusted: Vec<String>,
+    pub user_header: String,
+    pub email_header: String,
+    pub groups_header: String,
+    pub default_role: String,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Role>,
 }
 
 /// A connection URL that may carry a password: `Debug` shows it redacted.
@@ -232,7 +261,7 @@ pub struct Config {
     pub amqp_namespace: String,
     pub roles: Roles,
     pub json_logs: bool,
-    pub tokens: Tokens,
+    pub auth: AuthConfig,
     pub max_body_bytes: usize,
     pub engine: EngineConfig,
     pub playbooks_dir: Option<PathBuf>,
@@ -333,6 +362,7 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub playbooks: Option<PathBuf>,
     pub templates: Option<PathBuf>,
+    pub insecure_no_auth: bool,
 }
 
 /// Loads and validates the configuration. `vars` lists the process's
@@ -372,11 +402,19 @@ pub fn load(
         {
             continue;
         }
-        let key = rest
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
-            .join(".");
+        let mut parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        // Keys of maps that name outside things keep their case (Slack ids, proxy groups).
+        let originals: Vec<&str> = rest.split("__").collect();
+        if parts.len() == 3
+            && ((parts[0] == "slack" && parts[1] == "roles")
+                || (parts[0] == "auth" && parts[1] == "groups"))
+        {
+            parts[2] = originals[2].to_string();
+        }
+        if parts.len() == 4 && parts[0] == "auth" && parts[1] == "proxy" && parts[2] == "groups" {
+            parts[3] = originals[3].to_string();
+        }
+        let key = parts.join(".");
         if !rest.contains("__") && !TOP_LEVEL.contains(&key.as_str()) {
             // One level that is not a top-level key: not ours (e.g. FIREBREAK_LISTEN is,
             // FIREBREAK_FOO is not); serve's flags read FIREBREAK_ROLES etc. themselves.
@@ -692,6 +730,13 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         f.node
     };
     let reclaim_all = database_url.starts_with("sqlite:");
+    let auth = auth_config(
+        &f.auth,
+        &f.api,
+        &f.ingest.tokens,
+        f.slack.public_url.clone(),
+        o,
+    )?;
     Ok(Config {
         listen,
         data_dir,
@@ -700,14 +745,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         amqp_namespace: f.amqp.namespace,
         roles,
         json_logs,
-        tokens: Tokens {
-            alertmanager: f.ingest.tokens.alertmanager,
-            deploy: f.ingest.tokens.deploy,
-            gate: f.ingest.tokens.gate,
-            logs: f.ingest.tokens.logs,
-            api: f.api.token,
-            ofrep: f.api.ofrep_token,
-        },
+        auth,
         max_body_bytes: f.ingest.max_body_bytes,
         engine: EngineConfig {
             policy,
@@ -731,6 +769,8 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
                 max_actions: f.automation.max_actions,
                 escalate,
                 manual: f.automation.manual,
+                four_eyes: f.automation.four_eyes,
+                four_eyes_min_role: f.automation.four_eyes_min_role,
             },
             lease,
             max_attempts: f.automation.max_attempts,
@@ -743,6 +783,118 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         rollbacks: f.rollback,
         notifiers: f.notify,
         slack: f.slack,
+    })
+}
+
+/// Static tokens (the bootstrap admin token, and the older per-purpose
+/// tokens with the scopes they always had), the proxy, cookies and origins.
+fn auth_config(
+    a: &AuthSection,
+    api: &ApiSection,
+    ingest: &TokensSection,
+    public_url: Option<String>,
+    o: &Overrides,
+) -> Result<AuthConfig, String> {
+    let mut static_tokens = Vec::new();
+    let mut add = |key: &str, secret: &Option<Secret>, scopes: Vec<Scope>| -> Result<(), String> {
+        if let Some(secret) = secret {
+            if secret.expose().len() < 24 {
+                return Err(format!(
+                    "key `{key}`: a token must be at least 24 characters (e.g. openssl rand -hex 32)"
+                ));
+            }
+            static_tokens.push(StaticToken {
+                name: key.to_string(),
+                secret: secret.clone(),
+                scopes,
+            });
+        }
+        Ok(())
+    };
+    add(
+        "auth.bootstrap_token",
+        &a.bootstrap_token,
+        vec![Scope::Admin],
+    )?;
+    add(
+        "api.token",
+        &api.token,
+        vec![Scope::Read, Scope::Edit, Scope::Operate, Scope::Admin],
+    )?;
+    add("api.ofrep_token", &api.ofrep_token, vec![Scope::FlagsRead])?;
+    for (key, t) in [
+        ("ingest.tokens.alertmanager", &ingest.alertmanager),
+        ("ingest.tokens.deploy", &ingest.deploy),
+        ("ingest.tokens.gate", &ingest.gate),
+        ("ingest.tokens.logs", &ingest.logs),
+    ] {
+        add(key, t, vec![Scope::Ingest])?;
+    }
+    for t in &mut static_tokens {
+        if t.name == "auth.bootstrap_token" {
+            t.name = "bootstrap".into();
+        }
+    }
+    let p = &a.proxy;
+    let proxy = if p.trusted.is_empty() {
+        None
+    } else {
+        let trusted = p
+            .trusted
+            .iter()
+            .map(|t| Net::parse(t).map_err(|e| format!("key `auth.proxy.trusted`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_role = match p.default_role.trim() {
+            "" => None,
+            r => Some(Role::parse(r).map_err(|e| format!("key `auth.proxy.default_role`: {e}"))?),
+        };
+        for (key, h) in [
+            ("user_header", &p.user_header),
+            ("email_header", &p.email_header),
+            ("groups_header", &p.groups_header),
+        ] {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!(
+                    "key `auth.proxy.{key}`: {h:?} is not a header name"
+                ));
+            }
+        }
+        Some(ProxyAuth {
+            trusted,
+            user_header: p.user_header.to_ascii_lowercase(),
+            email_header: p.email_header.to_ascii_lowercase(),
+            groups_header: p.groups_header.to_ascii_lowercase(),
+            groups: p.groups.clone(),
+            default_role,
+        })
+    };
+    let cookie_secure = match a.cookie_secure.as_str() {
+        "auto" => CookieSecure::Auto,
+        "always" | "true" => CookieSecure::Always,
+        "never" | "false" => CookieSecure::Never,
+        other => {
+            return Err(format!(
+                "key `auth.cookie_secure`: {other:?} is not auto, always or never"
+            ))
+        }
+    };
+    for origin in &a.allowed_origins {
+        if !(origin.starts_with("http://") || origin.starts_with("https://"))
+            || origin.matches('/').count() > 2
+        {
+            return Err(format!(
+                "key `auth.allowed_origins`: {origin:?} is not an origin like https://firebreak.example.com"
+            ));
+        }
+    }
+    Ok(AuthConfig {
+        static_tokens,
+        proxy,
+        session_ttl: positive("auth.session_ttl", a.session_ttl)?,
+        cookie_secure,
+        allowed_origins: a.allowed_origins.clone(),
+        public_url,
+        insecure_no_auth: a.insecure_no_auth || o.insecure_no_auth,
     })
 }
 
@@ -924,7 +1076,7 @@ mod tests {
         let c = load_with(
             None,
             &[
-                ("FIREBREAK_API_TOKEN", "s3cret"),
+                ("FIREBREAK_API_TOKEN", "s3cret-s3cret-s3cret-s3cret"),
                 ("FIREBREAK_DATABASE_URL", "postgres://fb:pw0rd@db/firebreak"),
             ],
             Overrides::default(),

@@ -17,6 +17,7 @@ use firebreak_remediation::{Providers, Remediation};
 use firebreak_store::Store;
 use tokio_util::sync::CancellationToken;
 
+mod admin;
 pub mod bench;
 pub mod config;
 pub mod playbooks_cli;
@@ -48,6 +49,15 @@ pub enum Command {
     Playbooks(playbooks_cli::PlaybooksCommand),
     /// Load generator against a running Firebreak (see bench/run.sh).
     Bench(bench::BenchArgs),
+    /// Machine tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Tokens(admin::TokensCommand),
+    /// Local users (people who sign in with a password).
+    #[command(subcommand)]
+    Users(admin::UsersCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +80,10 @@ pub struct ServeArgs {
     /// Directory of templates (postmortem.md.hbs); default ./templates, else built in.
     #[arg(long, env = "FIREBREAK_TEMPLATES")]
     pub templates: Option<PathBuf>,
+    /// Serve without authentication on any address: only behind a gateway
+    /// that authenticates every request itself.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -81,6 +95,7 @@ impl ServeArgs {
             log_format: self.log_format.clone(),
             playbooks: self.playbooks.clone(),
             templates: self.templates.clone(),
+            insecure_no_auth: self.insecure_no_auth,
         }
     }
 }
@@ -109,7 +124,9 @@ pub fn main() -> std::process::ExitCode {
     let overrides = match &cli.command {
         Command::Serve(a) | Command::Migrate(a) => a.overrides(),
         Command::Playbooks(p) => p.overrides(),
-        Command::Bench(_) => Overrides::default(),
+        Command::Tokens(_) | Command::Users(_) | Command::Audit(_) | Command::Bench(_) => {
+            Overrides::default()
+        }
     };
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = match config::load(cli.config.as_deref(), &vars, &overrides) {
@@ -138,6 +155,9 @@ pub fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(_) => serve(config, shutdown_signal()).await,
             Command::Migrate(_) => migrate(&config).await,
+            Command::Tokens(t) => admin::tokens(&config, &t).await,
+            Command::Users(u) => admin::users(&config, &u).await,
+            Command::Audit(a) => admin::audit(&config, &a).await,
             Command::Playbooks(_) | Command::Bench(_) => Ok(()),
         }
     });
@@ -273,17 +293,31 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     prepare_data_dir(&config)?;
     let roles = config.roles;
     let metrics = Arc::new(Metrics::default());
-    let store = if roles.engine || roles.api {
-        Some(open_store(&config).await?)
-    } else {
-        None
-    };
+    // Every role opens the store: even ingest checks tokens kept there.
+    let store = Some(open_store(&config).await?);
     let bus = if roles.engine || roles.ingest {
         Some(open_bus(&config).await?)
     } else {
         None
     };
 
+    let auth = Arc::new(firebreak_api::Auth::new(config.auth.clone(), store.clone()));
+    if !auth.refresh().await && !config.listen.ip().is_loopback() {
+        if config.auth.insecure_no_auth {
+            tracing::warn!(listen = %config.listen, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth): every request acts as an admin; a gateway in front must authenticate");
+        } else {
+            anyhow::bail!(
+                "refusing to listen on {} without authentication: anyone who can reach it could flip kill switches. \
+                 Create an admin token (firebreak tokens create --name admin --scope admin), set \
+                 FIREBREAK_AUTH__BOOTSTRAP_TOKEN, configure [auth.proxy], listen on 127.0.0.1, \
+                 or pass --insecure-no-auth if a gateway in front authenticates every request",
+                config.listen
+            );
+        }
+    }
+    if !auth.required() && config.listen.ip().is_loopback() {
+        tracing::warn!("no authentication is configured: answering only requests from this machine (loopback); create a token to serve others");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -401,7 +435,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         },
         bus: bus.clone(),
         metrics,
-        tokens: Arc::new(config.tokens.clone()),
+        auth: auth.clone(),
         max_body_bytes: config.max_body_bytes,
         playbooks,
         remediation,
@@ -410,10 +444,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
     let http_shutdown = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await
-        .context("HTTP server failed")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+    .await
+    .context("HTTP server failed")?;
 
     for task in background {
         let _ = task.await;

@@ -143,6 +143,7 @@ fn checkout_kill_switch_incident() {
             }),
             vars: Default::default(),
             describe: "turn off flag checkout.new-payment-flow (builtin)".into(),
+            four_eyes: false,
         },
         previous_state: None,
         result: None,

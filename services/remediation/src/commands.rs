@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use firebreak_domain::access::Identity;
 use firebreak_domain::action::{ActionRow, ActionStatus, MANUAL};
 use firebreak_domain::playbook::{FlagState, KillSwitchStep, NotifyStep, RollbackStep, StepAction};
 use firebreak_domain::timeline::kind;
@@ -61,6 +62,9 @@ pub enum CommandError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// The identity may not do this (a rule such as four-eyes says why).
+    #[error("{0}")]
+    Forbidden(String),
     /// The action is not in a state this command applies to, or something
     /// else holds its target; the message names what and who.
     #[error("{0}")]
@@ -122,10 +126,11 @@ impl Remediation {
     /// open one it belongs to, and answered with the status it was given.
     pub async fn request(
         &self,
-        who: &str,
+        identity: &Identity,
         request: Request,
         opts: RequestOptions,
     ) -> Result<ActionRow, CommandError> {
+        let who = identity.id.as_str();
         if let Some(reason) = &opts.reason {
             if reason.len() > 2000 {
                 return Err(bad("reason", "must be at most 2000 characters"));
@@ -341,6 +346,7 @@ impl Remediation {
                 step,
                 vars,
                 describe,
+                four_eyes: false,
             },
             guard: self.config.policy.manual.clone(),
             step_approval: false,
@@ -390,12 +396,36 @@ impl Remediation {
     /// deciding twice is a conflict naming who decided.
     pub async fn decide(
         &self,
-        who: &str,
+        identity: &Identity,
         id: i64,
         approve: bool,
         comment: Option<&str>,
     ) -> Result<ActionRow, CommandError> {
+        let who = identity.id.as_str();
         let current = self.action(id).await?;
+        let policy = &self.config.policy;
+        if approve
+            && current.status == ActionStatus::Held
+            && (policy.four_eyes || current.spec.four_eyes)
+        {
+            let rule = if current.spec.four_eyes {
+                "four-eyes (this playbook step)"
+            } else {
+                "four-eyes (automation.four_eyes)"
+            };
+            if current.requested_by == who {
+                return Err(CommandError::Forbidden(format!(
+                    "{rule}: action #{id} was requested by {who}; someone else must approve it"
+                )));
+            }
+            let role = identity.effective_role();
+            if role < policy.four_eyes_min_role {
+                return Err(CommandError::Forbidden(format!(
+                    "{rule}: approving needs the {} role or higher; {who} acts as {role}",
+                    policy.four_eyes_min_role
+                )));
+            }
+        }
         let now = Utc::now();
         let (to, event, k) = if approve {
             (ActionStatus::Pending, "approved", kind::ACTION_APPROVED)
@@ -466,10 +496,11 @@ impl Remediation {
     /// leaves a lease that expires and an executor that finishes the revert.
     pub async fn revert(
         self: &Arc<Self>,
-        who: &str,
+        identity: &Identity,
         id: i64,
         force: bool,
     ) -> Result<ActionRow, CommandError> {
+        let who = identity.id.as_str();
         let action = self.action(id).await?;
         let StepAction::KillSwitch(_) = &action.spec.step else {
             return Err(CommandError::Conflict(format!(
@@ -548,10 +579,11 @@ impl Remediation {
     /// Pauses or resumes automation for every process; audited.
     pub async fn set_paused(
         &self,
-        who: &str,
+        identity: &Identity,
         paused: bool,
         comment: Option<&str>,
     ) -> Result<(), CommandError> {
+        let who = identity.id.as_str();
         let audit = NewAudit::by(
             who,
             if paused {
@@ -581,11 +613,12 @@ impl Remediation {
     /// previous state (`None`: it was created) and the flag.
     pub async fn set_flag(
         &self,
-        who: &str,
+        identity: &Identity,
         key: &str,
         enabled: bool,
         description: Option<&str>,
     ) -> Result<(Option<bool>, FlagRow), CommandError> {
+        let who = identity.id.as_str();
         check_flag_key(key).map_err(|m| bad("key", m))?;
         if description.is_some_and(|d| d.len() > 2000) {
             return Err(bad("description", "must be at most 2000 characters"));
@@ -598,7 +631,8 @@ impl Remediation {
         Ok((previous, self.store.flag(key).await?))
     }
 
-    pub async fn delete_flag(&self, who: &str, key: &str) -> Result<(), CommandError> {
+    pub async fn delete_flag(&self, identity: &Identity, key: &str) -> Result<(), CommandError> {
+        let who = identity.id.as_str();
         check_flag_key(key).map_err(|m| bad("key", m))?;
         let audit = NewAudit::by(who, "flag_deleted", json!({"flag": key}));
         if self.store.delete_flag(key, &audit).await? {

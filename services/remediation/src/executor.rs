@@ -172,6 +172,12 @@ impl Remediation {
                     })?;
                 let env = k.environment.as_deref();
                 let want = k.state.enabled();
+                let by = format!("action:{}", action.id);
+                if k.provider == "builtin" && action.previous_state.is_none() && !in_doubt {
+                    // The built-in store sets the flag and records the state
+                    // it had on the action in one transaction.
+                    return self.builtin_kill_switch(action, &k.flag, want, &by).await;
+                }
                 let current = provider.get(&k.flag, env).await.map_err(|e| (e, None))?;
                 // The state before the first attempt is the one to restore,
                 // and it is written down before anything is set.
@@ -208,7 +214,6 @@ impl Remediation {
                         previous: Some(previous),
                     });
                 }
-                let by = format!("action:{}", action.id);
                 let response = provider
                     .set(&k.flag, env, want, &by)
                     .await
@@ -325,6 +330,48 @@ impl Remediation {
                     previous: None,
                 })
             }
+        }
+    }
+
+    async fn builtin_kill_switch(
+        &self,
+        action: &ActionRow,
+        flag: &str,
+        want: bool,
+        by: &str,
+    ) -> Result<Done, (ExecError, Option<Value>)> {
+        let audit = NewAudit::by(by, "flag_set", json!({"flag": flag, "enabled": want}));
+        let previous = match self
+            .store
+            .set_flag_for_action(flag, want, &audit, action.id, &self.owner)
+            .await
+        {
+            Ok(Some(previous)) => json!({"flag": flag, "enabled": previous}),
+            Ok(None) => {
+                return Err((
+                    ExecError::fatal("lost the lease before acting; not called"),
+                    None,
+                ))
+            }
+            Err(e) => return Err((ExecError::retry(format!("built-in flag store: {e}")), None)),
+        };
+        let response = json!({"flag": flag, "enabled": want, "previous": previous["enabled"]});
+        match self.store.flag(flag).await {
+            Ok(f) if f.enabled == want => Ok(Done {
+                result: json!({"verified": true, "response": response}),
+                previous: Some(previous),
+            }),
+            Ok(f) => Err((
+                ExecError::retry(format!(
+                    "flag {flag} reads back {} after setting it",
+                    FlagState::from_enabled(f.enabled).as_str()
+                )),
+                Some(previous),
+            )),
+            Err(e) => Err((
+                ExecError::retry(format!("built-in flag store: {e}")),
+                Some(previous),
+            )),
         }
     }
 

@@ -375,6 +375,7 @@ pub fn escalation(
             step,
             vars,
             describe: format!("escalated action #{} to a human", action.id),
+            four_eyes: false,
         },
         at,
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use firebreak_domain::access::Role;
 use firebreak_domain::duration::Dur;
 use firebreak_domain::playbook::{render, render_json, url_escape};
 use firebreak_domain::secret::Secret;
@@ -115,9 +116,13 @@ pub struct SlackConfig {
     pub api_url: String,
     /// Channel for incident threads (opened, actions, resolved); unset: none.
     pub channel: Option<String>,
-    /// Slack user ids allowed to run killswitch, rollback, pause/resume and approvals.
+    /// Slack users (`U…`) and user groups (`S…`) and their roles.
+    pub roles: BTreeMap<String, Role>,
+    /// The role of Slack users not mapped (`viewer` by default: read-only commands).
+    pub default_role: Role,
+    /// Older form: these users act as operators.
     pub allowed_users: Vec<String>,
-    /// Slack user group ids whose members are allowed likewise.
+    /// Older form: members of these groups act as operators.
     pub allowed_groups: Vec<String>,
     /// Rollback provider `/firebreak rollback` uses (default: the only one configured).
     pub rollback_provider: Option<String>,
@@ -136,6 +141,8 @@ impl Default for SlackConfig {
             signing_secret: None,
             api_url: slack_api(),
             channel: None,
+            roles: BTreeMap::new(),
+            default_role: Role::Viewer,
             allowed_users: Vec::new(),
             allowed_groups: Vec::new(),
             rollback_provider: None,

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use firebreak_domain::access::Role;
+
 use crate::providers::{client, SlackConfig};
 
 /// Why a Slack call failed, and when trying again makes sense.
@@ -136,18 +138,37 @@ impl SlackClient {
         ))
     }
 
-    /// Whether `user` may run destructive commands and approve actions:
-    /// listed in `allowed_users`, or a member of an `allowed_groups` group.
-    pub async fn allowed(&self, user: &str) -> bool {
-        if self.config.allowed_users.iter().any(|u| u == user) {
-            return true;
+    /// The role of a Slack user: the highest of their own mapping in
+    /// `slack.roles` and those of the user groups they are in (a group is
+    /// keyed by its id, `S…`), else `slack.default_role`. The older
+    /// `allowed_users` and `allowed_groups` map to operator.
+    pub async fn role(&self, user: &str) -> Role {
+        let mut best = self.config.default_role;
+        if let Some(r) = self.config.roles.get(user) {
+            best = best.max(*r);
         }
-        for group in &self.config.allowed_groups {
-            if self.group_members(group).await.iter().any(|u| u == user) {
-                return true;
+        if self.config.allowed_users.iter().any(|u| u == user) {
+            best = best.max(Role::Operator);
+        }
+        let groups: Vec<(String, Role)> = self
+            .config
+            .roles
+            .iter()
+            .filter(|(k, _)| k.starts_with('S'))
+            .map(|(k, r)| (k.clone(), *r))
+            .chain(
+                self.config
+                    .allowed_groups
+                    .iter()
+                    .map(|g| (g.clone(), Role::Operator)),
+            )
+            .collect();
+        for (group, role) in groups {
+            if role > best && self.group_members(&group).await.iter().any(|u| u == user) {
+                best = role;
             }
         }
-        false
+        best
     }
 
     async fn group_members(&self, group: &str) -> Vec<String> {

@@ -29,8 +29,9 @@ pub mod sqlite;
 pub use firebreak_domain::action::{ActionRow, ActionStatus, NewAction};
 pub use postgres::PgStore;
 pub use remediation::{
-    ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, LogRow, NewAudit,
-    PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome, TimelineEvent, SETTING_PAUSED,
+    ActionChange, ActionFilter, AuditCheck, AuditFilter, AuditRow, FlagRow, History, LogRow,
+    NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome, SessionRow,
+    TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
 };
 pub use sqlite::SqliteStore;
 
@@ -235,6 +236,17 @@ pub trait Store: Send + Sync + 'static {
         by: &str,
         audit: &NewAudit,
     ) -> Result<Option<bool>>;
+    /// Sets a built-in flag for a running action in one transaction, and
+    /// records on the action the state the flag had (once). `None`: `owner`
+    /// no longer holds the action's lease; nothing was written.
+    async fn set_flag_for_action(
+        &self,
+        key: &str,
+        enabled: bool,
+        audit: &NewAudit,
+        action_id: i64,
+        owner: &str,
+    ) -> Result<Option<Option<bool>>>;
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool>;
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
@@ -291,6 +303,46 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
         each: &mut (dyn FnMut(LogRow) + Send),
     ) -> Result<u64>;
+    // --- access -------------------------------------------------------------
+    /// Stores a token (a duplicate name is `Conflict`), with its audit row.
+    async fn create_token(&self, token: &NewToken, audit: &NewAudit) -> Result<TokenRow>;
+    /// A token and its secret hash, by its public id.
+    async fn token_secret(&self, id: &str) -> Result<Option<(TokenRow, String)>>;
+    async fn list_tokens(&self) -> Result<Vec<TokenRow>>;
+    /// Revokes a token by id or name; `false` if there is no such active token.
+    async fn revoke_token(&self, id_or_name: &str, audit: &NewAudit) -> Result<bool>;
+    /// Records when a token was last used (callers throttle this).
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Active tokens plus enabled users: whether anyone can authenticate.
+    async fn count_credentials(&self, now: DateTime<Utc>) -> Result<u64>;
+    /// Stores a user (a duplicate name is `Conflict`), with its audit row.
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: firebreak_domain::access::Role,
+        audit: &NewAudit,
+    ) -> Result<UserRow>;
+    /// An enabled user and their password hash.
+    async fn user_secret(&self, username: &str) -> Result<Option<(UserRow, String)>>;
+    async fn list_users(&self) -> Result<Vec<UserRow>>;
+    /// Disables a user and ends their sessions; `false` if there is no such enabled user.
+    async fn disable_user(&self, username: &str, audit: &NewAudit) -> Result<bool>;
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        username: &str,
+        csrf_token: &str,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// A live session (not expired, its user enabled).
+    async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRow>>;
+    async fn delete_session(&self, id_hash: &str) -> Result<()>;
+    /// Recomputes the audit trail's hash chain and names the first row that
+    /// does not match.
+    async fn verify_audit(&self) -> Result<AuditCheck>;
+
     async fn close(&self);
 }
 

@@ -28,6 +28,7 @@ macro_rules! migrations {
             4, "0004", "slack";
             5, "0005", "sweep_index";
             6, "0006", "action_leases";
+            7, "0007", "access";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -472,23 +472,150 @@ fn spec_json(spec: &ActionSpec) -> Result<Value> {
 
 // --- statements shared by the store and its transactions ----------------------
 
+/// Appends audit rows, each hashed with the one before it (under a lock, so
+/// the chain follows the ids).
 async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.lock(&[firebreak_domain::ids::lock_key("firebreak:audit")])
+        .await?;
+    let last = tx
+        .fetch(q("SELECT hash FROM audit ORDER BY id DESC LIMIT 1"))
+        .await?;
+    let mut prev = last
+        .first()
+        .map(|r| r.opt_text("hash"))
+        .transpose()?
+        .flatten()
+        .unwrap_or_default();
     for r in rows {
+        let at = micros_only(r.at);
+        let hash = audit_hash(&prev, r, at);
         tx.execute(
-            q("INSERT INTO audit (at, actor, event, action_id, incident_id, playbook, playbook_version, detail)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(r.at)
+            q("INSERT INTO audit (at, actor, event, action_id, incident_id, playbook, playbook_version, detail,
+                                  prev_hash, hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(at)
             .bind(&r.actor)
             .bind(&r.event)
             .bind(r.action_id)
             .bind(r.incident_id)
             .bind(&r.playbook)
             .bind(&r.playbook_version)
-            .bind(&r.detail),
+            .bind(&r.detail)
+            .bind(prev.clone())
+            .bind(hash.clone()),
         )
         .await?;
+        prev = hash;
     }
     Ok(())
+}
+
+/// Both stores keep microseconds: hash what is stored.
+fn micros_only(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// The hash of an audit row: SHA-256 over the previous row's hash and the
+/// row's content in a canonical form (keys sorted, times in microseconds).
+pub fn audit_hash(prev: &str, r: &NewAudit, at: DateTime<Utc>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    canonical(
+        &serde_json::json!({
+            "at": at.timestamp_micros(), "actor": r.actor, "event": r.event,
+            "action_id": r.action_id, "incident_id": r.incident_id,
+            "playbook": r.playbook, "playbook_version": r.playbook_version,
+            "detail": r.detail,
+        }),
+        &mut text,
+    );
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(text.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON with object keys sorted at every level, whatever order the value
+/// (or a database's JSON type) keeps them in.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, name, scopes, created_at, created_by, expires_at, last_used_at, revoked_at";
+
+fn token_row(r: &impl Get) -> Result<crate::TokenRow> {
+    let id = r.text("id")?;
+    let read = || -> Result<crate::TokenRow> {
+        let scopes: Vec<String> = serde_json::from_value(r.json("scopes")?)
+            .map_err(|e| StoreError::Corrupt(format!("column scopes: {e}")))?;
+        let scopes = scopes
+            .iter()
+            .map(|s| {
+                firebreak_domain::access::Scope::parse(s)
+                    .map_err(|e| StoreError::Corrupt(format!("column scopes: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(crate::TokenRow {
+            id: id.clone(),
+            name: r.text("name")?,
+            scopes,
+            created_at: r.time("created_at")?,
+            created_by: r.text("created_by")?,
+            expires_at: r.opt_time("expires_at")?,
+            last_used_at: r.opt_time("last_used_at")?,
+            revoked_at: r.opt_time("revoked_at")?,
+        })
+    };
+    read().map_err(in_row("api_tokens", format!("{id:?}")))
+}
+
+const USER_COLUMNS: &str = "username, role, created_at, created_by, disabled_at";
+
+fn user_row(r: &impl Get) -> Result<crate::UserRow> {
+    let name = r.text("username")?;
+    let read = || -> Result<crate::UserRow> {
+        let role = firebreak_domain::access::Role::parse(&r.text("role")?)
+            .map_err(|e| StoreError::Corrupt(format!("column role: {e}")))?;
+        Ok(crate::UserRow {
+            username: name.clone(),
+            role,
+            created_at: r.time("created_at")?,
+            created_by: r.text("created_by")?,
+            disabled_at: r.opt_time("disabled_at")?,
+        })
+    };
+    read().map_err(in_row("users", format!("{name:?}")))
 }
 
 fn deploys_between_q(
@@ -881,34 +1008,29 @@ impl<D: Dialect> Store for Db<D> {
         by: &str,
         audit: &NewAudit,
     ) -> Result<Option<bool>> {
-        let mut tx = self.d.begin().await?;
-        let previous = tx
-            .fetch(
-                q(format!(
-                    "SELECT enabled FROM flags WHERE key = $1{}",
-                    <D::Tx as DialectTx>::FOR_UPDATE
-                ))
-                .bind(key),
-            )
-            .await?;
-        let previous = previous.first().map(|r| r.bool("enabled")).transpose()?;
-        tx.execute(
-            q(
-                "INSERT INTO flags (key, enabled, description, updated_at, updated_by)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (key) DO UPDATE SET enabled = $2,
-                   description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5",
-            )
-            .bind(key)
-            .bind(enabled)
-            .bind(description)
-            .bind(audit.at)
-            .bind(by),
+        Ok(self
+            .write_flag(key, enabled, description, by, audit, None)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn set_flag_for_action(
+        &self,
+        key: &str,
+        enabled: bool,
+        audit: &NewAudit,
+        action_id: i64,
+        owner: &str,
+    ) -> Result<Option<Option<bool>>> {
+        self.write_flag(
+            key,
+            enabled,
+            None,
+            &audit.actor,
+            audit,
+            Some((action_id, owner)),
         )
-        .await?;
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(previous)
+        .await
     }
 
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {
@@ -1232,8 +1354,352 @@ impl<D: Dialect> Store for Db<D> {
             .await
     }
 
+    async fn create_token(&self, t: &crate::NewToken, audit: &NewAudit) -> Result<crate::TokenRow> {
+        let mut tx = self.d.begin().await?;
+        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+        let rows = tx
+            .fetch(
+                q(format!(
+                    "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at, created_by, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TOKEN_COLUMNS}"
+                ))
+                .bind(&t.id)
+                .bind(&t.name)
+                .bind(&t.secret_hash)
+                .bind(serde_json::json!(scopes))
+                .bind(t.at)
+                .bind(&t.created_by)
+                .bind(t.expires_at),
+            )
+            .await?;
+        let row = token_row(rows.first().ok_or(StoreError::NotFound)?)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn token_secret(&self, id: &str) -> Result<Option<(crate::TokenRow, String)>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {TOKEN_COLUMNS}, secret_hash FROM api_tokens WHERE id = $1"
+                ))
+                .bind(id),
+            )
+            .await?;
+        rows.first()
+            .map(|r| Ok((token_row(r)?, r.text("secret_hash")?)))
+            .transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<crate::TokenRow>> {
+        let rows = self
+            .d
+            .read(q(format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
+            )))
+            .await?;
+        decode(&rows, token_row)
+    }
+
+    async fn revoke_token(&self, id_or_name: &str, audit: &NewAudit) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q("UPDATE api_tokens SET revoked_at = $2
+                   WHERE (id = $1 OR name = $1) AND revoked_at IS NULL")
+                .bind(id_or_name)
+                .bind(audit.at),
+            )
+            .await?;
+        if n > 0 {
+            write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        self.d
+            .write(
+                q("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn count_credentials(&self, now: DateTime<Utc>) -> Result<u64> {
+        let rows = self
+            .d
+            .read(
+                q("SELECT (SELECT count(*) FROM api_tokens
+                           WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1))
+                        + (SELECT count(*) FROM users WHERE disabled_at IS NULL) AS n")
+                .bind(now),
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.int("n"))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as u64)
+    }
+
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: firebreak_domain::access::Role,
+        audit: &NewAudit,
+    ) -> Result<crate::UserRow> {
+        let mut tx = self.d.begin().await?;
+        let rows = tx
+            .fetch(
+                q(format!(
+                    "INSERT INTO users (username, password_hash, role, created_at, created_by)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
+                ))
+                .bind(username)
+                .bind(password_hash)
+                .bind(role.as_str())
+                .bind(audit.at)
+                .bind(&audit.actor),
+            )
+            .await?;
+        let row = user_row(rows.first().ok_or(StoreError::NotFound)?)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn user_secret(&self, username: &str) -> Result<Option<(crate::UserRow, String)>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {USER_COLUMNS}, password_hash FROM users
+                     WHERE username = $1 AND disabled_at IS NULL"
+                ))
+                .bind(username),
+            )
+            .await?;
+        rows.first()
+            .map(|r| Ok((user_row(r)?, r.text("password_hash")?)))
+            .transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<crate::UserRow>> {
+        let rows = self
+            .d
+            .read(q(format!(
+                "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+            )))
+            .await?;
+        decode(&rows, user_row)
+    }
+
+    async fn disable_user(&self, username: &str, audit: &NewAudit) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q("UPDATE users SET disabled_at = $2 WHERE username = $1 AND disabled_at IS NULL")
+                    .bind(username)
+                    .bind(audit.at),
+            )
+            .await?;
+        if n > 0 {
+            tx.execute(q("DELETE FROM sessions WHERE username = $1").bind(username))
+                .await?;
+            write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        username: &str,
+        csrf_token: &str,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.d.begin().await?;
+        // Expired sessions go as new ones come.
+        tx.execute(q("DELETE FROM sessions WHERE expires_at < $1").bind(at))
+            .await?;
+        tx.execute(
+            q(
+                "INSERT INTO sessions (id_hash, username, csrf_token, created_at, expires_at)
+               VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id_hash)
+            .bind(username)
+            .bind(csrf_token)
+            .bind(at)
+            .bind(expires_at),
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::SessionRow>> {
+        let rows = self
+            .d
+            .read(
+                q(
+                    "SELECT u.username, u.role, u.created_at, u.created_by, u.disabled_at,
+                          s.csrf_token, s.expires_at
+                   FROM sessions s JOIN users u ON u.username = s.username
+                   WHERE s.id_hash = $1 AND s.expires_at > $2 AND u.disabled_at IS NULL",
+                )
+                .bind(id_hash)
+                .bind(now),
+            )
+            .await?;
+        rows.first()
+            .map(|r| {
+                Ok(crate::SessionRow {
+                    user: user_row(r)?,
+                    csrf_token: r.text("csrf_token")?,
+                    expires_at: r.time("expires_at")?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        self.d
+            .write(q("DELETE FROM sessions WHERE id_hash = $1").bind(id_hash))
+            .await?;
+        Ok(())
+    }
+
+    async fn verify_audit(&self) -> Result<crate::AuditCheck> {
+        let mut check = crate::AuditCheck {
+            verified: 0,
+            before_chain: 0,
+            broken: None,
+        };
+        let mut after = 0i64;
+        let mut prev: Option<String> = None;
+        loop {
+            let rows = self
+                .d
+                .read(
+                    q(format!(
+                        "SELECT {AUDIT_COLUMNS}, prev_hash, hash FROM audit WHERE id > $1 ORDER BY id LIMIT 1000"
+                    ))
+                    .bind(after),
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(check);
+            }
+            for r in &rows {
+                let row = audit_row(r)?;
+                after = row.id;
+                let (stored_prev, stored) = (r.opt_text("prev_hash")?, r.opt_text("hash")?);
+                let Some(stored) = stored else {
+                    if prev.is_none() {
+                        check.before_chain += 1;
+                        continue;
+                    }
+                    check.broken = Some((row.id, "has no hash inside the chain".into()));
+                    return Ok(check);
+                };
+                let expected_prev = prev.clone().unwrap_or_default();
+                if stored_prev.as_deref().unwrap_or("") != expected_prev {
+                    check.broken = Some((
+                        row.id,
+                        "does not follow the row before it (a row was removed, inserted or changed)".into(),
+                    ));
+                    return Ok(check);
+                }
+                if audit_hash(&expected_prev, &row.entry, row.entry.at) != stored {
+                    check.broken = Some((
+                        row.id,
+                        "its content does not match its hash (the row was changed)".into(),
+                    ));
+                    return Ok(check);
+                }
+                check.verified += 1;
+                prev = Some(stored);
+            }
+        }
+    }
+
     async fn close(&self) {
         self.d.close().await;
+    }
+}
+
+impl<D: Dialect> Db<D> {
+    /// Sets a built-in flag in one transaction; for an action, also records
+    /// the state it found on the action (`None`: `owner` no longer holds the
+    /// action's lease, and nothing was written).
+    async fn write_flag(
+        &self,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+        by: &str,
+        audit: &NewAudit,
+        for_action: Option<(i64, &str)>,
+    ) -> Result<Option<Option<bool>>> {
+        let mut tx = self.d.begin().await?;
+        let previous = tx
+            .fetch(
+                q(format!(
+                    "SELECT enabled FROM flags WHERE key = $1{}",
+                    <D::Tx as DialectTx>::FOR_UPDATE
+                ))
+                .bind(key),
+            )
+            .await?;
+        let previous = previous.first().map(|r| r.bool("enabled")).transpose()?;
+        if let Some((id, owner)) = for_action {
+            let state = serde_json::json!({"flag": key, "enabled": previous});
+            let n = tx
+                .execute(
+                    q(
+                        "UPDATE actions SET previous_state = COALESCE(previous_state, $3)
+                       WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(state),
+                )
+                .await?;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+        tx.execute(
+            q(
+                "INSERT INTO flags (key, enabled, description, updated_at, updated_by)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (key) DO UPDATE SET enabled = $2,
+                   description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5",
+            )
+            .bind(key)
+            .bind(enabled)
+            .bind(description)
+            .bind(audit.at)
+            .bind(by),
+        )
+        .await?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(Some(previous))
     }
 }
 

@@ -1,0 +1,341 @@
+//! Identities over HTTP: who am I, sign in and out, machine tokens and local
+//! users (admins), and notes on an incident's timeline (editors).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use chrono::Utc;
+use firebreak_domain::access::{Identity, Role, Scope};
+use firebreak_domain::duration::Dur;
+use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_store::{NewAudit, Store, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{self, sha256_hex, SESSION_COOKIE};
+use crate::{ApiError, AppState};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{name}", delete(disable_user))
+        .route("/api/v1/incidents/{id}/notes", post(add_note))
+}
+
+fn store(state: &AppState) -> Result<&dyn Store, ApiError> {
+    state
+        .store
+        .as_deref()
+        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        field: Some(field.into()),
+        message: message.into(),
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
+        field: Some(e.path().to_string()).filter(|p| p != "."),
+        message: e.inner().to_string(),
+    })
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+    {
+        return Err(bad(
+            field,
+            format!("{name:?} is not a name: use 1-100 letters, digits, '.', '-', '_' or '@'"),
+        ));
+    }
+    Ok(())
+}
+
+async fn me(Extension(identity): Extension<Identity>) -> Json<Value> {
+    let scopes: Vec<&str> = Scope::ALL
+        .into_iter()
+        .filter(|s| identity.allows(*s))
+        .map(Scope::as_str)
+        .collect();
+    Json(json!({
+        "id": identity.id,
+        "via": identity.via,
+        "role": identity.role,
+        "scopes": scopes,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let b: LoginBody = body(&bytes)?;
+    let user = state.auth.login(&b.username, &b.password).await?;
+    let store = store(&state)?;
+    let value = auth::random_hex(2);
+    let csrf = auth::random_hex(1);
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(state.auth.config().session_ttl)
+        .unwrap_or_else(|_| chrono::Duration::hours(12));
+    store
+        .create_session(&sha256_hex(&value), &user.username, &csrf, now, now + ttl)
+        .await?;
+    store
+        .record(
+            &[NewAudit::by(
+                format!("user:{}", user.username),
+                "signed_in",
+                json!({"role": user.role}),
+            )],
+            &[],
+        )
+        .await?;
+    let mut r = Json(json!({
+        "id": format!("user:{}", user.username),
+        "role": user.role,
+        "csrf_token": csrf,
+        "expires_at": now + ttl,
+    }))
+    .into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        state.auth.session_cookie(Some(&value), &headers),
+    );
+    Ok(r)
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim().to_string());
+    if let Some(v) = cookie {
+        store(&state)?.delete_session(&sha256_hex(&v)).await?;
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        state.auth.session_cookie(None, &headers),
+    );
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    scopes: Vec<String>,
+    /// How long it is valid, e.g. "90d"; none: until revoked.
+    expires_in: Option<String>,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let b: TokenBody = body(&bytes)?;
+    check_name("name", &b.name)?;
+    if b.scopes.is_empty() {
+        return Err(bad(
+            "scopes",
+            "give at least one of ingest, flags:read, read, edit, operate, admin",
+        ));
+    }
+    let scopes = b
+        .scopes
+        .iter()
+        .map(|s| Scope::parse(s).map_err(|m| bad("scopes", m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let expires_at = match &b.expires_in {
+        None => None,
+        Some(d) => {
+            let d = Dur::parse(d).map_err(|m| bad("expires_in", m))?;
+            if d.is_zero() {
+                return Err(bad("expires_in", "must be more than 0s"));
+            }
+            Some(Utc::now() + d.0)
+        }
+    };
+    let (shown, new) = auth::new_token(&b.name, scopes, &identity.id, expires_at);
+    let audit = NewAudit::by(
+        identity.id.clone(),
+        "token_created",
+        json!({"token": new.id, "name": new.name, "scopes": new.scopes, "expires_at": new.expires_at}),
+    );
+    let row = match store(&state)?.create_token(&new, &audit).await {
+        Ok(r) => r,
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict(format!(
+                "a token named {:?} exists: revoke it first or choose another name",
+                b.name
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.auth.credentials_exist();
+    let mut v = json!(row);
+    v["token"] = json!(shown);
+    v["note"] = json!("this is the only time the token is shown; store it now");
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"tokens": store(&state)?.list_tokens().await?})))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let audit = NewAudit::by(identity.id.clone(), "token_revoked", json!({"token": id}));
+    if store(&state)?.revoke_token(&id, &audit).await? {
+        state.auth.forget(&id);
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no active token {id:?}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    username: String,
+    password: String,
+    role: String,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let b: UserBody = body(&bytes)?;
+    check_name("username", &b.username)?;
+    auth::check_password(&b.password).map_err(|m| bad("password", m))?;
+    let role = Role::parse(&b.role).map_err(|m| bad("role", m))?;
+    let password = b.password.clone();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
+    let audit = NewAudit::by(
+        identity.id.clone(),
+        "user_created",
+        json!({"username": b.username, "role": role}),
+    );
+    match store(&state)?
+        .create_user(&b.username, &hash, role, &audit)
+        .await
+    {
+        Ok(u) => {
+            state.auth.credentials_exist();
+            Ok((StatusCode::CREATED, Json(json!(u))).into_response())
+        }
+        Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(format!(
+            "a user named {:?} exists",
+            b.username
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"users": store(&state)?.list_users().await?})))
+}
+
+async fn disable_user(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let audit = NewAudit::by(
+        identity.id.clone(),
+        "user_disabled",
+        json!({"username": name}),
+    );
+    if store(&state)?.disable_user(&name, &audit).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no enabled user {name:?}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    text: String,
+}
+
+/// A person's note on an incident's timeline, attributed to who authenticated.
+async fn add_note(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| bad("id", format!("{id:?} is not an incident id")))?;
+    let b: NoteBody = body(&bytes)?;
+    let text = b.text.trim();
+    if text.is_empty() || text.chars().count() > 3000 {
+        return Err(bad("text", "must be 1-3,000 characters"));
+    }
+    let store = store(&state)?;
+    match store.incident(id).await {
+        Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no incident {id}"))),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    let now = Utc::now();
+    let entry = NewEntry {
+        incident_id: id,
+        at: now,
+        kind: kind::NOTE,
+        source: identity.id.clone(),
+        summary: text.to_string(),
+        ref_id: format!("note:{}@{}", identity.id, now.timestamp_micros()),
+    };
+    let audit = NewAudit {
+        incident_id: Some(id),
+        ..NewAudit::by(identity.id.clone(), "note_added", json!({"note": text}))
+    };
+    store.record(&[audit], std::slice::from_ref(&entry)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"incident_id": id, "at": now, "kind": entry.kind, "source": entry.source, "summary": entry.summary})),
+    )
+        .into_response())
+}

@@ -1,0 +1,208 @@
+//! Administration from the command line, against the configured store:
+//! machine tokens, local users, and the audit trail's verification. These
+//! are how the first admin token is made on a fresh installation.
+
+use std::io::BufRead;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use firebreak_api::auth;
+use firebreak_domain::access::{Role, Scope};
+use firebreak_domain::duration::Dur;
+use firebreak_store::{NewAudit, StoreError};
+use serde_json::json;
+
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Creates a token and prints it (the only time it is shown).
+    Create {
+        /// What holds it, e.g. alertmanager, checkout-sdk.
+        #[arg(long)]
+        name: String,
+        /// ingest, flags:read, read, edit, operate, admin (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Valid for this long, e.g. 90d; default: until revoked.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Lists tokens (never their secrets).
+    List,
+    /// Revokes a token by id or name.
+    Revoke { token: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Creates a user; the password is read from FIREBREAK_USER_PASSWORD or the first line of stdin.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, editor, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
+    List,
+    /// Disables a user and ends their sessions.
+    Disable {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recomputes the hash chain; exits 1 naming the first row that does not match.
+    Verify,
+}
+
+const CLI: &str = "cli";
+
+pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<()> {
+    let store = crate::open_store(config).await?;
+    match command {
+        TokensCommand::Create {
+            name,
+            scopes,
+            expires_in,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let expires_at = expires_in
+                .as_deref()
+                .map(|d| Dur::parse(d).map(|d| chrono::Utc::now() + d.0))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let (shown, new) = auth::new_token(name, scopes, CLI, expires_at);
+            let audit = NewAudit::by(
+                CLI,
+                "token_created",
+                json!({"token": new.id, "name": new.name, "scopes": new.scopes}),
+            );
+            match store.create_token(&new, &audit).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => {
+                    bail!("a token named {name:?} exists: revoke it first (firebreak tokens revoke {name})")
+                }
+                Err(e) => return Err(e.into()),
+            }
+            eprintln!("token {name} ({}) created; it is shown only now:", new.id);
+            println!("{shown}");
+        }
+        TokensCommand::List => {
+            for t in store.list_tokens().await? {
+                println!(
+                    "{}  {:<24} {:<32} created {} by {}{}{}",
+                    t.id,
+                    t.name,
+                    t.scopes
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    t.created_at.format("%Y-%m-%d"),
+                    t.created_by,
+                    t.expires_at
+                        .map(|e| format!(", expires {}", e.format("%Y-%m-%d")))
+                        .unwrap_or_default(),
+                    if t.revoked_at.is_some() {
+                        ", REVOKED"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        TokensCommand::Revoke { token } => {
+            let audit = NewAudit::by(CLI, "token_revoked", json!({"token": token}));
+            if !store.revoke_token(token, &audit).await? {
+                bail!("no active token {token:?}");
+            }
+            println!("revoked {token} (processes that verified it stop accepting it within 30 s)");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn users(config: &Config, command: &UsersCommand) -> anyhow::Result<()> {
+    let store = crate::open_store(config).await?;
+    match command {
+        UsersCommand::Create { name, role } => {
+            let role = Role::parse(role).map_err(anyhow::Error::msg)?;
+            let password = match std::env::var("FIREBREAK_USER_PASSWORD") {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    eprintln!("password for {name} (one line on stdin):");
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .context("reading the password")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            auth::check_password(&password).map_err(|e| anyhow::anyhow!("the password {e}"))?;
+            let hash = auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+            let audit = NewAudit::by(CLI, "user_created", json!({"username": name, "role": role}));
+            match store.create_user(name, &hash, role, &audit).await {
+                Ok(u) => println!("user {} ({}) created", u.username, u.role),
+                Err(StoreError::Conflict(_)) => bail!("a user named {name:?} exists"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UsersCommand::List => {
+            for u in store.list_users().await? {
+                println!(
+                    "{:<24} {:<9} created {} by {}{}",
+                    u.username,
+                    u.role,
+                    u.created_at.format("%Y-%m-%d"),
+                    u.created_by,
+                    if u.disabled_at.is_some() {
+                        ", DISABLED"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        UsersCommand::Disable { name } => {
+            let audit = NewAudit::by(CLI, "user_disabled", json!({"username": name}));
+            if !store.disable_user(name, &audit).await? {
+                bail!("no enabled user {name:?}");
+            }
+            println!("disabled {name}");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn audit(config: &Config, command: &AuditCommand) -> anyhow::Result<()> {
+    let store = crate::open_store(config).await?;
+    let AuditCommand::Verify = command;
+    let check = store.verify_audit().await?;
+    store.close().await;
+    if check.before_chain > 0 {
+        println!(
+            "{} rows were written before the hash chain began (by an older version)",
+            check.before_chain
+        );
+    }
+    match check.broken {
+        None => {
+            println!("audit trail intact: {} rows verified", check.verified);
+            Ok(())
+        }
+        Some((id, why)) => {
+            bail!(
+                "audit trail broken at row {id}: {why} ({} rows before it verified)",
+                check.verified
+            )
+        }
+    }
+}
