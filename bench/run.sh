@@ -35,7 +35,10 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 run_mode() {
   local mode=$1 dir db ns pid sampler peak_file
   dir=$(mktemp -d)
-  local env_args=(FIREBREAK_LISTEN=127.0.0.1:$port FIREBREAK_DATA_DIR=$dir FIREBREAK_PLAYBOOKS=bench/playbooks RUST_LOG=warn)
+  # Authentication on, as in production: every request carries a bearer token.
+  local token=fbbench-admin-token-0123456789abcdef
+  local env_args=(FIREBREAK_LISTEN=127.0.0.1:$port FIREBREAK_DATA_DIR=$dir FIREBREAK_PLAYBOOKS=bench/playbooks RUST_LOG=warn
+                  FIREBREAK_AUTH__BOOTSTRAP_TOKEN=$token)
   if [ "$mode" = backed ]; then
     db=fbbench_$$; ns=fbbench-$$
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
@@ -60,7 +63,7 @@ run_mode() {
   local results=$out/$mode.jsonl; : > "$results"
   # A run that fails (the generator says why) is reported and the next one goes on.
   b() {
-    if ! "$bin" bench --url "http://127.0.0.1:$port" "$@" | tee /dev/stderr | tail -1 >> "$results"; then
+    if ! "$bin" bench --url "http://127.0.0.1:$port" --token "$token" "$@" | tee /dev/stderr | tail -1 >> "$results"; then
       echo "!! $mode: run failed: $*" >&2
       sed -i '$ { /^{/!d }' "$results"
       grep -a "ERROR\| WARN" "$dir/log" | tail -3 >&2 || true
@@ -87,7 +90,7 @@ run_mode() {
 for m in $modes; do run_mode "$m"; done
 
 if [ "$micro" = 1 ]; then
-  cargo bench -p firebreak-domain -p firebreak-postmortem 2>/dev/null \
+  cargo bench -p firebreak-domain -p firebreak-postmortem -p firebreak-api 2>/dev/null \
     | awk '/^[a-z_]+\// {name=$1} /time:/ && !/%/ { if ($1 == name) print $0; else print name, $0 }' | tee "$out/criterion.txt"
 fi
 

@@ -468,6 +468,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// No authentication configured: a fresh install, loopback only.
+    pub fn without_auth(mut self) -> TestAppBuilder {
+        self.options = self.options.without("FIREBREAK_AUTH__BOOTSTRAP_TOKEN");
+        self
+    }
+
     pub fn roles(mut self, roles: &str) -> TestAppBuilder {
         self.options = self.options.roles(roles);
         self

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -654,4 +655,92 @@ async fn split_roles_with_two_engines_count_each_alert_once() {
     drop((ingest, engine_a, engine_b, api));
     amqp.cleanup().await;
     pg.drop_db().await;
+}
+
+/// A real Alertmanager (Debian's prometheus-alertmanager, 0.25) delivers to
+/// Firebreak with a token that may only send alerts, as the README tells
+/// users to set it up.
+#[tokio::test]
+async fn a_real_alertmanager_delivers_with_an_ingest_only_token() {
+    let app = firebreak_tests::TestApp::embedded().start().await;
+    let fb = &app.fb;
+    let am_token = fb.token("alertmanager", &["ingest"]).await;
+    let (status, _) = am_token.get("/api/v1/incidents").await;
+    assert_eq!(status, 403, "an ingest token reads nothing");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: firebreak\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: firebreak\n    webhook_configs:\n      - url: {}/api/v1/alerts/alertmanager\n        send_resolved: true\n        http_config:\n          authorization:\n            credentials: {}\n",
+            fb.base, am_token.token
+        ),
+    )
+    .unwrap();
+    let port = firebreak_tests::free_port();
+    let bin = ["prometheus-alertmanager", "alertmanager"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .expect("Alertmanager is not installed: apt-get install prometheus-alertmanager (bash tests/run does)");
+    let mut am = Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let am_url = format!("http://127.0.0.1:{port}");
+    eventually("Alertmanager to start", WAIT, || async {
+        anonymous()
+            .get(format!("{am_url}/-/ready"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+    let r = anonymous()
+        .post(format!("{am_url}/api/v2/alerts"))
+        .json(&json!([{
+            "labels": {"alertname": "HighErrorRate", "service": "checkout", "env": "prod", "severity": "critical"},
+            "annotations": {"summary": "5xx rate > 5%"},
+            "generatorURL": "http://prometheus.local/graph",
+        }]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let incident = eventually("the incident from Alertmanager", WAIT, || async {
+        incidents(fb).await.into_iter().next()
+    })
+    .await;
+    let _ = am.kill();
+    let _ = am.wait();
+    assert_eq!(incident["service"], "checkout");
+    let entries = timeline(fb, incident["id"].as_i64().unwrap()).await;
+    assert_eq!(entries[0]["source"], "alertmanager");
+    let (_, tokens) = fb.get("/api/v1/tokens").await;
+    let t = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "alertmanager")
+        .unwrap()
+        .clone();
+    eventually("the token's last use recorded", WAIT, || async {
+        let (_, tokens) = fb.get("/api/v1/tokens").await;
+        tokens["tokens"]
+            .as_array()?
+            .iter()
+            .find(|t| t["name"] == "alertmanager" && t["last_used_at"].is_string())
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(t["scopes"], json!(["ingest"]));
 }
