@@ -274,6 +274,7 @@ async fn logs_stream_in_time_order_within_the_window(h: &Harness) {
             Some("prod"),
             t("2026-11-23T14:10:00Z"),
             t("2026-11-23T14:19:00Z"),
+            None,
             &mut |row| seen.push(row.message),
         )
         .await
@@ -548,6 +549,22 @@ async fn alerts_open_one_incident_per_group(h: &Harness) {
     assert_eq!(kinds.iter().filter(|k| *k == "incident_opened").count(), 1);
     let detail = h.store.incident(checkout.id).await.unwrap();
     assert_eq!(detail.alerts.len(), 2);
+    // The overview counts the alerts instead of listing them.
+    let o = h.store.incident_overview(checkout.id).await.unwrap();
+    assert_eq!((o.alert_count, o.alerts_firing), (2, 2));
+    assert_eq!(
+        o.first_alert,
+        detail.alerts.iter().map(|a| a.starts_at).min()
+    );
+    assert_eq!(
+        (&o.incident, &o.changes, &o.gates, o.timeline_entries),
+        (
+            &detail.incident,
+            &detail.changes,
+            &detail.gates,
+            detail.timeline_entries
+        )
+    );
 }
 
 async fn duplicates_change_nothing(h: &Harness) {
@@ -939,6 +956,10 @@ async fn listing_filters_and_pages(h: &Harness) {
     assert!(resolved.is_empty());
     assert!(matches!(
         h.store.incident(9_999_999).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        h.store.incident_overview(9_999_999).await,
         Err(StoreError::NotFound)
     ));
 }

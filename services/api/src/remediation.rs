@@ -467,6 +467,8 @@ async fn resume(
 struct AuditQuery {
     action: Option<i64>,
     incident: Option<i64>,
+    actor: Option<String>,
+    event: Option<String>,
     before: Option<i64>,
     limit: Option<i64>,
 }
@@ -485,6 +487,8 @@ async fn audit(
         .list_audit(&AuditFilter {
             action_id: q.action,
             incident_id: q.incident,
+            actor: q.actor,
+            event: q.event,
             before_id: q.before,
             limit,
         })

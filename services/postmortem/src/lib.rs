@@ -17,6 +17,7 @@ use serde_json::Value;
 pub mod context;
 pub mod lint;
 pub mod logmine;
+pub mod merge;
 pub mod sections;
 
 pub use sections::Conflict;
@@ -140,6 +141,7 @@ impl Generator {
                         detail.incident.environment.as_deref(),
                         from,
                         to,
+                        None,
                         &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
                     )
                     .await?
@@ -352,6 +354,27 @@ fn code(
 /// person or from a log line) is shown as text, and links and images keep only
 /// http, https, mailto and relative targets.
 pub fn to_html(markdown: &str, title: &str) -> String {
+    let html_body = markdown_html(markdown);
+    let mut escaped_title = String::new();
+    for c in title.chars() {
+        match c {
+            '<' => escaped_title.push_str("&lt;"),
+            '>' => escaped_title.push_str("&gt;"),
+            '&' => escaped_title.push_str("&amp;"),
+            '"' => escaped_title.push_str("&quot;"),
+            c => escaped_title.push(c),
+        }
+    }
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escaped_title}</title>\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
+         <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2rem .4rem}}</style>\
+         </head><body>\n{html_body}</body></html>\n"
+    )
+}
+
+/// The body of [`to_html`]: the document as safe HTML (for previews).
+pub fn markdown_html(markdown: &str) -> String {
     use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag};
     let body = sections::strip_markers(markdown);
     let safe_url = |u: &CowStr<'_>| -> bool {
@@ -395,22 +418,7 @@ pub fn to_html(markdown: &str, title: &str) -> String {
     });
     let mut html_body = String::new();
     html::push_html(&mut html_body, parser);
-    let mut escaped_title = String::new();
-    for c in title.chars() {
-        match c {
-            '<' => escaped_title.push_str("&lt;"),
-            '>' => escaped_title.push_str("&gt;"),
-            '&' => escaped_title.push_str("&amp;"),
-            '"' => escaped_title.push_str("&quot;"),
-            c => escaped_title.push(c),
-        }
-    }
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escaped_title}</title>\
-         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
-         <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2rem .4rem}}</style>\
-         </head><body>\n{html_body}</body></html>\n"
-    )
+    html_body
 }
 
 #[cfg(test)]

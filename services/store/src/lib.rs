@@ -29,9 +29,9 @@ pub mod sqlite;
 pub use firebreak_domain::action::{ActionRow, ActionStatus, NewAction};
 pub use postgres::PgStore;
 pub use remediation::{
-    ActionChange, ActionFilter, AuditCheck, AuditFilter, AuditRow, FlagRow, History, LogRow,
-    NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome, SessionRow,
-    TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
+    ActionChange, ActionFilter, AuditCheck, AuditFilter, AuditRow, FlagRow, History, IncidentTimes,
+    LogRow, NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
+    SessionRow, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
 };
 pub use sqlite::SqliteStore;
 
@@ -152,6 +152,18 @@ pub struct IncidentFilter {
     pub limit: i64,
 }
 
+/// An incident with its alerts counted, not listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentOverview {
+    pub incident: IncidentRow,
+    pub alert_count: i64,
+    pub alerts_firing: i64,
+    pub first_alert: Option<DateTime<Utc>>,
+    pub changes: Vec<DeployEvent>,
+    pub gates: Vec<GateResult>,
+    pub timeline_entries: i64,
+}
+
 /// Everything the detail view of one incident shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncidentDetail {
@@ -173,6 +185,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRow>>;
     async fn incident(&self, id: i64) -> Result<IncidentDetail>;
+    /// The incident without its alert rows: their count, how many fire and
+    /// when the first started (for pages of incidents with many alerts).
+    async fn incident_overview(&self, id: i64) -> Result<IncidentOverview>;
     async fn timeline(&self, incident_id: i64, limit: i64, offset: i64)
         -> Result<Vec<TimelineRow>>;
     /// Events stored per kind, for tests and operators: (alerts, deploys, gates, log lines).
@@ -294,15 +309,19 @@ pub trait Store: Send + Sync + 'static {
     /// Resolved incidents that have no postmortem yet, oldest first.
     async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
     /// Streams the log lines of a service (any environment when `None`) in
-    /// [from, to] to `each`, in time order, without holding them; returns how many.
+    /// [from, to] to `each`, in time order, at most `limit` of them, without
+    /// holding them; returns how many.
     async fn scan_logs(
         &self,
         service: &str,
         environment: Option<&str>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        limit: Option<i64>,
         each: &mut (dyn FnMut(LogRow) + Send),
     ) -> Result<u64>;
+    /// The moments durations are measured between, for these incidents.
+    async fn incident_times(&self, ids: &[i64]) -> Result<Vec<IncidentTimes>>;
     // --- access -------------------------------------------------------------
     /// Stores a token (a duplicate name is `Conflict`), with its audit row.
     async fn create_token(&self, token: &NewToken, audit: &NewAudit) -> Result<TokenRow>;

@@ -110,6 +110,10 @@ pub struct AuditRow {
 pub struct AuditFilter {
     pub action_id: Option<i64>,
     pub incident_id: Option<i64>,
+    /// Exactly this actor (`token:ci`, `user:alice`, `engine`, …).
+    pub actor: Option<String>,
+    /// Exactly this event (`flag_set`, `approved`, …).
+    pub event: Option<String>,
     pub before_id: Option<i64>,
     pub limit: i64,
 }
@@ -259,4 +263,17 @@ pub struct AuditCheck {
     pub before_chain: u64,
     /// The first row that does not match, and why.
     pub broken: Option<(i64, String)>,
+}
+
+/// When an incident's phases ended, for durations in lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentTimes {
+    pub incident_id: i64,
+    pub first_alert: Option<DateTime<Utc>>,
+    /// The latest suspect change that started before the incident opened.
+    pub suspect_at: Option<DateTime<Utc>>,
+    /// The first kill switch or rollback that was executed.
+    pub mitigated_at: Option<DateTime<Utc>>,
+    /// When its last alert ended (when all resolved).
+    pub last_alert_end: Option<DateTime<Utc>>,
 }

@@ -26,9 +26,9 @@ use serde_json::Value;
 
 use crate::{
     ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow,
-    IncidentDetail, IncidentFilter, IncidentRow, LogRow, NewAudit, OpenIncident, PostmortemRow,
-    PostmortemSave, Result, RevisionRow, SaveOutcome, Store, StoreError, StoreTx, TimelineEvent,
-    TimelineRow,
+    IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow, NewAudit, OpenIncident,
+    PostmortemRow, PostmortemSave, Result, RevisionRow, SaveOutcome, Store, StoreError, StoreTx,
+    TimelineEvent, TimelineRow,
 };
 
 /// One bound value. Each dialect encodes it: a time is `timestamptz` on
@@ -686,7 +686,7 @@ impl<D: Dialect> Store for Db<D> {
         decode(&rows, incident_row)
     }
 
-    async fn incident(&self, id: i64) -> Result<IncidentDetail> {
+    async fn incident_overview(&self, id: i64) -> Result<IncidentOverview> {
         let rows = self
             .d
             .read(
@@ -700,22 +700,17 @@ impl<D: Dialect> Store for Db<D> {
         let alerts = self
             .d
             .read(
-                q("SELECT fingerprint, alertname, status, labels, starts_at, ends_at FROM incident_alerts
-                   WHERE incident_id = $1 ORDER BY starts_at, fingerprint")
+                q("SELECT count(*) AS n,
+                          COALESCE(SUM(CASE WHEN status = 'firing' THEN 1 ELSE 0 END), 0) AS firing,
+                          MIN(starts_at) AS first
+                   FROM incident_alerts WHERE incident_id = $1")
                 .bind(id),
             )
             .await?;
-        let alerts = decode(&alerts, |r| {
-            Ok(IncidentAlertRow {
-                fingerprint: r.text("fingerprint")?,
-                alertname: r.text("alertname")?,
-                status: r.text("status")?,
-                labels: r.json("labels")?,
-                starts_at: r.time("starts_at")?,
-                ends_at: r.opt_time("ends_at")?,
-            })
-        })
-        .map_err(in_row("incident_alerts", format!("of incident {id}")))?;
+        let (alert_count, alerts_firing, first_alert) = match alerts.first() {
+            Some(r) => (r.int("n")?, r.int("firing")?, r.opt_time("first")?),
+            None => (0, 0, None),
+        };
         let changes = self
             .d
             .read(
@@ -746,12 +741,44 @@ impl<D: Dialect> Store for Db<D> {
                 .bind(id),
             )
             .await?;
-        Ok(IncidentDetail {
+        Ok(IncidentOverview {
             incident,
-            alerts,
+            alert_count,
+            alerts_firing,
+            first_alert,
             changes: decode(&changes, deploy_row)?,
             gates: decode(&gates, gate_row)?,
             timeline_entries: count.first().map(|r| r.int("n")).transpose()?.unwrap_or(0),
+        })
+    }
+
+    async fn incident(&self, id: i64) -> Result<IncidentDetail> {
+        let o = self.incident_overview(id).await?;
+        let alerts = self
+            .d
+            .read(
+                q("SELECT fingerprint, alertname, status, labels, starts_at, ends_at FROM incident_alerts
+                   WHERE incident_id = $1 ORDER BY starts_at, fingerprint")
+                .bind(id),
+            )
+            .await?;
+        let alerts = decode(&alerts, |r| {
+            Ok(IncidentAlertRow {
+                fingerprint: r.text("fingerprint")?,
+                alertname: r.text("alertname")?,
+                status: r.text("status")?,
+                labels: r.json("labels")?,
+                starts_at: r.time("starts_at")?,
+                ends_at: r.opt_time("ends_at")?,
+            })
+        })
+        .map_err(in_row("incident_alerts", format!("of incident {id}")))?;
+        Ok(IncidentDetail {
+            incident: o.incident,
+            alerts,
+            changes: o.changes,
+            gates: o.gates,
+            timeline_entries: o.timeline_entries,
         })
     }
 
@@ -965,13 +992,16 @@ impl<D: Dialect> Store for Db<D> {
                 q(format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit
                      WHERE ($1 IS NULL OR action_id = $1) AND ($2 IS NULL OR incident_id = $2)
-                       AND ($3 IS NULL OR id < $3)
+                       AND ($3 IS NULL OR id < $3) AND ($5 IS NULL OR actor = $5)
+                       AND ($6 IS NULL OR event = $6)
                      ORDER BY id DESC LIMIT $4"
                 ))
                 .bind(f.action_id)
                 .bind(f.incident_id)
                 .bind(f.before_id)
-                .bind(f.limit),
+                .bind(f.limit)
+                .bind(&f.actor)
+                .bind(&f.event),
             )
             .await?;
         decode(&rows, audit_row)
@@ -1332,16 +1362,18 @@ impl<D: Dialect> Store for Db<D> {
         environment: Option<&str>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        limit: Option<i64>,
         each: &mut (dyn FnMut(LogRow) + Send),
     ) -> Result<u64> {
         let query = q("SELECT at, level, message FROM log_lines
                        WHERE service = $1 AND ($2 IS NULL OR environment IS NULL OR environment = $2)
                          AND at BETWEEN $3 AND $4
-                       ORDER BY at")
+                       ORDER BY at LIMIT $5")
         .bind(service)
         .bind(environment)
         .bind(from)
-        .bind(to);
+        .bind(to)
+        .bind(limit.unwrap_or(i64::MAX));
         self.d
             .stream(query, &mut |r| {
                 each(LogRow {
@@ -1635,6 +1667,39 @@ impl<D: Dialect> Store for Db<D> {
                 prev = Some(stored);
             }
         }
+    }
+
+    async fn incident_times(&self, ids: &[i64]) -> Result<Vec<crate::IncidentTimes>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT i.id,
+                       (SELECT min(al.starts_at) FROM incident_alerts al WHERE al.incident_id = i.id) AS first_alert,
+                       (SELECT max(d.started_at) FROM incident_changes c JOIN deploys d ON d.id = c.deploy_id
+                         WHERE c.incident_id = i.id AND d.started_at <= i.opened_at) AS suspect_at,
+                       (SELECT min(au.at) FROM audit au JOIN actions a ON a.id = au.action_id
+                         WHERE a.incident_id = i.id AND au.event = 'executed'
+                           AND a.kind IN ('kill_switch', 'rollback')) AS mitigated_at,
+                       (SELECT max(al.ends_at) FROM incident_alerts al WHERE al.incident_id = i.id) AS last_end
+                     FROM incidents i WHERE {}",
+                    <D::Tx as DialectTx>::any("i.id", 1)
+                ))
+                .bind(ids.to_vec()),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(crate::IncidentTimes {
+                incident_id: r.int("id")?,
+                first_alert: r.opt_time("first_alert")?,
+                suspect_at: r.opt_time("suspect_at")?,
+                mitigated_at: r.opt_time("mitigated_at")?,
+                last_alert_end: r.opt_time("last_end")?,
+            })
+        })
     }
 
     async fn close(&self) {
