@@ -6,7 +6,8 @@
 # For each mode (embedded: SQLite + embedded queue; backed: PostgreSQL +
 # RabbitMQ on localhost) it starts a release build with bench/playbooks and
 # runs `firebreak bench`: 100-alert webhooks as fast as accepted, 1-alert
-# webhooks as fast as accepted, a 10,000-alert storm in one webhook, and
+# webhooks as fast as accepted, a 10,000-alert storm in one webhook, the web
+# page of an incident with 10,000 timeline entries (30 fetches), and
 # alert-to-kill-switch latency probes under 1,000 alerts/s of background load.
 # It records idle and peak resident memory of the server. Then it runs the
 # criterion micro-benchmarks. Results: bench/results/<mode>.jsonl and
@@ -63,7 +64,7 @@ run_mode() {
   local results=$out/$mode.jsonl; : > "$results"
   # A run that fails (the generator says why) is reported and the next one goes on.
   b() {
-    if ! "$bin" bench --url "http://127.0.0.1:$port" --token "$token" "$@" | tee /dev/stderr | tail -1 >> "$results"; then
+    if ! "$bin" bench --url "http://127.0.0.1:$port" --token "$token" "$@" | tee -a /dev/stderr | tail -1 >> "$results"; then
       echo "!! $mode: run failed: $*" >&2
       sed -i '$ { /^{/!d }' "$results"
       grep -a "ERROR\| WARN" "$dir/log" | tail -3 >&2 || true
@@ -74,6 +75,8 @@ run_mode() {
   b --label "$mode: 100 alerts/webhook" --alerts-per-webhook 100 --connections 16 --duration 10s
   b --label "$mode: 1 alert/webhook" --alerts-per-webhook 1 --connections 64 --duration 10s --deploy-every 0
   b --label "$mode: 10,000-alert storm" --alerts-per-webhook 10000 --connections 1 --webhooks 1 --deploy-every 0
+  b --label "$mode: incident page, 10,000 entries" --alerts-per-webhook 10000 --connections 1 --webhooks 1 --deploy-every 0 \
+    --services 1 --service-prefix page --page-probes 30
   b --label "$mode: kill switch again, store now large" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
   kill "$sampler" 2>/dev/null || true
   echo "{\"bench\":\"memory\",\"label\":\"$mode\",\"idle_rss_mb\":$((idle / 1024)),\"peak_rss_mb\":$(( $(cat "$peak_file") / 1024 ))}" >> "$results"
@@ -110,4 +113,7 @@ for mode in sys.argv[2:]:
         off = ks.get("kill switch off (OFREP)")
         sw = f"{off['p50']:.1f} / {off['p99']:.1f}" if off else ""
         print(f"{r['label']:<40} {r['accepted_per_s']:>11.0f} {r['processed_per_s']:>12.0f} {r['request_ms']['p99']:>11.1f} {sw:>18}")
+        page = r.get("page_ms")
+        if page:
+            print(f"{'  its incident page (' + str(page['entries']) + ' entries)':<40} server render p50 {page['server_p50']:.1f} / p99 {page['server_p99']:.1f} ms, request p50 {page['request_p50']:.1f} / p99 {page['request_p99']:.1f} ms")
 PY

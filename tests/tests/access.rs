@@ -77,7 +77,40 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/login", "public"),
     ("POST", "/api/v1/logout", "authenticated"),
     ("GET", "/api/v1/me", "authenticated"),
+    ("POST", "/api/v1/postmortems/preview", "read"),
+    ("POST", "/api/v1/incidents/{id}/postmortem/presence", "read"),
+    // The web pages.
+    ("GET", "/", "public"),
+    ("GET", "/static/{file}", "public"),
+    ("GET", "/login", "public"),
+    ("POST", "/login", "public"),
+    ("POST", "/logout", "authenticated"),
+    ("GET", "/incidents", "read"),
+    ("GET", "/incidents/{id}", "read"),
+    ("POST", "/incidents/{id}/notes", "edit"),
+    ("POST", "/actions/{id}/approve", "operate"),
+    ("POST", "/actions/{id}/deny", "operate"),
+    ("POST", "/actions/{id}/revert", "operate"),
+    ("GET", "/incidents/{id}/postmortem", "read"),
+    ("POST", "/incidents/{id}/postmortem", "edit"),
+    ("POST", "/incidents/{id}/postmortem/regenerate", "edit"),
+    ("GET", "/incidents/{id}/postmortem/revisions/{rev}", "read"),
+    ("GET", "/flags", "read"),
+    ("GET", "/flags/{key}", "read"),
+    ("POST", "/flags/{key}", "operate"),
+    ("GET", "/playbooks", "read"),
+    ("POST", "/playbooks/test", "read"),
+    ("GET", "/audit", "read"),
 ];
+
+/// A web page (not the API or a protocol): people are sent to sign in, and
+/// forms carry a CSRF token instead of a header.
+fn is_page(route: &str) -> bool {
+    !["/api/", "/ofrep/", "/slack/", "/loki/"]
+        .iter()
+        .any(|p| route.starts_with(p))
+        && !["/metrics", "/healthz", "/readyz"].contains(&route)
+}
 
 /// Who asks: nobody, a token with one scope, or a signed-in person.
 #[derive(Debug, Clone)]
@@ -113,7 +146,7 @@ impl Who {
     }
 
     fn request(&self, method: Method, url: String) -> reqwest::RequestBuilder {
-        let req = anonymous().request(method, url);
+        let req = no_redirects().request(method, url);
         match self {
             Who::Nobody => req,
             Who::Token(_, t) => req.bearer_auth(t),
@@ -178,6 +211,15 @@ fn concrete(route: &str) -> String {
         .replace("{rev}", "1")
         .replace("{key}", "a.flag")
         .replace("{name}", "nobody-at-all")
+        .replace("{file}", "app.css")
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// Every endpoint, asked by nobody, by a token with each scope, and by a
@@ -226,22 +268,52 @@ async fn every_endpoint_with_every_scope_and_role() {
     }
     let mut checked = 0;
     for (method, route, needed) in EXPECTED {
-        if *needed == "slack" || *route == "/api/v1/logout" {
+        if *needed == "slack" || route.ends_with("/logout") {
             continue; // signed by Slack (tests/slack.rs); logout ends the session
         }
+        let page = is_page(route);
         for w in &who {
             let url = format!("{}{}", fb.base, concrete(route));
             let method: Method = method.parse().unwrap();
             let mut req = w.request(method.clone(), url);
-            if method != Method::GET {
+            if method != Method::GET && page {
+                // A page's form, with the session's CSRF token (bearer
+                // tokens need none).
+                let csrf = match w {
+                    Who::Person(_, _, csrf) => csrf.clone(),
+                    _ => String::new(),
+                };
+                req = req
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("csrf_token={csrf}"));
+            } else if method != Method::GET {
                 req = req.json(&json!({}));
             }
-            let status = req.send().await.unwrap().status().as_u16();
+            let response = req.send().await.unwrap();
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
             let what = format!("{} {route} as {}: {status}", method, w.label());
+            let body = if status == 403 || status == 401 {
+                response.text().await.unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let what = format!("{what} {}", &body[..body.len().min(300)]);
             if w.may(needed) {
                 assert!(
                     status != 401 && status != 403,
                     "{what}, expected it to be let through"
+                );
+            } else if matches!(w, Who::Nobody) && page && method == Method::GET {
+                // A browser is sent to sign in, and back afterwards.
+                assert_eq!(status, 303, "{what}");
+                let to = location.unwrap_or_default();
+                assert!(
+                    to.starts_with("/login?next=%2F") || to.starts_with("/login?next=/"),
+                    "{what}: {to}"
                 );
             } else if matches!(w, Who::Nobody) {
                 assert_eq!(status, 401, "{what}");
@@ -440,6 +512,46 @@ async fn cross_site_attempts_are_refused() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 
+    // The web page's form: the CSRF token is a form field, and is required.
+    let page = format!("{}/flags/pay.flow", fb.base);
+    let form = |token: &str| format!("csrf_token={token}&enabled=false&confirm=yes");
+    let post_form = |body: String| {
+        session(no_redirects().post(&page))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let r = post_form("enabled=false&confirm=yes".into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a page form without its CSRF token"
+    );
+    let r = post_form(form("guessed")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a page form with a wrong one");
+    let r = post_form(form(csrf))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a page form from a foreign origin"
+    );
+    let (_, flag) = fb.get("/api/v1/flags/pay.flow").await;
+    assert_eq!(flag["enabled"], true, "nothing changed");
+    let r = post_form(form(csrf))
+        .header("origin", fb.base.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "Firebreak's own form works");
+    let (_, flag) = fb.get("/api/v1/flags/pay.flow").await;
+    assert_eq!(flag["enabled"], false);
+
     // A fresh Firebreak with no authentication configured: the local
     // operator only, and still no cross-site changes.
     let open = TestApp::embedded().without_auth().start().await;
@@ -502,6 +614,20 @@ async fn cross_site_attempts_are_refused() {
         .unwrap();
     let state: Value = state.json().await.unwrap();
     assert_eq!(state["paused"], false, "nothing paused");
+    // A page form posted to localhost by another site's page (no Origin
+    // sent, as some browsers do): refused without the page's CSRF token.
+    let r = anonymous()
+        .post(format!("{}/playbooks/test", fb.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("kind=alert&event=%7B%7D")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "the local operator's forms need the token too"
+    );
 }
 
 #[tokio::test]

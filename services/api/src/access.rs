@@ -95,7 +95,26 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let b: LoginBody = body(&bytes)?;
     let user = state.auth.login(&b.username, &b.password).await?;
-    let store = store(&state)?;
+    let (cookie, csrf, expires) = start_session(&state, &user, &headers).await?;
+    let mut r = Json(json!({
+        "id": format!("user:{}", user.username),
+        "role": user.role,
+        "csrf_token": csrf,
+        "expires_at": expires,
+    }))
+    .into_response();
+    r.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(r)
+}
+
+/// Opens a session for a signed-in user: the cookie to set, its CSRF token
+/// and when it ends. Audited.
+pub(crate) async fn start_session(
+    state: &AppState,
+    user: &firebreak_store::UserRow,
+    headers: &HeaderMap,
+) -> Result<(axum::http::HeaderValue, String, chrono::DateTime<Utc>), ApiError> {
+    let store = store(state)?;
     let value = auth::random_hex(2);
     let csrf = auth::random_hex(1);
     let now = Utc::now();
@@ -114,21 +133,18 @@ async fn login(
             &[],
         )
         .await?;
-    let mut r = Json(json!({
-        "id": format!("user:{}", user.username),
-        "role": user.role,
-        "csrf_token": csrf,
-        "expires_at": now + ttl,
-    }))
-    .into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        state.auth.session_cookie(Some(&value), &headers),
-    );
-    Ok(r)
+    Ok((
+        state.auth.session_cookie(Some(&value), headers),
+        csrf,
+        now + ttl,
+    ))
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Ends the session a request's cookie names (if any); the cookie that clears it.
+pub(crate) async fn end_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<axum::http::HeaderValue, ApiError> {
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()
@@ -138,13 +154,15 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         .find(|(k, _)| *k == SESSION_COOKIE)
         .map(|(_, v)| v.trim().to_string());
     if let Some(v) = cookie {
-        store(&state)?.delete_session(&sha256_hex(&v)).await?;
+        store(state)?.delete_session(&sha256_hex(&v)).await?;
     }
+    Ok(state.auth.session_cookie(None, headers))
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let clear = end_session(&state, &headers).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        state.auth.session_cookie(None, &headers),
-    );
+    r.headers_mut().insert(header::SET_COOKIE, clear);
     Ok(r)
 }
 

@@ -122,6 +122,42 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/users", s(Scope::Admin)),
     ("POST", "/api/v1/users", s(Scope::Admin)),
     ("DELETE", "/api/v1/users/{name}", s(Scope::Admin)),
+    ("POST", "/api/v1/postmortems/preview", s(Scope::Read)),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/postmortem/presence",
+        s(Scope::Read),
+    ),
+    // Pages.
+    ("GET", "/", Public),
+    ("GET", "/static/{file}", Public),
+    ("GET", "/login", Public),
+    ("POST", "/login", Public),
+    ("POST", "/logout", Authenticated),
+    ("GET", "/incidents", s(Scope::Read)),
+    ("GET", "/incidents/{id}", s(Scope::Read)),
+    ("POST", "/incidents/{id}/notes", s(Scope::Edit)),
+    ("POST", "/actions/{id}/approve", s(Scope::Operate)),
+    ("POST", "/actions/{id}/deny", s(Scope::Operate)),
+    ("POST", "/actions/{id}/revert", s(Scope::Operate)),
+    ("GET", "/incidents/{id}/postmortem", s(Scope::Read)),
+    ("POST", "/incidents/{id}/postmortem", s(Scope::Edit)),
+    (
+        "POST",
+        "/incidents/{id}/postmortem/regenerate",
+        s(Scope::Edit),
+    ),
+    (
+        "GET",
+        "/incidents/{id}/postmortem/revisions/{rev}",
+        s(Scope::Read),
+    ),
+    ("GET", "/flags", s(Scope::Read)),
+    ("GET", "/flags/{key}", s(Scope::Read)),
+    ("POST", "/flags/{key}", s(Scope::Operate)),
+    ("GET", "/playbooks", s(Scope::Read)),
+    ("POST", "/playbooks/test", s(Scope::Read)),
+    ("GET", "/audit", s(Scope::Read)),
     ("POST", "/api/v1/login", Public),
     ("POST", "/api/v1/logout", Authenticated),
     ("GET", "/api/v1/me", Authenticated),
@@ -277,6 +313,9 @@ pub struct Auth {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     touched: Mutex<HashMap<String, Instant>>,
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Derives the CSRF token of page forms for identities without a session
+    /// (proxy, local); shared by every process through the store.
+    page_secret: std::sync::RwLock<String>,
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -290,7 +329,7 @@ pub fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -392,7 +431,35 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            page_secret: std::sync::RwLock::new(random_hex(2)),
         }
+    }
+
+    /// Uses the secret every process shares for page CSRF tokens.
+    pub fn set_page_secret(&self, secret: &str) {
+        if let Ok(mut s) = self.page_secret.write() {
+            *s = secret.to_string();
+        }
+    }
+
+    /// The CSRF token of page forms for an identity without a session.
+    pub fn page_csrf(&self, identity: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let secret = self
+            .page_secret
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+            return String::new();
+        };
+        mac.update(identity.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Whether anyone can authenticate; reads the store once more.
@@ -664,7 +731,7 @@ impl Auth {
 
     /// Whether a browser's `Origin` may change state here: Firebreak's own
     /// (the `Host` it was asked at, or `public_url`), or an allowed one.
-    fn origin_allowed(&self, origin: &str, headers: &HeaderMap) -> bool {
+    pub fn origin_allowed(&self, origin: &str, headers: &HeaderMap) -> bool {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         let authority = origin
             .strip_prefix("https://")
@@ -734,8 +801,43 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let page = route.as_deref().is_some_and(crate::pages::is_page);
     match check(&state, &mut req).await {
         Ok(()) => next.run(req).await,
+        Err(e) if page => {
+            // A person in a browser: sign in, or a page that says why.
+            match e {
+                ApiError::Unauthorized(_) if req.method() == Method::GET => {
+                    let target = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_else(|| "/".into());
+                    let encoded: String = target
+                        .bytes()
+                        .map(|b| {
+                            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                                char::from(b).to_string()
+                            } else {
+                                format!("%{b:02X}")
+                            }
+                        })
+                        .collect();
+                    axum::response::Redirect::to(&format!("/login?next={encoded}")).into_response()
+                }
+                ApiError::Unauthorized(m) => {
+                    crate::pages::error_page(axum::http::StatusCode::UNAUTHORIZED, &m)
+                }
+                ApiError::Forbidden(m) => {
+                    crate::pages::error_page(axum::http::StatusCode::FORBIDDEN, &m)
+                }
+                other => other.into_response(),
+            }
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -750,6 +852,7 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
     };
     let method = req.method().clone();
     let needed = access(&method, &route);
+    let page = crate::pages::is_page(&route);
     if matches!(needed, Access::Public | Access::Slack) {
         if needed == Access::Public && unsafe_method(&method) && route.starts_with("/api/") {
             json_or_empty(req.headers())?;
@@ -762,6 +865,7 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let headers = req.headers();
+    let mut req_csrf: Option<String> = None;
     let identity = if let Some(presented) = bearer(headers) {
         auth.token(presented).await?
     } else if let Some(value) = cookie(headers, SESSION_COOKIE) {
@@ -773,7 +877,8 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
             .session(&sha256_hex(value), Utc::now())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("the session has ended: sign in again".into()))?;
-        if unsafe_method(&method) {
+        // Page forms carry the token in the form; their handlers check it.
+        if unsafe_method(&method) && !page {
             let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             if !sent.is_some_and(|t| constant_time_eq(t.as_bytes(), session.csrf_token.as_bytes()))
             {
@@ -782,6 +887,7 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
                 ));
             }
         }
+        req_csrf = Some(session.csrf_token.clone());
         Identity::person(
             format!("user:{}", session.user.username),
             Via::Session,
@@ -816,7 +922,8 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
     let own_body_rules = route.starts_with("/api/v1/alerts")
         || route.starts_with("/api/v1/events")
         || route.starts_with("/ofrep/")
-        || route == "/loki/api/v1/push";
+        || route == "/loki/api/v1/push"
+        || page;
     if unsafe_method(&method) && !own_body_rules {
         json_or_empty(headers)?;
     }
@@ -842,6 +949,11 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
         }
         _ => {}
     }
+    let csrf = crate::pages::PageCsrf {
+        token: req_csrf.unwrap_or_else(|| auth.page_csrf(&identity.id)),
+        exempt: identity.via == Via::Token,
+    };
+    req.extensions_mut().insert(csrf);
     req.extensions_mut().insert(identity);
     Ok(())
 }

@@ -19,6 +19,7 @@ mod error;
 mod incidents;
 mod ingest;
 mod ops;
+pub mod pages;
 mod postmortems;
 mod remediation;
 mod slack;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub remediation: Option<Arc<firebreak_remediation::Remediation>>,
     /// Renders postmortem drafts (api role).
     pub postmortems: Option<Arc<firebreak_postmortem::Generator>>,
+    /// The web pages (api role).
+    pub pages: Option<Arc<pages::Pages>>,
     /// Slack commands and buttons (when a signing secret is configured).
     pub slack: Option<Arc<firebreak_remediation::slack::SlackClient>>,
 }
@@ -61,6 +64,7 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
             .merge(remediation::router())
             .merge(postmortems::router())
             .merge(access::router())
+            .merge(pages::router())
             .merge(slack::router());
     }
     router

@@ -39,7 +39,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/postmortems/lint", post(lint_text))
 }
 
-const STATUSES: [&str; 3] = ["draft", "in_review", "published"];
+pub(crate) const STATUSES: [&str; 3] = ["draft", "in_review", "published"];
 
 fn parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<Generator>), ApiError> {
     let store = state
@@ -199,7 +199,7 @@ fn author(by: &Option<String>, identity: &Identity) -> Result<String, ApiError> 
 }
 
 /// Allowed moves: draft <-> in_review <-> published.
-fn transition_ok(from: &str, to: &str) -> bool {
+pub(crate) fn transition_ok(from: &str, to: &str) -> bool {
     let pos = |s: &str| STATUSES.iter().position(|x| *x == s);
     match (pos(from), pos(to)) {
         (Some(a), Some(b)) => a.abs_diff(b) <= 1,

@@ -50,6 +50,15 @@ pub struct BenchArgs {
     /// --alerts-per-webhook 10000` is a storm in one webhook.
     #[arg(long, default_value_t = 0)]
     pub webhooks: u64,
+    /// Services are named <prefix>-<n>.
+    #[arg(long, default_value = "svc")]
+    pub service_prefix: String,
+    /// After the load, fetch the web page of the newest incident of
+    /// <prefix>-0 this many times and report how long it took (the server's
+    /// own Server-Timing and the whole request). With `--services 1` and a
+    /// storm, that is an incident with as many timeline entries as alerts.
+    #[arg(long, default_value_t = 0)]
+    pub page_probes: usize,
     /// A label for this run in the output.
     #[arg(long, default_value = "run")]
     pub label: String,
@@ -70,12 +79,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn webhook(run: &str, seq: u64, per: usize, services: usize, status: &str) -> Value {
+fn webhook(run: &str, seq: u64, per: usize, services: (&str, usize), status: &str) -> Value {
     let now = Utc::now().to_rfc3339();
     let alerts: Vec<Value> = (0..per)
         .map(|i| {
             let n = seq * per as u64 + i as u64;
-            let service = format!("svc-{}", n % services as u64);
+            let service = format!("{}-{}", services.0, n % services.1 as u64);
             json!({
                 "status": status,
                 "labels": {"alertname": "BenchHighErrorRate", "service": service, "env": "bench", "severity": "warning", "instance": format!("10.0.{}.{}:9100", n % 250, n % 199)},
@@ -170,7 +179,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 if args.webhooks > 0 && n >= args.webhooks {
                     break;
                 }
-                let body = webhook(&run_id, n, args.alerts_per_webhook, args.services, "firing");
+                let body = webhook(
+                    &run_id,
+                    n,
+                    args.alerts_per_webhook,
+                    (&args.service_prefix, args.services),
+                    "firing",
+                );
                 let t0 = Instant::now();
                 let req = http.post(format!("{url}/api/v1/alerts/alertmanager")).json(&body);
                 shared.sent_alerts.fetch_add(args.alerts_per_webhook as u64, Ordering::Relaxed);
@@ -186,7 +201,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                 }
                 if args.deploy_every > 0 && n % args.deploy_every == 0 {
-                    let service = format!("svc-{}", n % args.services as u64);
+                    let service = format!("{}-{}", args.service_prefix, n % args.services as u64);
                     let at = Utc::now().to_rfc3339();
                     let _ = http
                         .post(format!("{url}/api/v1/events/deploy"))
@@ -246,6 +261,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let all_secs = start.elapsed().as_secs_f64();
     let processed = processed_now - processed_before;
+    let page = if args.page_probes > 0 {
+        Some(
+            probe_page(
+                &http,
+                &url,
+                &format!("{}-0", args.service_prefix),
+                args.page_probes,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let mut lat = shared
         .latencies_us
         .lock()
@@ -268,6 +296,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "failed_requests": shared.failed_requests.load(Ordering::Relaxed),
         "request_ms": {"p50": ms(percentile(&lat, 0.5)), "p90": ms(percentile(&lat, 0.9)), "p99": ms(percentile(&lat, 0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
         "kill_switch_ms": probe_result,
+        "page_ms": page,
     });
     println!("{:<28} {}", "run", args.label);
     println!(
@@ -319,8 +348,77 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(p) = &page {
+        println!(
+            "{:<28} server p50 {:.1} / p99 {:.1} ms, request p50 {:.1} / p99 {:.1} ms ({} timeline entries, {} fetches)",
+            "incident page",
+            p["server_p50"].as_f64().unwrap_or(0.0),
+            p["server_p99"].as_f64().unwrap_or(0.0),
+            p["request_p50"].as_f64().unwrap_or(0.0),
+            p["request_p99"].as_f64().unwrap_or(0.0),
+            p["entries"],
+            p["n"]
+        );
+    }
     println!("{report}");
     Ok(())
+}
+
+/// Fetches the newest incident of `service`'s web page `n` times, one after
+/// another: the server's render time (its Server-Timing header) and the
+/// whole request, in milliseconds.
+async fn probe_page(
+    http: &reqwest::Client,
+    url: &str,
+    service: &str,
+    n: usize,
+) -> anyhow::Result<Value> {
+    let list: Value = http
+        .get(format!("{url}/api/v1/incidents"))
+        .query(&[("service", service), ("limit", "1")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let Some(id) = list["incidents"][0]["id"].as_i64() else {
+        anyhow::bail!("no incident for {service} to fetch the page of");
+    };
+    let detail: Value = http
+        .get(format!("{url}/api/v1/incidents/{id}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let (mut server, mut request) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let r = http.get(format!("{url}/incidents/{id}")).send().await?;
+        let dur = r
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("total;dur=").nth(1))
+            .and_then(|d| d.split(',').next())
+            .and_then(|d| d.trim().parse::<f64>().ok());
+        let status = r.status();
+        let body = r.bytes().await?;
+        if !status.is_success() {
+            anyhow::bail!("GET /incidents/{id} answered {status}");
+        }
+        request.push(t0.elapsed().as_micros() as u64);
+        server.push((dur.unwrap_or(0.0) * 1000.0) as u64);
+        std::hint::black_box(body);
+    }
+    server.sort_unstable();
+    request.sort_unstable();
+    let ms = |v: &[u64], p| percentile(v, p) as f64 / 1000.0;
+    Ok(json!({
+        "incident": id, "entries": detail["counts"]["timeline_entries"], "n": n,
+        "server_p50": ms(&server, 0.5), "server_p99": ms(&server, 0.99),
+        "request_p50": ms(&request, 0.5), "request_p99": ms(&request, 0.99),
+    }))
 }
 
 /// Sends probe alerts one at a time and times two moments: OFREP answers

@@ -389,6 +389,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .as_ref()
         .map(|store| Arc::new(Generator::new(store.clone(), config.postmortem.clone())));
 
+    let pages = match (&store, roles.api) {
+        (Some(store), true) => {
+            let pages = firebreak_api::pages::Pages::load(Some(&config.postmortem.templates))
+                .map_err(|e| anyhow::anyhow!("a page template does not compile: {e}"))?;
+            auth.set_page_secret(&page_secret(store.as_ref()).await?);
+            Some(Arc::new(pages))
+        }
+        _ => None,
+    };
+
     let mut background = Vec::new();
     if let (Some(store), Some(bus), true) = (&store, &bus, roles.engine) {
         let mut engine = Engine::new(
@@ -441,6 +451,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         remediation,
         postmortems,
         slack,
+        pages,
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
     let http_shutdown = shutdown.clone();
@@ -519,4 +530,25 @@ async fn draft_loop(
             }
         }
     }
+}
+
+/// The key page forms' CSRF tokens are derived with, for identities without
+/// a session (tokens, the proxy, local mode): made once, kept in the store
+/// so every process and restart agrees.
+async fn page_secret(store: &dyn firebreak_store::Store) -> anyhow::Result<String> {
+    const KEY: &str = "page_csrf_secret";
+    if let Some(s) = store
+        .setting(KEY)
+        .await
+        .context("reading the page secret")?
+    {
+        return Ok(s);
+    }
+    let fresh = firebreak_api::auth::random_hex(2);
+    store
+        .put_setting(KEY, &fresh)
+        .await
+        .context("saving the page secret")?;
+    // Another process may have raced: everyone uses what the store holds.
+    Ok(store.setting(KEY).await?.unwrap_or(fresh))
 }

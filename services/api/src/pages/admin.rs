@@ -1,0 +1,453 @@
+//! Signing in and out, the built-in kill switches, the playbooks (with a
+//! dry run of a pasted event) and the audit trail.
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::Utc;
+use firebreak_domain::playbook::{Facts, Trigger, Verdict};
+use firebreak_domain::{decode, Decoded, EventKind};
+use firebreak_store::{ActionFilter, AuditFilter};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    base, check_csrf, form, safe_next, state_parts, when, Confirmed, Csrf, Id, Ident, PageResult,
+    Refusal, St,
+};
+
+#[derive(Deserialize, Default)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+fn login_page(
+    state: &crate::AppState,
+    next: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let Some(pages) = &state.pages else {
+        return Refusal::not_found("pages are served by the api role").into_response();
+    };
+    pages.render_status(
+        status,
+        "login",
+        &json!({"title": "Sign in", "next": next, "error": error,
+                "proxy": state.auth.config().proxy.is_some(),
+                "open": !state.auth.required()}),
+    )
+}
+
+pub async fn login_form(
+    axum::extract::State(state): St,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> PageResult {
+    let next = safe_next(q.next.as_deref());
+    Ok(login_page(&state, &next, None, StatusCode::OK))
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    username: String,
+    password: String,
+    next: Option<String>,
+}
+
+pub async fn login(
+    axum::extract::State(state): St,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> PageResult {
+    // A sign-in form posted from another site would sign the browser in as
+    // someone else: only Firebreak's own page may post it.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        if !state.auth.origin_allowed(origin, &headers) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "sign in from Firebreak's own page",
+            ));
+        }
+    }
+    let f: LoginForm = form(&bytes)?;
+    let next = safe_next(f.next.as_deref());
+    let user = match state.auth.login(f.username.trim(), &f.password).await {
+        Ok(u) => u,
+        Err(crate::ApiError::TooManyRequests(m)) => {
+            return Ok(login_page(
+                &state,
+                &next,
+                Some(&m),
+                StatusCode::TOO_MANY_REQUESTS,
+            ))
+        }
+        Err(crate::ApiError::Unauthorized(m)) => {
+            return Ok(login_page(
+                &state,
+                &next,
+                Some(&m),
+                StatusCode::UNAUTHORIZED,
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match crate::access::start_session(&state, &user, &headers).await {
+        Ok((cookie, _, _)) => {
+            let mut r = Redirect::to(&next).into_response();
+            r.headers_mut().insert(header::SET_COOKIE, cookie);
+            Ok(r)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn logout(
+    axum::extract::State(state): St,
+    axum::Extension(csrf): Csrf,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> PageResult {
+    let f: Confirmed = form(&bytes).unwrap_or_default();
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    match crate::access::end_session(&state, &headers).await {
+        Ok(clear) => {
+            let mut r = Redirect::to("/login").into_response();
+            r.headers_mut().insert(header::SET_COOKIE, clear);
+            Ok(r)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn flags(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let flags = match store.list_flags().await {
+        Ok(f) => f,
+        Err(e) => return Err(e.into()),
+    };
+    let mut ctx = base(&identity, &csrf, "Kill switches", "flags");
+    ctx.insert(
+        "flags".into(),
+        json!(flags
+            .iter()
+            .map(
+                |f| json!({"key": f.key, "enabled": f.enabled, "description": f.description,
+                            "updated": when(f.updated_at), "updated_by": f.updated_by})
+            )
+            .collect::<Vec<_>>()),
+    );
+    Ok(pages.render("flags", &Value::Object(ctx)))
+}
+
+pub async fn flag(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(key): Id,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let f = match store.flag(&key).await {
+        Ok(f) => f,
+        Err(firebreak_store::StoreError::NotFound) => {
+            return Err(Refusal::not_found(format!("There is no flag {key:?}.")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let history = store
+        .list_audit(&AuditFilter {
+            event: Some("flag_set".into()),
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    let history: Vec<Value> = history
+        .iter()
+        .filter(|a| a.entry.detail["flag"] == key.as_str())
+        .take(100)
+        .map(|a| {
+            json!({"at": when(a.entry.at), "actor": a.entry.actor,
+                        "enabled": a.entry.detail["enabled"] == true})
+        })
+        .collect();
+    let mut ctx = base(&identity, &csrf, &format!("Kill switch {key}"), "flags");
+    ctx.insert(
+        "flag".into(),
+        json!({"key": f.key, "enabled": f.enabled, "description": f.description,
+               "updated": when(f.updated_at), "updated_by": f.updated_by}),
+    );
+    ctx.insert("history".into(), json!(history));
+    Ok(pages.render("flag", &Value::Object(ctx)))
+}
+
+#[derive(Deserialize)]
+pub struct FlagForm {
+    csrf_token: Option<String>,
+    enabled: String,
+    confirm: Option<String>,
+}
+
+pub async fn set_flag(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(key): Id,
+    bytes: Bytes,
+) -> PageResult {
+    let f: FlagForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    if f.confirm.is_none() {
+        return Err(Refusal::bad(
+            "Tick the confirmation box, then submit again.",
+        ));
+    }
+    let Some(remediation) = state.remediation.clone() else {
+        return Err(Refusal::not_found("flags are served by the api role"));
+    };
+    let enabled = f.enabled == "true";
+    match remediation.set_flag(&identity, &key, enabled, None).await {
+        Ok(_) => Ok(Redirect::to("/flags").into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn playbooks(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let mut ctx = base(&identity, &csrf, "Playbooks", "playbooks");
+    playbooks_context(&state, store.as_ref(), &mut ctx).await;
+    Ok(pages.render("playbooks", &Value::Object(ctx)))
+}
+
+async fn playbooks_context(
+    state: &crate::AppState,
+    store: &dyn firebreak_store::Store,
+    ctx: &mut serde_json::Map<String, Value>,
+) {
+    let recent = store
+        .list_actions(&ActionFilter {
+            limit: 500,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    let Some(set) = &state.playbooks else {
+        ctx.insert("configured".into(), json!(false));
+        return;
+    };
+    let loaded = set.current();
+    let books: Vec<Value> = loaded
+        .view()
+        .into_iter()
+        .map(|p| {
+            let runs: Vec<Value> = recent
+                .iter()
+                .filter(|a| a.playbook == p.name)
+                .take(5)
+                .map(|a| json!({"id": a.id, "status": a.status.as_str(), "describe": a.spec.describe,
+                                "at": when(a.created_at), "incident": a.incident_id}))
+                .collect();
+            json!({"name": p.name, "file": p.file, "version": p.version, "description": p.description,
+                   "trigger": p.trigger, "steps": p.steps, "stale": p.stale, "runs": runs})
+        })
+        .collect();
+    ctx.insert("configured".into(), json!(true));
+    ctx.insert("dir".into(), json!(loaded.dir));
+    ctx.insert("playbooks".into(), json!(books));
+    ctx.insert(
+        "errors".into(),
+        json!(loaded
+            .errors
+            .iter()
+            .map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "message": e.message}))
+            .collect::<Vec<_>>()),
+    );
+}
+
+#[derive(Deserialize)]
+pub struct TestForm {
+    csrf_token: Option<String>,
+    kind: String,
+    event: String,
+}
+
+/// A dry run: which playbooks a pasted event would match, and what their
+/// steps would do. Nothing is stored or claimed.
+pub async fn test_playbooks(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    bytes: Bytes,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let f: TestForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let kind = match f.kind.as_str() {
+        "alert" => EventKind::Alert,
+        "deploy" => EventKind::Deploy,
+        "gate" => EventKind::Gate,
+        _ => return Err(Refusal::bad("kind: alert, deploy or gate")),
+    };
+    let now = Utc::now();
+    let mut ctx = base(&identity, &csrf, "Playbooks", "playbooks");
+    ctx.insert("tested".into(), json!({"kind": f.kind, "event": f.event}));
+    let decoded = match decode(kind, f.event.as_bytes(), now) {
+        Ok(d) => d,
+        Err(e) => {
+            ctx.insert("test_error".into(), json!(e.to_string()));
+            playbooks_context(&state, store.as_ref(), &mut ctx).await;
+            return Ok(pages.render_status(
+                StatusCode::BAD_REQUEST,
+                "playbooks",
+                &Value::Object(ctx),
+            ));
+        }
+    };
+    let triggers: Vec<Trigger<'_>> = match &decoded {
+        Decoded::Alerts(a) => a.iter().map(Trigger::Alert).collect(),
+        Decoded::Deploys(d) => d.iter().map(Trigger::Deploy).collect(),
+        Decoded::Gates(g) => g.iter().map(Trigger::Gate).collect(),
+        Decoded::Logs(_) => Vec::new(),
+    };
+    let mut results = Vec::new();
+    if let Some(set) = &state.playbooks {
+        let loaded = set.current();
+        let mut cache = firebreak_remediation::facts::DeployCache::default();
+        let mut tx = match store.begin().await {
+            Ok(t) => t,
+            Err(e) => return Err(e.into()),
+        };
+        for t in &triggers {
+            let known = match t.service() {
+                Some(service) => cache
+                    .facts(tx.as_mut(), service, t.environment(), t.at(), None, now)
+                    .await
+                    .unwrap_or_default(),
+                None => Default::default(),
+            };
+            for pb in &loaded.playbooks {
+                let verdict = pb.evaluate(
+                    t,
+                    &Facts {
+                        latest_deploy: known.suspect.as_ref(),
+                    },
+                    now,
+                );
+                let (outcome, why) = match &verdict {
+                    Verdict::Match => ("would act", None),
+                    Verdict::Unmet(why) => ("matched, would not act", Some(why.clone())),
+                    Verdict::NoMatch => continue,
+                };
+                results.push(json!({
+                    "trigger": t.describe(), "playbook": pb.name(), "outcome": outcome, "why": why,
+                    "acts": verdict == Verdict::Match,
+                    "steps": pb.spec.steps.iter().map(|s| s.action.describe()).collect::<Vec<_>>(),
+                }));
+            }
+        }
+        drop(tx); // read only: nothing was written
+    }
+    ctx.insert("results".into(), json!(results));
+    ctx.insert("triggers".into(), json!(triggers.len()));
+    playbooks_context(&state, store.as_ref(), &mut ctx).await;
+    Ok(pages.render("playbooks", &Value::Object(ctx)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    action: Option<String>,
+    incident: Option<String>,
+    actor: Option<String>,
+    event: Option<String>,
+    before: Option<i64>,
+}
+
+pub async fn audit(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    q: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let q = match q {
+        Ok(q) => q.0,
+        Err(e) => return Err(Refusal::bad(e.body_text())),
+    };
+    let num = |s: &Option<String>, field: &str| -> Result<Option<i64>, Refusal> {
+        match s.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| Refusal::bad(format!("{field}: {v:?} is not a number"))),
+        }
+    };
+    let (action, incident) = match (num(&q.action, "action"), num(&q.incident, "incident")) {
+        (Ok(a), Ok(i)) => (a, i),
+        (Err(r), _) | (_, Err(r)) => return Err(r),
+    };
+    let text = |s: &Option<String>| {
+        s.clone()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let rows = match store
+        .list_audit(&AuditFilter {
+            action_id: action,
+            incident_id: incident,
+            actor: text(&q.actor),
+            event: text(&q.event),
+            before_id: q.before,
+            limit: 200,
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(e.into()),
+    };
+    let next = (rows.len() == 200)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    let mut ctx = base(&identity, &csrf, "Audit trail", "audit");
+    ctx.insert(
+        "entries".into(),
+        json!(rows
+            .iter()
+            .map(|r| json!({"id": r.id, "at": when(r.entry.at), "actor": r.entry.actor, "event": r.entry.event,
+                            "action": r.entry.action_id, "incident": r.entry.incident_id,
+                            "playbook": r.entry.playbook, "detail": r.entry.detail.to_string()}))
+            .collect::<Vec<_>>()),
+    );
+    ctx.insert(
+        "filter".into(),
+        json!({"action": q.action, "incident": q.incident, "actor": q.actor, "event": q.event}),
+    );
+    // The link to older rows keeps the filters, URL-encoded.
+    let older = next.map(|before| {
+        let mut pairs = vec![("before", before.to_string())];
+        for (k, v) in [
+            ("action", &q.action),
+            ("incident", &q.incident),
+            ("actor", &q.actor),
+            ("event", &q.event),
+        ] {
+            if let Some(v) = text(v) {
+                pairs.push((k, v));
+            }
+        }
+        format!(
+            "/audit?{}",
+            serde_urlencoded::to_string(&pairs).unwrap_or_default()
+        )
+    });
+    ctx.insert("older".into(), json!(older));
+    Ok(pages.render("audit", &Value::Object(ctx)))
+}

@@ -1,0 +1,449 @@
+//! The postmortem editor: Markdown with a preview, the blameless check's
+//! findings by line with their suggestions, the status workflow, revisions
+//! with diffs, exports — and saving that never loses a word: a save made
+//! from an older revision is merged three ways with what was saved since
+//! (different lines combine by themselves; the same lines are shown side by
+//! side to resolve).
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use chrono::Utc;
+use firebreak_postmortem::lint;
+use firebreak_postmortem::merge::{merge3, Merged, OURS_MARK, THEIRS_MARK};
+use firebreak_store::{PostmortemRow, PostmortemSave, SaveOutcome, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    base, check_csrf, error_page, form, state_parts, when, Csrf, Id, Ident, PageResult, Refusal, St,
+};
+use crate::postmortems::{transition_ok, STATUSES};
+use crate::ApiError;
+
+fn incident_id(raw: &str) -> Result<i64, Refusal> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| Refusal::bad("not an incident id"))
+}
+
+/// Findings by line, with the line's text, for showing next to the source.
+fn findings(markdown: &str, people: &[String]) -> Vec<Value> {
+    let lines: Vec<&str> = markdown.lines().collect();
+    lint::check(markdown, people)
+        .into_iter()
+        .map(|f| {
+            json!({
+                "line": f.line, "column": f.column, "text": f.text, "rule": f.rule,
+                "message": f.message, "suggestion": f.suggestion,
+                "source": lines.get(f.line.saturating_sub(1)).copied().unwrap_or(""),
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize, Default)]
+pub struct EditorQuery {
+    saved: Option<i64>,
+    merged: Option<String>,
+}
+
+pub async fn editor(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    axum::extract::Query(q): axum::extract::Query<EditorQuery>,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let id = incident_id(&id)?;
+    let incident = match store.incident_overview(id).await {
+        Ok(d) => d.incident,
+        Err(StoreError::NotFound) => {
+            return Err(Refusal::not_found(format!("There is no incident #{id}.")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pm = match store.postmortem(id).await {
+        Ok(p) => p,
+        Err(e) => return Err(e.into()),
+    };
+    let people = match &state.postmortems {
+        Some(g) => g.people(id).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut ctx = base(&identity, &csrf, &format!("Postmortem #{id}"), "incidents");
+    ctx.insert(
+        "incident".into(),
+        json!({"id": id, "title": incident.title, "status": incident.status}),
+    );
+    ctx.insert("saved".into(), json!(q.saved));
+    ctx.insert("merged".into(), json!(q.merged.is_some()));
+    match pm {
+        None => {
+            ctx.insert("postmortem".into(), Value::Null);
+        }
+        Some(pm) => {
+            let revisions = store.postmortem_revisions(id).await.unwrap_or_default();
+            let statuses: Vec<Value> = STATUSES
+                .iter()
+                .map(|s| {
+                    json!({"name": s, "label": s.replace('_', " "), "current": *s == pm.status,
+                           "reachable": *s != pm.status && transition_ok(&pm.status, s)})
+                })
+                .collect();
+            ctx.insert(
+                "postmortem".into(),
+                json!({
+                    "revision": pm.revision, "status": pm.status, "markdown": pm.markdown,
+                    "updated_by": pm.updated_by, "updated": when(pm.updated_at),
+                    "preview": firebreak_postmortem::markdown_html(&pm.markdown),
+                }),
+            );
+            ctx.insert("statuses".into(), json!(statuses));
+            ctx.insert("findings".into(), json!(findings(&pm.markdown, &people)));
+            ctx.insert(
+                "revisions".into(),
+                json!(revisions
+                    .iter()
+                    .rev()
+                    .map(
+                        |r| json!({"revision": r.revision, "kind": r.kind, "status": r.status,
+                                    "author": r.author, "at": when(r.created_at)})
+                    )
+                    .collect::<Vec<_>>()),
+            );
+        }
+    }
+    Ok(pages.render("editor", &Value::Object(ctx)))
+}
+
+#[derive(Deserialize)]
+pub struct SaveForm {
+    csrf_token: Option<String>,
+    base_revision: i64,
+    markdown: String,
+    status: Option<String>,
+}
+
+pub async fn save(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    bytes: Bytes,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let id = incident_id(&id)?;
+    let f: SaveForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    // Browsers send CRLF from text areas; the document keeps LF.
+    let mine = f.markdown.replace("\r\n", "\n");
+    if mine.len() > 5 * 1024 * 1024 {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The draft is larger than 5 MiB.",
+        ));
+    }
+    // Three tries: a save that lost a race with another merges again.
+    for _ in 0..3 {
+        let current = match store.postmortem(id).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(Refusal::not_found("This incident has no draft yet.")),
+            Err(e) => return Err(e.into()),
+        };
+        let status = f
+            .status
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| current.status.clone());
+        if !STATUSES.contains(&status.as_str())
+            || (status != current.status && !transition_ok(&current.status, &status))
+        {
+            return Err(Refusal::bad(format!(
+                "A draft goes draft → in review → published one step at a time; it is {} now.",
+                current.status.replace('_', " ")
+            )));
+        }
+        if has_markers(&mine) {
+            let view = Conflict {
+                id,
+                current: &current,
+                mine: &mine,
+                resolution: &mine,
+                clashes: &[],
+                problem: Some("The draft still has a clash marked in it (a line <<<<<<< yours or >>>>>>> saved meanwhile). Keep the version you want, delete the marker lines, and save again. Nothing was saved."),
+            };
+            return Ok(conflict(pages, &identity, &csrf, &view));
+        }
+        let (text, merged) = if f.base_revision == current.revision {
+            (mine.clone(), false)
+        } else {
+            let base = match base_text(store.as_ref(), id, f.base_revision).await {
+                Ok(b) => b,
+                Err(e) => return Err(e.into()),
+            };
+            match merge3(&base, &mine, &current.markdown) {
+                Merged::Clean(t) => (t, true),
+                Merged::Clashes(marked, clashes) => {
+                    let view = Conflict {
+                        id,
+                        current: &current,
+                        mine: &mine,
+                        resolution: &marked,
+                        clashes: &clashes,
+                        problem: None,
+                    };
+                    return Ok(conflict(pages, &identity, &csrf, &view));
+                }
+            }
+        };
+        let kind = if text == current.markdown {
+            "status"
+        } else if merged {
+            "merged"
+        } else {
+            "edited"
+        };
+        match store
+            .save_postmortem(&PostmortemSave {
+                incident_id: id,
+                expected_revision: Some(current.revision),
+                markdown: text,
+                status,
+                generated: None,
+                author: identity.id.clone(),
+                kind: kind.into(),
+                at: Utc::now(),
+            })
+            .await
+        {
+            Ok(SaveOutcome::Saved(pm)) => {
+                let merged = if merged { "&merged=1" } else { "" };
+                return Ok(Redirect::to(&format!(
+                    "/incidents/{id}/postmortem?saved={}{merged}",
+                    pm.revision
+                ))
+                .into_response());
+            }
+            Ok(SaveOutcome::Stale(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(error_page(
+        StatusCode::CONFLICT,
+        "The draft keeps changing under this save; reload and try again.",
+    ))
+}
+
+async fn base_text(
+    store: &dyn firebreak_store::Store,
+    id: i64,
+    rev: i64,
+) -> Result<String, ApiError> {
+    store
+        .postmortem_revisions(id)
+        .await?
+        .into_iter()
+        .find(|r| r.revision == rev)
+        .map(|r| r.markdown)
+        .ok_or_else(|| ApiError::BadRequest {
+            field: Some("base_revision".into()),
+            message: format!("there is no revision {rev} to merge from"),
+        })
+}
+
+/// What the resolve page shows.
+struct Conflict<'a> {
+    id: i64,
+    current: &'a PostmortemRow,
+    /// The text as its author submitted it.
+    mine: &'a str,
+    /// The text to resolve: both versions of each clash between markers.
+    resolution: &'a str,
+    clashes: &'a [firebreak_postmortem::merge::Clash],
+    /// Why the page is shown again, when it is.
+    problem: Option<&'a str>,
+}
+
+/// The same lines were changed by both: show both, side by side, and a
+/// text to resolve them in, to be saved on top of the current revision.
+fn conflict(
+    pages: &super::Pages,
+    identity: &firebreak_domain::access::Identity,
+    csrf: &super::PageCsrf,
+    c: &Conflict<'_>,
+) -> Response {
+    let id = c.id;
+    let mut ctx = base(
+        identity,
+        csrf,
+        &format!("Postmortem #{id}: resolve"),
+        "incidents",
+    );
+    ctx.insert("incident".into(), json!({"id": id}));
+    ctx.insert(
+        "current".into(),
+        json!({"revision": c.current.revision, "updated_by": c.current.updated_by,
+               "updated": when(c.current.updated_at), "status": c.current.status}),
+    );
+    ctx.insert(
+        "clashes".into(),
+        json!(c
+            .clashes
+            .iter()
+            .map(
+                |c| json!({"line": c.base_line, "ours": c.ours, "theirs": c.theirs, "base": c.base})
+            )
+            .collect::<Vec<_>>()),
+    );
+    ctx.insert("resolution".into(), json!(c.resolution));
+    ctx.insert("yours".into(), json!(c.mine));
+    ctx.insert("problem".into(), json!(c.problem));
+    let status = if c.problem.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::CONFLICT
+    };
+    pages.render_status(status, "conflict", &Value::Object(ctx))
+}
+
+/// Whether a text still has a clash marked in it.
+fn has_markers(text: &str) -> bool {
+    text.lines()
+        .any(|l| l == OURS_MARK.trim_end() || l == THEIRS_MARK.trim_end())
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf_token: Option<String>,
+}
+
+pub async fn regenerate(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    bytes: Bytes,
+) -> PageResult {
+    let f: CsrfForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let id = incident_id(&id)?;
+    let Some(generator) = state.postmortems.clone() else {
+        return Err(Refusal::not_found("drafts are written by the api role"));
+    };
+    match generator.generate(id, &identity.id).await {
+        Ok(g) => Ok(Redirect::to(&format!(
+            "/incidents/{id}/postmortem?saved={}",
+            g.postmortem.revision
+        ))
+        .into_response()),
+        Err(e) => Ok(error_page(StatusCode::BAD_REQUEST, &e.to_string())),
+    }
+}
+
+pub async fn revision(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path((id, rev)): axum::extract::Path<(String, String)>,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let id = incident_id(&id)?;
+    let Ok(rev) = rev.parse::<i64>() else {
+        return Err(Refusal::bad("not a revision number"));
+    };
+    let revs = match store.postmortem_revisions(id).await {
+        Ok(r) => r,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(r) = revs.iter().find(|r| r.revision == rev) else {
+        return Err(Refusal::not_found(format!("There is no revision {rev}.")));
+    };
+    let previous = revs
+        .iter()
+        .filter(|p| p.revision < rev)
+        .max_by_key(|p| p.revision);
+    let diff = similar::TextDiff::from_lines(
+        previous.map(|p| p.markdown.as_str()).unwrap_or(""),
+        &r.markdown,
+    );
+    let lines: Vec<Value> = diff
+        .iter_all_changes()
+        .map(|c| {
+            let class = match c.tag() {
+                similar::ChangeTag::Delete => "del",
+                similar::ChangeTag::Insert => "ins",
+                similar::ChangeTag::Equal => "same",
+            };
+            json!({"class": class, "text": c.value().trim_end_matches('\n')})
+        })
+        .collect();
+    let mut ctx = base(
+        &identity,
+        &csrf,
+        &format!("Postmortem #{id}, revision {rev}"),
+        "incidents",
+    );
+    ctx.insert("incident".into(), json!({"id": id}));
+    ctx.insert(
+        "revision".into(),
+        json!({"revision": r.revision, "kind": r.kind, "status": r.status, "author": r.author,
+               "at": when(r.created_at), "previous": previous.map(|p| p.revision)}),
+    );
+    ctx.insert("lines".into(), json!(lines));
+    Ok(pages.render("revision", &Value::Object(ctx)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewBody {
+    markdown: String,
+    #[serde(default)]
+    incident_id: Option<i64>,
+}
+
+/// `POST /api/v1/postmortems/preview`: the Markdown as the page shows it
+/// (sanitized HTML) and the blameless check's findings.
+pub async fn preview(
+    axum::extract::State(state): St,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let body: PreviewBody =
+        serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
+            field: Some(e.path().to_string()).filter(|p| p != "."),
+            message: e.inner().to_string(),
+        })?;
+    if body.markdown.len() > 5 * 1024 * 1024 {
+        return Err(ApiError::PayloadTooLarge(5 * 1024 * 1024));
+    }
+    let people = match (&state.postmortems, body.incident_id) {
+        (Some(g), Some(id)) => g.people(id).await.unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Ok(Json(json!({
+        "html": firebreak_postmortem::markdown_html(&body.markdown),
+        "findings": findings(&body.markdown, &people),
+    })))
+}
+
+/// `POST /api/v1/incidents/{id}/postmortem/presence`: I have the draft
+/// open; who else does (seen in the last 20 seconds, in this process).
+pub async fn presence(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::extract::Path(id): Id,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest {
+        field: Some("id".into()),
+        message: "not an incident id".into(),
+    })?;
+    let pages = state
+        .pages
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("pages are served by the api role".into()))?;
+    Ok(Json(json!({"others": pages.present(id, &identity.id)})))
+}

@@ -1,0 +1,498 @@
+//! The incident list and the incident page: durations, the timeline as a
+//! picture and as a list, suspect changes with their evidence, gates, log
+//! patterns, actions with their decisions, and notes.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::response::{IntoResponse, Redirect};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use firebreak_domain::access::Scope;
+use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_postmortem::context::{rank, Inputs};
+use firebreak_postmortem::logmine::Miner;
+use firebreak_store::{
+    ActionFilter, ActionStatus, IncidentFilter, IncidentTimes, NewAudit, StoreError, TimelineRow,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::timeline::{self, Mark};
+use super::{
+    base, check_csrf, duration, form, state_parts, when, Confirmed, Csrf, Id, Ident, PageResult,
+    Refusal, St, Q,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    service: Option<String>,
+    environment: Option<String>,
+    /// yyyy-mm-dd, opened on or after.
+    from: Option<String>,
+    /// yyyy-mm-dd, opened on or before.
+    to: Option<String>,
+    /// `rows`: only the table's rows (the live refresh).
+    partial: Option<String>,
+}
+
+fn day(raw: &Option<String>, field: &str, end: bool) -> Result<Option<DateTime<Utc>>, Refusal> {
+    match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map(|d| {
+                let t = if end {
+                    d.and_hms_opt(23, 59, 59)
+                } else {
+                    d.and_hms_opt(0, 0, 0)
+                };
+                t.map(|t| t.and_utc())
+            })
+            .map_err(|_| Refusal::bad(format!("{field}: {s:?} is not a date like 2026-11-23"))),
+    }
+}
+
+/// Time to detect, mitigate and resolve, as the postmortem defines them.
+fn durations(i: &firebreak_store::IncidentRow, t: Option<&IncidentTimes>) -> Value {
+    let first = t
+        .and_then(|t| t.first_alert)
+        .unwrap_or(i.opened_at)
+        .min(i.opened_at);
+    let mitigated = t
+        .and_then(|t| t.mitigated_at)
+        .or_else(|| i.resolved_at.and(t.and_then(|t| t.last_alert_end)));
+    json!({
+        "detect": duration(t.and_then(|t| t.suspect_at).map(|s| first - s)),
+        "mitigate": duration(mitigated.map(|m| m - first)),
+        "resolve": duration(i.resolved_at.map(|r| r - first)),
+    })
+}
+
+pub async fn list(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    q: Result<Q<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> PageResult {
+    let (store, pages) = state_parts(&state)?;
+    let q = match q {
+        Ok(q) => q.0,
+        Err(e) => return Err(Refusal::bad(e.body_text())),
+    };
+    if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
+        if s != "open" && s != "resolved" {
+            return Err(Refusal::bad("status: use open or resolved"));
+        }
+    }
+    let (from, to) = match (day(&q.from, "from", false), day(&q.to, "to", true)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return Err(r),
+    };
+    let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+    let rows = match store
+        .list_incidents(&IncidentFilter {
+            status: nonempty(&q.status),
+            service: nonempty(&q.service),
+            before_id: None,
+            limit: 500,
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(e.into()),
+    };
+    let env = nonempty(&q.environment);
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|i| env.is_none() || i.environment == env)
+        .filter(|i| from.is_none_or(|f| i.opened_at >= f))
+        .filter(|i| to.is_none_or(|t| i.opened_at <= t))
+        .take(200)
+        .collect();
+    let ids: Vec<i64> = rows.iter().map(|i| i.id).collect();
+    let times: HashMap<i64, IncidentTimes> = match store.incident_times(&ids).await {
+        Ok(t) => t.into_iter().map(|t| (t.incident_id, t)).collect(),
+        Err(e) => return Err(e.into()),
+    };
+    let incidents: Vec<Value> = rows
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.id, "title": i.title, "status": i.status, "service": i.service,
+                "environment": i.environment, "severity": i.severity,
+                "opened": when(i.opened_at), "open": i.status == "open",
+                "durations": durations(i, times.get(&i.id)),
+            })
+        })
+        .collect();
+    let mut ctx = base(&identity, &csrf, "Incidents", "incidents");
+    ctx.insert("incidents".into(), json!(incidents));
+    ctx.insert(
+        "filter".into(),
+        json!({"status": q.status, "service": q.service, "environment": q.environment,
+               "from": q.from, "to": q.to}),
+    );
+    if q.partial.as_deref() == Some("rows") {
+        return Ok(pages.render("incident_rows", &Value::Object(ctx)));
+    }
+    Ok(pages.render("incidents", &Value::Object(ctx)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DetailQuery {
+    /// Zoom: unix seconds.
+    from: Option<i64>,
+    to: Option<i64>,
+    /// The page of the entry list (200 each).
+    page: Option<usize>,
+}
+
+const LIST_PAGE: usize = 200;
+/// The picture shows at most this many entries (the list and the API have all).
+const PICTURE_MAX: i64 = 20_000;
+/// Log lines mined for the page (the postmortem mines them all).
+const PAGE_LOG_LINES: i64 = 20_000;
+
+pub async fn detail(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    q: Result<Q<DetailQuery>, axum::extract::rejection::QueryRejection>,
+) -> PageResult {
+    let mut timing = super::Timing::start();
+    let (store, pages) = state_parts(&state)?;
+    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
+        return Err(Refusal::bad("not an incident id"));
+    };
+    let q = match q {
+        Ok(q) => q.0,
+        Err(e) => return Err(Refusal::bad(e.body_text())),
+    };
+    let detail = match store.incident_overview(id).await {
+        Ok(d) => d,
+        Err(StoreError::NotFound) => {
+            return Err(Refusal::not_found(format!("There is no incident #{id}.")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    timing.mark("incident");
+    let entries = store.timeline(id, PICTURE_MAX, 0).await?;
+    timing.mark("timeline");
+    let mut actions = match store
+        .list_actions(&ActionFilter {
+            incident_id: Some(id),
+            limit: 500,
+            ..ActionFilter::default()
+        })
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return Err(e.into()),
+    };
+    actions.reverse();
+    let times = store.incident_times(&[id]).await.unwrap_or_default();
+    timing.mark("actions");
+    let i = &detail.incident;
+    let first_alert = detail.first_alert.unwrap_or(i.opened_at).min(i.opened_at);
+    // Log patterns from the start of the window the postmortem mines.
+    let lookback = Duration::hours(2);
+    let reference = detail
+        .changes
+        .iter()
+        .filter(|d| d.started_at <= first_alert && first_alert - d.started_at <= lookback)
+        .map(|d| d.started_at)
+        .max();
+    let log_from = reference.unwrap_or(first_alert).min(first_alert) - Duration::hours(1);
+    let log_to = i.resolved_at.unwrap_or_else(Utc::now);
+    let mut miner = Miner::new(reference);
+    let mined = match &i.service {
+        Some(service) => store
+            .scan_logs(
+                service,
+                i.environment.as_deref(),
+                log_from,
+                log_to,
+                Some(PAGE_LOG_LINES),
+                &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
+            )
+            .await
+            .unwrap_or(0),
+        None => 0,
+    };
+    let patterns = miner.patterns();
+    timing.mark("logs");
+    let now = Utc::now();
+    let inputs = Inputs {
+        incident: i,
+        alerts: &[], // ranking needs only the first alert's time
+        changes: &detail.changes,
+        gates: &detail.gates,
+        timeline: &entries,
+        timeline_total: detail.timeline_entries,
+        actions: &actions,
+        patterns: &patterns,
+        log_lines: mined,
+        log_window: (log_from, log_to),
+        lookback,
+        tz: chrono_tz::UTC,
+        now,
+    };
+    let suspects = rank(&inputs, first_alert);
+    // The picture's window: everything, or the zoomed slice.
+    let (lo, hi) = match (entries.first(), entries.last()) {
+        (Some(a), Some(b)) => (a.at, b.at.max(a.at + Duration::seconds(60))),
+        _ => (i.opened_at - Duration::minutes(5), now),
+    };
+    let pad = (hi - lo) / 40;
+    let mut window = (lo - pad, hi + pad);
+    if let (Some(f), Some(t)) = (q.from, q.to) {
+        if let (Some(f), Some(t)) = (
+            DateTime::from_timestamp(f, 0),
+            DateTime::from_timestamp(t, 0),
+        ) {
+            if t > f {
+                window = (f, t);
+            }
+        }
+    }
+    let zoomed = q.from.is_some();
+    let mut marks = Vec::new();
+    if let Some(top) = suspects.first() {
+        marks.push(Mark {
+            at: top.deploy.started_at,
+            label: format!("suspect: {} {}", top.deploy.service, top.deploy.version),
+            class: "suspect",
+        });
+    }
+    let kill_switches: Vec<i64> = actions
+        .iter()
+        .filter(|a| a.kind == "kill_switch")
+        .map(|a| a.id)
+        .collect();
+    if let Some(off) = entries.iter().find(|e| {
+        e.kind == kind::ACTION_EXECUTED
+            && kill_switches
+                .iter()
+                .any(|k| e.ref_id == format!("action:{k}:executed"))
+    }) {
+        marks.push(Mark {
+            at: off.at,
+            label: "kill switch off".into(),
+            class: "killswitch",
+        });
+    }
+    let path = format!("/incidents/{id}");
+    let svg = timeline::svg(&entries, &marks, window, &|a, b| {
+        format!(
+            "{path}?from={}&to={}",
+            a.timestamp(),
+            b.timestamp().max(a.timestamp() + 1)
+        )
+    });
+    let in_window: Vec<&TimelineRow> = entries
+        .iter()
+        .filter(|e| e.at >= window.0 && e.at <= window.1)
+        .collect();
+    let page = q.page.unwrap_or(0);
+    let pages_total = in_window.len().div_ceil(LIST_PAGE).max(1);
+    let listed: Vec<Value> = in_window
+        .iter()
+        .skip(page * LIST_PAGE)
+        .take(LIST_PAGE)
+        .map(|e| {
+            json!({"at": when(e.at), "kind": e.kind, "lane": timeline::LANES[timeline::lane(&e.kind)],
+                   "source": e.source, "summary": e.summary})
+        })
+        .collect();
+    let suspects_json: Vec<Value> = suspects
+        .iter()
+        .map(|s| {
+            json!({"service": s.deploy.service, "version": s.deploy.version, "environment": s.deploy.environment,
+                   "started": when(s.deploy.started_at), "actor": s.deploy.actor, "score": s.score,
+                   "evidence": s.evidence, "strategy": s.deploy.strategy.map(|x| x.as_str())})
+        })
+        .collect();
+    let gates: Vec<Value> = detail
+        .gates
+        .iter()
+        .map(|g| {
+            json!({"gate": g.gate, "metric": g.metric, "comparison": g.comparison, "threshold": g.threshold,
+                   "baseline": g.baseline, "observed": g.observed, "verdict": g.verdict.as_str(),
+                   "failed": g.verdict.as_str() == "fail", "step": g.step, "version": g.version,
+                   "at": when(g.evaluated_at)})
+        })
+        .collect();
+    let patterns_json: Vec<Value> = patterns
+        .iter()
+        .take(25)
+        .map(|p| {
+            json!({"template": p.template, "count": p.count, "new": p.is_new(), "level": p.level,
+                   "first": when(p.first_seen), "example": p.example})
+        })
+        .collect();
+    let can_operate = identity.allows(Scope::Operate);
+    let actions_json: Vec<Value> = actions
+        .iter()
+        .rev()
+        .map(|a| {
+            json!({
+                "id": a.id, "describe": a.spec.describe, "status": a.status.as_str(), "reason": a.reason,
+                "playbook": a.playbook, "requested_by": a.requested_by, "decided_by": a.decided_by,
+                "created": when(a.created_at),
+                "can_decide": can_operate && a.status == ActionStatus::Held,
+                "can_revert": can_operate && a.status == ActionStatus::Succeeded
+                    && a.kind == "kill_switch" && a.previous_enabled().is_some(),
+            })
+        })
+        .collect();
+    let t = times.first();
+    let mut ctx = base(&identity, &csrf, &format!("#{id} {}", i.title), "incidents");
+    ctx.insert(
+        "incident".into(),
+        json!({
+            "id": id, "title": i.title, "status": i.status, "service": i.service,
+            "environment": i.environment, "severity": i.severity, "open": i.status == "open",
+            "opened": when(i.opened_at), "resolved": i.resolved_at.map(when),
+            "durations": durations(i, t), "entries": detail.timeline_entries,
+            "alerts": detail.alert_count,
+            "firing": detail.alerts_firing,
+        }),
+    );
+    ctx.insert(
+        "top_suspect".into(),
+        suspects_json.first().cloned().unwrap_or(Value::Null),
+    );
+    ctx.insert("suspects".into(), json!(suspects_json));
+    ctx.insert("gates".into(), json!(gates));
+    ctx.insert("patterns".into(), json!(patterns_json));
+    ctx.insert(
+        "logs".into(),
+        json!({"mined": mined, "capped": mined as i64 >= PAGE_LOG_LINES}),
+    );
+    ctx.insert("actions".into(), json!(actions_json));
+    ctx.insert("svg".into(), json!(svg));
+    ctx.insert("zoomed".into(), json!(zoomed));
+    ctx.insert(
+        "list".into(),
+        json!({
+            "entries": listed, "shown": in_window.len(), "page": page + 1, "pages": pages_total,
+            "has_prev": page > 0, "prev": page.saturating_sub(1),
+            "next": (page + 1 < pages_total).then_some(page + 1),
+            "query": match (q.from, q.to) { (Some(f), Some(t)) => format!("from={f}&to={t}&"), _ => String::new() },
+            "truncated": detail.timeline_entries > PICTURE_MAX,
+        }),
+    );
+    timing.mark("build");
+    let mut page = pages.render("incident", &Value::Object(ctx));
+    timing.mark("render");
+    timing.put(&mut page);
+    Ok(page)
+}
+
+#[derive(Deserialize)]
+pub struct NoteForm {
+    csrf_token: Option<String>,
+    text: String,
+}
+
+pub async fn note(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    bytes: Bytes,
+) -> PageResult {
+    let (store, _) = state_parts(&state)?;
+    let f: NoteForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
+        return Err(Refusal::bad("not an incident id"));
+    };
+    let text = f.text.trim();
+    if text.is_empty() || text.chars().count() > 3000 {
+        return Err(Refusal::bad("A note is 1 to 3,000 characters."));
+    }
+    if let Err(e) = store.incident_overview(id).await {
+        return Err(e.into());
+    }
+    let now = Utc::now();
+    let entry = NewEntry {
+        incident_id: id,
+        at: now,
+        kind: kind::NOTE,
+        source: identity.id.clone(),
+        summary: text.to_string(),
+        ref_id: format!("note:{}@{}", identity.id, now.timestamp_micros()),
+    };
+    let audit = NewAudit {
+        incident_id: Some(id),
+        ..NewAudit::by(identity.id.clone(), "note_added", json!({"note": text}))
+    };
+    if let Err(e) = store.record(&[audit], &[entry]).await {
+        return Err(e.into());
+    }
+    Ok(Redirect::to(&format!("/incidents/{id}#notes")).into_response())
+}
+
+async fn decide(
+    state: St,
+    identity: Ident,
+    csrf: Csrf,
+    id: Id,
+    bytes: Bytes,
+    verb: &str,
+) -> PageResult {
+    let (axum::extract::State(state), axum::Extension(identity), axum::Extension(csrf)) =
+        (state, identity, csrf);
+    let Some(remediation) = state.remediation.clone() else {
+        return Err(Refusal::not_found("remediation is served by the api role"));
+    };
+    let f: Confirmed = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    if f.confirm.as_deref() != Some("yes") && f.confirm.as_deref() != Some("on") {
+        return Err(Refusal::bad(
+            "Tick the confirmation box to confirm, then submit again.",
+        ));
+    }
+    let Some(id) = id.0.parse::<i64>().ok().filter(|i| *i > 0) else {
+        return Err(Refusal::bad("not an action id"));
+    };
+    let result = match verb {
+        "approve" | "deny" => {
+            remediation
+                .decide(
+                    &identity,
+                    id,
+                    verb == "approve",
+                    f.comment.as_deref().filter(|c| !c.is_empty()),
+                )
+                .await
+        }
+        _ => remediation.revert(&identity, id, f.force.is_some()).await,
+    };
+    match result {
+        Ok(row) => {
+            let back = row
+                .incident_id
+                .map(|i| format!("/incidents/{i}#actions"))
+                .unwrap_or_else(|| "/incidents".into());
+            Ok(Redirect::to(&back).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn approve(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
+    decide(s, i, c, id, b, "approve").await
+}
+
+pub async fn deny(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
+    decide(s, i, c, id, b, "deny").await
+}
+
+pub async fn revert(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
+    decide(s, i, c, id, b, "revert").await
+}

@@ -1,0 +1,250 @@
+// Firebreak's pages in a real browser: Debian's chromium driven by
+// playwright-core. tests/tests/pages.rs seeds a Firebreak, then runs
+//
+//   node pages.mjs <scenario> '<json input>'
+//
+// and reads the JSON this prints on its last line. A failed check throws
+// with a message that says what the page showed; screenshots go to
+// input.shots (kept by the test run, target/browser-screenshots).
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const [scenario, raw] = process.argv.slice(2);
+const input = JSON.parse(raw || "{}");
+const base = input.base;
+mkdirSync(input.shots, { recursive: true });
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.FIREBREAK_TEST_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+
+// Everything a page did that it must not: a dialog (an injected script
+// running), a Content-Security-Policy violation, an uncaught error.
+const trouble = [];
+function watch(page, who) {
+  page.on("dialog", async (d) => {
+    trouble.push(`${who}: a ${d.type()} dialog opened: ${d.message()}`);
+    await d.dismiss();
+  });
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy|Refused to/i.test(m.text())) {
+      trouble.push(`${who}: ${m.text()}`);
+    }
+  });
+  page.on("pageerror", (e) => trouble.push(`${who}: script error: ${e.message}`));
+  return page;
+}
+
+async function person(who, creds, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...options });
+  const page = watch(await context.newPage(), who);
+  // Any page sends a stranger to sign in, and back afterwards.
+  await page.goto(`${base}/incidents`);
+  check(new URL(page.url()).pathname === "/login", `${who}: expected the sign-in page, got ${page.url()}`);
+  await page.getByLabel("User name").fill(creds.user);
+  await page.getByLabel("Password").fill(creds.pass);
+  await Promise.all([page.waitForURL(`${base}/incidents`), page.getByRole("button", { name: "Sign in" }).click()]);
+  return { context, page };
+}
+
+const shot = (page, name) => page.screenshot({ path: join(input.shots, `${name}.png`), fullPage: true });
+
+async function incident() {
+  const out = {};
+  const { context, page } = await person("operator", input.operator);
+  // The list: the incident, its durations, the annotation as text.
+  const row = page.locator("#incident-rows tr.incident", { hasText: `${input.incident}` }).first();
+  await row.waitFor();
+  const title = await row.locator("a").textContent();
+  check(title.includes("<img src=x onerror=alert(1)>"), `the title should show the annotation as text: ${title}`);
+  check((await page.locator("main img").count()) === 0, "no <img> element may come from an annotation");
+  out.list_durations = await row.locator("td").nth(6).textContent();
+  await shot(page, "incidents");
+  // Keyboard: the first Tab reaches the skip link.
+  await page.keyboard.press("Tab");
+  out.first_tab = await page.evaluate(() => document.activeElement.className);
+
+  await Promise.all([page.waitForURL(`**/incidents/${input.incident}`), row.locator("a").click()]);
+  const svg = page.locator("svg.timeline");
+  await svg.waitFor();
+  out.marks = await svg.locator(".mark").count();
+  out.dots = await svg.locator(".mark.dot").count();
+  out.suspect_marker = await svg.locator(".marker.suspect").count();
+  out.lanes = await svg.locator("g.lane").count();
+  out.header_suspect = await page.locator("dl.facts").textContent();
+  check(
+    (await page.locator(`tr[data-action="${input.action}"]`).getAttribute("data-status")) === "held",
+    "the requested action should be held for approval"
+  );
+  await shot(page, "incident-before-approval");
+
+  // Approve: the box must be ticked first (the browser refuses the form without it).
+  const approve = page.locator(`form[action="/actions/${input.action}/approve"]`);
+  await approve.getByRole("button", { name: "Approve" }).click();
+  check(new URL(page.url()).pathname === `/incidents/${input.incident}`, "an unticked confirmation must not submit");
+  out.still_held = await page.locator(`tr[data-action="${input.action}"]`).getAttribute("data-status");
+  await approve.getByLabel("I'm sure").check();
+  await Promise.all([page.waitForURL(`**/incidents/${input.incident}#actions`), approve.getByRole("button", { name: "Approve" }).click()]);
+  // The executor runs it in the background: reload until it has.
+  let status = "";
+  for (let i = 0; i < 40; i++) {
+    status = await page.locator(`tr[data-action="${input.action}"]`).getAttribute("data-status");
+    if (status === "succeeded") break;
+    await page.waitForTimeout(250);
+    await page.reload();
+  }
+  out.status_after = status;
+  out.killswitch_marker = await page.locator("svg.timeline .marker.killswitch").count();
+  out.revert_offered = await page.locator(`form[action="/actions/${input.action}/revert"]`).count();
+  await page.locator("#entries").evaluate((t) => t.closest("details").setAttribute("open", ""));
+  await shot(page, "incident");
+
+  // A note, through the form.
+  await page.getByLabel("Note (on the timeline, under your name)").fill("Checked the dashboards <b>bold?</b>");
+  await Promise.all([page.waitForURL(`**/incidents/${input.incident}#notes`), page.getByRole("button", { name: "Add note" }).click()]);
+  out.note_shown = await page.locator("#entries td.summary", { hasText: "Checked the dashboards <b>bold?</b>" }).count();
+  await context.close();
+
+  // A viewer on a phone: readable, no controls that would be refused.
+  const phone = await person("viewer", input.viewer, {
+    viewport: { width: 390, height: 844 },
+    isMobile: true,
+    hasTouch: true,
+  });
+  await phone.page.goto(`${base}/incidents/${input.incident}`);
+  out.viewer_decide_forms = await phone.page.locator("form.decide").count();
+  out.viewer_note_form = await phone.page.locator('form[action$="/notes"]').count();
+  out.phone_overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await shot(phone.page, "incident-phone");
+  const state = await phone.context.storageState();
+  await phone.context.close();
+
+  // Without JavaScript: the same page, readable.
+  const nojs = await browser.newContext({ javaScriptEnabled: false, storageState: state });
+  const plain = watch(await nojs.newPage(), "viewer without JavaScript");
+  await plain.goto(`${base}/incidents/${input.incident}`);
+  out.nojs_marks = await plain.locator("svg.timeline .mark").count();
+  out.nojs_entries = await plain.locator("#entries tbody tr").count();
+  await plain.goto(`${base}/incidents/${input.incident}/postmortem`);
+  out.nojs_editor = await plain.locator("textarea#markdown").count();
+  await nojs.close();
+  return out;
+}
+
+// Replaces the first line equal to `line` after the heading `heading`.
+function edit(text, heading, line, replacement) {
+  const lines = text.split("\n");
+  const h = lines.indexOf(heading);
+  check(h >= 0, `the draft has no heading ${heading}`);
+  const i = lines.findIndex((l, k) => k > h && l === line);
+  check(i > h, `no line ${JSON.stringify(line)} under ${heading}`);
+  lines[i] = replacement;
+  return lines.join("\n");
+}
+
+async function editor() {
+  const out = {};
+  const url = `${base}/incidents/${input.incident}/postmortem`;
+  const a = await person("alice", input.a);
+  const b = await person("bob", input.b);
+  await a.page.goto(url);
+  await b.page.goto(url);
+  // Who else has it open, live.
+  await a.page.locator("#presence", { hasText: input.b.id }).waitFor({ timeout: 15000 });
+  out.alice_sees = await a.page.locator("#presence").textContent();
+
+  // Different sections, at the same time: both kept, no manual step.
+  const area = (p) => p.locator("textarea#markdown");
+  const textA = await area(a.page).inputValue();
+  const textB = await area(b.page).inputValue();
+  const placeholder = "_What happened, in two or three sentences, for someone who was not there._";
+  await area(a.page).fill(edit(textA, "## Summary", placeholder, "Checkout's v2 deploy broke payments for 12 minutes."));
+  await area(b.page).fill(edit(textB, "## What went well", "- ", "- The kill switch turned the new flow off within a second."));
+  const save = (p) =>
+    Promise.all([p.waitForURL(/postmortem\?saved=/), p.getByRole("button", { name: "Save", exact: true }).click()]);
+  await save(a.page);
+  await save(b.page);
+  out.bob_flash = await b.page.locator("#saved").textContent();
+  out.merged_text = await area(b.page).inputValue();
+  await shot(b.page, "editor-merged");
+
+  // The same line: both versions side by side, resolved by hand.
+  await a.page.goto(url);
+  await b.page.goto(url);
+  const t2 = await area(a.page).inputValue();
+  await area(a.page).fill(edit(t2, "## What went badly", "- ", "- Alice: the page came 4 minutes after the errors."));
+  await area(b.page).fill(edit(t2, "## What went badly", "- ", "- Bob: the runbook named the old flag."));
+  await save(a.page);
+  await b.page.getByRole("button", { name: "Save", exact: true }).click();
+  await b.page.locator(".clash").first().waitFor();
+  out.clash_ours = await b.page.locator(".clash pre.ours").first().textContent();
+  out.clash_theirs = await b.page.locator(".clash pre.theirs").first().textContent();
+  await shot(b.page, "editor-conflict");
+  const resolution = await area(b.page).inputValue();
+  // Saving with the markers still in is refused, and keeps the text.
+  await b.page.getByRole("button", { name: "Save the resolved draft" }).click();
+  out.markers_refused = await b.page.locator("p.error", { hasText: "still has a clash marked" }).count();
+  const resolved = resolution
+    .split("\n")
+    .filter((l) => !/^(<<<<<<< |=======$|>>>>>>> )/.test(l))
+    .join("\n");
+  await area(b.page).fill(resolved);
+  await Promise.all([b.page.waitForURL(/postmortem\?saved=/), b.page.getByRole("button", { name: "Save the resolved draft" }).click()]);
+  out.resolved_text = await area(b.page).inputValue();
+
+  // The blameless check, live: a hint by its line, with a suggestion.
+  await a.page.goto(url);
+  const t3 = await area(a.page).inputValue();
+  await area(a.page).fill(`${t3}\nThe outage happened because Bob forgot to run the migration. <img src=x onerror=alert(1)>\n`);
+  await a.page.locator("#findings .finding", { hasText: "forgot to" }).waitFor({ timeout: 10000 });
+  out.finding = await a.page.locator("#findings .finding", { hasText: "forgot to" }).first().textContent();
+  await a.page.locator("#preview", { hasText: "forgot to run the migration" }).waitFor({ timeout: 10000 });
+  out.preview_imgs = await a.page.locator("#preview img").count();
+  await shot(a.page, "editor-lint");
+  await a.context.close();
+  await b.context.close();
+  return out;
+}
+
+async function dense() {
+  const out = {};
+  const { context, page } = await person("viewer", input.viewer);
+  await page.goto(`${base}/incidents/${input.incident}`);
+  const svg = page.locator("svg.timeline");
+  out.buckets = await svg.locator(".mark.bucket").count();
+  out.dots = await svg.locator(".mark.dot").count();
+  out.bucket_total = await svg.locator(".mark.bucket").evaluateAll((els) =>
+    els.reduce((n, e) => n + Number(e.getAttribute("data-count")), 0)
+  );
+  out.list_rows = await page.locator("#entries tbody tr").count();
+  out.overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await shot(page, "incident-dense");
+  // A slice zooms in, until single entries show.
+  for (let depth = 0; depth < 4; depth++) {
+    const zoom = svg.locator("a.zoom").first();
+    if ((await zoom.count()) === 0) break;
+    await Promise.all([page.waitForURL(/from=\d+&to=\d+/), zoom.click()]);
+    out.zoom_depth = depth + 1;
+  }
+  out.zoomed_dots = await svg.locator(".mark.dot").count();
+  out.zoomed_url = new URL(page.url()).search;
+  await shot(page, "incident-dense-zoomed");
+  await context.close();
+  return out;
+}
+
+const scenarios = { incident, editor, dense };
+try {
+  check(scenarios[scenario], `no scenario ${scenario}`);
+  const out = await scenarios[scenario]();
+  out.trouble = trouble;
+  console.log(JSON.stringify(out));
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,406 @@
+//! The web pages in a real browser: Debian's chromium driven by
+//! playwright-core (tests/support/browser/pages.mjs). Each test seeds a
+//! Firebreak over its API, runs one browser scenario, and checks what the
+//! browser saw and what the store then holds. Screenshots are kept in
+//! target/browser-screenshots/<test>/.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use firebreak_tests::*;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+/// Runs a browser scenario and returns what it reported.
+async fn browser(scenario: &str, input: Value) -> Value {
+    let dir = repo().join("tests/support/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `bash tests/run` (it installs it) or `npm ci` in tests/support/browser"
+    );
+    let chromium =
+        std::env::var("FIREBREAK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "no browser at {chromium}: `apt-get install chromium` (bash tests/run does), or set FIREBREAK_TEST_CHROMIUM"
+    );
+    let shots = repo().join("target/browser-screenshots").join(scenario);
+    let mut input = input;
+    input["shots"] = json!(shots.display().to_string());
+    let run = tokio::process::Command::new("node")
+        .arg("pages.mjs")
+        .arg(scenario)
+        .arg(input.to_string())
+        .current_dir(&dir)
+        .env("FIREBREAK_TEST_CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .unwrap_or_else(|_| panic!("the {scenario} browser scenario took over 3 minutes"))
+        .expect("node runs (install Node.js: apt-get install nodejs npm)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the {scenario} browser scenario failed:\n{stderr}\n{stdout}\n(screenshots in {})",
+        shots.display()
+    );
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no report from the browser: {stdout}\n{stderr}"));
+    assert_eq!(
+        report["trouble"],
+        json!([]),
+        "no dialog, CSP violation or script error on any page"
+    );
+    report
+}
+
+/// A person with a password, signed in through the login page by the browser.
+async fn person(fb: &Firebreak, name: &str, role: &str) -> Value {
+    let password = format!("{name} has a long passphrase");
+    let (status, body) = fb
+        .post(
+            "/api/v1/users",
+            &json!({"username": name, "password": password, "role": role}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    json!({"user": name, "pass": password, "id": format!("user:{name}")})
+}
+
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
+/// A deploy, its failed gate, and an alert whose annotation is an XSS
+/// attempt: one incident. Returns its id.
+async fn seed_incident(fb: &Firebreak) -> i64 {
+    let (s, b) = fb
+        .post("/api/v1/events/deploy", &deploy_now("checkout", "v2", 9))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let evaluated = (chrono::Utc::now() - chrono::Duration::minutes(6)).to_rfc3339();
+    let (s, b) = fb
+        .post(
+            "/api/v1/events/gate",
+            &json!({"service": "checkout", "version": "v2", "gate": "error-rate",
+                    "metric": "http_5xx_ratio", "comparison": "<=", "threshold": 0.01,
+                    "observed": 0.07, "verdict": "fail", "step": 2, "evaluated_at": evaluated}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let mut alert = alert_now("xss1", "HighErrorRate", "checkout", 2);
+    alert["alerts"][0]["annotations"]["summary"] = json!(format!("5xx > 5% {XSS}"));
+    let (s, b) = fb.post("/api/v1/alerts/alertmanager", &alert).await;
+    assert_eq!(s, 202, "{b}");
+    eventually("the incident", Duration::from_secs(20), || async {
+        let (_, body) = fb.get("/api/v1/incidents?service=checkout").await;
+        body["incidents"][0]["id"].as_i64()
+    })
+    .await
+}
+
+/// The incident list, the incident page with its timeline picture, a held
+/// action approved through the page, a note, a viewer on a phone, and the
+/// page without JavaScript.
+#[tokio::test]
+async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
+    let app = TestApp::embedded()
+        .config("[automation.manual]\nrequire_approval = true\n")
+        .start()
+        .await;
+    let fb = &app.fb;
+    let (s, b) = fb
+        .post(
+            "/api/v1/flags",
+            &json!({"key": "checkout.new-payment-flow", "enabled": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let incident = seed_incident(fb).await;
+    let (s, held) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": "checkout.new-payment-flow", "incident": incident,
+                    "reason": "errors follow the v2 deploy"}),
+        )
+        .await;
+    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
+    let action = held["id"].as_i64().unwrap();
+    let (_, detail) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+    let entries = detail["counts"]["timeline_entries"].as_i64().unwrap();
+    let (s, b) = fb
+        .post(
+            &format!("/api/v1/incidents/{incident}/postmortem/regenerate"),
+            &json!({}),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{s} {b}");
+    let operator = person(fb, "olivia", "operator").await;
+    let viewer = person(fb, "victor", "viewer").await;
+
+    let seen = browser(
+        "incident",
+        json!({"base": fb.base, "operator": operator, "viewer": viewer,
+               "incident": incident, "action": action}),
+    )
+    .await;
+
+    assert_eq!(
+        seen["first_tab"], "skip",
+        "the first Tab reaches 'Skip to content'"
+    );
+    assert_eq!(seen["lanes"], 4, "{seen}");
+    assert_eq!(
+        seen["dots"].as_i64(),
+        Some(entries),
+        "one mark per timeline entry: {seen}"
+    );
+    assert_eq!(seen["marks"], seen["dots"], "{seen}");
+    assert_eq!(seen["suspect_marker"], 1, "the suspect deploy is marked");
+    assert!(
+        seen["header_suspect"]
+            .as_str()
+            .unwrap()
+            .contains("checkout v2"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["still_held"], "held",
+        "an unticked box submits nothing"
+    );
+    assert_eq!(seen["status_after"], "succeeded", "{seen}");
+    assert_eq!(
+        seen["killswitch_marker"], 1,
+        "the moment the kill switch went off is marked"
+    );
+    assert_eq!(
+        seen["revert_offered"], 1,
+        "a succeeded kill switch can be reverted"
+    );
+    assert_eq!(
+        seen["note_shown"], 1,
+        "the note is on the timeline, as text"
+    );
+    assert_eq!(
+        seen["viewer_decide_forms"], 0,
+        "a viewer is offered no decisions"
+    );
+    assert_eq!(seen["viewer_note_form"], 0, "nor the note form");
+    assert!(
+        seen["phone_overflow"].as_i64().unwrap() <= 0,
+        "the page fits a phone's width: {seen}"
+    );
+    assert!(seen["nojs_marks"].as_i64().unwrap() >= entries, "{seen}");
+    assert!(seen["nojs_entries"].as_i64().unwrap() >= entries, "{seen}");
+    assert_eq!(
+        seen["nojs_editor"], 1,
+        "the editor is readable without JavaScript"
+    );
+
+    // What the store holds: the person decided, the flag is off.
+    let (_, a) = fb.get(&format!("/api/v1/actions/{action}")).await;
+    assert_eq!(a["status"], "succeeded", "{a}");
+    assert_eq!(a["decided_by"], "user:olivia", "{a}");
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-payment-flow").await;
+    assert_eq!(flag["enabled"], false, "{flag}");
+    let (_, audit) = fb.get(&format!("/api/v1/audit?action={action}")).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "user:olivia" && e["event"] == "approved"),
+        "{audit}"
+    );
+    let (_, timeline) = fb
+        .get(&format!("/api/v1/incidents/{incident}/timeline"))
+        .await;
+    assert!(
+        timeline["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "note"
+                && e["source"] == "user:olivia"
+                && e["summary"] == "Checked the dashboards <b>bold?</b>"),
+        "{timeline}"
+    );
+}
+
+/// Two people edit the draft at once: different sections merge by
+/// themselves; the same line shows both versions to resolve; the blameless
+/// check's hints appear as they type; who else is editing is shown.
+#[tokio::test]
+async fn two_people_edit_the_postmortem_at_once() {
+    let app = TestApp::embedded().start().await;
+    let fb = &app.fb;
+    let incident = seed_incident(fb).await;
+    let (s, b) = fb
+        .post(
+            &format!("/api/v1/incidents/{incident}/postmortem/regenerate"),
+            &json!({}),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{s} {b}");
+    let alice = person(fb, "alice", "editor").await;
+    let bob = person(fb, "bob", "editor").await;
+
+    let seen = browser(
+        "editor",
+        json!({"base": fb.base, "a": alice, "b": bob, "incident": incident}),
+    )
+    .await;
+
+    assert!(
+        seen["alice_sees"].as_str().unwrap().contains("user:bob"),
+        "{seen}"
+    );
+    assert!(
+        seen["bob_flash"]
+            .as_str()
+            .unwrap()
+            .contains("combined with the changes saved meanwhile"),
+        "{seen}"
+    );
+    let merged = seen["merged_text"].as_str().unwrap();
+    assert!(
+        merged.contains("Checkout's v2 deploy broke payments for 12 minutes.")
+            && merged.contains("- The kill switch turned the new flow off within a second."),
+        "both edits kept: {merged}"
+    );
+    assert!(
+        seen["clash_ours"]
+            .as_str()
+            .unwrap()
+            .contains("Bob: the runbook named the old flag."),
+        "{seen}"
+    );
+    assert!(
+        seen["clash_theirs"]
+            .as_str()
+            .unwrap()
+            .contains("Alice: the page came 4 minutes after the errors."),
+        "{seen}"
+    );
+    assert_eq!(seen["markers_refused"], 1, "{seen}");
+    let resolved = seen["resolved_text"].as_str().unwrap();
+    assert!(
+        resolved.contains("Alice: the page came") && resolved.contains("Bob: the runbook"),
+        "{resolved}"
+    );
+    assert!(!resolved.contains("<<<<<<<"), "{resolved}");
+    assert!(
+        seen["finding"].as_str().unwrap().contains("Try:"),
+        "a hint with its suggestion: {seen}"
+    );
+    assert_eq!(
+        seen["preview_imgs"], 0,
+        "raw HTML in the draft is not rendered"
+    );
+
+    // The store: every save is a revision; the last is what Bob resolved.
+    let (_, pm) = fb
+        .get(&format!("/api/v1/incidents/{incident}/postmortem"))
+        .await;
+    let text = pm["markdown"].as_str().unwrap();
+    assert!(
+        text.contains("Checkout's v2 deploy broke payments")
+            && text.contains("The kill switch turned the new flow off")
+            && text.contains("Alice: the page came")
+            && text.contains("Bob: the runbook"),
+        "{text}"
+    );
+    let (_, revs) = fb
+        .get(&format!(
+            "/api/v1/incidents/{incident}/postmortem/revisions"
+        ))
+        .await;
+    let kinds: Vec<&str> = revs["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"merged"), "{kinds:?}");
+    assert!(
+        revs["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["author"] == "user:bob"),
+        "{revs}"
+    );
+}
+
+/// An incident of 10,000 timeline entries: the picture shows counts per
+/// time slice, each a link that zooms in, down to single entries.
+#[tokio::test]
+async fn a_dense_timeline_is_drawn_as_counts_and_zooms() {
+    let app = TestApp::embedded().start().await;
+    let fb = &app.fb;
+    let minutes = 100i64;
+    let start = chrono::Utc::now() - chrono::Duration::minutes(minutes);
+    let alerts: Vec<Value> = (0..10_000)
+        .map(|i| {
+            let at = start + chrono::Duration::milliseconds(i * minutes * 60_000 / 10_000);
+            json!({"status": "firing", "fingerprint": format!("dense{i:05}"),
+                   "labels": {"alertname": "Dense", "service": "dense", "instance": format!("i{i}")},
+                   "annotations": {"summary": "dense"}, "startsAt": at.to_rfc3339(),
+                   "endsAt": "0001-01-01T00:00:00Z", "generatorURL": ""})
+        })
+        .collect();
+    let (s, b) = fb
+        .post(
+            "/api/v1/alerts/alertmanager",
+            &json!({"version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "dense",
+                    "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+                    "externalURL": "http://am", "truncatedAlerts": 0, "alerts": alerts}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let incident = eventually("10,000 entries", Duration::from_secs(60), || async {
+        let (_, list) = fb.get("/api/v1/incidents?service=dense").await;
+        let id = list["incidents"][0]["id"].as_i64()?;
+        let (_, d) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+        (d["counts"]["timeline_entries"].as_i64()? > 10_000).then_some(id)
+    })
+    .await;
+    let viewer = person(fb, "vera", "viewer").await;
+
+    let seen = browser(
+        "dense",
+        json!({"base": fb.base, "viewer": viewer, "incident": incident}),
+    )
+    .await;
+
+    let buckets = seen["buckets"].as_i64().unwrap();
+    assert!(
+        (10..=60).contains(&buckets),
+        "alerts drawn as counts: {seen}"
+    );
+    assert_eq!(
+        seen["bucket_total"], 10_000,
+        "the counts add up to every alert: {seen}"
+    );
+    assert!(
+        seen["dots"].as_i64().unwrap() < 600,
+        "no lane draws more than it can show: {seen}"
+    );
+    assert_eq!(seen["list_rows"], 200, "the list is paged: {seen}");
+    assert!(seen["overflow"].as_i64().unwrap() <= 0, "{seen}");
+    assert!(seen["zoom_depth"].as_i64().unwrap() >= 1, "{seen}");
+    assert!(
+        seen["zoomed_dots"].as_i64().unwrap() > 0,
+        "zoomed in far enough, single entries show: {seen}"
+    );
+}
