@@ -40,7 +40,6 @@ fn alert() -> AlertEvent {
         ends_at: None,
         generator_url: String::new(),
         truncated_alerts: 0,
-        receiver: "r".into(),
     }
 }
 

@@ -251,7 +251,6 @@ mod tests {
             ends_at: (status == AlertStatus::Resolved).then_some(t),
             generator_url: String::new(),
             truncated_alerts: 0,
-            receiver: String::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Normalized events: what the engine processes, whatever door they came in by.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,7 +65,6 @@ pub struct AlertEvent {
     pub generator_url: String,
     /// How many alerts Alertmanager dropped from this notification (`max_alerts`).
     pub truncated_alerts: u64,
-    pub receiver: String,
 }
 
 impl AlertEvent {
@@ -218,5 +218,10 @@ pub struct LogLine {
     pub at: DateTime<Utc>,
     pub level: Option<String>,
     pub message: String,
-    pub labels: BTreeMap<String, String>,
+    /// The stream's labels, shared by every line of the stream rather than
+    /// copied into each.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// The line's own labels (Loki's structured metadata).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }

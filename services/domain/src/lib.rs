@@ -12,6 +12,7 @@ pub mod correlation;
 pub mod duration;
 pub mod events;
 pub mod ids;
+pub mod limits;
 pub mod matcher;
 pub mod metrics;
 pub mod playbook;

@@ -36,6 +36,7 @@ struct Histogram {
 pub struct Metrics {
     received: PerKind,
     rejected: PerKind,
+    throttled: PerKind,
     processed: PerKind,
     duplicates: PerKind,
     failed: PerKind,
@@ -59,6 +60,10 @@ impl Metrics {
     /// Bodies refused by ingest (bad input, auth).
     pub fn rejected(&self, kind: EventKind) {
         self.rejected.add(kind, 1);
+    }
+    /// Bodies answered 503 because the bulk backlog is over its bound.
+    pub fn throttled(&self, kind: EventKind) {
+        self.throttled.add(kind, 1);
     }
     /// Events committed by the engine (new ones).
     pub fn processed(&self, kind: EventKind, n: u64) {
@@ -129,7 +134,7 @@ impl Metrics {
     /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_kind: [(&str, &str, &PerKind); 6] = [
+        let per_kind: [(&str, &str, &PerKind); 7] = [
             (
                 "firebreak_events_received_total",
                 "Events accepted by ingest and durably queued.",
@@ -139,6 +144,11 @@ impl Metrics {
                 "firebreak_events_rejected_total",
                 "Request bodies refused by ingest.",
                 &self.rejected,
+            ),
+            (
+                "firebreak_events_throttled_total",
+                "Request bodies answered 503 with Retry-After because the bulk backlog was over its bound.",
+                &self.throttled,
             ),
             (
                 "firebreak_events_processed_total",

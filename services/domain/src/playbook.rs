@@ -603,7 +603,15 @@ impl Playbook {
     }
 
     /// Whether this playbook answers `event` at `now`, given `facts`.
-    pub fn evaluate(&self, event: &Trigger<'_>, facts: &Facts<'_>, now: DateTime<Utc>) -> Verdict {
+    /// Whether the event is of the kind, status, labels, severity and
+    /// environment this playbook's trigger names: what ingest uses to send
+    /// an event on the urgent lane (time windows and deploy facts are for
+    /// the engine to check).
+    pub fn could_match(&self, event: &Trigger<'_>) -> bool {
+        !matches!(self.trigger_match(event), Verdict::NoMatch)
+    }
+
+    fn trigger_match(&self, event: &Trigger<'_>) -> Verdict {
         let w = &self.spec.when;
         let labels = event.labels();
         let ok = match (event, &w.alert, &w.gate, &w.deploy) {
@@ -637,6 +645,14 @@ impl Playbook {
                 return Verdict::NoMatch;
             }
         }
+        Verdict::Match
+    }
+
+    pub fn evaluate(&self, event: &Trigger<'_>, facts: &Facts<'_>, now: DateTime<Utc>) -> Verdict {
+        if self.trigger_match(event) == Verdict::NoMatch {
+            return Verdict::NoMatch;
+        }
+        let w = &self.spec.when;
         let at = event.at();
         if !w.during.is_empty() && !w.during.iter().any(|win| win.contains(now)) {
             return Verdict::Unmet("outside its `during` windows".into());
@@ -903,7 +919,6 @@ guard: { cooldown: 30m, max_runs: { count: 3, per: 1h } }
             ends_at: None,
             generator_url: String::new(),
             truncated_alerts: 0,
-            receiver: "firebreak".into(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
@@ -14,6 +15,7 @@ use crate::events::{
     LogLine,
 };
 use crate::ids::{content_id, MAX_ID_LEN};
+use crate::limits;
 
 /// A body that cannot be accepted, and where.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,7 +27,7 @@ pub struct WireError {
 }
 
 impl WireError {
-    fn at(path: impl Into<String>, message: impl Into<String>) -> WireError {
+    pub(crate) fn at(path: impl Into<String>, message: impl Into<String>) -> WireError {
         WireError {
             path: path.into(),
             message: message.into(),
@@ -160,8 +162,22 @@ impl WireError {
     }
 }
 
+/// One Alertmanager webhook, or a JSON array of them (what ingest packs
+/// small webhooks that arrive together into; also accepted over HTTP).
 fn decode_alertmanager(body: &[u8]) -> Result<Vec<AlertEvent>, WireError> {
-    let webhook: Webhook = parse(body)?;
+    let array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !array {
+        return webhook_events(parse(body)?);
+    }
+    let webhooks: Vec<Webhook> = parse(body)?;
+    let mut events = Vec::new();
+    for (i, webhook) in webhooks.into_iter().enumerate() {
+        events.extend(webhook_events(webhook).map_err(|e| e.within(i, true))?);
+    }
+    Ok(events)
+}
+
+fn webhook_events(webhook: Webhook) -> Result<Vec<AlertEvent>, WireError> {
     if webhook.version != "4" {
         return Err(WireError::at(
             "version",
@@ -181,6 +197,28 @@ fn decode_alertmanager(body: &[u8]) -> Result<Vec<AlertEvent>, WireError> {
                 "a resolved alert needs a real endsAt",
             ));
         }
+        limits::check_map(
+            &alert.labels,
+            &format!("alerts[{i}].labels"),
+            limits::MAX_LABELS,
+            limits::MAX_LABEL_VALUE,
+        )?;
+        limits::check_map(
+            &alert.annotations,
+            &format!("alerts[{i}].annotations"),
+            limits::MAX_ANNOTATIONS,
+            limits::MAX_ANNOTATION_VALUE,
+        )?;
+        limits::check_len(
+            &fingerprint,
+            &format!("alerts[{i}].fingerprint"),
+            MAX_ID_LEN,
+        )?;
+        limits::check_len(
+            &alert.generator_url,
+            &format!("alerts[{i}].generatorURL"),
+            limits::MAX_URL,
+        )?;
         let starts = alert.starts_at.to_rfc3339();
         let id = content_id("al", &[&fingerprint, alert.status.as_str(), &starts]);
         events.push(AlertEvent {
@@ -193,7 +231,6 @@ fn decode_alertmanager(body: &[u8]) -> Result<Vec<AlertEvent>, WireError> {
             ends_at: alert.ends_at,
             generator_url: alert.generator_url,
             truncated_alerts: webhook.truncated_alerts,
-            receiver: webhook.receiver.clone(),
         });
     }
     Ok(events)
@@ -464,14 +501,18 @@ fn decode_logs(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<LogLine>, 
         (Some(streams), None) => {
             let mut out = Vec::new();
             for (si, stream) in streams.into_iter().enumerate() {
+                let path = format!("streams[{si}].stream");
+                limits::check_map(&stream.stream, &path, limits::MAX_LABELS, limits::MAX_LABEL_VALUE)?;
                 let service = first_label(&stream.stream, &SERVICE_LABELS).ok_or_else(|| {
                     WireError::at(
-                        format!("streams[{si}].stream"),
+                        &path,
                         "no service label: add one of `service`, `service_name`, `app` or `job` to the stream",
                     )
                 })?;
                 let environment = first_label(&stream.stream, &ENV_LABELS);
                 let level = first_label(&stream.stream, &["level", "detected_level"]);
+                // One label set per stream, shared by its lines (not copied).
+                let shared = Arc::new(stream.stream);
                 for (vi, value) in stream.values.into_iter().enumerate() {
                     let at = parse_unix_nanos(&value.nanos).ok_or_else(|| {
                         WireError::at(
@@ -479,8 +520,13 @@ fn decode_logs(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<LogLine>, 
                             format!("{:?} is not a timestamp in unix nanoseconds", value.nanos),
                         )
                     })?;
-                    let mut labels = stream.stream.clone();
-                    labels.extend(value.metadata);
+                    limits::check_len(&value.line, &format!("streams[{si}].values[{vi}][1]"), limits::MAX_LOG_LINE)?;
+                    limits::check_map(
+                        &value.metadata,
+                        &format!("streams[{si}].values[{vi}][2]"),
+                        limits::MAX_LABELS,
+                        limits::MAX_LABEL_VALUE,
+                    )?;
                     let id = content_id("lg", &[&service, &value.nanos, &value.line]);
                     out.push(LogLine {
                         id,
@@ -489,13 +535,16 @@ fn decode_logs(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<LogLine>, 
                         at,
                         level: level.clone(),
                         message: value.line,
-                        labels,
+                        labels: shared.clone(),
+                        metadata: value.metadata,
                     });
                 }
             }
             Ok(out)
         }
         (None, Some(lines)) => {
+            limits::check_map(&raw.labels, "labels", limits::MAX_LABELS, limits::MAX_LABEL_VALUE)?;
+            let shared = Arc::new(raw.labels);
             let mut out = Vec::with_capacity(lines.len());
             for (i, line) in lines.into_iter().enumerate() {
                 let service = line
@@ -505,12 +554,17 @@ fn decode_logs(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<LogLine>, 
                     .ok_or_else(|| {
                         WireError::at(format!("lines[{i}]"), "no service: set `service` on the body or on the line")
                     })?;
+                limits::check_len(&line.message, &format!("lines[{i}].message"), limits::MAX_LOG_LINE)?;
                 let id = match check_id(line.id, &format!("lines[{i}].id"))? {
                     Some(id) => id,
                     None => content_id("lg", &[&service, &opt_time(line.at), &line.message]),
                 };
-                let mut labels = raw.labels.clone();
-                labels.extend(line.labels);
+                limits::check_map(
+                    &line.labels,
+                    &format!("lines[{i}].labels"),
+                    limits::MAX_LABELS,
+                    limits::MAX_LABEL_VALUE,
+                )?;
                 out.push(LogLine {
                     id,
                     service,
@@ -518,7 +572,8 @@ fn decode_logs(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<LogLine>, 
                     at: line.at.unwrap_or(received_at),
                     level: line.level,
                     message: line.message,
-                    labels,
+                    labels: shared.clone(),
+                    metadata: line.labels,
                 });
             }
             Ok(out)
@@ -678,7 +733,7 @@ mod tests {
         assert_eq!(lines[0].service, "checkout");
         assert_eq!(lines[0].environment.as_deref(), Some("prod"));
         assert_eq!(
-            lines[1].labels.get("trace_id").map(String::as_str),
+            lines[1].metadata.get("trace_id").map(String::as_str),
             Some("abc")
         );
 

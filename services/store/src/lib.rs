@@ -35,6 +35,21 @@ pub use remediation::{
 };
 pub use sqlite::SqliteStore;
 
+tokio::task_local! {
+    static BULK: ();
+}
+
+/// Runs `f` as bulk work: on SQLite, its writes give way to every other
+/// write (the engine's bulk-lane batches behind the urgent lane's and the
+/// actions'). PostgreSQL has many writers and ignores it.
+pub async fn bulk<F: std::future::Future>(f: F) -> F::Output {
+    BULK.scope((), f).await
+}
+
+pub(crate) fn is_bulk() -> bool {
+    BULK.try_with(|_| ()).is_ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -506,6 +521,35 @@ pub(crate) fn timeline_row(
 
 pub(crate) fn labels_json(map: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The distinct streams of a batch of log lines, each once as (id, labels
+/// JSON), and each line's stream id. Lines of one stream share one label
+/// set (one `Arc`), so each set is encoded and hashed once.
+pub(crate) fn log_streams(lines: &[LogLine]) -> (Vec<(String, String)>, Vec<String>) {
+    use sha2::Digest;
+    let mut seen: std::collections::HashMap<
+        *const std::collections::BTreeMap<String, String>,
+        String,
+    > = std::collections::HashMap::new();
+    let mut streams: Vec<(String, String)> = Vec::new();
+    let mut ids = Vec::with_capacity(lines.len());
+    for l in lines {
+        let id = seen
+            .entry(std::sync::Arc::as_ptr(&l.labels))
+            .or_insert_with(|| {
+                let json = labels_json(&l.labels);
+                let digest = sha2::Sha256::digest(json.as_bytes());
+                let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+                if !streams.iter().any(|(known, _)| *known == id) {
+                    streams.push((id.clone(), json));
+                }
+                id
+            })
+            .clone();
+        ids.push(id);
+    }
+    (streams, ids)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ macro_rules! migrations {
             5, "0005", "sweep_index";
             6, "0006", "action_leases";
             7, "0007", "access";
+            8, "0008", "log_streams";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

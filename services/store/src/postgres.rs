@@ -578,6 +578,17 @@ impl DialectTx for PgTx {
         if lines.is_empty() {
             return Ok(0);
         }
+        let (streams, stream_ids) = crate::log_streams(lines);
+        let (stream_keys, stream_labels): (Vec<String>, Vec<String>) = streams.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO log_streams (id, labels)
+             SELECT id, labels::json FROM unnest($1::text[], $2::text[]) AS t(id, labels)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(stream_keys)
+        .bind(stream_labels)
+        .execute(&mut *self.tx)
+        .await?;
         let n = lines.len();
         let (mut ids, mut services, mut envs, mut ats, mut levels, mut messages, mut labels) = (
             Vec::with_capacity(n),
@@ -595,13 +606,14 @@ impl DialectTx for PgTx {
             ats.push(l.at);
             levels.push(l.level.as_deref());
             messages.push(l.message.as_str());
-            labels.push(labels_json(&l.labels));
+            labels.push(labels_json(&l.metadata));
         }
         let done = sqlx::query(
-            "INSERT INTO log_lines (id, service, environment, at, level, message, labels)
-             SELECT id, service, environment, at, level, message, labels::json
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
-                  AS t(id, service, environment, at, level, message, labels)
+            "INSERT INTO log_lines (id, service, environment, at, level, message, labels, stream_id)
+             SELECT id, service, environment, at, level, message, labels::json, stream_id
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+                         $8::text[])
+                  AS t(id, service, environment, at, level, message, labels, stream_id)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(ids)
@@ -611,6 +623,7 @@ impl DialectTx for PgTx {
         .bind(levels)
         .bind(messages)
         .bind(labels)
+        .bind(stream_ids)
         .execute(&mut *self.tx)
         .await?;
         Ok(done.rows_affected())

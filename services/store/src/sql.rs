@@ -441,7 +441,6 @@ fn history_alert(r: &impl Get) -> Result<(Option<i64>, AlertEvent)> {
                 ends_at: r.opt_time("ends_at")?,
                 generator_url: r.text("generator_url")?,
                 truncated_alerts: u64::try_from(r.int("truncated_alerts")?).unwrap_or(0),
-                receiver: String::new(),
             },
         ))
     };

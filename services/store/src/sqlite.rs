@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,10 +29,65 @@ use crate::sql::{Arg, Attach, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS
 use crate::{labels_json, Result, StoreError};
 
 /// The SQLite dialect: one writer, several readers, one checkpointer.
+///
+/// Writes made inside [`crate::bulk`] (the engine's bulk-lane batches) give
+/// way to every other write: one bulk write at a time waits for the writer,
+/// and only while no other write does. During an alert storm the urgent
+/// alert's batch, its action and the kill switch's flag update then wait
+/// for at most the one bulk batch already writing, not for every queued one.
 pub struct SqliteDialect {
     writer: SqlitePool,
     reader: SqlitePool,
     checkpointer: SqlitePool,
+    gate: Arc<WriteGate>,
+}
+
+/// Write transactions take the write lock when they begin. A deferred one
+/// that reads first and writes later can be refused at once with
+/// SQLITE_BUSY ("database is locked") when the checkpointer or another
+/// process wrote in between, without the busy timeout ever applying.
+const IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
+/// Who writes next: see [`SqliteDialect`].
+#[derive(Default)]
+struct WriteGate {
+    /// Held by the one bulk write waiting for or holding the writer.
+    bulk: Arc<tokio::sync::Mutex<()>>,
+    /// Other writes waiting for the writer.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Signalled when `waiting` drops to zero.
+    clear: tokio::sync::Notify,
+}
+
+/// A bulk write's turn; dropped when its write is done.
+type BulkTurn = tokio::sync::OwnedMutexGuard<()>;
+
+impl WriteGate {
+    /// Waits for the writer's pool with this task's priority; the returned
+    /// turn (bulk writes only) must be held until the write is done.
+    async fn acquire<T, F>(&self, connect: F) -> Result<(T, Option<BulkTurn>)>
+    where
+        F: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        if crate::is_bulk() {
+            let turn = self.bulk.clone().lock_owned().await;
+            loop {
+                let cleared = self.clear.notified();
+                if self.waiting.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                cleared.await;
+            }
+            return Ok((connect.await?, Some(turn)));
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let got = connect.await;
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.clear.notify_waiters();
+        }
+        Ok((got?, None))
+    }
 }
 
 pub type SqliteStore = Db<SqliteDialect>;
@@ -98,6 +154,7 @@ impl Db<SqliteDialect> {
                 writer,
                 reader,
                 checkpointer,
+                gate: Arc::default(),
             },
         })
     }
@@ -199,7 +256,8 @@ impl Dialect for SqliteDialect {
     }
 
     async fn write(&self, q: Query) -> Result<Vec<SqliteRow>> {
-        Ok(build(&q).fetch_all(&self.writer).await?)
+        let (mut conn, _turn) = self.gate.acquire(self.writer.acquire()).await?;
+        Ok(build(&q).fetch_all(&mut *conn).await?)
     }
 
     async fn stream(
@@ -218,9 +276,8 @@ impl Dialect for SqliteDialect {
     }
 
     async fn begin(&self) -> Result<SqliteTx> {
-        Ok(SqliteTx {
-            tx: self.writer.begin().await?,
-        })
+        let (tx, turn) = self.gate.acquire(self.writer.begin_with(IMMEDIATE)).await?;
+        Ok(SqliteTx { tx, _turn: turn })
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -246,7 +303,7 @@ impl Dialect for SqliteDialect {
         owner: &str,
     ) -> Result<Option<SqliteRow>> {
         // One writer: the select and the update cannot interleave with another claim.
-        let mut tx = self.writer.begin().await?;
+        let (mut tx, _turn) = self.gate.acquire(self.writer.begin_with(IMMEDIATE)).await?;
         let found: Option<(i64, String)> = sqlx::query_as(
             "SELECT a.id, a.status FROM actions a
              WHERE ((a.status = 'pending' AND a.not_before <= ?1)
@@ -308,6 +365,7 @@ async fn apply_migrations(conn: &mut sqlx::SqliteConnection) -> Result<()> {
 
 pub struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    _turn: Option<BulkTurn>,
 }
 
 #[async_trait]
@@ -599,9 +657,19 @@ impl DialectTx for SqliteTx {
         if lines.is_empty() {
             return Ok(0);
         }
+        let (streams, stream_ids) = crate::log_streams(lines);
+        sqlx::query(
+            "INSERT INTO log_streams (id, labels)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(json_list(&streams))
+        .execute(&mut *self.tx)
+        .await?;
         let rows: Vec<_> = lines
             .iter()
-            .map(|l| {
+            .zip(&stream_ids)
+            .map(|(l, stream)| {
                 (
                     &l.id,
                     &l.service,
@@ -609,13 +677,15 @@ impl DialectTx for SqliteTx {
                     micros(l.at),
                     &l.level,
                     &l.message,
-                    labels_json(&l.labels),
+                    labels_json(&l.metadata),
+                    stream,
                 )
             })
             .collect();
         let done = sqlx::query(
-            "INSERT INTO log_lines (id, service, environment, at, level, message, labels)
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6
+            "INSERT INTO log_lines (id, service, environment, at, level, message, labels, stream_id)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                    value ->> 7
              FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO NOTHING",
         )
