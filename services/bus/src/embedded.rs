@@ -4,7 +4,8 @@
 //!
 //! The queue lives in a file of its own, not in the store's, so that ingest
 //! (writing the queue) and the engine (writing the store) never wait for each
-//! other's write lock.
+//! other's write lock. Each message has a lane; a consumer claims from one
+//! lane, so the urgent lane's consumer never waits behind the bulk backlog.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::Notify;
 
-use crate::{Bus, BusError, Delivery, OutMessage, Subscription};
+use crate::{Bus, BusError, Delivery, Lane, LaneBacklog, OutMessage, Subscription};
 
 /// How long a consumer holds a message before it is offered again.
 const LEASE: Duration = Duration::from_secs(60);
@@ -48,9 +49,39 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 ";
 
+/// Added after the first release: queues made before it get the column.
+const LANES: &str = "
+ALTER TABLE queue ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+";
+const LANE_INDEX: &str = "CREATE INDEX IF NOT EXISTS queue_lane ON queue (lane, lease_until, id)";
+
+fn lane_code(lane: Lane) -> i64 {
+    match lane {
+        Lane::Bulk => 0,
+        Lane::Urgent => 1,
+    }
+}
+
+/// One wake-up per lane: a publish on the urgent lane wakes its consumer.
+#[derive(Default)]
+struct Wakers {
+    urgent: Notify,
+    bulk: Notify,
+}
+
+impl Wakers {
+    fn of(&self, lane: Lane) -> &Notify {
+        match lane {
+            Lane::Urgent => &self.urgent,
+            Lane::Bulk => &self.bulk,
+        }
+    }
+}
+
 pub struct EmbeddedBus {
     pool: SqlitePool,
-    notify: Arc<Notify>,
+    notify: Arc<Wakers>,
+    backlog: Arc<std::sync::Mutex<[LaneBacklog; 2]>>,
     /// Publishes waiting for the group committer.
     commits: tokio::sync::mpsc::Sender<Publish>,
     /// Whether this process has taken over messages a dead predecessor leased.
@@ -59,7 +90,7 @@ pub struct EmbeddedBus {
 
 /// One caller's messages and where to tell it they are durable.
 struct Publish {
-    messages: Vec<(String, bytes::Bytes)>,
+    messages: Vec<(String, bytes::Bytes, Lane)>,
     done: tokio::sync::oneshot::Sender<Result<(), BusError>>,
 }
 
@@ -68,7 +99,7 @@ struct Publish {
 /// hears back only once its own messages are durable.
 async fn group_committer(
     pool: SqlitePool,
-    notify: Arc<Notify>,
+    notify: Arc<Wakers>,
     mut rx: tokio::sync::mpsc::Receiver<Publish>,
 ) {
     const MAX_GROUP: usize = 512;
@@ -82,7 +113,14 @@ async fn group_committer(
         }
         let result = commit_group(&pool, &group).await;
         if result.is_ok() {
-            notify.notify_one();
+            for lane in Lane::ALL {
+                if group
+                    .iter()
+                    .any(|p| p.messages.iter().any(|(_, _, l)| *l == lane))
+                {
+                    notify.of(lane).notify_one();
+                }
+            }
         }
         for p in group {
             let _ = p.done.send(result.clone());
@@ -92,19 +130,57 @@ async fn group_committer(
 
 async fn commit_group(pool: &SqlitePool, group: &[Publish]) -> Result<(), BusError> {
     let now = now_micros();
-    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(unavailable)?;
     for p in group {
-        for (key, body) in &p.messages {
-            sqlx::query("INSERT INTO queue (routing_key, body, enqueued_at) VALUES (?1, ?2, ?3)")
-                .bind(key)
-                .bind(body.as_ref())
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+        for (key, body, lane) in &p.messages {
+            sqlx::query(
+                "INSERT INTO queue (routing_key, body, enqueued_at, lane) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(key)
+            .bind(body.as_ref())
+            .bind(now)
+            .bind(lane_code(*lane))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         }
     }
     tx.commit().await.map_err(unavailable)
+}
+
+/// Samples each lane's depth and oldest message once a second, on a
+/// connection of its own (a count over a large queue must not hold up the
+/// writer).
+async fn sample_backlog(
+    reader: SqlitePool,
+    queue: SqlitePool,
+    out: Arc<std::sync::Mutex<[LaneBacklog; 2]>>,
+) {
+    while !queue.is_closed() {
+        let rows: Result<Vec<(i64, i64, Option<i64>)>, _> =
+            sqlx::query_as("SELECT lane, count(*), min(enqueued_at) FROM queue GROUP BY lane")
+                .fetch_all(&reader)
+                .await;
+        if let Ok(rows) = rows {
+            let now = now_micros();
+            let mut fresh = [LaneBacklog::default(); 2];
+            for (lane, depth, oldest) in rows {
+                let i = usize::from(lane == lane_code(Lane::Urgent));
+                fresh[i] = LaneBacklog {
+                    depth: u64::try_from(depth).unwrap_or_default(),
+                    oldest_seconds: oldest.map(|t| (now - t).max(0) as f64 / 1e6),
+                };
+            }
+            if let Ok(mut b) = out.lock() {
+                *b = fresh;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    reader.close().await;
 }
 
 /// PASSIVE checkpoints twice a second while the queue is open; a TRUNCATE now
@@ -157,19 +233,41 @@ impl EmbeddedBus {
             .map_err(unavailable)?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
         sqlx::Executor::execute(&pool, SCHEMA)
             .await
             .map_err(unavailable)?;
-        let notify = Arc::new(Notify::new());
+        let has_lane: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pragma_table_info('queue') WHERE name = 'lane'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(unavailable)?;
+        if !has_lane {
+            sqlx::Executor::execute(&pool, LANES)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::Executor::execute(&pool, LANE_INDEX)
+            .await
+            .map_err(unavailable)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(unavailable)?;
+        let notify = Arc::new(Wakers::default());
+        let backlog = Arc::new(std::sync::Mutex::new([LaneBacklog::default(); 2]));
         tokio::spawn(checkpoints(checkpointer, pool.clone()));
+        tokio::spawn(sample_backlog(reader, pool.clone(), backlog.clone()));
         let (commits, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(group_committer(pool.clone(), notify.clone(), rx));
         Ok(EmbeddedBus {
             pool,
             notify,
+            backlog,
             commits,
             recovered: AtomicBool::new(false),
         })
@@ -203,7 +301,7 @@ impl Bus for EmbeddedBus {
         let publish = Publish {
             messages: messages
                 .iter()
-                .map(|m| (m.routing_key.clone(), m.body.clone()))
+                .map(|m| (m.routing_key.clone(), m.body.clone(), m.lane))
                 .collect(),
             done,
         };
@@ -215,7 +313,18 @@ impl Bus for EmbeddedBus {
             .map_err(|_| BusError::Unavailable("embedded queue: the committer stopped".into()))?
     }
 
-    async fn subscribe(&self, _prefetch: u16) -> Result<Box<dyn Subscription>, BusError> {
+    fn backlog(&self, lane: Lane) -> LaneBacklog {
+        self.backlog
+            .lock()
+            .map(|b| b[usize::from(lane == Lane::Urgent)])
+            .unwrap_or_default()
+    }
+
+    async fn subscribe(
+        &self,
+        _prefetch: u16,
+        lane: Lane,
+    ) -> Result<Box<dyn Subscription>, BusError> {
         // The embedded queue has one consuming process. When it starts, anything
         // still leased was leased by a process that died (kill -9, power loss):
         // offer it again now rather than when the lease runs out.
@@ -235,6 +344,7 @@ impl Bus for EmbeddedBus {
         Ok(Box::new(EmbeddedSubscription {
             pool: self.pool.clone(),
             notify: self.notify.clone(),
+            lane,
         }))
     }
 
@@ -253,7 +363,8 @@ impl Bus for EmbeddedBus {
 
 struct EmbeddedSubscription {
     pool: SqlitePool,
-    notify: Arc<Notify>,
+    notify: Arc<Wakers>,
+    lane: Lane,
 }
 
 impl EmbeddedSubscription {
@@ -261,32 +372,39 @@ impl EmbeddedSubscription {
         let now = now_micros();
         let lease_until = now + i64::try_from(LEASE.as_micros()).unwrap_or(i64::MAX);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         // Poison messages first: past the delivery limit they go to dead letters.
         sqlx::query(
             "INSERT INTO dead_letters (routing_key, body, reason, dead_at)
              SELECT routing_key, body, 'delivery limit reached after ' || attempts || ' attempts', ?1
-             FROM queue WHERE lease_until < ?1 AND attempts >= ?2",
+             FROM queue WHERE lane = ?3 AND lease_until < ?1 AND attempts >= ?2",
         )
         .bind(now)
         .bind(DELIVERY_LIMIT)
+        .bind(lane_code(self.lane))
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        sqlx::query("DELETE FROM queue WHERE lease_until < ?1 AND attempts >= ?2")
+        sqlx::query("DELETE FROM queue WHERE lane = ?3 AND lease_until < ?1 AND attempts >= ?2")
             .bind(now)
             .bind(DELIVERY_LIMIT)
+            .bind(lane_code(self.lane))
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
         let rows = sqlx::query(
             "UPDATE queue SET lease_until = ?1, attempts = attempts + 1
-             WHERE id IN (SELECT id FROM queue WHERE lease_until < ?2 ORDER BY id LIMIT ?3)
+             WHERE id IN (SELECT id FROM queue WHERE lane = ?4 AND lease_until < ?2 ORDER BY id LIMIT ?3)
              RETURNING id, routing_key, body, attempts",
         )
         .bind(lease_until)
         .bind(now)
         .bind(limit)
+        .bind(lane_code(self.lane))
         .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -331,7 +449,7 @@ impl Subscription for EmbeddedSubscription {
             if !batch.is_empty() {
                 return Ok(batch);
             }
-            let _ = tokio::time::timeout(POLL, self.notify.notified()).await;
+            let _ = tokio::time::timeout(POLL, self.notify.of(self.lane).notified()).await;
         }
     }
 
@@ -358,12 +476,16 @@ impl Subscription for EmbeddedSubscription {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        self.notify.notify_one();
+        self.notify.of(self.lane).notify_one();
         Ok(())
     }
 
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         sqlx::query(
             "INSERT INTO dead_letters (routing_key, body, reason, dead_at) VALUES (?1, ?2, ?3, ?4)",
         )
@@ -396,6 +518,7 @@ mod tests {
         OutMessage {
             routing_key: key.into(),
             body: Bytes::from(body.to_string()),
+            lane: Lane::Bulk,
         }
     }
 
@@ -410,7 +533,7 @@ mod tests {
         ])
         .await
         .expect("publish");
-        let mut sub = bus.subscribe(10).await.expect("subscribe");
+        let mut sub = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
         let batch = sub.next_batch(2).await.expect("batch");
         assert_eq!(
             batch.iter().map(|d| d.body.as_ref()).collect::<Vec<_>>(),
@@ -432,7 +555,7 @@ mod tests {
             bus.publish(&[msg("alert.a", "kept")])
                 .await
                 .expect("publish");
-            let mut sub = bus.subscribe(10).await.expect("subscribe");
+            let mut sub = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
             let batch = sub.next_batch(10).await.expect("batch");
             sub.requeue(&[batch[0].tag]).await.expect("requeue");
             let again = sub.next_batch(10).await.expect("batch");
@@ -448,13 +571,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_urgent_lane_is_claimed_apart_from_the_bulk_backlog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bus = bus(&dir).await;
+        let bulk: Vec<OutMessage> = (0..500).map(|i| msg("alert.a", &i.to_string())).collect();
+        bus.publish(&bulk).await.expect("publish");
+        let urgent = OutMessage {
+            lane: Lane::Urgent,
+            ..msg("alert.b", "urgent")
+        };
+        bus.publish(&[urgent]).await.expect("publish");
+        let mut fast = bus.subscribe(10, Lane::Urgent).await.expect("subscribe");
+        let got = fast.next_batch(10).await.expect("batch");
+        assert_eq!(got.len(), 1, "only the urgent message");
+        assert_eq!(got[0].body.as_ref(), b"urgent");
+        fast.ack(&[got[0].tag]).await.expect("ack");
+        let mut slow = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
+        let first = slow.next_batch(10).await.expect("batch");
+        assert_eq!(first[0].body.as_ref(), b"0", "the bulk lane in order");
+        // The sampler reports both lanes within about a second.
+        let mut seen = LaneBacklog::default();
+        for _ in 0..30 {
+            seen = bus.backlog(Lane::Bulk);
+            if seen.depth == 500 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen.depth, 500, "{seen:?}");
+        assert!(seen.oldest_seconds.is_some());
+        assert_eq!(bus.backlog(Lane::Urgent).depth, 0);
+    }
+
+    #[tokio::test]
+    async fn a_queue_from_before_lanes_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        {
+            let pool = SqlitePool::connect_with(
+                SqliteConnectOptions::from_str(&url)
+                    .expect("url")
+                    .create_if_missing(true),
+            )
+            .await
+            .expect("open");
+            sqlx::Executor::execute(&pool, SCHEMA)
+                .await
+                .expect("old schema");
+            sqlx::query(
+                "INSERT INTO queue (routing_key, body, enqueued_at) VALUES ('alert.a', x'7b7d', 1)",
+            )
+            .execute(&pool)
+            .await
+            .expect("old message");
+            pool.close().await;
+        }
+        let bus = EmbeddedBus::open(&url).await.expect("open upgraded");
+        let mut sub = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
+        let got = sub.next_batch(10).await.expect("batch");
+        assert_eq!(
+            got[0].body.as_ref(),
+            b"{}",
+            "the old message is kept, on the bulk lane"
+        );
+    }
+
+    #[tokio::test]
     async fn dead_letter_keeps_reason_and_removes_message() {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = bus(&dir).await;
         bus.publish(&[msg("alert.a", "{not json")])
             .await
             .expect("publish");
-        let mut sub = bus.subscribe(10).await.expect("subscribe");
+        let mut sub = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
         let batch = sub.next_batch(10).await.expect("batch");
         sub.dead_letter(&batch[0], "malformed JSON")
             .await

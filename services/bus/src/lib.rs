@@ -8,6 +8,11 @@
 //! - a message that cannot be processed is dead-lettered with the reason.
 //!
 //! Handlers must therefore be idempotent; Firebreak's engine is.
+//!
+//! Messages travel on one of two lanes. The urgent lane carries what a
+//! playbook may act on (and the deploys and gate verdicts those decisions
+//! read); every engine drains it first, with a consumer of its own, so a
+//! kill switch is not queued behind an alert storm on the bulk lane.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,12 +35,42 @@ pub enum BusError {
     Internal(String),
 }
 
+/// Which queue a message waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// What a playbook may act on, and the facts it decides with.
+    Urgent,
+    /// Everything else.
+    Bulk,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Urgent, Lane::Bulk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
 /// A message to publish. The routing key says what the body is: `alert.<service>`,
 /// `deploy.<service>`, `gate.<service>` or `log.<service>`.
 #[derive(Debug, Clone)]
 pub struct OutMessage {
     pub routing_key: String,
     pub body: Bytes,
+    pub lane: Lane,
+}
+
+/// How much waits on one lane.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LaneBacklog {
+    /// Messages waiting (RabbitMQ: ready, not yet delivered).
+    pub depth: u64,
+    /// Seconds the oldest waiting message has waited, when known.
+    pub oldest_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +90,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Returns once every message is durably queued; on error none should be
     /// considered accepted (some may still arrive: consumers are idempotent).
     async fn publish(&self, messages: &[OutMessage]) -> Result<(), BusError>;
-    /// Starts consuming the engine queue with at most `prefetch` unacked messages.
-    async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, BusError>;
+    /// Starts consuming one lane with at most `prefetch` unacked messages.
+    async fn subscribe(&self, prefetch: u16, lane: Lane)
+        -> Result<Box<dyn Subscription>, BusError>;
+    /// What waits on a lane, as last sampled (about once a second; cheap to call).
+    fn backlog(&self, lane: Lane) -> LaneBacklog;
     /// Whether the bus answers now.
     async fn ping(&self) -> Result<(), BusError>;
     async fn close(&self);

@@ -1,9 +1,12 @@
 //! RabbitMQ: topic exchange `<ns>.events`, a durable quorum queue `<ns>.engine`
 //! shared by every engine process (competing consumers), dead-letter exchange and
-//! queue `<ns>.dead`. Publisher confirms and persistent messages on the way in;
-//! manual acks, sent only after the database commit, on the way out.
+//! queue `<ns>.dead`. The urgent lane is its own topic exchange and quorum
+//! queue, `<ns>.urgent`, consumed apart. Publisher confirms and persistent
+//! messages on the way in; manual acks, sent only after the database commit,
+//! on the way out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::Mutex;
 
-use crate::{Bus, BusError, Delivery, OutMessage, Subscription};
+use crate::{Bus, BusError, Delivery, Lane, LaneBacklog, OutMessage, Subscription};
 
 /// How long a publish may wait for the broker's confirm before the sender is told
 /// to retry (a blocked broker must not hang every ingest request).
@@ -34,6 +37,8 @@ pub struct Topology {
     pub dead_exchange: String,
     pub queue: String,
     pub dead_queue: String,
+    pub urgent_exchange: String,
+    pub urgent_queue: String,
 }
 
 impl Topology {
@@ -43,8 +48,36 @@ impl Topology {
             dead_exchange: format!("{namespace}.dead"),
             queue: format!("{namespace}.engine"),
             dead_queue: format!("{namespace}.dead"),
+            urgent_exchange: format!("{namespace}.urgent"),
+            urgent_queue: format!("{namespace}.urgent"),
         }
     }
+
+    fn exchange_of(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Urgent => &self.urgent_exchange,
+            Lane::Bulk => &self.exchange,
+        }
+    }
+
+    fn queue_of(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Urgent => &self.urgent_queue,
+            Lane::Bulk => &self.queue,
+        }
+    }
+}
+
+/// Per lane: messages ready (sampled), and how long the last delivered
+/// message had waited (its publish timestamp to its delivery).
+#[derive(Default)]
+struct Stats {
+    ready: [u64; 2],
+    waited: [Option<f64>; 2],
+}
+
+fn slot(lane: Lane) -> usize {
+    usize::from(lane == Lane::Urgent)
 }
 
 pub struct RabbitBus {
@@ -52,6 +85,8 @@ pub struct RabbitBus {
     topology: Topology,
     publisher: Mutex<Option<(Connection, Channel)>>,
     consumer_seq: AtomicU64,
+    stats: Arc<std::sync::Mutex<Stats>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn unavailable(e: lapin::Error) -> BusError {
@@ -146,7 +181,89 @@ async fn declare(channel: &Channel, t: &Topology) -> Result<(), BusError> {
         )
         .await
         .map_err(unavailable)?;
+    channel
+        .exchange_declare(
+            &t.urgent_exchange,
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_declare(
+            &t.urgent_queue,
+            durable_queue,
+            table(&[
+                (
+                    "x-queue-type",
+                    AMQPValue::LongString(LongString::from("quorum")),
+                ),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(LongString::from(t.dead_exchange.as_str())),
+                ),
+                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+            ]),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            &t.urgent_queue,
+            &t.urgent_exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
     Ok(())
+}
+
+/// Samples how many messages are ready on each lane, once a second, on a
+/// channel of its own (a passive declare answers with the count).
+async fn sample_ready(
+    url: String,
+    topology: Topology,
+    stats: Arc<std::sync::Mutex<Stats>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut channel: Option<(Connection, Channel)> = None;
+    while !closed.load(Ordering::Relaxed) {
+        if channel
+            .as_ref()
+            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        {
+            channel = match connect(&url).await {
+                Ok(conn) => match conn.create_channel().await {
+                    Ok(ch) => Some((conn, ch)),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+        }
+        if let Some((_, ch)) = &channel {
+            for lane in Lane::ALL {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                if let Ok(q) = ch
+                    .queue_declare(topology.queue_of(lane), passive, FieldTable::default())
+                    .await
+                {
+                    if let Ok(mut s) = stats.lock() {
+                        s.ready[slot(lane)] = u64::from(q.message_count());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Some((conn, _)) = channel {
+        let _ = conn.close(200, "closing").await;
+    }
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, BusError> {
@@ -218,8 +335,16 @@ impl RabbitBus {
             topology,
             publisher: Mutex::new(None),
             consumer_seq: AtomicU64::new(0),
+            stats: Arc::new(std::sync::Mutex::new(Stats::default())),
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         bus.publisher_channel().await?;
+        tokio::spawn(sample_ready(
+            bus.url.clone(),
+            bus.topology.clone(),
+            bus.stats.clone(),
+            bus.closed.clone(),
+        ));
         Ok(bus)
     }
 
@@ -258,22 +383,33 @@ impl Bus for RabbitBus {
 
     async fn publish(&self, messages: &[OutMessage]) -> Result<(), BusError> {
         let now = u64::try_from(chrono_now_secs()).unwrap_or_default();
-        let batch: Vec<(String, &[u8], BasicProperties)> = messages
-            .iter()
-            .map(|m| {
-                (
-                    m.routing_key.clone(),
-                    m.body.as_ref(),
-                    persistent().with_timestamp(now),
-                )
-            })
-            .collect();
+        let batch = |lane: Lane| -> Vec<(String, &[u8], BasicProperties)> {
+            messages
+                .iter()
+                .filter(|m| m.lane == lane)
+                .map(|m| {
+                    (
+                        m.routing_key.clone(),
+                        m.body.as_ref(),
+                        persistent().with_timestamp(now),
+                    )
+                })
+                .collect()
+        };
+        let (urgent, bulk) = (batch(Lane::Urgent), batch(Lane::Bulk));
         // One retry on a fresh connection: a broker restart between two requests
         // should cost the sender nothing. Consumers are idempotent, so a message
         // that did reach the broker before the failure is harmless when sent again.
         for attempt in 0..2 {
             let channel = self.publisher_channel().await?;
-            match publish_confirmed(&channel, &self.topology.exchange, &batch).await {
+            let mut sent = Ok(());
+            for (lane, batch) in [(Lane::Urgent, &urgent), (Lane::Bulk, &bulk)] {
+                if !batch.is_empty() && sent.is_ok() {
+                    sent =
+                        publish_confirmed(&channel, self.topology.exchange_of(lane), batch).await;
+                }
+            }
+            match sent {
                 Ok(()) => return Ok(()),
                 Err(BusError::Unavailable(e)) if attempt == 0 => {
                     tracing::warn!(error = %e, "publish failed; reconnecting to RabbitMQ");
@@ -287,7 +423,28 @@ impl Bus for RabbitBus {
         ))
     }
 
-    async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, BusError> {
+    fn backlog(&self, lane: Lane) -> LaneBacklog {
+        self.stats
+            .lock()
+            .map(|s| {
+                let depth = s.ready[slot(lane)];
+                LaneBacklog {
+                    depth,
+                    oldest_seconds: if depth > 0 {
+                        s.waited[slot(lane)]
+                    } else {
+                        Some(0.0)
+                    },
+                }
+            })
+            .unwrap_or_default()
+    }
+
+    async fn subscribe(
+        &self,
+        prefetch: u16,
+        lane: Lane,
+    ) -> Result<Box<dyn Subscription>, BusError> {
         let conn = connect(&self.url).await?;
         let channel = confirm_channel(&conn).await?;
         declare(&channel, &self.topology).await?;
@@ -302,7 +459,7 @@ impl Bus for RabbitBus {
         );
         let consumer = channel
             .basic_consume(
-                &self.topology.queue,
+                self.topology.queue_of(lane),
                 &tag,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -314,6 +471,8 @@ impl Bus for RabbitBus {
             channel,
             consumer,
             topology: self.topology.clone(),
+            lane,
+            stats: self.stats.clone(),
         }))
     }
 
@@ -322,6 +481,7 @@ impl Bus for RabbitBus {
     }
 
     async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         self.drop_publisher().await;
     }
 }
@@ -338,6 +498,8 @@ struct RabbitSubscription {
     channel: Channel,
     consumer: Consumer,
     topology: Topology,
+    lane: Lane,
+    stats: Arc<std::sync::Mutex<Stats>>,
 }
 
 impl Drop for RabbitSubscription {
@@ -374,13 +536,22 @@ impl Subscription for RabbitSubscription {
                 ))
             }
         };
+        // How long the newest message of the batch waited: the lane's lag.
+        let mut published = first.properties.timestamp().as_ref().copied();
         let mut batch = vec![delivery(first)];
         while batch.len() < max {
             match self.consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => batch.push(delivery(d)),
+                Some(Some(Ok(d))) => {
+                    published = d.properties.timestamp().as_ref().copied().or(published);
+                    batch.push(delivery(d));
+                }
                 Some(Some(Err(e))) => return Err(unavailable(e)),
                 Some(None) | None => break,
             }
+        }
+        if let (Some(at), Ok(mut s)) = (published, self.stats.lock()) {
+            let now = u64::try_from(chrono_now_secs()).unwrap_or_default();
+            s.waited[slot(self.lane)] = Some(now.saturating_sub(at) as f64);
         }
         Ok(batch)
     }

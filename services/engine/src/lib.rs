@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use firebreak_bus::{Bus, BusError, Delivery, Subscription};
+use firebreak_bus::{Bus, BusError, Delivery, Lane, Subscription};
 use firebreak_domain::alertmanager::AlertStatus;
 use firebreak_domain::correlation::{self, CorrelationPolicy, GroupKey, Target};
 use firebreak_domain::ids::lock_key;
@@ -81,6 +81,8 @@ pub struct Engine {
 /// deliveries go back to the queue.
 const COMMIT_ATTEMPTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Events per transaction on the bulk lane (a larger single body is still one).
+const BULK_CHUNK: usize = 1_000;
 
 impl Engine {
     pub fn new(
@@ -115,10 +117,15 @@ impl Engine {
     /// flight finishes (or is redelivered later) before this returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
+        // The urgent lane has a consumer of its own, so what a playbook acts
+        // on is never queued behind a batch of the bulk backlog.
+        let engine = self.clone();
+        let urgent_shutdown = shutdown.clone();
+        tasks.spawn(async move { engine.consume(Lane::Urgent, 0, urgent_shutdown).await });
         for worker in 0..self.config.workers.max(1) {
             let engine = self.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { engine.consume(worker, shutdown).await });
+            tasks.spawn(async move { engine.consume(Lane::Bulk, worker, shutdown).await });
         }
         let engine = self.clone();
         let sweeper_shutdown = shutdown.clone();
@@ -126,16 +133,22 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn consume(&self, worker: usize, shutdown: CancellationToken) {
+    async fn consume(&self, lane: Lane, worker: usize, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let lane_name = lane.as_str();
         while !shutdown.is_cancelled() {
             let subscribed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                s = self.bus.subscribe(self.config.prefetch) => s,
+                s = self.bus.subscribe(self.config.prefetch, lane) => s,
             };
             let mut sub = match subscribed {
                 Ok(sub) => {
-                    tracing::info!(worker, bus = self.bus.backend(), "consumer subscribed");
+                    tracing::info!(
+                        lane = lane_name,
+                        worker,
+                        bus = self.bus.backend(),
+                        "consumer subscribed"
+                    );
                     backoff = Duration::from_millis(100);
                     sub
                 }
@@ -152,7 +165,13 @@ impl Engine {
                     b = sub.next_batch(self.config.batch_max) => b,
                 };
                 let result = match batch {
-                    Ok(deliveries) => self.handle(sub.as_mut(), deliveries).await,
+                    // A bulk batch's writes give way to the urgent lane's
+                    // and to actions (SQLite has one writer).
+                    Ok(deliveries) if lane == Lane::Bulk => {
+                        firebreak_store::bulk(self.handle(sub.as_mut(), deliveries, BULK_CHUNK))
+                            .await
+                    }
+                    Ok(deliveries) => self.handle(sub.as_mut(), deliveries, usize::MAX).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
@@ -170,6 +189,7 @@ impl Engine {
         &self,
         sub: &mut dyn Subscription,
         deliveries: Vec<Delivery>,
+        chunk: usize,
     ) -> Result<(), BusError> {
         let started = Instant::now();
         let now = Utc::now();
@@ -199,15 +219,42 @@ impl Engine {
         if decoded.is_empty() {
             return Ok(());
         }
-        match self.process_with_retry(&decoded).await {
+        // Commit in chunks of about `chunk` events: a transaction of a bulk
+        // batch then holds SQLite's one writer (or a group's row locks) for
+        // tens of milliseconds, not the whole batch's hundreds.
+        let mut start = 0;
+        while start < decoded.len() {
+            let mut end = start;
+            let mut events = 0;
+            while end < decoded.len() && (end == start || events + decoded[end].len() <= chunk) {
+                events += decoded[end].len();
+                end += 1;
+            }
+            self.settle(sub, &decoded[start..end], &tags[start..end])
+                .await?;
+            start = end;
+        }
+        self.metrics
+            .observe_processing(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Commits decoded bodies in one transaction and settles their deliveries.
+    async fn settle(
+        &self,
+        sub: &mut dyn Subscription,
+        decoded: &[Decoded],
+        tags: &[u64],
+    ) -> Result<(), BusError> {
+        match self.process_with_retry(decoded).await {
             Ok(outcome) => {
-                sub.ack(&tags).await?;
+                sub.ack(tags).await?;
                 self.record(&outcome);
             }
             Err(e) if decoded.len() > 1 && !e.is_transient() => {
                 // Find the message that fails rather than holding back the batch.
                 tracing::warn!(error = %e, messages = decoded.len(), "batch failed; processing its messages one by one");
-                for (events, tag) in decoded.iter().zip(&tags) {
+                for (events, tag) in decoded.iter().zip(tags) {
                     match self.process_with_retry(std::slice::from_ref(events)).await {
                         Ok(outcome) => {
                             sub.ack(&[*tag]).await?;
@@ -223,14 +270,12 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!(error = %e, messages = decoded.len(), "batch failed to commit; returned to the queue");
-                for events in &decoded {
+                for events in decoded {
                     self.metrics.failed(events.kind(), events.len() as u64);
                 }
-                sub.requeue(&tags).await?;
+                sub.requeue(tags).await?;
             }
         }
-        self.metrics
-            .observe_processing(started.elapsed().as_secs_f64());
         Ok(())
     }
 
