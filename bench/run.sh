@@ -74,6 +74,7 @@ run_mode() {
   b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
   b --label "$mode: 100 alerts/webhook" --alerts-per-webhook 100 --connections 16 --duration 10s
   b --label "$mode: 1 alert/webhook" --alerts-per-webhook 1 --connections 64 --duration 10s --deploy-every 0
+  b --label "$mode: kill switch behind a 3 s storm" --alerts-per-webhook 100 --connections 16 --storm 3s --probes 20
   b --label "$mode: 10,000-alert storm" --alerts-per-webhook 10000 --connections 1 --webhooks 1 --deploy-every 0
   b --label "$mode: incident page, 10,000 entries" --alerts-per-webhook 10000 --connections 1 --webhooks 1 --deploy-every 0 \
     --services 1 --service-prefix page --page-probes 30

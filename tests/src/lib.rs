@@ -317,6 +317,27 @@ impl Firebreak {
         self.spawn().await;
     }
 
+    /// Stops gracefully, sets one environment variable (`FIREBREAK_ROLES`,
+    /// say) and starts again on the same data directory and port.
+    pub async fn restart_with(&mut self, key: &str, value: &str) {
+        self.stop().await;
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self.spawn().await;
+    }
+
+    /// The peak resident memory of the process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = client()
             .post(format!("{}{path}", self.base))

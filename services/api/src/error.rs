@@ -40,6 +40,9 @@ pub enum ApiError {
     BadGateway(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The bulk backlog is over its bound: send again later.
+    #[error("backlogged: {message}")]
+    Backlogged { retry_after: u64, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -154,6 +157,20 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            ApiError::Backlogged {
+                retry_after,
+                message,
+            } => {
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": "backlogged", "message": message, "retry_after": retry_after})),
+                )
+                    .into_response();
+                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
                 return response;
             }
             ApiError::Internal(detail) => {

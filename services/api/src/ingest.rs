@@ -2,6 +2,7 @@
 //! A body is either wholly accepted or wholly refused; nothing is half-applied.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -10,8 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use firebreak_bus::OutMessage;
-use firebreak_domain::{decode, Decoded, EventKind, LogLine};
+use firebreak_bus::{Lane, OutMessage};
+use firebreak_domain::playbook::Trigger;
+use firebreak_domain::{decode, AlertEvent, Decoded, EventKind, LogLine};
 use serde_json::{json, Value};
 
 use crate::{ApiError, AppState};
@@ -67,12 +69,47 @@ async fn accept(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let outcome = accept_inner(state, kind, headers, body).await;
     if let Err(e) = &outcome {
-        if !matches!(e, ApiError::Unavailable(_) | ApiError::Internal(_)) {
+        if !matches!(
+            e,
+            ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::Backlogged { .. }
+        ) {
             state.metrics.rejected(kind);
             tracing::debug!(kind = kind.as_str(), error = %e, "refused an ingest request");
         }
     }
     outcome
+}
+
+/// Bounds on the bulk lane's backlog: above either, ingest answers 503 with
+/// `Retry-After` to senders whose events no playbook acts on (Alertmanager
+/// retries), so the backlog stays bounded; urgent events are always taken.
+#[derive(Debug, Clone)]
+pub struct Backpressure {
+    /// Messages waiting on the bulk lane (a webhook is one message, or part
+    /// of one when small ones are packed).
+    pub max_depth: u64,
+    /// How long the oldest bulk message may have waited.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for Backpressure {
+    fn default() -> Self {
+        Backpressure {
+            max_depth: 20_000,
+            max_age: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// What ingest needs beyond the bus: the packer of small webhooks and the
+/// backlog bounds.
+pub struct Ingest {
+    pub packer: crate::packer::Packer,
+    pub backpressure: Backpressure,
+    /// The largest queue message the bus takes: a body that would need a
+    /// larger one is refused (400), never answered "retry" (which could
+    /// never succeed).
+    pub max_message_bytes: usize,
 }
 
 async fn accept_inner(
@@ -98,9 +135,36 @@ async fn accept_inner(
         .as_ref()
         .ok_or_else(|| ApiError::Internal("ingest role without a bus".into()))?;
     let count = decoded.len();
-    let messages = messages_for(&decoded, body)?;
-    if !messages.is_empty() {
-        bus.publish(&messages).await?;
+    let urgent = urgent_alerts(state, &decoded);
+    let packable = matches!(decoded, Decoded::Alerts(_))
+        && urgent.is_none()
+        && body.len() <= crate::packer::SMALL_BODY
+        && body.first() == Some(&b'{');
+    let service = alert_service(&decoded).map(str::to_string);
+    let messages = messages_for(&decoded, body.clone(), urgent.as_deref())?;
+    let max_message = state
+        .ingest
+        .as_ref()
+        .map_or(usize::MAX, |i| i.max_message_bytes);
+    if let Some(big) = messages.iter().find(|m| m.body.len() > max_message) {
+        return Err(ApiError::BadRequest {
+            field: None,
+            message: format!(
+                "this body becomes a queue message of {} bytes, over the bus's limit of {max_message} (amqp.max_message_bytes): split it into smaller requests",
+                big.body.len()
+            ),
+        });
+    }
+    // Urgent events are always taken; the rest only while the backlog is bounded.
+    if messages.iter().all(|m| m.lane == Lane::Bulk) {
+        if let Some(ingest) = &state.ingest {
+            check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
+        }
+    }
+    match (&state.ingest, packable) {
+        (Some(ingest), true) => ingest.packer.publish(body, service).await?,
+        _ if !messages.is_empty() => bus.publish(&messages).await?,
+        _ => {}
     }
     state.metrics.received(kind, count as u64);
     let mut answer = json!({"status": "accepted", "kind": kind.as_str(), "events": count});
@@ -110,6 +174,85 @@ async fn accept_inner(
         Decoded::Alerts(_) | Decoded::Logs(_) => {}
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+fn check_backlog(
+    bus: &dyn firebreak_bus::Bus,
+    limits: &Backpressure,
+    kind: EventKind,
+    state: &AppState,
+) -> Result<(), ApiError> {
+    let backlog = bus.backlog(Lane::Bulk);
+    let age = backlog.oldest_seconds.unwrap_or(0.0);
+    let max_age = limits.max_age.as_secs_f64();
+    if backlog.depth <= limits.max_depth && age <= max_age {
+        return Ok(());
+    }
+    state.metrics.throttled(kind);
+    // Ask for a wait of about what the backlog is over its bound, 1 to 30 s.
+    let over = if age > max_age { age - max_age } else { 1.0 };
+    let retry_after = over.clamp(1.0, 30.0).ceil() as u64;
+    Err(ApiError::Backlogged {
+        retry_after,
+        message: format!(
+            "Firebreak is behind: {} messages wait to be processed (limit {}), the oldest for {:.0} s (limit {:.0} s); this was not accepted, send it again after {retry_after} s (events a playbook acts on are always accepted)",
+            backlog.depth, limits.max_depth, age, max_age
+        ),
+    })
+}
+
+/// The service every alert of a webhook names, if they all name one.
+fn alert_service(decoded: &Decoded) -> Option<&str> {
+    let Decoded::Alerts(alerts) = decoded else {
+        return None;
+    };
+    let first = alerts.first()?.labels.get("service")?;
+    alerts
+        .iter()
+        .all(|a| a.labels.get("service") == Some(first))
+        .then_some(first.as_str())
+}
+
+/// Which alerts a loaded playbook's trigger names (by index), if any.
+fn urgent_alerts(state: &AppState, decoded: &Decoded) -> Option<Vec<usize>> {
+    let Decoded::Alerts(alerts) = decoded else {
+        return None;
+    };
+    let set = state.playbooks.as_ref()?;
+    let loaded = set.current();
+    if loaded.playbooks.is_empty() {
+        return None;
+    }
+    let urgent: Vec<usize> = alerts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            let t = Trigger::Alert(a);
+            loaded.playbooks.iter().any(|p| p.could_match(&t))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    (!urgent.is_empty()).then_some(urgent)
+}
+
+/// An Alertmanager webhook (version 4) of just these alerts: what travels on
+/// the urgent lane when only some alerts of a body are urgent. The engine
+/// decodes it to the same events (same ids) as the whole body, which follows
+/// on the bulk lane and finds them already processed.
+fn webhook_of(alerts: &[&AlertEvent]) -> Result<Bytes, ApiError> {
+    let body = json!({
+        "version": "4", "status": "firing", "receiver": "", "groupKey": "",
+        "truncatedAlerts": alerts.first().map(|a| a.truncated_alerts).unwrap_or(0),
+        "alerts": alerts.iter().map(|a| json!({
+            "status": a.status.as_str(), "labels": a.labels, "annotations": a.annotations,
+            "startsAt": a.starts_at, "endsAt": a.ends_at.map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+            "generatorURL": a.generator_url, "fingerprint": a.fingerprint,
+        })).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("encoding urgent alerts: {e}")))
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -127,9 +270,16 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Bus messages for an accepted body. Alertmanager bodies travel as they came (no
-/// re-encoding on the hot path); other kinds travel normalized, ids and
-/// timestamps filled in, one message per service.
-fn messages_for(decoded: &Decoded, raw: Bytes) -> Result<Vec<OutMessage>, ApiError> {
+/// re-encoding on the hot path) on the bulk lane, and the alerts a playbook
+/// names also on the urgent lane (or the whole body there when all are);
+/// deploys and gate verdicts always go urgent (playbooks decide with them);
+/// logs go bulk. Other kinds travel normalized, ids and timestamps filled in,
+/// one message per service (per stream for logs).
+fn messages_for(
+    decoded: &Decoded,
+    raw: Bytes,
+    urgent: Option<&[usize]>,
+) -> Result<Vec<OutMessage>, ApiError> {
     let encode = |v: &dyn erased::Encode| {
         v.encode()
             .map_err(|e| ApiError::Internal(format!("encoding an event: {e}")))
@@ -137,16 +287,40 @@ fn messages_for(decoded: &Decoded, raw: Bytes) -> Result<Vec<OutMessage>, ApiErr
     Ok(match decoded {
         Decoded::Alerts(alerts) if alerts.is_empty() => Vec::new(),
         Decoded::Alerts(alerts) => {
-            let first = alerts[0].labels.get("service");
-            let service = if alerts.iter().all(|a| a.labels.get("service") == first) {
-                first.map(String::as_str).unwrap_or("_")
-            } else {
-                "_"
-            };
-            vec![OutMessage {
-                routing_key: routing_key(EventKind::Alert, service),
-                body: raw,
-            }]
+            let key = routing_key(EventKind::Alert, alert_service(decoded).unwrap_or("_"));
+            match urgent {
+                Some(u) if u.len() == alerts.len() => vec![OutMessage {
+                    routing_key: key,
+                    body: raw,
+                    lane: Lane::Urgent,
+                }],
+                Some(u) => {
+                    let picked: Vec<&AlertEvent> = u.iter().map(|i| &alerts[*i]).collect();
+                    let service = picked[0]
+                        .labels
+                        .get("service")
+                        .filter(|s| picked.iter().all(|a| a.labels.get("service") == Some(*s)))
+                        .map(String::as_str)
+                        .unwrap_or("_");
+                    vec![
+                        OutMessage {
+                            routing_key: routing_key(EventKind::Alert, service),
+                            body: webhook_of(&picked)?,
+                            lane: Lane::Urgent,
+                        },
+                        OutMessage {
+                            routing_key: key,
+                            body: raw,
+                            lane: Lane::Bulk,
+                        },
+                    ]
+                }
+                None => vec![OutMessage {
+                    routing_key: key,
+                    body: raw,
+                    lane: Lane::Bulk,
+                }],
+            }
         }
         Decoded::Deploys(deploys) => {
             let mut by_service: BTreeMap<&str, Vec<_>> = BTreeMap::new();
@@ -158,6 +332,7 @@ fn messages_for(decoded: &Decoded, raw: Bytes) -> Result<Vec<OutMessage>, ApiErr
                 out.push(OutMessage {
                     routing_key: routing_key(EventKind::Deploy, service),
                     body: encode(&events)?,
+                    lane: Lane::Urgent,
                 });
             }
             out
@@ -172,30 +347,45 @@ fn messages_for(decoded: &Decoded, raw: Bytes) -> Result<Vec<OutMessage>, ApiErr
                 out.push(OutMessage {
                     routing_key: routing_key(EventKind::Gate, service),
                     body: encode(&events)?,
+                    lane: Lane::Urgent,
                 });
             }
             out
         }
         Decoded::Logs(lines) => {
-            let mut by_stream: BTreeMap<(&str, Option<&str>), Vec<&LogLine>> = BTreeMap::new();
+            // One message per stream: its labels once, then its lines (a
+            // stream's lines share one label set; copying it into every line
+            // would multiply the body by the number of lines).
+            type Stream<'a> = (&'a str, Option<&'a str>, *const BTreeMap<String, String>);
+            let mut streams: BTreeMap<Stream<'_>, Vec<&LogLine>> = BTreeMap::new();
             for l in lines {
-                by_stream
-                    .entry((l.service.as_str(), l.environment.as_deref()))
+                streams
+                    .entry((
+                        l.service.as_str(),
+                        l.environment.as_deref(),
+                        Arc::as_ptr(&l.labels),
+                    ))
                     .or_default()
                     .push(l);
             }
-            let mut out = Vec::with_capacity(by_stream.len());
-            for ((service, environment), lines) in by_stream {
+            let mut out = Vec::with_capacity(streams.len());
+            for ((service, environment, _), lines) in streams {
                 let body = json!({
                     "service": service,
                     "environment": environment,
-                    "lines": lines.iter().map(|l| json!({
-                        "id": l.id, "at": l.at, "level": l.level, "message": l.message, "labels": l.labels,
-                    })).collect::<Vec<_>>(),
+                    "labels": &*lines[0].labels,
+                    "lines": lines.iter().map(|l| {
+                        let mut line = json!({"id": l.id, "at": l.at, "level": l.level, "message": l.message});
+                        if !l.metadata.is_empty() {
+                            line["labels"] = json!(l.metadata);
+                        }
+                        line
+                    }).collect::<Vec<_>>(),
                 });
                 out.push(OutMessage {
                     routing_key: routing_key(EventKind::Log, service),
                     body: encode(&body)?,
+                    lane: Lane::Bulk,
                 });
             }
             out
@@ -205,7 +395,7 @@ fn messages_for(decoded: &Decoded, raw: Bytes) -> Result<Vec<OutMessage>, ApiErr
 
 /// `<kind>.<service>`; the service part is cut to keep the key within AMQP's
 /// 255-byte limit.
-fn routing_key(kind: EventKind, service: &str) -> String {
+pub(crate) fn routing_key(kind: EventKind, service: &str) -> String {
     let mut end = service.len().min(200);
     while !service.is_char_boundary(end) {
         end -= 1;

@@ -17,8 +17,9 @@ mod access;
 pub mod auth;
 mod error;
 mod incidents;
-mod ingest;
+pub mod ingest;
 mod ops;
+pub mod packer;
 pub mod pages;
 mod postmortems;
 mod remediation;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub postmortems: Option<Arc<firebreak_postmortem::Generator>>,
     /// The web pages (api role).
     pub pages: Option<Arc<pages::Pages>>,
+    /// The packer of small webhooks and the backlog bounds (ingest role).
+    pub ingest: Option<Arc<ingest::Ingest>>,
     /// Slack commands and buttons (when a signing secret is configured).
     pub slack: Option<Arc<firebreak_remediation::slack::SlackClient>>,
 }

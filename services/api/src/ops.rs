@@ -47,8 +47,29 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    if let Some(bus) = &state.bus {
+        use std::fmt::Write;
+        let lanes = firebreak_bus::Lane::ALL.map(|l| (l, bus.backlog(l)));
+        let _ = writeln!(text, "# HELP firebreak_queue_depth Messages waiting on a lane of the bus (sampled each second).\n# TYPE firebreak_queue_depth gauge");
+        for (lane, b) in &lanes {
+            let _ = writeln!(
+                text,
+                "firebreak_queue_depth{{lane=\"{}\"}} {}",
+                lane.as_str(),
+                b.depth
+            );
+        }
+        let _ = writeln!(text, "# HELP firebreak_queue_oldest_seconds How long the oldest waiting message of a lane has waited (RabbitMQ: the wait of the last delivered).\n# TYPE firebreak_queue_oldest_seconds gauge");
+        for (lane, b) in &lanes {
+            if let Some(age) = b.oldest_seconds {
+                let _ = writeln!(
+                    text,
+                    "firebreak_queue_oldest_seconds{{lane=\"{}\"}} {age:.3}",
+                    lane.as_str()
+                );
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// storm, that is an incident with as many timeline entries as alerts.
     #[arg(long, default_value_t = 0)]
     pub page_probes: usize,
+    /// A storm: send as fast as accepted for this long (e.g. 3s), then send
+    /// the `--probes` one after another while the backlog drains, and time
+    /// each (the kill switch behind a backlog).
+    #[arg(long)]
+    pub storm: Option<String>,
     /// A label for this run in the output.
     #[arg(long, default_value = "run")]
     pub label: String,
@@ -68,6 +73,8 @@ struct Shared {
     sent_alerts: AtomicU64,
     accepted_alerts: AtomicU64,
     failed_requests: AtomicU64,
+    /// Answered 503 because Firebreak's backlog was over its bound.
+    throttled_requests: AtomicU64,
     latencies_us: std::sync::Mutex<Vec<u64>>,
 }
 
@@ -114,9 +121,19 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let duration = crate::config::parse_duration(&args.duration).ok_or_else(|| {
-        anyhow::anyhow!("--duration {:?} is not a duration like 10s", args.duration)
-    })?;
+    let storm = match &args.storm {
+        Some(d) => Some(
+            crate::config::parse_duration(d)
+                .ok_or_else(|| anyhow::anyhow!("--storm {d:?} is not a duration like 3s"))?,
+        ),
+        None => None,
+    };
+    let duration = match storm {
+        Some(d) => d,
+        None => crate::config::parse_duration(&args.duration).ok_or_else(|| {
+            anyhow::anyhow!("--duration {:?} is not a duration like 10s", args.duration)
+        })?,
+    };
     let url = args.url.trim_end_matches('/').to_string();
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(t) = &args.token {
@@ -146,6 +163,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         sent_alerts: AtomicU64::new(0),
         accepted_alerts: AtomicU64::new(0),
         failed_requests: AtomicU64::new(0),
+        throttled_requests: AtomicU64::new(0),
         latencies_us: std::sync::Mutex::new(Vec::new()),
     });
     let seq = Arc::new(AtomicU64::new(0));
@@ -190,6 +208,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let req = http.post(format!("{url}/api/v1/alerts/alertmanager")).json(&body);
                 shared.sent_alerts.fetch_add(args.alerts_per_webhook as u64, Ordering::Relaxed);
                 match req.send().await {
+                    Ok(r) if r.status().as_u16() == 503 => {
+                        shared.throttled_requests.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(r) if r.status().as_u16() == 202 => {
                         shared.accepted_alerts.fetch_add(args.alerts_per_webhook as u64, Ordering::Relaxed);
                         if let Ok(mut l) = shared.latencies_us.lock() {
@@ -223,7 +244,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }));
     }
-    let probes = if args.probes > 0 {
+    let probes = if args.probes > 0 && storm.is_none() {
         Some(tokio::spawn(probe_latency(
             http.clone(),
             url.clone(),
@@ -238,8 +259,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = t.await;
     }
     let send_secs = start.elapsed().as_secs_f64();
+    // A storm's probes go after it, one by one, while the backlog drains.
+    let mut backlog_at_probe = None;
     let probe_result = match probes {
         Some(p) => Some(p.await??),
+        None if storm.is_some() && args.probes > 0 => {
+            backlog_at_probe =
+                Some(metric(&http, &url, "firebreak_queue_depth{lane=\"bulk\"}").await);
+            let spacing =
+                Duration::from_millis(200) * u32::try_from(args.probes + 1).unwrap_or(u32::MAX);
+            Some(
+                probe_latency(
+                    http.clone(),
+                    url.clone(),
+                    args.probes,
+                    Instant::now() + spacing,
+                    run_id.clone(),
+                )
+                .await?,
+            )
+        }
         None => None,
     };
     let accepted = shared.accepted_alerts.load(Ordering::Relaxed);
@@ -294,6 +333,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "processed_per_s": processed / all_secs,
         "drained": processed_now >= target,
         "failed_requests": shared.failed_requests.load(Ordering::Relaxed),
+        "throttled_requests": shared.throttled_requests.load(Ordering::Relaxed),
+        "storm_seconds": storm.map(|d| d.as_secs_f64()),
+        "bulk_backlog_at_probes": backlog_at_probe,
         "request_ms": {"p50": ms(percentile(&lat, 0.5)), "p90": ms(percentile(&lat, 0.9)), "p99": ms(percentile(&lat, 0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
         "kill_switch_ms": probe_result,
         "page_ms": page,
@@ -325,6 +367,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ", NOT drained"
         }
     );
+    let throttled = shared.throttled_requests.load(Ordering::Relaxed);
+    if throttled > 0 {
+        println!(
+            "{:<28} {throttled} requests answered 503 + Retry-After (backlog over its bound)",
+            "throttled"
+        );
+    }
+    if let Some(depth) = backlog_at_probe {
+        println!(
+            "{:<28} {depth:.0} bulk messages waiting when the probes began",
+            "backlog"
+        );
+    }
     println!(
         "{:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms",
         "request latency",
@@ -469,7 +524,7 @@ async fn probe_latency(
             "probe webhook refused: HTTP {}",
             sent.status()
         );
-        let limit = t0 + Duration::from_secs(10);
+        let limit = t0 + Duration::from_secs(60);
         let mut flag_at = None;
         while Instant::now() < limit {
             let r: Value = http
@@ -486,7 +541,7 @@ async fn probe_latency(
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         let Some(flag_at) = flag_at else {
-            anyhow::bail!("probe {i}: the kill switch did not go off within 10 s; does the target load bench/playbooks/latency-probe.yaml?");
+            anyhow::bail!("probe {i}: the kill switch did not go off within 60 s; does the target load bench/playbooks/latency-probe.yaml?");
         };
         to_flag.push(flag_at.as_micros() as u64);
         while Instant::now() < limit {

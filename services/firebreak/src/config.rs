@@ -120,12 +120,18 @@ pub struct FileConfig {
 pub struct AmqpSection {
     pub namespace: String,
     pub prefetch: u16,
+    /// The broker's largest message (RabbitMQ 4: 16 MiB by default).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSection {
     pub max_body_bytes: usize,
+    /// Bulk messages waiting above which ingest answers 503 with Retry-After.
+    pub max_backlog: u64,
+    /// How long the oldest bulk message may wait before the same.
+    pub max_backlog_age: Dur,
     pub tokens: TokensSection,
 }
 
@@ -263,6 +269,9 @@ pub struct Config {
     pub json_logs: bool,
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
+    pub backpressure: firebreak_api::ingest::Backpressure,
+    /// The largest queue message the bus takes.
+    pub max_message_bytes: usize,
     pub engine: EngineConfig,
     pub playbooks_dir: Option<PathBuf>,
     pub playbooks_reload: Duration,
@@ -274,6 +283,9 @@ pub struct Config {
     pub notifiers: BTreeMap<String, NotifierConfig>,
     pub slack: SlackConfig,
 }
+
+/// The embedded queue's largest message (SQLite's own limit is 1 GB).
+const EMBEDDED_MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 impl Config {
     pub fn queue_url(&self) -> String {
@@ -290,6 +302,7 @@ impl Config {
 pub const ALIASES: &[(&str, &str)] = &[
     ("FIREBREAK_AMQP_NAMESPACE", "amqp.namespace"),
     ("FIREBREAK_AMQP_PREFETCH", "amqp.prefetch"),
+    ("FIREBREAK_MAX_BACKLOG", "ingest.max_backlog"),
     ("FIREBREAK_MAX_BODY_BYTES", "ingest.max_body_bytes"),
     ("FIREBREAK_TOKEN_ALERTMANAGER", "ingest.tokens.alertmanager"),
     ("FIREBREAK_TOKEN_DEPLOY", "ingest.tokens.deploy"),
@@ -631,6 +644,12 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     if f.amqp.namespace.is_empty() || f.amqp.namespace.contains(char::is_whitespace) {
         return Err("key `amqp.namespace`: must be a non-empty name without spaces".into());
     }
+    if f.ingest.max_backlog == 0 {
+        return Err("key `ingest.max_backlog`: must be at least 1".into());
+    }
+    if f.amqp.max_message_bytes < 1024 * 1024 {
+        return Err("key `amqp.max_message_bytes`: must be at least 1048576 (1 MiB)".into());
+    }
     if f.amqp.prefetch == 0 {
         return Err("key `amqp.prefetch`: must be at least 1".into());
     }
@@ -741,12 +760,21 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         listen,
         data_dir,
         database_url: Url(database_url),
-        amqp_url: amqp_url.map(Url),
+        amqp_url: amqp_url.clone().map(Url),
         amqp_namespace: f.amqp.namespace,
         roles,
         json_logs,
         auth,
         max_body_bytes: f.ingest.max_body_bytes,
+        backpressure: firebreak_api::ingest::Backpressure {
+            max_depth: f.ingest.max_backlog,
+            max_age: f.ingest.max_backlog_age.to_std(),
+        },
+        max_message_bytes: if amqp_url.is_some() {
+            f.amqp.max_message_bytes
+        } else {
+            EMBEDDED_MAX_MESSAGE
+        },
         engine: EngineConfig {
             policy,
             batch_max: f.engine.batch_max,

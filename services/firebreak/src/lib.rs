@@ -452,6 +452,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         postmortems,
         slack,
         pages,
+        ingest: match (&bus, roles.ingest) {
+            (Some(bus), true) => Some(Arc::new(firebreak_api::ingest::Ingest {
+                packer: firebreak_api::packer::Packer::start(bus.clone()),
+                backpressure: config.backpressure.clone(),
+                max_message_bytes: config.max_message_bytes,
+            })),
+            _ => None,
+        },
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
     let http_shutdown = shutdown.clone();

@@ -117,6 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             level: Some(if i % 10 >= 6 { "error" } else { "info" }.into()),
             message,
             labels: Default::default(),
+            metadata: Default::default(),
         });
         if batch.len() == 10_000 || i + 1 == lines {
             let mut tx = store.begin().await?;
