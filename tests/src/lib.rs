@@ -683,6 +683,14 @@ where
     }
 }
 
+/// A playbook file of the repository's `playbooks/` directory.
+pub fn repo_playbook(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../playbooks")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("playbook {}: {e}", path.display()))
+}
+
 pub fn fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")

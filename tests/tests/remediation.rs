@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firebreak_tests::{
-    alert_now, client, deploy_now, eventually, openfeature_bool, Amqp, Firebreak, Options, Pg,
-    Recorder, TestApp, TestAppBuilder,
+    alert_now, client, deploy_now, eventually, openfeature_bool, repo_playbook, Amqp, Firebreak,
+    Options, Pg, Recorder, TestApp, TestAppBuilder,
 };
 use serde_json::{json, Value};
 
@@ -17,15 +17,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
-}
-
-fn repo_playbook(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../playbooks")
-            .join(name),
-    )
-    .unwrap()
 }
 
 async fn timeline_kinds(fb: &Firebreak, incident: i64) -> Vec<String> {

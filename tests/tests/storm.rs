@@ -9,22 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use firebreak_tests::{
-    alert_now, client, deploy_now, eventually, openfeature_bool, Mode, TestAppBuilder,
+    alert_now, client, deploy_now, eventually, openfeature_bool, repo_playbook, Mode,
+    TestAppBuilder,
 };
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 const FLAG: &str = "checkout.new-payment-flow";
 const PROCESSED: &str = "firebreak_events_processed_total{kind=\"alert\"}";
-
-fn repo_playbook(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../playbooks")
-            .join(name),
-    )
-    .unwrap()
-}
 
 /// A webhook of `n` firing alerts of `service` named `alertname`, fingerprints
 /// `{tag}{i}`: none of them is one a playbook acts on unless the name and

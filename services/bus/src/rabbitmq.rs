@@ -111,22 +111,41 @@ async fn connect(url: &str) -> Result<Connection, BusError> {
 
 /// Declares the topology; idempotent, so every process does it at start.
 async fn declare(channel: &Channel, t: &Topology) -> Result<(), BusError> {
+    let dead = AMQPValue::LongString(LongString::from(t.dead_exchange.as_str()));
+    // The dead-letter queue itself has no dead-letter exchange of its own.
+    lane(channel, &t.dead_exchange, &t.dead_queue, &[]).await?;
+    for (exchange, queue) in [
+        (&t.exchange, &t.queue),
+        (&t.urgent_exchange, &t.urgent_queue),
+    ] {
+        lane(
+            channel,
+            exchange,
+            queue,
+            &[
+                ("x-dead-letter-exchange", dead.clone()),
+                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A durable topic exchange and a durable quorum queue bound to all of it.
+async fn lane(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    arguments: &[(&str, AMQPValue)],
+) -> Result<(), BusError> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
     channel
         .exchange_declare(
-            &t.exchange,
-            ExchangeKind::Topic,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(unavailable)?;
-    channel
-        .exchange_declare(
-            &t.dead_exchange,
+            exchange,
             ExchangeKind::Topic,
             durable_exchange,
             FieldTable::default(),
@@ -137,81 +156,19 @@ async fn declare(channel: &Channel, t: &Topology) -> Result<(), BusError> {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let quorum = AMQPValue::LongString(LongString::from("quorum"));
+    let mut args = vec![(
+        "x-queue-type",
+        AMQPValue::LongString(LongString::from("quorum")),
+    )];
+    args.extend(arguments.iter().cloned());
     channel
-        .queue_declare(
-            &t.dead_queue,
-            durable_queue,
-            table(&[("x-queue-type", quorum.clone())]),
-        )
+        .queue_declare(queue, durable_queue, table(&args))
         .await
         .map_err(unavailable)?;
     channel
         .queue_bind(
-            &t.dead_queue,
-            &t.dead_exchange,
-            "#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(unavailable)?;
-    channel
-        .queue_declare(
-            &t.queue,
-            durable_queue,
-            table(&[
-                ("x-queue-type", quorum),
-                (
-                    "x-dead-letter-exchange",
-                    AMQPValue::LongString(LongString::from(t.dead_exchange.as_str())),
-                ),
-                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-            ]),
-        )
-        .await
-        .map_err(unavailable)?;
-    channel
-        .queue_bind(
-            &t.queue,
-            &t.exchange,
-            "#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(unavailable)?;
-    channel
-        .exchange_declare(
-            &t.urgent_exchange,
-            ExchangeKind::Topic,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(unavailable)?;
-    channel
-        .queue_declare(
-            &t.urgent_queue,
-            durable_queue,
-            table(&[
-                (
-                    "x-queue-type",
-                    AMQPValue::LongString(LongString::from("quorum")),
-                ),
-                (
-                    "x-dead-letter-exchange",
-                    AMQPValue::LongString(LongString::from(t.dead_exchange.as_str())),
-                ),
-                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-            ]),
-        )
-        .await
-        .map_err(unavailable)?;
-    channel
-        .queue_bind(
-            &t.urgent_queue,
-            &t.urgent_exchange,
+            queue,
+            exchange,
             "#",
             QueueBindOptions::default(),
             FieldTable::default(),
