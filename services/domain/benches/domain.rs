@@ -97,5 +97,30 @@ fn parsing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matching, parsing);
+/// A targeted flag as the rollout issue describes it: enterprise customers in
+/// the EU first, then a percentage of everyone by targeting key.
+fn flag_evaluation(c: &mut Criterion) {
+    use firebreak_domain::flagd::FlagDefinition;
+    let flag: FlagDefinition = serde_json::from_value(serde_json::json!({
+        "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+        "targeting": {"if": [
+            {"and": [{"==": [{"var": "plan"}, "enterprise"]}, {"ends_with": [{"var": "email"}, ".eu"]}]}, "on",
+            {"fractional": [["on", 25], ["off", 75]]}
+        ]}
+    }))
+    .expect("definition");
+    let context =
+        serde_json::json!({"targetingKey": "user-4711", "plan": "free", "email": "a@shop.com"});
+    let mut g = c.benchmark_group("flag");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("evaluate a targeted flag (rules, then a 25% split)", |b| {
+        b.iter(|| {
+            flag.evaluate("checkout.new-flow", &context, 0)
+                .map(|r| r.reason)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, matching, parsing, flag_evaluation);
 criterion_main!(benches);

@@ -11,6 +11,7 @@ pub mod alertmanager;
 pub mod correlation;
 pub mod duration;
 pub mod events;
+pub mod flagd;
 pub mod ids;
 pub mod limits;
 pub mod matcher;

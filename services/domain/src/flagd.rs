@@ -1,0 +1,885 @@
+//! Flag definitions in flagd's format and their evaluation: variants, a
+//! default variant, and targeting as JSON Logic with flagd's operations
+//! (`fractional`, `sem_ver`, `starts_with`, `ends_with`). Percentage splits
+//! bucket exactly as flagd does (MurmurHash3 x86 32-bit, seed 0, of the flag
+//! key followed by the targeting key; `(hash × total weight) >> 32`), so a
+//! user gets the same variant here and in flagd. Pure: no IO.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A flag's state in a flagd file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FlagState {
+    Enabled,
+    Disabled,
+}
+
+/// One flag of a flagd flag file (`{"flags": {"<key>": <this>}}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagDefinition {
+    pub state: FlagState,
+    pub variants: BTreeMap<String, Value>,
+    #[serde(rename = "defaultVariant", default)]
+    pub default_variant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeting: Option<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// Why a flag resolved to its value, as OpenFeature names reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No targeting: the default variant.
+    Static,
+    /// Targeting (rules or a percentage split) chose the variant.
+    TargetingMatch,
+    /// Targeting ran and chose nothing: the default variant.
+    Default,
+    /// The flag is disabled (or killed): its off variant.
+    Disabled,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Static => "STATIC",
+            Reason::TargetingMatch => "TARGETING_MATCH",
+            Reason::Default => "DEFAULT",
+            Reason::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// OFREP's error codes for an evaluation that has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The flag is disabled and has no off variant to serve.
+    FlagNotFound,
+    /// Targeting needed a targeting key the context does not have.
+    TargetingKeyMissing,
+    /// The definition cannot be evaluated.
+    ParseError,
+    /// The context is not an object.
+    InvalidContext,
+    General,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
+            ErrorCode::TargetingKeyMissing => "TARGETING_KEY_MISSING",
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::InvalidContext => "INVALID_CONTEXT",
+            ErrorCode::General => "GENERAL",
+        }
+    }
+}
+
+/// A resolved value: always with its variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution<'a> {
+    pub value: &'a Value,
+    pub variant: &'a str,
+    pub reason: Reason,
+}
+
+/// An evaluation that produced no value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalError {
+    pub code: ErrorCode,
+    pub details: String,
+}
+
+const OPERATORS: &[&str] = &[
+    "var",
+    "missing",
+    "if",
+    "?:",
+    "==",
+    "===",
+    "!=",
+    "!==",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "!",
+    "!!",
+    "and",
+    "or",
+    "in",
+    "cat",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "min",
+    "max",
+    "starts_with",
+    "ends_with",
+    "sem_ver",
+    "fractional",
+];
+
+impl FlagDefinition {
+    /// A plain on/off flag: variants `on` (true) and `off` (false).
+    pub fn boolean(on: bool) -> FlagDefinition {
+        FlagDefinition {
+            state: FlagState::Enabled,
+            variants: [
+                ("on".to_string(), Value::Bool(true)),
+                ("off".to_string(), Value::Bool(false)),
+            ]
+            .into(),
+            default_variant: Some(if on { "on" } else { "off" }.to_string()),
+            targeting: None,
+            metadata: Map::new(),
+        }
+    }
+
+    /// Checks what flagd checks when it loads a file, plus that every
+    /// operation in the targeting is one this evaluator knows.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.variants.is_empty() {
+            return Err("`variants` is empty: define at least one variant".into());
+        }
+        if let Some(d) = &self.default_variant {
+            if !self.variants.contains_key(d) {
+                return Err(format!(
+                    "`defaultVariant` {d:?} is not one of the variants ({})",
+                    self.variant_names()
+                ));
+            }
+        }
+        if let Some(t) = &self.targeting {
+            check_logic(t, "targeting")?;
+        }
+        Ok(())
+    }
+
+    fn variant_names(&self) -> String {
+        self.variants.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// The variant served when the flag is killed: `off`, else the variant
+    /// whose value is `false`, else none.
+    pub fn off_variant(&self) -> Option<&str> {
+        if self.variants.contains_key("off") {
+            return Some("off");
+        }
+        self.variants
+            .iter()
+            .find(|(_, v)| **v == Value::Bool(false))
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// Evaluates the flag `key` for an evaluation context (an object;
+    /// `targetingKey` is the bucketing key). `now` is `$flagd.timestamp`
+    /// (seconds since the epoch).
+    pub fn evaluate<'a>(
+        &'a self,
+        key: &str,
+        context: &Value,
+        now: i64,
+    ) -> Result<Resolution<'a>, EvalError> {
+        let err = |code, details: String| EvalError { code, details };
+        if !matches!(context, Value::Object(_) | Value::Null) {
+            return Err(err(
+                ErrorCode::InvalidContext,
+                "the evaluation context must be a JSON object".into(),
+            ));
+        }
+        if self.state == FlagState::Disabled {
+            return match self.off_variant() {
+                Some(v) => Ok(self.resolve(v, Reason::Disabled)),
+                None => Err(err(
+                    ErrorCode::FlagNotFound,
+                    format!("flag {key:?} is disabled"),
+                )),
+            };
+        }
+        let default = |reason| match &self.default_variant {
+            Some(v) => Ok(self.resolve(v, reason)),
+            None => Err(err(
+                ErrorCode::General,
+                format!("flag {key:?} has no defaultVariant and targeting chose none"),
+            )),
+        };
+        let Some(targeting) = &self.targeting else {
+            return default(Reason::Static);
+        };
+        let scope = Scope {
+            key,
+            data: context,
+            now,
+        };
+        let chosen = scope.eval(targeting);
+        let name: Cow<'_, str> = match &*chosen {
+            Value::Null => {
+                if scope.needs_targeting_key(targeting) && context.get("targetingKey").is_none() {
+                    return Err(err(
+                        ErrorCode::TargetingKeyMissing,
+                        format!("flag {key:?} splits by percentage: send a `targetingKey` in the context"),
+                    ));
+                }
+                return default(Reason::Default);
+            }
+            Value::String(s) => Cow::Owned(s.clone()),
+            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            other => {
+                return Err(err(
+                    ErrorCode::General,
+                    format!("targeting of {key:?} gave {other}, not a variant name"),
+                ))
+            }
+        };
+        match self.variants.get_key_value(name.as_ref()) {
+            Some((variant, value)) => Ok(Resolution {
+                value,
+                variant,
+                reason: Reason::TargetingMatch,
+            }),
+            None => Err(err(
+                ErrorCode::General,
+                format!(
+                    "targeting of {key:?} chose {name:?}, which is not one of its variants ({})",
+                    self.variant_names()
+                ),
+            )),
+        }
+    }
+
+    fn resolve<'a>(&'a self, variant: &str, reason: Reason) -> Resolution<'a> {
+        let (variant, value) = self
+            .variants
+            .get_key_value(variant)
+            .expect("validated: the variant exists");
+        Resolution {
+            value,
+            variant,
+            reason,
+        }
+    }
+}
+
+/// Checks that every operation (a one-key object) is known, naming the path.
+fn check_logic(v: &Value, path: &str) -> Result<(), String> {
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_logic(item, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        Value::Object(m) if m.len() == 1 => {
+            let (op, args) = m.iter().next().expect("one entry");
+            if !OPERATORS.contains(&op.as_str()) {
+                return Err(format!(
+                    "{path}: unknown operation {op:?} (known: {})",
+                    OPERATORS.join(", ")
+                ));
+            }
+            check_logic(args, &format!("{path}.{op}"))
+        }
+        Value::Object(_) => Err(format!(
+            "{path}: an operation is an object with exactly one key"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// MurmurHash3, x86 32-bit variant.
+pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
+    const C1: u32 = 0xcc9e_2d51;
+    const C2: u32 = 0x1b87_3593;
+    let mut h = seed;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut k = 0u32;
+        for (i, b) in tail.iter().enumerate() {
+            k |= u32::from(*b) << (8 * i);
+        }
+        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        h ^= k;
+    }
+    h ^= data.len() as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// flagd's bucket of a value among weighted variants: the first variant
+/// whose running weight sum exceeds `(hash × total) >> 32`.
+pub fn bucket<'v>(value: &str, weighted: &[(&'v str, u64)]) -> Option<&'v str> {
+    let total: u64 = weighted.iter().map(|(_, w)| w).sum();
+    if total == 0 {
+        return None;
+    }
+    let hash = u64::from(murmur3_32(value.as_bytes(), 0));
+    let bucket = (hash * total) >> 32;
+    let mut sum = 0;
+    for (variant, weight) in weighted {
+        sum += weight;
+        if sum > bucket {
+            return Some(variant);
+        }
+    }
+    None
+}
+
+struct Scope<'d> {
+    key: &'d str,
+    data: &'d Value,
+    now: i64,
+}
+
+static NULL: Value = Value::Null;
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(_) => true,
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::Null => Some(0.0),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// JSON Logic's `==`: same-typed values compare directly; a number and a
+/// string (or a bool) compare as numbers.
+fn loose_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => number(a) == number(b),
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        (Value::Null, _) | (_, Value::Null) => false,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Array(_) | Value::Object(_), _) | (_, Value::Array(_) | Value::Object(_)) => a == b,
+        _ => match (number(a), number(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+    }
+}
+
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => number(a)?.partial_cmp(&number(b)?),
+    }
+}
+
+impl<'d> Scope<'d> {
+    fn eval<'e>(&self, logic: &'e Value) -> Cow<'e, Value>
+    where
+        'd: 'e,
+    {
+        let Value::Object(m) = logic else {
+            if let Value::Array(items) = logic {
+                return Cow::Owned(Value::Array(
+                    items.iter().map(|i| self.eval(i).into_owned()).collect(),
+                ));
+            }
+            return Cow::Borrowed(logic);
+        };
+        let Some((op, args)) = m.iter().next().filter(|_| m.len() == 1) else {
+            return Cow::Borrowed(logic);
+        };
+        let args: &[Value] = match args {
+            Value::Array(a) => a,
+            single => std::slice::from_ref(single),
+        };
+        let arg = |i: usize| -> Cow<'e, Value> {
+            args.get(i).map_or(Cow::Borrowed(&NULL), |a| self.eval(a))
+        };
+        let owned = |v: Value| -> Cow<'e, Value> { Cow::Owned(v) };
+        match op.as_str() {
+            "var" => self.var(&arg(0), args.get(1)),
+            "missing" => owned(Value::Array(
+                args.iter()
+                    .filter(|a| matches!(&*self.var(&self.eval(a), None), Value::Null))
+                    .map(|a| self.eval(a).into_owned())
+                    .collect(),
+            )),
+            "if" | "?:" => {
+                let mut i = 0;
+                while i + 1 < args.len() {
+                    if truthy(&self.eval(&args[i])) {
+                        return self.eval(&args[i + 1]);
+                    }
+                    i += 2;
+                }
+                if i < args.len() {
+                    self.eval(&args[i])
+                } else {
+                    Cow::Borrowed(&NULL)
+                }
+            }
+            "==" => owned(Value::Bool(loose_eq(&arg(0), &arg(1)))),
+            "!=" => owned(Value::Bool(!loose_eq(&arg(0), &arg(1)))),
+            "===" => owned(Value::Bool(arg(0) == arg(1))),
+            "!==" => owned(Value::Bool(arg(0) != arg(1))),
+            "<" | "<=" | ">" | ">=" => {
+                let ok = |o: Option<Ordering>| match (op.as_str(), o) {
+                    (_, None) => false,
+                    ("<", Some(o)) => o == Ordering::Less,
+                    ("<=", Some(o)) => o != Ordering::Greater,
+                    (">", Some(o)) => o == Ordering::Greater,
+                    (_, Some(o)) => o != Ordering::Less,
+                };
+                let (a, b) = (arg(0), arg(1));
+                let first = ok(compare(&a, &b));
+                // `{"<": [a, b, c]}` is a < b < c (between).
+                let result = if args.len() == 3 && matches!(op.as_str(), "<" | "<=") {
+                    first && ok(compare(&b, &arg(2)))
+                } else {
+                    first
+                };
+                owned(Value::Bool(result))
+            }
+            "!" => owned(Value::Bool(!truthy(&arg(0)))),
+            "!!" => owned(Value::Bool(truthy(&arg(0)))),
+            "and" => {
+                let mut last = Cow::Borrowed(&NULL);
+                for a in args {
+                    last = self.eval(a);
+                    if !truthy(&last) {
+                        break;
+                    }
+                }
+                last
+            }
+            "or" => {
+                let mut last = Cow::Borrowed(&NULL);
+                for a in args {
+                    last = self.eval(a);
+                    if truthy(&last) {
+                        break;
+                    }
+                }
+                last
+            }
+            "in" => {
+                let (needle, hay) = (arg(0), arg(1));
+                owned(Value::Bool(match &*hay {
+                    Value::String(h) => match &*needle {
+                        Value::String(n) => h.contains(n.as_str()),
+                        _ => false,
+                    },
+                    Value::Array(items) => items.iter().any(|i| loose_eq(i, &needle)),
+                    _ => false,
+                }))
+            }
+            "cat" => owned(Value::String(
+                args.iter().map(|a| text(&self.eval(a))).collect(),
+            )),
+            "+" | "*" | "min" | "max" => {
+                let nums: Option<Vec<f64>> = args.iter().map(|a| number(&self.eval(a))).collect();
+                let Some(nums) = nums else {
+                    return Cow::Borrowed(&NULL);
+                };
+                let r = match op.as_str() {
+                    "+" => nums.iter().sum(),
+                    "*" => nums.iter().product(),
+                    "min" => nums.iter().copied().fold(f64::INFINITY, f64::min),
+                    _ => nums.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                };
+                owned(serde_json::Number::from_f64(r).map_or(Value::Null, Value::Number))
+            }
+            "-" | "/" | "%" => {
+                let (Some(a), b) = (number(&arg(0)), number(&arg(1))) else {
+                    return Cow::Borrowed(&NULL);
+                };
+                let r = match (op.as_str(), b) {
+                    ("-", None) if args.len() == 1 => -a,
+                    ("-", Some(b)) => a - b,
+                    ("/", Some(b)) if b != 0.0 => a / b,
+                    ("%", Some(b)) if b != 0.0 => a % b,
+                    _ => return Cow::Borrowed(&NULL),
+                };
+                owned(serde_json::Number::from_f64(r).map_or(Value::Null, Value::Number))
+            }
+            "starts_with" | "ends_with" => match (&*arg(0), &*arg(1)) {
+                (Value::String(s), Value::String(p)) => {
+                    owned(Value::Bool(if op == "starts_with" {
+                        s.starts_with(p.as_str())
+                    } else {
+                        s.ends_with(p.as_str())
+                    }))
+                }
+                _ => Cow::Borrowed(&NULL),
+            },
+            "sem_ver" => match (&*arg(0), &*arg(1), &*arg(2)) {
+                (Value::String(a), Value::String(o), Value::String(b)) => {
+                    sem_ver(a, o, b).map_or(Cow::Borrowed(&NULL), |r| owned(Value::Bool(r)))
+                }
+                _ => Cow::Borrowed(&NULL),
+            },
+            "fractional" => self.fractional(args),
+            _ => Cow::Borrowed(&NULL),
+        }
+    }
+
+    /// `var`: a dotted path into the context; `$flagd.flagKey` and
+    /// `$flagd.timestamp` are flagd's own.
+    fn var<'e>(&self, path: &Value, default: Option<&'e Value>) -> Cow<'e, Value>
+    where
+        'd: 'e,
+    {
+        let path = match path {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Null => return Cow::Borrowed(self.data),
+            _ => return Cow::Borrowed(&NULL),
+        };
+        if path.is_empty() {
+            return Cow::Borrowed(self.data);
+        }
+        match path.as_str() {
+            "$flagd.flagKey" => return Cow::Owned(Value::String(self.key.to_string())),
+            "$flagd.timestamp" => return Cow::Owned(Value::from(self.now)),
+            _ => {}
+        }
+        let mut at = self.data;
+        for part in path.split('.') {
+            let next = match at {
+                Value::Object(m) => m.get(part),
+                Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            };
+            match next {
+                Some(v) => at = v,
+                None => {
+                    return match default {
+                        Some(d) => self.eval(d),
+                        None => Cow::Borrowed(&NULL),
+                    }
+                }
+            }
+        }
+        Cow::Borrowed(at)
+    }
+
+    fn fractional<'e>(&self, args: &'e [Value]) -> Cow<'e, Value>
+    where
+        'd: 'e,
+    {
+        let (value, splits) = match args.first() {
+            Some(Value::Array(_)) | None => {
+                let Some(Value::String(key)) = self.data.get("targetingKey") else {
+                    return Cow::Borrowed(&NULL);
+                };
+                (format!("{}{key}", self.key), args)
+            }
+            Some(expr) => match &*self.eval(expr) {
+                Value::String(s) => (s.clone(), &args[1..]),
+                _ => return Cow::Borrowed(&NULL),
+            },
+        };
+        let mut weighted: Vec<(&str, u64)> = Vec::with_capacity(splits.len());
+        for split in splits {
+            let Value::Array(pair) = split else {
+                return Cow::Borrowed(&NULL);
+            };
+            let Some(Value::String(variant)) = pair.first() else {
+                return Cow::Borrowed(&NULL);
+            };
+            let weight = match pair.get(1) {
+                None => 1,
+                Some(w) => w.as_i64().map_or(0, |w| w.max(0) as u64),
+            };
+            weighted.push((variant, weight));
+        }
+        match bucket(&value, &weighted) {
+            Some(v) => Cow::Owned(Value::String(v.to_string())),
+            None => Cow::Borrowed(&NULL),
+        }
+    }
+
+    /// Whether the targeting has a `fractional` that buckets by the
+    /// targeting key (no expression of its own).
+    fn needs_targeting_key(&self, logic: &Value) -> bool {
+        match logic {
+            Value::Object(m) => m.iter().any(|(op, args)| {
+                (op == "fractional"
+                    && matches!(args, Value::Array(a) if matches!(a.first(), Some(Value::Array(_)) | None)))
+                    || self.needs_targeting_key(args)
+            }),
+            Value::Array(a) => a.iter().any(|i| self.needs_targeting_key(i)),
+            _ => false,
+        }
+    }
+}
+
+/// A semantic version: numbers, then pre-release identifiers (build metadata
+/// dropped); a leading `v` is stripped.
+fn parse_semver(s: &str) -> Option<([u64; 3], Vec<String>)> {
+    let s = s.trim().trim_start_matches(['v', 'V']);
+    let s = s.split('+').next()?;
+    let (core, pre) = match s.split_once('-') {
+        Some((c, p)) => (c, p.split('.').map(str::to_string).collect()),
+        None => (s, Vec::new()),
+    };
+    let mut parts = core.split('.');
+    let mut n = [0u64; 3];
+    for (i, slot) in n.iter_mut().enumerate() {
+        match parts.next() {
+            Some(p) => *slot = p.parse().ok()?,
+            None if i > 0 => {}
+            None => return None,
+        }
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((n, pre))
+}
+
+fn semver_cmp(a: &([u64; 3], Vec<String>), b: &([u64; 3], Vec<String>)) -> Ordering {
+    a.0.cmp(&b.0)
+        .then_with(|| match (a.1.is_empty(), b.1.is_empty()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            (false, false) => {
+                for (x, y) in a.1.iter().zip(&b.1) {
+                    let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+                        (Ok(x), Ok(y)) => x.cmp(&y),
+                        (Ok(_), Err(_)) => Ordering::Less,
+                        (Err(_), Ok(_)) => Ordering::Greater,
+                        (Err(_), Err(_)) => x.cmp(y),
+                    };
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                }
+                a.1.len().cmp(&b.1.len())
+            }
+        })
+}
+
+fn sem_ver(a: &str, op: &str, b: &str) -> Option<bool> {
+    let (x, y) = (parse_semver(a)?, parse_semver(b)?);
+    let o = semver_cmp(&x, &y);
+    Some(match op {
+        "=" => o == Ordering::Equal,
+        "!=" => o != Ordering::Equal,
+        "<" => o == Ordering::Less,
+        "<=" => o != Ordering::Greater,
+        ">" => o == Ordering::Greater,
+        ">=" => o != Ordering::Less,
+        "~" => x.0[0] == y.0[0] && x.0[1] == y.0[1],
+        "^" => x.0[0] == y.0[0],
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn def(v: Value) -> FlagDefinition {
+        let d: FlagDefinition = serde_json::from_value(v).expect("a flagd definition");
+        d.validate().expect("valid");
+        d
+    }
+
+    /// flagd's own vectors (REFERENCE.md): `headerColor`, bucketing by
+    /// flag key + email, four variants at 25 each.
+    #[test]
+    fn buckets_as_flagd_does() {
+        for (email, hash) in [
+            ("rachel@faas.com", 1_805_633_606u32),
+            ("monica@faas.com", 3_314_683_759),
+            ("joey@faas.com", 309_582_631),
+            ("ross@faas.com", 1_595_699_981),
+        ] {
+            assert_eq!(
+                murmur3_32(format!("headerColor{email}").as_bytes(), 0),
+                hash,
+                "{email}"
+            );
+        }
+        let flag = def(json!({
+            "state": "ENABLED",
+            "variants": {"red": "#FF0000", "blue": "#0000FF", "green": "#00FF00", "yellow": "#FFFF00"},
+            "defaultVariant": "red",
+            "targeting": {"fractional": [
+                {"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]},
+                ["red", 25], ["blue", 25], ["green", 25], ["yellow", 25]
+            ]}
+        }));
+        for (email, variant) in [
+            ("rachel@faas.com", "blue"),
+            ("monica@faas.com", "yellow"),
+            ("joey@faas.com", "red"),
+            ("ross@faas.com", "blue"),
+        ] {
+            let r = flag
+                .evaluate("headerColor", &json!({"email": email}), 0)
+                .expect("a variant");
+            assert_eq!(
+                (r.variant, r.reason),
+                (variant, Reason::TargetingMatch),
+                "{email}"
+            );
+        }
+    }
+
+    #[test]
+    fn murmur3_known_values() {
+        // Published reference values of MurmurHash3_x86_32.
+        assert_eq!(murmur3_32(b"", 0), 0);
+        assert_eq!(murmur3_32(b"", 1), 0x514E_28B7);
+        assert_eq!(murmur3_32(b"hello", 0), 0x248B_FA47);
+        assert_eq!(murmur3_32(b"Hello, world!", 1234), 0xFAF6_CDB3);
+    }
+
+    #[test]
+    fn a_ten_ninety_split_by_targeting_key_holds_within_a_point() {
+        let flag = def(json!({
+            "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"fractional": [["on", 10], ["off", 90]]}
+        }));
+        let on = (0..10_000)
+            .filter(|i| {
+                let r = flag
+                    .evaluate(
+                        "checkout.new-flow",
+                        &json!({"targetingKey": format!("user-{i}")}),
+                        0,
+                    )
+                    .unwrap_or_else(|e| panic!("{e:?}"));
+                *r.value == Value::Bool(true)
+            })
+            .count();
+        assert!((900..=1100).contains(&on), "{on} of 10,000 on");
+        let e = flag
+            .evaluate("checkout.new-flow", &json!({}), 0)
+            .expect_err("no targeting key");
+        assert_eq!(e.code, ErrorCode::TargetingKeyMissing);
+    }
+
+    #[test]
+    fn reasons_follow_flagd() {
+        let plain = FlagDefinition::boolean(true);
+        let r = plain.evaluate("f", &json!({}), 0).expect("static");
+        assert_eq!((r.variant, r.reason), ("on", Reason::Static));
+        let rules = def(json!({
+            "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"if": [{"and": [
+                {"in": [{"var": "plan"}, ["enterprise", "business"]]},
+                {"ends_with": [{"var": "email"}, ".eu"]},
+                {"sem_ver": [{"var": "app"}, ">=", "v2.3.0"]}
+            ]}, "on", null]}
+        }));
+        let eu = json!({"plan": "enterprise", "email": "a@shop.eu", "app": "2.10.1"});
+        let r = rules.evaluate("f", &eu, 0).expect("match");
+        assert_eq!((r.variant, r.reason), ("on", Reason::TargetingMatch));
+        let us = json!({"plan": "enterprise", "email": "a@shop.com", "app": "2.10.1"});
+        let r = rules.evaluate("f", &us, 0).expect("default");
+        assert_eq!((r.variant, r.reason), ("off", Reason::Default));
+        let old = json!({"plan": "enterprise", "email": "a@shop.eu", "app": "2.3.0-rc.1"});
+        assert_eq!(
+            rules.evaluate("f", &old, 0).expect("default").reason,
+            Reason::Default
+        );
+        let mut off = rules.clone();
+        off.state = FlagState::Disabled;
+        let r = off.evaluate("f", &eu, 0).expect("off variant");
+        assert_eq!((r.variant, r.reason), ("off", Reason::Disabled));
+        assert_eq!(
+            rules
+                .evaluate("f", &json!([1]), 0)
+                .expect_err("not an object")
+                .code,
+            ErrorCode::InvalidContext
+        );
+    }
+
+    #[test]
+    fn definitions_are_checked_like_flagd_loads_them() {
+        let bad_default: FlagDefinition = serde_json::from_value(json!({
+            "state": "ENABLED", "variants": {"on": true}, "defaultVariant": "nope"
+        }))
+        .expect("shape");
+        assert!(bad_default
+            .validate()
+            .expect_err("refused")
+            .contains("\"nope\""));
+        let bad_op: FlagDefinition = serde_json::from_value(json!({
+            "state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "targeting": {"if": [{"regex": ["a", "b"]}, "on", null]}
+        }))
+        .expect("shape");
+        assert!(bad_op
+            .validate()
+            .expect_err("refused")
+            .contains("targeting.if[0]"));
+    }
+
+    #[test]
+    fn semver_and_json_logic_edges() {
+        assert_eq!(sem_ver("v1.2.3", "=", "1.2.3"), Some(true));
+        assert_eq!(sem_ver("1.2.3", "~", "1.2.9"), Some(true));
+        assert_eq!(sem_ver("1.3.0", "^", "1.2.9"), Some(true));
+        assert_eq!(sem_ver("1.0.0-alpha", "<", "1.0.0"), Some(true));
+        assert_eq!(
+            sem_ver("1.0.0-alpha.1", "<", "1.0.0-alpha.beta"),
+            Some(true)
+        );
+        assert_eq!(sem_ver("not a version", "<", "1.0.0"), None);
+        let s = Scope {
+            key: "k",
+            data: &json!({"n": "5", "list": [1, 2]}),
+            now: 7,
+        };
+        assert_eq!(*s.eval(&json!({"==": [{"var": "n"}, 5]})), json!(true));
+        assert_eq!(*s.eval(&json!({"===": [{"var": "n"}, 5]})), json!(false));
+        assert_eq!(*s.eval(&json!({"<": [1, {"var": "n"}, 9]})), json!(true));
+        assert_eq!(*s.eval(&json!({"var": "list.1"})), json!(2));
+        assert_eq!(*s.eval(&json!({"var": ["missing", "d"]})), json!("d"));
+        assert_eq!(*s.eval(&json!({"var": "$flagd.timestamp"})), json!(7));
+        assert_eq!(*s.eval(&json!({"starts_with": [1, "a"]})), Value::Null);
+    }
+}
