@@ -63,6 +63,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/flags/{key}", "read"),
     ("PUT", "/api/v1/flags/{key}", "operate"),
     ("DELETE", "/api/v1/flags/{key}", "operate"),
+    ("POST", "/api/v1/flags/import", "operate"),
+    ("GET", "/api/v1/flags/export", "read"),
     ("POST", "/ofrep/v1/evaluate/flags", "flags:read"),
     ("POST", "/ofrep/v1/evaluate/flags/{key}", "flags:read"),
     ("GET", "/ofrep/v1/configuration", "flags:read"),

@@ -107,6 +107,8 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/flags/{key}", s(Scope::Read)),
     ("PUT", "/api/v1/flags/{key}", s(Scope::Operate)),
     ("DELETE", "/api/v1/flags/{key}", s(Scope::Operate)),
+    ("POST", "/api/v1/flags/import", s(Scope::Operate)),
+    ("GET", "/api/v1/flags/export", s(Scope::Read)),
     ("POST", "/ofrep/v1/evaluate/flags", s(Scope::FlagsRead)),
     (
         "POST",

@@ -38,6 +38,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/automation/resume", post(resume))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/flags", get(list_flags).post(create_flag))
+        .route("/api/v1/flags/import", post(import_flags))
+        .route("/api/v1/flags/export", get(export_flags))
         .route(
             "/api/v1/flags/{key}",
             get(get_flag).put(put_flag).delete(delete_flag),
@@ -517,6 +519,31 @@ async fn list_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({"flags": store.list_flags().await?})))
 }
 
+/// `POST /api/v1/flags/import`: a flagd flag file, all or nothing.
+async fn import_flags(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let remediation = remediation(&state)?;
+    let file: Value = body(&bytes)?;
+    let keys = remediation.import_flags(&identity, &file).await?;
+    Ok(Json(json!({"imported": keys})))
+}
+
+/// `GET /api/v1/flags/export`: every built-in flag as a flagd flag file (a
+/// killed flag is `DISABLED`; a plain flag has variants `on` and `off`).
+async fn export_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = store(&state)?;
+    let flags: serde_json::Map<String, Value> = store
+        .list_flags()
+        .await?
+        .iter()
+        .map(|f| (f.key.clone(), json!(f.effective())))
+        .collect();
+    Ok(Json(json!({"flags": flags})))
+}
+
 async fn get_flag(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -616,46 +643,62 @@ fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: Strin
     (status, Json(body)).into_response()
 }
 
-/// The request body: `{"context": {...}}`, context optional. Built-in kill
-/// switches do not target, so the context is checked for shape and not used.
-/// `Some(response)` when the body is not acceptable.
-fn ofrep_context(bytes: &Bytes, key: Option<&str>) -> Option<Response> {
+/// The request body: `{"context": {...}}`, context optional; the context is
+/// what targeting reads (`targetingKey` buckets percentage splits).
+fn ofrep_context(bytes: &Bytes, key: Option<&str>) -> Result<Value, Box<Response>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return Ok(Value::Object(Default::default()));
     }
     match serde_json::from_slice::<Value>(bytes) {
-        Err(e) => Some(ofrep_error(
+        Err(e) => Err(Box::new(ofrep_error(
             StatusCode::BAD_REQUEST,
             key,
             "PARSE_ERROR",
             format!("the body is not JSON: {e}"),
-        )),
-        Ok(Value::Object(o)) => match o.get("context") {
-            None | Some(Value::Object(_)) | Some(Value::Null) => None,
-            Some(_) => Some(ofrep_error(
+        ))),
+        Ok(Value::Object(mut o)) => match o.remove("context") {
+            None | Some(Value::Null) => Ok(Value::Object(Default::default())),
+            Some(c @ Value::Object(_)) => Ok(c),
+            Some(_) => Err(Box::new(ofrep_error(
                 StatusCode::BAD_REQUEST,
                 key,
                 "INVALID_CONTEXT",
                 "context must be a JSON object".into(),
-            )),
+            ))),
         },
-        Ok(_) => Some(ofrep_error(
+        Ok(_) => Err(Box::new(ofrep_error(
             StatusCode::BAD_REQUEST,
             key,
             "PARSE_ERROR",
             "the body must be a JSON object".into(),
-        )),
+        ))),
     }
 }
 
-fn evaluation(f: &FlagRow) -> Value {
-    json!({
-        "key": f.key,
-        "value": f.enabled,
-        "reason": "STATIC",
-        "variant": if f.enabled { "on" } else { "off" },
-        "metadata": {"updatedAt": f.updated_at.to_rfc3339(), "updatedBy": f.updated_by},
-    })
+/// One flag evaluated for a context: `Ok` an OFREP success body, `Err` the
+/// status and OFREP error body.
+fn evaluation(f: &FlagRow, context: &Value) -> Result<Value, (StatusCode, Value)> {
+    use firebreak_domain::flagd::ErrorCode;
+    let definition = f.effective();
+    match definition.evaluate(&f.key, context, chrono::Utc::now().timestamp()) {
+        Ok(r) => Ok(json!({
+            "key": f.key,
+            "value": r.value,
+            "reason": r.reason.as_str(),
+            "variant": r.variant,
+            "metadata": {"updatedAt": f.updated_at.to_rfc3339(), "updatedBy": f.updated_by},
+        })),
+        Err(e) => {
+            let status = match e.code {
+                ErrorCode::FlagNotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err((
+                status,
+                json!({"key": f.key, "errorCode": e.code.as_str(), "errorDetails": e.details}),
+            ))
+        }
+    }
 }
 
 async fn ofrep_one(
@@ -664,11 +707,15 @@ async fn ofrep_one(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let store = ofrep_store(&state)?;
-    if let Some(r) = ofrep_context(&bytes, Some(&key)) {
-        return Ok(r);
-    }
+    let context = match ofrep_context(&bytes, Some(&key)) {
+        Ok(c) => c,
+        Err(r) => return Ok(*r),
+    };
     match store.flag(&key).await {
-        Ok(f) => Ok(Json(evaluation(&f)).into_response()),
+        Ok(f) => Ok(match evaluation(&f, &context) {
+            Ok(body) => Json(body).into_response(),
+            Err((status, body)) => (status, Json(body)).into_response(),
+        }),
         Err(StoreError::NotFound) => Ok(ofrep_error(
             StatusCode::NOT_FOUND,
             Some(&key),
@@ -679,17 +726,21 @@ async fn ofrep_one(
     }
 }
 
+/// Every flag for one context. The `ETag` covers the flags and the context,
+/// so a client polling with the same context gets `304` until a flag changes.
 async fn ofrep_bulk(
     State(state): State<AppState>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let store = ofrep_store(&state)?;
-    if let Some(r) = ofrep_context(&bytes, None) {
-        return Ok(r);
-    }
+    let context = match ofrep_context(&bytes, None) {
+        Ok(c) => c,
+        Err(r) => return Ok(*r),
+    };
     let flags = store.list_flags().await?;
     let mut hasher = Sha256::new();
+    hasher.update(context.to_string().as_bytes());
     for f in &flags {
         hasher.update(f.key.as_bytes());
         hasher.update([u8::from(f.enabled), 0]);
@@ -713,8 +764,11 @@ async fn ofrep_bulk(
         r.headers_mut().insert(header::ETAG, etag_value);
         return Ok(r);
     }
-    let mut r =
-        Json(json!({"flags": flags.iter().map(evaluation).collect::<Vec<_>>()})).into_response();
+    let results: Vec<Value> = flags
+        .iter()
+        .map(|f| evaluation(f, &context).unwrap_or_else(|(_, body)| body))
+        .collect();
+    let mut r = Json(json!({"flags": results})).into_response();
     r.headers_mut().insert(header::ETAG, etag_value);
     Ok(r)
 }
@@ -724,7 +778,7 @@ async fn ofrep_configuration() -> Result<Json<Value>, ApiError> {
         "name": "Firebreak",
         "capabilities": {
             "cacheInvalidation": {"polling": {"enabled": true, "minPollingIntervalMs": 1000}},
-            "flagEvaluation": {"supportedTypes": ["boolean"]},
+            "flagEvaluation": {"supportedTypes": ["boolean", "string", "integer", "float", "object"]},
         },
     })))
 }

@@ -11,7 +11,7 @@ use firebreak_domain::action::{ActionRow, ActionStatus, MANUAL};
 use firebreak_domain::playbook::{FlagState, KillSwitchStep, NotifyStep, RollbackStep, StepAction};
 use firebreak_domain::timeline::kind;
 use firebreak_store::{ActionChange, FlagRow, NewAudit, OpenIncident, StoreError, SETTING_PAUSED};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::claims::Candidate;
 use crate::facts::{self, DeployCache};
@@ -629,6 +629,45 @@ impl Remediation {
             .set_flag(key, enabled, description, who, &audit)
             .await?;
         Ok((previous, self.store.flag(key).await?))
+    }
+
+    /// Creates or replaces flags from a flagd flag file
+    /// (`{"flags": {"<key>": {state, variants, defaultVariant, targeting}}}`),
+    /// all or nothing: every key and definition is checked first. Returns
+    /// the keys written.
+    pub async fn import_flags(
+        &self,
+        identity: &Identity,
+        file: &Value,
+    ) -> Result<Vec<String>, CommandError> {
+        use firebreak_domain::flagd::FlagDefinition;
+        const MAX_FLAGS: usize = 1000;
+        let flags = file
+            .get("flags")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                bad(
+                    "flags",
+                    "a flagd flag file is {\"flags\": {\"<key>\": {…}}}",
+                )
+            })?;
+        if flags.is_empty() || flags.len() > MAX_FLAGS {
+            return Err(bad("flags", format!("give 1 to {MAX_FLAGS} flags")));
+        }
+        let mut parsed = Vec::with_capacity(flags.len());
+        for (key, raw) in flags {
+            let field = format!("flags.{key}");
+            check_flag_key(key).map_err(|m| bad(&field, m))?;
+            let definition: FlagDefinition =
+                serde_json::from_value(raw.clone()).map_err(|e| bad(&field, e.to_string()))?;
+            definition.validate().map_err(|m| bad(&field, m))?;
+            parsed.push((key.clone(), definition));
+        }
+        let who = identity.id.as_str();
+        let keys: Vec<String> = parsed.iter().map(|(k, _)| k.clone()).collect();
+        let audit = NewAudit::by(who, "flags_imported", json!({"flags": keys}));
+        self.store.import_flags(&parsed, who, &audit).await?;
+        Ok(keys)
     }
 
     pub async fn delete_flag(&self, identity: &Identity, key: &str) -> Result<(), CommandError> {

@@ -256,6 +256,14 @@ pub trait Store: Send + Sync + 'static {
     async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()>;
     async fn list_flags(&self) -> Result<Vec<FlagRow>>;
     async fn flag(&self, key: &str) -> Result<FlagRow>;
+    /// Creates or replaces flags from flagd definitions in one transaction
+    /// (`enabled` follows each definition's `state`), with one audit row.
+    async fn import_flags(
+        &self,
+        flags: &[(String, firebreak_domain::flagd::FlagDefinition)],
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<()>;
     /// Creates or sets a built-in flag; returns its previous state (`None`: it
     /// did not exist). The audit row is written in the same transaction.
     async fn set_flag(

@@ -30,6 +30,7 @@ macro_rules! migrations {
             6, "0006", "action_leases";
             7, "0007", "access";
             8, "0008", "log_streams";
+            9, "0009", "flag_definitions";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -121,10 +121,31 @@ pub struct AuditFilter {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlagRow {
     pub key: String,
+    /// The kill switch: false serves the off variant to everyone.
     pub enabled: bool,
     pub description: Option<String>,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
+    /// A flagd definition (variants and targeting); none: a plain on/off flag.
+    pub definition: Option<firebreak_domain::flagd::FlagDefinition>,
+}
+
+impl FlagRow {
+    /// What evaluation uses: the stored definition with the kill switch
+    /// applied (`enabled = false` is state DISABLED), or a plain on/off flag.
+    pub fn effective(&self) -> firebreak_domain::flagd::FlagDefinition {
+        use firebreak_domain::flagd::{FlagDefinition, FlagState};
+        match &self.definition {
+            Some(d) => {
+                let mut d = d.clone();
+                if !self.enabled {
+                    d.state = FlagState::Disabled;
+                }
+                d
+            }
+            None => FlagDefinition::boolean(self.enabled),
+        }
+    }
 }
 
 /// Stored events since a moment, for replaying playbooks over history.

@@ -376,7 +376,7 @@ pub fn audit_row(r: &impl Get) -> Result<AuditRow> {
     read().map_err(in_row("audit", id.to_string()))
 }
 
-const FLAG_COLUMNS: &str = "key, enabled, description, updated_at, updated_by";
+const FLAG_COLUMNS: &str = "key, enabled, description, updated_at, updated_by, definition";
 
 pub fn flag_row(r: &impl Get) -> Result<FlagRow> {
     let key = r.text("key")?;
@@ -387,6 +387,12 @@ pub fn flag_row(r: &impl Get) -> Result<FlagRow> {
             description: r.opt_text("description")?,
             updated_at: r.time("updated_at")?,
             updated_by: r.text("updated_by")?,
+            definition: match r.opt_text("definition")? {
+                None => None,
+                Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                    corrupt("flags", format!("{key:?}"), "definition", e.to_string())
+                })?),
+            },
         })
     };
     read().map_err(in_row("flags", format!("{key:?}")))
@@ -1060,6 +1066,36 @@ impl<D: Dialect> Store for Db<D> {
             Some((action_id, owner)),
         )
         .await
+    }
+
+    async fn import_flags(
+        &self,
+        flags: &[(String, firebreak_domain::flagd::FlagDefinition)],
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<()> {
+        use firebreak_domain::flagd::FlagState;
+        let mut tx = self.d.begin().await?;
+        for (key, definition) in flags {
+            let text = serde_json::to_string(definition)
+                .map_err(|e| StoreError::Internal(format!("encoding flag {key}: {e}")))?;
+            tx.execute(
+                q(
+                    "INSERT INTO flags (key, enabled, description, updated_at, updated_by, definition)
+                   VALUES ($1, $2, NULL, $3, $4, $5)
+                   ON CONFLICT (key) DO UPDATE SET enabled = $2, updated_at = $3,
+                       updated_by = $4, definition = $5",
+                )
+                .bind(key.as_str())
+                .bind(definition.state == FlagState::Enabled)
+                .bind(audit.at)
+                .bind(by)
+                .bind(text),
+            )
+            .await?;
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await
     }
 
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {

@@ -1,0 +1,204 @@
+//! Built-in flags with flagd definitions, end to end in both modes: a flagd
+//! flag file imported and exported unchanged, targeting and percentage
+//! splits read by the real OpenFeature Python SDK through its OFREP
+//! provider with a context, bulk evaluation with ETag/304, a kill that
+//! overrides every rule, and a revert that restores the definition exactly.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use firebreak_domain::flagd::bucket;
+use firebreak_tests::{client, eventually, openfeature_bool, Firebreak, TestAppBuilder};
+use serde_json::{json, Value};
+
+const FLAG: &str = "checkout.new-flow";
+
+/// The rollout the issue describes: enterprise customers in the EU first,
+/// then 10% of everyone by targeting key.
+fn flag_file() -> Value {
+    json!({"flags": {
+        FLAG: {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "defaultVariant": "off",
+            "targeting": {"if": [
+                {"and": [
+                    {"==": [{"var": "plan"}, "enterprise"]},
+                    {"ends_with": [{"var": "email"}, ".eu"]}
+                ]},
+                "on",
+                {"fractional": [["on", 10], ["off", 90]]}
+            ]}
+        },
+        "banner.color": {
+            "state": "ENABLED",
+            "variants": {"red": "#c00", "blue": "#00c"},
+            "defaultVariant": "red"
+        }
+    }})
+}
+
+/// A targeting key that flagd's bucketing puts in `variant` of the 10/90 split.
+fn key_in(variant: &str) -> String {
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| bucket(&format!("{FLAG}{k}"), &[("on", 10), ("off", 90)]) == Some(variant))
+        .unwrap()
+}
+
+async fn sdk(fb: &Firebreak, token: &str, context: Value) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/ofrep/evaluate.py");
+    let python = std::env::var("FIREBREAK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([fb.base.as_str(), FLAG, "true", "--bearer", token])
+        .arg("--context")
+        .arg(context.to_string())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn flagd_targeting_kill_and_revert(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
+
+    // A file with an unknown operation changes nothing and says where.
+    let mut bad = flag_file();
+    bad["flags"][FLAG]["targeting"] = json!({"if": [{"regex": ["a", "b"]}, "on", null]});
+    let (status, body) = fb.post("/api/v1/flags/import", &bad).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("targeting.if[0]"), "{body}");
+    let (_, exported) = fb.get("/api/v1/flags/export").await;
+    assert_eq!(exported, json!({"flags": {}}));
+
+    let (status, body) = fb.post("/api/v1/flags/import", &flag_file()).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, exported) = fb.get("/api/v1/flags/export").await;
+    assert_eq!(exported, flag_file(), "exported as imported");
+
+    let reader = fb.token("checkout-sdk", &["flags:read"]).await;
+    let eu = json!({"targetingKey": key_in("off"), "plan": "enterprise", "email": "ops@shop.eu"});
+    let r = sdk(fb, &reader.token, eu.clone()).await;
+    assert_eq!(
+        (r["value"].clone(), r["variant"].clone()),
+        (json!(true), json!("on")),
+        "{r}"
+    );
+    assert_eq!(r["reason"], "TARGETING_MATCH", "{r}");
+    for variant in ["on", "off"] {
+        let r = sdk(
+            fb,
+            &reader.token,
+            json!({"targetingKey": key_in(variant), "plan": "free"}),
+        )
+        .await;
+        assert_eq!(r["variant"], variant, "flagd's bucket for this key: {r}");
+        assert_eq!(r["reason"], "TARGETING_MATCH", "{r}");
+    }
+    let (status, body) = fb
+        .post(
+            &format!("/ofrep/v1/evaluate/flags/{FLAG}"),
+            &json!({"context": {"plan": "free"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errorCode"], "TARGETING_KEY_MISSING", "{body}");
+
+    // Bulk: one ETag per flags-and-context; 304 while neither changes.
+    let bulk = |context: Value, etag: Option<String>| {
+        let url = format!("{}/ofrep/v1/evaluate/flags", fb.base);
+        async move {
+            let mut req = client().post(url).json(&json!({"context": context}));
+            if let Some(e) = etag {
+                req = req.header("if-none-match", e);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let first = bulk(eu.clone(), None).await;
+    assert_eq!(first.status().as_u16(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let flags: Value = first.json().await.unwrap();
+    assert_eq!(flags["flags"].as_array().unwrap().len(), 2, "{flags}");
+    assert_eq!(
+        bulk(eu.clone(), Some(etag.clone())).await.status().as_u16(),
+        304
+    );
+    assert_eq!(
+        bulk(json!({"targetingKey": "x"}), Some(etag.clone()))
+            .await
+            .status()
+            .as_u16(),
+        200,
+        "another context is another answer"
+    );
+
+    // A kill overrides every rule: everyone gets the off variant.
+    let (status, action) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": FLAG, "reason": "checkout errors"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{action}");
+    let id = action["id"].as_i64().unwrap();
+    eventually(
+        "the kill switch verified",
+        Duration::from_secs(20),
+        || async {
+            let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+            (a["status"] == "succeeded").then_some(())
+        },
+    )
+    .await;
+    let r = sdk(fb, &reader.token, eu.clone()).await;
+    assert_eq!(
+        (r["value"].clone(), r["reason"].clone()),
+        (json!(false), json!("DISABLED")),
+        "{r}"
+    );
+    assert_eq!(r["variant"], "off");
+    let r = sdk(fb, &reader.token, json!({"targetingKey": key_in("on")})).await;
+    assert_eq!(r["value"], false, "{r}");
+    assert_eq!(
+        bulk(eu.clone(), Some(etag)).await.status().as_u16(),
+        200,
+        "the kill changed the answer"
+    );
+
+    // The revert restores the exact definition, rules and percentages included.
+    let (status, reverted) = fb
+        .post(&format!("/api/v1/actions/{id}/revert"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{reverted}");
+    let (_, exported) = fb.get("/api/v1/flags/export").await;
+    assert_eq!(exported, flag_file());
+    let r = sdk(fb, &reader.token, eu).await;
+    assert_eq!(
+        (r["value"].clone(), r["reason"].clone()),
+        (json!(true), json!("TARGETING_MATCH")),
+        "{r}"
+    );
+
+    // Plain flags keep their meaning: on/off for everyone, STATIC.
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "plain.switch", "enabled": true}),
+    )
+    .await;
+    let r = openfeature_bool(&fb.base, "plain.switch", &reader.token).await;
+    assert_eq!(
+        (r["value"].clone(), r["reason"].clone()),
+        (json!(true), json!("STATIC")),
+        "{r}"
+    );
+}
+
+firebreak_tests::both_modes!(flagd_targeting_kill_and_revert);
