@@ -65,6 +65,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/v1/flags/{key}", "operate"),
     ("POST", "/api/v1/flags/import", "operate"),
     ("GET", "/api/v1/flags/export", "read"),
+    ("POST", "/api/v1/gates/flagger/{hook}", "read"),
+    ("GET", "/api/v1/gates/argo/{service}", "read"),
     ("POST", "/ofrep/v1/evaluate/flags", "flags:read"),
     ("POST", "/ofrep/v1/evaluate/flags/{key}", "flags:read"),
     ("GET", "/ofrep/v1/configuration", "flags:read"),

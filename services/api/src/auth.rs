@@ -109,6 +109,8 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/v1/flags/{key}", s(Scope::Operate)),
     ("POST", "/api/v1/flags/import", s(Scope::Operate)),
     ("GET", "/api/v1/flags/export", s(Scope::Read)),
+    ("POST", "/api/v1/gates/flagger/{hook}", s(Scope::Read)),
+    ("GET", "/api/v1/gates/argo/{service}", s(Scope::Read)),
     ("POST", "/ofrep/v1/evaluate/flags", s(Scope::FlagsRead)),
     (
         "POST",

@@ -16,6 +16,7 @@ use serde_json::json;
 mod access;
 pub mod auth;
 mod error;
+mod gates;
 mod incidents;
 pub mod ingest;
 mod ops;
@@ -65,6 +66,7 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
         router = router
             .merge(incidents::router())
             .merge(remediation::router())
+            .merge(gates::router())
             .merge(postmortems::router())
             .merge(access::router())
             .merge(pages::router())
