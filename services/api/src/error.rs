@@ -184,3 +184,15 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+/// Query strings decode like bodies: unknown parameters and bad values are
+/// named in a 400, never ignored.
+pub(crate) fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(t)| t)
+        .map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: e.body_text(),
+        })
+}

@@ -227,10 +227,7 @@ async fn argo(
     Path(service): Path<String>,
     query: Result<Query<ArgoQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: e.body_text(),
-    })?;
+    let q = crate::error::query(query)?;
     let facts = facts(
         &state,
         &service,

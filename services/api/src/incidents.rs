@@ -11,6 +11,7 @@ use firebreak_store::{IncidentFilter, IncidentRow, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::error::query;
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -44,15 +45,6 @@ fn bad(field: &str, message: impl Into<String>) -> ApiError {
         field: Some(field.into()),
         message: message.into(),
     }
-}
-
-/// Query strings decode like bodies: unknown parameters and bad numbers are
-/// named in a 400, never ignored.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t).map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: e.body_text(),
-    })
 }
 
 fn incident_json(row: &IncidentRow, now: DateTime<Utc>) -> Value {
