@@ -405,7 +405,9 @@ async fn regenerating_keeps_human_edits_and_reports_conflicts() {
         .unwrap()
         .contains("canary-latency"));
 
-    // Regenerating again with nothing new writes no revision.
+    // Regenerating again with nothing new writes no revision, even when the
+    // draft's "generated at" stamp has moved on by a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = client()
         .post(format!(
             "{}/api/v1/incidents/{id}/postmortem/regenerate",

@@ -244,7 +244,9 @@ impl Generator {
                 Some(cur) => {
                     let (merged, conflicts) =
                         sections::merge(&cur.markdown, &cur.generated, &draft.markdown);
-                    if merged == cur.markdown && cur.generated == draft.markdown {
+                    let stamp = draft.context["generated_at"].as_str().unwrap_or_default();
+                    let unchanged = same_apart_from_stamp(&cur.generated, &draft.markdown, stamp);
+                    if unchanged && merged_apart_from_stamp(&merged, &cur.markdown, stamp) {
                         return Ok(Generated {
                             postmortem: cur.clone(),
                             conflicts,
@@ -421,10 +423,50 @@ pub fn markdown_html(markdown: &str) -> String {
     html_body
 }
 
+/// Whether two renderings say the same apart from the time each was
+/// generated at: `stamp` (the header's `generated_at`) is where `new` has it,
+/// and `old` may have another time of the same length there. Without this,
+/// regenerating with nothing new wrote a revision whenever a second had
+/// passed since the last generation.
+fn same_apart_from_stamp(old: &str, new: &str, stamp: &str) -> bool {
+    if old == new {
+        return true;
+    }
+    let Some(at) = new.find(stamp).filter(|_| !stamp.is_empty()) else {
+        return false;
+    };
+    let end = at + stamp.len();
+    old.len() == new.len()
+        && old.is_char_boundary(at)
+        && old.is_char_boundary(end)
+        && old[..at] == new[..at]
+        && old[end..] == new[end..]
+}
+
+/// The merged document against the current one: the same, or different only
+/// in the machine's header stamp (the merge takes the new draft's header).
+fn merged_apart_from_stamp(merged: &str, current: &str, stamp: &str) -> bool {
+    same_apart_from_stamp(current, merged, stamp)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_stamp_alone_is_no_change() {
+        let old = "# PM\n*generated at 2026-12-02 10:00:01 UTC*\nbody";
+        let new = "# PM\n*generated at 2026-12-02 10:00:02 UTC*\nbody";
+        assert!(same_apart_from_stamp(old, new, "2026-12-02 10:00:02 UTC"));
+        let changed = "# PM\n*generated at 2026-12-02 10:00:02 UTC*\nnew body";
+        assert!(!same_apart_from_stamp(
+            old,
+            changed,
+            "2026-12-02 10:00:02 UTC"
+        ));
+        assert!(!same_apart_from_stamp(old, new, ""));
+    }
 
     #[test]
     fn html_export_neutralizes_raw_html_and_script_links() {
