@@ -179,8 +179,10 @@ pub async fn detail(
         Err(e) => return Err(e.into()),
     };
     timing.mark("incident");
-    let entries = store.timeline(id, PICTURE_MAX, 0).await?;
-    timing.mark("timeline");
+    // The actions before the timeline: an action's outcome and its timeline
+    // entry commit together, so a page that shows it succeeded also shows
+    // when (read the other way round, a commit in between showed
+    // "succeeded" without its mark on the picture).
     let mut actions = match store
         .list_actions(&ActionFilter {
             incident_id: Some(id),
@@ -195,6 +197,8 @@ pub async fn detail(
     actions.reverse();
     let times = store.incident_times(&[id]).await.unwrap_or_default();
     timing.mark("actions");
+    let entries = store.timeline(id, PICTURE_MAX, 0).await?;
+    timing.mark("timeline");
     let i = &detail.incident;
     let first_alert = detail.first_alert.unwrap_or(i.opened_at).min(i.opened_at);
     // Log patterns from the start of the window the postmortem mines.
