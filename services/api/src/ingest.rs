@@ -136,35 +136,42 @@ async fn accept_inner(
         .ok_or_else(|| ApiError::Internal("ingest role without a bus".into()))?;
     let count = decoded.len();
     let urgent = urgent_alerts(state, &decoded);
-    let packable = matches!(decoded, Decoded::Alerts(_))
-        && urgent.is_none()
-        && body.len() <= crate::packer::SMALL_BODY
-        && body.first() == Some(&b'{');
-    let service = alert_service(&decoded).map(str::to_string);
-    let messages = messages_for(&decoded, body.clone(), urgent.as_deref())?;
-    let max_message = state
-        .ingest
-        .as_ref()
-        .map_or(usize::MAX, |i| i.max_message_bytes);
-    if let Some(big) = messages.iter().find(|m| m.body.len() > max_message) {
-        return Err(ApiError::BadRequest {
-            field: None,
-            message: format!(
-                "this body becomes a queue message of {} bytes, over the bus's limit of {max_message} (amqp.max_message_bytes): split it into smaller requests",
-                big.body.len()
-            ),
-        });
-    }
-    // Urgent events are always taken; the rest only while the backlog is bounded.
-    if messages.iter().all(|m| m.lane == Lane::Bulk) {
-        if let Some(ingest) = &state.ingest {
-            check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
+    // Small bodies of alerts no playbook acts on are packed with others into
+    // one queue message (always far below the bus's message limit).
+    let packer = state.ingest.as_ref().filter(|_| {
+        matches!(&decoded, Decoded::Alerts(a) if !a.is_empty())
+            && urgent.is_none()
+            && body.len() <= crate::packer::SMALL_BODY
+            && body.first() == Some(&b'{')
+    });
+    if let Some(ingest) = packer {
+        check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
+        let service = alert_service(&decoded).map(str::to_string);
+        ingest.packer.publish(body, service).await?;
+    } else {
+        let messages = messages_for(&decoded, body, urgent.as_deref())?;
+        let max_message = state
+            .ingest
+            .as_ref()
+            .map_or(usize::MAX, |i| i.max_message_bytes);
+        if let Some(big) = messages.iter().find(|m| m.body.len() > max_message) {
+            return Err(ApiError::BadRequest {
+                field: None,
+                message: format!(
+                    "this body becomes a queue message of {} bytes, over the bus's limit of {max_message} (amqp.max_message_bytes): split it into smaller requests",
+                    big.body.len()
+                ),
+            });
         }
-    }
-    match (&state.ingest, packable) {
-        (Some(ingest), true) => ingest.packer.publish(body, service).await?,
-        _ if !messages.is_empty() => bus.publish(&messages).await?,
-        _ => {}
+        // Urgent events are always taken; the rest only while the backlog is bounded.
+        if messages.iter().all(|m| m.lane == Lane::Bulk) {
+            if let Some(ingest) = &state.ingest {
+                check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
+            }
+        }
+        if !messages.is_empty() {
+            bus.publish(&messages).await?;
+        }
     }
     state.metrics.received(kind, count as u64);
     let mut answer = json!({"status": "accepted", "kind": kind.as_str(), "events": count});

@@ -344,6 +344,23 @@ async fn revisions(
     })))
 }
 
+/// Revision `rev` and the one before it (none for the first): what a diff
+/// is taken between, for the API and the editor's page.
+pub(crate) fn with_previous(
+    revs: &[firebreak_store::RevisionRow],
+    rev: i64,
+) -> Option<(
+    &firebreak_store::RevisionRow,
+    Option<&firebreak_store::RevisionRow>,
+)> {
+    let r = revs.iter().find(|r| r.revision == rev)?;
+    let previous = revs
+        .iter()
+        .filter(|p| p.revision < rev)
+        .max_by_key(|p| p.revision);
+    Some((r, previous))
+}
+
 async fn revision(
     State(state): State<AppState>,
     Path((id, rev)): Path<(String, String)>,
@@ -354,15 +371,11 @@ async fn revision(
         .parse()
         .map_err(|_| bad("revision", format!("{rev:?} is not a revision number")))?;
     let revs = store.postmortem_revisions(id).await?;
-    let Some(r) = revs.iter().find(|r| r.revision == rev) else {
+    let Some((r, previous)) = with_previous(&revs, rev) else {
         return Err(ApiError::NotFound(format!(
             "incident {id} has no postmortem revision {rev}"
         )));
     };
-    let previous = revs
-        .iter()
-        .filter(|p| p.revision < rev)
-        .max_by_key(|p| p.revision);
     let diff = similar::TextDiff::from_lines(
         previous.map(|p| p.markdown.as_str()).unwrap_or(""),
         &r.markdown,

@@ -359,13 +359,9 @@ pub async fn revision(
         Ok(r) => r,
         Err(e) => return Err(e.into()),
     };
-    let Some(r) = revs.iter().find(|r| r.revision == rev) else {
+    let Some((r, previous)) = crate::postmortems::with_previous(&revs, rev) else {
         return Err(Refusal::not_found(format!("There is no revision {rev}.")));
     };
-    let previous = revs
-        .iter()
-        .filter(|p| p.revision < rev)
-        .max_by_key(|p| p.revision);
     let diff = similar::TextDiff::from_lines(
         previous.map(|p| p.markdown.as_str()).unwrap_or(""),
         &r.markdown,

@@ -8,11 +8,11 @@ use axum::body::Bytes;
 use axum::response::{IntoResponse, Redirect};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use firebreak_domain::access::Scope;
-use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_domain::timeline::kind;
 use firebreak_postmortem::context::{rank, Inputs};
 use firebreak_postmortem::logmine::Miner;
 use firebreak_store::{
-    ActionFilter, ActionStatus, IncidentFilter, IncidentTimes, NewAudit, StoreError, TimelineRow,
+    ActionFilter, ActionStatus, IncidentFilter, IncidentTimes, StoreError, TimelineRow,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -415,27 +415,10 @@ pub async fn note(
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
-    let text = f.text.trim();
-    if text.is_empty() || text.chars().count() > 3000 {
+    let Some(text) = crate::access::note_text(&f.text) else {
         return Err(Refusal::bad("A note is 1 to 3,000 characters."));
-    }
-    if let Err(e) = store.incident_overview(id).await {
-        return Err(e.into());
-    }
-    let now = Utc::now();
-    let entry = NewEntry {
-        incident_id: id,
-        at: now,
-        kind: kind::NOTE,
-        source: identity.id.clone(),
-        summary: text.to_string(),
-        ref_id: format!("note:{}@{}", identity.id, now.timestamp_micros()),
     };
-    let audit = NewAudit {
-        incident_id: Some(id),
-        ..NewAudit::by(identity.id.clone(), "note_added", json!({"note": text}))
-    };
-    if let Err(e) = store.record(&[audit], &[entry]).await {
+    if let Err(e) = crate::access::record_note(store.as_ref(), &identity, id, text).await {
         return Err(e.into());
     }
     Ok(Redirect::to(&format!("/incidents/{id}#notes")).into_response())
