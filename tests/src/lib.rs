@@ -349,6 +349,44 @@ impl Firebreak {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = client()
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs a `firebreak` command against this instance's store and
+    /// configuration; its exit status, stdout and stderr.
+    pub async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = tokio::process::Command::new(firebreak_bin());
+        cmd.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FIREBREAK_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .envs(
+                self.env
+                    .iter()
+                    .filter(|(k, _)| k != "FIREBREAK_LISTEN")
+                    .cloned(),
+            )
+            .output()
+            .await
+            .expect("run firebreak");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = client()
             .get(format!("{}{path}", self.base))

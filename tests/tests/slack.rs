@@ -584,3 +584,68 @@ async fn slack_requests_meet_the_same_guardrails_as_playbooks() {
     );
     assert_eq!(fb.actions().await.len(), 1);
 }
+
+/// Guarded rollouts from Slack: looking is for everyone, steering for operators.
+#[tokio::test]
+async fn slack_starts_and_steers_a_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), None).await;
+    let fb = &s.fb;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "checkout.new-flow", "enabled": false}),
+    )
+    .await;
+    let text = |v: Value| v["text"].as_str().unwrap_or_default().to_string();
+    let percent = |id: i64| async move {
+        let (_, r) = fb.get(&format!("/api/v1/rollouts/{id}")).await;
+        r["percent"].as_i64()
+    };
+    let r = text(
+        s.command(
+            "U_ALICE",
+            "rollout start checkout.new-flow checkout 5,25,100 1h",
+        )
+        .await,
+    );
+    assert!(r.contains("needs the operator role"), "{r}");
+    let r = text(
+        s.command(
+            "U_ADMIN",
+            "rollout start checkout.new-flow checkout 5,25,100 1h",
+        )
+        .await,
+    );
+    assert!(r.contains("started rollout #1"), "{r}");
+    eventually("at 5 %", WAIT, || async {
+        (percent(1).await == Some(5)).then_some(())
+    })
+    .await;
+    let r = text(s.command("U_ALICE", "rollout 1").await);
+    assert!(r.contains("running at 5%"), "{r}");
+    let r = text(s.command("U_ADMIN", "rollout pause 1").await);
+    assert!(r.contains("paused rollout #1"), "{r}");
+    let r = text(s.command("U_ADMIN", "rollout pause 1").await);
+    assert!(
+        r.contains("is paused") && r.contains("Nothing was changed"),
+        "{r}"
+    );
+    let r = text(s.command("U_ADMIN", "rollout restart 1 2").await);
+    assert!(r.contains("restarted rollout #1"), "{r}");
+    eventually("at 25 %", WAIT, || async {
+        (percent(1).await == Some(25)).then_some(())
+    })
+    .await;
+    let r = text(s.command("U_ADMIN", "rollout abort 1").await);
+    assert!(r.contains("aborted rollout #1"), "{r}");
+    let r = text(
+        s.command("U_ADMIN", "rollout start checkout.new-flow checkout 5,x")
+            .await,
+    );
+    assert!(r.contains("is not a percentage"), "{r}");
+    let (_, audit) = fb.get("/api/v1/audit?limit=1000").await;
+    assert!(
+        audit.to_string().contains("slack:U_ADMIN"),
+        "who steered is audited"
+    );
+}

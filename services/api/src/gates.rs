@@ -1,7 +1,8 @@
 //! Firebreak as the gate of rollout controllers: Flagger's webhooks
 //! (`rollback`, `confirm-rollout`, `confirm-promotion`) and an Argo Rollouts
 //! Web metric. The verdict comes from what Firebreak knows about the
-//! service: open incidents, failed gate results, the automation pause.
+//! service: open incidents, failed gate results, the automation pause and
+//! change freezes (`[[automation.freeze]]`).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,8 @@ struct Facts {
     open_incidents: Vec<i64>,
     failed_gates: Vec<String>,
     paused: bool,
+    /// The change freeze in force, by name.
+    freeze: Option<String>,
 }
 
 impl Facts {
@@ -54,6 +57,9 @@ impl Facts {
         }
         if self.paused {
             r.push("automation is paused".into());
+        }
+        if let Some(f) = &self.freeze {
+            r.push(format!("change freeze {f}"));
         }
         r
     }
@@ -107,14 +113,20 @@ async fn facts(
             None => g.gate.clone(),
         })
         .collect();
-    let paused = match &state.remediation {
-        Some(r) => r.paused().await?,
-        None => false,
+    let (paused, freeze) = match &state.remediation {
+        Some(r) => (
+            r.paused().await?,
+            r.policy()
+                .freeze(service, environment, now)
+                .map(|f| f.name.clone()),
+        ),
+        None => (false, None),
     };
     Ok(Facts {
         open_incidents,
         failed_gates,
         paused,
+        freeze,
     })
 }
 
@@ -237,7 +249,7 @@ async fn argo(
     .await?;
     let verdict = if !facts.open_incidents.is_empty() || !facts.failed_gates.is_empty() {
         "fail"
-    } else if facts.paused {
+    } else if facts.paused || facts.freeze.is_some() {
         // Neither condition holds: Argo pauses the rollout (Inconclusive).
         "hold"
     } else {
@@ -274,6 +286,7 @@ async fn argo(
         "openIncidents": facts.open_incidents,
         "failedGates": facts.failed_gates,
         "paused": facts.paused,
+        "freeze": facts.freeze,
         "reasons": reasons,
     })))
 }

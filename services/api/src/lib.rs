@@ -23,7 +23,8 @@ mod ops;
 pub mod packer;
 pub mod pages;
 mod postmortems;
-mod remediation;
+pub mod remediation;
+mod rollouts;
 mod slack;
 
 pub use auth::{Auth, AuthConfig, Secret};
@@ -51,6 +52,8 @@ pub struct AppState {
     pub ingest: Option<Arc<ingest::Ingest>>,
     /// Slack commands and buttons (when a signing secret is configured).
     pub slack: Option<Arc<firebreak_remediation::slack::SlackClient>>,
+    /// When OFREP last evaluated each flag (written every few seconds).
+    pub flag_usage: Arc<remediation::FlagUsage>,
 }
 
 /// Builds the router for the roles this process runs.
@@ -67,6 +70,7 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
             .merge(incidents::router())
             .merge(remediation::router())
             .merge(gates::router())
+            .merge(rollouts::router())
             .merge(postmortems::router())
             .merge(access::router())
             .merge(pages::router())

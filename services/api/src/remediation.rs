@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use firebreak_domain::access::Identity;
 use firebreak_domain::playbook::FlagState;
-use firebreak_remediation::{Remediation, Request, RequestOptions};
+use firebreak_remediation::{FlagEdit, Remediation, Request, RequestOptions};
 use firebreak_store::{
     ActionFilter, ActionRow, ActionStatus, AuditFilter, FlagRow, Store, StoreError,
 };
@@ -41,6 +41,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/flags", get(list_flags).post(create_flag))
         .route("/api/v1/flags/import", post(import_flags))
         .route("/api/v1/flags/export", get(export_flags))
+        .route("/api/v1/flags/stale", get(stale_flags))
         .route(
             "/api/v1/flags/{key}",
             get(get_flag).put(put_flag).delete(delete_flag),
@@ -50,21 +51,21 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ofrep/v1/configuration", get(ofrep_configuration))
 }
 
-fn store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
+pub(crate) fn store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
     state
         .store
         .clone()
         .ok_or_else(|| ApiError::Internal("api role without a store".into()))
 }
 
-fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {
+pub(crate) fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {
     state
         .remediation
         .clone()
         .ok_or_else(|| ApiError::Internal("api role without remediation".into()))
 }
 
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest {
         field: Some(field.into()),
         message: message.into(),
@@ -72,7 +73,7 @@ fn bad(field: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// A JSON body, or the type's default when the body is empty.
-fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -160,7 +161,7 @@ struct ActionsQuery {
     limit: Option<i64>,
 }
 
-fn action_json(a: &ActionRow) -> Value {
+pub(crate) fn action_json(a: &ActionRow) -> Value {
     let mut v = json!(a);
     v["describe"] = json!(a.spec.describe);
     v["links"] = json!({
@@ -505,7 +506,22 @@ struct FlagBody {
     key: Option<String>,
     enabled: Option<bool>,
     description: Option<String>,
+    owner: Option<String>,
+    /// A flagd flag definition.
+    definition: Option<Value>,
     by: Option<String>,
+}
+
+impl FlagBody {
+    fn edit(self) -> Result<FlagEdit, ApiError> {
+        no_by(&self.by)?;
+        Ok(FlagEdit {
+            enabled: self.enabled,
+            description: self.description,
+            owner: self.owner,
+            definition: self.definition,
+        })
+    }
 }
 
 async fn list_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -551,47 +567,37 @@ async fn get_flag(
     Ok(Json(json!(flag)))
 }
 
-async fn write_flag(
-    remediation: &Remediation,
-    identity: &Identity,
-    key: &str,
-    f: &FlagBody,
-) -> Result<(Option<bool>, FlagRow), ApiError> {
-    no_by(&f.by)?;
-    Ok(remediation
-        .set_flag(
-            identity,
-            key,
-            f.enabled.unwrap_or(true),
-            f.description.as_deref(),
-        )
-        .await?)
+fn flag_answer(before: Option<FlagRow>, flag: FlagRow) -> Value {
+    json!({"flag": flag, "previous_enabled": before.map(|b| b.enabled)})
 }
 
+/// `POST /api/v1/flags`: creates a flag (201) or edits it (200); a new
+/// flag without a definition or `enabled` is on.
 async fn create_flag(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let remediation = remediation(&state)?;
-    let f: FlagBody = body(&bytes)?;
+    let mut f: FlagBody = body(&bytes)?;
     let key = f
         .key
-        .clone()
+        .take()
         .ok_or_else(|| bad("key", "missing: give the flag's key"))?;
-    let (previous, flag) = write_flag(&remediation, &identity, &key, &f).await?;
-    let status = if previous.is_none() {
+    if f.enabled.is_none() && f.definition.is_none() {
+        f.enabled = Some(true);
+    }
+    let (before, flag) = remediation.edit_flag(&identity, &key, f.edit()?).await?;
+    let status = if before.is_none() {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(json!({"flag": flag, "previous_enabled": previous})),
-    )
-        .into_response())
+    Ok((status, Json(flag_answer(before, flag))).into_response())
 }
 
+/// `PUT /api/v1/flags/{key}`: any of `enabled`, `description`, `owner` and
+/// `definition` (a flagd flag definition); what is left out stays.
 async fn put_flag(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
@@ -599,15 +605,49 @@ async fn put_flag(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let remediation = remediation(&state)?;
-    let f: FlagBody = body(&bytes)?;
-    if f.key.as_deref().is_some_and(|k| k != key) {
+    let mut f: FlagBody = body(&bytes)?;
+    if f.key.take().is_some_and(|k| k != key) {
         return Err(bad("key", "differs from the key in the path"));
     }
-    if f.enabled.is_none() {
-        return Err(bad("enabled", "missing: give true or false"));
+    let (before, flag) = remediation.edit_flag(&identity, &key, f.edit()?).await?;
+    Ok(Json(flag_answer(before, flag)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaleQuery {
+    days: Option<i64>,
+}
+
+/// `GET /api/v1/flags/stale?days=30`: flags fully rolled out or not
+/// evaluated for `days` days, with the reasons, owner and dates.
+async fn stale_flags(
+    State(state): State<AppState>,
+    q: Result<Query<StaleQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let days = q.days.unwrap_or(30);
+    if !(1..=3650).contains(&days) {
+        return Err(bad("days", "must be 1 to 3650"));
     }
-    let (previous, flag) = write_flag(&remediation, &identity, &key, &f).await?;
-    Ok(Json(json!({"flag": flag, "previous_enabled": previous})))
+    let store = store(&state)?;
+    let now = chrono::Utc::now();
+    let stale: Vec<Value> = store
+        .list_flags()
+        .await?
+        .iter()
+        .filter_map(|f| {
+            let reasons = f.stale_reasons(now, days);
+            (!reasons.is_empty()).then(|| {
+                json!({
+                    "key": f.key, "reasons": reasons, "owner": f.owner, "enabled": f.enabled,
+                    "created_at": f.created_at, "last_changed_at": f.updated_at,
+                    "last_evaluated_at": f.last_evaluated_at,
+                })
+            })
+        })
+        .collect();
+    Ok(Json(json!({"days": days, "stale": stale})))
 }
 
 async fn delete_flag(
@@ -621,6 +661,67 @@ async fn delete_flag(
 }
 
 // --- OFREP -----------------------------------------------------------------
+
+/// When each flag was last evaluated, kept in memory (one entry per existing
+/// flag) and written to the store every few seconds by [`keep_flag_usage`]:
+/// evaluations stay off the write path.
+#[derive(Default)]
+pub struct FlagUsage {
+    seen: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
+}
+
+impl FlagUsage {
+    pub fn saw<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in keys {
+            match seen.get_mut(key) {
+                Some(t) => *t = at,
+                None => {
+                    seen.insert(key.to_string(), at);
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.drain().collect()
+    }
+}
+
+/// Writes what [`FlagUsage`] saw every `every`, and once more at shutdown.
+pub async fn keep_flag_usage(
+    store: Arc<dyn Store>,
+    usage: Arc<FlagUsage>,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let last = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let seen = usage.take();
+        if let Err(e) = store.flags_evaluated(&seen).await {
+            tracing::warn!(error = %e, flags = seen.len(), "cannot record when flags were last evaluated; trying again");
+            let now = chrono::Utc::now();
+            usage.saw(seen.iter().map(|(k, _)| k.as_str()), now);
+        }
+        if last {
+            return;
+        }
+    }
+}
 
 fn ofrep_store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
     state
@@ -706,10 +807,13 @@ async fn ofrep_one(
         Err(r) => return Ok(*r),
     };
     match store.flag(&key).await {
-        Ok(f) => Ok(match evaluation(&f, &context) {
-            Ok(body) => Json(body).into_response(),
-            Err((status, body)) => (status, Json(body)).into_response(),
-        }),
+        Ok(f) => {
+            state.flag_usage.saw([f.key.as_str()], chrono::Utc::now());
+            Ok(match evaluation(&f, &context) {
+                Ok(body) => Json(body).into_response(),
+                Err((status, body)) => (status, Json(body)).into_response(),
+            })
+        }
         Err(StoreError::NotFound) => Ok(ofrep_error(
             StatusCode::NOT_FOUND,
             Some(&key),
@@ -733,6 +837,9 @@ async fn ofrep_bulk(
         Err(r) => return Ok(*r),
     };
     let flags = store.list_flags().await?;
+    state
+        .flag_usage
+        .saw(flags.iter().map(|f| f.key.as_str()), chrono::Utc::now());
     let mut hasher = Sha256::new();
     hasher.update(context.to_string().as_bytes());
     for f in &flags {

@@ -132,6 +132,9 @@ const USAGE: &str = "*Firebreak* — `/firebreak <command>`:\n\
 • `killswitch <flag> off|on [provider]` — set a kill switch (operators)\n\
 • `rollback <service> [environment]` — roll back to the last good deploy (operators)\n\
 • `pause` / `resume` — automation (operators)\n\
+• `rollout <id>` — where a guarded rollout stands\n\
+• `rollout start <flag> <service> 5,10,25,50,100 [hold]` — roll a built-in flag out, each step held `hold` (default 1h) (operators)\n\
+• `rollout pause|resume|abort <id>`, `rollout restart <id> [step]` — steer it (operators)\n\
 • `postmortem <id>` — the draft's summary and link";
 
 struct Caller {
@@ -150,11 +153,14 @@ impl Caller {
     }
 }
 
-/// The role a command needs.
-fn needs(command: &str) -> Role {
+/// The role a command needs (`rollout` by its sub-command: looking is for everyone).
+fn needs(command: &str, sub: Option<&str>) -> Role {
     match command {
         "ack" | "note" => Role::Editor,
         "killswitch" | "rollback" | "pause" | "resume" | "resolve" => Role::Operator,
+        "rollout" if sub.is_some_and(|s| s.parse::<i64>().is_err() && !s.starts_with('#')) => {
+            Role::Operator
+        }
         _ => Role::Viewer,
     }
 }
@@ -189,7 +195,7 @@ async fn commands(
         .first()
         .map(|w| w.to_ascii_lowercase())
         .unwrap_or_default();
-    let needed = needs(&command);
+    let needed = needs(&command, words.get(1).copied());
     let allowed = caller.role >= needed;
     let audit = NewAudit::by(
         caller.actor(),
@@ -260,14 +266,124 @@ async fn commands(
             })
         }
         ("postmortem", [id]) => postmortem(&state, store.as_ref(), id).await?,
+        ("rollout", args) if !args.is_empty() => {
+            rollout(&state, store.as_ref(), args, &caller).await?
+        }
         (
             known @ ("status" | "ack" | "resolve" | "note" | "killswitch" | "rollback"
-            | "postmortem" | "pause" | "resume"),
+            | "postmortem" | "pause" | "resume" | "rollout"),
             _,
         ) => ephemeral(format!("`{known}` needs different arguments.\n{USAGE}")),
         (other, _) => ephemeral(format!("I don't know `{}`.\n{USAGE}", escape(other))),
     };
     Ok(r)
+}
+
+/// `/firebreak rollout …`: look at, start and steer guarded rollouts.
+async fn rollout(
+    state: &AppState,
+    store: &dyn Store,
+    args: &[&str],
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    use firebreak_remediation::rollouts::RolloutCommand;
+    let line = |r: &firebreak_domain::rollout::Rollout| {
+        format!(
+            "rollout #{} of `{}` ({}): {} at {}%{}{}",
+            r.id,
+            escape(&r.flag),
+            escape(&r.plan.service),
+            r.status.as_str(),
+            r.percent(),
+            r.step
+                .map(|s| format!(", step {} of {}", s + 1, r.plan.steps.len()))
+                .unwrap_or_default(),
+            r.waiting
+                .as_deref()
+                .or(r.reason.as_deref())
+                .map(|w| format!(" — {}", escape(w)))
+                .unwrap_or_default()
+        )
+    };
+    let id = |raw: &str| incident_id(raw);
+    let answer = |result: Result<
+        (
+            firebreak_domain::rollout::Rollout,
+            Option<firebreak_store::ActionRow>,
+        ),
+        firebreak_remediation::CommandError,
+    >,
+                  verb: &str| match result {
+        Ok((r, _)) => in_channel(format!("<@{}> {verb} {}", caller.id, line(&r))),
+        Err(e) => ephemeral(format!(
+            ":warning: {}. Nothing was changed.",
+            escape(&e.to_string())
+        )),
+    };
+    let command = match args {
+        [raw] => {
+            let Some(id) = id(raw) else {
+                return Ok(ephemeral("Use `rollout <id>`, e.g. `rollout 3`."));
+            };
+            return Ok(match store.rollout(id).await {
+                Ok(r) => ephemeral(line(&r)),
+                Err(firebreak_store::StoreError::NotFound) => {
+                    ephemeral(format!("There is no rollout {id}."))
+                }
+                Err(e) => return Err(e.into()),
+            });
+        }
+        ["start", flag, service, percents, rest @ ..] if rest.len() <= 1 => {
+            let hold = rest.first().copied().unwrap_or("1h");
+            let steps: Result<Vec<Value>, String> = percents
+                .split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse::<u8>()
+                        .map(|p| json!({"percent": p, "hold": hold}))
+                        .map_err(|_| format!("{p:?} is not a percentage"))
+                })
+                .collect();
+            let plan = steps.and_then(|steps| {
+                serde_json::from_value::<firebreak_domain::rollout::RolloutPlan>(
+                    json!({"service": service, "steps": steps}),
+                )
+                .map_err(|e| e.to_string())
+            });
+            return Ok(match plan {
+                Err(e) => ephemeral(format!(":warning: {}. Nothing was changed.", escape(&e))),
+                Ok(plan) => answer(
+                    remediation(state)?
+                        .start_rollout(&caller.identity(), flag, plan)
+                        .await,
+                    "started",
+                ),
+            });
+        }
+        ["pause", raw] => id(raw).map(|i| (i, RolloutCommand::Pause, "paused")),
+        ["resume", raw] => id(raw).map(|i| (i, RolloutCommand::Resume, "resumed")),
+        ["abort", raw] => id(raw).map(|i| (i, RolloutCommand::Abort, "aborted")),
+        ["restart", raw, rest @ ..] if rest.len() <= 1 => match rest
+            .first()
+            .map(|s| s.parse::<usize>())
+        {
+            None => id(raw).map(|i| (i, RolloutCommand::Restart { step: 1 }, "restarted")),
+            Some(Ok(step)) => id(raw).map(|i| (i, RolloutCommand::Restart { step }, "restarted")),
+            Some(Err(_)) => None,
+        },
+        _ => None,
+    };
+    let Some((id, command, verb)) = command else {
+        return Ok(ephemeral(format!(
+            "That is not a rollout command.\n{USAGE}"
+        )));
+    };
+    Ok(answer(
+        remediation(state)?
+            .rollout_command(&caller.identity(), id, command, Some("from Slack"))
+            .await,
+        verb,
+    ))
 }
 
 fn incident_id(raw: &str) -> Option<i64> {

@@ -208,6 +208,32 @@ pub mod target {
     }
 }
 
+/// A change freeze: while it is in force, rollouts do not advance and
+/// rollout controllers asking Firebreak (Flagger, Argo Rollouts) are told to hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freeze {
+    pub name: String,
+    /// The services it applies to; empty: every service.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// The environments it applies to; empty: every environment. A rollout
+    /// or request that names no environment is frozen by any of them.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    /// When: weekly (`days`, `from`, `to`, `utc_offset`) or absolute (`start`, `end`).
+    pub window: crate::playbook::Window,
+}
+
+impl Freeze {
+    pub fn applies(&self, service: &str, environment: Option<&str>, at: DateTime<Utc>) -> bool {
+        (self.services.is_empty() || self.services.iter().any(|s| s == service))
+            && (self.environments.is_empty()
+                || environment.is_none_or(|e| self.environments.iter().any(|x| x == e)))
+            && self.window.contains(at)
+    }
+}
+
 /// Automation limits that apply to every playbook and every person's request.
 #[derive(Debug, Clone)]
 pub struct AutomationPolicy {
@@ -224,6 +250,22 @@ pub struct AutomationPolicy {
     pub four_eyes: bool,
     /// …with at least this role.
     pub four_eyes_min_role: crate::access::Role,
+    /// Change freezes (`[[automation.freeze]]`).
+    pub freezes: Vec<Freeze>,
+}
+
+impl AutomationPolicy {
+    /// The first freeze in force for a service (and environment) at `at`.
+    pub fn freeze(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Option<&Freeze> {
+        self.freezes
+            .iter()
+            .find(|f| f.applies(service, environment, at))
+    }
 }
 
 impl Default for AutomationPolicy {
@@ -235,6 +277,7 @@ impl Default for AutomationPolicy {
             manual: Guard::default(),
             four_eyes: false,
             four_eyes_min_role: crate::access::Role::Operator,
+            freezes: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod matcher;
 pub mod metrics;
 pub mod playbook;
+pub mod rollout;
 pub mod secret;
 pub mod timeline;
 mod wire;

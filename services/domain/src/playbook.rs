@@ -325,6 +325,21 @@ pub enum StepAction {
     Rollback(RollbackStep),
     Notify(NotifyStep),
     Http(HttpStep),
+    /// A guarded rollout's step (never written in a playbook file: rollouts
+    /// claim these themselves).
+    RolloutStep(RolloutStepAction),
+}
+
+/// Serve step `step` of rollout `rollout` (run `generation`) on a built-in flag.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStepAction {
+    pub rollout: i64,
+    pub generation: i32,
+    pub flag: String,
+    /// 0-based.
+    pub step: usize,
+    pub percent: u8,
 }
 
 impl StepAction {
@@ -350,6 +365,13 @@ impl StepAction {
                 _ => "notify".into(),
             },
             StepAction::Http(h) => format!("{} {}", h.method, h.url),
+            StepAction::RolloutStep(r) => format!(
+                "roll flag {} out to {}% (rollout #{}, step {})",
+                r.flag,
+                r.percent,
+                r.rollout,
+                r.step + 1
+            ),
         }
     }
 
@@ -359,6 +381,7 @@ impl StepAction {
             StepAction::Rollback(_) => "rollback",
             StepAction::Notify(_) => "notify",
             StepAction::Http(_) => "http",
+            StepAction::RolloutStep(_) => "rollout_step",
         }
     }
 }

@@ -102,6 +102,13 @@ impl Engine {
         }
     }
 
+    /// Claims actions through `remediation`: guarded rollouts' kills, and
+    /// playbooks' steps once [`Engine::with_playbooks`] gives them.
+    pub fn with_remediation(mut self, remediation: Arc<Remediation>) -> Engine {
+        self.remediation = Some(remediation);
+        self
+    }
+
     /// Matches events against `playbooks` and claims their actions through `remediation`.
     pub fn with_playbooks(
         mut self,

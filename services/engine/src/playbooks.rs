@@ -111,6 +111,7 @@ pub fn load_dir(dir: &Path, previous: &Loaded, check: &StepCheck) -> Loaded {
                             StepAction::Rollback(r) => r.provider.clone(),
                             StepAction::Notify(n) => n.webhook.clone().unwrap_or_default(),
                             StepAction::Http(h) => h.url.clone(),
+                            StepAction::RolloutStep(r) => r.flag.clone(),
                         };
                         let line = std::fs::read_to_string(&path).ok().and_then(|t| {
                             t.lines()

@@ -38,11 +38,18 @@ impl Engine {
         let Some(remediation) = &self.remediation else {
             return Ok(());
         };
-        let set = self.playbooks.current();
-        if set.playbooks.is_empty() || triggers.is_empty() {
+        if triggers.is_empty() {
             return Ok(());
         }
         let now = Utc::now();
+        // Guarded rollouts first: a kill is the most urgent thing a batch can do.
+        *ready += remediation
+            .rollout_kills(tx, triggers, entries, now)
+            .await?;
+        let set = self.playbooks.current();
+        if set.playbooks.is_empty() {
+            return Ok(());
+        }
         let mut decisions: Vec<Decision<'_>> = Vec::new();
         // One decision per (playbook, incident) per batch: an alert storm in one
         // incident is one claim, not thousands of lookups.

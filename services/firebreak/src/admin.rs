@@ -57,7 +57,65 @@ pub enum AuditCommand {
     Verify,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// Flags ready to remove from code: fully rolled out, or not evaluated, for `--days` days.
+    Stale {
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 const CLI: &str = "cli";
+
+pub async fn flags(config: &Config, command: &FlagsCommand) -> anyhow::Result<()> {
+    let FlagsCommand::Stale {
+        days,
+        json: as_json,
+    } = command;
+    if !(1..=3650).contains(days) {
+        bail!("--days must be 1 to 3650");
+    }
+    let store = crate::open_store(config).await?;
+    let flags = store.list_flags().await;
+    store.close().await;
+    let now = chrono::Utc::now();
+    let mut any = false;
+    for f in flags? {
+        let reasons = f.stale_reasons(now, *days);
+        if reasons.is_empty() {
+            continue;
+        }
+        any = true;
+        let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.format("%Y-%m-%d").to_string())
+                .unwrap_or_else(|| "never".into())
+        };
+        if *as_json {
+            println!(
+                "{}",
+                json!({"key": f.key, "reasons": reasons, "owner": f.owner,
+                       "last_changed_at": f.updated_at, "last_evaluated_at": f.last_evaluated_at})
+            );
+        } else {
+            println!(
+                "{:<40} {:<34} owner {:<16} changed {} evaluated {}",
+                f.key,
+                reasons.join(","),
+                f.owner.as_deref().unwrap_or("-"),
+                when(Some(f.updated_at)),
+                when(f.last_evaluated_at)
+            );
+        }
+    }
+    if !any && !*as_json {
+        println!("no stale flags (fully rolled out or not evaluated for {days} days)");
+    }
+    Ok(())
+}
 
 pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<()> {
     let store = crate::open_store(config).await?;

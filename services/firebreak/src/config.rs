@@ -214,6 +214,10 @@ pub struct AutomationSection {
     pub four_eyes_min_role: Role,
     /// The guard of people's requests.
     pub manual: Guard,
+    /// Change freezes: `[[automation.freeze]]` with `name`, optional
+    /// `services` and `environments`, and a `window`.
+    #[serde(default)]
+    pub freeze: Vec<firebreak_domain::action::Freeze>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -799,6 +803,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
                 manual: f.automation.manual,
                 four_eyes: f.automation.four_eyes,
                 four_eyes_min_role: f.automation.four_eyes_min_role,
+                freezes: f.automation.freeze,
             },
             lease,
             max_attempts: f.automation.max_attempts,

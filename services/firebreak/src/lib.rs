@@ -24,6 +24,11 @@ pub mod playbooks_cli;
 
 use config::{Config, Overrides};
 
+/// How often running rollouts are looked at (hold times are this precise).
+const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+/// How often the last evaluation time of flags is written.
+const FLAG_USAGE_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "firebreak",
@@ -58,6 +63,9 @@ pub enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// Built-in flags: the stale-flag report.
+    #[command(subcommand)]
+    Flags(admin::FlagsCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,9 +132,11 @@ pub fn main() -> std::process::ExitCode {
     let overrides = match &cli.command {
         Command::Serve(a) | Command::Migrate(a) => a.overrides(),
         Command::Playbooks(p) => p.overrides(),
-        Command::Tokens(_) | Command::Users(_) | Command::Audit(_) | Command::Bench(_) => {
-            Overrides::default()
-        }
+        Command::Tokens(_)
+        | Command::Users(_)
+        | Command::Audit(_)
+        | Command::Flags(_)
+        | Command::Bench(_) => Overrides::default(),
     };
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = match config::load(cli.config.as_deref(), &vars, &overrides) {
@@ -158,6 +168,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Tokens(t) => admin::tokens(&config, &t).await,
             Command::Users(u) => admin::users(&config, &u).await,
             Command::Audit(a) => admin::audit(&config, &a).await,
+            Command::Flags(f) => admin::flags(&config, &f).await,
             Command::Playbooks(_) | Command::Bench(_) => Ok(()),
         }
     });
@@ -407,6 +418,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             metrics.clone(),
             config.engine.clone(),
         );
+        if let Some(remediation) = &remediation {
+            engine = engine.with_remediation(remediation.clone());
+        }
         if let (Some(set), Some(remediation)) = (&playbooks, &remediation) {
             engine = engine.with_playbooks(set.clone(), remediation.clone());
         }
@@ -434,10 +448,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             let executor = remediation.clone();
             let token = shutdown.clone();
             background.push(tokio::spawn(async move { executor.run(token).await }));
+            let driver = remediation.clone();
+            let token = shutdown.clone();
+            background.push(tokio::spawn(driver.drive_rollouts(ROLLOUT_TICK, token)));
         }
     }
 
+    let flag_usage = Arc::new(firebreak_api::remediation::FlagUsage::default());
+    if let (Some(store), true) = (&store, roles.api) {
+        background.push(tokio::spawn(firebreak_api::remediation::keep_flag_usage(
+            store.clone(),
+            flag_usage.clone(),
+            FLAG_USAGE_EVERY,
+            shutdown.clone(),
+        )));
+    }
     let state = AppState {
+        flag_usage,
         store: if roles.api || roles.engine {
             store.clone()
         } else {

@@ -52,6 +52,16 @@ pub struct RequestOptions {
     pub force: bool,
 }
 
+/// An edit of one built-in flag; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct FlagEdit {
+    pub enabled: Option<bool>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    /// A flagd flag definition (`state`, `variants`, `defaultVariant`, `targeting`).
+    pub definition: Option<Value>,
+}
+
 /// Why a command did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -668,6 +678,94 @@ impl Remediation {
         let audit = NewAudit::by(who, "flags_imported", json!({"flags": keys}));
         self.store.import_flags(&parsed, who, &audit).await?;
         Ok(keys)
+    }
+
+    /// Edits (or creates) one built-in flag: its kill switch state, its
+    /// description, owner and flagd definition, any subset. A definition is
+    /// checked as an import is; while a rollout is active its steps own the
+    /// targeting, so a new definition is refused until it is aborted or done.
+    /// Returns the flag before (none: created) and after.
+    pub async fn edit_flag(
+        &self,
+        identity: &Identity,
+        key: &str,
+        edit: FlagEdit,
+    ) -> Result<(Option<FlagRow>, FlagRow), CommandError> {
+        use firebreak_domain::flagd::{FlagDefinition, FlagState as DefState};
+        let who = identity.id.as_str();
+        check_flag_key(key).map_err(|m| bad("key", m))?;
+        if edit.description.as_ref().is_some_and(|d| d.len() > 2000) {
+            return Err(bad("description", "must be at most 2000 characters"));
+        }
+        if let Some(o) = &edit.owner {
+            check_name("owner", o)?;
+        }
+        let definition = match &edit.definition {
+            None => None,
+            Some(raw) => {
+                let d: FlagDefinition = serde_json::from_value(raw.clone())
+                    .map_err(|e| bad("definition", e.to_string()))?;
+                d.validate().map_err(|m| bad("definition", m))?;
+                Some(d)
+            }
+        };
+        if edit.enabled.is_none()
+            && edit.description.is_none()
+            && edit.owner.is_none()
+            && definition.is_none()
+        {
+            return Err(bad(
+                "enabled",
+                "give at least one of enabled, description, owner, definition",
+            ));
+        }
+        if definition.is_some() {
+            if let Some(r) = self.store.list_rollouts(Some(key), true, 1).await?.first() {
+                return Err(CommandError::Conflict(format!(
+                    "rollout #{} ({}) owns the targeting of {key}: abort it before replacing the definition",
+                    r.id,
+                    r.status.as_str()
+                )));
+            }
+        }
+        let now = Utc::now();
+        let mut tx = self.store.begin().await?;
+        let before = tx.flag_for_update(key).await?;
+        let mut flag = before.clone().unwrap_or_else(|| FlagRow {
+            key: key.to_string(),
+            enabled: true,
+            description: None,
+            updated_at: now,
+            updated_by: who.to_string(),
+            definition: None,
+            owner: None,
+            created_at: Some(now),
+            last_evaluated_at: None,
+        });
+        if let Some(d) = definition {
+            flag.enabled = d.state == DefState::Enabled;
+            flag.definition = Some(d);
+        }
+        if let Some(e) = edit.enabled {
+            flag.enabled = e;
+        }
+        if let Some(d) = edit.description {
+            flag.description = Some(d);
+        }
+        if let Some(o) = edit.owner {
+            flag.owner = Some(o);
+        }
+        flag.updated_at = now;
+        flag.updated_by = who.to_string();
+        tx.put_flag(&flag).await?;
+        tx.insert_audit(&[NewAudit::by(
+            who,
+            if before.is_some() { "flag_edited" } else { "flag_created" },
+            json!({"flag": key, "enabled": flag.enabled, "owner": flag.owner, "definition": flag.definition}),
+        )])
+        .await?;
+        tx.commit().await?;
+        Ok((before, flag))
     }
 
     pub async fn delete_flag(&self, identity: &Identity, key: &str) -> Result<(), CommandError> {

@@ -297,6 +297,14 @@ impl Remediation {
                     previous: None,
                 })
             }
+            StepAction::RolloutStep(step) => {
+                // One transaction under the lease: safe to run again in doubt.
+                let (result, previous) = self
+                    .apply_rollout_step(action, step)
+                    .await
+                    .map_err(|e| (e, None))?;
+                Ok(Done { result, previous })
+            }
             StepAction::Http(h) => {
                 if in_doubt {
                     return Err((

@@ -33,9 +33,10 @@ mod commands;
 mod executor;
 pub mod facts;
 pub mod providers;
+pub mod rollouts;
 pub mod slack;
 
-pub use commands::{check_flag_key, CommandError, Request, RequestOptions};
+pub use commands::{check_flag_key, CommandError, FlagEdit, Request, RequestOptions};
 pub use firebreak_domain::action::{ActionSpec, AutomationPolicy};
 use providers::{Builtin, HttpKillSwitch, KillSwitch, LaunchDarkly, Unleash};
 pub use providers::{KillSwitchConfig, NotifierConfig, RollbackConfig, SlackConfig};
@@ -200,6 +201,8 @@ impl Providers {
             StepAction::Rollback(_) => target::rollback(service, environment),
             StepAction::Notify(n) => target::notify(n.slack.as_deref(), n.webhook.as_deref()),
             StepAction::Http(h) => target::http(&h.url),
+            // The flag's own target: a step and a kill switch never run at once.
+            StepAction::RolloutStep(r) => target::kill_switch("builtin", None, &r.flag),
         }
     }
 

@@ -27,12 +27,14 @@ mod sql;
 pub mod sqlite;
 
 pub use firebreak_domain::action::{ActionRow, ActionStatus, NewAction};
+pub use firebreak_domain::rollout::{Rollout, RolloutStatus};
 pub use postgres::PgStore;
 pub use remediation::{
     ActionChange, ActionFilter, AuditCheck, AuditFilter, AuditRow, FlagRow, History, IncidentTimes,
     LogRow, NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
     SessionRow, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
 };
+pub use remediation::{NewRollout, RolloutChange, RolloutEvent};
 pub use sqlite::SqliteStore;
 
 tokio::task_local! {
@@ -286,6 +288,18 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
     ) -> Result<Option<Option<bool>>>;
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool>;
+    /// Records when flags were last evaluated (only ever moves forward).
+    async fn flags_evaluated(&self, seen: &[(String, DateTime<Utc>)]) -> Result<()>;
+    async fn rollout(&self, id: i64) -> Result<Rollout>;
+    /// Rollouts, newest first: of one flag, or only the active ones, or all.
+    async fn list_rollouts(
+        &self,
+        flag: Option<&str>,
+        active_only: bool,
+        limit: i64,
+    ) -> Result<Vec<Rollout>>;
+    /// A rollout's own timeline, oldest first.
+    async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>>;
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
     /// Alerts, deploys and gates stored since `since`, oldest first.
@@ -391,6 +405,32 @@ pub trait Store: Send + Sync + 'static {
 /// The write side: one transaction. Dropping it without `commit` rolls back.
 #[async_trait]
 pub trait StoreTx: Send {
+    /// A flag, locked for the rest of the transaction (PostgreSQL).
+    async fn flag_for_update(&mut self, key: &str) -> Result<Option<FlagRow>>;
+    /// Creates or replaces a flag row whole.
+    async fn put_flag(&mut self, flag: &FlagRow) -> Result<()>;
+    /// Records an action's state before it acts, once, while `owner` holds
+    /// its running lease; `false` when it does not (nothing written).
+    async fn note_previous_state(
+        &mut self,
+        id: i64,
+        owner: &str,
+        state: &serde_json::Value,
+    ) -> Result<bool>;
+    /// Creates a rollout (`Conflict` when the flag has an active one).
+    async fn insert_rollout(&mut self, rollout: &NewRollout) -> Result<Rollout>;
+    /// Running and paused rollouts.
+    async fn active_rollouts(&mut self) -> Result<Vec<Rollout>>;
+    /// Changes a rollout if its status is one of `from` (and its generation
+    /// is `change.generation`, when given); `None`: it was not, nothing written.
+    async fn update_rollout(
+        &mut self,
+        id: i64,
+        from: &[RolloutStatus],
+        change: &RolloutChange,
+    ) -> Result<Option<Rollout>>;
+    /// Adds entries to rollouts' timelines; one per (rollout, ref_id).
+    async fn insert_rollout_events(&mut self, events: &[RolloutEvent]) -> Result<()>;
     /// Serializes work on the same incident groups across processes (PostgreSQL
     /// advisory locks, taken in sorted order; SQLite has one writer anyway).
     async fn lock_groups(&mut self, keys: &[i64]) -> Result<()>;

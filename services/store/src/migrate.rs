@@ -31,6 +31,7 @@ macro_rules! migrations {
             7, "0007", "access";
             8, "0008", "log_streams";
             9, "0009", "flag_definitions";
+            10, "0010", "rollouts";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

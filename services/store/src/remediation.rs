@@ -128,6 +128,12 @@ pub struct FlagRow {
     pub updated_by: String,
     /// A flagd definition (variants and targeting); none: a plain on/off flag.
     pub definition: Option<firebreak_domain::flagd::FlagDefinition>,
+    /// Who answers for the flag (a team or person), for the stale report.
+    pub owner: Option<String>,
+    /// When it was created (unknown for flags made before Firebreak kept it).
+    pub created_at: Option<DateTime<Utc>>,
+    /// When OFREP last evaluated it (recorded at most every few seconds).
+    pub last_evaluated_at: Option<DateTime<Utc>>,
 }
 
 impl FlagRow {
@@ -145,6 +151,31 @@ impl FlagRow {
             }
             None => FlagDefinition::boolean(self.enabled),
         }
+    }
+
+    /// Why the flag may be ready to remove from code, if it is: `fully_rolled_out`
+    /// (on, every user gets the same non-off variant, unchanged for `days`)
+    /// and/or `not_evaluated` (no OFREP evaluation for `days`, or never since
+    /// it was created that long ago).
+    pub fn stale_reasons(&self, now: DateTime<Utc>, days: i64) -> Vec<&'static str> {
+        let cutoff = now - chrono::Duration::days(days);
+        let mut reasons = Vec::new();
+        let d = self.effective();
+        let serves_one = self.enabled
+            && d.targeting.is_none()
+            && d.default_variant.is_some()
+            && d.default_variant.as_deref() != d.off_variant();
+        if serves_one && self.updated_at <= cutoff {
+            reasons.push("fully_rolled_out");
+        }
+        let last = self
+            .last_evaluated_at
+            .or(self.created_at)
+            .unwrap_or(self.updated_at);
+        if last <= cutoff {
+            reasons.push("not_evaluated");
+        }
+        reasons
     }
 }
 
@@ -297,4 +328,58 @@ pub struct IncidentTimes {
     pub mitigated_at: Option<DateTime<Utc>>,
     /// When its last alert ended (when all resolved).
     pub last_alert_end: Option<DateTime<Utc>>,
+}
+
+/// A rollout about to be created.
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub flag: String,
+    pub plan: firebreak_domain::rollout::RolloutPlan,
+    pub created_by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A change to a rollout; `Some` fields are written (`Some(None)` clears).
+#[derive(Debug, Clone)]
+pub struct RolloutChange {
+    pub at: DateTime<Utc>,
+    pub status: Option<firebreak_domain::rollout::RolloutStatus>,
+    pub step: Option<Option<usize>>,
+    pub step_started_at: Option<Option<DateTime<Utc>>>,
+    pub action_id: Option<Option<i64>>,
+    pub waiting: Option<Option<String>>,
+    pub reason: Option<Option<String>>,
+    /// Starts a new run: generation + 1, `started_at` = `at`.
+    pub restart: bool,
+    /// Only if the rollout is still in this run.
+    pub generation: Option<i32>,
+}
+
+impl RolloutChange {
+    pub fn at(at: DateTime<Utc>) -> RolloutChange {
+        RolloutChange {
+            at,
+            status: None,
+            step: None,
+            step_started_at: None,
+            action_id: None,
+            waiting: None,
+            reason: None,
+            restart: false,
+            generation: None,
+        }
+    }
+}
+
+/// One entry of a rollout's own timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutEvent {
+    pub rollout_id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub actor: String,
+    pub summary: String,
+    /// Written once per rollout and `ref_id`.
+    #[serde(skip)]
+    pub ref_id: String,
 }

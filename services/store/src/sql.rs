@@ -26,9 +26,10 @@ use serde_json::Value;
 
 use crate::{
     ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow,
-    IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow, NewAudit, OpenIncident,
-    PostmortemRow, PostmortemSave, Result, RevisionRow, SaveOutcome, Store, StoreError, StoreTx,
-    TimelineEvent, TimelineRow,
+    IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow, NewAudit, NewRollout,
+    OpenIncident, PostmortemRow, PostmortemSave, Result, RevisionRow, Rollout, RolloutChange,
+    RolloutEvent, RolloutStatus, SaveOutcome, Store, StoreError, StoreTx, TimelineEvent,
+    TimelineRow,
 };
 
 /// One bound value. Each dialect encodes it: a time is `timestamptz` on
@@ -376,7 +377,8 @@ pub fn audit_row(r: &impl Get) -> Result<AuditRow> {
     read().map_err(in_row("audit", id.to_string()))
 }
 
-const FLAG_COLUMNS: &str = "key, enabled, description, updated_at, updated_by, definition";
+const FLAG_COLUMNS: &str =
+    "key, enabled, description, updated_at, updated_by, definition, owner, created_at, last_evaluated_at";
 
 pub fn flag_row(r: &impl Get) -> Result<FlagRow> {
     let key = r.text("key")?;
@@ -393,9 +395,66 @@ pub fn flag_row(r: &impl Get) -> Result<FlagRow> {
                     corrupt("flags", format!("{key:?}"), "definition", e.to_string())
                 })?),
             },
+            owner: r.opt_text("owner")?,
+            created_at: r.opt_time("created_at")?,
+            last_evaluated_at: r.opt_time("last_evaluated_at")?,
         })
     };
     read().map_err(in_row("flags", format!("{key:?}")))
+}
+
+const ROLLOUT_COLUMNS: &str =
+    "id, flag, plan, status, step, generation, step_started_at, action_id,
+     waiting, reason, created_by, created_at, started_at, updated_at";
+
+pub fn rollout_row(r: &impl Get) -> Result<Rollout> {
+    let id = r.int("id")?;
+    let read = || -> Result<Rollout> {
+        let status = r.text("status")?;
+        Ok(Rollout {
+            id,
+            flag: r.text("flag")?,
+            plan: serde_json::from_value(r.json("plan")?)
+                .map_err(|e| corrupt("rollouts", id, "plan", e.to_string()))?,
+            status: RolloutStatus::parse(&status).ok_or_else(|| {
+                corrupt(
+                    "rollouts",
+                    id,
+                    "status",
+                    format!("unknown status {status:?}"),
+                )
+            })?,
+            step: r
+                .opt_int("step")?
+                .map(|s| {
+                    usize::try_from(s)
+                        .map_err(|_| corrupt("rollouts", id, "step", format!("{s} is negative")))
+                })
+                .transpose()?,
+            generation: i32::try_from(r.int("generation")?)
+                .map_err(|e| corrupt("rollouts", id, "generation", e.to_string()))?,
+            step_started_at: r.opt_time("step_started_at")?,
+            action_id: r.opt_int("action_id")?,
+            waiting: r.opt_text("waiting")?,
+            reason: r.opt_text("reason")?,
+            created_by: r.text("created_by")?,
+            created_at: r.time("created_at")?,
+            started_at: r.time("started_at")?,
+            updated_at: r.time("updated_at")?,
+        })
+    };
+    read().map_err(in_row("rollouts", id.to_string()))
+}
+
+fn rollout_event_row(r: &impl Get) -> Result<RolloutEvent> {
+    Ok(RolloutEvent {
+        rollout_id: r.int("rollout_id")?,
+        at: r.time("at")?,
+        kind: r.text("kind")?,
+        actor: r.text("actor")?,
+        summary: r.text("summary")?,
+        ref_id: r.text("ref_id")?,
+    })
 }
 
 const POSTMORTEM_COLUMNS: &str =
@@ -1081,8 +1140,8 @@ impl<D: Dialect> Store for Db<D> {
                 .map_err(|e| StoreError::Internal(format!("encoding flag {key}: {e}")))?;
             tx.execute(
                 q(
-                    "INSERT INTO flags (key, enabled, description, updated_at, updated_by, definition)
-                   VALUES ($1, $2, NULL, $3, $4, $5)
+                    "INSERT INTO flags (key, enabled, description, updated_at, updated_by, definition, created_at)
+                   VALUES ($1, $2, NULL, $3, $4, $5, $3)
                    ON CONFLICT (key) DO UPDATE SET enabled = $2, updated_at = $3,
                        updated_by = $4, definition = $5",
                 )
@@ -1108,6 +1167,73 @@ impl<D: Dialect> Store for Db<D> {
         }
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn flags_evaluated(&self, seen: &[(String, DateTime<Utc>)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.d.begin().await?;
+        for (key, at) in seen {
+            tx.execute(
+                q("UPDATE flags SET last_evaluated_at = $2
+                   WHERE key = $1 AND (last_evaluated_at IS NULL OR last_evaluated_at < $2)")
+                .bind(key.as_str())
+                .bind(*at),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn rollout(&self, id: i64) -> Result<Rollout> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
+                ))
+                .bind(id),
+            )
+            .await?;
+        rollout_row(rows.first().ok_or(StoreError::NotFound)?)
+    }
+
+    async fn list_rollouts(
+        &self,
+        flag: Option<&str>,
+        active_only: bool,
+        limit: i64,
+    ) -> Result<Vec<Rollout>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+                     WHERE ($1 IS NULL OR flag = $1)
+                       AND ($2 = 0 OR status IN ('running', 'paused'))
+                     ORDER BY id DESC LIMIT $3"
+                ))
+                .bind(flag)
+                .bind(i64::from(active_only))
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, rollout_row)
+    }
+
+    async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>> {
+        let rows = self
+            .d
+            .read(
+                q(
+                    "SELECT rollout_id, at, kind, actor, summary, ref_id FROM rollout_events
+                   WHERE rollout_id = $1 ORDER BY at, id LIMIT 10000",
+                )
+                .bind(id),
+            )
+            .await?;
+        decode(&rows, rollout_event_row)
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>> {
@@ -1785,8 +1911,8 @@ impl<D: Dialect> Db<D> {
         }
         tx.execute(
             q(
-                "INSERT INTO flags (key, enabled, description, updated_at, updated_by)
-               VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO flags (key, enabled, description, updated_at, updated_by, created_at)
+               VALUES ($1, $2, $3, $4, $5, $4)
                ON CONFLICT (key) DO UPDATE SET enabled = $2,
                    description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5",
             )
@@ -1816,6 +1942,167 @@ fn upsert_setting(key: &str, value: &str, at: DateTime<Utc>, by: &str) -> Query 
 
 #[async_trait]
 impl<T: DialectTx + 'static> StoreTx for Tx<T> {
+    async fn flag_for_update(&mut self, key: &str) -> Result<Option<FlagRow>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1{}",
+                    T::FOR_UPDATE
+                ))
+                .bind(key),
+            )
+            .await?;
+        rows.first().map(flag_row).transpose()
+    }
+
+    async fn put_flag(&mut self, f: &FlagRow) -> Result<()> {
+        let definition = f
+            .definition
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Internal(format!("encoding flag {}: {e}", f.key)))?;
+        self.tx
+            .execute(
+                q("INSERT INTO flags (key, enabled, description, updated_at, updated_by, definition,
+                        owner, created_at, last_evaluated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (key) DO UPDATE SET enabled = $2, description = $3, updated_at = $4,
+                       updated_by = $5, definition = $6, owner = $7,
+                       created_at = COALESCE(flags.created_at, $8)")
+                .bind(f.key.as_str())
+                .bind(f.enabled)
+                .bind(f.description.as_deref())
+                .bind(f.updated_at)
+                .bind(f.updated_by.as_str())
+                .bind(definition)
+                .bind(f.owner.as_deref())
+                .bind(f.created_at)
+                .bind(f.last_evaluated_at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn note_previous_state(&mut self, id: i64, owner: &str, state: &Value) -> Result<bool> {
+        let n = self
+            .tx
+            .execute(
+                q(
+                    "UPDATE actions SET previous_state = COALESCE(previous_state, $3)
+                   WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(state),
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn insert_rollout(&mut self, r: &NewRollout) -> Result<Rollout> {
+        let plan = serde_json::to_value(&r.plan)
+            .map_err(|e| StoreError::Internal(format!("encoding a rollout plan: {e}")))?;
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "INSERT INTO rollouts (flag, plan, status, generation, created_by, created_at,
+                         started_at, updated_at)
+                     VALUES ($1, $2, 'running', 0, $3, $4, $4, $4)
+                     RETURNING {ROLLOUT_COLUMNS}"
+                ))
+                .bind(r.flag.as_str())
+                .bind(plan)
+                .bind(r.created_by.as_str())
+                .bind(r.at),
+            )
+            .await?;
+        rollout_row(rows.first().ok_or(StoreError::NotFound)?)
+    }
+
+    async fn active_rollouts(&mut self) -> Result<Vec<Rollout>> {
+        let rows = self
+            .tx
+            .fetch(q(format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+                 WHERE status IN ('running', 'paused') ORDER BY id"
+            )))
+            .await?;
+        decode(&rows, rollout_row)
+    }
+
+    async fn update_rollout(
+        &mut self,
+        id: i64,
+        from: &[RolloutStatus],
+        c: &RolloutChange,
+    ) -> Result<Option<Rollout>> {
+        let from: Vec<String> = from.iter().map(|s| s.as_str().to_string()).collect();
+        let step = c
+            .step
+            .map(|s| s.map(|s| i64::try_from(s).unwrap_or(i64::MAX)));
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "UPDATE rollouts SET
+                         status = COALESCE($3, status),
+                         step = CASE WHEN $4 = 1 THEN $5 ELSE step END,
+                         step_started_at = CASE WHEN $6 = 1 THEN $7 ELSE step_started_at END,
+                         action_id = CASE WHEN $8 = 1 THEN $9 ELSE action_id END,
+                         waiting = CASE WHEN $10 = 1 THEN $11 ELSE waiting END,
+                         reason = CASE WHEN $12 = 1 THEN $13 ELSE reason END,
+                         generation = generation + $14,
+                         started_at = CASE WHEN $14 = 1 THEN $15 ELSE started_at END,
+                         updated_at = $15
+                     WHERE id = $1 AND {} AND ($16 IS NULL OR generation = $16)
+                     RETURNING {ROLLOUT_COLUMNS}",
+                    T::any("status", 2)
+                ))
+                .bind(id)
+                .bind(from)
+                .bind(c.status.map(|s| s.as_str()))
+                .bind(i64::from(c.step.is_some()))
+                .bind(step.flatten())
+                .bind(i64::from(c.step_started_at.is_some()))
+                .bind(c.step_started_at.flatten())
+                .bind(i64::from(c.action_id.is_some()))
+                .bind(c.action_id.flatten())
+                .bind(i64::from(c.waiting.is_some()))
+                .bind(c.waiting.clone().flatten())
+                .bind(i64::from(c.reason.is_some()))
+                .bind(c.reason.clone().flatten())
+                .bind(i64::from(c.restart))
+                .bind(c.at)
+                .bind(c.generation),
+            )
+            .await?;
+        rows.first().map(rollout_row).transpose()
+    }
+
+    async fn insert_rollout_events(&mut self, events: &[RolloutEvent]) -> Result<()> {
+        for e in events {
+            self.tx
+                .execute(
+                    q(
+                        "INSERT INTO rollout_events (rollout_id, at, kind, actor, summary, ref_id)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (rollout_id, ref_id) DO NOTHING",
+                    )
+                    .bind(e.rollout_id)
+                    .bind(e.at)
+                    .bind(e.kind.as_str())
+                    .bind(e.actor.as_str())
+                    .bind(e.summary.as_str())
+                    .bind(e.ref_id.as_str()),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn lock_groups(&mut self, keys: &[i64]) -> Result<()> {
         self.tx.lock(keys).await
     }

@@ -129,15 +129,22 @@ pub async fn flags(
         Ok(f) => f,
         Err(e) => return Err(e.into()),
     };
+    let rollouts = store
+        .list_rollouts(None, true, 1000)
+        .await
+        .unwrap_or_default();
     let mut ctx = base(&identity, &csrf, "Kill switches", "flags");
     ctx.insert(
         "flags".into(),
         json!(flags
             .iter()
-            .map(
-                |f| json!({"key": f.key, "enabled": f.enabled, "description": f.description,
-                            "updated": when(f.updated_at), "updated_by": f.updated_by})
-            )
+            .map(|f| {
+                let rollout = rollouts.iter().find(|r| r.flag == f.key);
+                json!({"key": f.key, "enabled": f.enabled, "description": f.description,
+                       "serves": serves(f), "owner": f.owner,
+                       "rollout": rollout.map(|r| json!({"id": r.id, "percent": r.percent(), "status": r.status.as_str()})),
+                       "updated": when(f.updated_at), "updated_by": f.updated_by})
+            })
             .collect::<Vec<_>>()),
     );
     Ok(pages.render("flags", &Value::Object(ctx)))
@@ -174,14 +181,57 @@ pub async fn flag(
                         "enabled": a.entry.detail["enabled"] == true})
         })
         .collect();
+    let rollout = store
+        .list_rollouts(Some(&key), false, 1)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .next();
+    let events = match &rollout {
+        Some(r) => store.rollout_events(r.id).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let definition = f.effective();
     let mut ctx = base(&identity, &csrf, &format!("Kill switch {key}"), "flags");
     ctx.insert(
         "flag".into(),
         json!({"key": f.key, "enabled": f.enabled, "description": f.description,
+               "serves": serves(&f), "owner": f.owner,
+               "created": f.created_at.map(when), "evaluated": f.last_evaluated_at.map(when),
+               "variants": definition.variants.iter().map(|(k, v)| json!({
+                   "name": k, "value": v.to_string(),
+                   "default": definition.default_variant.as_deref() == Some(k.as_str()),
+                   "off": definition.off_variant() == Some(k.as_str()),
+               })).collect::<Vec<_>>(),
+               "targeting": definition.targeting.as_ref().and_then(|t| serde_json::to_string_pretty(t).ok()),
                "updated": when(f.updated_at), "updated_by": f.updated_by}),
+    );
+    ctx.insert(
+        "rollout".into(),
+        json!(rollout.map(|r| json!({
+            "id": r.id, "status": r.status.as_str(), "percent": r.percent(),
+            "step": r.step.map(|s| s + 1), "steps": r.plan.steps.len(), "service": r.plan.service,
+            "waiting": r.waiting, "reason": r.reason,
+            "events": events.iter().rev().take(50).map(|e| json!({"at": when(e.at), "summary": e.summary})).collect::<Vec<_>>(),
+        }))),
     );
     ctx.insert("history".into(), json!(history));
     Ok(pages.render("flag", &Value::Object(ctx)))
+}
+
+/// What a flag serves now, in a few words.
+fn serves(f: &firebreak_store::FlagRow) -> String {
+    let d = f.effective();
+    let off = d.off_variant().unwrap_or("nothing");
+    if !f.enabled {
+        return format!("{off} to everyone (killed)");
+    }
+    match (&d.targeting, &d.default_variant) {
+        (None, Some(v)) => format!("{v} to everyone"),
+        (None, None) => "no default variant".into(),
+        (Some(_), Some(v)) => format!("by targeting, else {v}"),
+        (Some(_), None) => "by targeting".into(),
+    }
 }
 
 #[derive(Deserialize)]
