@@ -8,7 +8,8 @@
 # runs `firebreak bench`: 100-alert webhooks as fast as accepted, 1-alert
 # webhooks as fast as accepted, a 10,000-alert storm in one webhook, the web
 # page of an incident with 10,000 timeline entries (30 fetches), and
-# alert-to-kill-switch latency probes under 1,000 alerts/s of background load.
+# alert-to-kill-switch latency probes under 1,000 alerts/s of background load
+# (with guarded-rollout probes: a failed gate to the rolled-out flag off).
 # It records idle and peak resident memory of the server. Then it runs the
 # criterion micro-benchmarks. Results: bench/results/<mode>.jsonl and
 # bench/results/criterion.txt; a table on stdout.
@@ -71,7 +72,8 @@ run_mode() {
     fi
   }
   # Latency first, on a fresh store; again last, after about a million alerts.
-  b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50
+  b --label "$mode: kill switch at 1,000 alerts/s" --alerts-per-webhook 10 --connections 8 --rate 1000 --duration 20s --probes 50 \
+    --rollout-probes 20
   b --label "$mode: 100 alerts/webhook" --alerts-per-webhook 100 --connections 16 --duration 10s
   b --label "$mode: 1 alert/webhook" --alerts-per-webhook 1 --connections 64 --duration 10s --deploy-every 0
   b --label "$mode: kill switch behind a 3 s storm" --alerts-per-webhook 100 --connections 16 --storm 3s --probes 20
@@ -114,6 +116,9 @@ for mode in sys.argv[2:]:
         off = ks.get("kill switch off (OFREP)")
         sw = f"{off['p50']:.1f} / {off['p99']:.1f}" if off else ""
         print(f"{r['label']:<40} {r['accepted_per_s']:>11.0f} {r['processed_per_s']:>12.0f} {r['request_ms']['p99']:>11.1f} {sw:>18}")
+        ro = r.get("rollout_kill_ms")
+        if ro:
+            print(f"{'  failed gate -> rollout flag off':<40} p50 {ro['p50']:.1f} / p90 {ro['p90']:.1f} / p99 {ro['p99']:.1f} ms ({ro['n']} probes)")
         page = r.get("page_ms")
         if page:
             print(f"{'  its incident page (' + str(page['entries']) + ' entries)':<40} server render p50 {page['server_p50']:.1f} / p99 {page['server_p99']:.1f} ms, request p50 {page['request_p50']:.1f} / p99 {page['request_p99']:.1f} ms")

@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// each (the kill switch behind a backlog).
     #[arg(long)]
     pub storm: Option<String>,
+    /// Guarded-rollout kill probes to run during the load (0: none): each
+    /// rolls a fresh built-in flag out to 50 %, posts a failed gate result
+    /// for its service, and times until OFREP serves the flag off.
+    #[arg(long, default_value_t = 0)]
+    pub rollout_probes: usize,
     /// A label for this run in the output.
     #[arg(long, default_value = "run")]
     pub label: String,
@@ -255,10 +260,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let rollout_probes = (args.rollout_probes > 0).then(|| {
+        tokio::spawn(probe_rollouts(
+            http.clone(),
+            url.clone(),
+            args.rollout_probes,
+            run_id.clone(),
+        ))
+    });
     for t in tasks {
         let _ = t.await;
     }
     let send_secs = start.elapsed().as_secs_f64();
+    let rollout_result = match rollout_probes {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
     // A storm's probes go after it, one by one, while the backlog drains.
     let mut backlog_at_probe = None;
     let probe_result = match probes {
@@ -338,6 +355,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "bulk_backlog_at_probes": backlog_at_probe,
         "request_ms": {"p50": ms(percentile(&lat, 0.5)), "p90": ms(percentile(&lat, 0.9)), "p99": ms(percentile(&lat, 0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
         "kill_switch_ms": probe_result,
+        "rollout_kill_ms": rollout_result,
         "page_ms": page,
     });
     println!("{:<28} {}", "run", args.label);
@@ -402,6 +420,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if let Some(o) = report["rollout_kill_ms"].as_object() {
+        println!(
+            "{:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms ({} probes)",
+            "failed gate -> rollout off",
+            o["p50"].as_f64().unwrap_or(0.0),
+            o["p90"].as_f64().unwrap_or(0.0),
+            o["p99"].as_f64().unwrap_or(0.0),
+            o["max"].as_f64().unwrap_or(0.0),
+            o["n"]
+        );
     }
     if let Some(p) = &page {
         println!(
@@ -473,6 +502,99 @@ async fn probe_page(
         "incident": id, "entries": detail["counts"]["timeline_entries"], "n": n,
         "server_p50": ms(&server, 0.5), "server_p99": ms(&server, 0.99),
         "request_p50": ms(&request, 0.5), "request_p99": ms(&request, 0.99),
+    }))
+}
+
+/// Rolls `n` fresh flags out to 50 % one after another; for each, posts a
+/// failed gate result of its service and times until OFREP answers
+/// `DISABLED` (the engine's kill, the executor's kill switch, the read).
+async fn probe_rollouts(
+    http: reqwest::Client,
+    url: String,
+    n: usize,
+    run_id: String,
+) -> anyhow::Result<Value> {
+    let mut took = Vec::new();
+    for i in 0..n {
+        let flag = format!("bench.rollout-{run_id}-{i}");
+        let service = format!("rprobe-{run_id}-{i}");
+        let put = http
+            .put(format!("{url}/api/v1/flags/{flag}"))
+            .json(&json!({"enabled": true, "description": "firebreak bench rollout probe"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            put.status().is_success(),
+            "cannot create {flag}: HTTP {}",
+            put.status()
+        );
+        let started = http
+            .post(format!("{url}/api/v1/rollouts"))
+            .json(&json!({"flag": flag, "service": service, "steps": [{"percent": 50, "hold": "1h"}]}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            started.status().as_u16() == 201,
+            "cannot start a rollout of {flag}: HTTP {}",
+            started.status()
+        );
+        let id = started.json::<Value>().await?["rollout"]["id"]
+            .as_i64()
+            .unwrap_or_default();
+        let limit = Instant::now() + Duration::from_secs(60);
+        loop {
+            anyhow::ensure!(
+                Instant::now() < limit,
+                "rollout {id} did not reach 50 % within 60 s"
+            );
+            let r: Value = http
+                .get(format!("{url}/api/v1/rollouts/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if r["percent"] == 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t0 = Instant::now();
+        let sent = http
+            .post(format!("{url}/api/v1/events/gate"))
+            .json(&json!({"service": service, "version": "v2", "gate": "error-rate", "verdict": "fail"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            sent.status().as_u16() == 202,
+            "gate refused: HTTP {}",
+            sent.status()
+        );
+        loop {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{flag} was not off within 60 s of the failed gate"
+            );
+            let r: Value = http
+                .post(format!("{url}/ofrep/v1/evaluate/flags/{flag}"))
+                .json(&json!({"context": {"targetingKey": "probe-user"}}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if r["reason"] == "DISABLED" {
+                took.push(t0.elapsed().as_micros() as u64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    took.sort_unstable();
+    Ok(json!({
+        "n": took.len(),
+        "p50": percentile(&took, 0.5) as f64 / 1000.0,
+        "p90": percentile(&took, 0.9) as f64 / 1000.0,
+        "p99": percentile(&took, 0.99) as f64 / 1000.0,
+        "max": took.last().copied().unwrap_or(0) as f64 / 1000.0,
     }))
 }
 
