@@ -66,6 +66,13 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/flags/import", "operate"),
     ("GET", "/api/v1/flags/export", "read"),
     ("GET", "/api/v1/flags/stale", "read"),
+    ("GET", "/metrics/insights", "read"),
+    ("GET", "/api/v1/insights", "read"),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/changes/{deploy}/cause",
+        "edit",
+    ),
     ("GET", "/api/v1/rollouts", "read"),
     ("POST", "/api/v1/rollouts", "operate"),
     ("GET", "/api/v1/rollouts/{id}", "read"),

@@ -649,3 +649,42 @@ async fn slack_starts_and_steers_a_rollout() {
         "who steered is audited"
     );
 }
+
+/// An editor confirms from Slack which change caused an incident; change
+/// fail rate then counts it as the confirmed cause.
+#[tokio::test]
+async fn slack_marks_the_cause_of_an_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), None).await;
+    let fb = &s.fb;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v2", 3))
+        .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("c1", "HighErrorRate", "checkout", 0),
+    )
+    .await;
+    eventually("the suspect", WAIT, || async {
+        let (_, i) = fb.get("/api/v1/incidents/1").await;
+        i["suspect_changes"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let text = |v: Value| v["text"].as_str().unwrap_or_default().to_string();
+    let r = text(s.command("U_VIEWER", "cause 1 v2 yes").await);
+    assert!(r.contains("needs the editor role"), "{r}");
+    let r = text(s.command("U_ALICE", "cause 1 v9 yes").await);
+    assert!(r.contains("has no suspect change `v9`"), "{r}");
+    let r = text(s.command("U_ALICE", "cause 1 v2 maybe").await);
+    assert!(r.contains("End with `yes`"), "{r}");
+    let r = text(s.command("U_ALICE", "cause 1 v2 yes").await);
+    assert!(
+        r.contains("marked change") && r.contains("as the cause of incident #1"),
+        "{r}"
+    );
+    let (_, v) = fb.get("/api/v1/insights?service=checkout").await;
+    assert_eq!(
+        v["change_fail_rate"]["by_reason"],
+        json!({"confirmed_cause": 1}),
+        "{v}"
+    );
+}

@@ -53,6 +53,13 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
     ("GET", "/metrics", s(Scope::Read)),
+    ("GET", "/metrics/insights", s(Scope::Read)),
+    ("GET", "/api/v1/insights", s(Scope::Read)),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/changes/{deploy}/cause",
+        s(Scope::Edit),
+    ),
     ("POST", "/api/v1/alerts/alertmanager", s(Scope::Ingest)),
     ("POST", "/api/v1/events/deploy", s(Scope::Ingest)),
     ("POST", "/api/v1/events/gate", s(Scope::Ingest)),

@@ -19,6 +19,7 @@ mod error;
 mod gates;
 mod incidents;
 pub mod ingest;
+mod insights;
 mod ops;
 pub mod packer;
 pub mod pages;
@@ -71,6 +72,7 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
             .merge(remediation::router())
             .merge(gates::router())
             .merge(rollouts::router())
+            .merge(insights::router())
             .merge(postmortems::router())
             .merge(access::router())
             .merge(pages::router())

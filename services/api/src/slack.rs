@@ -135,7 +135,8 @@ const USAGE: &str = "*Firebreak* — `/firebreak <command>`:\n\
 • `rollout <id>` — where a guarded rollout stands\n\
 • `rollout start <flag> <service> 5,10,25,50,100 [hold]` — roll a built-in flag out, each step held `hold` (default 1h) (operators)\n\
 • `rollout pause|resume|abort <id>`, `rollout restart <id> [step]` — steer it (operators)\n\
-• `postmortem <id>` — the draft's summary and link";
+• `postmortem <id>` — the draft's summary and link\n\
+• `cause <id> <version|deploy id> yes|no|clear` — whether a suspect change caused the incident (editors)";
 
 struct Caller {
     id: String,
@@ -156,7 +157,7 @@ impl Caller {
 /// The role a command needs (`rollout` by its sub-command: looking is for everyone).
 fn needs(command: &str, sub: Option<&str>) -> Role {
     match command {
-        "ack" | "note" => Role::Editor,
+        "ack" | "note" | "cause" => Role::Editor,
         "killswitch" | "rollback" | "pause" | "resume" | "resolve" => Role::Operator,
         "rollout" if sub.is_some_and(|s| s.parse::<i64>().is_err() && !s.starts_with('#')) => {
             Role::Operator
@@ -269,14 +270,97 @@ async fn commands(
         ("rollout", args) if !args.is_empty() => {
             rollout(&state, store.as_ref(), args, &caller).await?
         }
+        ("cause", [id, change, word]) => cause(store.as_ref(), id, change, word, &caller).await?,
         (
             known @ ("status" | "ack" | "resolve" | "note" | "killswitch" | "rollback"
-            | "postmortem" | "pause" | "resume" | "rollout"),
+            | "postmortem" | "pause" | "resume" | "rollout" | "cause"),
             _,
         ) => ephemeral(format!("`{known}` needs different arguments.\n{USAGE}")),
         (other, _) => ephemeral(format!("I don't know `{}`.\n{USAGE}", escape(other))),
     };
     Ok(r)
+}
+
+/// `/firebreak cause <id> <version|deploy id> yes|no|clear`.
+async fn cause(
+    store: &dyn Store,
+    raw: &str,
+    change: &str,
+    word: &str,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(
+            "Use `cause <incident id> <version or deploy id> yes|no|clear`.",
+        ));
+    };
+    let cause = match word.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Some(true),
+        "no" | "false" => Some(false),
+        "clear" | "unknown" => None,
+        _ => {
+            return Ok(ephemeral(
+                "End with `yes` (it caused the incident), `no` or `clear`.",
+            ))
+        }
+    };
+    let detail = match store.incident(id).await {
+        Ok(d) => d,
+        Err(firebreak_store::StoreError::NotFound) => {
+            return Ok(ephemeral(format!("There is no incident {id}.")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let matching: Vec<&firebreak_domain::DeployEvent> = detail
+        .changes
+        .iter()
+        .filter(|d| d.id == change || d.version == change)
+        .collect();
+    let deploy = match matching.as_slice() {
+        [one] => one.id.clone(),
+        [] => {
+            return Ok(ephemeral(format!(
+                "Incident {id} has no suspect change `{}`; its changes: {}.",
+                escape(change),
+                detail
+                    .changes
+                    .iter()
+                    .map(|d| format!(
+                        "`{}` ({} {})",
+                        escape(&d.id),
+                        escape(&d.service),
+                        escape(&d.version)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        _ => {
+            return Ok(ephemeral(format!(
+                "Several changes of incident {id} are version `{}`: name one by its deploy id.",
+                escape(change)
+            )))
+        }
+    };
+    crate::insights::set_cause(
+        store,
+        &caller.identity(),
+        id,
+        &deploy,
+        cause,
+        Some("from Slack"),
+    )
+    .await?;
+    Ok(in_channel(format!(
+        "<@{}> marked change `{}` as {} of incident #{id}.",
+        caller.id,
+        escape(&deploy),
+        match cause {
+            Some(true) => "the cause",
+            Some(false) => "not the cause",
+            None => "of unknown part",
+        }
+    )))
 }
 
 /// `/firebreak rollout …`: look at, start and steer guarded rollouts.

@@ -162,6 +162,10 @@ pub struct DeployEvent {
     pub url: Option<String>,
     pub actor: Option<String>,
     pub flags: Vec<String>,
+    /// When the deployed commits were made (`committed_at`, `commits[].at`):
+    /// what change lead time measures from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commit_times: Vec<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

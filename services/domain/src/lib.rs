@@ -13,6 +13,7 @@ pub mod duration;
 pub mod events;
 pub mod flagd;
 pub mod ids;
+pub mod insights;
 pub mod limits;
 pub mod matcher;
 pub mod metrics;

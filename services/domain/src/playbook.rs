@@ -961,6 +961,7 @@ guard: { cooldown: 30m, max_runs: { count: 3, per: 1h } }
             url: None,
             actor: None,
             flags: vec![],
+            commit_times: vec![],
         }
     }
 

@@ -292,7 +292,33 @@ struct RawDeploy {
     actor: Option<String>,
     #[serde(default)]
     flags: Vec<String>,
+    /// When the (single) deployed commit was made.
+    committed_at: Option<DateTime<Utc>>,
+    /// The deployed commits, each with when it was made.
+    #[serde(default)]
+    commits: Vec<RawCommit>,
+    /// Commit times as a list (the shape a normalized event is queued in).
+    #[serde(default)]
+    commit_times: Vec<DateTime<Utc>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommit {
+    #[serde(default)]
+    #[allow(dead_code)]
+    sha: Option<String>,
+    at: DateTime<Utc>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    message: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    author: Option<String>,
+}
+
+/// At most this many commits per deploy event.
+pub const MAX_COMMITS: usize = 1000;
 
 fn default_deploy_status() -> DeployStatus {
     DeployStatus::Succeeded
@@ -318,6 +344,20 @@ impl RawDeploy {
             ),
         };
         let started_at = self.started_at.or(self.finished_at).unwrap_or(received_at);
+        if self.commits.len() + self.commit_times.len() > MAX_COMMITS {
+            return Err(WireError::at(
+                "commits",
+                format!(
+                    "has {} entries; at most {MAX_COMMITS}",
+                    self.commits.len() + self.commit_times.len()
+                ),
+            ));
+        }
+        let mut commit_times: Vec<DateTime<Utc>> = self.committed_at.into_iter().collect();
+        commit_times.extend(self.commits.iter().map(|c| c.at));
+        commit_times.extend(self.commit_times);
+        commit_times.sort_unstable();
+        commit_times.dedup();
         Ok(DeployEvent {
             id,
             service,
@@ -333,6 +373,7 @@ impl RawDeploy {
             url: self.url,
             actor: self.actor,
             flags: self.flags,
+            commit_times,
         })
     }
 }
@@ -711,6 +752,24 @@ mod tests {
         let missing = br#"{"version":"1"}"#;
         let err = decode(EventKind::Deploy, missing, now()).expect_err("missing service");
         assert!(err.message.contains("missing field `service`"), "{err}");
+    }
+
+    #[test]
+    fn commit_times_survive_the_queue() {
+        let raw = br#"{"service":"a","version":"1","committed_at":"2026-11-23T10:00:00Z",
+                       "commits":[{"sha":"abc","at":"2026-11-23T09:00:00Z","message":"fix"}]}"#;
+        let Decoded::Deploys(d) = decode(EventKind::Deploy, raw, now()).expect("decodes") else {
+            panic!()
+        };
+        assert_eq!(d[0].commit_times.len(), 2);
+        // What ingest queues is the normalized event; the engine decodes it again.
+        let queued = serde_json::to_vec(&d[0]).expect("encodes");
+        let Decoded::Deploys(again) = decode(EventKind::Deploy, &queued, now()).expect("decodes")
+        else {
+            panic!()
+        };
+        assert_eq!(again[0].commit_times, d[0].commit_times);
+        assert_eq!(again[0].id, d[0].id);
     }
 
     #[test]

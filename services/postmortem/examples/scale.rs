@@ -143,6 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         url: None,
         actor: None,
         flags: vec![],
+        commit_times: vec![],
     }])
     .await?;
     tx.attach_changes(&[(id, "dp-bench".into())]).await?;

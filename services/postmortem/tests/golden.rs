@@ -36,6 +36,7 @@ fn deploy(version: &str, at: &str, status: DeployStatus) -> DeployEvent {
         url: None,
         actor: Some("ci".into()),
         flags: vec![],
+        commit_times: vec![],
     }
 }
 

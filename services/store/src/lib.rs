@@ -300,6 +300,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Rollout>>;
     /// A rollout's own timeline, oldest first.
     async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>>;
+    /// What insights are computed from: deploys with a final status since
+    /// `from` (later ones too: they restore earlier failures), and incidents
+    /// opened in [from, to) with their linked changes and when a kill switch
+    /// or rollback first ran for them.
+    async fn insights_data(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(
+        Vec<firebreak_domain::insights::Deployment>,
+        Vec<firebreak_domain::insights::IncidentRecord>,
+    )>;
+    /// Records a person's word on whether a linked change caused the
+    /// incident (`None` clears it), with its audit row and timeline entry;
+    /// `false` when the change is not linked to the incident.
+    async fn set_cause(
+        &self,
+        incident_id: i64,
+        deploy_id: &str,
+        cause: Option<bool>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool>;
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
     /// Alerts, deploys and gates stored since `since`, oldest first.

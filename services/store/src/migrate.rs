@@ -32,6 +32,7 @@ macro_rules! migrations {
             8, "0008", "log_streams";
             9, "0009", "flag_definitions";
             10, "0010", "rollouts";
+            11, "0011", "insights";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -511,14 +511,14 @@ impl DialectTx for PgTx {
         let col = |f: fn(&DeployEvent) -> Option<String>| deploys.iter().map(f).collect::<Vec<_>>();
         let ids: Vec<String> = sqlx::query_scalar(
             "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
-                                  started_at, finished_at, commit_sha, url, actor, flags)
+                                  started_at, finished_at, commit_sha, url, actor, flags, commit_times)
              SELECT id, service, environment, version, previous_version, status, strategy, step,
-                    started_at, finished_at, commit_sha, url, actor, flags::jsonb
+                    started_at, finished_at, commit_sha, url, actor, flags::jsonb, commit_times::jsonb
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                          $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::text[],
-                         $14::text[])
+                         $14::text[], $15::text[])
                   AS t(id, service, environment, version, previous_version, status, strategy, step,
-                       started_at, finished_at, commit_sha, url, actor, flags)
+                       started_at, finished_at, commit_sha, url, actor, flags, commit_times)
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .bind(col(|d| Some(d.id.clone())))
@@ -535,6 +535,11 @@ impl DialectTx for PgTx {
         .bind(col(|d| d.url.clone()))
         .bind(col(|d| d.actor.clone()))
         .bind(col(|d| serde_json::to_string(&d.flags).ok()))
+        .bind(col(|d| {
+            (!d.commit_times.is_empty())
+                .then(|| serde_json::to_string(&d.commit_times).ok())
+                .flatten()
+        }))
         .fetch_all(&mut *self.tx)
         .await?;
         Ok(ids.into_iter().collect())

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use firebreak_domain::action::{ActionRow, ActionSpec, ActionStatus, NewAction};
 use firebreak_domain::alertmanager::AlertStatus;
 use firebreak_domain::correlation::{IncidentHead, NewIncident};
+use firebreak_domain::insights::{Deployment, IncidentRecord, LinkedChange};
 use firebreak_domain::timeline::NewEntry;
 use firebreak_domain::{
     AlertEvent, DeployEvent, DeployStatus, DeployStrategy, GateResult, GateVerdict, LogLine,
@@ -240,7 +241,7 @@ pub fn incident_row(r: &impl Get) -> Result<IncidentRow> {
 
 pub const DEPLOY_COLUMNS: &str =
     "d.id, d.service, d.environment, d.version, d.previous_version, d.status, d.strategy, \
-     d.step, d.started_at, d.finished_at, d.commit_sha, d.url, d.actor, d.flags";
+     d.step, d.started_at, d.finished_at, d.commit_sha, d.url, d.actor, d.flags, d.commit_times";
 
 pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
     let id = r.text("id")?;
@@ -273,6 +274,12 @@ pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
             url: r.opt_text("url")?,
             actor: r.opt_text("actor")?,
             flags,
+            commit_times: match r.opt_json("commit_times")? {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) => serde_json::from_value(v).map_err(|e| {
+                    StoreError::Corrupt(format!("column commit_times: not a list of times: {e}"))
+                })?,
+            },
         })
     };
     read().map_err(in_row("deploys", format!("{id:?}")))
@@ -1234,6 +1241,233 @@ impl<D: Dialect> Store for Db<D> {
             )
             .await?;
         decode(&rows, rollout_event_row)
+    }
+
+    async fn insights_data(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Vec<Deployment>, Vec<IncidentRecord>)> {
+        use firebreak_domain::playbook::{FlagState, StepAction};
+        let deploys = self
+            .d
+            .read(
+                q("SELECT id, service, environment, version, status, strategy, started_at, finished_at,
+                          commit_times
+                   FROM deploys
+                   WHERE status IN ('succeeded', 'failed', 'rolled_back')
+                     AND COALESCE(finished_at, started_at) >= $1")
+                .bind(from),
+            )
+            .await?;
+        let failed_gates = self
+            .d
+            .read(
+                q(
+                    "SELECT service, environment, version, deploy_id FROM gate_results
+                   WHERE verdict = 'fail' AND evaluated_at >= $1",
+                )
+                .bind(from - chrono::Duration::days(1)),
+            )
+            .await?;
+        let mut by_deploy: HashSet<String> = HashSet::new();
+        let mut by_version: HashSet<(String, String)> = HashSet::new();
+        let mut by_version_env: HashSet<(String, String, String)> = HashSet::new();
+        for g in &failed_gates {
+            if let Some(d) = g.opt_text("deploy_id")? {
+                by_deploy.insert(d);
+            }
+            if let Some(v) = g.opt_text("version")? {
+                match g.opt_text("environment")? {
+                    None => {
+                        by_version.insert((g.text("service")?, v));
+                    }
+                    Some(e) => {
+                        by_version_env.insert((g.text("service")?, v, e));
+                    }
+                }
+            }
+        }
+        let mut deployments = Vec::with_capacity(deploys.len());
+        for r in &deploys {
+            let id = r.text("id")?;
+            let status = r.text("status")?;
+            let status = DeployStatus::parse(&status).ok_or_else(|| {
+                corrupt(
+                    "deploys",
+                    &id,
+                    "status",
+                    format!("unknown status {status:?}"),
+                )
+            })?;
+            let strategy = match r.opt_text("strategy")? {
+                None => None,
+                Some(s) => Some(DeployStrategy::parse(&s).ok_or_else(|| {
+                    corrupt(
+                        "deploys",
+                        &id,
+                        "strategy",
+                        format!("unknown strategy {s:?}"),
+                    )
+                })?),
+            };
+            let service = r.text("service")?;
+            let environment = r.opt_text("environment")?;
+            let version = r.text("version")?;
+            let gate_failed = by_deploy.contains(&id)
+                || by_version.contains(&(service.clone(), version.clone()))
+                || environment.as_ref().is_some_and(|e| {
+                    by_version_env.contains(&(service.clone(), version.clone(), e.clone()))
+                })
+                || (environment.is_none()
+                    && by_version_env
+                        .iter()
+                        .any(|(s, v, _)| *s == service && *v == version));
+            deployments.push(Deployment {
+                at: r.opt_time("finished_at")?.unwrap_or(r.time("started_at")?),
+                commit_times: match r.opt_json("commit_times")? {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(v) => serde_json::from_value(v)
+                        .map_err(|e| corrupt("deploys", &id, "commit_times", e.to_string()))?,
+                },
+                id,
+                service,
+                environment,
+                version,
+                status,
+                strategy,
+                gate_failed,
+            });
+        }
+        let incidents = self
+            .d
+            .read(
+                q("SELECT id, service, environment, severity, opened_at, resolved_at FROM incidents
+                   WHERE opened_at >= $1 AND opened_at < $2")
+                .bind(from)
+                .bind(to),
+            )
+            .await?;
+        let first_alerts = self
+            .d
+            .read(
+                q("SELECT a.incident_id, min(a.starts_at) AS first_alert
+                   FROM incident_alerts a JOIN incidents i ON i.id = a.incident_id
+                   WHERE i.opened_at >= $1 AND i.opened_at < $2
+                   GROUP BY a.incident_id")
+                .bind(from)
+                .bind(to),
+            )
+            .await?;
+        let changes = self
+            .d
+            .read(
+                q("SELECT c.incident_id, c.deploy_id, d.started_at,
+                          CASE WHEN c.cause IS NULL THEN -1 WHEN c.cause THEN 1 ELSE 0 END AS cause_n
+                   FROM incident_changes c
+                   JOIN incidents i ON i.id = c.incident_id
+                   JOIN deploys d ON d.id = c.deploy_id
+                   WHERE i.opened_at >= $1 AND i.opened_at < $2")
+                .bind(from)
+                .bind(to),
+            )
+            .await?;
+        let acted = self
+            .d
+            .read(
+                q("SELECT a.incident_id, a.spec, au.event, au.at
+                   FROM actions a JOIN audit au ON au.action_id = a.id
+                   WHERE a.incident_id IS NOT NULL AND a.kind IN ('kill_switch', 'rollback')
+                     AND au.event IN ('executed', 'verified') AND a.created_at >= $1")
+                .bind(from),
+            )
+            .await?;
+        let mut records: BTreeMap<i64, IncidentRecord> = BTreeMap::new();
+        for r in &incidents {
+            let id = r.int("id")?;
+            records.insert(
+                id,
+                IncidentRecord {
+                    id,
+                    service: r.opt_text("service")?,
+                    environment: r.opt_text("environment")?,
+                    severity: r.opt_text("severity")?,
+                    opened_at: r.time("opened_at")?,
+                    first_alert: None,
+                    mitigated_at: None,
+                    resolved_at: r.opt_time("resolved_at")?,
+                    feature_disabled_at: None,
+                    changes: Vec::new(),
+                },
+            );
+        }
+        for r in &first_alerts {
+            if let Some(i) = records.get_mut(&r.int("incident_id")?) {
+                i.first_alert = r.opt_time("first_alert")?;
+            }
+        }
+        for r in &changes {
+            if let Some(i) = records.get_mut(&r.int("incident_id")?) {
+                i.changes.push(LinkedChange {
+                    deploy_id: r.text("deploy_id")?,
+                    started_at: r.time("started_at")?,
+                    cause: match r.int("cause_n")? {
+                        1 => Some(true),
+                        0 => Some(false),
+                        _ => None,
+                    },
+                });
+            }
+        }
+        for r in &acted {
+            let Some(i) = records.get_mut(&r.int("incident_id")?) else {
+                continue;
+            };
+            let at = r.time("at")?;
+            let spec: ActionSpec = serde_json::from_value(r.json("spec")?)
+                .map_err(|e| corrupt("actions", "(insights)", "spec", e.to_string()))?;
+            let turns_off =
+                matches!(&spec.step, StepAction::KillSwitch(k) if k.state == FlagState::Off);
+            let mitigates = turns_off || matches!(spec.step, StepAction::Rollback(_));
+            if r.text("event")? == "executed" && mitigates {
+                i.mitigated_at = Some(i.mitigated_at.map_or(at, |m| m.min(at)));
+            }
+            if r.text("event")? == "verified" && turns_off {
+                i.feature_disabled_at = Some(i.feature_disabled_at.map_or(at, |m| m.min(at)));
+            }
+        }
+        Ok((deployments, records.into_values().collect()))
+    }
+
+    async fn set_cause(
+        &self,
+        incident_id: i64,
+        deploy_id: &str,
+        cause: Option<bool>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q(
+                    "UPDATE incident_changes SET cause = $3, cause_by = $4, cause_at = $5
+                   WHERE incident_id = $1 AND deploy_id = $2",
+                )
+                .bind(incident_id)
+                .bind(deploy_id)
+                .bind(Arg::Bool(cause))
+                .bind(cause.map(|_| audit.actor.clone()))
+                .bind(cause.map(|_| audit.at)),
+            )
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>> {

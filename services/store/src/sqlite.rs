@@ -588,16 +588,17 @@ impl DialectTx for SqliteTx {
                         &d.actor,
                     ),
                     json_list(&d.flags),
+                    (!d.commit_times.is_empty()).then(|| json_list(&d.commit_times)),
                 )
             })
             .collect();
         let ids: Vec<String> = sqlx::query_scalar(
             "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
-                                  started_at, finished_at, commit_sha, url, actor, flags)
+                                  started_at, finished_at, commit_sha, url, actor, flags, commit_times)
              SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
                     value ->> '$[0][4]', value ->> '$[0][5]', value ->> '$[0][6]', value ->> '$[1][0]',
                     value ->> '$[1][1]', value ->> '$[1][2]', value ->> '$[1][3]', value ->> '$[1][4]',
-                    value ->> '$[1][5]', value ->> 2
+                    value ->> '$[1][5]', value ->> 2, value ->> 3
              FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
