@@ -108,7 +108,14 @@ pub(crate) fn narrow(
 /// Computes the insights for a query (shared with the page).
 pub(crate) async fn compute(store: &dyn Store, q: &InsightsQuery) -> Result<Value, ApiError> {
     let range = range(q, Utc::now())?;
-    let data = store.insights_data(range.from, range.to).await?;
+    let data = store
+        .insights_data(
+            range.from,
+            range.to,
+            q.service.as_deref(),
+            q.environment.as_deref(),
+        )
+        .await?;
     let (deployments, incidents) = narrow(data, q.service.as_deref(), q.environment.as_deref());
     let mut v = insights::compute(&range, &deployments, &incidents);
     v["service"] = json!(q.service);
@@ -144,7 +151,9 @@ async fn gauges(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         from: now - Duration::days(30),
         to: now,
     };
-    let (deployments, incidents) = store.insights_data(range.from, range.to).await?;
+    let (deployments, incidents) = store
+        .insights_data(range.from, range.to, None, None)
+        .await?;
     let mut groups: BTreeMap<(String, String), (Vec<Deployment>, Vec<IncidentRecord>)> =
         BTreeMap::new();
     for d in deployments {

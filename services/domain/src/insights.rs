@@ -298,6 +298,15 @@ pub fn compute(
     });
 
     // Failed deployment recovery time, and the hotfixes that restored.
+    // Each service and environment's deployments in time order, to find the
+    // next good one by binary search.
+    let mut lanes: HashMap<(&str, Option<&str>), Vec<&Deployment>> = HashMap::new();
+    for d in &sorted {
+        lanes
+            .entry((d.service.as_str(), d.environment.as_deref()))
+            .or_default()
+            .push(d);
+    }
     let mut recoveries = Vec::new();
     let mut unrecovered = 0;
     let mut hotfixes: HashSet<&str> = HashSet::new();
@@ -312,14 +321,16 @@ pub fn compute(
                 (m, r) => m.or(r),
             })
             .min();
-        let good = sorted.iter().find(|n| {
-            n.at > d.at
-                && n.service == d.service
-                && n.environment == d.environment
-                && n.status == DeployStatus::Succeeded
-                && !failures.contains_key(n.id.as_str())
-                && !n.gate_failed
-        });
+        let good = lanes
+            .get(&(d.service.as_str(), d.environment.as_deref()))
+            .and_then(|lane| {
+                let after = lane.partition_point(|n| n.at <= d.at);
+                lane[after..].iter().copied().find(|n| {
+                    n.status == DeployStatus::Succeeded
+                        && !failures.contains_key(n.id.as_str())
+                        && !n.gate_failed
+                })
+            });
         let restored = match (by_incident, good.map(|g| g.at)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

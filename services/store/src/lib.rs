@@ -303,11 +303,13 @@ pub trait Store: Send + Sync + 'static {
     /// What insights are computed from: deploys with a final status since
     /// `from` (later ones too: they restore earlier failures), and incidents
     /// opened in [from, to) with their linked changes and when a kill switch
-    /// or rollback first ran for them.
+    /// or rollback first ran for them; of one service and environment when given.
     async fn insights_data(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        service: Option<&str>,
+        environment: Option<&str>,
     ) -> Result<(
         Vec<firebreak_domain::insights::Deployment>,
         Vec<firebreak_domain::insights::IncidentRecord>,

@@ -250,6 +250,9 @@ fn pairs_split(pairs: &[(i64, String)]) -> (Vec<i64>, Vec<String>) {
 impl DialectTx for PgTx {
     type Row = PgRow;
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const JSON_AGG: &'static str = "json_agg";
+    const JSON_ARRAY: &'static str = "json_build_array";
+    const AGGREGATE_READS: bool = false;
 
     fn any(expr: &str, n: usize) -> String {
         format!("{expr} = ANY(${n})")

@@ -11,7 +11,7 @@
 //! locks, and how a list is matched.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -184,6 +184,13 @@ pub trait DialectTx: Send {
     fn any(expr: &str, n: usize) -> String;
     /// The JSON array of strings in `expr` contains the text bound at `$n`.
     fn json_array_has(expr: &str, n: usize) -> String;
+    /// Aggregates rows into one JSON array (`json_agg` / `json_group_array`).
+    const JSON_AGG: &'static str;
+    /// Builds a JSON array of values (`json_build_array` / `json_array`).
+    const JSON_ARRAY: &'static str;
+    /// Whether many-row reads go faster as one aggregated JSON row (SQLite:
+    /// each row costs a hand-off between threads in the driver).
+    const AGGREGATE_READS: bool;
 
     async fn fetch(&mut self, q: Query) -> Result<Vec<Self::Row>>;
     async fn execute(&mut self, q: Query) -> Result<u64>;
@@ -1247,73 +1254,87 @@ impl<D: Dialect> Store for Db<D> {
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        service: Option<&str>,
+        environment: Option<&str>,
     ) -> Result<(Vec<Deployment>, Vec<IncidentRecord>)> {
         use firebreak_domain::playbook::{FlagState, StepAction};
         let deploys = self
-            .d
-            .read(
-                q("SELECT id, service, environment, version, status, strategy, started_at, finished_at,
-                          commit_times
+            .json_rows(
+                &[
+                    ("id", Col::Text),
+                    ("service", Col::Text),
+                    ("environment", Col::Text),
+                    ("version", Col::Text),
+                    ("status", Col::Text),
+                    ("strategy", Col::Text),
+                    ("started_at", Col::Time),
+                    ("finished_at", Col::Time),
+                    ("commit_times", Col::Json),
+                ],
+                q("SELECT id, service, environment, version, status, strategy,
+                          started_at AS started_at, finished_at AS finished_at, commit_times
                    FROM deploys
                    WHERE status IN ('succeeded', 'failed', 'rolled_back')
-                     AND COALESCE(finished_at, started_at) >= $1")
-                .bind(from),
+                     AND COALESCE(finished_at, started_at) >= $1
+                     AND ($2 IS NULL OR service = $2) AND ($3 IS NULL OR environment = $3)")
+                .bind(from)
+                .bind(service)
+                .bind(environment),
             )
             .await?;
         let failed_gates = self
-            .d
-            .read(
+            .json_rows(
+                &[
+                    ("service", Col::Text),
+                    ("environment", Col::Text),
+                    ("version", Col::Text),
+                    ("deploy_id", Col::Text),
+                ],
                 q(
                     "SELECT service, environment, version, deploy_id FROM gate_results
-                   WHERE verdict = 'fail' AND evaluated_at >= $1",
+                   WHERE verdict = 'fail' AND evaluated_at >= $1 AND ($2 IS NULL OR service = $2)",
                 )
-                .bind(from - chrono::Duration::days(1)),
+                .bind(from - chrono::Duration::days(1))
+                .bind(service),
             )
             .await?;
+        let text = |v: &Value| v.as_str().map(str::to_string);
         let mut by_deploy: HashSet<String> = HashSet::new();
         let mut by_version: HashSet<(String, String)> = HashSet::new();
         let mut by_version_env: HashSet<(String, String, String)> = HashSet::new();
         for g in &failed_gates {
-            if let Some(d) = g.opt_text("deploy_id")? {
+            let service = text(&g[0]).unwrap_or_default();
+            if let Some(d) = text(&g[3]) {
                 by_deploy.insert(d);
             }
-            if let Some(v) = g.opt_text("version")? {
-                match g.opt_text("environment")? {
+            if let Some(v) = text(&g[2]) {
+                match text(&g[1]) {
                     None => {
-                        by_version.insert((g.text("service")?, v));
+                        by_version.insert((service, v));
                     }
                     Some(e) => {
-                        by_version_env.insert((g.text("service")?, v, e));
+                        by_version_env.insert((service, v, e));
                     }
                 }
             }
         }
         let mut deployments = Vec::with_capacity(deploys.len());
         for r in &deploys {
-            let id = r.text("id")?;
-            let status = r.text("status")?;
-            let status = DeployStatus::parse(&status).ok_or_else(|| {
-                corrupt(
-                    "deploys",
-                    &id,
-                    "status",
-                    format!("unknown status {status:?}"),
-                )
-            })?;
-            let strategy = match r.opt_text("strategy")? {
+            let id = text(&r[0]).unwrap_or_default();
+            let bad = |col: &str, what: String| corrupt("deploys", &id, col, what);
+            let status = r[4].as_str().unwrap_or_default();
+            let status = DeployStatus::parse(status)
+                .ok_or_else(|| bad("status", format!("unknown status {status:?}")))?;
+            let strategy = match r[5].as_str() {
                 None => None,
-                Some(s) => Some(DeployStrategy::parse(&s).ok_or_else(|| {
-                    corrupt(
-                        "deploys",
-                        &id,
-                        "strategy",
-                        format!("unknown strategy {s:?}"),
-                    )
-                })?),
+                Some(s) => Some(
+                    DeployStrategy::parse(s)
+                        .ok_or_else(|| bad("strategy", format!("unknown strategy {s:?}")))?,
+                ),
             };
-            let service = r.text("service")?;
-            let environment = r.opt_text("environment")?;
-            let version = r.text("version")?;
+            let service = text(&r[1]).unwrap_or_default();
+            let environment = text(&r[2]);
+            let version = text(&r[3]).unwrap_or_default();
             let gate_failed = by_deploy.contains(&id)
                 || by_version.contains(&(service.clone(), version.clone()))
                 || environment.as_ref().is_some_and(|e| {
@@ -1323,12 +1344,22 @@ impl<D: Dialect> Store for Db<D> {
                     && by_version_env
                         .iter()
                         .any(|(s, v, _)| *s == service && *v == version));
+            let started = json_time(&r[6]).ok_or_else(|| bad("started_at", "not a time".into()))?;
+            let commits = match &r[8] {
+                Value::Null => Value::Null,
+                // SQLite keeps JSON as text inside the aggregate.
+                Value::String(t) => {
+                    serde_json::from_str(t).map_err(|e| bad("commit_times", e.to_string()))?
+                }
+                v => v.clone(),
+            };
             deployments.push(Deployment {
-                at: r.opt_time("finished_at")?.unwrap_or(r.time("started_at")?),
-                commit_times: match r.opt_json("commit_times")? {
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(v) => serde_json::from_value(v)
-                        .map_err(|e| corrupt("deploys", &id, "commit_times", e.to_string()))?,
+                at: json_time(&r[7]).unwrap_or(started),
+                commit_times: match commits {
+                    Value::Null => Vec::new(),
+                    v => {
+                        serde_json::from_value(v).map_err(|e| bad("commit_times", e.to_string()))?
+                    }
                 },
                 id,
                 service,
@@ -1340,17 +1371,21 @@ impl<D: Dialect> Store for Db<D> {
             });
         }
         let incidents = self
-            .d
-            .read(
-                q("SELECT id, service, environment, severity, opened_at, resolved_at FROM incidents
-                   WHERE opened_at >= $1 AND opened_at < $2")
+            .json_rows(
+                &[("id", Col::Int), ("service", Col::Text), ("environment", Col::Text), ("severity", Col::Text),
+                  ("opened_at", Col::Time), ("resolved_at", Col::Time)],
+                q("SELECT id, service, environment, severity, opened_at AS opened_at, resolved_at AS resolved_at
+                   FROM incidents WHERE opened_at >= $1 AND opened_at < $2
+                     AND ($3 IS NULL OR service = $3) AND ($4 IS NULL OR environment = $4)")
                 .bind(from)
-                .bind(to),
+                .bind(to)
+                .bind(service)
+                .bind(environment),
             )
             .await?;
         let first_alerts = self
-            .d
-            .read(
+            .json_rows(
+                &[("incident_id", Col::Int), ("first_alert", Col::Time)],
                 q("SELECT a.incident_id, min(a.starts_at) AS first_alert
                    FROM incident_alerts a JOIN incidents i ON i.id = a.incident_id
                    WHERE i.opened_at >= $1 AND i.opened_at < $2
@@ -1360,9 +1395,9 @@ impl<D: Dialect> Store for Db<D> {
             )
             .await?;
         let changes = self
-            .d
-            .read(
-                q("SELECT c.incident_id, c.deploy_id, d.started_at,
+            .json_rows(
+                &[("incident_id", Col::Int), ("deploy_id", Col::Text), ("started_at", Col::Time), ("cause_n", Col::Int)],
+                q("SELECT c.incident_id, c.deploy_id, d.started_at AS started_at,
                           CASE WHEN c.cause IS NULL THEN -1 WHEN c.cause THEN 1 ELSE 0 END AS cause_n
                    FROM incident_changes c
                    JOIN incidents i ON i.id = c.incident_id
@@ -1373,70 +1408,86 @@ impl<D: Dialect> Store for Db<D> {
             )
             .await?;
         let acted = self
-            .d
-            .read(
-                q("SELECT a.incident_id, a.spec, au.event, au.at
+            .json_rows(
+                &[
+                    ("incident_id", Col::Int),
+                    ("spec", Col::Json),
+                    ("event", Col::Text),
+                    ("at", Col::Time),
+                ],
+                q("SELECT a.incident_id, a.spec, au.event, au.at AS at
                    FROM actions a JOIN audit au ON au.action_id = a.id
                    WHERE a.incident_id IS NOT NULL AND a.kind IN ('kill_switch', 'rollback')
                      AND au.event IN ('executed', 'verified') AND a.created_at >= $1")
                 .bind(from),
             )
             .await?;
-        let mut records: BTreeMap<i64, IncidentRecord> = BTreeMap::new();
+        let mut records: HashMap<i64, IncidentRecord> = HashMap::with_capacity(incidents.len());
         for r in &incidents {
-            let id = r.int("id")?;
+            let id = r[0].as_i64().unwrap_or_default();
             records.insert(
                 id,
                 IncidentRecord {
                     id,
-                    service: r.opt_text("service")?,
-                    environment: r.opt_text("environment")?,
-                    severity: r.opt_text("severity")?,
-                    opened_at: r.time("opened_at")?,
+                    service: text(&r[1]),
+                    environment: text(&r[2]),
+                    severity: text(&r[3]),
+                    opened_at: json_time(&r[4]).ok_or_else(|| {
+                        corrupt("incidents", id, "opened_at", "not a time".into())
+                    })?,
                     first_alert: None,
                     mitigated_at: None,
-                    resolved_at: r.opt_time("resolved_at")?,
+                    resolved_at: json_time(&r[5]),
                     feature_disabled_at: None,
                     changes: Vec::new(),
                 },
             );
         }
         for r in &first_alerts {
-            if let Some(i) = records.get_mut(&r.int("incident_id")?) {
-                i.first_alert = r.opt_time("first_alert")?;
+            if let Some(i) = records.get_mut(&r[0].as_i64().unwrap_or_default()) {
+                i.first_alert = json_time(&r[1]);
             }
         }
         for r in &changes {
-            if let Some(i) = records.get_mut(&r.int("incident_id")?) {
+            if let (Some(i), Some(started_at)) = (
+                records.get_mut(&r[0].as_i64().unwrap_or_default()),
+                json_time(&r[2]),
+            ) {
                 i.changes.push(LinkedChange {
-                    deploy_id: r.text("deploy_id")?,
-                    started_at: r.time("started_at")?,
-                    cause: match r.int("cause_n")? {
-                        1 => Some(true),
-                        0 => Some(false),
+                    deploy_id: text(&r[1]).unwrap_or_default(),
+                    started_at,
+                    cause: match r[3].as_i64() {
+                        Some(1) => Some(true),
+                        Some(0) => Some(false),
                         _ => None,
                     },
                 });
             }
         }
         for r in &acted {
-            let Some(i) = records.get_mut(&r.int("incident_id")?) else {
+            let Some(i) = records.get_mut(&r[0].as_i64().unwrap_or_default()) else {
                 continue;
             };
-            let at = r.time("at")?;
-            let spec: ActionSpec = serde_json::from_value(r.json("spec")?)
-                .map_err(|e| corrupt("actions", "(insights)", "spec", e.to_string()))?;
+            let Some(at) = json_time(&r[3]) else { continue };
+            let spec = match &r[1] {
+                Value::String(t) => serde_json::from_str::<ActionSpec>(t),
+                v => serde_json::from_value::<ActionSpec>(v.clone()),
+            }
+            .map_err(|e| corrupt("actions", "(insights)", "spec", e.to_string()))?;
             let turns_off =
                 matches!(&spec.step, StepAction::KillSwitch(k) if k.state == FlagState::Off);
             let mitigates = turns_off || matches!(spec.step, StepAction::Rollback(_));
-            if r.text("event")? == "executed" && mitigates {
+            let event = r[2].as_str().unwrap_or_default();
+            if event == "executed" && mitigates {
                 i.mitigated_at = Some(i.mitigated_at.map_or(at, |m| m.min(at)));
             }
-            if r.text("event")? == "verified" && turns_off {
+            if event == "verified" && turns_off {
                 i.feature_disabled_at = Some(i.feature_disabled_at.map_or(at, |m| m.min(at)));
             }
         }
-        Ok((deployments, records.into_values().collect()))
+        let mut records: Vec<IncidentRecord> = records.into_values().collect();
+        records.sort_by_key(|i| i.id);
+        Ok((deployments, records))
     }
 
     async fn set_cause(
@@ -2102,7 +2153,81 @@ impl<D: Dialect> Store for Db<D> {
     }
 }
 
+/// How [`Db::json_rows`] reads a column.
+#[derive(Debug, Clone, Copy)]
+enum Col {
+    Text,
+    Int,
+    /// As microseconds since the epoch.
+    Time,
+    Json,
+}
+
+/// A time read by [`Db::json_rows`]: microseconds since the epoch.
+fn json_time(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_i64().and_then(DateTime::from_timestamp_micros)
+}
+
 impl<D: Dialect> Db<D> {
+    /// Reads a query's rows as arrays of JSON values, `cols` in order (times
+    /// as microseconds). Where the dialect says so (SQLite) the rows come as
+    /// one aggregated JSON row: one crosses the driver instead of thousands,
+    /// which is what makes a year of insights cheap there.
+    async fn json_rows(&self, cols: &[(&str, Col)], inner: Query) -> Result<Vec<Vec<Value>>> {
+        if !<D::Tx as DialectTx>::AGGREGATE_READS {
+            let rows = self.d.read(inner).await?;
+            return rows
+                .iter()
+                .map(|r| {
+                    cols.iter()
+                        .map(|(name, kind)| {
+                            Ok(match kind {
+                                Col::Text => r.opt_text(name)?.map_or(Value::Null, Value::String),
+                                Col::Int => r.opt_int(name)?.map_or(Value::Null, Value::from),
+                                Col::Time => r
+                                    .opt_time(name)?
+                                    .map_or(Value::Null, |t| Value::from(t.timestamp_micros())),
+                                Col::Json => r.opt_json(name)?.unwrap_or(Value::Null),
+                            })
+                        })
+                        .collect()
+                })
+                .collect();
+        }
+        let agg = <D::Tx as DialectTx>::JSON_AGG;
+        let arr = <D::Tx as DialectTx>::JSON_ARRAY;
+        let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+        let sql = format!(
+            "SELECT {agg}({arr}({})) AS j FROM ({}) s",
+            names.join(", "),
+            inner.sql
+        );
+        let rows = self
+            .d
+            .read(Query {
+                sql: sql.into(),
+                ..inner
+            })
+            .await?;
+        let value = match rows.first() {
+            Some(r) => r.opt_json("j")?,
+            None => None,
+        };
+        match value {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => Ok(items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Array(cols) => cols,
+                    other => vec![other],
+                })
+                .collect()),
+            Some(_) => Err(StoreError::Internal(
+                "an aggregated read did not give an array".into(),
+            )),
+        }
+    }
+
     /// Sets a built-in flag in one transaction; for an action, also records
     /// the state it found on the action (`None`: `owner` no longer holds the
     /// action's lease, and nothing was written).

@@ -372,6 +372,9 @@ pub struct SqliteTx {
 impl DialectTx for SqliteTx {
     type Row = SqliteRow;
     const FOR_UPDATE: &'static str = "";
+    const JSON_AGG: &'static str = "json_group_array";
+    const JSON_ARRAY: &'static str = "json_array";
+    const AGGREGATE_READS: bool = true;
 
     fn any(expr: &str, n: usize) -> String {
         format!("{expr} IN (SELECT value FROM json_each(${n}))")
