@@ -68,6 +68,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/flags/stale", "read"),
     ("GET", "/metrics/insights", "read"),
     ("GET", "/api/v1/insights", "read"),
+    ("GET", "/insights", "read"),
     (
         "POST",
         "/api/v1/incidents/{id}/changes/{deploy}/cause",
@@ -122,10 +123,10 @@ const EXPECTED: &[(&str, &str, &str)] = &[
 /// A web page (not the API or a protocol): people are sent to sign in, and
 /// forms carry a CSRF token instead of a header.
 fn is_page(route: &str) -> bool {
-    !["/api/", "/ofrep/", "/slack/", "/loki/"]
+    !["/api/", "/ofrep/", "/slack/", "/loki/", "/metrics"]
         .iter()
         .any(|p| route.starts_with(p))
-        && !["/metrics", "/healthz", "/readyz"].contains(&route)
+        && !["/healthz", "/readyz"].contains(&route)
 }
 
 /// Who asks: nobody, a token with one scope, or a signed-in person.

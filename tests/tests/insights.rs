@@ -616,4 +616,32 @@ async fn the_insights_api_and_gauges() {
         "{text}"
     );
     assert!(text.contains("firebreak_dora_deployment_frequency_per_day{service=\"checkout\",environment=\"prod\"}"), "{text}");
+
+    // The page: the same figures, a chart of the weeks, escaped input.
+    let page = |q: &'static str| {
+        let url = format!("{}/insights{q}", fb.base);
+        async move {
+            let r = firebreak_tests::client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, html) = page("?service=checkout").await;
+    assert_eq!(s, 200, "{html}");
+    assert!(
+        html.contains("Change fail rate") && html.contains("100.0 %"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<svg id=\"weekly-chart\"") && html.contains("<rect"),
+        "{html}"
+    );
+    assert!(html.contains("canary: 1 (100 %)"), "{html}");
+    let (s, html) = page("?service=%3Cscript%3E").await;
+    assert_eq!(s, 200);
+    assert!(
+        html.contains("&lt;script&gt;") && !html.contains("<script>"),
+        "{html}"
+    );
+    let (s, _) = page("?from=never").await;
+    assert_eq!(s, 400);
 }

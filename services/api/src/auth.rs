@@ -174,6 +174,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/playbooks", s(Scope::Read)),
     ("POST", "/playbooks/test", s(Scope::Read)),
     ("GET", "/audit", s(Scope::Read)),
+    ("GET", "/insights", s(Scope::Read)),
     ("POST", "/api/v1/login", Public),
     ("POST", "/api/v1/logout", Authenticated),
     ("GET", "/api/v1/me", Authenticated),

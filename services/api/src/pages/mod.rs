@@ -28,6 +28,7 @@ use crate::{ApiError, AppState};
 mod admin;
 mod editor;
 mod incident;
+mod insights;
 pub mod timeline;
 
 /// The CSRF token a page's forms carry (the session's, or one derived for
@@ -77,6 +78,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../../templates/web/playbooks.hbs"),
     ),
     ("audit", include_str!("../../../../templates/web/audit.hbs")),
+    (
+        "insights",
+        include_str!("../../../../templates/web/insights.hbs"),
+    ),
 ];
 const APP_CSS: &str = include_str!("../../../../templates/web/static/app.css");
 const APP_JS: &str = include_str!("../../../../templates/web/static/app.js");
@@ -231,6 +236,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/playbooks", get(admin::playbooks))
         .route("/playbooks/test", post(admin::test_playbooks))
         .route("/audit", get(admin::audit))
+        .route("/insights", get(insights::page))
         .route("/api/v1/postmortems/preview", post(editor::preview))
         .route(
             "/api/v1/incidents/{id}/postmortem/presence",
