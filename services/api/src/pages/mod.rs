@@ -201,10 +201,10 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 
 /// Whether a route is a page (not the API, a protocol, or a static file).
 pub fn is_page(route: &str) -> bool {
-    !["/api/", "/ofrep/", "/slack/", "/loki/", "/static/"]
+    !["/api/", "/ofrep/", "/slack/", "/loki/", "/static/", "/metrics"]
         .iter()
         .any(|p| route.starts_with(p))
-        && !["/metrics", "/healthz", "/readyz"].contains(&route)
+        && !["/healthz", "/readyz"].contains(&route)
 }
 
 pub(crate) fn router() -> Router<AppState> {
