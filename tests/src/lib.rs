@@ -810,6 +810,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
+    /// Off: new connections are closed at once (see [`Proxy::go_down`]).
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -818,8 +820,14 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let tracked = connections.clone();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = up.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -833,7 +841,19 @@ impl Proxy {
             addr,
             connections,
             accept,
+            up,
         }
+    }
+
+    /// The upstream goes away: every open connection is dropped and new ones
+    /// are closed at once, until [`Proxy::come_back`].
+    pub fn go_down(&self) -> usize {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut()
+    }
+
+    pub fn come_back(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drops every open connection (new ones are still let through).

@@ -75,12 +75,22 @@ pub struct Engine {
     playbooks: Arc<PlaybookSet>,
     /// Claims what matched playbooks call for (none: no automation).
     remediation: Option<Arc<Remediation>>,
+    /// Cancelled when [`Engine::run`]'s shutdown is: a batch held through a
+    /// store outage goes back to the queue then.
+    stopping: CancellationToken,
+    /// When the store became unavailable, while it is (logged once each way).
+    store_down: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Transient store failures are retried this many times in-process before the
 /// deliveries go back to the queue.
 const COMMIT_ATTEMPTS: u32 = 5;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between tries to subscribe: the engine is back within
+/// this of the broker's return, however long it was away.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait between tries of a batch held through a store outage:
+/// processing resumes within this of the store's return.
+const HOLD_BACKOFF: Duration = Duration::from_secs(2);
 /// Events per transaction on the bulk lane (a larger single body is still one).
 const BULK_CHUNK: usize = 1_000;
 
@@ -99,6 +109,8 @@ impl Engine {
             config,
             playbooks,
             remediation: None,
+            stopping: CancellationToken::new(),
+            store_down: std::sync::Mutex::new(None),
         }
     }
 
@@ -124,6 +136,11 @@ impl Engine {
     /// flight finishes (or is redelivered later) before this returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
+        let (stopping, cancelled) = (self.stopping.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            cancelled.cancelled().await;
+            stopping.cancel();
+        });
         // The urgent lane has a consumer of its own, so what a playbook acts
         // on is never queued behind a batch of the bulk backlog.
         let engine = self.clone();
@@ -160,7 +177,12 @@ impl Engine {
                     sub
                 }
                 Err(e) => {
-                    tracing::warn!(worker, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot subscribe; retrying");
+                    // Once per outage, not once per try.
+                    if backoff == Duration::from_millis(100) {
+                        tracing::warn!(worker, lane = lane_name, error = %e, "cannot subscribe: the bus is unavailable; retrying every {} s at most", MAX_BACKOFF.as_secs());
+                    } else {
+                        tracing::debug!(worker, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot subscribe; retrying");
+                    }
                     sleep_or_cancel(backoff, &shutdown).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -253,7 +275,18 @@ impl Engine {
         decoded: &[Decoded],
         tags: &[u64],
     ) -> Result<(), BusError> {
-        match self.process_with_retry(decoded).await {
+        let mut result = self.process_with_retry(decoded).await;
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            result = match self.hold(decoded).await {
+                Some(r) => r,
+                None => {
+                    // Shutting down mid-outage: back to the queue.
+                    sub.requeue(tags).await?;
+                    return Ok(());
+                }
+            };
+        }
+        match result {
             Ok(outcome) => {
                 sub.ack(tags).await?;
                 self.record(&outcome);
@@ -284,6 +317,49 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The store is unavailable: keep the batch unacknowledged and try again
+    /// with a backoff (at most [`HOLD_BACKOFF`]) until it commits, another
+    /// kind of error comes, or the engine stops (`None`). Requeueing instead
+    /// would count a delivery each time and dead-letter good events after
+    /// the delivery limit; an outage only delays them. Logged once when the
+    /// store goes and once when it comes back, whichever worker sees it.
+    async fn hold(&self, decoded: &[Decoded]) -> Option<Result<Outcome, StoreError>> {
+        {
+            let mut down = self
+                .store_down
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if down.is_none() {
+                *down = Some(Instant::now());
+                tracing::error!("the store is unavailable: holding deliveries unacknowledged and retrying until it is back (nothing is requeued or dead-lettered for it)");
+            }
+        }
+        let mut wait = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                _ = self.stopping.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match self.process_with_retry(decoded).await {
+                Err(StoreError::Unavailable(_)) => wait = (wait * 2).min(HOLD_BACKOFF),
+                other => {
+                    let since = self
+                        .store_down
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    if let Some(since) = since {
+                        tracing::warn!(
+                            down_seconds = since.elapsed().as_secs_f64(),
+                            "the store is back; processing resumes"
+                        );
+                    }
+                    return Some(other);
+                }
+            }
+        }
     }
 
     fn record(&self, outcome: &Outcome) {

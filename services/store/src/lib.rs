@@ -102,10 +102,21 @@ fn translate(err: sqlx::Error) -> StoreError {
             match code.as_str() {
                 // PostgreSQL: unique violation, serialization failure, deadlock.
                 "23505" | "40001" | "40P01" => StoreError::Conflict(db.to_string()),
-                // PostgreSQL: too many connections, shutting down, cannot connect now.
-                "53300" | "57P01" | "57P02" | "57P03" => StoreError::Unavailable(db.to_string()),
-                // SQLite: busy, locked (primary and extended codes).
-                "5" | "6" | "261" | "262" | "517" => StoreError::Unavailable(db.to_string()),
+                // PostgreSQL: insufficient resources (disk full, out of
+                // memory, too many connections), connection failures, shutting
+                // down, cannot connect now, read-only after a failover.
+                c if c.starts_with("53") || c.starts_with("08") => {
+                    StoreError::Unavailable(db.to_string())
+                }
+                "57P01" | "57P02" | "57P03" | "25006" => StoreError::Unavailable(db.to_string()),
+                // SQLite: busy, locked (primary and extended codes), disk full,
+                // I/O errors (primary and extended), cannot open.
+                "5" | "6" | "261" | "262" | "517" | "13" | "14" => {
+                    StoreError::Unavailable(db.to_string())
+                }
+                c if c.parse::<u32>().is_ok_and(|n| n & 0xff == 10) => {
+                    StoreError::Unavailable(db.to_string())
+                }
                 // SQLite: unique constraint.
                 "2067" | "1555" => StoreError::Conflict(db.to_string()),
                 _ => StoreError::Internal(db.to_string()),

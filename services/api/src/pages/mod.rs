@@ -201,9 +201,11 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 
 /// Whether a route is a page (not the API, a protocol, or a static file).
 pub fn is_page(route: &str) -> bool {
-    !["/api/", "/ofrep/", "/slack/", "/loki/", "/static/", "/metrics"]
-        .iter()
-        .any(|p| route.starts_with(p))
+    ![
+        "/api/", "/ofrep/", "/slack/", "/loki/", "/static/", "/metrics",
+    ]
+    .iter()
+    .any(|p| route.starts_with(p))
         && !["/healthz", "/readyz"].contains(&route)
 }
 
