@@ -105,6 +105,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/incidents", "read"),
     ("GET", "/incidents/{id}", "read"),
     ("POST", "/incidents/{id}/notes", "edit"),
+    ("POST", "/incidents/{id}/changes/{deploy}/cause", "edit"),
     ("POST", "/actions/{id}/approve", "operate"),
     ("POST", "/actions/{id}/deny", "operate"),
     ("POST", "/actions/{id}/revert", "operate"),

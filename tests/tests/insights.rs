@@ -644,4 +644,31 @@ async fn the_insights_api_and_gauges() {
     );
     let (s, _) = page("?from=never").await;
     assert_eq!(s, 400);
+
+    // The incident page asks the same question, and its answer counts.
+    let r = firebreak_tests::client()
+        .get(format!("{}/incidents/{incident}", fb.base))
+        .send()
+        .await
+        .unwrap();
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Did this change cause the incident?"),
+        "{html}"
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects
+        .post(format!("{}{}", fb.base, path.trim_start_matches("/api/v1")))
+        .bearer_auth(firebreak_tests::TEST_TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("cause=no")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let (_, v) = fb.get("/api/v1/insights?service=checkout").await;
+    assert_eq!(v["change_fail_rate"]["failed"], 0, "{v}");
 }

@@ -153,6 +153,11 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/incidents", s(Scope::Read)),
     ("GET", "/incidents/{id}", s(Scope::Read)),
     ("POST", "/incidents/{id}/notes", s(Scope::Edit)),
+    (
+        "POST",
+        "/incidents/{id}/changes/{deploy}/cause",
+        s(Scope::Edit),
+    ),
     ("POST", "/actions/{id}/approve", s(Scope::Operate)),
     ("POST", "/actions/{id}/deny", s(Scope::Operate)),
     ("POST", "/actions/{id}/revert", s(Scope::Operate)),

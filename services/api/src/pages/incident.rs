@@ -314,7 +314,9 @@ pub async fn detail(
     let suspects_json: Vec<Value> = suspects
         .iter()
         .map(|s| {
-            json!({"service": s.deploy.service, "version": s.deploy.version, "environment": s.deploy.environment,
+            json!({"cause_url": format!("/incidents/{}/changes/{}/cause", detail.incident.id,
+                       firebreak_domain::playbook::url_escape(&s.deploy.id)),
+                   "service": s.deploy.service, "version": s.deploy.version, "environment": s.deploy.environment,
                    "started": when(s.deploy.started_at), "actor": s.deploy.actor, "score": s.score,
                    "evidence": s.evidence, "strategy": s.deploy.strategy.map(|x| x.as_str())})
         })
@@ -422,6 +424,37 @@ pub async fn note(
         return Err(e.into());
     }
     Ok(Redirect::to(&format!("/incidents/{id}#notes")).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct CauseForm {
+    csrf_token: Option<String>,
+    /// `yes`, `no` or `clear`.
+    cause: String,
+}
+
+/// A person's word on a suspect change, from the incident page.
+pub async fn cause(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path((id, deploy)): axum::extract::Path<(String, String)>,
+    bytes: Bytes,
+) -> PageResult {
+    let (store, _) = state_parts(&state)?;
+    let f: CauseForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
+        return Err(Refusal::bad("not an incident id"));
+    };
+    let cause = match f.cause.as_str() {
+        "yes" => Some(true),
+        "no" => Some(false),
+        "clear" => None,
+        _ => return Err(Refusal::bad("say yes, no or clear")),
+    };
+    crate::insights::set_cause(store.as_ref(), &identity, id, &deploy, cause, None).await?;
+    Ok(Redirect::to(&format!("/incidents/{id}#sus-h")).into_response())
 }
 
 async fn decide(

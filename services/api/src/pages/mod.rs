@@ -218,6 +218,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/incidents", get(incident::list))
         .route("/incidents/{id}", get(incident::detail))
         .route("/incidents/{id}/notes", post(incident::note))
+        .route(
+            "/incidents/{id}/changes/{deploy}/cause",
+            post(incident::cause),
+        )
         .route("/actions/{id}/approve", post(incident::approve))
         .route("/actions/{id}/deny", post(incident::deny))
         .route("/actions/{id}/revert", post(incident::revert))
