@@ -80,6 +80,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/rollouts/{id}/{command}", "operate"),
     ("POST", "/api/v1/gates/flagger/{hook}", "read"),
     ("GET", "/api/v1/gates/argo/{service}", "read"),
+    ("GET", "/api/v1/services/{service}/timeline", "read"),
     ("POST", "/ofrep/v1/evaluate/flags", "flags:read"),
     ("POST", "/ofrep/v1/evaluate/flags/{key}", "flags:read"),
     ("GET", "/ofrep/v1/configuration", "flags:read"),

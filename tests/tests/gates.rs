@@ -43,6 +43,32 @@ async fn rollout_gates_follow_incidents_gates_and_the_pause(app: TestAppBuilder)
     assert_eq!((s, b["verdict"].clone()), (403, json!("carry on")), "{b}");
     let (s, b) = flagger.get("/api/v1/gates/argo/checkout").await;
     assert_eq!((s, b["verdict"].clone()), (200, json!("pass")), "{b}");
+    // No incident open: the consultations are on the service's own
+    // timeline, once per hook and verdict however often asked.
+    hook(fb, "confirm-rollout", &flagger_body(None)).await;
+    let (s, t) = fb.get("/api/v1/services/checkout/timeline").await;
+    assert_eq!(s, 200, "{t}");
+    let summaries: Vec<&str> = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 4, "{summaries:?}");
+    assert_eq!(
+        summaries
+            .iter()
+            .filter(|s| s.starts_with("Flagger confirm-rollout"))
+            .count(),
+        1,
+        "{summaries:?}"
+    );
+    assert!(
+        summaries
+            .iter()
+            .any(|s| s.starts_with("Argo Rollouts analysis of checkout: pass")),
+        "{summaries:?}"
+    );
 
     // A failed gate of v2: roll v2 back, hold its promotion; v3 is not held by it.
     let (s, _) = fb

@@ -123,6 +123,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/rollouts/{id}/{command}", s(Scope::Operate)),
     ("POST", "/api/v1/gates/flagger/{hook}", s(Scope::Read)),
     ("GET", "/api/v1/gates/argo/{service}", s(Scope::Read)),
+    ("GET", "/api/v1/services/{service}/timeline", s(Scope::Read)),
     ("POST", "/ofrep/v1/evaluate/flags", s(Scope::FlagsRead)),
     (
         "POST",

@@ -25,7 +25,41 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/gates/flagger/{hook}", post(flagger))
         .route("/api/v1/gates/argo/{service}", get(argo))
+        .route("/api/v1/services/{service}/timeline", get(service_timeline))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/services/{service}/timeline?limit=100`: what concerned the
+/// service while no incident was open (gate consultations), newest first.
+async fn service_timeline(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    query: Result<Query<TimelineQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = crate::error::query(query)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit", "must be 1 to 1000"));
+    }
+    let store = state
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("api role without a store".into()))?;
+    let entries = store.service_timeline(&service, limit).await?;
+    Ok(Json(
+        json!({"service": service, "entries": entries.iter().map(|e| json!({
+        "at": e.at, "kind": e.kind, "source": e.source, "summary": e.summary, "ref": e.ref_id,
+    })).collect::<Vec<_>>()}),
+    ))
+}
+
+/// The timeline kind of a consultation.
+const GATE_CONSULTED: &str = "gate_consulted";
 
 /// How far back a failed gate result counts when no revision is named.
 const GATE_LOOKBACK_HOURS: i64 = 2;
@@ -204,8 +238,8 @@ async fn flagger(
     record(
         &state,
         &identity,
+        &service,
         &facts.open_incidents,
-        "gate_consulted",
         summary,
         format!("flagger:{hook}:{}:{verdict}", body.checksum),
         json!({"hook": hook, "service": service, "checksum": body.checksum, "verdict": verdict, "reasons": reasons}),
@@ -259,8 +293,8 @@ async fn argo(
     record(
         &state,
         &identity,
+        &service,
         &facts.open_incidents,
-        "gate_consulted",
         format!(
             "Argo Rollouts analysis of {service}{}: {verdict}{}",
             q.version
@@ -292,13 +326,14 @@ async fn argo(
 }
 
 /// The consultation and its verdict: on the timeline of each open incident
-/// of the service, once per revision and verdict however often the
-/// controller asks (it polls every analysis interval).
+/// of the service (else on the service's own timeline), once per revision
+/// and verdict however often the controller asks (it polls every analysis
+/// interval).
 async fn record(
     state: &AppState,
     identity: &Identity,
+    service: &str,
     incidents: &[i64],
-    kind: &'static str,
     summary: String,
     ref_id: String,
     detail: Value,
@@ -306,10 +341,22 @@ async fn record(
     let Some(store) = &state.store else {
         return Ok(());
     };
+    let kind = GATE_CONSULTED;
+    let now = Utc::now();
     if incidents.is_empty() {
+        // No incident open: the service's own timeline keeps it.
+        store
+            .record_service_events(&[firebreak_store::ServiceEvent {
+                service: service.to_string(),
+                at: now,
+                kind: kind.to_string(),
+                source: identity.id.clone(),
+                summary,
+                ref_id,
+            }])
+            .await?;
         return Ok(());
     }
-    let now = Utc::now();
     let entries: Vec<NewEntry> = incidents
         .iter()
         .map(|id| NewEntry {

@@ -34,7 +34,7 @@ pub use remediation::{
     LogRow, NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
     SessionRow, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
 };
-pub use remediation::{NewRollout, RolloutChange, RolloutEvent};
+pub use remediation::{NewRollout, RolloutChange, RolloutEvent, ServiceEvent};
 pub use sqlite::SqliteStore;
 
 tokio::task_local! {
@@ -311,6 +311,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Rollout>>;
     /// A rollout's own timeline, oldest first.
     async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>>;
+    /// Adds entries to services' timelines; one per (service, ref_id).
+    async fn record_service_events(&self, events: &[ServiceEvent]) -> Result<()>;
+    /// A service's timeline, newest first, at most `limit` entries.
+    async fn service_timeline(&self, service: &str, limit: i64) -> Result<Vec<ServiceEvent>>;
     /// What insights are computed from: deploys with a final status since
     /// `from` (later ones too: they restore earlier failures), and incidents
     /// opened in [from, to) with their linked changes and when a kill switch

@@ -33,6 +33,7 @@ macro_rules! migrations {
             9, "0009", "flag_definitions";
             10, "0010", "rollouts";
             11, "0011", "insights";
+            12, "0012", "service_timeline";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -383,3 +383,16 @@ pub struct RolloutEvent {
     #[serde(skip)]
     pub ref_id: String,
 }
+
+/// One entry of a service's own timeline (what concerns it while no
+/// incident is open, such as a rollout controller's gate consultation).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceEvent {
+    pub service: String,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub source: String,
+    pub summary: String,
+    /// Written once per service and `ref_id`.
+    pub ref_id: String,
+}

@@ -29,8 +29,8 @@ use crate::{
     ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow,
     IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow, NewAudit, NewRollout,
     OpenIncident, PostmortemRow, PostmortemSave, Result, RevisionRow, Rollout, RolloutChange,
-    RolloutEvent, RolloutStatus, SaveOutcome, Store, StoreError, StoreTx, TimelineEvent,
-    TimelineRow,
+    RolloutEvent, RolloutStatus, SaveOutcome, ServiceEvent, Store, StoreError, StoreTx,
+    TimelineEvent, TimelineRow,
 };
 
 /// One bound value. Each dialect encodes it: a time is `timestamptz` on
@@ -1248,6 +1248,54 @@ impl<D: Dialect> Store for Db<D> {
             )
             .await?;
         decode(&rows, rollout_event_row)
+    }
+
+    async fn record_service_events(&self, events: &[ServiceEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.d.begin().await?;
+        for e in events {
+            tx.execute(
+                q(
+                    "INSERT INTO service_timeline (service, at, kind, source, summary, ref_id)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (service, ref_id) DO NOTHING",
+                )
+                .bind(e.service.as_str())
+                .bind(e.at)
+                .bind(e.kind.as_str())
+                .bind(e.source.as_str())
+                .bind(e.summary.as_str())
+                .bind(e.ref_id.as_str()),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn service_timeline(&self, service: &str, limit: i64) -> Result<Vec<ServiceEvent>> {
+        let rows = self
+            .d
+            .read(
+                q(
+                    "SELECT service, at, kind, source, summary, ref_id FROM service_timeline
+                   WHERE service = $1 ORDER BY at DESC, id DESC LIMIT $2",
+                )
+                .bind(service)
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(ServiceEvent {
+                service: r.text("service")?,
+                at: r.time("at")?,
+                kind: r.text("kind")?,
+                source: r.text("source")?,
+                summary: r.text("summary")?,
+                ref_id: r.text("ref_id")?,
+            })
+        })
     }
 
     async fn insights_data(
