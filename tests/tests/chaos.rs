@@ -41,6 +41,31 @@ async fn send(fb: &Firebreak, from: usize, n: usize) {
     }
 }
 
+const PROCESSED: &str = "firebreak_events_processed_total{kind=\"alert\"}";
+
+/// Waits until `n` alerts were processed.
+async fn processed(fb: &Firebreak, n: f64, what: &str) {
+    eventually(what, Duration::from_secs(60), || async {
+        (fb.metric(PROCESSED).await >= n).then_some(())
+    })
+    .await;
+}
+
+/// Every one of `n` alerts is in the incident once, counted once, and
+/// nothing was dead-lettered.
+async fn stored_once(fb: &Firebreak, amqp: &Amqp, n: u64) {
+    let (_, i) = fb.get("/api/v1/incidents?service=checkout").await;
+    let id = i["incidents"][0]["id"].as_i64().unwrap();
+    let (_, detail) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(
+        detail["counts"]["alerts"], n,
+        "each alert once: {}",
+        detail["counts"]
+    );
+    assert_eq!(fb.metric(PROCESSED).await, n as f64, "counted once each");
+    assert_eq!(dead_letters(amqp).await, 0, "nothing dead-lettered");
+}
+
 /// The database away for 12 s — long enough that requeueing each failed
 /// batch would pass the 20-delivery limit many times over — with webhooks
 /// arriving throughout: every alert is stored, none is dead-lettered.
@@ -63,17 +88,7 @@ async fn a_database_outage_loses_nothing_and_dead_letters_nothing() {
     )
     .await;
     send(&fb, 0, 10).await;
-    eventually(
-        "the first 100 alerts stored",
-        Duration::from_secs(30),
-        || async {
-            (fb.metric("firebreak_events_processed_total{kind=\"alert\"}")
-                .await
-                >= 100.0)
-                .then_some(())
-        },
-    )
-    .await;
+    processed(&fb, 100.0, "the first 100 alerts stored").await;
 
     proxy.go_down();
     let down = Instant::now();
@@ -89,33 +104,12 @@ async fn a_database_outage_loses_nothing_and_dead_letters_nothing() {
     );
     proxy.come_back();
     let back = Instant::now();
-
-    eventually("every alert stored", Duration::from_secs(60), || async {
-        (fb.metric("firebreak_events_processed_total{kind=\"alert\"}")
-            .await
-            >= 300.0)
-            .then_some(())
-    })
-    .await;
+    processed(&fb, 300.0, "every alert stored").await;
     println!(
         "engine caught up {:.1} s after the database came back",
         back.elapsed().as_secs_f64()
     );
-    let (_, i) = fb.get("/api/v1/incidents?service=checkout").await;
-    let id = i["incidents"][0]["id"].as_i64().unwrap();
-    let (_, detail) = fb.get(&format!("/api/v1/incidents/{id}")).await;
-    assert_eq!(
-        detail["counts"]["alerts"], 300,
-        "every alert once: {}",
-        detail["counts"]
-    );
-    assert_eq!(dead_letters(&amqp).await, 0);
-    assert_eq!(
-        fb.metric("firebreak_events_processed_total{kind=\"alert\"}")
-            .await,
-        300.0,
-        "counted once each"
-    );
+    stored_once(&fb, &amqp, 300).await;
     assert!(
         fb.logs().contains("store is unavailable"),
         "the outage is logged"
@@ -142,13 +136,7 @@ async fn a_broker_outage_loses_nothing_and_the_engine_comes_back() {
     )
     .await;
     send(&fb, 0, 5).await;
-    eventually("the first 50 alerts", Duration::from_secs(30), || async {
-        (fb.metric("firebreak_events_processed_total{kind=\"alert\"}")
-            .await
-            >= 50.0)
-            .then_some(())
-    })
-    .await;
+    processed(&fb, 50.0, "the first 50 alerts").await;
 
     proxy.go_down();
     let (s, _) = fb
@@ -166,30 +154,12 @@ async fn a_broker_outage_loses_nothing_and_the_engine_comes_back() {
     let back = Instant::now();
     // Alertmanager retries: the webhooks go in once the broker answers.
     send(&fb, 5, 5).await;
-    eventually(
-        "every alert after the outage",
-        Duration::from_secs(60),
-        || async {
-            (fb.metric("firebreak_events_processed_total{kind=\"alert\"}")
-                .await
-                >= 100.0)
-                .then_some(())
-        },
-    )
-    .await;
+    processed(&fb, 100.0, "every alert after the outage").await;
     println!(
         "broker back -> 50 more alerts processed in {:.1} s",
         back.elapsed().as_secs_f64()
     );
-    let (_, i) = fb.get("/api/v1/incidents?service=checkout").await;
-    let id = i["incidents"][0]["id"].as_i64().unwrap();
-    let (_, detail) = fb.get(&format!("/api/v1/incidents/{id}")).await;
-    assert_eq!(
-        detail["counts"]["alerts"], 100,
-        "each alert once: {}",
-        detail["counts"]
-    );
-    assert_eq!(dead_letters(&amqp).await, 0);
+    stored_once(&fb, &amqp, 100).await;
     let warnings = fb
         .logs()
         .matches("cannot subscribe: the bus is unavailable")
