@@ -652,7 +652,18 @@ async fn the_flag_pages_show_variants_targeting_and_the_rollout() {
         one.contains("step 1 of 2") && one.contains("serves its new variant to 20%"),
         "{one}"
     );
+    let (s, b) = fb
+        .put(
+            "/api/v1/flags/price.limit",
+            &json!({"owner": "team-pricing"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
     let price = page("/flags/price.limit").await;
+    assert!(
+        price.contains("changed its owner (it is on)"),
+        "an edit is in the history as what it changed: {price}"
+    );
     assert!(
         price.contains("1000") && !price.contains("served when killed"),
         "{price}"

@@ -83,32 +83,11 @@ pub(crate) fn range(q: &InsightsQuery, now: DateTime<Utc>) -> Result<Range, ApiE
     Ok(Range { from, to })
 }
 
-/// The deployments and incidents of one service and environment (either
-/// `None`: all).
-pub(crate) fn narrow(
-    (deployments, incidents): (Vec<Deployment>, Vec<IncidentRecord>),
-    service: Option<&str>,
-    environment: Option<&str>,
-) -> (Vec<Deployment>, Vec<IncidentRecord>) {
-    let keep = |s: Option<&str>, e: Option<&str>| {
-        service.is_none_or(|want| s == Some(want)) && environment.is_none_or(|want| e == Some(want))
-    };
-    (
-        deployments
-            .into_iter()
-            .filter(|d| keep(Some(&d.service), d.environment.as_deref()))
-            .collect(),
-        incidents
-            .into_iter()
-            .filter(|i| keep(i.service.as_deref(), i.environment.as_deref()))
-            .collect(),
-    )
-}
-
 /// Computes the insights for a query (shared with the page).
 pub(crate) async fn compute(store: &dyn Store, q: &InsightsQuery) -> Result<Value, ApiError> {
     let range = range(q, Utc::now())?;
-    let data = store
+    // The store narrows to the service and environment asked for.
+    let (deployments, incidents) = store
         .insights_data(
             range.from,
             range.to,
@@ -116,7 +95,6 @@ pub(crate) async fn compute(store: &dyn Store, q: &InsightsQuery) -> Result<Valu
             q.environment.as_deref(),
         )
         .await?;
-    let (deployments, incidents) = narrow(data, q.service.as_deref(), q.environment.as_deref());
     let mut v = insights::compute(&range, &deployments, &incidents);
     v["service"] = json!(q.service);
     v["environment"] = json!(q.environment);

@@ -618,29 +618,6 @@ impl Remediation {
         Ok(self.store.setting(SETTING_PAUSED).await?.as_deref() == Some("true"))
     }
 
-    /// Creates or sets a built-in flag directly (an edit, not an action:
-    /// use [`Remediation::request`] for a guarded kill switch). Returns the
-    /// previous state (`None`: it was created) and the flag.
-    pub async fn set_flag(
-        &self,
-        identity: &Identity,
-        key: &str,
-        enabled: bool,
-        description: Option<&str>,
-    ) -> Result<(Option<bool>, FlagRow), CommandError> {
-        let who = identity.id.as_str();
-        check_flag_key(key).map_err(|m| bad("key", m))?;
-        if description.is_some_and(|d| d.len() > 2000) {
-            return Err(bad("description", "must be at most 2000 characters"));
-        }
-        let audit = NewAudit::by(who, "flag_set", json!({"flag": key, "enabled": enabled}));
-        let previous = self
-            .store
-            .set_flag(key, enabled, description, who, &audit)
-            .await?;
-        Ok((previous, self.store.flag(key).await?))
-    }
-
     /// Creates or replaces flags from a flagd flag file
     /// (`{"flags": {"<key>": {state, variants, defaultVariant, targeting}}}`),
     /// all or nothing: every key and definition is checked first. Returns
@@ -680,8 +657,10 @@ impl Remediation {
         Ok(keys)
     }
 
-    /// Edits (or creates) one built-in flag: its kill switch state, its
-    /// description, owner and flagd definition, any subset. A definition is
+    /// Edits (or creates) one built-in flag directly — an edit, not an
+    /// action: use [`Remediation::request`] for a guarded kill switch — its
+    /// kill switch state, its description, owner and flagd definition, any
+    /// subset. Audited as `flag_set` with what it changed. A definition is
     /// checked as an import is; while a rollout is active its steps own the
     /// targeting, so a new definition is refused until it is aborted or done.
     /// Returns the flag before (none: created) and after.
@@ -728,6 +707,15 @@ impl Remediation {
                 )));
             }
         }
+        let changed: Vec<&str> = [
+            ("enabled", edit.enabled.is_some()),
+            ("description", edit.description.is_some()),
+            ("owner", edit.owner.is_some()),
+            ("definition", edit.definition.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
         let now = Utc::now();
         let mut tx = self.store.begin().await?;
         let before = tx.flag_for_update(key).await?;
@@ -760,8 +748,9 @@ impl Remediation {
         tx.put_flag(&flag).await?;
         tx.insert_audit(&[NewAudit::by(
             who,
-            if before.is_some() { "flag_edited" } else { "flag_created" },
-            json!({"flag": key, "enabled": flag.enabled, "owner": flag.owner, "definition": flag.definition}),
+            "flag_set",
+            json!({"flag": key, "enabled": flag.enabled, "created": before.is_none(), "changed": changed,
+                   "owner": flag.owner, "definition": flag.definition}),
         )])
         .await?;
         tx.commit().await?;

@@ -177,8 +177,27 @@ pub async fn flag(
         .filter(|a| a.entry.detail["flag"] == key.as_str())
         .take(100)
         .map(|a| {
-            json!({"at": when(a.entry.at), "actor": a.entry.actor,
-                        "enabled": a.entry.detail["enabled"] == true})
+            let d = &a.entry.detail;
+            let state = if d["enabled"] == true { "on" } else { "off" };
+            let others: Vec<&str> = d["changed"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .filter_map(Value::as_str)
+                        .filter(|c| *c != "enabled")
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Older rows and kill switches name no fields: they set the state.
+            let sets_state = d["changed"]
+                .as_array()
+                .is_none_or(|c| c.iter().any(|c| c == "enabled"));
+            let what = match (sets_state, others.is_empty()) {
+                (true, true) => format!("turned it {state}"),
+                (true, false) => format!("turned it {state} and changed its {}", others.join(", ")),
+                (false, _) => format!("changed its {} (it is {state})", others.join(", ")),
+            };
+            json!({"at": when(a.entry.at), "actor": a.entry.actor, "what": what})
         })
         .collect();
     let rollout = store
@@ -259,7 +278,11 @@ pub async fn set_flag(
         return Err(Refusal::not_found("flags are served by the api role"));
     };
     let enabled = f.enabled == "true";
-    match remediation.set_flag(&identity, &key, enabled, None).await {
+    let edit = firebreak_remediation::FlagEdit {
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    match remediation.edit_flag(&identity, &key, edit).await {
         Ok(_) => Ok(Redirect::to("/flags").into_response()),
         Err(e) => Err(e.into()),
     }
