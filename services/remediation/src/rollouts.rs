@@ -94,103 +94,99 @@ fn base(flag: &firebreak_store::FlagRow) -> FlagDefinition {
         .unwrap_or_else(|| FlagDefinition::boolean(flag.enabled))
 }
 
+/// What every action of a rollout shares: recorded under the `rollout`
+/// playbook and the rollout's number, on the flag's own target, with the
+/// default guard (the global policy still applies).
+fn candidate(
+    r: &Rollout,
+    action: StepAction,
+    describe: String,
+    incident: Option<i64>,
+    requested_by: &str,
+) -> Candidate {
+    let mut vars = facts::base_vars(
+        &r.plan.service,
+        r.plan.environment.as_deref(),
+        incident,
+        ROLLOUT,
+    );
+    vars.insert("flag".into(), r.flag.clone());
+    Candidate {
+        playbook: ROLLOUT.into(),
+        playbook_version: format!("#{}", r.id),
+        step_index: 0,
+        spec: ActionSpec {
+            describe,
+            step: action,
+            vars,
+            four_eyes: false,
+        },
+        guard: Guard::default(),
+        step_approval: false,
+        target: target::kill_switch("builtin", None, &r.flag),
+        incident,
+        trigger_id: format!("rollout:{}", r.id),
+        trigger: format!("rollout #{} of {}", r.id, r.flag),
+        dedupe_key: String::new(),
+        requested_by: requested_by.to_string(),
+        note: None,
+        failure: None,
+        force: false,
+        group: String::new(),
+        announce: None,
+    }
+}
+
+/// The action that serves step `step` (0-based) of the rollout's current run.
+fn step_candidate(r: &Rollout, step: usize, requested_by: &str) -> Candidate {
+    let percent = r.plan.steps[step].percent;
+    let action = StepAction::RolloutStep(RolloutStepAction {
+        rollout: r.id,
+        generation: r.generation,
+        flag: r.flag.clone(),
+        step,
+        percent,
+    });
+    let mut c = candidate(r, action.clone(), action.describe(), None, requested_by);
+    c.spec.vars.insert("percent".into(), percent.to_string());
+    Candidate {
+        step_index: i32::try_from(step).unwrap_or(i32::MAX),
+        dedupe_key: format!("rollout:{}:{}:step:{step}", r.id, r.generation),
+        ..c
+    }
+}
+
+/// The kill switch that turns the flag off for everyone, once per run.
+fn kill_candidate(
+    r: &Rollout,
+    why: &str,
+    incident: Option<i64>,
+    trigger_id: &str,
+    requested_by: &str,
+    force: bool,
+) -> Candidate {
+    let action = StepAction::KillSwitch(KillSwitchStep {
+        flag: r.flag.clone(),
+        provider: "builtin".into(),
+        environment: None,
+        state: FlagState::Off,
+    });
+    let describe = format!(
+        "turn off flag {} for everyone (rollout #{}: {why})",
+        r.flag, r.id
+    );
+    Candidate {
+        step_index: -1,
+        trigger_id: trigger_id.to_string(),
+        trigger: why.to_string(),
+        dedupe_key: format!("rollout:{}:{}:kill", r.id, r.generation),
+        force,
+        ..candidate(r, action, describe, incident, requested_by)
+    }
+}
+
 impl Remediation {
-    fn rollout_candidate(&self, r: &Rollout, step: usize, requested_by: &str) -> Candidate {
-        let percent = r.plan.steps[step].percent;
-        let action = StepAction::RolloutStep(RolloutStepAction {
-            rollout: r.id,
-            generation: r.generation,
-            flag: r.flag.clone(),
-            step,
-            percent,
-        });
-        let mut vars = facts::base_vars(
-            &r.plan.service,
-            r.plan.environment.as_deref(),
-            None,
-            ROLLOUT,
-        );
-        vars.insert("flag".into(), r.flag.clone());
-        vars.insert("percent".into(), percent.to_string());
-        Candidate {
-            playbook: ROLLOUT.into(),
-            playbook_version: format!("#{}", r.id),
-            step_index: i32::try_from(step).unwrap_or(i32::MAX),
-            spec: ActionSpec {
-                describe: action.describe(),
-                step: action,
-                vars,
-                four_eyes: false,
-            },
-            guard: Guard::default(),
-            step_approval: false,
-            target: target::kill_switch("builtin", None, &r.flag),
-            incident: None,
-            trigger_id: format!("rollout:{}", r.id),
-            trigger: format!("rollout #{} of {}", r.id, r.flag),
-            dedupe_key: format!("rollout:{}:{}:step:{step}", r.id, r.generation),
-            requested_by: requested_by.to_string(),
-            note: None,
-            failure: None,
-            force: false,
-            group: String::new(),
-            announce: None,
-        }
-    }
-
-    fn kill_candidate(
-        &self,
-        r: &Rollout,
-        why: &str,
-        incident: Option<i64>,
-        trigger_id: &str,
-        requested_by: &str,
-        force: bool,
-    ) -> Candidate {
-        let action = StepAction::KillSwitch(KillSwitchStep {
-            flag: r.flag.clone(),
-            provider: "builtin".into(),
-            environment: None,
-            state: FlagState::Off,
-        });
-        let mut vars = facts::base_vars(
-            &r.plan.service,
-            r.plan.environment.as_deref(),
-            incident,
-            ROLLOUT,
-        );
-        vars.insert("flag".into(), r.flag.clone());
-        Candidate {
-            playbook: ROLLOUT.into(),
-            playbook_version: format!("#{}", r.id),
-            step_index: -1,
-            spec: ActionSpec {
-                describe: format!(
-                    "turn off flag {} for everyone (rollout #{}: {why})",
-                    r.flag, r.id
-                ),
-                step: action,
-                vars,
-                four_eyes: false,
-            },
-            guard: Guard::default(),
-            step_approval: false,
-            target: target::kill_switch("builtin", None, &r.flag),
-            incident,
-            trigger_id: trigger_id.to_string(),
-            trigger: why.to_string(),
-            dedupe_key: format!("rollout:{}:{}:kill", r.id, r.generation),
-            requested_by: requested_by.to_string(),
-            note: None,
-            failure: None,
-            force,
-            group: String::new(),
-            announce: None,
-        }
-    }
-
-    /// Claims `candidate` in `tx` and points the rollout at it; the action
-    /// row, if one was new.
+    /// Claims `candidate` in `tx`; the action row, if one was new.
     async fn claim_one(
         &self,
         tx: &mut dyn StoreTx,
@@ -269,7 +265,7 @@ impl Remediation {
         let action = self
             .claim_one(
                 tx.as_mut(),
-                self.rollout_candidate(&rollout, 0, who),
+                step_candidate(&rollout, 0, who),
                 &mut entries,
                 now,
             )
@@ -468,7 +464,7 @@ impl Remediation {
         let action = match command {
             RolloutCommand::Abort => {
                 let incident = newest_open(tx.as_mut(), &rollout).await?;
-                let c = self.kill_candidate(
+                let c = kill_candidate(
                     &rollout,
                     &format!("aborted by {who}"),
                     incident,
@@ -482,7 +478,7 @@ impl Remediation {
                 let a = self
                     .claim_one(
                         tx.as_mut(),
-                        self.rollout_candidate(&rollout, step - 1, who),
+                        step_candidate(&rollout, step - 1, who),
                         &mut entries,
                         now,
                     )
@@ -579,7 +575,7 @@ impl Remediation {
                     }
                 },
             };
-            let c = self.kill_candidate(&killed, &why, incident, trigger.id(), "engine", false);
+            let c = kill_candidate(&killed, &why, incident, trigger.id(), "engine", false);
             let claimed = self
                 .claim(tx, std::slice::from_ref(&c), entries, now)
                 .await?;
@@ -756,7 +752,7 @@ impl Remediation {
                 if still.is_none() {
                     return Ok(false); // killed, paused or restarted meanwhile
                 }
-                let c = self.rollout_candidate(r, step, "engine");
+                let c = step_candidate(r, step, "engine");
                 let Some(a) = self.claim_one(tx.as_mut(), c, &mut entries, now).await? else {
                     return Ok(false); // another driver claimed it
                 };
