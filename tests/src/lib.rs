@@ -118,10 +118,10 @@ impl Amqp {
         let conn = self.connect().await;
         if let Ok(ch) = conn.create_channel().await {
             let t = self.topology();
-            for q in [&t.queue, &t.dead_queue] {
+            for q in [&t.queue, &t.urgent_queue, &t.dead_queue] {
                 let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
             }
-            for e in [&t.exchange, &t.dead_exchange] {
+            for e in [&t.exchange, &t.urgent_exchange, &t.dead_exchange] {
                 let _ = ch
                     .exchange_delete(e, ExchangeDeleteOptions::default())
                     .await;
@@ -805,13 +805,41 @@ pub fn webhook(alerts: &[TestAlert]) -> Value {
 }
 
 /// A TCP proxy whose connections can be cut, to simulate a broker or database
-/// going away without touching the machine's shared services.
+/// going away without touching the machine's shared services, or stalled,
+/// to simulate a network that drops packets.
 pub struct Proxy {
     pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
     /// Off: new connections are closed at once (see [`Proxy::go_down`]).
     up: Arc<std::sync::atomic::AtomicBool>,
+    /// False while blackholed: nothing is forwarded either way.
+    flowing: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies one direction of a connection while `flowing` says so. Bytes
+/// wait (in this task and the kernel's buffers) while it does not, as they
+/// would behind a network that drops packets until TCP retransmits them.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut flowing: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if flowing.wait_for(|f| *f).await.is_err() {
+            break;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if flowing.wait_for(|f| *f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Proxy {
@@ -822,15 +850,22 @@ impl Proxy {
         let tracked = connections.clone();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let open = up.clone();
+        let (flowing, watch) = tokio::sync::watch::channel(true);
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !open.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let watch = watch.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::join!(
+                            pump(in_read, out_write, watch.clone()),
+                            pump(out_read, in_write, watch)
+                        );
                     }
                 });
                 tracked.lock().unwrap().push(task.abort_handle());
@@ -842,7 +877,21 @@ impl Proxy {
             connections,
             accept,
             up,
+            flowing,
         }
+    }
+
+    /// The network starts dropping packets: connections stay open (and new
+    /// ones are accepted) but nothing gets through either way until
+    /// [`Proxy::unblock`]. Nothing is refused, so only a client's own
+    /// timeouts notice.
+    pub fn blackhole(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// What waited flows again, as after a network partition heals.
+    pub fn unblock(&self) {
+        self.flowing.send_replace(true);
     }
 
     /// The upstream goes away: every open connection is dropped and new ones

@@ -69,6 +69,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/metrics/insights", "read"),
     ("GET", "/api/v1/insights", "read"),
     ("GET", "/insights", "read"),
+    ("GET", "/api/v1/dead-letters", "read"),
+    ("POST", "/api/v1/dead-letters/replay", "operate"),
     (
         "POST",
         "/api/v1/incidents/{id}/changes/{deploy}/cause",

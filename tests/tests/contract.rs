@@ -14,7 +14,7 @@ use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
 use firebreak_store::{
     ActionChange, ActionFilter, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit,
-    PostmortemSave, SaveOutcome, Store, StoreError,
+    PostmortemSave, SaveOutcome, SlackClaim, Store, StoreError,
 };
 use firebreak_tests::{webhook, Pg, TestAlert};
 use serde_json::json;
@@ -1375,24 +1375,29 @@ async fn slack_messages_are_claimed_once_and_threaded(h: &Harness) {
         .unwrap()
         .is_empty());
     let seq = events[0].seq;
-    assert!(h
-        .store
-        .claim_slack_message(seq, incident, Utc::now())
-        .await
-        .unwrap());
-    assert!(
-        !h.store
-            .claim_slack_message(seq, incident, Utc::now())
-            .await
-            .unwrap(),
-        "claimed once"
+    let lease = chrono::Duration::seconds(30);
+    let claim =
+        |at: chrono::DateTime<Utc>| h.store.claim_slack_message(seq, incident, at, at - lease);
+    let t0 = Utc::now();
+    assert_eq!(claim(t0).await.unwrap(), SlackClaim::Ours);
+    assert_eq!(
+        claim(t0 + chrono::Duration::seconds(5)).await.unwrap(),
+        SlackClaim::InFlight,
+        "claimed once: a second claimer waits while the first posts"
+    );
+    // The claimer stopped before it posted: once the lease is past, the
+    // announcement is taken over (the outbox posts it after a crash).
+    assert_eq!(
+        claim(t0 + chrono::Duration::seconds(31)).await.unwrap(),
+        SlackClaim::Ours
+    );
+    assert_eq!(
+        claim(t0 + chrono::Duration::seconds(40)).await.unwrap(),
+        SlackClaim::InFlight,
+        "the takeover renewed the claim"
     );
     h.store.release_slack_message(seq).await.unwrap();
-    assert!(h
-        .store
-        .claim_slack_message(seq, incident, Utc::now())
-        .await
-        .unwrap());
+    assert_eq!(claim(Utc::now()).await.unwrap(), SlackClaim::Ours);
     assert_eq!(h.store.slack_thread(incident).await.unwrap(), None);
     h.store
         .slack_message_posted(seq, "C1", "1700000000.000100")
@@ -1403,6 +1408,13 @@ async fn slack_messages_are_claimed_once_and_threaded(h: &Harness) {
         h.store.slack_thread(incident).await.unwrap(),
         Some(("C1".into(), "1700000000.000100".into())),
         "a posted message is never released"
+    );
+    assert_eq!(
+        claim(Utc::now() + chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        SlackClaim::Posted,
+        "a posted message is never taken over"
     );
 }
 

@@ -688,3 +688,145 @@ async fn slack_marks_the_cause_of_an_incident() {
         "{v}"
     );
 }
+
+/// A playbook's notify step to the channel of the incident threads is said
+/// in the incident's thread (after the incident's first message, by the
+/// notifier), not as a second message at the top of the channel.
+#[tokio::test]
+async fn a_notify_step_speaks_in_the_incident_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        Some("name: tell\nwhen:\n  alert: { matchers: ['alertname=\"HighErrorRate\"'] }\ndo:\n  - notify: { slack: \"#incidents\", message: \"checkout errors on {{service}}: look at the canary\" }\n"),
+    )
+    .await;
+    s.fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("sl09", "HighErrorRate", "payments", 0),
+    )
+    .await;
+    let said = eventually("the notification", Duration::from_secs(30), || async {
+        s.api
+            .matching("POST", "/api/chat.postMessage")
+            .into_iter()
+            .find(|r| {
+                r.body["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("look at the canary")
+            })
+    })
+    .await;
+    let posts = s.api.matching("POST", "/api/chat.postMessage");
+    assert!(
+        posts.iter().any(|r| {
+            r.body["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Incident opened")
+                && r.body["thread_ts"].is_null()
+        }),
+        "the incident's first message starts the thread"
+    );
+    assert_eq!(
+        said.body["thread_ts"], "1700000000.000002",
+        "in the thread of the incident's first message: {:?}",
+        said.body
+    );
+    assert_eq!(
+        posts
+            .iter()
+            .filter(|r| r.body["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("look at the canary"))
+            .count(),
+        1,
+        "said once"
+    );
+    let action = s.fb.action_in("tell", "succeeded").await;
+    assert_eq!(action["result"]["slack"]["thread"], true, "{action}");
+}
+
+/// The outbox: Firebreak dies after it claimed an announcement and before
+/// Slack answered (this stand-in for Slack accepts a message only when it
+/// answers, and holds the first one for a minute). The restarted process
+/// takes the claim over once its lease has passed and posts it, once.
+#[tokio::test]
+async fn an_announcement_cut_short_by_a_crash_is_posted_after_the_restart_once() {
+    use axum::routing::post;
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let app = {
+        let (accepted, calls) = (accepted.clone(), calls.clone());
+        axum::Router::new().route(
+            "/api/chat.postMessage",
+            post(move |body: axum::body::Bytes| {
+                let (accepted, calls) = (accepted.clone(), calls.clone());
+                async move {
+                    let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .push(body["text"].as_str().unwrap_or("").to_string());
+                    axum::Json(
+                        json!({"ok": true, "channel": "C_INC", "ts": format!("1700000000.{n:06}")}),
+                    )
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/api", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let mut fb = Firebreak::start(
+        dir.path(),
+        Options::embedded()
+            .with("FIREBREAK_SLACK_BOT_TOKEN", "xoxb-test")
+            .with("FIREBREAK_SLACK_API_URL", &api)
+            .with("FIREBREAK_SLACK_CHANNEL", "#incidents"),
+    )
+    .await;
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &alert_now("sl10", "HighErrorRate", "payments", 0),
+    )
+    .await;
+    eventually("the first post in flight", WAIT, || async {
+        (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    fb.kill9();
+    let killed = std::time::Instant::now();
+    fb.restart().await;
+    let texts = eventually(
+        "the announcement posted after the restart",
+        Duration::from_secs(50),
+        || async {
+            let a = accepted.lock().unwrap().clone();
+            (!a.is_empty()).then_some(a)
+        },
+    )
+    .await;
+    println!(
+        "announcement posted {:.1} s after the crash (claim lease 30 s)",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(texts[0].contains("Incident opened"), "{texts:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let texts = accepted.lock().unwrap().clone();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("Incident opened"))
+            .count(),
+        1,
+        "posted once: {texts:?}"
+    );
+    server.abort();
+}

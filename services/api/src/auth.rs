@@ -55,6 +55,8 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/metrics", s(Scope::Read)),
     ("GET", "/metrics/insights", s(Scope::Read)),
     ("GET", "/api/v1/insights", s(Scope::Read)),
+    ("GET", "/api/v1/dead-letters", s(Scope::Read)),
+    ("POST", "/api/v1/dead-letters/replay", s(Scope::Operate)),
     (
         "POST",
         "/api/v1/incidents/{id}/changes/{deploy}/cause",

@@ -173,6 +173,7 @@ async fn accept_inner(
             bus.publish(&messages).await?;
         }
     }
+    state.metrics.published();
     state.metrics.received(kind, count as u64);
     let mut answer = json!({"status": "accepted", "kind": kind.as_str(), "events": count});
     match &decoded {

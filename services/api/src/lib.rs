@@ -15,6 +15,7 @@ use serde_json::json;
 
 mod access;
 pub mod auth;
+pub mod dead_letters;
 mod error;
 mod gates;
 mod incidents;
@@ -73,6 +74,7 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
             .merge(gates::router())
             .merge(rollouts::router())
             .merge(insights::router())
+            .merge(dead_letters::router())
             .merge(postmortems::router())
             .merge(access::router())
             .merge(pages::router())

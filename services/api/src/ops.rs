@@ -37,11 +37,17 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // What is down, by name, so an operator reads it without parsing checks.
+    let down: Vec<&str> = checks
+        .iter()
+        .filter(|(_, c)| c["ok"] == false)
+        .map(|(name, _)| name.as_str())
+        .collect();
     (
         status,
         Json(
-            json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks,
-                    "auth": state.auth.mode()}),
+            json!({"status": if ready { "ready" } else { "not_ready" }, "down": down,
+                    "checks": checks, "auth": state.auth.mode()}),
         ),
     )
 }
@@ -69,6 +75,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
                     lane.as_str()
                 );
             }
+        }
+        if let Some(dead) = bus.dead_letter_depth() {
+            let _ = writeln!(text, "# HELP firebreak_dead_letters Messages waiting in the dead-letter queue (GET /api/v1/dead-letters; sampled each second).\n# TYPE firebreak_dead_letters gauge\nfirebreak_dead_letters {dead}");
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

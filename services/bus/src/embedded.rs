@@ -20,7 +20,10 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::Notify;
 
-use crate::{Bus, BusError, Delivery, Lane, LaneBacklog, OutMessage, Subscription};
+use crate::{
+    content_id, Bus, BusError, DeadLetter, Delivery, Lane, LaneBacklog, OutMessage, Subscription,
+    DEAD_LETTER_SCAN,
+};
 
 /// How long a consumer holds a message before it is offered again.
 const LEASE: Duration = Duration::from_secs(60);
@@ -53,12 +56,24 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 const LANES: &str = "
 ALTER TABLE queue ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
 ";
+/// Dead letters made before replay keep no lane: they go back on bulk.
+const DEAD_LANES: &str = "
+ALTER TABLE dead_letters ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+";
 const LANE_INDEX: &str = "CREATE INDEX IF NOT EXISTS queue_lane ON queue (lane, lease_until, id)";
 
 fn lane_code(lane: Lane) -> i64 {
     match lane {
         Lane::Bulk => 0,
         Lane::Urgent => 1,
+    }
+}
+
+fn lane_of(code: i64) -> Lane {
+    if code == lane_code(Lane::Urgent) {
+        Lane::Urgent
+    } else {
+        Lane::Bulk
     }
 }
 
@@ -82,6 +97,8 @@ pub struct EmbeddedBus {
     pool: SqlitePool,
     notify: Arc<Wakers>,
     backlog: Arc<std::sync::Mutex<[LaneBacklog; 2]>>,
+    /// Dead letters waiting, as last sampled.
+    dead: Arc<std::sync::atomic::AtomicU64>,
     /// Publishes waiting for the group committer.
     commits: tokio::sync::mpsc::Sender<Publish>,
     /// Whether this process has taken over messages a dead predecessor leased.
@@ -158,6 +175,7 @@ async fn sample_backlog(
     reader: SqlitePool,
     queue: SqlitePool,
     out: Arc<std::sync::Mutex<[LaneBacklog; 2]>>,
+    dead: Arc<std::sync::atomic::AtomicU64>,
 ) {
     while !queue.is_closed() {
         let rows: Result<Vec<(i64, i64, Option<i64>)>, _> =
@@ -177,6 +195,12 @@ async fn sample_backlog(
             if let Ok(mut b) = out.lock() {
                 *b = fresh;
             }
+        }
+        let dead_letters: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&reader)
+            .await;
+        if let Ok(n) = dead_letters {
+            dead.store(u64::try_from(n).unwrap_or_default(), Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -250,6 +274,17 @@ impl EmbeddedBus {
                 .await
                 .map_err(unavailable)?;
         }
+        let dead_has_lane: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pragma_table_info('dead_letters') WHERE name = 'lane'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(unavailable)?;
+        if !dead_has_lane {
+            sqlx::Executor::execute(&pool, DEAD_LANES)
+                .await
+                .map_err(unavailable)?;
+        }
         sqlx::Executor::execute(&pool, LANE_INDEX)
             .await
             .map_err(unavailable)?;
@@ -260,14 +295,21 @@ impl EmbeddedBus {
             .map_err(unavailable)?;
         let notify = Arc::new(Wakers::default());
         let backlog = Arc::new(std::sync::Mutex::new([LaneBacklog::default(); 2]));
+        let dead = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(checkpoints(checkpointer, pool.clone()));
-        tokio::spawn(sample_backlog(reader, pool.clone(), backlog.clone()));
+        tokio::spawn(sample_backlog(
+            reader,
+            pool.clone(),
+            backlog.clone(),
+            dead.clone(),
+        ));
         let (commits, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(group_committer(pool.clone(), notify.clone(), rx));
         Ok(EmbeddedBus {
             pool,
             notify,
             backlog,
+            dead,
             commits,
             recovered: AtomicBool::new(false),
         })
@@ -281,12 +323,33 @@ impl EmbeddedBus {
             .map_err(unavailable)
     }
 
-    /// Dead-lettered messages: (routing key, body, reason).
-    pub async fn dead_letters(&self) -> Result<Vec<(String, Vec<u8>, String)>, BusError> {
-        sqlx::query_as("SELECT routing_key, body, reason FROM dead_letters ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)
+    /// The oldest dead letters with their row ids.
+    async fn dead_rows(&self) -> Result<(Vec<(i64, DeadLetter)>, bool), BusError> {
+        let scan = i64::try_from(DEAD_LETTER_SCAN).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String, Vec<u8>, String, i64, i64)> = sqlx::query_as(
+            "SELECT id, routing_key, body, reason, dead_at, lane FROM dead_letters ORDER BY id LIMIT ?1",
+        )
+        .bind(scan + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let more = rows.len() > DEAD_LETTER_SCAN;
+        let letters = rows
+            .into_iter()
+            .take(DEAD_LETTER_SCAN)
+            .map(|(row, routing_key, body, reason, dead_at, lane)| {
+                let letter = DeadLetter {
+                    id: content_id(&routing_key, &body),
+                    routing_key,
+                    lane: lane_of(lane),
+                    reason,
+                    dead_at: Some(dead_at / 1_000_000),
+                    body: Bytes::from(body),
+                };
+                (row, letter)
+            })
+            .collect();
+        Ok((letters, more))
     }
 }
 
@@ -359,6 +422,56 @@ impl Bus for EmbeddedBus {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn dead_letters(&self) -> Result<(Vec<DeadLetter>, bool), BusError> {
+        let (rows, more) = self.dead_rows().await?;
+        Ok((rows.into_iter().map(|(_, l)| l).collect(), more))
+    }
+
+    async fn replay_dead_letters(&self, ids: Option<&[String]>) -> Result<u64, BusError> {
+        let (rows, _) = self.dead_rows().await?;
+        let chosen: Vec<u64> = rows
+            .iter()
+            .filter(|(_, l)| ids.is_none_or(|ids| ids.contains(&l.id)))
+            .map(|(row, _)| u64::try_from(*row).unwrap_or_default())
+            .collect();
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let list = tag_list(&chosen);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        // Back on the queue and out of the dead letters in one transaction.
+        sqlx::query(
+            "INSERT INTO queue (routing_key, body, enqueued_at, lane)
+             SELECT routing_key, body, ?2, lane FROM dead_letters
+             WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+        )
+        .bind(&list)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let replayed =
+            sqlx::query("DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(&list)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        for lane in Lane::ALL {
+            self.notify.of(lane).notify_one();
+        }
+        Ok(replayed)
+    }
+
+    fn dead_letter_depth(&self) -> Option<u64> {
+        Some(self.dead.load(Ordering::Relaxed))
+    }
 }
 
 struct EmbeddedSubscription {
@@ -379,8 +492,8 @@ impl EmbeddedSubscription {
             .map_err(unavailable)?;
         // Poison messages first: past the delivery limit they go to dead letters.
         sqlx::query(
-            "INSERT INTO dead_letters (routing_key, body, reason, dead_at)
-             SELECT routing_key, body, 'delivery limit reached after ' || attempts || ' attempts', ?1
+            "INSERT INTO dead_letters (routing_key, body, reason, dead_at, lane)
+             SELECT routing_key, body, 'delivery limit reached after ' || attempts || ' attempts', ?1, lane
              FROM queue WHERE lane = ?3 AND lease_until < ?1 AND attempts >= ?2",
         )
         .bind(now)
@@ -487,12 +600,13 @@ impl Subscription for EmbeddedSubscription {
             .await
             .map_err(unavailable)?;
         sqlx::query(
-            "INSERT INTO dead_letters (routing_key, body, reason, dead_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO dead_letters (routing_key, body, reason, dead_at, lane) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .bind(&delivery.routing_key)
         .bind(delivery.body.as_ref())
         .bind(reason)
         .bind(now_micros())
+        .bind(lane_code(self.lane))
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -649,14 +763,72 @@ mod tests {
             .await
             .expect("dead letter");
         assert_eq!(bus.depth().await.expect("depth"), 0);
-        let dead = bus.dead_letters().await.expect("dead letters");
+        let (dead, more) = bus.dead_letters().await.expect("dead letters");
+        assert!(!more);
+        assert_eq!(dead.len(), 1);
         assert_eq!(
-            dead,
-            vec![(
-                "alert.a".to_string(),
-                b"{not json".to_vec(),
-                "malformed JSON".to_string()
-            )]
+            (
+                dead[0].routing_key.as_str(),
+                dead[0].body.as_ref(),
+                dead[0].reason.as_str(),
+                dead[0].lane
+            ),
+            (
+                "alert.a",
+                b"{not json".as_ref(),
+                "malformed JSON",
+                Lane::Bulk
+            )
         );
+        assert_eq!(dead[0].id, content_id("alert.a", b"{not json"));
+        assert!(dead[0].dead_at.is_some_and(|t| t > 1_700_000_000));
+    }
+
+    #[tokio::test]
+    async fn replay_puts_dead_letters_back_on_their_lane_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bus = bus(&dir).await;
+        let urgent = OutMessage {
+            lane: Lane::Urgent,
+            ..msg("alert.pay", "{\"fixed\": false}")
+        };
+        bus.publish(&[urgent, msg("log.pay", "not a log")])
+            .await
+            .expect("publish");
+        for lane in Lane::ALL {
+            let mut sub = bus.subscribe(10, lane).await.expect("subscribe");
+            let batch = sub.next_batch(10).await.expect("batch");
+            sub.dead_letter(&batch[0], "refused").await.expect("dead");
+        }
+        let (dead, _) = bus.dead_letters().await.expect("dead letters");
+        assert_eq!(dead.len(), 2);
+        let urgent_id = dead
+            .iter()
+            .find(|d| d.lane == Lane::Urgent)
+            .map(|d| d.id.clone())
+            .expect("the urgent dead letter");
+        // An id that names nothing replays nothing and changes nothing.
+        assert_eq!(
+            bus.replay_dead_letters(Some(&["0000000000000000".to_string()]))
+                .await
+                .expect("replay none"),
+            0
+        );
+        assert_eq!(
+            bus.replay_dead_letters(Some(std::slice::from_ref(&urgent_id)))
+                .await
+                .expect("replay one"),
+            1
+        );
+        let mut sub = bus.subscribe(10, Lane::Urgent).await.expect("subscribe");
+        let batch = sub.next_batch(10).await.expect("redelivered");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].routing_key, "alert.pay");
+        let (left, _) = bus.dead_letters().await.expect("dead letters");
+        assert_eq!(left.len(), 1, "the other one stays dead");
+        assert_eq!(left[0].routing_key, "log.pay");
+        assert_eq!(bus.replay_dead_letters(None).await.expect("replay all"), 1);
+        assert!(bus.dead_letters().await.expect("dead letters").0.is_empty());
+        assert_eq!(bus.depth().await.expect("depth"), 2);
     }
 }

@@ -73,6 +73,42 @@ pub struct LaneBacklog {
     pub oldest_seconds: Option<f64>,
 }
 
+/// A message the engine refused (it cannot be decoded, or its routing key
+/// names no kind) or the bus gave up on (its delivery limit).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The same for every copy of one routing key and body: see [`content_id`].
+    pub id: String,
+    pub routing_key: String,
+    /// The lane it came from and goes back to when replayed.
+    pub lane: Lane,
+    pub reason: String,
+    /// When it was dead-lettered (Unix seconds), when known.
+    pub dead_at: Option<i64>,
+    pub body: Bytes,
+}
+
+/// At most this many dead letters are read by one list or replay; the
+/// answer says so when more wait.
+pub const DEAD_LETTER_SCAN: usize = 10_000;
+
+/// A stable id for a message: 64-bit FNV-1a of its routing key and body, in
+/// hex. Copies of one message share it, so a list can count them and a
+/// replay can name them, in either backend.
+pub fn content_id(routing_key: &str, body: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in routing_key
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(body)
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Identifies the delivery to `ack`, `requeue` and `dead_letter`.
@@ -98,6 +134,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus answers now.
     async fn ping(&self) -> Result<(), BusError>;
     async fn close(&self);
+    /// Dead letters, oldest first, at most [`DEAD_LETTER_SCAN`]; nothing is
+    /// removed. The second value says whether more were left unread.
+    async fn dead_letters(&self) -> Result<(Vec<DeadLetter>, bool), BusError>;
+    /// Puts the dead letters with these ids (every one when `None`) back on
+    /// their lane, each once durably queued before it leaves the dead
+    /// letters; returns how many went back.
+    async fn replay_dead_letters(&self, ids: Option<&[String]>) -> Result<u64, BusError>;
+    /// Dead letters waiting, as last sampled (about once a second).
+    fn dead_letter_depth(&self) -> Option<u64>;
 }
 
 #[async_trait]

@@ -13,15 +13,19 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::Mutex;
 
-use crate::{Bus, BusError, Delivery, Lane, LaneBacklog, OutMessage, Subscription};
+use crate::{
+    content_id, Bus, BusError, DeadLetter, Delivery, Lane, LaneBacklog, OutMessage, Subscription,
+    DEAD_LETTER_SCAN,
+};
 
 /// How long a publish may wait for the broker's confirm before the sender is told
 /// to retry (a blocked broker must not hang every ingest request).
@@ -74,6 +78,8 @@ impl Topology {
 struct Stats {
     ready: [u64; 2],
     waited: [Option<f64>; 2],
+    /// Messages in the dead-letter queue.
+    dead: Option<u64>,
 }
 
 fn slot(lane: Lane) -> usize {
@@ -87,6 +93,13 @@ pub struct RabbitBus {
     consumer_seq: AtomicU64,
     stats: Arc<std::sync::Mutex<Stats>>,
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a publish, a subscribe or a ping may take before it fails
+    /// (`amqp.publish_timeout`): a broker that drops packets instead of
+    /// refusing them must not hang ingest until the OS gives up.
+    timeout: Duration,
+    /// Since when publishing fails (logged once when it starts and once
+    /// when it ends, not once per webhook).
+    down_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 fn unavailable(e: lapin::Error) -> BusError {
@@ -201,17 +214,36 @@ async fn sample_ready(
             };
         }
         if let Some((_, ch)) = &channel {
-            for lane in Lane::ALL {
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                };
-                if let Ok(q) = ch
-                    .queue_declare(topology.queue_of(lane), passive, FieldTable::default())
-                    .await
-                {
-                    if let Ok(mut s) = stats.lock() {
-                        s.ready[slot(lane)] = u64::from(q.message_count());
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let queues = [
+                (Some(Lane::Urgent), topology.queue_of(Lane::Urgent)),
+                (Some(Lane::Bulk), topology.queue_of(Lane::Bulk)),
+                (None, topology.dead_queue.as_str()),
+            ];
+            for (lane, queue) in queues {
+                let declared = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    ch.queue_declare(queue, passive, FieldTable::default()),
+                )
+                .await;
+                match declared {
+                    Ok(Ok(q)) => {
+                        if let Ok(mut s) = stats.lock() {
+                            let n = u64::from(q.message_count());
+                            match lane {
+                                Some(lane) => s.ready[slot(lane)] = n,
+                                None => s.dead = Some(n),
+                            }
+                        }
+                    }
+                    Ok(Err(_)) => {}
+                    // No answer: the broker is unreachable; connect afresh.
+                    Err(_) => {
+                        channel = None;
+                        break;
                     }
                 }
             }
@@ -286,8 +318,15 @@ async fn publish_confirmed(
 
 impl RabbitBus {
     /// Connects, declares the topology and keeps a confirm channel for publishing.
-    pub async fn connect(url: &str, topology: Topology) -> Result<RabbitBus, BusError> {
+    /// `timeout` bounds each publish, subscribe and ping (see the field).
+    pub async fn connect(
+        url: &str,
+        topology: Topology,
+        timeout: Duration,
+    ) -> Result<RabbitBus, BusError> {
         let bus = RabbitBus {
+            timeout,
+            down_since: std::sync::Mutex::new(None),
             url: url.to_string(),
             topology,
             publisher: Mutex::new(None),
@@ -295,7 +334,7 @@ impl RabbitBus {
             stats: Arc::new(std::sync::Mutex::new(Stats::default())),
             closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        bus.publisher_channel().await?;
+        bus.bounded("connecting", bus.publisher_channel()).await?;
         tokio::spawn(sample_ready(
             bus.url.clone(),
             bus.topology.clone(),
@@ -317,7 +356,9 @@ impl RabbitBus {
                 return Ok(channel.clone());
             }
         }
-        *guard = None;
+        if let Some((conn, _)) = guard.take() {
+            close_soon(conn);
+        }
         let conn = connect(&self.url).await?;
         let channel = confirm_channel(&conn).await?;
         declare(&channel, &self.topology).await?;
@@ -327,8 +368,176 @@ impl RabbitBus {
 
     async fn drop_publisher(&self) {
         if let Some((conn, _)) = self.publisher.lock().await.take() {
-            let _ = conn.close(200, "reconnecting").await;
+            close_soon(conn);
         }
+    }
+
+    /// `work` within the configured timeout, or `Unavailable` naming it. On
+    /// a timeout the publishing connection is dropped (if no one holds it)
+    /// so the next call connects afresh instead of waiting on a dead one.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Ok(mut guard) = self.publisher.try_lock() {
+                    if let Some((conn, _)) = guard.take() {
+                        close_soon(conn);
+                    }
+                }
+                Err(BusError::Unavailable(format!(
+                    "rabbitmq: no answer to {what} within {:.1} s (amqp.publish_timeout): the broker is unreachable or blocked",
+                    self.timeout.as_secs_f64()
+                )))
+            }
+        }
+    }
+
+    /// A connection of its own for reading the dead-letter queue: closing it
+    /// gives back every message it got and did not ack.
+    async fn dead_channel(&self) -> Result<(Connection, Channel), BusError> {
+        let conn = connect(&self.url).await?;
+        let channel = confirm_channel(&conn).await?;
+        declare(&channel, &self.topology).await?;
+        Ok((conn, channel))
+    }
+
+    fn dead_letter_of(&self, d: &lapin::message::Delivery) -> DeadLetter {
+        let headers = d.properties.headers().as_ref();
+        let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+        let text = |name: &str| match header(name) {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+            _ => None,
+        };
+        // Refused by the engine: its own headers. Given up by the broker
+        // (the delivery limit): RabbitMQ's x-first-death-* headers.
+        let reason = text("x-firebreak-reason").unwrap_or_else(|| match text("x-first-death-reason") {
+            Some(r) if r == "delivery_limit" => format!(
+                "delivery limit reached after {DELIVERY_LIMIT} attempts (the broker dead-lettered it)"
+            ),
+            Some(r) => format!("dead-lettered by the broker: {r}"),
+            None => "dead-lettered (no reason recorded)".into(),
+        });
+        let lane = match text("x-firebreak-lane").or_else(|| text("x-first-death-exchange")) {
+            Some(l) if l == "urgent" || l == self.topology.urgent_exchange => Lane::Urgent,
+            _ => Lane::Bulk,
+        };
+        let died_at = match header("x-firebreak-dead-at") {
+            Some(AMQPValue::LongLongInt(t)) => Some(*t),
+            _ => match header("x-death") {
+                Some(AMQPValue::FieldArray(deaths)) => {
+                    deaths.as_slice().first().and_then(|d| match d {
+                        AMQPValue::FieldTable(t) => match t.inner().get("time") {
+                            Some(AMQPValue::Timestamp(t)) => i64::try_from(*t).ok(),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                }
+                _ => None,
+            },
+        };
+        let routing_key = d.routing_key.as_str().to_string();
+        DeadLetter {
+            id: content_id(&routing_key, &d.data),
+            routing_key,
+            lane,
+            reason,
+            dead_at: died_at.or_else(|| {
+                d.properties
+                    .timestamp()
+                    .as_ref()
+                    .and_then(|t| i64::try_from(*t).ok())
+            }),
+            body: Bytes::from(d.data.clone()),
+        }
+    }
+
+    async fn read_dead(&self) -> Result<(Vec<DeadLetter>, bool), BusError> {
+        let (conn, channel) = self.dead_channel().await?;
+        let mut out = Vec::new();
+        let mut more = false;
+        // Only what waited when the read began (a message dead-lettered
+        // meanwhile is left for the next read).
+        let mut left = usize::MAX;
+        while left > 0 {
+            let got = channel
+                .basic_get(&self.topology.dead_queue, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(message) = got else { break };
+            if out.len() == DEAD_LETTER_SCAN {
+                more = true;
+                break;
+            }
+            left = left.min(message.message_count as usize + 1) - 1;
+            out.push(self.dead_letter_of(&message.delivery));
+        }
+        // Nothing was acked: closing gives every message back, before this
+        // returns (a replay right after must find them).
+        close_now(conn).await;
+        Ok((out, more))
+    }
+
+    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<u64, BusError> {
+        let (conn, channel) = self.dead_channel().await?;
+        let now = u64::try_from(chrono_now_secs()).unwrap_or_default();
+        let mut replayed = 0;
+        // Only what waited when the replay began: a replayed message that
+        // fails again and comes back dead must not be replayed in a loop.
+        let mut left = DEAD_LETTER_SCAN;
+        while left > 0 {
+            let got = channel
+                .basic_get(&self.topology.dead_queue, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(message) = got else { break };
+            left = left.min(message.message_count as usize + 1) - 1;
+            let letter = self.dead_letter_of(&message.delivery);
+            if ids.is_some_and(|ids| !ids.contains(&letter.id)) {
+                continue;
+            }
+            // Confirmed on its lane before it leaves the dead letters.
+            publish_confirmed(
+                &channel,
+                self.topology.exchange_of(letter.lane),
+                &[(
+                    letter.routing_key.clone(),
+                    letter.body.as_ref(),
+                    persistent().with_timestamp(now),
+                )],
+            )
+            .await?;
+            channel
+                .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+            replayed += 1;
+        }
+        close_now(conn).await;
+        Ok(replayed)
+    }
+}
+
+/// Closes a connection and waits (at most 2 s) for the broker to take back
+/// what it held.
+async fn close_now(conn: Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done")).await;
+}
+
+/// Closes a connection in the background, giving up after a second (a
+/// connection to an unreachable broker never answers the close).
+fn close_soon(conn: Connection) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, "closing")).await;
+        });
     }
 }
 
@@ -339,6 +548,88 @@ impl Bus for RabbitBus {
     }
 
     async fn publish(&self, messages: &[OutMessage]) -> Result<(), BusError> {
+        let result = self
+            .bounded("a publish", self.publish_confirmed_lanes(messages))
+            .await;
+        let mut down = self
+            .down_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&result, *down) {
+            (Err(BusError::Unavailable(e)), None) => {
+                *down = Some(std::time::Instant::now());
+                tracing::error!(error = %e, "RabbitMQ is unavailable: ingest answers 503 (senders retry) until it is back");
+            }
+            (Ok(()), Some(since)) => {
+                *down = None;
+                tracing::warn!(
+                    down_seconds = since.elapsed().as_secs_f64(),
+                    "RabbitMQ is back: publishing again"
+                );
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn backlog(&self, lane: Lane) -> LaneBacklog {
+        self.stats
+            .lock()
+            .map(|s| {
+                let depth = s.ready[slot(lane)];
+                LaneBacklog {
+                    depth,
+                    oldest_seconds: if depth > 0 {
+                        s.waited[slot(lane)]
+                    } else {
+                        Some(0.0)
+                    },
+                }
+            })
+            .unwrap_or_default()
+    }
+
+    async fn subscribe(
+        &self,
+        prefetch: u16,
+        lane: Lane,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.bounded("a subscribe", self.subscribe_lane(prefetch, lane))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.bounded("a ping", self.publisher_channel())
+            .await
+            .map(|_| ())
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.drop_publisher().await;
+    }
+
+    async fn dead_letters(&self) -> Result<(Vec<DeadLetter>, bool), BusError> {
+        tokio::time::timeout(self.timeout * 6, self.read_dead())
+            .await
+            .map_err(|_| {
+                BusError::Unavailable("rabbitmq: reading the dead letters timed out".into())
+            })?
+    }
+
+    async fn replay_dead_letters(&self, ids: Option<&[String]>) -> Result<u64, BusError> {
+        // Not bounded: every message is confirmed before its dead copy goes,
+        // so a replay cut short loses nothing (run it again for the rest).
+        self.replay_dead(ids).await
+    }
+
+    fn dead_letter_depth(&self) -> Option<u64> {
+        self.stats.lock().ok().and_then(|s| s.dead)
+    }
+}
+
+impl RabbitBus {
+    async fn publish_confirmed_lanes(&self, messages: &[OutMessage]) -> Result<(), BusError> {
         let now = u64::try_from(chrono_now_secs()).unwrap_or_default();
         let batch = |lane: Lane| -> Vec<(String, &[u8], BasicProperties)> {
             messages
@@ -369,7 +660,7 @@ impl Bus for RabbitBus {
             match sent {
                 Ok(()) => return Ok(()),
                 Err(BusError::Unavailable(e)) if attempt == 0 => {
-                    tracing::warn!(error = %e, "publish failed; reconnecting to RabbitMQ");
+                    tracing::debug!(error = %e, "publish failed; reconnecting to RabbitMQ");
                     self.drop_publisher().await;
                 }
                 Err(e) => return Err(e),
@@ -380,24 +671,7 @@ impl Bus for RabbitBus {
         ))
     }
 
-    fn backlog(&self, lane: Lane) -> LaneBacklog {
-        self.stats
-            .lock()
-            .map(|s| {
-                let depth = s.ready[slot(lane)];
-                LaneBacklog {
-                    depth,
-                    oldest_seconds: if depth > 0 {
-                        s.waited[slot(lane)]
-                    } else {
-                        Some(0.0)
-                    },
-                }
-            })
-            .unwrap_or_default()
-    }
-
-    async fn subscribe(
+    async fn subscribe_lane(
         &self,
         prefetch: u16,
         lane: Lane,
@@ -431,15 +705,6 @@ impl Bus for RabbitBus {
             lane,
             stats: self.stats.clone(),
         }))
-    }
-
-    async fn ping(&self) -> Result<(), BusError> {
-        self.publisher_channel().await.map(|_| ())
-    }
-
-    async fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        self.drop_publisher().await;
     }
 }
 
@@ -550,6 +815,14 @@ impl Subscription for RabbitSubscription {
             (
                 "x-firebreak-routing-key",
                 AMQPValue::LongString(LongString::from(d.routing_key.as_str())),
+            ),
+            (
+                "x-firebreak-lane",
+                AMQPValue::LongString(LongString::from(self.lane.as_str())),
+            ),
+            (
+                "x-firebreak-dead-at",
+                AMQPValue::LongLongInt(chrono_now_secs()),
             ),
         ]);
         let props = persistent().with_headers(headers);

@@ -24,6 +24,13 @@ impl PerKind {
     }
 }
 
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
 #[derive(Default)]
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -42,6 +49,11 @@ pub struct Metrics {
     failed: PerKind,
     dead_lettered: PerKind,
     dead_lettered_unknown: AtomicU64,
+    redelivered: PerKind,
+    /// Unix microseconds of the engine's last commit and ingest's last
+    /// durable publish (0: none yet by this process).
+    last_commit: AtomicU64,
+    last_publish: AtomicU64,
     incidents_opened: AtomicU64,
     incidents_resolved: AtomicU64,
     processing: Histogram,
@@ -72,6 +84,20 @@ impl Metrics {
     /// Events the engine had seen already (duplicates, redeliveries).
     pub fn duplicates(&self, kind: EventKind, n: u64) {
         self.duplicates.add(kind, n);
+    }
+    /// Events of messages the bus delivered again although their first
+    /// delivery had committed (its ack was lost): stored once, counted here
+    /// instead of again as processed or as duplicates.
+    pub fn redelivered(&self, kind: EventKind, n: u64) {
+        self.redelivered.add(kind, n);
+    }
+    /// The engine committed a batch now.
+    pub fn committed(&self) {
+        self.last_commit.store(now_micros(), Ordering::Relaxed);
+    }
+    /// Ingest durably queued a message now.
+    pub fn published(&self) {
+        self.last_publish.store(now_micros(), Ordering::Relaxed);
     }
     /// Batches the engine failed to commit (they are redelivered).
     pub fn failed(&self, kind: EventKind, n: u64) {
@@ -134,7 +160,7 @@ impl Metrics {
     /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_kind: [(&str, &str, &PerKind); 7] = [
+        let per_kind: [(&str, &str, &PerKind); 8] = [
             (
                 "firebreak_events_received_total",
                 "Events accepted by ingest and durably queued.",
@@ -169,6 +195,11 @@ impl Metrics {
                 "firebreak_events_dead_lettered_total",
                 "Bus messages sent to the dead-letter queue.",
                 &self.dead_lettered,
+            ),
+            (
+                "firebreak_events_redelivered_total",
+                "Events the bus delivered again after their batch had committed (the ack was lost); not counted again.",
+                &self.redelivered,
             ),
         ];
         for (name, help, counter) in per_kind {
@@ -238,6 +269,34 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 value.load(Ordering::Relaxed)
+            );
+        }
+        let now = now_micros();
+        for (what, help, at) in [
+            (
+                "commit",
+                "the engine last committed a batch to the store",
+                &self.last_commit,
+            ),
+            (
+                "publish",
+                "ingest last had a message durably queued on the bus",
+                &self.last_publish,
+            ),
+        ] {
+            let at = at.load(Ordering::Relaxed);
+            if at == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "# HELP firebreak_last_{what}_timestamp_seconds When {help} (Unix time).\n# TYPE firebreak_last_{what}_timestamp_seconds gauge\nfirebreak_last_{what}_timestamp_seconds {:.3}",
+                at as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "# HELP firebreak_seconds_since_last_{what} Seconds since {help}.\n# TYPE firebreak_seconds_since_last_{what} gauge\nfirebreak_seconds_since_last_{what} {:.3}",
+                now.saturating_sub(at) as f64 / 1e6
             );
         }
         let name = "firebreak_batch_processing_seconds";

@@ -224,6 +224,7 @@ impl Engine {
         let now = Utc::now();
         let mut decoded = Vec::with_capacity(deliveries.len());
         let mut tags = Vec::with_capacity(deliveries.len());
+        let mut again = Vec::with_capacity(deliveries.len());
         for d in &deliveries {
             let kind = EventKind::from_routing_key(&d.routing_key);
             let result = match kind {
@@ -237,6 +238,7 @@ impl Engine {
                 Ok(events) => {
                     decoded.push(events);
                     tags.push(d.tag);
+                    again.push(d.redelivered);
                 }
                 Err(reason) => {
                     tracing::warn!(routing_key = %d.routing_key, %reason, "dead-lettering a message that cannot be decoded");
@@ -250,16 +252,21 @@ impl Engine {
         }
         // Commit in chunks of about `chunk` events: a transaction of a bulk
         // batch then holds SQLite's one writer (or a group's row locks) for
-        // tens of milliseconds, not the whole batch's hundreds.
+        // tens of milliseconds, not the whole batch's hundreds. Redelivered
+        // messages commit in chunks of their own, so what they find already
+        // stored is told apart from duplicates.
         let mut start = 0;
         while start < decoded.len() {
             let mut end = start;
             let mut events = 0;
-            while end < decoded.len() && (end == start || events + decoded[end].len() <= chunk) {
+            while end < decoded.len()
+                && (end == start
+                    || (events + decoded[end].len() <= chunk && again[end] == again[start]))
+            {
                 events += decoded[end].len();
                 end += 1;
             }
-            self.settle(sub, &decoded[start..end], &tags[start..end])
+            self.settle(sub, &decoded[start..end], &tags[start..end], again[start])
                 .await?;
             start = end;
         }
@@ -269,11 +276,16 @@ impl Engine {
     }
 
     /// Commits decoded bodies in one transaction and settles their deliveries.
+    /// What committed is counted before the ack: an ack that fails after the
+    /// commit (the connection went) brings the messages back as redeliveries,
+    /// which find their events stored and count them as redelivered, so each
+    /// event is counted once as processed.
     async fn settle(
         &self,
         sub: &mut dyn Subscription,
         decoded: &[Decoded],
         tags: &[u64],
+        redelivered: bool,
     ) -> Result<(), BusError> {
         let mut result = self.process_with_retry(decoded).await;
         if matches!(result, Err(StoreError::Unavailable(_))) {
@@ -288,8 +300,8 @@ impl Engine {
         }
         match result {
             Ok(outcome) => {
+                self.record(&outcome, redelivered);
                 sub.ack(tags).await?;
-                self.record(&outcome);
             }
             Err(e) if decoded.len() > 1 && !e.is_transient() => {
                 // Find the message that fails rather than holding back the batch.
@@ -297,8 +309,8 @@ impl Engine {
                 for (events, tag) in decoded.iter().zip(tags) {
                     match self.process_with_retry(std::slice::from_ref(events)).await {
                         Ok(outcome) => {
+                            self.record(&outcome, redelivered);
                             sub.ack(&[*tag]).await?;
-                            self.record(&outcome);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, kind = events.kind().as_str(), "message failed to process; returned to the queue");
@@ -362,11 +374,16 @@ impl Engine {
         }
     }
 
-    fn record(&self, outcome: &Outcome) {
+    fn record(&self, outcome: &Outcome, redelivered: bool) {
+        self.metrics.committed();
         for kind in EventKind::ALL {
             self.metrics.processed(kind, outcome.new[kind.index()]);
-            self.metrics
-                .duplicates(kind, outcome.duplicates[kind.index()]);
+            let seen = outcome.duplicates[kind.index()];
+            if redelivered {
+                self.metrics.redelivered(kind, seen);
+            } else {
+                self.metrics.duplicates(kind, seen);
+            }
         }
         self.metrics
             .incident_opened(outcome.incidents_opened.len() as u64);

@@ -69,7 +69,83 @@ pub enum FlagsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Lists dead letters grouped by message: id, count, reason, first and last seen.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Puts dead letters back on their lane (fix the cause first).
+    Replay {
+        /// A dead letter's id from `list` (repeat for several).
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
 const CLI: &str = "cli";
+
+pub async fn dead_letters(config: &Config, command: &DeadLettersCommand) -> anyhow::Result<()> {
+    let bus = crate::open_bus(config).await?;
+    let result = match command {
+        DeadLettersCommand::List { json: as_json } => {
+            let (letters, more) = bus
+                .dead_letters()
+                .await
+                .context("reading the dead letters")?;
+            let groups = firebreak_api::dead_letters::summary(&letters);
+            for g in &groups {
+                if *as_json {
+                    println!("{g}");
+                } else {
+                    let text = |k: &str| g[k].as_str().unwrap_or("-").to_string();
+                    println!(
+                        "{}  {:>5}x  {:<24} {:<6} first {}  last {}  {}",
+                        text("id"),
+                        g["count"],
+                        text("routing_key"),
+                        text("lane"),
+                        text("first_seen"),
+                        text("last_seen"),
+                        text("reason")
+                    );
+                }
+            }
+            if !*as_json {
+                if groups.is_empty() {
+                    println!("no dead letters ({} bus)", bus.backend());
+                } else if more {
+                    println!(
+                        "(more than {} messages wait: replay or clear some to see the rest)",
+                        letters.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+        DeadLettersCommand::Replay { ids, all } => {
+            let store = crate::open_store(config).await?;
+            let ids = (!*all).then(|| ids.clone());
+            let replayed =
+                firebreak_api::dead_letters::replay(bus.as_ref(), store.as_ref(), CLI, ids).await;
+            store.close().await;
+            match replayed {
+                Ok(n) => {
+                    println!("replayed {n} dead letter(s) onto their lanes");
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        }
+    };
+    bus.close().await;
+    result
+}
 
 pub async fn flags(config: &Config, command: &FlagsCommand) -> anyhow::Result<()> {
     let FlagsCommand::Stale {

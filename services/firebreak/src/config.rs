@@ -122,6 +122,8 @@ pub struct AmqpSection {
     pub prefetch: u16,
     /// The broker's largest message (RabbitMQ 4: 16 MiB by default).
     pub max_message_bytes: usize,
+    /// A publish, subscribe or ping without an answer within this fails.
+    pub publish_timeout: Dur,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +271,8 @@ pub struct Config {
     /// `None`: the embedded queue in `<data_dir>/queue.db`.
     pub amqp_url: Option<Url>,
     pub amqp_namespace: String,
+    /// See `amqp.publish_timeout`.
+    pub amqp_publish_timeout: Duration,
     pub roles: Roles,
     pub json_logs: bool,
     pub auth: AuthConfig,
@@ -306,6 +310,7 @@ impl Config {
 pub const ALIASES: &[(&str, &str)] = &[
     ("FIREBREAK_AMQP_NAMESPACE", "amqp.namespace"),
     ("FIREBREAK_AMQP_PREFETCH", "amqp.prefetch"),
+    ("FIREBREAK_AMQP_PUBLISH_TIMEOUT", "amqp.publish_timeout"),
     ("FIREBREAK_MAX_BACKLOG", "ingest.max_backlog"),
     ("FIREBREAK_MAX_BODY_BYTES", "ingest.max_body_bytes"),
     ("FIREBREAK_TOKEN_ALERTMANAGER", "ingest.tokens.alertmanager"),
@@ -657,6 +662,11 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     if f.amqp.prefetch == 0 {
         return Err("key `amqp.prefetch`: must be at least 1".into());
     }
+    if f.amqp.publish_timeout.to_std() < Duration::from_millis(100)
+        || f.amqp.publish_timeout.to_std() > Duration::from_secs(120)
+    {
+        return Err("key `amqp.publish_timeout`: must be between 100ms and 120s".into());
+    }
     if f.ingest.max_body_bytes < 1024 {
         return Err("key `ingest.max_body_bytes`: must be at least 1024".into());
     }
@@ -766,6 +776,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         database_url: Url(database_url),
         amqp_url: amqp_url.clone().map(Url),
         amqp_namespace: f.amqp.namespace,
+        amqp_publish_timeout: f.amqp.publish_timeout.to_std(),
         roles,
         json_logs,
         auth,

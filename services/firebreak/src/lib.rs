@@ -66,6 +66,9 @@ pub enum Command {
     /// Built-in flags: the stale-flag report.
     #[command(subcommand)]
     Flags(admin::FlagsCommand),
+    /// Messages the engine refused or the bus gave up on: list, replay.
+    #[command(subcommand)]
+    DeadLetters(admin::DeadLettersCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +139,7 @@ pub fn main() -> std::process::ExitCode {
         | Command::Users(_)
         | Command::Audit(_)
         | Command::Flags(_)
+        | Command::DeadLetters(_)
         | Command::Bench(_) => Overrides::default(),
     };
     let vars: Vec<(String, String)> = std::env::vars().collect();
@@ -169,6 +173,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Users(u) => admin::users(&config, &u).await,
             Command::Audit(a) => admin::audit(&config, &a).await,
             Command::Flags(f) => admin::flags(&config, &f).await,
+            Command::DeadLetters(d) => admin::dead_letters(&config, &d).await,
             Command::Playbooks(_) | Command::Bench(_) => Ok(()),
         }
     });
@@ -256,12 +261,12 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
     Ok(Arc::from(store))
 }
 
-async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
+pub(crate) async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
     match &config.amqp_url {
         Some(url) => {
             let topology = Topology::new(&config.amqp_namespace);
             let bus = retry("RabbitMQ", &url.to_string(), || {
-                RabbitBus::connect(&url.0, topology.clone())
+                RabbitBus::connect(&url.0, topology.clone(), config.amqp_publish_timeout)
             })
             .await?;
             Ok(Arc::new(bus))

@@ -282,18 +282,30 @@ impl Remediation {
                     "incident_id": action.incident_id,
                     "playbook": action.playbook,
                 });
+                // To the channel of the incident threads: posted in the
+                // incident's thread, in order, by the Slack notifier (its
+                // outbox), from this action's `action_executed` entry.
+                let slack = &self.providers.slack;
+                let in_thread = action.incident_id.is_some()
+                    && slack.bot_token.is_some()
+                    && n.slack.is_some()
+                    && n.slack == slack.channel;
                 let response = providers::notify(
                     &self.providers.notifiers,
-                    &self.providers.slack,
+                    slack,
                     n.webhook.as_deref(),
-                    n.slack.as_deref(),
+                    n.slack.as_deref().filter(|_| !in_thread),
                     &text,
                     context,
                 )
                 .await
                 .map_err(|e| (e, None))?;
+                let mut result = json!({"response": response, "message": text});
+                if in_thread {
+                    result["slack"] = json!({"thread": true, "channel": n.slack});
+                }
                 Ok(Done {
-                    result: json!({"response": response}),
+                    result,
                     previous: None,
                 })
             }
@@ -410,8 +422,14 @@ impl Remediation {
                 json!({"state": done.result.get("response")}),
             ));
         }
+        // A notification's entry carries what it said (the Slack notifier
+        // posts it in the incident's thread).
+        let said = match (&action.spec.step, done.result["message"].as_str()) {
+            (StepAction::Notify(_), Some(m)) => format!(": {m}"),
+            _ => String::new(),
+        };
         let summary = format!(
-            "{}{} ({})",
+            "{}{}{said} ({})",
             action.spec.describe,
             if is_verified { ", verified" } else { "" },
             provenance(action)

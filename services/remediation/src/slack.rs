@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use firebreak_domain::timeline::kind;
-use firebreak_store::{Store, TimelineEvent};
+use firebreak_store::{SlackClaim, Store, TimelineEvent};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,8 @@ pub enum SlackError {
     Retry(Duration, String),
     /// Slack refused (bad channel, missing scope, …): trying again will not help.
     Refused(String),
+    /// The announcement is claimed by a post in flight elsewhere.
+    InFlight,
 }
 
 impl std::fmt::Display for SlackError {
@@ -32,6 +34,7 @@ impl std::fmt::Display for SlackError {
         match self {
             SlackError::Retry(d, m) => write!(f, "{m} (retry in {}s)", d.as_secs()),
             SlackError::Refused(m) => f.write_str(m),
+            SlackError::InFlight => f.write_str("claimed by a post in flight"),
         }
     }
 }
@@ -241,6 +244,10 @@ pub const ANNOUNCED: &[&str] = &[
 
 const CURSOR: &str = "slack_cursor";
 
+/// A claimed announcement not posted after this long was left by a process
+/// that stopped mid-way (a post gives up after 10 s): another takes it over.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
 /// The message for one timeline entry; held actions get Approve / Deny buttons.
 pub fn message(e: &TimelineEvent, public_url: Option<&str>) -> (String, Option<Value>) {
     let icon = match e.kind.as_str() {
@@ -332,6 +339,17 @@ pub async fn run_notifier(
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                     break;
                 }
+                Err(SlackError::InFlight) => {
+                    // Another process is posting it, or one that stopped
+                    // did: the thread keeps its order, so wait for it.
+                    tracing::debug!(
+                        incident = e.incident_id,
+                        seq = e.seq,
+                        "Slack announcement claimed elsewhere; looking again shortly"
+                    );
+                    stalled = Some(Duration::from_secs(2));
+                    break;
+                }
             }
         }
         if let Err(e) = store.put_setting(CURSOR, &cursor.to_string()).await {
@@ -376,12 +394,16 @@ async fn announce(
         .slack_thread(e.incident_id)
         .await
         .map_err(|err| SlackError::Retry(Duration::from_secs(2), err.to_string()))?;
-    let claimed = store
-        .claim_slack_message(e.seq, e.incident_id, Utc::now())
+    let now = Utc::now();
+    let stale_before = now - chrono::Duration::from_std(CLAIM_LEASE).unwrap_or_default();
+    let claim = store
+        .claim_slack_message(e.seq, e.incident_id, now, stale_before)
         .await
         .map_err(|err| SlackError::Retry(Duration::from_secs(2), err.to_string()))?;
-    if !claimed {
-        return Ok(());
+    match claim {
+        SlackClaim::Ours => {}
+        SlackClaim::Posted => return Ok(()),
+        SlackClaim::InFlight => return Err(SlackError::InFlight),
     }
     let (text, blocks) = message(e, slack.config().public_url.as_deref());
     let (post_channel, thread_ts) = match &thread {

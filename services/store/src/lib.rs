@@ -32,7 +32,7 @@ pub use postgres::PgStore;
 pub use remediation::{
     ActionChange, ActionFilter, AuditCheck, AuditFilter, AuditRow, FlagRow, History, IncidentTimes,
     LogRow, NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
-    SessionRow, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
+    SessionRow, SlackClaim, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
 };
 pub use remediation::{NewRollout, RolloutChange, RolloutEvent, ServiceEvent};
 pub use sqlite::SqliteStore;
@@ -355,14 +355,17 @@ pub trait Store: Send + Sync + 'static {
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<bool>;
-    /// Claims the Slack announcement of timeline entry `seq`; `false` if
-    /// another process (or an earlier run) claimed it.
+    /// Claims the Slack announcement of timeline entry `seq` at `at`. A
+    /// claim made before `stale_before` and never posted was left by a
+    /// process that stopped mid-way: it is taken over (the outbox's
+    /// at-least-once).
     async fn claim_slack_message(
         &self,
         seq: i64,
         incident_id: i64,
         at: DateTime<Utc>,
-    ) -> Result<bool>;
+        stale_before: DateTime<Utc>,
+    ) -> Result<SlackClaim>;
     async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()>;
     /// Gives a claim back after a failed post, so it is tried again.
     async fn release_slack_message(&self, seq: i64) -> Result<()>;

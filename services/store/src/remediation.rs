@@ -50,6 +50,18 @@ pub struct ActionFilter {
     pub limit: i64,
 }
 
+/// What claiming a Slack announcement found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlackClaim {
+    /// Ours to post: unclaimed, or claimed by a process that stopped before
+    /// it posted (the claim is older than the lease).
+    Ours,
+    /// Posted already.
+    Posted,
+    /// Claimed by someone now posting it: look again later.
+    InFlight,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewAudit {
     pub at: DateTime<Utc>,

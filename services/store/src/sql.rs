@@ -29,7 +29,7 @@ use crate::{
     ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow,
     IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow, NewAudit, NewRollout,
     OpenIncident, PostmortemRow, PostmortemSave, Result, RevisionRow, Rollout, RolloutChange,
-    RolloutEvent, RolloutStatus, SaveOutcome, ServiceEvent, Store, StoreError, StoreTx,
+    RolloutEvent, RolloutStatus, SaveOutcome, ServiceEvent, SlackClaim, Store, StoreError, StoreTx,
     TimelineEvent, TimelineRow,
 };
 
@@ -1661,7 +1661,8 @@ impl<D: Dialect> Store for Db<D> {
         seq: i64,
         incident_id: i64,
         at: DateTime<Utc>,
-    ) -> Result<bool> {
+        stale_before: DateTime<Utc>,
+    ) -> Result<SlackClaim> {
         let rows = self
             .d
             .write(
@@ -1674,7 +1675,34 @@ impl<D: Dialect> Store for Db<D> {
                 .bind(at),
             )
             .await?;
-        Ok(!rows.is_empty())
+        if !rows.is_empty() {
+            return Ok(SlackClaim::Ours);
+        }
+        // Claimed before: take it over if its claimer never posted it and
+        // has had longer than a post takes (one writer wins).
+        let taken = self
+            .d
+            .write(
+                q("UPDATE slack_messages SET claimed_at = $2
+                   WHERE seq = $1 AND ts IS NULL AND claimed_at < $3 RETURNING seq")
+                .bind(seq)
+                .bind(at)
+                .bind(stale_before),
+            )
+            .await?;
+        if !taken.is_empty() {
+            return Ok(SlackClaim::Ours);
+        }
+        let posted = self
+            .d
+            .read(q("SELECT ts FROM slack_messages WHERE seq = $1").bind(seq))
+            .await?;
+        Ok(match posted.first().map(|r| r.opt_text("ts")) {
+            Some(Ok(Some(_))) => SlackClaim::Posted,
+            Some(Err(e)) => return Err(e),
+            // Released between the two statements: the next look claims it.
+            Some(Ok(None)) | None => SlackClaim::InFlight,
+        })
     }
 
     async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()> {
