@@ -336,6 +336,12 @@ async fn seed(store: &dyn Store) {
         .set_cause(i3, "D8", Some(true), &audit, &[])
         .await
         .unwrap());
+    let marked = store.incident(i3).await.unwrap().causes;
+    assert_eq!(
+        (marked.len(), marked["D8"].cause, marked["D8"].by.as_deref()),
+        (1, true, Some("user:ana")),
+        "the incident carries the person's word"
+    );
     assert!(
         !store
             .set_cause(i3, "D1", Some(true), &audit, &[])
@@ -580,6 +586,20 @@ async fn the_insights_api_and_gauges() {
             .contains("as not the cause: a config push did it"),
         "{t}"
     );
+    // The incident says what the person said, and who.
+    let (_, detail) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+    let change = detail["suspect_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == deploy)
+        .cloned()
+        .unwrap();
+    assert_eq!(change["cause"], false, "{change}");
+    assert!(
+        change["cause_by"].is_string() && change["cause_at"].is_string(),
+        "{change}"
+    );
     let (s, b) = fb
         .post(
             &format!("/api/v1/incidents/{incident}/changes/nope/cause"),
@@ -596,6 +616,17 @@ async fn the_insights_api_and_gauges() {
         .await;
     assert_eq!(s, 403, "marking a cause needs edit");
     fb.post(&path, &json!({"cause": true})).await;
+    let (_, detail) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+    assert_eq!(detail["suspect_changes"][0]["cause"], true, "{detail}");
+    let html = firebreak_tests::client()
+        .get(format!("{}/incidents/{incident}", fb.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Confirmed the cause by "), "{html}");
 
     let text = firebreak_tests::client()
         .get(format!("{}/metrics/insights", fb.base))

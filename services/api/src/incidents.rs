@@ -127,6 +127,11 @@ async fn detail(
         .map(|d| {
             let mut v = json!(d);
             v["seconds_before_incident"] = json!((opened - d.started_at).num_seconds());
+            // A person's word (POST …/changes/{deploy}/cause): null until someone says.
+            let marked = detail.causes.get(&d.id);
+            v["cause"] = json!(marked.map(|c| c.cause));
+            v["cause_by"] = json!(marked.and_then(|c| c.by.as_deref()));
+            v["cause_at"] = json!(marked.and_then(|c| c.at));
             v
         })
         .collect::<Vec<_>>());

@@ -11,7 +11,7 @@
 //! types here, and a value the domain does not know is an error naming the
 //! table, row and column ([`StoreError::Corrupt`]), never a silent default.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -188,8 +188,20 @@ pub struct IncidentOverview {
     pub alerts_firing: i64,
     pub first_alert: Option<DateTime<Utc>>,
     pub changes: Vec<DeployEvent>,
+    /// A person's word on each change in `changes`, by deploy id (only the
+    /// changes someone marked).
+    pub causes: BTreeMap<String, ChangeCause>,
     pub gates: Vec<GateResult>,
     pub timeline_entries: i64,
+}
+
+/// A person's word on whether a suspect change caused an incident.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChangeCause {
+    /// `true`: the cause; `false`: not the cause.
+    pub cause: bool,
+    pub by: Option<String>,
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// Everything the detail view of one incident shows.
@@ -198,6 +210,7 @@ pub struct IncidentDetail {
     pub incident: IncidentRow,
     pub alerts: Vec<IncidentAlertRow>,
     pub changes: Vec<DeployEvent>,
+    pub causes: BTreeMap<String, ChangeCause>,
     pub gates: Vec<GateResult>,
     pub timeline_entries: i64,
 }

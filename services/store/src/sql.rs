@@ -26,11 +26,11 @@ use firebreak_domain::{
 use serde_json::Value;
 
 use crate::{
-    ActionChange, ActionFilter, AuditFilter, AuditRow, FlagRow, History, IncidentAlertRow,
-    IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow, NewAudit, NewRollout,
-    OpenIncident, PostmortemRow, PostmortemSave, Result, RevisionRow, Rollout, RolloutChange,
-    RolloutEvent, RolloutStatus, SaveOutcome, ServiceEvent, SlackClaim, Store, StoreError, StoreTx,
-    TimelineEvent, TimelineRow,
+    ActionChange, ActionFilter, AuditFilter, AuditRow, ChangeCause, FlagRow, History,
+    IncidentAlertRow, IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow,
+    NewAudit, NewRollout, OpenIncident, PostmortemRow, PostmortemSave, Result, RevisionRow,
+    Rollout, RolloutChange, RolloutEvent, RolloutStatus, SaveOutcome, ServiceEvent, SlackClaim,
+    Store, StoreError, StoreTx, TimelineEvent, TimelineRow,
 };
 
 /// One bound value. Each dialect encodes it: a time is `timestamptz` on
@@ -799,6 +799,33 @@ impl<D: Dialect> Store for Db<D> {
                 .bind(id),
             )
             .await?;
+        let marked = self
+            .d
+            .read(
+                q(
+                    "SELECT deploy_id, CASE WHEN cause THEN 1 ELSE 0 END AS cause_n, cause_by,
+                          cause_at AS cause_at
+                   FROM incident_changes WHERE incident_id = $1 AND cause IS NOT NULL",
+                )
+                .bind(id),
+            )
+            .await?;
+        let mut causes = BTreeMap::new();
+        for r in &marked {
+            let read = || -> Result<(String, ChangeCause)> {
+                Ok((
+                    r.text("deploy_id")?,
+                    ChangeCause {
+                        cause: r.int("cause_n")? == 1,
+                        by: r.opt_text("cause_by")?,
+                        at: r.opt_time("cause_at")?,
+                    },
+                ))
+            };
+            let (deploy, cause) =
+                read().map_err(in_row("incident_changes", format!("of incident {id}")))?;
+            causes.insert(deploy, cause);
+        }
         let gates = self
             .d
             .read(
@@ -825,6 +852,7 @@ impl<D: Dialect> Store for Db<D> {
             alerts_firing,
             first_alert,
             changes: decode(&changes, deploy_row)?,
+            causes,
             gates: decode(&gates, gate_row)?,
             timeline_entries: count.first().map(|r| r.int("n")).transpose()?.unwrap_or(0),
         })
@@ -855,6 +883,7 @@ impl<D: Dialect> Store for Db<D> {
             incident: o.incident,
             alerts,
             changes: o.changes,
+            causes: o.causes,
             gates: o.gates,
             timeline_entries: o.timeline_entries,
         })

@@ -314,8 +314,18 @@ pub async fn detail(
     let suspects_json: Vec<Value> = suspects
         .iter()
         .map(|s| {
+            let marked = detail.causes.get(&s.deploy.id);
+            let said = marked.map(|c| {
+                format!(
+                    "{} by {}{}",
+                    if c.cause { "Confirmed the cause" } else { "Marked not the cause" },
+                    c.by.as_deref().unwrap_or("someone"),
+                    c.at.map(|t| format!(" at {}", when(t))).unwrap_or_default()
+                )
+            });
             json!({"cause_url": format!("/incidents/{}/changes/{}/cause", detail.incident.id,
                        firebreak_domain::playbook::url_escape(&s.deploy.id)),
+                   "cause_said": said, "confirmed": marked.is_some_and(|c| c.cause),
                    "service": s.deploy.service, "version": s.deploy.version, "environment": s.deploy.environment,
                    "started": when(s.deploy.started_at), "actor": s.deploy.actor, "score": s.score,
                    "evidence": s.evidence, "strategy": s.deploy.strategy.map(|x| x.as_str())})
