@@ -307,6 +307,28 @@ pub fn compute(
             .or_default()
             .push(d);
     }
+    // For each position of a lane, the first good deployment at or after it
+    // (one backward pass per lane, so a run of failures is not scanned again
+    // for each failure in it).
+    let is_good = |n: &Deployment| {
+        n.status == DeployStatus::Succeeded
+            && !n.gate_failed
+            && !failures.contains_key(n.id.as_str())
+    };
+    let next_good: HashMap<(&str, Option<&str>), Vec<Option<usize>>> = lanes
+        .iter()
+        .map(|(key, lane)| {
+            let mut next = vec![None; lane.len() + 1];
+            for i in (0..lane.len()).rev() {
+                next[i] = if is_good(lane[i]) {
+                    Some(i)
+                } else {
+                    next[i + 1]
+                };
+            }
+            (*key, next)
+        })
+        .collect();
     let mut recoveries = Vec::new();
     let mut unrecovered = 0;
     let mut hotfixes: HashSet<&str> = HashSet::new();
@@ -321,15 +343,13 @@ pub fn compute(
                 (m, r) => m.or(r),
             })
             .min();
+        let key = (d.service.as_str(), d.environment.as_deref());
         let good = lanes
-            .get(&(d.service.as_str(), d.environment.as_deref()))
-            .and_then(|lane| {
+            .get(&key)
+            .zip(next_good.get(&key))
+            .and_then(|(lane, next)| {
                 let after = lane.partition_point(|n| n.at <= d.at);
-                lane[after..].iter().copied().find(|n| {
-                    n.status == DeployStatus::Succeeded
-                        && !failures.contains_key(n.id.as_str())
-                        && !n.gate_failed
-                })
+                next[after].map(|j| lane[j])
             });
         let restored = match (by_incident, good.map(|g| g.at)) {
             (Some(a), Some(b)) => Some(a.min(b)),
