@@ -76,12 +76,13 @@ async fn stored_once(fb: &Firebreak, amqp: &Amqp, n: u64) {
     assert_eq!(dead_letters(amqp).await, 0, "nothing dead-lettered");
 }
 
-/// The database away for 12 s — long enough that requeueing each failed
-/// batch would pass the 20-delivery limit many times over — with webhooks
-/// arriving throughout: every alert is stored, none is dead-lettered.
-#[tokio::test]
-async fn a_database_outage_loses_nothing_and_dead_letters_nothing() {
-    let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
+/// Firebreak on a fresh database and namespace, reaching PostgreSQL through
+/// a proxy the test can cut.
+async fn behind_a_database_proxy(
+    pg: &Pg,
+    amqp: &Amqp,
+    dir: &std::path::Path,
+) -> (Firebreak, Proxy) {
     let target = pg
         .url
         .split('@')
@@ -91,12 +92,22 @@ async fn a_database_outage_loses_nothing_and_dead_letters_nothing() {
         .to_string();
     let proxy = Proxy::start(target.parse().unwrap()).await;
     let proxied = pg.url.replace(&target, &proxy.addr.to_string());
-    let dir = tempfile::tempdir().unwrap();
     let fb = Firebreak::start(
-        dir.path(),
-        Options::backed(&pg, &amqp).with("FIREBREAK_DATABASE_URL", &proxied),
+        dir,
+        Options::backed(pg, amqp).with("FIREBREAK_DATABASE_URL", &proxied),
     )
     .await;
+    (fb, proxy)
+}
+
+/// The database away for 12 s — long enough that requeueing each failed
+/// batch would pass the 20-delivery limit many times over — with webhooks
+/// arriving throughout: every alert is stored, none is dead-lettered.
+#[tokio::test]
+async fn a_database_outage_loses_nothing_and_dead_letters_nothing() {
+    let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (fb, proxy) = behind_a_database_proxy(&pg, &amqp, dir.path()).await;
     send(&fb, 0, 10).await;
     processed(&fb, 100.0, "the first 100 alerts stored").await;
 
@@ -517,21 +528,8 @@ async fn a_kill_switch_cut_short_by_a_crash_still_reverts_to_the_state_before() 
 #[tokio::test]
 async fn the_metrics_tell_how_long_since_the_last_commit_and_publish() {
     let (pg, amqp) = (Pg::fresh().await, Amqp::fresh().await);
-    let target = pg
-        .url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_string();
-    let proxy = Proxy::start(target.parse().unwrap()).await;
-    let proxied = pg.url.replace(&target, &proxy.addr.to_string());
     let dir = tempfile::tempdir().unwrap();
-    let fb = Firebreak::start(
-        dir.path(),
-        Options::backed(&pg, &amqp).with("FIREBREAK_DATABASE_URL", &proxied),
-    )
-    .await;
+    let (fb, proxy) = behind_a_database_proxy(&pg, &amqp, dir.path()).await;
     assert_eq!(
         fb.metric_opt("firebreak_seconds_since_last_commit").await,
         None,

@@ -263,27 +263,21 @@ impl EmbeddedBus {
         sqlx::Executor::execute(&pool, SCHEMA)
             .await
             .map_err(unavailable)?;
-        let has_lane: bool = sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM pragma_table_info('queue') WHERE name = 'lane'",
-        )
-        .fetch_one(&pool)
-        .await
-        .map_err(unavailable)?;
-        if !has_lane {
-            sqlx::Executor::execute(&pool, LANES)
-                .await
-                .map_err(unavailable)?;
-        }
-        let dead_has_lane: bool = sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM pragma_table_info('dead_letters') WHERE name = 'lane'",
-        )
-        .fetch_one(&pool)
-        .await
-        .map_err(unavailable)?;
-        if !dead_has_lane {
-            sqlx::Executor::execute(&pool, DEAD_LANES)
-                .await
-                .map_err(unavailable)?;
+        // Files from before lanes (and before replayable dead letters) get
+        // the column in place.
+        for (table, upgrade) in [("queue", LANES), ("dead_letters", DEAD_LANES)] {
+            let has_lane: bool = sqlx::query_scalar(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'lane'",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .map_err(unavailable)?;
+            if !has_lane {
+                sqlx::Executor::execute(&pool, upgrade)
+                    .await
+                    .map_err(unavailable)?;
+            }
         }
         sqlx::Executor::execute(&pool, LANE_INDEX)
             .await

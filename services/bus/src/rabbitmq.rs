@@ -459,25 +459,38 @@ impl RabbitBus {
         }
     }
 
+    /// The next dead letter on `channel`, unacked, while `left` (how many
+    /// waited when the read began, counted down) allows: a message that
+    /// dies again meanwhile is not read twice.
+    async fn next_dead(
+        &self,
+        channel: &Channel,
+        left: &mut usize,
+    ) -> Result<Option<lapin::message::Delivery>, BusError> {
+        if *left == 0 {
+            return Ok(None);
+        }
+        let got = channel
+            .basic_get(&self.topology.dead_queue, BasicGetOptions { no_ack: false })
+            .await
+            .map_err(unavailable)?;
+        Ok(got.map(|message| {
+            *left = (*left).min(message.message_count as usize + 1) - 1;
+            message.delivery
+        }))
+    }
+
     async fn read_dead(&self) -> Result<(Vec<DeadLetter>, bool), BusError> {
         let (conn, channel) = self.dead_channel().await?;
         let mut out = Vec::new();
         let mut more = false;
-        // Only what waited when the read began (a message dead-lettered
-        // meanwhile is left for the next read).
         let mut left = usize::MAX;
-        while left > 0 {
-            let got = channel
-                .basic_get(&self.topology.dead_queue, BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
-            let Some(message) = got else { break };
+        while let Some(delivery) = self.next_dead(&channel, &mut left).await? {
             if out.len() == DEAD_LETTER_SCAN {
                 more = true;
                 break;
             }
-            left = left.min(message.message_count as usize + 1) - 1;
-            out.push(self.dead_letter_of(&message.delivery));
+            out.push(self.dead_letter_of(&delivery));
         }
         // Nothing was acked: closing gives every message back, before this
         // returns (a replay right after must find them).
@@ -492,14 +505,8 @@ impl RabbitBus {
         // Only what waited when the replay began: a replayed message that
         // fails again and comes back dead must not be replayed in a loop.
         let mut left = DEAD_LETTER_SCAN;
-        while left > 0 {
-            let got = channel
-                .basic_get(&self.topology.dead_queue, BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
-            let Some(message) = got else { break };
-            left = left.min(message.message_count as usize + 1) - 1;
-            let letter = self.dead_letter_of(&message.delivery);
+        while let Some(delivery) = self.next_dead(&channel, &mut left).await? {
+            let letter = self.dead_letter_of(&delivery);
             if ids.is_some_and(|ids| !ids.contains(&letter.id)) {
                 continue;
             }
@@ -515,7 +522,7 @@ impl RabbitBus {
             )
             .await?;
             channel
-                .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
+                .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
                 .await
                 .map_err(unavailable)?;
             replayed += 1;
