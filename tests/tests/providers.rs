@@ -234,6 +234,22 @@ async fn unleash_missing_feature_fails_and_escalates() {
         .unwrap()
         .iter()
         .any(|e| e["kind"] == "action_failed"));
+    // The flag was never read, so nothing knows what to restore: a revert
+    // says so instead of answering 200 and changing nothing.
+    let (s, refused) = fb
+        .post(
+            &format!("/api/v1/actions/{}/revert", failed["id"]),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("no recorded previous state"),
+        "{refused}"
+    );
 }
 
 /// LaunchDarkly is SaaS: a stand-in keeps one flag's state, takes the semantic
