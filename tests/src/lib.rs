@@ -449,26 +449,32 @@ impl Firebreak {
     /// retried with backoff, at most `attempts` times; any other answer is
     /// returned. Fails the test when every attempt was refused.
     pub async fn post_retrying(&self, path: &str, body: &Value, attempts: u32) -> (u16, Value) {
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..attempts.max(1) {
-            match client()
-                .post(format!("{}{path}", self.base))
-                .json(body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().as_u16() != 503 => {
-                    let status = r.status().as_u16();
-                    return (status, r.json().await.unwrap_or(Value::Null));
-                }
-                _ => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+        post_retrying_to(&self.base, path, body, attempts).await
+    }
+}
+
+/// [`Firebreak::post_retrying`] against a base URL, for a sender that runs in
+/// a task of its own while the test kills or restarts the process.
+pub async fn post_retrying_to(base: &str, path: &str, body: &Value, attempts: u32) -> (u16, Value) {
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..attempts.max(1) {
+        match client()
+            .post(format!("{base}{path}"))
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().as_u16() != 503 => {
+                let status = r.status().as_u16();
+                return (status, r.json().await.unwrap_or(Value::Null));
+            }
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
-        panic!("POST {path}: still refused after {attempts} attempts");
     }
+    panic!("POST {path}: still refused after {attempts} attempts");
 }
 
 /// Which Firebreak a test runs against.

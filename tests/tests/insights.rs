@@ -618,24 +618,17 @@ async fn the_insights_api_and_gauges() {
     fb.post(&path, &json!({"cause": true})).await;
     let (_, detail) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
     assert_eq!(detail["suspect_changes"][0]["cause"], true, "{detail}");
-    let html = firebreak_tests::client()
-        .get(format!("{}/incidents/{incident}", fb.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text_of = |path: String| {
+        let url = format!("{}{path}", fb.base);
+        async move {
+            let r = firebreak_tests::client().get(url).send().await.unwrap();
+            r.text().await.unwrap()
+        }
+    };
+    let html = text_of(format!("/incidents/{incident}")).await;
     assert!(html.contains("Confirmed the cause by "), "{html}");
 
-    let text = firebreak_tests::client()
-        .get(format!("{}/metrics/insights", fb.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of("/metrics/insights".into()).await;
     assert!(
         text.contains("# TYPE firebreak_dora_change_fail_rate gauge"),
         "{text}"

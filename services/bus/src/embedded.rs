@@ -147,10 +147,7 @@ async fn group_committer(
 
 async fn commit_group(pool: &SqlitePool, group: &[Publish]) -> Result<(), BusError> {
     let now = now_micros();
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(unavailable)?;
+    let mut tx = write_tx(pool).await?;
     for p in group {
         for (key, body, lane) in &p.messages {
             sqlx::query(
@@ -235,6 +232,14 @@ fn now_micros() -> i64 {
 
 fn unavailable(e: sqlx::Error) -> BusError {
     BusError::Unavailable(format!("embedded queue: {e}"))
+}
+
+/// A write transaction that takes SQLite's write lock at once (no upgrade
+/// from a read lock that could fail with "database is locked" mid-way).
+async fn write_tx(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, BusError> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(unavailable)
 }
 
 impl EmbeddedBus {
@@ -433,11 +438,7 @@ impl Bus for EmbeddedBus {
             return Ok(0);
         }
         let list = tag_list(&chosen);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
+        let mut tx = write_tx(&self.pool).await?;
         // Back on the queue and out of the dead letters in one transaction.
         sqlx::query(
             "INSERT INTO queue (routing_key, body, enqueued_at, lane)
@@ -479,11 +480,7 @@ impl EmbeddedSubscription {
         let now = now_micros();
         let lease_until = now + i64::try_from(LEASE.as_micros()).unwrap_or(i64::MAX);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
+        let mut tx = write_tx(&self.pool).await?;
         // Poison messages first: past the delivery limit they go to dead letters.
         sqlx::query(
             "INSERT INTO dead_letters (routing_key, body, reason, dead_at, lane)
@@ -588,11 +585,7 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
+        let mut tx = write_tx(&self.pool).await?;
         sqlx::query(
             "INSERT INTO dead_letters (routing_key, body, reason, dead_at, lane) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
