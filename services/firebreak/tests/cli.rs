@@ -38,6 +38,19 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("workerz"), "{stderr}");
+
+    // A publish timeout too short to reach any broker is refused by name.
+    let out = firebreak()
+        .args(["serve"])
+        .env("FIREBREAK_AMQP_PUBLISH_TIMEOUT", "10ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("amqp.publish_timeout") && stderr.contains("100ms"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -10,17 +10,11 @@ use serde_json::{json, Value};
 use super::{base, state_parts, Csrf, Ident, PageResult, Refusal, St};
 use crate::insights::InsightsQuery;
 
-/// Seconds as people read them: 45 s, 12 min, 3.5 h, 2.1 d.
+/// Seconds as the incident pages show durations ("1h 5m").
 fn human(seconds: f64) -> String {
-    if seconds < 90.0 {
-        format!("{seconds:.0} s")
-    } else if seconds < 5_400.0 {
-        format!("{:.0} min", seconds / 60.0)
-    } else if seconds < 172_800.0 {
-        format!("{:.1} h", seconds / 3_600.0)
-    } else {
-        format!("{:.1} d", seconds / 86_400.0)
-    }
+    firebreak_postmortem::context::fmt_duration(chrono::Duration::milliseconds(
+        (seconds * 1000.0) as i64,
+    ))
 }
 
 fn row(name: &str, what: &str, v: &Value) -> Value {
