@@ -169,8 +169,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tx.commit().await?;
     }
     let loaded = load.elapsed();
-    // Let the database settle (PostgreSQL's autovacuum analyses fresh tables).
-    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    // A year-old PostgreSQL database has statistics (autovacuum analyses
+    // tables as they change); a freshly loaded one may not have them yet,
+    // and its planner then joins the suspects row by row.
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::query("ANALYZE").execute(&pool).await?;
+        pool.close().await;
+    }
 
     let range = Range {
         from: start,

@@ -17,7 +17,9 @@ use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::migrate::{self, CREATE_TABLE};
-use crate::sql::{Arg, Attach, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS};
+use crate::sql::{
+    Arg, Attach, Col, Column, Columns, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS,
+};
 use crate::{labels_json, Result, StoreError};
 
 /// Key for the advisory lock that serializes migrations across processes.
@@ -145,6 +147,31 @@ impl Dialect for PgDialect {
         Ok(n)
     }
 
+    async fn read_columns(&self, cols: &[(&str, Col)], q: Query) -> Result<Columns> {
+        // Rows are decoded into the columns as they arrive, by position (not
+        // by name) and straight to their types: the driver's row objects go
+        // at once and decoding overlaps the transfer.
+        use futures_util::TryStreamExt;
+        let mut columns: Vec<Column> = cols.iter().map(|(_, k)| Column::empty(*k, 0)).collect();
+        let mut rows = build(&q).fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            for (i, (col, (name, _))) in columns.iter_mut().zip(cols).enumerate() {
+                let e = column(name);
+                match col {
+                    Column::Text(c) => c.push(row.try_get(i).map_err(e)?),
+                    // INTEGER columns and integer literals come as int4.
+                    Column::Int(c) => c.push(match row.try_get::<Option<i64>, _>(i) {
+                        Ok(v) => v,
+                        Err(_) => row.try_get::<Option<i32>, _>(i).map_err(e)?.map(i64::from),
+                    }),
+                    Column::Time(c) => c.push(row.try_get(i).map_err(e)?),
+                    Column::Json(c) => c.push(row.try_get(i).map_err(e)?),
+                }
+            }
+        }
+        Columns::new(columns)
+    }
+
     async fn begin(&self) -> Result<PgTx> {
         Ok(PgTx {
             tx: self.pool.begin().await?,
@@ -250,9 +277,6 @@ fn pairs_split(pairs: &[(i64, String)]) -> (Vec<i64>, Vec<String>) {
 impl DialectTx for PgTx {
     type Row = PgRow;
     const FOR_UPDATE: &'static str = " FOR UPDATE";
-    const JSON_AGG: &'static str = "json_agg";
-    const JSON_ARRAY: &'static str = "json_build_array";
-    const AGGREGATE_READS: bool = false;
 
     fn any(expr: &str, n: usize) -> String {
         format!("{expr} = ANY(${n})")

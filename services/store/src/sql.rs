@@ -158,6 +158,10 @@ pub trait Dialect: Send + Sync + 'static {
         q: Query,
         each: &mut (dyn for<'r> FnMut(&'r Self::Row) -> Result<()> + Send),
     ) -> Result<u64>;
+    /// Reads a query's rows column by column ([`Columns`]), each column
+    /// (named as the query names it) read as `cols` says. For reads of many
+    /// rows: a year of deploys for insights.
+    async fn read_columns(&self, cols: &[(&str, Col)], q: Query) -> Result<Columns>;
     async fn begin(&self) -> Result<Self::Tx>;
     async fn migrate(&self) -> Result<()>;
     async fn ping(&self) -> Result<()>;
@@ -184,13 +188,6 @@ pub trait DialectTx: Send {
     fn any(expr: &str, n: usize) -> String;
     /// The JSON array of strings in `expr` contains the text bound at `$n`.
     fn json_array_has(expr: &str, n: usize) -> String;
-    /// Aggregates rows into one JSON array (`json_agg` / `json_group_array`).
-    const JSON_AGG: &'static str;
-    /// Builds a JSON array of values (`json_build_array` / `json_array`).
-    const JSON_ARRAY: &'static str;
-    /// Whether many-row reads go faster as one aggregated JSON row (SQLite:
-    /// each row costs a hand-off between threads in the driver).
-    const AGGREGATE_READS: bool;
 
     async fn fetch(&mut self, q: Query) -> Result<Vec<Self::Row>>;
     async fn execute(&mut self, q: Query) -> Result<u64>;
@@ -290,6 +287,23 @@ pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
         })
     };
     read().map_err(in_row("deploys", format!("{id:?}")))
+}
+
+/// The stored `commit_times` (a JSON list of RFC 3339 times, as
+/// [`DeployEvent`] serializes them). Read as borrowed strings and parsed by
+/// chrono's RFC 3339 parser: a year of deploys holds hundreds of thousands.
+fn parse_commit_times(text: &str) -> std::result::Result<Vec<DateTime<Utc>>, String> {
+    let times: Option<Vec<&str>> =
+        serde_json::from_str(text).map_err(|e| format!("not a list of times: {e}"))?;
+    times
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| format!("{t:?} is not a time: {e}"))
+        })
+        .collect()
 }
 
 pub const GATE_COLUMNS: &str =
@@ -1335,8 +1349,9 @@ impl<D: Dialect> Store for Db<D> {
         environment: Option<&str>,
     ) -> Result<(Vec<Deployment>, Vec<IncidentRecord>)> {
         use firebreak_domain::playbook::{FlagState, StepAction};
-        let deploys = self
-            .json_rows(
+        // Independent reads, run at once (each on its own connection).
+        let (mut d, mut g, mut inc, mut first, mut changes, mut acted) = tokio::try_join!(
+            self.d.read_columns(
                 &[
                     ("id", Col::Text),
                     ("service", Col::Text),
@@ -1346,10 +1361,11 @@ impl<D: Dialect> Store for Db<D> {
                     ("strategy", Col::Text),
                     ("started_at", Col::Time),
                     ("finished_at", Col::Time),
-                    ("commit_times", Col::Json),
+                    ("commit_times", Col::Text),
                 ],
                 q("SELECT id, service, environment, version, status, strategy,
-                          started_at AS started_at, finished_at AS finished_at, commit_times
+                          started_at AS started_at, finished_at AS finished_at,
+                          CAST(commit_times AS TEXT) AS commit_times
                    FROM deploys
                    WHERE status IN ('succeeded', 'failed', 'rolled_back')
                      AND COALESCE(finished_at, started_at) >= $1
@@ -1357,10 +1373,8 @@ impl<D: Dialect> Store for Db<D> {
                 .bind(from)
                 .bind(service)
                 .bind(environment),
-            )
-            .await?;
-        let failed_gates = self
-            .json_rows(
+            ),
+            self.d.read_columns(
                 &[
                     ("service", Col::Text),
                     ("environment", Col::Text),
@@ -1373,89 +1387,8 @@ impl<D: Dialect> Store for Db<D> {
                 )
                 .bind(from - chrono::Duration::days(1))
                 .bind(service),
-            )
-            .await?;
-        let text = |v: &Value| v.as_str().map(str::to_string);
-        let mut by_deploy: HashSet<String> = HashSet::new();
-        let mut by_version: HashSet<(String, String)> = HashSet::new();
-        let mut by_version_env: HashSet<(String, String, String)> = HashSet::new();
-        for g in &failed_gates {
-            let service = text(&g[0]).unwrap_or_default();
-            if let Some(d) = text(&g[3]) {
-                by_deploy.insert(d);
-            }
-            if let Some(v) = text(&g[2]) {
-                match text(&g[1]) {
-                    None => {
-                        by_version.insert((service, v));
-                    }
-                    Some(e) => {
-                        by_version_env.insert((service, v, e));
-                    }
-                }
-            }
-        }
-        // Strings are moved out of the rows, not copied: 100,000 deploys
-        // over a year are the bulk of this read.
-        let take = |v: &mut Value| match v.take() {
-            Value::String(s) => Some(s),
-            _ => None,
-        };
-        let mut deployments = Vec::with_capacity(deploys.len());
-        for mut r in deploys {
-            let id = take(&mut r[0]).unwrap_or_default();
-            let bad = |col: &str, what: String| corrupt("deploys", &id, col, what);
-            let status = r[4].as_str().unwrap_or_default();
-            let status = DeployStatus::parse(status)
-                .ok_or_else(|| bad("status", format!("unknown status {status:?}")))?;
-            let strategy = match r[5].as_str() {
-                None => None,
-                Some(s) => Some(
-                    DeployStrategy::parse(s)
-                        .ok_or_else(|| bad("strategy", format!("unknown strategy {s:?}")))?,
-                ),
-            };
-            let service = take(&mut r[1]).unwrap_or_default();
-            let environment = take(&mut r[2]);
-            let version = take(&mut r[3]).unwrap_or_default();
-            // Failed gates are few: look them up only when there are any.
-            let gate_failed = !failed_gates.is_empty()
-                && (by_deploy.contains(&id)
-                    || by_version.contains(&(service.clone(), version.clone()))
-                    || environment.as_ref().is_some_and(|e| {
-                        by_version_env.contains(&(service.clone(), version.clone(), e.clone()))
-                    })
-                    || (environment.is_none()
-                        && by_version_env
-                            .iter()
-                            .any(|(s, v, _)| *s == service && *v == version)));
-            let started = json_time(&r[6]).ok_or_else(|| bad("started_at", "not a time".into()))?;
-            let commits = match r[8].take() {
-                // SQLite keeps JSON as text inside the aggregate.
-                Value::String(t) => {
-                    serde_json::from_str(&t).map_err(|e| bad("commit_times", e.to_string()))?
-                }
-                v => v,
-            };
-            deployments.push(Deployment {
-                at: json_time(&r[7]).unwrap_or(started),
-                commit_times: match commits {
-                    Value::Null => Vec::new(),
-                    v => {
-                        serde_json::from_value(v).map_err(|e| bad("commit_times", e.to_string()))?
-                    }
-                },
-                id,
-                service,
-                environment,
-                version,
-                status,
-                strategy,
-                gate_failed,
-            });
-        }
-        let incidents = self
-            .json_rows(
+            ),
+            self.d.read_columns(
                 &[("id", Col::Int), ("service", Col::Text), ("environment", Col::Text), ("severity", Col::Text),
                   ("opened_at", Col::Time), ("resolved_at", Col::Time)],
                 q("SELECT id, service, environment, severity, opened_at AS opened_at, resolved_at AS resolved_at
@@ -1465,10 +1398,8 @@ impl<D: Dialect> Store for Db<D> {
                 .bind(to)
                 .bind(service)
                 .bind(environment),
-            )
-            .await?;
-        let first_alerts = self
-            .json_rows(
+            ),
+            self.d.read_columns(
                 &[("incident_id", Col::Int), ("first_alert", Col::Time)],
                 q("SELECT a.incident_id, min(a.starts_at) AS first_alert
                    FROM incident_alerts a JOIN incidents i ON i.id = a.incident_id
@@ -1476,10 +1407,8 @@ impl<D: Dialect> Store for Db<D> {
                    GROUP BY a.incident_id")
                 .bind(from)
                 .bind(to),
-            )
-            .await?;
-        let changes = self
-            .json_rows(
+            ),
+            self.d.read_columns(
                 &[("incident_id", Col::Int), ("deploy_id", Col::Text), ("started_at", Col::Time), ("cause_n", Col::Int)],
                 q("SELECT c.incident_id, c.deploy_id, d.started_at AS started_at,
                           CASE WHEN c.cause IS NULL THEN -1 WHEN c.cause THEN 1 ELSE 0 END AS cause_n
@@ -1489,10 +1418,8 @@ impl<D: Dialect> Store for Db<D> {
                    WHERE i.opened_at >= $1 AND i.opened_at < $2")
                 .bind(from)
                 .bind(to),
-            )
-            .await?;
-        let acted = self
-            .json_rows(
+            ),
+            self.d.read_columns(
                 &[
                     ("incident_id", Col::Int),
                     ("spec", Col::Json),
@@ -1504,43 +1431,131 @@ impl<D: Dialect> Store for Db<D> {
                    WHERE a.incident_id IS NOT NULL AND a.kind IN ('kill_switch', 'rollback')
                      AND au.event IN ('executed', 'verified') AND a.created_at >= $1")
                 .bind(from),
-            )
-            .await?;
-        let mut records: HashMap<i64, IncidentRecord> = HashMap::with_capacity(incidents.len());
-        for r in &incidents {
-            let id = r[0].as_i64().unwrap_or_default();
+            ),
+        )?;
+        let any_failed_gate = g.rows() > 0;
+        let mut by_deploy: HashSet<String> = HashSet::new();
+        let mut by_version: HashSet<(String, String)> = HashSet::new();
+        let mut by_version_env: HashSet<(String, String, String)> = HashSet::new();
+        for (((service, env), version), deploy) in g
+            .texts(0)?
+            .zip(g.texts(1)?)
+            .zip(g.texts(2)?)
+            .zip(g.texts(3)?)
+        {
+            let service = service.unwrap_or_default();
+            if let Some(d) = deploy {
+                by_deploy.insert(d);
+            }
+            if let Some(v) = version {
+                match env {
+                    None => {
+                        by_version.insert((service, v));
+                    }
+                    Some(e) => {
+                        by_version_env.insert((service, v, e));
+                    }
+                }
+            }
+        }
+        let mut deployments = Vec::with_capacity(d.rows());
+        let (mut services, mut environments, mut versions) =
+            (d.texts(1)?, d.texts(2)?, d.texts(3)?);
+        let (mut statuses, mut strategies) = (d.texts(4)?, d.texts(5)?);
+        let (mut started, mut finished, mut commits) = (d.times(6)?, d.times(7)?, d.texts(8)?);
+        for id in d.texts(0)? {
+            // The columns are of equal length (`Columns::new`).
+            let id = id.unwrap_or_default();
+            let bad = |col: &str, what: String| corrupt("deploys", &id, col, what);
+            let status = statuses.next().flatten().unwrap_or_default();
+            let status = DeployStatus::parse(&status)
+                .ok_or_else(|| bad("status", format!("unknown status {status:?}")))?;
+            let strategy = match strategies.next().flatten() {
+                None => None,
+                Some(s) => Some(
+                    DeployStrategy::parse(&s)
+                        .ok_or_else(|| bad("strategy", format!("unknown strategy {s:?}")))?,
+                ),
+            };
+            let service = services.next().flatten().unwrap_or_default();
+            let environment = environments.next().flatten();
+            let version = versions.next().flatten().unwrap_or_default();
+            // Failed gates are few: look them up only when there are any.
+            let gate_failed = any_failed_gate
+                && (by_deploy.contains(&id)
+                    || by_version.contains(&(service.clone(), version.clone()))
+                    || environment.as_ref().is_some_and(|e| {
+                        by_version_env.contains(&(service.clone(), version.clone(), e.clone()))
+                    })
+                    || (environment.is_none()
+                        && by_version_env
+                            .iter()
+                            .any(|(s, v, _)| *s == service && *v == version)));
+            let started = started
+                .next()
+                .flatten()
+                .ok_or_else(|| bad("started_at", "NULL".into()))?;
+            let commit_times = match commits.next().flatten() {
+                None => Vec::new(),
+                Some(t) => parse_commit_times(&t).map_err(|e| bad("commit_times", e))?,
+            };
+            deployments.push(Deployment {
+                at: finished.next().flatten().unwrap_or(started),
+                commit_times,
+                id,
+                service,
+                environment,
+                version,
+                status,
+                strategy,
+                gate_failed,
+            });
+        }
+        let mut records: HashMap<i64, IncidentRecord> = HashMap::with_capacity(inc.rows());
+        let (mut services, mut environments, mut severities) =
+            (inc.texts(1)?, inc.texts(2)?, inc.texts(3)?);
+        let (mut opened, mut resolved) = (inc.times(4)?, inc.times(5)?);
+        for id in inc.ints(0)? {
+            let id = id.unwrap_or_default();
             records.insert(
                 id,
                 IncidentRecord {
                     id,
-                    service: text(&r[1]),
-                    environment: text(&r[2]),
-                    severity: text(&r[3]),
-                    opened_at: json_time(&r[4]).ok_or_else(|| {
-                        corrupt("incidents", id, "opened_at", "not a time".into())
-                    })?,
+                    service: services.next().flatten(),
+                    environment: environments.next().flatten(),
+                    severity: severities.next().flatten(),
+                    opened_at: opened
+                        .next()
+                        .flatten()
+                        .ok_or_else(|| corrupt("incidents", id, "opened_at", "NULL".into()))?,
                     first_alert: None,
                     mitigated_at: None,
-                    resolved_at: json_time(&r[5]),
+                    resolved_at: resolved.next().flatten(),
                     feature_disabled_at: None,
                     changes: Vec::new(),
                 },
             );
         }
-        for r in &first_alerts {
-            if let Some(i) = records.get_mut(&r[0].as_i64().unwrap_or_default()) {
-                i.first_alert = json_time(&r[1]);
+        for (id, at) in first.ints(0)?.zip(first.times(1)?) {
+            if let Some(i) = records.get_mut(&id.unwrap_or_default()) {
+                i.first_alert = at;
             }
         }
-        for r in &changes {
-            if let (Some(i), Some(started_at)) = (
-                records.get_mut(&r[0].as_i64().unwrap_or_default()),
-                json_time(&r[2]),
-            ) {
+        let (mut deploys, mut started, mut causes) =
+            (changes.texts(1)?, changes.times(2)?, changes.ints(3)?);
+        for id in changes.ints(0)? {
+            let (deploy_id, started_at, cause) = (
+                deploys.next().flatten(),
+                started.next().flatten(),
+                causes.next().flatten(),
+            );
+            if let (Some(i), Some(started_at)) =
+                (records.get_mut(&id.unwrap_or_default()), started_at)
+            {
                 i.changes.push(LinkedChange {
-                    deploy_id: text(&r[1]).unwrap_or_default(),
+                    deploy_id: deploy_id.unwrap_or_default(),
                     started_at,
-                    cause: match r[3].as_i64() {
+                    cause: match cause {
                         Some(1) => Some(true),
                         Some(0) => Some(false),
                         _ => None,
@@ -1548,20 +1563,22 @@ impl<D: Dialect> Store for Db<D> {
                 });
             }
         }
-        for r in &acted {
-            let Some(i) = records.get_mut(&r[0].as_i64().unwrap_or_default()) else {
+        let (mut specs, mut events, mut ats) = (acted.jsons(1)?, acted.texts(2)?, acted.times(3)?);
+        for id in acted.ints(0)? {
+            let (spec, event, at) = (
+                specs.next().flatten(),
+                events.next().flatten(),
+                ats.next().flatten(),
+            );
+            let (Some(i), Some(at)) = (records.get_mut(&id.unwrap_or_default()), at) else {
                 continue;
             };
-            let Some(at) = json_time(&r[3]) else { continue };
-            let spec = match &r[1] {
-                Value::String(t) => serde_json::from_str::<ActionSpec>(t),
-                v => serde_json::from_value::<ActionSpec>(v.clone()),
-            }
-            .map_err(|e| corrupt("actions", "(insights)", "spec", e.to_string()))?;
+            let spec = serde_json::from_value::<ActionSpec>(spec.unwrap_or_default())
+                .map_err(|e| corrupt("actions", "(insights)", "spec", e.to_string()))?;
             let turns_off =
                 matches!(&spec.step, StepAction::KillSwitch(k) if k.state == FlagState::Off);
             let mitigates = turns_off || matches!(spec.step, StepAction::Rollback(_));
-            let event = r[2].as_str().unwrap_or_default();
+            let event = event.unwrap_or_default();
             if event == "executed" && mitigates {
                 i.mitigated_at = Some(i.mitigated_at.map_or(at, |m| m.min(at)));
             }
@@ -2265,81 +2282,151 @@ impl<D: Dialect> Store for Db<D> {
     }
 }
 
-/// How [`Db::json_rows`] reads a column.
-#[derive(Debug, Clone, Copy)]
-enum Col {
+/// What a column read by [`Dialect::read_columns`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Col {
     Text,
     Int,
-    /// As microseconds since the epoch.
     Time,
     Json,
 }
 
-/// A time read by [`Db::json_rows`]: microseconds since the epoch.
-fn json_time(v: &Value) -> Option<DateTime<Utc>> {
-    v.as_i64().and_then(DateTime::from_timestamp_micros)
+/// One column of a query's result.
+#[derive(Debug)]
+pub enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+    Json(Vec<Option<Value>>),
 }
 
-impl<D: Dialect> Db<D> {
-    /// Reads a query's rows as arrays of JSON values, `cols` in order (times
-    /// as microseconds). Where the dialect says so (SQLite) the rows come as
-    /// one aggregated JSON row: one crosses the driver instead of thousands,
-    /// which is what makes a year of insights cheap there.
-    async fn json_rows(&self, cols: &[(&str, Col)], inner: Query) -> Result<Vec<Vec<Value>>> {
-        if !<D::Tx as DialectTx>::AGGREGATE_READS {
-            let rows = self.d.read(inner).await?;
-            return rows
-                .iter()
-                .map(|r| {
-                    cols.iter()
-                        .map(|(name, kind)| {
-                            Ok(match kind {
-                                Col::Text => r.opt_text(name)?.map_or(Value::Null, Value::String),
-                                Col::Int => r.opt_int(name)?.map_or(Value::Null, Value::from),
-                                Col::Time => r
-                                    .opt_time(name)?
-                                    .map_or(Value::Null, |t| Value::from(t.timestamp_micros())),
-                                Col::Json => r.opt_json(name)?.unwrap_or(Value::Null),
-                            })
-                        })
-                        .collect()
-                })
-                .collect();
-        }
-        let agg = <D::Tx as DialectTx>::JSON_AGG;
-        let arr = <D::Tx as DialectTx>::JSON_ARRAY;
-        let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
-        let sql = format!(
-            "SELECT {agg}({arr}({})) AS j FROM ({}) s",
-            names.join(", "),
-            inner.sql
-        );
-        let rows = self
-            .d
-            .read(Query {
-                sql: sql.into(),
-                ..inner
-            })
-            .await?;
-        let value = match rows.first() {
-            Some(r) => r.opt_json("j")?,
-            None => None,
-        };
-        match value {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => Ok(items
-                .into_iter()
-                .map(|v| match v {
-                    Value::Array(cols) => cols,
-                    other => vec![other],
-                })
-                .collect()),
-            Some(_) => Err(StoreError::Internal(
-                "an aggregated read did not give an array".into(),
-            )),
+impl Column {
+    pub fn empty(kind: Col, rows: usize) -> Column {
+        match kind {
+            Col::Text => Column::Text(Vec::with_capacity(rows)),
+            Col::Int => Column::Int(Vec::with_capacity(rows)),
+            Col::Time => Column::Time(Vec::with_capacity(rows)),
+            Col::Json => Column::Json(Vec::with_capacity(rows)),
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Column::Text(v) => v.len(),
+            Column::Int(v) => v.len(),
+            Column::Time(v) => v.len(),
+            Column::Json(v) => v.len(),
+        }
+    }
+}
+
+/// A query's result read column by column: many rows cross the driver as a
+/// few values (PostgreSQL: one array per column; SQLite: one aggregated JSON
+/// row) instead of a row object each, which is what makes a year of insights
+/// cheap. Columns are taken out by position, in the order they were asked for.
+#[derive(Debug)]
+pub struct Columns {
+    rows: usize,
+    cols: Vec<Option<Column>>,
+}
+
+macro_rules! take_column {
+    ($($name:ident => $variant:ident($t:ty);)*) => {
+        $(pub fn $name(&mut self, i: usize) -> Result<std::vec::IntoIter<Option<$t>>> {
+            match self.cols.get_mut(i).and_then(Option::take) {
+                Some(Column::$variant(v)) => Ok(v.into_iter()),
+                other => Err(StoreError::Internal(format!(
+                    "column {i} of a column read is {other:?}, not {}",
+                    stringify!($variant)
+                ))),
+            }
+        })*
+    };
+}
+
+impl Columns {
+    /// Columns of equal length (a driver that gave anything else is a bug).
+    pub fn new(cols: Vec<Column>) -> Result<Columns> {
+        let rows = cols.first().map_or(0, Column::len);
+        if cols.iter().any(|c| c.len() != rows) {
+            return Err(StoreError::Internal(
+                "a column read gave columns of different lengths".into(),
+            ));
+        }
+        Ok(Columns {
+            rows,
+            cols: cols.into_iter().map(Some).collect(),
+        })
+    }
+
+    /// From rows aggregated as one JSON array of arrays (SQLite's
+    /// `json_group_array(json_array(…))`), times as microseconds and JSON
+    /// columns as their text.
+    pub fn from_json_rows(kinds: &[(&str, Col)], rows: Option<Value>) -> Result<Columns> {
+        let rows = match rows {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(rows)) => rows,
+            Some(_) => {
+                return Err(StoreError::Internal(
+                    "an aggregated read did not give an array".into(),
+                ))
+            }
+        };
+        let mut cols: Vec<Column> = kinds
+            .iter()
+            .map(|(_, k)| Column::empty(*k, rows.len()))
+            .collect();
+        for row in rows {
+            let Value::Array(values) = row else {
+                return Err(StoreError::Internal(
+                    "an aggregated row is not an array".into(),
+                ));
+            };
+            if values.len() != kinds.len() {
+                return Err(StoreError::Internal(
+                    "an aggregated row has the wrong number of columns".into(),
+                ));
+            }
+            for ((col, v), (name, _)) in cols.iter_mut().zip(values).zip(kinds) {
+                let bad = |what: &str| StoreError::Corrupt(format!("column {name}: {what}"));
+                match (col, v) {
+                    (Column::Text(c), Value::Null) => c.push(None),
+                    (Column::Int(c), Value::Null) => c.push(None),
+                    (Column::Time(c), Value::Null) => c.push(None),
+                    (Column::Json(c), Value::Null) => c.push(None),
+                    (Column::Text(c), Value::String(t)) => c.push(Some(t)),
+                    (Column::Int(c), v) => {
+                        c.push(Some(v.as_i64().ok_or_else(|| bad("not an integer"))?))
+                    }
+                    (Column::Time(c), v) => c.push(Some(
+                        v.as_i64()
+                            .and_then(DateTime::from_timestamp_micros)
+                            .ok_or_else(|| bad("not a time (microseconds since 1970)"))?,
+                    )),
+                    (Column::Json(c), Value::String(t)) => c.push(Some(
+                        serde_json::from_str(&t).map_err(|e| bad(&format!("not JSON: {e}")))?,
+                    )),
+                    (Column::Json(c), v) => c.push(Some(v)),
+                    (Column::Text(_), _) => return Err(bad("not text")),
+                }
+            }
+        }
+        Columns::new(cols)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    take_column! {
+        texts => Text(String);
+        ints => Int(i64);
+        times => Time(DateTime<Utc>);
+        jsons => Json(Value);
+    }
+}
+
+impl<D: Dialect> Db<D> {
     /// Sets a built-in flag in one transaction; for an action, also records
     /// the state it found on the action (`None`: `owner` no longer holds the
     /// action's lease, and nothing was written).
@@ -2872,5 +2959,63 @@ impl<T: DialectTx + 'static> StoreTx for Tx<T> {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         self.tx.commit().await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn commit_times_read_back_as_deploy_events_store_them() {
+        let times = vec![
+            Utc.with_ymd_and_hms(2026, 3, 1, 9, 30, 0).unwrap(),
+            Utc.timestamp_micros(1_772_000_000_123_456).unwrap(),
+        ];
+        let stored = serde_json::to_string(&times).unwrap();
+        assert_eq!(parse_commit_times(&stored).unwrap(), times);
+        assert!(parse_commit_times("null").unwrap().is_empty());
+        let err = parse_commit_times(r#"["yesterday"]"#).unwrap_err();
+        assert!(err.contains("\"yesterday\" is not a time"), "{err}");
+        assert!(parse_commit_times("{}").is_err());
+    }
+
+    #[test]
+    fn aggregated_rows_become_typed_columns() {
+        let kinds = [
+            ("id", Col::Int),
+            ("name", Col::Text),
+            ("at", Col::Time),
+            ("spec", Col::Json),
+        ];
+        let rows = serde_json::json!([[1, "a", 1_000_000, "{\"k\": 1}"], [2, null, null, null],]);
+        let mut c = Columns::from_json_rows(&kinds, Some(rows)).unwrap();
+        assert_eq!(c.rows(), 2);
+        assert_eq!(c.ints(0).unwrap().collect::<Vec<_>>(), [Some(1), Some(2)]);
+        assert_eq!(
+            c.texts(1).unwrap().collect::<Vec<_>>(),
+            [Some("a".to_string()), None]
+        );
+        assert_eq!(
+            c.times(2).unwrap().collect::<Vec<_>>(),
+            [DateTime::from_timestamp_micros(1_000_000), None]
+        );
+        assert_eq!(
+            c.jsons(3).unwrap().collect::<Vec<_>>(),
+            [Some(serde_json::json!({"k": 1})), None]
+        );
+        // Taken twice, or as the wrong kind: a bug, said as one.
+        assert!(c.ints(0).is_err());
+        let mut c = Columns::from_json_rows(&kinds, None).unwrap();
+        assert_eq!(c.rows(), 0);
+        assert!(c.texts(0).is_err());
+        // A stored value of the wrong kind names its column.
+        let bad = serde_json::json!([[1, "a", "noon", null]]);
+        let err = Columns::from_json_rows(&kinds, Some(bad)).unwrap_err();
+        assert!(err.to_string().contains("column at"), "{err}");
+        let short = serde_json::json!([[1, "a"]]);
+        assert!(Columns::from_json_rows(&kinds, Some(short)).is_err());
     }
 }
