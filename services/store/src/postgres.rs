@@ -75,6 +75,21 @@ fn column(col: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     }
 }
 
+/// An integer column by name or position: BIGINT, or INTEGER (step_index,
+/// attempts, integer literals) widened.
+fn opt_int_at<I>(row: &PgRow, i: I) -> std::result::Result<Option<i64>, sqlx::Error>
+where
+    I: sqlx::ColumnIndex<PgRow> + Copy,
+{
+    match row.try_get::<Option<i64>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(e) => row
+            .try_get::<Option<i32>, _>(i)
+            .map(|v| v.map(i64::from))
+            .map_err(|_| e),
+    }
+}
+
 impl Get for PgRow {
     fn int(&self, col: &str) -> Result<i64> {
         match self.try_get::<i64, _>(col) {
@@ -87,13 +102,7 @@ impl Get for PgRow {
         }
     }
     fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        match self.try_get::<Option<i64>, _>(col) {
-            Ok(v) => Ok(v),
-            Err(e) => self
-                .try_get::<Option<i32>, _>(col)
-                .map(|v| v.map(i64::from))
-                .map_err(|_| column(col)(e)),
-        }
+        opt_int_at(self, col).map_err(column(col))
     }
     fn text(&self, col: &str) -> Result<String> {
         self.try_get(col).map_err(column(col))
@@ -159,11 +168,7 @@ impl Dialect for PgDialect {
                 let e = column(name);
                 match col {
                     Column::Text(c) => c.push(row.try_get(i).map_err(e)?),
-                    // INTEGER columns and integer literals come as int4.
-                    Column::Int(c) => c.push(match row.try_get::<Option<i64>, _>(i) {
-                        Ok(v) => v,
-                        Err(_) => row.try_get::<Option<i32>, _>(i).map_err(e)?.map(i64::from),
-                    }),
+                    Column::Int(c) => c.push(opt_int_at(&row, i).map_err(e)?),
                     Column::Time(c) => c.push(row.try_get(i).map_err(e)?),
                     Column::Json(c) => c.push(row.try_get(i).map_err(e)?),
                 }
