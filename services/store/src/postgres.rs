@@ -161,7 +161,7 @@ impl Dialect for PgDialect {
         // by name) and straight to their types: the driver's row objects go
         // at once and decoding overlaps the transfer.
         use futures_util::TryStreamExt;
-        let mut columns: Vec<Column> = cols.iter().map(|(_, k)| Column::empty(*k, 0)).collect();
+        let mut columns: Vec<Column> = cols.iter().map(|(_, k)| Column::empty(*k)).collect();
         let mut rows = build(&q).fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
             for (i, (col, (name, _))) in columns.iter_mut().zip(cols).enumerate() {

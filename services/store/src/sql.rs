@@ -2301,12 +2301,12 @@ pub enum Column {
 }
 
 impl Column {
-    pub fn empty(kind: Col, rows: usize) -> Column {
+    pub fn empty(kind: Col) -> Column {
         match kind {
-            Col::Text => Column::Text(Vec::with_capacity(rows)),
-            Col::Int => Column::Int(Vec::with_capacity(rows)),
-            Col::Time => Column::Time(Vec::with_capacity(rows)),
-            Col::Json => Column::Json(Vec::with_capacity(rows)),
+            Col::Text => Column::Text(Vec::new()),
+            Col::Int => Column::Int(Vec::new()),
+            Col::Time => Column::Time(Vec::new()),
+            Col::Json => Column::Json(Vec::new()),
         }
     }
 
@@ -2320,10 +2320,11 @@ impl Column {
     }
 }
 
-/// A query's result read column by column: many rows cross the driver as a
-/// few values (PostgreSQL: one array per column; SQLite: one aggregated JSON
-/// row) instead of a row object each, which is what makes a year of insights
-/// cheap. Columns are taken out by position, in the order they were asked for.
+/// A query's result read column by column, as typed vectors instead of a
+/// row object each (PostgreSQL decodes each row by position as it arrives;
+/// SQLite aggregates the rows into one JSON text, decoded straight into the
+/// columns): what makes a year of insights cheap. Columns are taken out by
+/// position, in the order they were asked for.
 #[derive(Debug)]
 pub struct Columns {
     rows: usize,
@@ -2357,61 +2358,6 @@ impl Columns {
             rows,
             cols: cols.into_iter().map(Some).collect(),
         })
-    }
-
-    /// From rows aggregated as one JSON array of arrays (SQLite's
-    /// `json_group_array(json_array(…))`), times as microseconds and JSON
-    /// columns as their text.
-    pub fn from_json_rows(kinds: &[(&str, Col)], rows: Option<Value>) -> Result<Columns> {
-        let rows = match rows {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(rows)) => rows,
-            Some(_) => {
-                return Err(StoreError::Internal(
-                    "an aggregated read did not give an array".into(),
-                ))
-            }
-        };
-        let mut cols: Vec<Column> = kinds
-            .iter()
-            .map(|(_, k)| Column::empty(*k, rows.len()))
-            .collect();
-        for row in rows {
-            let Value::Array(values) = row else {
-                return Err(StoreError::Internal(
-                    "an aggregated row is not an array".into(),
-                ));
-            };
-            if values.len() != kinds.len() {
-                return Err(StoreError::Internal(
-                    "an aggregated row has the wrong number of columns".into(),
-                ));
-            }
-            for ((col, v), (name, _)) in cols.iter_mut().zip(values).zip(kinds) {
-                let bad = |what: &str| StoreError::Corrupt(format!("column {name}: {what}"));
-                match (col, v) {
-                    (Column::Text(c), Value::Null) => c.push(None),
-                    (Column::Int(c), Value::Null) => c.push(None),
-                    (Column::Time(c), Value::Null) => c.push(None),
-                    (Column::Json(c), Value::Null) => c.push(None),
-                    (Column::Text(c), Value::String(t)) => c.push(Some(t)),
-                    (Column::Int(c), v) => {
-                        c.push(Some(v.as_i64().ok_or_else(|| bad("not an integer"))?))
-                    }
-                    (Column::Time(c), v) => c.push(Some(
-                        v.as_i64()
-                            .and_then(DateTime::from_timestamp_micros)
-                            .ok_or_else(|| bad("not a time (microseconds since 1970)"))?,
-                    )),
-                    (Column::Json(c), Value::String(t)) => c.push(Some(
-                        serde_json::from_str(&t).map_err(|e| bad(&format!("not JSON: {e}")))?,
-                    )),
-                    (Column::Json(c), v) => c.push(Some(v)),
-                    (Column::Text(_), _) => return Err(bad("not text")),
-                }
-            }
-        }
-        Columns::new(cols)
     }
 
     pub fn rows(&self) -> usize {
@@ -2980,42 +2926,5 @@ mod tests {
         let err = parse_commit_times(r#"["yesterday"]"#).unwrap_err();
         assert!(err.contains("\"yesterday\" is not a time"), "{err}");
         assert!(parse_commit_times("{}").is_err());
-    }
-
-    #[test]
-    fn aggregated_rows_become_typed_columns() {
-        let kinds = [
-            ("id", Col::Int),
-            ("name", Col::Text),
-            ("at", Col::Time),
-            ("spec", Col::Json),
-        ];
-        let rows = serde_json::json!([[1, "a", 1_000_000, "{\"k\": 1}"], [2, null, null, null],]);
-        let mut c = Columns::from_json_rows(&kinds, Some(rows)).unwrap();
-        assert_eq!(c.rows(), 2);
-        assert_eq!(c.ints(0).unwrap().collect::<Vec<_>>(), [Some(1), Some(2)]);
-        assert_eq!(
-            c.texts(1).unwrap().collect::<Vec<_>>(),
-            [Some("a".to_string()), None]
-        );
-        assert_eq!(
-            c.times(2).unwrap().collect::<Vec<_>>(),
-            [DateTime::from_timestamp_micros(1_000_000), None]
-        );
-        assert_eq!(
-            c.jsons(3).unwrap().collect::<Vec<_>>(),
-            [Some(serde_json::json!({"k": 1})), None]
-        );
-        // Taken twice, or as the wrong kind: a bug, said as one.
-        assert!(c.ints(0).is_err());
-        let mut c = Columns::from_json_rows(&kinds, None).unwrap();
-        assert_eq!(c.rows(), 0);
-        assert!(c.texts(0).is_err());
-        // A stored value of the wrong kind names its column.
-        let bad = serde_json::json!([[1, "a", "noon", null]]);
-        let err = Columns::from_json_rows(&kinds, Some(bad)).unwrap_err();
-        assert!(err.to_string().contains("column at"), "{err}");
-        let short = serde_json::json!([[1, "a"]]);
-        assert!(Columns::from_json_rows(&kinds, Some(short)).is_err());
     }
 }

@@ -24,6 +24,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+mod aggregated;
+
 use crate::migrate::{self, CREATE_TABLE};
 use crate::sql::{Arg, Attach, Col, Columns, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS};
 use crate::{labels_json, Result, StoreError};
@@ -290,11 +292,11 @@ impl Dialect for SqliteDialect {
                 ..q
             })
             .await?;
-        let value = match rows.first() {
-            Some(r) => r.opt_json("j")?,
+        let text: Option<&str> = match rows.first() {
+            Some(r) => r.try_get("j").map_err(column("j"))?,
             None => None,
         };
-        Columns::from_json_rows(cols, value)
+        aggregated::columns_from_json(cols, text)
     }
 
     async fn begin(&self) -> Result<SqliteTx> {
