@@ -170,7 +170,6 @@ impl Dialect for PgDialect {
                     Column::Text(c) => c.push(row.try_get(i).map_err(e)?),
                     Column::Int(c) => c.push(opt_int_at(&row, i).map_err(e)?),
                     Column::Time(c) => c.push(row.try_get(i).map_err(e)?),
-                    Column::Json(c) => c.push(row.try_get(i).map_err(e)?),
                 }
             }
         }

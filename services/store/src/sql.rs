@@ -1422,11 +1422,13 @@ impl<D: Dialect> Store for Db<D> {
             self.d.read_columns(
                 &[
                     ("incident_id", Col::Int),
-                    ("spec", Col::Json),
+                    ("id", Col::Int),
+                    ("spec", Col::Text),
                     ("event", Col::Text),
                     ("at", Col::Time),
                 ],
-                q("SELECT a.incident_id, a.spec, au.event, au.at AS at
+                // The spec as its text, parsed straight into an action spec.
+                q("SELECT a.incident_id, a.id, CAST(a.spec AS TEXT) AS spec, au.event, au.at AS at
                    FROM actions a JOIN audit au ON au.action_id = a.id
                    WHERE a.incident_id IS NOT NULL AND a.kind IN ('kill_switch', 'rollback')
                      AND au.event IN ('executed', 'verified') AND a.created_at >= $1")
@@ -1563,18 +1565,20 @@ impl<D: Dialect> Store for Db<D> {
                 });
             }
         }
-        let (mut specs, mut events, mut ats) = (acted.jsons(1)?, acted.texts(2)?, acted.times(3)?);
+        let (mut actions, mut specs) = (acted.ints(1)?, acted.texts(2)?);
+        let (mut events, mut ats) = (acted.texts(3)?, acted.times(4)?);
         for id in acted.ints(0)? {
-            let (spec, event, at) = (
-                specs.next().flatten(),
+            let (action, spec, event, at) = (
+                actions.next().flatten().unwrap_or_default(),
+                specs.next().flatten().unwrap_or_default(),
                 events.next().flatten(),
                 ats.next().flatten(),
             );
             let (Some(i), Some(at)) = (records.get_mut(&id.unwrap_or_default()), at) else {
                 continue;
             };
-            let spec = serde_json::from_value::<ActionSpec>(spec.unwrap_or_default())
-                .map_err(|e| corrupt("actions", "(insights)", "spec", e.to_string()))?;
+            let spec = serde_json::from_str::<ActionSpec>(&spec)
+                .map_err(|e| corrupt("actions", action, "spec", e.to_string()))?;
             let turns_off =
                 matches!(&spec.step, StepAction::KillSwitch(k) if k.state == FlagState::Off);
             let mitigates = turns_off || matches!(spec.step, StepAction::Rollback(_));
@@ -2288,7 +2292,6 @@ pub enum Col {
     Text,
     Int,
     Time,
-    Json,
 }
 
 /// One column of a query's result.
@@ -2297,7 +2300,6 @@ pub enum Column {
     Text(Vec<Option<String>>),
     Int(Vec<Option<i64>>),
     Time(Vec<Option<DateTime<Utc>>>),
-    Json(Vec<Option<Value>>),
 }
 
 impl Column {
@@ -2306,7 +2308,6 @@ impl Column {
             Col::Text => Column::Text(Vec::new()),
             Col::Int => Column::Int(Vec::new()),
             Col::Time => Column::Time(Vec::new()),
-            Col::Json => Column::Json(Vec::new()),
         }
     }
 
@@ -2315,7 +2316,6 @@ impl Column {
             Column::Text(v) => v.len(),
             Column::Int(v) => v.len(),
             Column::Time(v) => v.len(),
-            Column::Json(v) => v.len(),
         }
     }
 }
@@ -2368,7 +2368,6 @@ impl Columns {
         texts => Text(String);
         ints => Int(i64);
         times => Time(DateTime<Utc>);
-        jsons => Json(Value);
     }
 }
 

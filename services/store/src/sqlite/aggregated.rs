@@ -8,15 +8,12 @@ use std::fmt;
 
 use chrono::DateTime;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::sql::{Col, Column, Columns};
 use crate::{Result, StoreError};
 
 /// Columns of the kinds asked for from the aggregated text (`None`: no row
-/// came back at all). Times are microseconds since 1970; a JSON column may
-/// come as its text. A cell of the wrong kind is refused, naming its column.
+/// came back at all). Times are microseconds since 1970. A cell of the wrong kind is refused, naming its column.
 pub(super) fn columns_from_json(kinds: &[(&str, Col)], text: Option<&str>) -> Result<Columns> {
     let mut cols: Vec<Column> = kinds.iter().map(|(_, k)| Column::empty(*k)).collect();
     if let Some(text) = text {
@@ -133,20 +130,7 @@ impl<'de> DeserializeSeed<'de> for Cell<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        match self.col {
-            // JSON as SQLite gives it: its text (a TEXT column), or the value.
-            Column::Json(c) => {
-                let v = match Option::<Value>::deserialize(d)? {
-                    Some(Value::String(t)) => Some(serde_json::from_str(&t).map_err(|e| {
-                        de::Error::custom(format!("column {}: not JSON: {e}", self.name))
-                    })?),
-                    v => v,
-                };
-                c.push(v);
-                Ok(())
-            }
-            _ => d.deserialize_any(self),
-        }
+        d.deserialize_any(self)
     }
 }
 
@@ -158,7 +142,6 @@ impl<'de> Visitor<'de> for Cell<'_> {
             Column::Text(_) => "text",
             Column::Int(_) => "an integer",
             Column::Time(_) => "a time (microseconds since 1970)",
-            Column::Json(_) => "JSON",
         };
         write!(f, "column {}: {kind} or null", self.name)
     }
@@ -168,7 +151,6 @@ impl<'de> Visitor<'de> for Cell<'_> {
             Column::Text(c) => c.push(None),
             Column::Int(c) => c.push(None),
             Column::Time(c) => c.push(None),
-            Column::Json(c) => c.push(None),
         }
         Ok(())
     }
@@ -202,13 +184,8 @@ mod tests {
 
     #[test]
     fn aggregated_rows_become_typed_columns() {
-        let kinds = [
-            ("id", Col::Int),
-            ("name", Col::Text),
-            ("at", Col::Time),
-            ("spec", Col::Json),
-        ];
-        let rows = r#"[[1,"a\"b",1000000,"{\"k\": 1}"],[2,null,null,null],[3,"c",-5,{"k":2}]]"#;
+        let kinds = [("id", Col::Int), ("name", Col::Text), ("at", Col::Time)];
+        let rows = r#"[[1,"a\"b",1000000],[2,null,null],[3,"c",-5]]"#;
         let mut c = columns_from_json(&kinds, Some(rows)).unwrap();
         assert_eq!(c.rows(), 3);
         assert_eq!(
@@ -227,14 +204,6 @@ mod tests {
                 DateTime::from_timestamp_micros(-5)
             ]
         );
-        assert_eq!(
-            c.jsons(3).unwrap().collect::<Vec<_>>(),
-            [
-                Some(serde_json::json!({"k": 1})),
-                None,
-                Some(serde_json::json!({"k": 2}))
-            ]
-        );
         // Taken twice, or as the wrong kind: a bug, said as one.
         assert!(c.ints(0).is_err());
         let mut c = columns_from_json(&kinds, None).unwrap();
@@ -245,11 +214,11 @@ mod tests {
 
     #[test]
     fn a_cell_of_the_wrong_kind_names_its_column() {
-        let kinds = [("id", Col::Int), ("at", Col::Time), ("spec", Col::Json)];
+        let kinds = [("id", Col::Int), ("at", Col::Time), ("name", Col::Text)];
         for (rows, named) in [
             (r#"[[1, "noon", null]]"#, "column at"),
             (r#"[["one", 2, null]]"#, "column id"),
-            (r#"[[1, 2, "{not json"]]"#, "column spec: not JSON"),
+            (r#"[[1, 2, 3]]"#, "column name"),
             (r#"[[1, 2.5, null]]"#, "column at"),
             (r#"[[1, 9223372036854775807, null]]"#, "column at"),
         ] {
