@@ -1,8 +1,8 @@
-//! Rows aggregated by SQLite into one JSON text (`json_group_array(json_array(…))`)
-//! read straight into typed [`Columns`]: each cell is decoded as the parser
-//! reaches it, with no JSON value tree in between (a year of deploys is
-//! about 15 MB of such text, and building values for it cost more than
-//! SQLite took to write it).
+//! Rows aggregated by SQLite into one JSON text
+//! (`json_group_array(json_array(…))`) read straight into typed [`Columns`]:
+//! each cell is decoded as the parser reaches it, with no JSON value tree in
+//! between (a year of deploys is about 15 MB of such text, and building
+//! values for it cost more than SQLite took to write it).
 
 use std::fmt;
 
@@ -13,7 +13,8 @@ use crate::sql::{Col, Column, Columns};
 use crate::{Result, StoreError};
 
 /// Columns of the kinds asked for from the aggregated text (`None`: no row
-/// came back at all). Times are microseconds since 1970. A cell of the wrong kind is refused, naming its column.
+/// came back at all). Times are microseconds since 1970. A cell of the wrong
+/// kind is refused, naming its column.
 pub(super) fn columns_from_json(kinds: &[(&str, Col)], text: Option<&str>) -> Result<Columns> {
     let mut cols: Vec<Column> = kinds.iter().map(|(_, k)| Column::empty(*k)).collect();
     if let Some(text) = text {
