@@ -19,6 +19,7 @@ use lapin::options::{
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::Mutex;
 
@@ -114,12 +115,38 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
+/// The largest frame Firebreak proposes when `amqp_url` sets no `frame_max`.
+/// lapin keeps a receive and a send buffer of 32 frames per connection,
+/// written in full up front: at RabbitMQ's default of 128 KiB that is 8 MiB
+/// per connection, resident while idle, and a process holds up to five
+/// connections (publisher, depth sampler, two consumer lanes, dead
+/// letters). At 32 KiB it is 2 MiB; a larger message goes as several frames.
+pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+
+/// `url` as lapin takes it, proposing [`DEFAULT_FRAME_MAX`] unless the URL
+/// says otherwise (`?frame_max=`, the AMQP URI query of the same name).
+fn amqp_uri(url: &str) -> Result<AMQPUri, BusError> {
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| {
+        // The URL holds the password: never repeat it.
+        let why = if e.contains(url) {
+            "not of the form amqp://user:password@host:port/vhost".to_string()
+        } else {
+            e
+        };
+        BusError::Unavailable(format!("rabbitmq: amqp_url is not an AMQP URI: {why}"))
+    })?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    Ok(uri)
+}
+
 async fn connect(url: &str) -> Result<Connection, BusError> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(LongString::from("firebreak"));
-    Connection::connect(url, props).await.map_err(unavailable)
+    Connection::connect_uri(amqp_uri(url)?, props)
+        .await
+        .map_err(unavailable)
 }
 
 /// Declares the topology; idempotent, so every process does it at start.
@@ -843,5 +870,28 @@ impl Subscription for RabbitSubscription {
             .basic_ack(d.tag, BasicAckOptions::default())
             .await
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_propose_a_small_frame_unless_the_url_sets_one() {
+        let uri = amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        let uri = amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072").unwrap();
+        assert_eq!(uri.query.frame_max, Some(131_072));
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_repeating_its_password() {
+        for url in ["amqp:guest:s3cret@host", "http://guest:s3cret@host/"] {
+            let err = amqp_uri(url).unwrap_err().to_string();
+            assert!(err.contains("amqp_url is not an AMQP URI"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }
