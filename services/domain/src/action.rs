@@ -221,7 +221,7 @@ pub struct Freeze {
     /// or request that names no environment is frozen by any of them.
     #[serde(default)]
     pub environments: Vec<String>,
-    /// When: weekly (`days`, `from`, `to`, `utc_offset`) or absolute (`start`, `end`).
+    /// When: weekly (`days`, `from`, `to`, `timezone` or `utc_offset`) or absolute (`start`, `end`).
     pub window: crate::playbook::Window,
 }
 

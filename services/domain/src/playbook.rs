@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveTime, Utc, Weekday};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -128,8 +129,8 @@ impl OneOrMany {
     }
 }
 
-/// A time window: weekly (`days`, `from`, `to`, optional `utc_offset`) or
-/// absolute (`start`, `end`, RFC 3339).
+/// A time window: weekly (`days`, `from`, `to`, read in `timezone` or at
+/// `utc_offset`, UTC if neither) or absolute (`start`, `end`, RFC 3339).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawWindow")]
 pub enum Window {
@@ -137,12 +138,22 @@ pub enum Window {
         days: Vec<Weekday>,
         from: NaiveTime,
         to: NaiveTime,
-        offset: FixedOffset,
+        zone: WindowZone,
     },
     Absolute {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     },
+}
+
+/// Where a weekly window's days and times are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowZone {
+    /// A fixed offset from UTC (`utc_offset: "+01:00"`): no daylight saving.
+    Offset(FixedOffset),
+    /// An IANA time zone (`timezone: Europe/Berlin`): the local wall clock,
+    /// daylight saving included.
+    Named(Tz),
 }
 
 #[derive(Deserialize)]
@@ -157,6 +168,8 @@ struct RawWindow {
     #[serde(default)]
     utc_offset: Option<String>,
     #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
     start: Option<DateTime<Utc>>,
     #[serde(default)]
     end: Option<DateTime<Utc>>,
@@ -168,6 +181,11 @@ impl TryFrom<RawWindow> for Window {
         if let (Some(start), Some(end)) = (r.start, r.end) {
             if r.days.is_some() || r.from.is_some() || r.to.is_some() {
                 return Err("a window is either start/end or days/from/to, not both".into());
+            }
+            if r.utc_offset.is_some() || r.timezone.is_some() {
+                return Err(
+                    "an absolute window's start and end carry their own offset (like 2026-12-24T00:00:00+01:00): drop utc_offset / timezone".into(),
+                );
             }
             if end <= start {
                 return Err("window end must be after its start".into());
@@ -186,15 +204,21 @@ impl TryFrom<RawWindow> for Window {
         for d in r.days.unwrap_or_else(|| vec!["mon-sun".into()]) {
             days.extend(parse_days(&d)?);
         }
-        let offset = match r.utc_offset {
-            None => FixedOffset::east_opt(0).ok_or("offset")?,
-            Some(o) => parse_offset(&o)?,
+        let zone = match (r.utc_offset, r.timezone) {
+            (Some(_), Some(_)) => {
+                return Err("a window takes utc_offset or timezone, not both".into())
+            }
+            (Some(o), None) => WindowZone::Offset(parse_offset(&o)?),
+            (None, Some(z)) => WindowZone::Named(z.parse::<Tz>().map_err(|_| {
+                format!("window timezone {z:?} is not an IANA time zone like \"Europe/Berlin\" or \"America/New_York\"")
+            })?),
+            (None, None) => WindowZone::Named(Tz::UTC),
         };
         Ok(Window::Weekly {
             days,
             from: time(r.from, "from", "00:00")?,
             to: time(r.to, "to", "23:59")?,
-            offset,
+            zone,
         })
     }
 }
@@ -240,11 +264,18 @@ impl Window {
                 days,
                 from,
                 to,
-                offset,
+                zone,
             } => {
-                let local = at.with_timezone(offset);
-                let t = local.time();
-                let day = local.weekday();
+                let (t, day) = match zone {
+                    WindowZone::Offset(o) => {
+                        let local = at.with_timezone(o);
+                        (local.time(), local.weekday())
+                    }
+                    WindowZone::Named(z) => {
+                        let local = at.with_timezone(z);
+                        (local.time(), local.weekday())
+                    }
+                };
                 if from <= to {
                     days.contains(&day) && *from <= t && t <= *to
                 } else {
@@ -1074,6 +1105,57 @@ guard: { cooldown: 30m, max_runs: { count: 3, per: 1h } }
             pb.evaluate(&t, &Facts::default(), at("2026-12-24T12:00:00")),
             Verdict::Unmet(_)
         ));
+    }
+
+    #[test]
+    fn weekly_windows_follow_a_named_time_zone_through_daylight_saving() {
+        let w: Window = serde_yaml_ng::from_str(
+            "{ days: [mon-fri], from: \"09:00\", to: \"17:00\", timezone: Europe/Berlin }",
+        )
+        .unwrap();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        // Summer (CEST, +02:00): 07:30 UTC is 09:30 in Berlin.
+        assert!(w.contains(at("2026-07-01T07:30:00Z")));
+        assert!(!w.contains(at("2026-07-01T15:30:00Z")));
+        // Winter (CET, +01:00): 07:30 UTC is 08:30, 08:30 UTC is 09:30.
+        assert!(!w.contains(at("2026-12-01T07:30:00Z")));
+        assert!(w.contains(at("2026-12-01T08:30:00Z")));
+        // The day is Berlin's: Friday 23:30 UTC in summer is Saturday there.
+        let fri: Window = serde_yaml_ng::from_str(
+            "{ days: [fri], from: \"00:00\", to: \"23:59\", timezone: Europe/Berlin }",
+        )
+        .unwrap();
+        assert!(!fri.contains(at("2026-07-03T23:30:00Z")));
+        assert!(fri.contains(at("2026-07-03T21:30:00Z")));
+        // A fixed offset does not move with the seasons.
+        let fixed: Window = serde_yaml_ng::from_str(
+            "{ days: [mon-fri], from: \"09:00\", to: \"17:00\", utc_offset: \"+01:00\" }",
+        )
+        .unwrap();
+        assert!(!fixed.contains(at("2026-07-01T07:30:00Z")));
+        assert!(fixed.contains(at("2026-07-01T08:30:00Z")));
+    }
+
+    #[test]
+    fn window_zones_are_refused_with_their_fix() {
+        for (yaml, says) in [
+            ("{ days: [mon], timezone: Europe/Berlinn }", "not an IANA time zone"),
+            (
+                "{ days: [mon], timezone: UTC, utc_offset: \"+01:00\" }",
+                "utc_offset or timezone, not both",
+            ),
+            (
+                "{ start: 2026-12-20T00:00:00Z, end: 2027-01-04T00:00:00Z, timezone: Europe/Berlin }",
+                "carry their own offset",
+            ),
+            (
+                "{ start: 2026-12-20T00:00:00Z, end: 2027-01-04T00:00:00Z, utc_offset: \"+01:00\" }",
+                "carry their own offset",
+            ),
+        ] {
+            let err = serde_yaml_ng::from_str::<Window>(yaml).unwrap_err().to_string();
+            assert!(err.contains(says), "{yaml}: {err}");
+        }
     }
 
     #[test]

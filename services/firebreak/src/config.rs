@@ -1134,6 +1134,24 @@ mod tests {
     }
 
     #[test]
+    fn a_freeze_window_reads_in_a_named_time_zone() {
+        let file = "[[automation.freeze]]\nname = \"office-hours\"\nwindow = { days = [\"mon-fri\"], from = \"09:00\", to = \"17:00\", timezone = \"America/New_York\" }\n";
+        let c = load_with(Some(file), &[], Overrides::default()).expect("valid");
+        let freeze = &c.remediation.policy.freezes[0];
+        let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().expect("time");
+        // 13:30 UTC is 09:30 in New York in summer (EDT) but 08:30 in winter (EST).
+        assert!(freeze.applies("checkout", None, at("2026-07-01T13:30:00Z")));
+        assert!(!freeze.applies("checkout", None, at("2026-12-01T13:30:00Z")));
+        let bad = file.replace("America/New_York", "America/Gotham");
+        let err = load_with(Some(&bad), &[], Overrides::default())
+            .expect_err("a misspelt zone is refused");
+        assert!(
+            err.contains("\"America/Gotham\" is not an IANA time zone"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn leases_are_short_and_bounded() {
         let err = load_with(
             Some("[automation]\nlease = \"1s\"\n"),
