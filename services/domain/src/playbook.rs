@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveTime, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, Duration, FixedOffset, NaiveTime, Offset, TimeZone, Utc, Weekday,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -156,6 +158,16 @@ pub enum WindowZone {
     Named(Tz),
 }
 
+impl WindowZone {
+    /// The zone's offset from UTC at `at` (a named zone's changes with daylight saving).
+    fn offset_at(self, at: DateTime<Utc>) -> FixedOffset {
+        match self {
+            WindowZone::Offset(o) => o,
+            WindowZone::Named(z) => z.offset_from_utc_datetime(&at.naive_utc()).fix(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWindow {
@@ -266,16 +278,8 @@ impl Window {
                 to,
                 zone,
             } => {
-                let (t, day) = match zone {
-                    WindowZone::Offset(o) => {
-                        let local = at.with_timezone(o);
-                        (local.time(), local.weekday())
-                    }
-                    WindowZone::Named(z) => {
-                        let local = at.with_timezone(z);
-                        (local.time(), local.weekday())
-                    }
-                };
+                let local = at.with_timezone(&zone.offset_at(at));
+                let (t, day) = (local.time(), local.weekday());
                 if from <= to {
                     days.contains(&day) && *from <= t && t <= *to
                 } else {
