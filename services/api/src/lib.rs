@@ -21,12 +21,14 @@ mod gates;
 mod incidents;
 pub mod ingest;
 mod insights;
+mod offload;
 mod ops;
 pub mod packer;
 pub mod pages;
 mod postmortems;
 pub mod remediation;
 mod rollouts;
+pub mod signin;
 mod slack;
 
 pub use auth::{Auth, AuthConfig, Secret};

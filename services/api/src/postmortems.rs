@@ -95,13 +95,18 @@ async fn current(store: &dyn Store, id: i64) -> Result<PostmortemRow, ApiError> 
     }
 }
 
-fn document(pm: &PostmortemRow, people: &[String]) -> Value {
-    json!({
+/// A postmortem as the API answers it, with the blameless check's findings
+/// (checked off the async workers).
+async fn document(pm: &PostmortemRow, people: &[String]) -> Result<Value, ApiError> {
+    let (markdown, people) = (pm.markdown.clone(), people.to_vec());
+    let lint = crate::offload::text(move || lint::check(&markdown, &people)).await?;
+    Ok(json!({
         "incident_id": pm.incident_id,
         "revision": pm.revision,
         "status": pm.status,
         "markdown": pm.markdown,
-        "lint": lint::check(&pm.markdown, people),
+        "lint": lint.findings,
+        "lint_total": lint.total,
         "created_at": pm.created_at,
         "updated_at": pm.updated_at,
         "updated_by": pm.updated_by,
@@ -111,7 +116,7 @@ fn document(pm: &PostmortemRow, people: &[String]) -> Value {
             "revisions": format!("/api/v1/incidents/{}/postmortem/revisions", pm.incident_id),
             "regenerate": format!("/api/v1/incidents/{}/postmortem/regenerate", pm.incident_id),
         },
-    })
+    }))
 }
 
 fn with_etag(mut r: Response, revision: i64) -> Response {
@@ -125,7 +130,7 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
     let pm = current(store.as_ref(), id).await?;
     let people = generator.people(id).await.map_err(from_pm)?;
     Ok(with_etag(
-        Json(document(&pm, &people)).into_response(),
+        Json(document(&pm, &people).await?).into_response(),
         pm.revision,
     ))
 }
@@ -154,7 +159,10 @@ async fn html(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
         .find_map(|l| l.strip_prefix("# "))
         .unwrap_or("Postmortem")
         .to_string();
-    let mut r = firebreak_postmortem::to_html(&pm.markdown, &title).into_response();
+    let markdown = pm.markdown;
+    let mut r = crate::offload::text(move || firebreak_postmortem::to_html(&markdown, &title))
+        .await?
+        .into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -270,7 +278,7 @@ async fn save(
     let people = generator.people(id).await.map_err(from_pm)?;
     match outcome {
         SaveOutcome::Saved(pm) => Ok(with_etag(
-            Json(document(&pm, &people)).into_response(),
+            Json(document(&pm, &people).await?).into_response(),
             pm.revision,
         )),
         SaveOutcome::Stale(now) => {
@@ -281,7 +289,7 @@ async fn save(
                     "revision {expected} is stale: {} saved revision {} at {}; merge your change into it and save with If-Match: \"{}\"",
                     now.updated_by, now.revision, now.updated_at, now.revision
                 ),
-                "current": document(&now, &people),
+                "current": document(&now, &people).await?,
             });
             Ok(with_etag(
                 (StatusCode::CONFLICT, Json(body)).into_response(),
@@ -313,7 +321,7 @@ async fn regenerate(
     let author = author(&body.by, &identity)?;
     let generated = generator.generate(id, &author).await.map_err(from_pm)?;
     let people = generator.people(id).await.map_err(from_pm)?;
-    let mut doc = document(&generated.postmortem, &people);
+    let mut doc = document(&generated.postmortem, &people).await?;
     doc["created"] = json!(generated.created);
     doc["conflicts"] = json!(generated.conflicts);
     let status = if generated.created {
@@ -413,6 +421,8 @@ async fn lint_text(State(state): State<AppState>, bytes: Bytes) -> Result<Json<V
     if let Some(id) = body.incident_id {
         people.extend(generator.people(id).await.map_err(from_pm)?);
     }
-    let findings = lint::check(&body.text, &people);
-    Ok(Json(json!({"findings": findings, "count": findings.len()})))
+    let lint = crate::offload::text(move || lint::check(&body.text, &people)).await?;
+    Ok(Json(
+        json!({"findings": lint.findings, "count": lint.total, "truncated": lint.truncated}),
+    ))
 }

@@ -377,7 +377,7 @@ pub fn to_html(markdown: &str, title: &str) -> String {
 
 /// The body of [`to_html`]: the document as safe HTML (for previews).
 pub fn markdown_html(markdown: &str) -> String {
-    use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag};
+    use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag, TagEnd};
     let body = sections::strip_markers(markdown);
     let safe_url = |u: &CowStr<'_>| -> bool {
         let lower = u.trim().to_ascii_lowercase();
@@ -405,17 +405,25 @@ pub fn markdown_html(markdown: &str) -> String {
             title,
             id,
         }),
+        // An image would be fetched by every reader's browser, with their
+        // cookies: one pointing at Firebreak's own API would act as each
+        // reader. Images are shown as links, fetched only when followed.
         Event::Start(Tag::Image {
             link_type,
             dest_url,
             title,
             id,
-        }) if !safe_url(&dest_url) => Event::Start(Tag::Image {
+        }) => Event::Start(Tag::Link {
             link_type,
-            dest_url: CowStr::Borrowed("#"),
+            dest_url: if safe_url(&dest_url) {
+                dest_url
+            } else {
+                CowStr::Borrowed("#")
+            },
             title,
             id,
         }),
+        Event::End(TagEnd::Image) => Event::End(TagEnd::Link),
         other => other,
     });
     let mut html_body = String::new();
@@ -466,6 +474,23 @@ mod tests {
             "2026-12-02 10:00:02 UTC"
         ));
         assert!(!same_apart_from_stamp(old, new, ""));
+    }
+
+    #[test]
+    fn images_are_links_so_a_reader_never_fetches_anything() {
+        let html = markdown_html(
+            "![gate](/api/v1/gates/argo/checkout) ![x](javascript:alert(1)) ![ok](https://example.com/a.png)",
+        );
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains(r#"<a href="/api/v1/gates/argo/checkout">gate</a>"#),
+            "{html}"
+        );
+        assert!(html.contains(r##"<a href="#">x</a>"##), "{html}");
+        assert!(
+            html.contains(r#"<a href="https://example.com/a.png">ok</a>"#),
+            "{html}"
+        );
     }
 
     #[test]

@@ -1,8 +1,24 @@
 //! The blameless check: finds language that blames people ("human error",
 //! "should have", "X's fault", a named person as the cause of a failure, …) and
 //! suggests a system-focused wording. It informs; it never blocks a save.
+//!
+//! It reads the text once, word by word, keeping only the last few words, so
+//! its time and memory are linear in the text whatever the text holds. A
+//! finding carries positions and a bounded excerpt, never a copy of its line,
+//! and at most [`MAX_FINDINGS`] are kept (the rest are counted).
 
 use serde::Serialize;
+use std::collections::HashSet;
+
+/// Findings kept per check; more are counted in [`Lint::total`].
+pub const MAX_FINDINGS: usize = 200;
+/// Characters of context shown on each side of a finding in its excerpt.
+pub const EXCERPT_CONTEXT_CHARS: usize = 60;
+/// Characters of a finding's own text (a matched "word" can be any length).
+pub const MAX_TEXT_CHARS: usize = 80;
+/// Names of people considered per check, and characters per name.
+pub const MAX_PEOPLE: usize = 100;
+pub const MAX_PERSON_CHARS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
@@ -12,10 +28,24 @@ pub struct Finding {
     /// 1-based line and column (in characters).
     pub line: usize,
     pub column: usize,
+    /// The words found (at most [`MAX_TEXT_CHARS`], cut with "…").
     pub text: String,
+    /// The finding in its line: up to [`EXCERPT_CONTEXT_CHARS`] on each side.
+    pub excerpt: String,
     pub rule: &'static str,
     pub message: String,
     pub suggestion: String,
+}
+
+/// What one check found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lint {
+    /// The first [`MAX_FINDINGS`] findings, in text order.
+    pub findings: Vec<Finding>,
+    /// Every finding, kept or not.
+    pub total: usize,
+    /// Whether findings were left out.
+    pub truncated: bool,
 }
 
 struct Phrase {
@@ -98,158 +128,276 @@ const NOT_NAMES: &[&str] = &[
 /// Checks `text`. `people` are names known from the incident (deploy actors,
 /// approvers); a mention of one followed by a cause verb is flagged, as is a
 /// capitalized name that is not the first word of a sentence, or an @handle.
-pub fn check(text: &str, people: &[String]) -> Vec<Finding> {
-    let words = words(text);
-    let mut findings = Vec::new();
-    for i in 0..words.len() {
-        for p in PHRASES {
-            if i + p.words.len() > words.len() {
-                continue;
-            }
-            let ok = p
-                .words
-                .iter()
-                .enumerate()
-                .all(|(k, w)| *w == "*" || words[i + k].lower == *w);
-            if ok {
-                let last = &words[i + p.words.len() - 1];
-                findings.push(finding(
-                    text,
-                    words[i].start,
-                    last.end,
-                    p.rule,
-                    p.message.to_string(),
-                    p.suggestion.to_string(),
-                ));
-            }
+/// Only the first [`MAX_PEOPLE`] names are used.
+pub fn check(text: &str, people: &[String]) -> Lint {
+    let people = People::new(people);
+    let mut out = Collector {
+        text,
+        findings: Vec::new(),
+        total: 0,
+        last: None,
+    };
+    // The last four words: the longest phrase is three words, and a cause
+    // verb is looked at one word ahead. Each word is looked at once, as the
+    // first of the window.
+    let mut window: Vec<Word> = Vec::with_capacity(4);
+    words(text, |w| {
+        window.push(w);
+        if window.len() == 4 {
+            look(text, &window, &people, &mut out);
+            window.remove(0);
         }
-        // "<Name>'s fault"
-        if words[i].lower.ends_with("'s") || words[i].lower.ends_with("’s") {
-            if let Some(next) = words.get(i + 1) {
-                if next.lower == "fault" || next.lower == "mistake" {
-                    findings.push(finding(
-                        text,
-                        words[i].start,
-                        next.end,
-                        "fault",
-                        format!(
-                            "\"{}\" makes a person the cause",
-                            &text[words[i].start..next.end]
-                        ),
-                        "describe the contributing factors: what in the system allowed this".into(),
-                    ));
-                }
-            }
-        }
-        // "<person> broke/caused/forgot …"
-        if let Some(verb) = words.get(i + 1) {
-            if CAUSE_VERBS.contains(&verb.lower.as_str()) && is_person(&words, i, people) {
-                findings.push(finding(
-                    text,
-                    words[i].start,
-                    verb.end,
-                    "named-cause",
-                    format!("\"{}\" names a person as the cause of a failure", &text[words[i].start..verb.end]),
-                    "name the change or condition instead, e.g. \"the v2 deploy removed the timeout\" or \"the runbook step was missing\"".into(),
-                ));
-            }
-        }
+    });
+    while !window.is_empty() {
+        look(text, &window, &people, &mut out);
+        window.remove(0);
     }
-    findings.sort_by_key(|f| (f.start, f.end));
-    findings.dedup_by(|a, b| a.start == b.start && a.end == b.end);
-    findings
+    Lint {
+        truncated: out.total > out.findings.len(),
+        total: out.total,
+        findings: out.findings,
+    }
 }
 
-fn is_person(words: &[Word], i: usize, people: &[String]) -> bool {
-    let w = &words[i];
-    let bare = w.raw.trim_end_matches("'s");
-    if bare.starts_with('@') && bare.len() > 1 {
-        return true;
+/// The findings that start at `w[0]` (`w` holds it and up to three words after).
+fn look(text: &str, w: &[Word], people: &People, out: &mut Collector<'_>) {
+    let mut here: Vec<(usize, usize, Kind)> = Vec::new();
+    let first = &w[0];
+    for (n, p) in PHRASES.iter().enumerate() {
+        if p.words.len() > w.len() {
+            continue;
+        }
+        let ok = p
+            .words
+            .iter()
+            .enumerate()
+            .all(|(k, pw)| *pw == "*" || w[k].is(text, pw));
+        if ok {
+            here.push((first.start, w[p.words.len() - 1].end, Kind::Phrase(n)));
+        }
     }
-    if people.iter().any(|p| {
-        p.eq_ignore_ascii_case(bare)
-            || p.split_whitespace()
-                .any(|part| part.eq_ignore_ascii_case(bare))
-    }) {
-        return true;
+    let raw = first.raw(text);
+    // "<Name>'s fault"
+    if raw.ends_with("'s") || raw.ends_with("’s") || raw.ends_with("'S") || raw.ends_with("’S")
+    {
+        if let Some(next) = w.get(1) {
+            if next.is(text, "fault") || next.is(text, "mistake") {
+                here.push((first.start, next.end, Kind::Fault));
+            }
+        }
     }
-    let capitalized = bare.chars().next().is_some_and(char::is_uppercase)
-        && bare.chars().skip(1).all(|c| c.is_lowercase())
-        && bare.len() > 1;
-    capitalized && !w.sentence_start && !NOT_NAMES.contains(&w.lower.as_str())
+    // "<person> broke/caused/forgot …"
+    if let Some(verb) = w.get(1) {
+        if CAUSE_VERBS.iter().any(|v| verb.is(text, v)) && people.is_person(text, first) {
+            here.push((first.start, verb.end, Kind::NamedCause));
+        }
+    }
+    here.sort_by_key(|(s, e, _)| (*s, *e));
+    for (start, end, kind) in here {
+        out.push(first, start, end, kind);
+    }
 }
 
-struct Word<'a> {
-    raw: &'a str,
-    lower: String,
+#[derive(Clone, Copy)]
+enum Kind {
+    Phrase(usize),
+    Fault,
+    NamedCause,
+}
+
+struct Collector<'a> {
+    text: &'a str,
+    findings: Vec<Finding>,
+    total: usize,
+    last: Option<(usize, usize)>,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, at: &Word, start: usize, end: usize, kind: Kind) {
+        if self.last == Some((start, end)) {
+            return;
+        }
+        self.last = Some((start, end));
+        self.total += 1;
+        if self.findings.len() >= MAX_FINDINGS {
+            return;
+        }
+        let text = bounded(&self.text[start..end], MAX_TEXT_CHARS);
+        let (rule, message, suggestion) = match kind {
+            Kind::Phrase(n) => (
+                PHRASES[n].rule,
+                PHRASES[n].message.to_string(),
+                PHRASES[n].suggestion.to_string(),
+            ),
+            Kind::Fault => (
+                "fault",
+                format!("\"{text}\" makes a person the cause"),
+                "describe the contributing factors: what in the system allowed this".into(),
+            ),
+            Kind::NamedCause => (
+                "named-cause",
+                format!("\"{text}\" names a person as the cause of a failure"),
+                "name the change or condition instead, e.g. \"the v2 deploy removed the timeout\" or \"the runbook step was missing\"".into(),
+            ),
+        };
+        self.findings.push(Finding {
+            start,
+            end,
+            line: at.line,
+            column: at.column,
+            excerpt: excerpt(self.text, start, end),
+            text,
+            rule,
+            message,
+            suggestion,
+        });
+    }
+}
+
+/// The lowercase names (and parts of names) of the incident's people.
+struct People(HashSet<String>);
+
+impl People {
+    fn new(people: &[String]) -> People {
+        let mut set = HashSet::new();
+        for p in people.iter().take(MAX_PEOPLE) {
+            let p: String = p.chars().take(MAX_PERSON_CHARS).collect();
+            let p = p.to_lowercase();
+            for part in p.split_whitespace() {
+                set.insert(part.to_string());
+            }
+            set.insert(p);
+        }
+        People(set)
+    }
+
+    fn is_person(&self, text: &str, w: &Word) -> bool {
+        let raw = w.raw(text);
+        let bare = raw.trim_end_matches("'s");
+        if bare.starts_with('@') && bare.len() > 1 {
+            return true;
+        }
+        if bare.len() <= MAX_PERSON_CHARS * 4 && self.0.contains(&bare.to_lowercase()) {
+            return true;
+        }
+        let capitalized = bare.chars().next().is_some_and(char::is_uppercase)
+            && bare.chars().skip(1).all(|c| c.is_lowercase())
+            && bare.len() > 1;
+        capitalized && !w.sentence_start && !NOT_NAMES.iter().any(|n| w.is(text, n))
+    }
+}
+
+/// A word: where it is, and whether a sentence starts with it.
+struct Word {
     start: usize,
     end: usize,
+    line: usize,
+    column: usize,
     sentence_start: bool,
 }
 
-fn words(text: &str) -> Vec<Word<'_>> {
-    let mut out = Vec::new();
-    let mut sentence_start = true;
-    let mut start = None;
+impl Word {
+    fn raw<'t>(&self, text: &'t str) -> &'t str {
+        &text[self.start..self.end]
+    }
+
+    /// Whether the word is `lower` (an ASCII word), ignoring case.
+    fn is(&self, text: &str, lower: &str) -> bool {
+        self.raw(text).eq_ignore_ascii_case(lower)
+    }
+}
+
+/// Calls `each` with every word of `text`, in order, in one pass.
+fn words(text: &str, mut each: impl FnMut(Word)) {
     let is_word =
         |c: char| c.is_alphanumeric() || c == '\'' || c == '’' || c == '@' || c == '-' || c == '_';
-    let mut push = |s: usize, e: usize, sentence_start: &mut bool| {
+    let mut sentence_start = true;
+    // The word being read: its start and the line and column there.
+    let mut current: Option<(usize, usize, usize)> = None;
+    let (mut line, mut column) = (1usize, 1usize);
+    let mut emit = |s: usize, e: usize, line: usize, column: usize, sentence_start: &mut bool| {
         let raw = &text[s..e];
-        let raw = raw.trim_matches(|c| c == '\'' || c == '-');
-        if raw.is_empty() {
+        let lead = raw.len() - raw.trim_start_matches(['\'', '-']).len();
+        let trail = raw.len() - raw.trim_end_matches(['\'', '-']).len();
+        if lead + trail >= raw.len() {
             return;
         }
-        let s2 = s + text[s..e].find(raw).unwrap_or(0);
-        out.push(Word {
-            raw,
-            lower: raw.to_lowercase(),
-            start: s2,
-            end: s2 + raw.len(),
+        each(Word {
+            start: s + lead,
+            end: e - trail,
+            line,
+            // The leading characters trimmed are ASCII: one column each.
+            column: column + lead,
             sentence_start: *sentence_start,
         });
         *sentence_start = false;
     };
     for (i, c) in text.char_indices() {
         if is_word(c) {
-            if start.is_none() {
-                start = Some(i);
+            if current.is_none() {
+                current = Some((i, line, column));
             }
         } else {
-            if let Some(s) = start.take() {
-                push(s, i, &mut sentence_start);
+            if let Some((s, l, col)) = current.take() {
+                emit(s, i, l, col, &mut sentence_start);
             }
             if matches!(c, '.' | '!' | '?' | '\n' | ':' | '#' | '*' | '-' | '|') {
                 sentence_start = true;
             }
         }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
     }
-    if let Some(s) = start {
-        push(s, text.len(), &mut sentence_start);
+    if let Some((s, l, col)) = current {
+        emit(s, text.len(), l, col, &mut sentence_start);
     }
-    out
 }
 
-fn finding(
-    text: &str,
-    start: usize,
-    end: usize,
-    rule: &'static str,
-    message: String,
-    suggestion: String,
-) -> Finding {
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Finding {
-        start,
-        end,
-        line,
-        column,
-        text: text[start..end].to_string(),
-        rule,
-        message,
-        suggestion,
+/// `s`, cut to `max` characters with "…".
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
+}
+
+/// The finding in its line, with up to [`EXCERPT_CONTEXT_CHARS`] on each side
+/// (reading no further than that, whatever the line's length).
+fn excerpt(text: &str, start: usize, end: usize) -> String {
+    let mut from = start;
+    for (n, (i, c)) in text[..start].char_indices().rev().enumerate() {
+        if c == '\n' || n == EXCERPT_CONTEXT_CHARS {
+            break;
+        }
+        from = i;
+    }
+    let mut to = end;
+    for (n, (i, c)) in text[end..].char_indices().enumerate() {
+        if c == '\n' || n == EXCERPT_CONTEXT_CHARS {
+            break;
+        }
+        to = end + i + c.len_utf8();
+    }
+    let middle = bounded(&text[start..end], MAX_TEXT_CHARS);
+    let lead = if from > 0 && !text[..from].ends_with('\n') {
+        "…"
+    } else {
+        ""
+    };
+    let tail = if to < text.len() && !text[to..].starts_with('\n') {
+        "…"
+    } else {
+        ""
+    };
+    format!(
+        "{lead}{}{middle}{}{tail}",
+        &text[from..start],
+        &text[end..to]
+    )
 }
 
 #[cfg(test)]
@@ -259,6 +407,7 @@ mod tests {
 
     fn rules(text: &str) -> Vec<(&'static str, String)> {
         check(text, &["mallory".to_string(), "Alice Smith".to_string()])
+            .findings
             .into_iter()
             .map(|f| (f.rule, f.text))
             .collect()
@@ -320,7 +469,7 @@ mod tests {
 
     #[test]
     fn positions_are_lines_and_columns() {
-        let f = check("# Summary\n\nIt was human error.", &[]);
+        let f = check("# Summary\n\nIt was human error.", &[]).findings;
         assert_eq!(f.len(), 1);
         assert_eq!((f[0].line, f[0].column), (3, 8));
         assert_eq!(
@@ -328,5 +477,51 @@ mod tests {
             "human error"
         );
         assert!(!f[0].suggestion.is_empty());
+    }
+
+    #[test]
+    fn a_long_line_of_blame_gives_bounded_findings() {
+        // The attack of issue 23: one 200 KB line of blame words. Every
+        // finding is counted, a bounded number kept, each with a short excerpt
+        // instead of its line.
+        let line = "human error should have ".repeat(200 * 1024 / 24);
+        let lint = check(&line, &[]);
+        assert_eq!(lint.total, 2 * (200 * 1024 / 24));
+        assert_eq!(lint.findings.len(), MAX_FINDINGS);
+        assert!(lint.truncated);
+        for f in &lint.findings {
+            assert!(f.excerpt.chars().count() <= 2 * EXCERPT_CONTEXT_CHARS + MAX_TEXT_CHARS + 2);
+            assert!(f.excerpt.contains(&f.text), "{f:?}");
+            assert_eq!(f.line, 1);
+            assert_eq!(f.column, f.start + 1);
+        }
+    }
+
+    #[test]
+    fn a_huge_word_is_cut_in_the_finding() {
+        let text = format!("They blame {} for it.", "x".repeat(100_000));
+        let lint = check(&text, &[]);
+        assert_eq!(lint.total, 1);
+        let f = &lint.findings[0];
+        assert_eq!((f.start, f.end), (5, 5 + "blame ".len() + 100_000));
+        assert!(f.text.ends_with('…'));
+        assert_eq!(f.text.chars().count(), MAX_TEXT_CHARS + 1);
+        assert!(f.excerpt.starts_with("They blame x"));
+    }
+
+    #[test]
+    fn excerpts_stay_in_their_line() {
+        let text = "Intro line.\nIt was human error, said the log.\nNext line.";
+        let f = &check(text, &[]).findings[0];
+        assert_eq!(f.excerpt, "It was human error, said the log.");
+        assert_eq!((f.line, f.column), (2, 8));
+    }
+
+    #[test]
+    fn many_people_are_bounded() {
+        let people: Vec<String> = (0..10_000).map(|i| format!("person{i}")).collect();
+        // Only the first MAX_PEOPLE names count.
+        assert_eq!(check("Then person5 broke it.", &people).total, 1);
+        assert_eq!(check("Then person9999 broke it.", &people).total, 0);
     }
 }

@@ -199,7 +199,11 @@ fn checkout_kill_switch_incident() {
     };
     let rendered = render_template("postmortem.md.hbs", BUILTIN_TEMPLATE, &build(&inputs)).unwrap();
     check("checkout-kill-switch.md", &rendered);
-    assert!(firebreak_postmortem::lint::check(&rendered, &["ci".to_string()]).is_empty());
+    assert!(
+        firebreak_postmortem::lint::check(&rendered, &["ci".to_string()])
+            .findings
+            .is_empty()
+    );
 }
 
 #[test]

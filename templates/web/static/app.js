@@ -64,7 +64,7 @@
     const findings = document.getElementById("findings");
     let timer = null;
     let dirty = false;
-    const render = (list) => {
+    const render = (list, total) => {
       if (!findings) return;
       findings.replaceChildren();
       if (!list.length) {
@@ -86,6 +86,12 @@
         li.append(a, document.createTextNode(": \u201c" + f.text + "\u201d \u2014 " + f.message + " "), em);
         findings.append(li);
       }
+      if (total > list.length) {
+        const li = document.createElement("li");
+        li.className = "none";
+        li.textContent = "\u2026 and " + (total - list.length) + " more (the first " + list.length + " are listed).";
+        findings.append(li);
+      }
     };
     area.addEventListener("input", () => {
       dirty = true;
@@ -96,7 +102,7 @@
           if (!r.ok) return;
           const body = await r.json();
           if (preview) preview.innerHTML = body.html;
-          render(body.findings || []);
+          render(body.findings || [], body.findings_total || 0);
         } catch (e) { /* the server-side preview stays */ }
       }, 350);
     });

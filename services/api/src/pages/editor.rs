@@ -30,18 +30,34 @@ fn incident_id(raw: &str) -> Result<i64, Refusal> {
 }
 
 /// Findings by line, with the line's text, for showing next to the source.
-fn findings(markdown: &str, people: &[String]) -> Vec<Value> {
-    let lines: Vec<&str> = markdown.lines().collect();
-    lint::check(markdown, people)
+/// The blameless check's findings as the editor shows them, and how many
+/// there were in all.
+fn findings(markdown: &str, people: &[String]) -> (Vec<Value>, usize) {
+    let lint = lint::check(markdown, people);
+    let shown = lint
+        .findings
         .into_iter()
         .map(|f| {
             json!({
                 "line": f.line, "column": f.column, "text": f.text, "rule": f.rule,
-                "message": f.message, "suggestion": f.suggestion,
-                "source": lines.get(f.line.saturating_sub(1)).copied().unwrap_or(""),
+                "message": f.message, "suggestion": f.suggestion, "excerpt": f.excerpt,
             })
         })
-        .collect()
+        .collect();
+    (shown, lint.total)
+}
+
+/// The preview and the findings of a draft, computed off the async workers.
+async fn render_and_check(
+    markdown: String,
+    people: Vec<String>,
+) -> Result<(String, Vec<Value>, usize), ApiError> {
+    crate::offload::text(move || {
+        let html = firebreak_postmortem::markdown_html(&markdown);
+        let (findings, total) = findings(&markdown, &people);
+        (html, findings, total)
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -94,16 +110,21 @@ pub async fn editor(
                            "reachable": *s != pm.status && transition_ok(&pm.status, s)})
                 })
                 .collect();
+            let (preview, findings, total) = render_and_check(pm.markdown.clone(), people).await?;
             ctx.insert(
                 "postmortem".into(),
                 json!({
                     "revision": pm.revision, "status": pm.status, "markdown": pm.markdown,
                     "updated_by": pm.updated_by, "updated": when(pm.updated_at),
-                    "preview": firebreak_postmortem::markdown_html(&pm.markdown),
+                    "preview": preview,
                 }),
             );
             ctx.insert("statuses".into(), json!(statuses));
-            ctx.insert("findings".into(), json!(findings(&pm.markdown, &people)));
+            ctx.insert(
+                "findings_more".into(),
+                json!(total.saturating_sub(findings.len())),
+            );
+            ctx.insert("findings".into(), json!(findings));
             ctx.insert(
                 "revisions".into(),
                 json!(revisions
@@ -413,16 +434,15 @@ pub async fn preview(
             field: Some(e.path().to_string()).filter(|p| p != "."),
             message: e.inner().to_string(),
         })?;
-    if body.markdown.len() > 5 * 1024 * 1024 {
-        return Err(ApiError::PayloadTooLarge(5 * 1024 * 1024));
-    }
     let people = match (&state.postmortems, body.incident_id) {
         (Some(g), Some(id)) => g.people(id).await.unwrap_or_default(),
         _ => Vec::new(),
     };
+    let (html, findings, total) = render_and_check(body.markdown, people).await?;
     Ok(Json(json!({
-        "html": firebreak_postmortem::markdown_html(&body.markdown),
-        "findings": findings(&body.markdown, &people),
+        "html": html,
+        "findings_total": total,
+        "findings": findings,
     })))
 }
 
@@ -441,5 +461,15 @@ pub async fn presence(
         .pages
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("pages are served by the api role".into()))?;
+    // Only real incidents are tracked: made-up ids would grow the map.
+    let store = state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("pages are served by the api role".into()))?;
+    match store.incident(id).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no incident {id}"))),
+        Err(e) => return Err(e.into()),
+    }
     Ok(Json(json!({"others": pages.present(id, &identity.id)})))
 }
