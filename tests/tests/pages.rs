@@ -68,7 +68,7 @@ async fn browser(scenario: &str, input: Value) -> Value {
 
 /// A person with a password, signed in through the login page by the browser.
 async fn person(fb: &Firebreak, name: &str, role: &str) -> Value {
-    let password = format!("{name} has a long passphrase");
+    let password = format!("tangerine {} quietly orbits", name.len() * 7919);
     let (status, body) = fb
         .post(
             "/api/v1/users",

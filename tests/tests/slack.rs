@@ -64,6 +64,16 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// A fresh trigger id, as Slack sends with each command and click.
+fn trigger_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "{}.{}.t",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 struct Slack {
     fb: Firebreak,
     api: Recorder,
@@ -99,7 +109,9 @@ impl Slack {
                 "response_url",
                 &format!("{}/response/{user}", self.api.base),
             ),
-            ("trigger_id", "1.2.3"),
+            // Slack gives every invocation its own trigger id (so two
+            // identical commands in one second are two signed requests).
+            ("trigger_id", &trigger_id()),
         ]);
         let (status, answer) = self
             .send(
@@ -115,6 +127,7 @@ impl Slack {
     async fn click(&self, user: &str, action_id: &str, value: &str) -> u16 {
         let payload = json!({
             "type": "block_actions",
+            "trigger_id": trigger_id(),
             "user": {"id": user, "username": user.to_lowercase()},
             "response_url": format!("{}/response/click-{user}", self.api.base),
             "actions": [{"action_id": action_id, "value": value, "type": "button"}],
@@ -241,6 +254,51 @@ async fn only_requests_signed_as_slack_does_are_accepted() {
     assert_eq!(answer["response_type"], "in_channel");
     let (_, automation) = s.fb.get("/api/v1/automation").await;
     assert_eq!(automation["paused"], true);
+
+    // The same signed request again, within the 5 minutes: refused, applied once.
+    let note = form(&[
+        ("user_id", "U_ADMIN"),
+        ("user_name", "admin"),
+        ("text", "resume"),
+    ]);
+    let before = audit_len(&s.fb).await;
+    let (status, answer) = s.send("/slack/commands", &note, Some((SECRET, now))).await;
+    assert_eq!(status, 200, "{answer}");
+    let after_first = audit_len(&s.fb).await;
+    assert!(after_first > before);
+    for _ in 0..2 {
+        let r = client()
+            .post(format!("{}/slack/commands", s.fb.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("X-Slack-Request-Timestamp", now.to_string())
+            .header("X-Slack-Signature", sdk_signature(SECRET, now, &note).await)
+            .body(note.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("already applied"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        audit_len(&s.fb).await,
+        after_first,
+        "a replay changes nothing"
+    );
+    // A timestamp of now - 2^63 cannot wrap into the window.
+    let far = now.wrapping_sub(i64::MAX).wrapping_sub(1);
+    assert_eq!(
+        s.send("/slack/commands", &body, Some((SECRET, far)))
+            .await
+            .0,
+        401
+    );
 }
 
 #[tokio::test]

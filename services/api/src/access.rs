@@ -90,11 +90,13 @@ struct LoginBody {
 
 async fn login(
     State(state): State<AppState>,
+    peer: auth::Peer,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let b: LoginBody = body(&bytes)?;
-    let user = state.auth.login(&b.username, &b.password).await?;
+    let address = state.auth.client_address(&headers, peer.0);
+    let user = state.auth.login(&b.username, &b.password, address).await?;
     let (cookie, csrf, expires) = start_session(&state, &user, &headers).await?;
     let mut r = Json(json!({
         "id": format!("user:{}", user.username),
@@ -182,6 +184,7 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let b: TokenBody = body(&bytes)?;
     check_name("name", &b.name)?;
+    auth::check_token_name(&b.name).map_err(|m| bad("name", m))?;
     if b.scopes.is_empty() {
         return Err(bad(
             "scopes",
@@ -259,13 +262,13 @@ async fn create_user(
 ) -> Result<Response, ApiError> {
     let b: UserBody = body(&bytes)?;
     check_name("username", &b.username)?;
-    auth::check_password(&b.password).map_err(|m| bad("password", m))?;
     let role = Role::parse(&b.role).map_err(|m| bad("role", m))?;
-    let password = b.password.clone();
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::Internal)?;
+    let (password, username) = (b.password.clone(), b.username.clone());
+    let hash = crate::offload::hash(move || {
+        auth::check_password(&password, &username).map_err(|m| bad("password", m))?;
+        auth::hash_password(&password).map_err(ApiError::Internal)
+    })
+    .await??;
     let audit = NewAudit::by(
         identity.id.clone(),
         "user_created",

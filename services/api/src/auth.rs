@@ -337,7 +337,7 @@ pub struct Auth {
     required: AtomicBool,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     touched: Mutex<HashMap<String, Instant>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    sign_ins: crate::signin::Guard,
     /// Derives the CSRF token of page forms for identities without a session
     /// (proxy, local); shared by every process through the store.
     page_secret: std::sync::RwLock<String>,
@@ -402,26 +402,131 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot hash the password: {e}"))
 }
 
+/// Checks a password against its PHC string. The argon2 work memory (19 MiB
+/// for the default cost) is one buffer per thread, reused: verification runs
+/// on the few hash worker threads (`offload::hash`), so the process holds at
+/// most that many buffers whatever the number of guesses.
 fn verify_password(password: &str, phc: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(phc)
-        .map(|h| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    use argon2::password_hash::PasswordHash;
+    use argon2::{Algorithm, Argon2, Block, Params, Version};
+    thread_local! {
+        static MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) =
+        (Params::try_from(&hash), Algorithm::try_from(hash.algorithm))
+    else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let computed = MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < blocks {
+            m.resize(blocks, Block::default());
+        }
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut m[..blocks])
+    });
+    computed.is_ok() && constant_time_eq(&out, expected.as_bytes())
 }
 
-/// Passwords must be worth hashing.
-pub fn check_password(password: &str) -> Result<(), String> {
+/// Names a stored token cannot take: the configured tokens' own names (a
+/// stored token named `bootstrap` would show in the audit trail as the
+/// bootstrap token) and the actors Firebreak writes itself.
+pub fn check_token_name(name: &str) -> Result<(), String> {
+    let reserved = [
+        "bootstrap",
+        "engine",
+        "automation",
+        "local",
+        "cli",
+        "system",
+        "slack",
+    ]
+    .iter()
+    .any(|r| name.eq_ignore_ascii_case(r))
+        || ["api.", "ingest."]
+            .iter()
+            .any(|p| name.to_ascii_lowercase().starts_with(p));
+    if reserved {
+        return Err(format!(
+            "{name:?} is reserved for Firebreak's own identities: choose another name"
+        ));
+    }
+    Ok(())
+}
+
+/// The longest user name (the longest a user can be created with).
+pub const MAX_USERNAME_BYTES: usize = 100;
+/// The longest password.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// The weakest password accepted, on zxcvbn's 0-4 scale ("safely
+/// unguessable: moderate protection from offline slow-hash scenario").
+pub const MIN_PASSWORD_SCORE: u8 = 3;
+
+/// Passwords must be worth hashing: long enough, not built from the user
+/// name, and not guessable by the zxcvbn estimator (dictionary words, names,
+/// keyboard patterns, dates and repeats, with the user name as a known word).
+/// Estimates its strength on the first 100 characters (zxcvbn's work grows
+/// quickly with length; a longer password is at least as strong).
+pub fn check_password(password: &str, username: &str) -> Result<(), String> {
     if password.chars().count() < 12 {
         return Err("must be at least 12 characters".into());
     }
-    if password.len() > 1024 {
-        return Err("must be at most 1024 bytes".into());
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!("must be at most {MAX_PASSWORD_BYTES} bytes"));
+    }
+    let lower = password.to_lowercase();
+    if !username.is_empty() && lower.contains(&username.to_lowercase()) {
+        return Err("must not contain the user name".into());
+    }
+    let head: String = password.chars().take(100).collect();
+    let estimate = zxcvbn::zxcvbn(&head, &[username, "firebreak"]);
+    let score = u8::from(estimate.score());
+    if score < MIN_PASSWORD_SCORE {
+        let hint = estimate
+            .feedback()
+            .and_then(|f| f.warning().map(|w| w.to_string()))
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "is too easy to guess{hint}: use a longer phrase of unrelated words, or a password manager's"
+        ));
     }
     Ok(())
+}
+
+/// The address a request came from, as the connection shows it.
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -455,7 +560,7 @@ impl Auth {
             required: AtomicBool::new(required),
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            sign_ins: crate::signin::Guard::default(),
             page_secret: std::sync::RwLock::new(random_hex(2)),
         }
     }
@@ -677,53 +782,94 @@ impl Auth {
         )))
     }
 
-    /// Checks a password, slowing down guessing (five failures in five
-    /// minutes lock the name for the rest of them).
+    /// Checks a password, slowing down guessing (see [`crate::signin`]):
+    /// bounded input first, then a reserved place in the failure counters,
+    /// then the hash on a bounded pool.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
+        address: Option<IpAddr>,
     ) -> Result<firebreak_store::UserRow, ApiError> {
         let Some(store) = &self.store else {
             return Err(ApiError::Internal("no store".into()));
         };
-        if let Ok(f) = self.failures.lock() {
-            if let Some((n, since)) = f.get(username) {
-                if *n >= 5 && since.elapsed() < Duration::from_secs(300) {
-                    return Err(ApiError::TooManyRequests(
-                        "too many failed sign-ins for this user; try again in a few minutes".into(),
-                    ));
-                }
-            }
+        if username.len() > MAX_USERNAME_BYTES {
+            return Err(ApiError::BadRequest {
+                field: Some("username".into()),
+                message: format!("a user name is at most {MAX_USERNAME_BYTES} bytes"),
+            });
         }
-        let found = store.user_secret(username).await?;
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(ApiError::BadRequest {
+                field: Some("password".into()),
+                message: format!("a password is at most {MAX_PASSWORD_BYTES} bytes"),
+            });
+        }
+        let reservation = self
+            .sign_ins
+            .reserve(username, address, Instant::now())
+            .map_err(|wait| ApiError::SlowDown {
+                retry_after: wait.as_secs().max(1),
+                message: format!(
+                    "too many failed sign-ins for this user from this address; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            })?;
+        let found = match store.user_secret(username).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.sign_ins.not_checked(reservation);
+                return Err(e.into());
+            }
+        };
         // Hash even for an unknown user, so timing does not tell who exists.
         let phc = found
             .as_ref()
             .map(|(_, h)| h.clone())
             .unwrap_or_else(|| "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0000000000000000000000000000000000000000000".into());
         let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-            .await
-            .unwrap_or(false);
+        let ok = match crate::offload::hash(move || verify_password(&password, &phc)).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.sign_ins.not_checked(reservation);
+                return Err(e);
+            }
+        };
         match found {
             Some((user, _)) if ok => {
-                if let Ok(mut f) = self.failures.lock() {
-                    f.remove(username);
-                }
+                self.sign_ins.succeeded(reservation);
                 Ok(user)
             }
-            _ => {
-                if let Ok(mut f) = self.failures.lock() {
-                    let e = f.entry(username.to_string()).or_insert((0, Instant::now()));
-                    if e.1.elapsed() > Duration::from_secs(300) {
-                        *e = (0, Instant::now());
-                    }
-                    e.0 += 1;
-                }
-                Err(ApiError::Unauthorized("wrong user name or password".into()))
-            }
+            _ => Err(ApiError::Unauthorized("wrong user name or password".into())),
         }
+    }
+
+    /// The client's address: the peer's, or, when the peer is a trusted
+    /// proxy, the last address it put in `X-Forwarded-For`.
+    pub fn client_address(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let peer = peer?;
+        let trusted = self
+            .config
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.trusted.iter().any(|n| n.contains(peer)));
+        if !trusted {
+            return Some(peer);
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .next_back()
+            .or(Some(peer))
+    }
+
+    /// Sign-in failure counters held now (bounded by [`crate::signin::MAX_TRACKED`]).
+    pub fn sign_in_counters(&self) -> usize {
+        self.sign_ins.tracked()
     }
 
     /// The `Set-Cookie` value for a session (or its removal, for `None`).
@@ -1042,7 +1188,28 @@ mod tests {
         assert!(h.starts_with("$argon2id$"));
         assert!(verify_password("correct horse battery", &h));
         assert!(!verify_password("wrong", &h));
-        assert!(check_password("short").is_err());
+        assert!(check_password("short", "ana").is_err());
+    }
+
+    #[test]
+    fn weak_passwords_are_refused_naming_why() {
+        for (password, user) in [
+            ("administrator-admin", "admin"),
+            ("Ana-Lucia-2024!", "ana-lucia"),
+            ("password12345678", "ana"),
+            ("qwertyuiopasdfgh", "ana"),
+            ("aaaaaaaaaaaaaaaa", "ana"),
+        ] {
+            assert!(check_password(password, user).is_err(), "{password}");
+        }
+        assert_eq!(
+            check_password("admin admin admin", "admin").unwrap_err(),
+            "must not contain the user name"
+        );
+        for password in ["correct horse battery staple", "a long enough passphrase"] {
+            assert_eq!(check_password(password, "ana"), Ok(()), "{password}");
+        }
+        assert!(check_password(&"x".repeat(1025), "ana").is_err());
     }
 
     #[test]

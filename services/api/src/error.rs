@@ -26,8 +26,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
-    #[error("too many requests: {0}")]
-    TooManyRequests(String),
+    /// Slow down: try again after `retry_after` seconds.
+    #[error("too many requests: {message}")]
+    SlowDown { retry_after: u64, message: String },
     #[error("not found")]
     NotFound(String),
     #[error("conflict: {0}")]
@@ -117,14 +118,18 @@ impl IntoResponse for ApiError {
                 StatusCode::FORBIDDEN,
                 json!({"error": "forbidden", "message": why}),
             ),
-            ApiError::TooManyRequests(why) => {
+            ApiError::SlowDown {
+                retry_after,
+                message,
+            } => {
                 let mut r = (
                     StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({"error": "too_many_requests", "message": why})),
+                    Json(json!({"error": "too_many_requests", "message": message, "retry_after": retry_after})),
                 )
                     .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
                 return r;
             }
             ApiError::NotFound(what) => (

@@ -53,7 +53,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| "bad X-Slack-Request-Timestamp")?;
-    if (now - ts_num).abs() > MAX_SKEW_SECS {
+    // abs_diff: a timestamp near i64::MIN cannot wrap into the window.
+    if now.abs_diff(ts_num) > MAX_SKEW_SECS.unsigned_abs() {
         return Err("request timestamp is more than 5 minutes away: refused as a replay");
     }
     let sig = headers
@@ -72,7 +73,35 @@ pub fn verify(
     mac.update(body);
     // Constant-time comparison.
     mac.verify_slice(&given)
-        .map_err(|_| "signature does not match")
+        .map_err(|_| "signature does not match")?;
+    first_time(&given, ts_num, now)
+}
+
+/// Signed requests seen within the skew window, by signature: a request is
+/// applied once, a replay of it within the window is refused. Only requests
+/// with a valid signature are remembered, and entries leave as their
+/// timestamps fall out of the window, so the memory is bounded by Slack's
+/// real traffic over ten minutes (and capped at [`MAX_REMEMBERED`] besides).
+/// One process remembers its own requests.
+static SEEN: std::sync::LazyLock<std::sync::Mutex<HashMap<Vec<u8>, i64>>> =
+    std::sync::LazyLock::new(Default::default);
+const MAX_REMEMBERED: usize = 100_000;
+
+fn first_time(signature: &[u8], ts: i64, now: i64) -> Result<(), &'static str> {
+    let mut seen = SEEN.lock().map_err(|_| "replay memory unavailable")?;
+    if seen.contains_key(signature) {
+        return Err("this signed request was already applied: refused as a replay");
+    }
+    if seen.len() >= MAX_REMEMBERED {
+        seen.retain(|_, t| now.abs_diff(*t) <= MAX_SKEW_SECS.unsigned_abs());
+    }
+    if seen.len() >= MAX_REMEMBERED {
+        return Err(
+            "too many Slack requests in five minutes to tell replays apart: try again shortly",
+        );
+    }
+    seen.insert(signature.to_vec(), ts);
+    Ok(())
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
@@ -824,7 +853,10 @@ async fn postmortem(state: &AppState, store: &dyn Store, raw: &str) -> Result<Re
             )
         })
         .unwrap_or_else(|| format!("/api/v1/incidents/{id}/postmortem.html"));
-    let lint = firebreak_postmortem::lint::check(&pm.markdown, &[]).len();
+    let markdown = pm.markdown.clone();
+    let lint =
+        crate::offload::text(move || firebreak_postmortem::lint::check(&markdown, &[]).total)
+            .await?;
     Ok(ephemeral(format!(
         "*{}* — {} (revision {})\n{}\nBlameless check: {}\n<{link}|Read the draft>",
         escape(title),
@@ -961,6 +993,9 @@ mod tests {
         );
         let secret = "8f742231b10e8888abcd99yyyzzz85a5";
         assert_eq!(verify(secret, &h, body.as_bytes(), 1531420618 + 10), Ok(()));
+        assert!(verify(secret, &h, body.as_bytes(), 1531420618 + 11)
+            .unwrap_err()
+            .contains("already applied"));
         assert!(verify(secret, &h, body.as_bytes(), 1531420618 + 301)
             .unwrap_err()
             .contains("replay"));
@@ -974,5 +1009,30 @@ mod tests {
         assert!(verify(secret, &h, body.as_bytes(), 1531420618)
             .unwrap_err()
             .contains("missing"));
+    }
+
+    #[test]
+    fn timestamps_far_away_cannot_wrap_into_the_window() {
+        let mut h = HeaderMap::new();
+        let now = 1_700_000_000i64;
+        for ts in [
+            i64::MIN,
+            now.wrapping_sub(i64::MAX),
+            i64::MAX,
+            now - 301,
+            now + 301,
+        ] {
+            h.insert("x-slack-request-timestamp", ts.to_string().parse().unwrap());
+            h.insert(
+                "x-slack-signature",
+                format!("v0={}", "00".repeat(32)).parse().unwrap(),
+            );
+            assert!(
+                verify("secret", &h, b"x", now)
+                    .unwrap_err()
+                    .contains("5 minutes"),
+                "{ts}"
+            );
+        }
     }
 }

@@ -201,6 +201,7 @@ pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<
             scopes,
             expires_in,
         } => {
+            auth::check_token_name(name).map_err(anyhow::Error::msg)?;
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s).map_err(anyhow::Error::msg))
@@ -279,7 +280,8 @@ pub async fn users(config: &Config, command: &UsersCommand) -> anyhow::Result<()
                     line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
-            auth::check_password(&password).map_err(|e| anyhow::anyhow!("the password {e}"))?;
+            auth::check_password(&password, name)
+                .map_err(|e| anyhow::anyhow!("the password {e}"))?;
             let hash = auth::hash_password(&password).map_err(anyhow::Error::msg)?;
             let audit = NewAudit::by(CLI, "user_created", json!({"username": name, "role": role}));
             match store.create_user(name, &hash, role, &audit).await {

@@ -56,6 +56,7 @@ pub struct LoginForm {
 
 pub async fn login(
     axum::extract::State(state): St,
+    peer: crate::auth::Peer,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> PageResult {
@@ -71,14 +72,27 @@ pub async fn login(
     }
     let f: LoginForm = form(&bytes)?;
     let next = safe_next(f.next.as_deref());
-    let user = match state.auth.login(f.username.trim(), &f.password).await {
+    let address = state.auth.client_address(&headers, peer.0);
+    let user = match state
+        .auth
+        .login(f.username.trim(), &f.password, address)
+        .await
+    {
         Ok(u) => u,
-        Err(crate::ApiError::TooManyRequests(m)) => {
+        Err(crate::ApiError::SlowDown { message, .. }) => {
             return Ok(login_page(
                 &state,
                 &next,
-                Some(&m),
+                Some(&message),
                 StatusCode::TOO_MANY_REQUESTS,
+            ))
+        }
+        Err(crate::ApiError::BadRequest { message, .. }) => {
+            return Ok(login_page(
+                &state,
+                &next,
+                Some(&message),
+                StatusCode::BAD_REQUEST,
             ))
         }
         Err(crate::ApiError::Unauthorized(m)) => {

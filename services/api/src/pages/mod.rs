@@ -146,18 +146,37 @@ impl Pages {
     }
 
     /// Records that `who` has the draft of `incident` open; returns the others.
+    /// Entries older than [`PRESENCE_SECONDS`] are dropped on every call, and
+    /// at most [`MAX_PRESENCE_DRAFTS`] drafts are tracked at once (a caller
+    /// past that sees nobody else, and is not recorded).
     pub fn present(&self, incident: i64, who: &str) -> Vec<String> {
         let Ok(mut p) = self.presence.lock() else {
             return Vec::new();
         };
+        p.retain(|_, here| {
+            here.retain(|_, seen| seen.elapsed().as_secs() < PRESENCE_SECONDS);
+            !here.is_empty()
+        });
+        if !p.contains_key(&incident) && p.len() >= MAX_PRESENCE_DRAFTS {
+            return Vec::new();
+        }
         let here = p.entry(incident).or_default();
         here.insert(who.to_string(), Instant::now());
-        here.retain(|_, seen| seen.elapsed().as_secs() < 20);
         let mut others: Vec<String> = here.keys().filter(|k| *k != who).cloned().collect();
         others.sort();
         others
     }
+
+    /// Drafts with someone present now (for tests and the bound).
+    pub fn drafts_with_presence(&self) -> usize {
+        self.presence.lock().map(|p| p.len()).unwrap_or(0)
+    }
 }
+
+/// How long a person counts as present after their editor last said so.
+pub const PRESENCE_SECONDS: u64 = 20;
+/// Drafts whose presence is tracked at once.
+pub const MAX_PRESENCE_DRAFTS: usize = 1_000;
 
 /// Security headers every page carries: no inline script, no framing.
 pub fn html_response(status: StatusCode, html: String) -> Response {
@@ -435,10 +454,22 @@ pub fn duration(d: Option<chrono::Duration>) -> Value {
     }
 }
 
-/// Where to go after signing in: only a path on this site.
+/// Where to go after signing in: only a path on this site. It starts with
+/// exactly one `/` and holds no backslash, whitespace or control character
+/// (browsers drop tabs and newlines from a URL and read `\\` as `/`, so
+/// `/\t/evil.example/` would leave the site); anything else goes to the
+/// incidents.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n[1..].starts_with('/')
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_whitespace() || c.is_control()) =>
+        {
+            n.to_string()
+        }
         _ => "/incidents".into(),
     }
 }
@@ -465,3 +496,30 @@ pub(crate) type Csrf = Extension<PageCsrf>;
 pub(crate) type St = State<AppState>;
 pub(crate) type Id = UrlPath<String>;
 pub(crate) type Q<T> = Query<T>;
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_stays_on_this_origin() {
+        for bad in [
+            "//evil.example/",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/\\evil.example/",
+            "\\\\evil.example",
+            "https://evil.example/",
+            "evil.example",
+            "/ /evil.example",
+            "/\u{0}/x",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/incidents", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/incidents");
+        for good in ["/incidents/4", "/flags?x=1", "/%2F%2Fevil.example", "/"] {
+            assert_eq!(safe_next(Some(good)), good);
+        }
+    }
+}
