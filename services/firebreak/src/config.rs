@@ -99,6 +99,7 @@ pub struct FileConfig {
     pub node: String,
     pub amqp: AmqpSection,
     pub ingest: IngestSection,
+    pub http: HttpSection,
     pub api: ApiSection,
     pub engine: EngineSection,
     pub incidents: IncidentsSection,
@@ -135,6 +136,16 @@ pub struct IngestSection {
     /// How long the oldest bulk message may wait before the same.
     pub max_backlog_age: Dur,
     pub tokens: TokensSection,
+}
+
+/// Connection limits of the HTTP server (see `crate::http`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub header_read_timeout: Dur,
+    pub body_read_timeout: Dur,
+    pub write_timeout: Dur,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +288,7 @@ pub struct Config {
     pub json_logs: bool,
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
+    pub http: crate::http::Limits,
     pub backpressure: firebreak_api::ingest::Backpressure,
     /// The largest queue message the bus takes.
     pub max_message_bytes: usize,
@@ -670,6 +682,18 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
     if f.ingest.max_body_bytes < 1024 {
         return Err("key `ingest.max_body_bytes`: must be at least 1024".into());
     }
+    for (key, d) in [
+        ("http.header_read_timeout", &f.http.header_read_timeout),
+        ("http.body_read_timeout", &f.http.body_read_timeout),
+        ("http.write_timeout", &f.http.write_timeout),
+    ] {
+        if d.to_std() < Duration::from_secs(1) || d.to_std() > Duration::from_secs(600) {
+            return Err(format!("key `{key}`: must be between 1s and 10m"));
+        }
+    }
+    if !(16..=100_000).contains(&f.http.max_connections) {
+        return Err("key `http.max_connections`: must be between 16 and 100000".into());
+    }
     if f.engine.workers == 0 || f.engine.workers > 64 {
         return Err("key `engine.workers`: must be between 1 and 64".into());
     }
@@ -781,6 +805,12 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         json_logs,
         auth,
         max_body_bytes: f.ingest.max_body_bytes,
+        http: crate::http::Limits {
+            header_read_timeout: f.http.header_read_timeout.to_std(),
+            body_read_timeout: f.http.body_read_timeout.to_std(),
+            write_timeout: f.http.write_timeout.to_std(),
+            max_connections: f.http.max_connections,
+        },
         backpressure: firebreak_api::ingest::Backpressure {
             max_depth: f.ingest.max_backlog,
             max_age: f.ingest.max_backlog_age.to_std(),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod admin;
 pub mod bench;
 pub mod config;
+pub mod http;
 pub mod playbooks_cli;
 
 use config::{Config, Overrides};
@@ -229,7 +230,6 @@ pub fn shutdown_signal() -> CancellationToken {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    prepare_data_dir(config)?;
     let store = open_store(config).await?;
     store.close().await;
     println!(
@@ -252,11 +252,27 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the store for the server and every admin command alike: the data
+/// directory of the embedded default is created first, and a SQLite file is
+/// opened once (a local file does not come up later: retrying would only
+/// hide the cause), a database server is waited for.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = retry("database", &config.database_url.to_string(), || {
+    prepare_data_dir(config)?;
+    let store = if config.database_url.0.starts_with("sqlite:") {
         firebreak_store::connect(&config.database_url.0)
-    })
-    .await?;
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the SQLite database {}: check that its directory exists and is writable, or set FIREBREAK_DATABASE_URL",
+                    config.database_url
+                )
+            })?
+    } else {
+        retry("database", &config.database_url.to_string(), || {
+            firebreak_store::connect(&config.database_url.0)
+        })
+        .await?
+    };
     store.migrate().await.context("applying migrations")?;
     Ok(Arc::from(store))
 }
@@ -306,7 +322,6 @@ where
 
 /// Runs the configured roles until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    prepare_data_dir(&config)?;
     let roles = config.roles;
     let metrics = Arc::new(Metrics::default());
     // Every role opens the store: even ingest checks tokens kept there.
@@ -494,14 +509,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         },
     };
     let app = firebreak_api::router(state, roles.ingest, roles.api);
-    let http_shutdown = shutdown.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-    .await
-    .context("HTTP server failed")?;
+    let mut limits = config.http;
+    let (fits, soft) = http::fit_to_open_files(limits.max_connections);
+    if fits < limits.max_connections {
+        tracing::warn!(
+            http.max_connections = limits.max_connections,
+            serving = fits,
+            open_files_limit = soft,
+            "http.max_connections is above what the open-files limit allows: serving at most {fits} connections; raise the limit (ulimit -n, systemd LimitNOFILE=) to serve more"
+        );
+        limits.max_connections = fits;
+    }
+    http::serve(listener, app, limits, shutdown.clone())
+        .await
+        .context("HTTP server failed")?;
 
     for task in background {
         let _ = task.await;

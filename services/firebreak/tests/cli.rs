@@ -221,3 +221,59 @@ fn playbooks_test_explains_matches_without_side_effects() {
         "{stdout}"
     );
 }
+
+#[test]
+fn admin_commands_on_a_fresh_machine_create_the_data_directory() {
+    // `firebreak tokens create` in a directory with no ./data: the embedded
+    // default is made, not retried for a minute.
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = firebreak()
+        .current_dir(dir.path())
+        .args(["tokens", "create", "--name", "ci", "--scope", "read"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data").join("firebreak.db").exists());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fbk_"));
+
+    // A SQLite file whose directory cannot exist fails at once, naming the fix.
+    let out = firebreak()
+        .current_dir(dir.path())
+        .args(["tokens", "list"])
+        .env(
+            "FIREBREAK_DATABASE_URL",
+            "sqlite:///proc/no-such-dir/firebreak.db",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open the SQLite database")
+            && stderr.contains("FIREBREAK_DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    println!("fresh-machine admin commands took {:?}", started.elapsed());
+}
+
+#[test]
+fn weak_admin_passwords_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for password in ["admin-admin-admin", "password12345678"] {
+        let out = firebreak()
+            .current_dir(dir.path())
+            .args(["users", "create", "--name", "admin", "--role", "admin"])
+            .env("FIREBREAK_USER_PASSWORD", password)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{password}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("the password"), "{stderr}");
+    }
+}
