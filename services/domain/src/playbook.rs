@@ -860,7 +860,7 @@ static EMPTY: String = String::new();
 pub fn render(
     template: &str,
     vars: &BTreeMap<String, String>,
-    escape: fn(&str) -> String,
+    escape: impl Fn(&str) -> String,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -911,6 +911,53 @@ pub fn render_json(
         ),
         other => other.clone(),
     })
+}
+
+/// Fills placeholders in a URL template. A value in the path (before any `?`
+/// or `#` of the template) must be one whole path segment: an empty value,
+/// `.` or `..` would make the URL address another resource (URL parsers
+/// resolve `..` and `%2E%2E` alike), so it is refused naming the placeholder.
+/// Values in the query are percent-encoded.
+pub fn render_url(template: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    // Unknown placeholders and unclosed braces are refused as `render` does.
+    render(template, vars, str::to_string)?;
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    let mut in_query = false;
+    while let Some(start) = rest.find("{{") {
+        let literal = &rest[..start];
+        in_query |= literal.contains(['?', '#']);
+        out.push_str(literal);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            break;
+        };
+        let name = after[..end].trim();
+        let value = vars.get(name).map(String::as_str).unwrap_or("");
+        if in_query {
+            out.push_str(&url_escape(value));
+        } else {
+            out.push_str(
+                &path_segment(value)
+                    .map_err(|why| format!("{{{{{name}}}}} in {template:?} {why}"))?,
+            );
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A value as one URL path segment, percent-encoded; refuses the values that
+/// are not one: empty, `.` and `..`.
+pub fn path_segment(value: &str) -> Result<String, String> {
+    match value {
+        "" => Err("is empty, and a URL path segment cannot be: the request would go to another resource".into()),
+        "." | ".." => Err(format!(
+            "is {value:?}, which URL parsers read as a step up or in place: the request would go to another resource"
+        )),
+        v => Ok(url_escape(v)),
+    }
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
@@ -1207,6 +1254,42 @@ guard: { cooldown: 30m, max_runs: { count: 3, per: 1h } }
         assert_eq!(Dur::parse("7d").unwrap().to_string(), "7d");
         assert!(Dur::parse("30").is_err());
         assert!(Dur::parse("m").is_err());
+    }
+
+    #[test]
+    fn url_values_in_the_path_are_one_segment() {
+        let vars = |service: &str| -> BTreeMap<String, String> {
+            [
+                ("service".to_string(), service.to_string()),
+                ("labels.env".to_string(), String::new()),
+            ]
+            .into()
+        };
+        let url = "https://argocd/api/v1/applications/{{service}}/rollback?env={{labels.env}}";
+        assert_eq!(
+            render_url(url, &vars("check out")).unwrap(),
+            "https://argocd/api/v1/applications/check%20out/rollback?env="
+        );
+        for bad in ["..", ".", ""] {
+            let e = render_url(url, &vars(bad)).unwrap_err();
+            assert!(
+                e.contains("{{service}}") && e.contains("another resource"),
+                "{e}"
+            );
+        }
+        // In the query, any value is data.
+        assert_eq!(
+            render_url("https://x/a?s={{service}}", &vars("..")).unwrap(),
+            "https://x/a?s=.."
+        );
+        // Encoded dots are data too: they arrive encoded twice.
+        assert_eq!(
+            render_url(url, &vars("%2e%2e")).unwrap(),
+            "https://argocd/api/v1/applications/%252e%252e/rollback?env="
+        );
+        assert!(render_url("{{nope}}", &vars("x"))
+            .unwrap_err()
+            .contains("unknown placeholder"));
     }
 
     #[test]

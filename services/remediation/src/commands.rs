@@ -105,6 +105,11 @@ pub fn check_flag_key(key: &str) -> Result<(), String> {
             "{key:?} is not a flag key: use 1-200 letters, digits, '.', '-' or '_'"
         ));
     }
+    if key == "." || key == ".." {
+        return Err(format!(
+            "{key:?} is not a flag key: in a URL path it would mean this or the parent resource"
+        ));
+    }
     Ok(())
 }
 

@@ -327,8 +327,8 @@ impl Remediation {
                     ));
                 }
                 let fail = |e: String| (ExecError::fatal(e), None);
-                let url = render(&h.url, &spec.vars, firebreak_domain::playbook::url_escape)
-                    .map_err(fail)?;
+                let url =
+                    firebreak_domain::playbook::render_url(&h.url, &spec.vars).map_err(fail)?;
                 let method = reqwest::Method::from_bytes(h.method.as_bytes())
                     .map_err(|_| fail(format!("bad HTTP method {:?}", h.method)))?;
                 let mut req = providers::client(Duration::from_secs(15)).request(method, url);

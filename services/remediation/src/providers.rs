@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use firebreak_domain::access::Role;
 use firebreak_domain::duration::Dur;
-use firebreak_domain::playbook::{render, render_json, url_escape};
+use firebreak_domain::playbook::{path_segment, render, render_json, render_url, url_escape};
 use firebreak_domain::secret::Secret;
 use firebreak_store::{NewAudit, Store, StoreError};
 use serde::Deserialize;
@@ -320,13 +320,13 @@ impl Unleash {
     fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
         environment(env, self.environment.as_deref(), "Unleash")
     }
-    fn feature_url(&self, flag: &str) -> String {
-        format!(
+    fn feature_url(&self, flag: &str) -> Result<String, ExecError> {
+        Ok(format!(
             "{}/api/admin/projects/{}/features/{}",
             trim_slash(&self.url),
-            url_escape(&self.project),
-            url_escape(flag)
-        )
+            segment("project", &self.project)?,
+            segment("flag", flag)?
+        ))
     }
 }
 
@@ -340,7 +340,7 @@ impl KillSwitch for Unleash {
         let env = self.env(env)?;
         let req = self
             .http
-            .get(self.feature_url(flag))
+            .get(self.feature_url(flag)?)
             .header("Authorization", self.token.expose());
         read_state(
             req,
@@ -367,8 +367,8 @@ impl KillSwitch for Unleash {
         let env = self.env(env)?;
         let url = format!(
             "{}/environments/{}/{}",
-            self.feature_url(flag),
-            url_escape(env),
+            self.feature_url(flag)?,
+            segment("environment", env)?,
             if enabled { "on" } else { "off" }
         );
         send(
@@ -379,6 +379,11 @@ impl KillSwitch for Unleash {
         )
         .await
     }
+}
+
+/// A value as one path segment of a provider's URL, or the step fails naming it.
+fn segment(what: &str, value: &str) -> Result<String, ExecError> {
+    path_segment(value).map_err(|why| ExecError::fatal(format!("the {what} {why}")))
 }
 
 pub struct LaunchDarkly {
@@ -393,13 +398,13 @@ impl LaunchDarkly {
     fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
         environment(env, self.environment.as_deref(), "LaunchDarkly")
     }
-    fn flag_url(&self, flag: &str) -> String {
-        format!(
+    fn flag_url(&self, flag: &str) -> Result<String, ExecError> {
+        Ok(format!(
             "{}/api/v2/flags/{}/{}",
             trim_slash(&self.url),
-            url_escape(&self.project),
-            url_escape(flag)
-        )
+            segment("project", &self.project)?,
+            segment("flag", flag)?
+        ))
     }
 }
 
@@ -413,7 +418,7 @@ impl KillSwitch for LaunchDarkly {
         let env = self.env(env)?;
         let req = self
             .http
-            .get(format!("{}?env={}", self.flag_url(flag), url_escape(env)))
+            .get(format!("{}?env={}", self.flag_url(flag)?, url_escape(env)))
             .header("Authorization", self.token.expose());
         read_state(
             req,
@@ -439,7 +444,7 @@ impl KillSwitch for LaunchDarkly {
         });
         send(
             self.http
-                .patch(self.flag_url(flag))
+                .patch(self.flag_url(flag)?)
                 .header("Authorization", self.token.expose())
                 .header(
                     "Content-Type",
@@ -503,8 +508,8 @@ impl KillSwitch for HttpKillSwitch {
     }
 
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
-        let url = render(&self.get_url, &self.vars(flag, env, None), url_escape)
-            .map_err(ExecError::fatal)?;
+        let url =
+            render_url(&self.get_url, &self.vars(flag, env, None)).map_err(ExecError::fatal)?;
         read_state(
             self.with_headers(self.http.get(url)),
             "kill switch",
@@ -527,7 +532,7 @@ impl KillSwitch for HttpKillSwitch {
         _by: &str,
     ) -> Result<Value, ExecError> {
         let vars = self.vars(flag, env, Some(enabled));
-        let url = render(&self.set_url, &vars, url_escape).map_err(ExecError::fatal)?;
+        let url = render_url(&self.set_url, &vars).map_err(ExecError::fatal)?;
         let method = reqwest::Method::from_bytes(self.set_method.as_bytes())
             .map_err(|_| ExecError::fatal(format!("bad HTTP method {:?}", self.set_method)))?;
         let mut req = self.with_headers(self.http.request(method, url));
@@ -571,7 +576,7 @@ pub async fn rollback(
             let timeout = timeout
                 .map(|d| d.0.to_std().unwrap_or_default())
                 .unwrap_or(Duration::from_secs(30));
-            let url = render(url, vars, url_escape).map_err(ExecError::fatal)?;
+            let url = render_url(url, vars).map_err(ExecError::fatal)?;
             let method = reqwest::Method::from_bytes(method.as_bytes())
                 .map_err(|_| ExecError::fatal(format!("bad HTTP method {method:?}")))?;
             let mut req = client(timeout).request(method, url);
