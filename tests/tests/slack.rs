@@ -888,3 +888,163 @@ async fn an_announcement_cut_short_by_a_crash_is_posted_after_the_restart_once()
     );
     server.abort();
 }
+
+/// Four-eyes means another person, on every path (issue 23): a person is
+/// one principal across web sign-in, Slack (`slack.people`) and the tokens
+/// they made; while their kill switch waits for approval nothing else
+/// changes the flag.
+#[tokio::test]
+async fn four_eyes_means_another_person_on_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(
+        dir.path(),
+        None,
+        &[
+            ("FIREBREAK_AUTOMATION__FOUR_EYES", "true"),
+            ("FIREBREAK_AUTOMATION__FOUR_EYES_MIN_ROLE", "operator"),
+            ("FIREBREAK_AUTOMATION__MANUAL__REQUIRE_APPROVAL", "true"),
+            ("FIREBREAK_SLACK__ROLES__U_ANA", "admin"),
+            ("FIREBREAK_SLACK__PEOPLE__U_ANA", "ana"),
+        ],
+    )
+    .await;
+    let fb = &s.fb;
+    fb.post(
+        "/api/v1/flags",
+        &json!({"key": "pay.flow", "enabled": true}),
+    )
+    .await;
+    let password = "tangerine quietly orbits saturn";
+    let (status, body) = fb
+        .post(
+            "/api/v1/users",
+            &json!({"username": "ana", "password": password, "role": "admin"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Ana signs in on the web and makes a token for her scripts.
+    let web = reqwest::Client::new();
+    let r = web
+        .post(format!("{}/api/v1/login", fb.base))
+        .json(&json!({"username": "ana", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let login: Value = r.json().await.unwrap();
+    let csrf = login["csrf_token"].as_str().unwrap().to_string();
+    let as_ana = |method: reqwest::Method, path: &str, body: Value| {
+        web.request(method, format!("{}{path}", fb.base))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .header("origin", &fb.base)
+            .json(&body)
+    };
+    let r = as_ana(
+        reqwest::Method::POST,
+        "/api/v1/tokens",
+        json!({"name": "ana-script", "scopes": ["read", "operate"]}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let token: Value = r.json().await.unwrap();
+    let ana_token = firebreak_tests::Caller {
+        base: fb.base.clone(),
+        token: token["token"].as_str().unwrap().to_string(),
+    };
+
+    // Her script asks for the kill switch: held, and it is hers.
+    let (status, held) = ana_token
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": "pay.flow"}),
+        )
+        .await;
+    assert_eq!(
+        (status, held["status"].as_str()),
+        (202, Some("held")),
+        "{held}"
+    );
+    assert_eq!(held["requested_by"], "user:ana", "{held}");
+    let id = held["id"].as_i64().unwrap();
+
+    // Nothing else changes the flag while it waits: PUT, import, delete, a
+    // second request, from her session or her token.
+    let put = as_ana(
+        reqwest::Method::PUT,
+        "/api/v1/flags/pay.flow",
+        json!({"enabled": false}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(put.status().as_u16(), 409);
+    let e: Value = put.json().await.unwrap();
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("action #{id}"))
+            && e["message"].as_str().unwrap().contains("approve or deny"),
+        "{e}"
+    );
+    let import = json!({"flags": {"pay.flow": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}}});
+    let (status, e) = ana_token.post("/api/v1/flags/import", &import).await;
+    assert!(status == 409 || status == 403, "{status} {e}");
+    let (status, e) = fb.post("/api/v1/flags/import", &import).await;
+    assert_eq!(status, 409, "{e}");
+    let (status, e) = ana_token
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": "pay.flow", "state": "on"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{e}");
+    let (_, flag) = fb.get("/api/v1/flags/pay.flow").await;
+    assert_eq!(flag["enabled"], true, "the flag did not move");
+
+    // She cannot approve it: not from the web, not with her token, not from Slack.
+    let r = as_ana(
+        reqwest::Method::POST,
+        &format!("/api/v1/actions/{id}/approve"),
+        json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let (status, _) = ana_token
+        .post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        s.click("U_ANA", "firebreak_approve", &id.to_string()).await,
+        200
+    );
+    let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+    assert_eq!(a["status"], "held", "her Slack click approved nothing: {a}");
+
+    // Another person can.
+    assert_eq!(
+        s.click("U_ADMIN", "firebreak_approve", &id.to_string())
+            .await,
+        200
+    );
+    let done = eventually("the approved action", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (a["status"] == "succeeded").then_some(a)
+    })
+    .await;
+    assert_eq!(done["decided_by"], "slack:U_ADMIN");
+    let (_, flag) = fb.get("/api/v1/flags/pay.flow").await;
+    assert_eq!(flag["enabled"], false);
+}

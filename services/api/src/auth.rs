@@ -325,6 +325,7 @@ const TOKEN_CACHE: Duration = Duration::from_secs(30);
 struct Cached {
     identity: Identity,
     token_id: String,
+    token_name: String,
     until: Instant,
 }
 
@@ -442,6 +443,18 @@ fn verify_password(password: &str, phc: &str) -> bool {
         argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut m[..blocks])
     });
     computed.is_ok() && constant_time_eq(&out, expected.as_bytes())
+}
+
+/// Who a stored token acts as: a token a person created acts as that person
+/// (`user:<name>`, within the token's scopes), so four-eyes and the audit
+/// trail see one principal whether they sign in or use their token; a
+/// token created by a machine or the CLI acts as itself (`token:<name>`).
+fn token_identity(row: &TokenRow) -> Identity {
+    let mut identity = Identity::token(&row.name, row.scopes.clone());
+    if row.created_by.starts_with("user:") {
+        identity.id = row.created_by.clone();
+    }
+    identity
 }
 
 /// Names a stored token cannot take: the configured tokens' own names (a
@@ -632,10 +645,7 @@ impl Auth {
     /// Forgets cached verifications of a token (after revoking it).
     pub fn forget(&self, token_id_or_name: &str) {
         if let Ok(mut c) = self.cache.lock() {
-            c.retain(|_, v| {
-                v.token_id != token_id_or_name
-                    && v.identity.id != format!("token:{token_id_or_name}")
-            });
+            c.retain(|_, v| v.token_id != token_id_or_name && v.token_name != token_id_or_name);
         }
     }
 
@@ -686,7 +696,7 @@ impl Auth {
         if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {
             return Err(refused());
         }
-        let identity = Identity::token(&row.name, row.scopes.clone());
+        let identity = token_identity(&row);
         let mut until = Instant::now() + TOKEN_CACHE;
         if let Some(e) = row.expires_at {
             let left = (e - now).to_std().unwrap_or_default();
@@ -701,6 +711,7 @@ impl Auth {
                 Cached {
                     identity: identity.clone(),
                     token_id: row.id.clone(),
+                    token_name: row.name.clone(),
                     until,
                 },
             );

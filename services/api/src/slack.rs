@@ -171,11 +171,28 @@ struct Caller {
     id: String,
     name: String,
     role: Role,
+    /// The Firebreak user this Slack user is (`slack.people`), if any.
+    person: Option<String>,
 }
 
 impl Caller {
+    fn new(slack: &SlackClient, id: String, name: String, role: Role) -> Caller {
+        let person = slack.config().people.get(&id).cloned();
+        Caller {
+            id,
+            name,
+            role,
+            person,
+        }
+    }
+
+    /// Who acts: the mapped person (`user:<name>`, one principal with their
+    /// web sign-in and tokens), else the Slack user.
     fn actor(&self) -> String {
-        format!("slack:{}", self.id)
+        match &self.person {
+            Some(name) => format!("user:{name}"),
+            None => format!("slack:{}", self.id),
+        }
     }
 
     fn identity(&self) -> Identity {
@@ -213,11 +230,9 @@ async fn commands(
     if id.is_empty() {
         return Ok(ephemeral("Slack sent no user_id; nothing done."));
     }
-    let caller = Caller {
-        role: slack.role(&id).await,
-        id,
-        name: form.get("user_name").cloned().unwrap_or_default(),
-    };
+    let role = slack.role(&id).await;
+    let name = form.get("user_name").cloned().unwrap_or_default();
+    let caller = Caller::new(&slack, id, name, role);
     let text = form.get("text").cloned().unwrap_or_default();
     let response_url = form.get("response_url").cloned();
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -902,15 +917,13 @@ async fn interactions(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let caller = Caller {
-        role: slack.role(&user_id).await,
-        id: user_id,
-        name: payload["user"]["username"]
-            .as_str()
-            .or(payload["user"]["name"].as_str())
-            .unwrap_or_default()
-            .to_string(),
-    };
+    let role = slack.role(&user_id).await;
+    let name = payload["user"]["username"]
+        .as_str()
+        .or(payload["user"]["name"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let caller = Caller::new(&slack, user_id, name, role);
     let response_url = payload["response_url"].as_str().map(str::to_string);
     let Some(action) = payload["actions"].as_array().and_then(|a| a.first()) else {
         return Ok(StatusCode::OK.into_response());

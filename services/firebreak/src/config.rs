@@ -440,7 +440,7 @@ pub fn load(
         // Keys of maps that name outside things keep their case (Slack ids, proxy groups).
         let originals: Vec<&str> = rest.split("__").collect();
         if parts.len() == 3
-            && ((parts[0] == "slack" && parts[1] == "roles")
+            && ((parts[0] == "slack" && (parts[1] == "roles" || parts[1] == "people"))
                 || (parts[0] == "auth" && parts[1] == "groups"))
         {
             parts[2] = originals[2].to_string();

@@ -10,7 +10,9 @@ use firebreak_domain::access::Identity;
 use firebreak_domain::action::{ActionRow, ActionStatus, MANUAL};
 use firebreak_domain::playbook::{FlagState, KillSwitchStep, NotifyStep, RollbackStep, StepAction};
 use firebreak_domain::timeline::kind;
-use firebreak_store::{ActionChange, FlagRow, NewAudit, OpenIncident, StoreError, SETTING_PAUSED};
+use firebreak_store::{
+    ActionChange, FlagRow, NewAudit, OpenIncident, StoreError, StoreTx, SETTING_PAUSED,
+};
 use serde_json::{json, Value};
 
 use crate::claims::Candidate;
@@ -90,6 +92,31 @@ fn bad(field: &str, message: impl Into<String>) -> CommandError {
     CommandError::BadRequest {
         field: Some(field.into()),
         message: message.into(),
+    }
+}
+
+/// The refusal while `held` waits for approval: it names the action and how
+/// to move on.
+fn held_conflict(held: &ActionRow) -> CommandError {
+    CommandError::Conflict(format!(
+        "action #{} ({}) waits for approval, requested by {}: approve or deny it before changing its target",
+        held.id, held.spec.describe, held.requested_by
+    ))
+}
+
+/// Refuses a direct change of built-in flag `key` while an action on it is
+/// held for approval (a PUT, an import or the page's switch must not do
+/// what the four-eyes rule holds back).
+async fn refuse_if_held(tx: &mut dyn StoreTx, key: &str) -> Result<(), CommandError> {
+    let target = firebreak_domain::action::target::kill_switch("builtin", None, key);
+    match tx
+        .open_actions_on(&target)
+        .await?
+        .iter()
+        .find(|a| a.status == ActionStatus::Held)
+    {
+        Some(held) => Err(held_conflict(held)),
+        None => Ok(()),
     }
 }
 
@@ -337,21 +364,22 @@ impl Remediation {
         let target = self
             .providers
             .target(&step, &service, environment.as_deref());
+        let open = tx.open_actions_on(&target).await?;
         // The same thing asked twice (a double click, two people at once)
         // runs once: the second request is told about the first.
-        if let Some(open) = tx
-            .open_actions_on(&target)
-            .await?
-            .into_iter()
-            .find(|a| a.spec.step == step)
-        {
+        if let Some(same) = open.iter().find(|a| a.spec.step == step) {
             return Err(CommandError::Conflict(format!(
                 "action #{} ({}) already does this: {} [{}]",
-                open.id,
-                open.status.as_str(),
-                open.spec.describe,
-                provenance(&open)
+                same.id,
+                same.status.as_str(),
+                same.spec.describe,
+                provenance(same)
             )));
+        }
+        // While another action on the target waits for approval, only
+        // approving or denying it changes the target (four-eyes on every path).
+        if let Some(held) = open.iter().find(|a| a.status == ActionStatus::Held) {
+            return Err(held_conflict(held));
         }
         let candidate = Candidate {
             playbook: MANUAL.into(),
@@ -656,6 +684,13 @@ impl Remediation {
             parsed.push((key.clone(), definition));
         }
         let who = identity.id.as_str();
+        {
+            let mut tx = self.store.begin().await?;
+            for (key, _) in &parsed {
+                refuse_if_held(tx.as_mut(), key).await?;
+            }
+            drop(tx);
+        }
         let keys: Vec<String> = parsed.iter().map(|(k, _)| k.clone()).collect();
         let audit = NewAudit::by(who, "flags_imported", json!({"flags": keys}));
         self.store.import_flags(&parsed, who, &audit).await?;
@@ -724,6 +759,9 @@ impl Remediation {
         let now = Utc::now();
         let mut tx = self.store.begin().await?;
         let before = tx.flag_for_update(key).await?;
+        if edit.enabled.is_some() || edit.definition.is_some() {
+            refuse_if_held(tx.as_mut(), key).await?;
+        }
         let mut flag = before.clone().unwrap_or_else(|| FlagRow {
             key: key.to_string(),
             enabled: true,
@@ -765,6 +803,11 @@ impl Remediation {
     pub async fn delete_flag(&self, identity: &Identity, key: &str) -> Result<(), CommandError> {
         let who = identity.id.as_str();
         check_flag_key(key).map_err(|m| bad("key", m))?;
+        {
+            let mut tx = self.store.begin().await?;
+            refuse_if_held(tx.as_mut(), key).await?;
+            drop(tx);
+        }
         let audit = NewAudit::by(who, "flag_deleted", json!({"flag": key}));
         if self.store.delete_flag(key, &audit).await? {
             Ok(())

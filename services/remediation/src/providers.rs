@@ -128,6 +128,10 @@ pub struct SlackConfig {
     pub rollback_provider: Option<String>,
     /// Firebreak's address as people reach it, for links in messages.
     pub public_url: Option<String>,
+    /// Slack users (`U…`) who are Firebreak users: `{ U024BE7LH = "ana" }`.
+    /// A mapped user acts in Slack as `user:ana`, the same person as on the
+    /// web (four-eyes counts them once); others act as `slack:<id>`.
+    pub people: BTreeMap<String, String>,
 }
 
 fn slack_api() -> String {
@@ -147,6 +151,7 @@ impl Default for SlackConfig {
             allowed_groups: Vec::new(),
             rollback_provider: None,
             public_url: None,
+            people: BTreeMap::new(),
         }
     }
 }
