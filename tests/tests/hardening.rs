@@ -528,3 +528,128 @@ async fn a_reader_never_writes_and_state_keyed_by_input_is_bounded() {
     assert_eq!(s, 400, "{b}");
     assert!(b["message"].as_str().unwrap().contains("reserved"), "{b}");
 }
+
+/// Runs SQL on the embedded store's file as its owner could (triggers and all).
+fn sqlite(db: &std::path::Path, sql: &str) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_audit_trail_owner_cannot_rewrite_it_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fb = start(dir.path(), Options::embedded()).await;
+    for key in ["a.flag", "b.flag", "c.flag", "d.flag"] {
+        fb.post("/api/v1/flags", &json!({"key": key, "enabled": true}))
+            .await;
+    }
+    let (_, audit) = fb.get("/api/v1/audit?limit=1000").await;
+    let ids: Vec<i64> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    let head = *ids.iter().max().unwrap();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (1..=head).collect::<Vec<_>>(),
+        "audit ids are contiguous"
+    );
+    // The head is recorded outside the database as it grows.
+    let witness = fb.data_dir.join("audit.witness");
+    eventually(
+        "the witness records the head",
+        Duration::from_secs(10),
+        || async {
+            let text = std::fs::read_to_string(&witness).unwrap_or_default();
+            text.lines()
+                .last()
+                .filter(|l| l.starts_with(&format!("{head} k1:")))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(
+        fb.logs().contains("audit trail head"),
+        "the log says it too"
+    );
+    fb.stop().await;
+    let (ok, out, err) = fb.cli(&["audit", "verify"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("{} of them keyed", ids.len())),
+        "{out}"
+    );
+
+    let db = fb.data_dir.join("firebreak.db");
+    let saved = std::fs::read(&db).unwrap();
+    // 1. The owner removes the last rows (triggers dropped and restored).
+    sqlite(
+        &db,
+        &format!(
+            "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id >= {};
+             CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;",
+            head - 1
+        ),
+    );
+    let (ok, out, err) = fb.cli(&["audit", "verify"]).await;
+    assert!(!ok, "a removed tail is seen: {out}");
+    assert!(
+        err.contains(&format!("row {head} was recorded as the head and is gone")),
+        "{err}"
+    );
+
+    // 2. The owner sets every hash to NULL ("written before the chain began").
+    std::fs::write(&db, &saved).unwrap();
+    sqlite(
+        &db,
+        "DROP TRIGGER audit_no_update; UPDATE audit SET hash = NULL, prev_hash = NULL;",
+    );
+    let (ok, _, err) = fb.cli(&["audit", "verify"]).await;
+    assert!(!ok);
+    assert!(err.contains("rewritten"), "{err}");
+
+    // 3. The owner edits a row and gives it an unkeyed hash (all they can
+    //    compute without the key): an unkeyed row after keyed ones is a
+    //    break. (Recomputing the whole chain unkeyed is caught by the
+    //    witness, as in 2.)
+    std::fs::write(&db, &saved).unwrap();
+    sqlite(
+        &db,
+        &format!("DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'mallory', hash = 'deadbeef' WHERE id = {head};"),
+    );
+    let (ok, _, err) = fb.cli(&["audit", "verify"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("row {head}")) && err.contains("not keyed"),
+        "{err}"
+    );
+
+    // 4. A head from elsewhere (the log) that the trail no longer holds.
+    std::fs::write(&db, &saved).unwrap();
+    let (ok, _, err) = fb
+        .cli(&["audit", "verify", "--expect-head", &format!("{head}:k1:00")])
+        .await;
+    assert!(!ok);
+    assert!(
+        err.contains("--expect-head") && err.contains("rewritten"),
+        "{err}"
+    );
+    let (ok, out, err) = fb.cli(&["audit", "verify"]).await;
+    assert!(ok, "the untouched copy verifies: {out}{err}");
+}

@@ -53,8 +53,16 @@ pub enum UsersCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recomputes the hash chain; exits 1 naming the first row that does not match.
-    Verify,
+    /// Recomputes the hash chain (keyed with the audit key) and checks that the
+    /// head recorded outside the database (the witness file, or
+    /// --expect-head) is still there unchanged; exits 1 naming the first
+    /// row that does not match.
+    Verify {
+        /// A head taken from elsewhere (the log's `audit trail head` line,
+        /// a copy of the witness): `ID:HASH`.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,9 +327,21 @@ pub async fn users(config: &Config, command: &UsersCommand) -> anyhow::Result<()
 }
 
 pub async fn audit(config: &Config, command: &AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Verify { expect_head } = command;
+    let expected = expect_head
+        .as_deref()
+        .map(crate::audit::Head::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--expect-head: {e}"))?;
+    let witnessed = crate::audit::last_witnessed(&config.audit_witness)?;
     let store = crate::open_store(config).await?;
-    let AuditCommand::Verify = command;
     let check = store.verify_audit().await?;
+    let mut heads = Vec::new();
+    for (what, head) in [("--expect-head", expected), ("the witness", witnessed)] {
+        if let Some(head) = head {
+            heads.push((what, crate::audit::check_head(store.as_ref(), &head).await?));
+        }
+    }
     store.close().await;
     if check.before_chain > 0 {
         println!(
@@ -329,16 +349,31 @@ pub async fn audit(config: &Config, command: &AuditCommand) -> anyhow::Result<()
             check.before_chain
         );
     }
-    match check.broken {
-        None => {
-            println!("audit trail intact: {} rows verified", check.verified);
-            Ok(())
-        }
-        Some((id, why)) => {
-            bail!(
-                "audit trail broken at row {id}: {why} ({} rows before it verified)",
-                check.verified
-            )
+    if let Some((id, why)) = check.broken {
+        bail!(
+            "audit trail broken at row {id}: {why} ({} rows before it verified)",
+            check.verified
+        );
+    }
+    for (what, result) in &heads {
+        if let Err(why) = result {
+            bail!("audit trail does not match {what}: {why}");
         }
     }
+    println!(
+        "audit trail intact: {} rows verified, {} of them keyed{}",
+        check.verified,
+        check.keyed,
+        match &check.head {
+            Some((id, hash)) => format!("; head {id}:{hash}"),
+            None => String::new(),
+        }
+    );
+    if heads.is_empty() {
+        println!(
+            "no head recorded outside the database was checked (no witness at {}): a removed tail cannot be seen without one",
+            config.audit_witness.display()
+        );
+    }
+    Ok(())
 }

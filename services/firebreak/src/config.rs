@@ -108,6 +108,8 @@ pub struct FileConfig {
     pub automation: AutomationSection,
     pub auth: AuthSection,
     #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
     pub kill_switch: BTreeMap<String, KillSwitchConfig>,
     #[serde(default)]
     pub rollback: BTreeMap<String, RollbackConfig>,
@@ -136,6 +138,18 @@ pub struct IngestSection {
     /// How long the oldest bulk message may wait before the same.
     pub max_backlog_age: Dur,
     pub tokens: TokensSection,
+}
+
+/// The audit trail's protection (see `crate::audit`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The HMAC key of the audit chain; unset: `<data_dir>/audit.key`,
+    /// created on first use.
+    pub key: Option<Secret>,
+    /// Where the chain's head is recorded as it grows; unset:
+    /// `<data_dir>/audit.witness`.
+    pub witness: Option<PathBuf>,
 }
 
 /// Connection limits of the HTTP server (see `crate::http`).
@@ -302,6 +316,9 @@ pub struct Config {
     pub rollbacks: BTreeMap<String, RollbackConfig>,
     pub notifiers: BTreeMap<String, NotifierConfig>,
     pub slack: SlackConfig,
+    /// The audit chain's key as configured (`None`: the key file).
+    pub audit_key: Option<Secret>,
+    pub audit_witness: PathBuf,
 }
 
 /// The embedded queue's largest message (SQLite's own limit is 1 GB).
@@ -794,6 +811,11 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         f.slack.public_url.clone(),
         o,
     )?;
+    let audit_witness = f
+        .audit
+        .witness
+        .clone()
+        .unwrap_or_else(|| data_dir.join("audit.witness"));
     Ok(Config {
         listen,
         data_dir,
@@ -857,6 +879,8 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         rollbacks: f.rollback,
         notifiers: f.notify,
         slack: f.slack,
+        audit_witness,
+        audit_key: f.audit.key,
     })
 }
 

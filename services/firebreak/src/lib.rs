@@ -18,6 +18,7 @@ use firebreak_store::Store;
 use tokio_util::sync::CancellationToken;
 
 mod admin;
+pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod http;
@@ -258,6 +259,7 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
 /// hide the cause), a database server is waited for.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     prepare_data_dir(config)?;
+    audit::install_key(config)?;
     let store = if config.database_url.0.starts_with("sqlite:") {
         firebreak_store::connect(&config.database_url.0)
             .await
@@ -431,6 +433,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
 
     let mut background = Vec::new();
+    if let Some(store) = &store {
+        background.push(tokio::spawn(audit::witness(
+            store.clone(),
+            config.audit_witness.clone(),
+            shutdown.clone(),
+        )));
+    }
     if let (Some(store), Some(bus), true) = (&store, &bus, roles.engine) {
         let mut engine = Engine::new(
             store.clone(),

@@ -35,6 +35,7 @@ pub use remediation::{
     SessionRow, SlackClaim, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
 };
 pub use remediation::{NewRollout, RolloutChange, RolloutEvent, ServiceEvent};
+pub use sql::{keyed_audit_hash, set_audit_key};
 pub use sqlite::SqliteStore;
 
 tokio::task_local! {
@@ -454,6 +455,8 @@ pub trait Store: Send + Sync + 'static {
     /// Recomputes the audit trail's hash chain and names the first row that
     /// does not match.
     async fn verify_audit(&self) -> Result<AuditCheck>;
+    /// The id and hash of audit row `id`, or of the last row (`None`).
+    async fn audit_hash_at(&self, id: Option<i64>) -> Result<Option<(i64, Option<String>)>>;
 
     async fn close(&self);
 }

@@ -319,12 +319,19 @@ pub struct SessionRow {
 }
 
 /// What `verify_audit` found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AuditCheck {
     /// Rows whose hash was checked.
     pub verified: u64,
     /// Rows written before the chain began (by a version without hashes).
     pub before_chain: u64,
+    /// Of the verified rows, those chained under the audit key.
+    pub keyed: u64,
+    /// The first keyed row.
+    pub keyed_from: Option<i64>,
+    /// The last row verified and its hash: compare it with a head recorded
+    /// outside the database to see a removed tail.
+    pub head: Option<(i64, String)>,
     /// The first row that does not match, and why.
     pub broken: Option<(i64, String)>,
 }

@@ -564,8 +564,25 @@ fn spec_json(spec: &ActionSpec) -> Result<Value> {
 
 // --- statements shared by the store and its transactions ----------------------
 
-/// Appends audit rows, each hashed with the one before it (under a lock, so
-/// the chain follows the ids).
+/// The key of the audit chain's HMAC: set once per process, before the store
+/// writes, from outside the database (`audit.key`, or the key file beside
+/// the data). Without one, rows are chained with plain SHA-256 (as before
+/// keys existed), which anyone who can write the table can recompute.
+static AUDIT_KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// A keyed row's hash: `k1:` and the HMAC-SHA256 hex.
+const KEYED: &str = "k1:";
+
+/// Sets the audit chain's key for this process; `false` if another key was
+/// set already.
+pub fn set_audit_key(key: &[u8]) -> bool {
+    AUDIT_KEY.set(key.to_vec()).is_ok() || AUDIT_KEY.get().is_some_and(|k| k == key)
+}
+
+/// Appends audit rows, each hashed with the one before it, under a lock.
+/// Ids are given here (the last id plus one), not by the database's
+/// sequence, so a rolled-back write leaves no gap: in a keyed chain a
+/// missing id is a removed row.
 async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -573,8 +590,9 @@ async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> 
     tx.lock(&[firebreak_domain::ids::lock_key("firebreak:audit")])
         .await?;
     let last = tx
-        .fetch(q("SELECT hash FROM audit ORDER BY id DESC LIMIT 1"))
+        .fetch(q("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"))
         .await?;
+    let mut last_id = last.first().map(|r| r.int("id")).transpose()?.unwrap_or(0);
     let mut prev = last
         .first()
         .map(|r| r.opt_text("hash"))
@@ -583,11 +601,16 @@ async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> 
         .unwrap_or_default();
     for r in rows {
         let at = micros_only(r.at);
-        let hash = audit_hash(&prev, r, at);
+        let id = last_id + 1;
+        let hash = match AUDIT_KEY.get() {
+            Some(key) => keyed_audit_hash(key, &prev, id, r, at),
+            None => audit_hash(&prev, r, at),
+        };
         tx.execute(
-            q("INSERT INTO audit (at, actor, event, action_id, incident_id, playbook, playbook_version, detail,
+            q("INSERT INTO audit (id, at, actor, event, action_id, incident_id, playbook, playbook_version, detail,
                                   prev_hash, hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+            .bind(id)
             .bind(at)
             .bind(&r.actor)
             .bind(&r.event)
@@ -600,6 +623,7 @@ async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> 
             .bind(hash.clone()),
         )
         .await?;
+        last_id = id;
         prev = hash;
     }
     Ok(())
@@ -629,6 +653,46 @@ pub fn audit_hash(prev: &str, r: &NewAudit, at: DateTime<Utc>) -> String {
     h.update(b"\n");
     h.update(text.as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of an audit row in a keyed chain: HMAC-SHA256, under a key kept
+/// outside the database, over the previous row's hash, the row's id and its
+/// content in canonical form.
+pub fn keyed_audit_hash(
+    key: &[u8],
+    prev: &str,
+    id: i64,
+    r: &NewAudit,
+    at: DateTime<Utc>,
+) -> String {
+    use hmac::{Hmac, Mac};
+    let mut text = String::new();
+    canonical(
+        &serde_json::json!({
+            "at": at.timestamp_micros(), "actor": r.actor, "event": r.event,
+            "action_id": r.action_id, "incident_id": r.incident_id,
+            "playbook": r.playbook, "playbook_version": r.playbook_version,
+            "detail": r.detail,
+        }),
+        &mut text,
+    );
+    let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        // HMAC takes keys of any length; this cannot happen.
+        Err(_) => return String::new(),
+    };
+    mac.update(prev.as_bytes());
+    mac.update(b"\n");
+    mac.update(id.to_string().as_bytes());
+    mac.update(b"\n");
+    mac.update(text.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(KEYED.len() + 64);
+    out.push_str(KEYED);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 /// JSON with object keys sorted at every level, whatever order the value
@@ -2195,13 +2259,10 @@ impl<D: Dialect> Store for Db<D> {
     }
 
     async fn verify_audit(&self) -> Result<crate::AuditCheck> {
-        let mut check = crate::AuditCheck {
-            verified: 0,
-            before_chain: 0,
-            broken: None,
-        };
+        let mut check = crate::AuditCheck::default();
         let mut after = 0i64;
         let mut prev: Option<String> = None;
+        let mut last_keyed: Option<i64> = None;
         loop {
             let rows = self
                 .d
@@ -2235,17 +2296,61 @@ impl<D: Dialect> Store for Db<D> {
                     ));
                     return Ok(check);
                 }
-                if audit_hash(&expected_prev, &row.entry, row.entry.at) != stored {
-                    check.broken = Some((
-                        row.id,
-                        "its content does not match its hash (the row was changed)".into(),
-                    ));
+                let why = if stored.starts_with(KEYED) {
+                    match (AUDIT_KEY.get(), last_keyed) {
+                        (None, _) => Some("is keyed, and no audit key is configured: set audit.key, or keep the key file beside the data".to_string()),
+                        (Some(_), Some(last)) if row.id != last + 1 => Some(format!(
+                            "follows row {last}: rows {} to {} are missing",
+                            last + 1,
+                            row.id - 1
+                        )),
+                        (Some(key), _) if keyed_audit_hash(key, &expected_prev, row.id, &row.entry, row.entry.at) != stored => {
+                            Some("its content does not match its keyed hash (the row was changed, or the key is not the one it was written with)".into())
+                        }
+                        _ => None,
+                    }
+                } else if last_keyed.is_some() {
+                    Some(
+                        "is not keyed although the rows before it are (rewritten without the key)"
+                            .into(),
+                    )
+                } else if audit_hash(&expected_prev, &row.entry, row.entry.at) != stored {
+                    Some("its content does not match its hash (the row was changed)".into())
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    check.broken = Some((row.id, why));
                     return Ok(check);
                 }
+                if stored.starts_with(KEYED) {
+                    last_keyed = Some(row.id);
+                    check.keyed += 1;
+                    check.keyed_from.get_or_insert(row.id);
+                }
                 check.verified += 1;
+                check.head = Some((row.id, stored.clone()));
                 prev = Some(stored);
             }
         }
+    }
+
+    async fn audit_hash_at(&self, id: Option<i64>) -> Result<Option<(i64, Option<String>)>> {
+        let rows = match id {
+            None => {
+                self.d
+                    .read(q("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"))
+                    .await?
+            }
+            Some(id) => {
+                self.d
+                    .read(q("SELECT id, hash FROM audit WHERE id = $1").bind(id))
+                    .await?
+            }
+        };
+        rows.first()
+            .map(|r| Ok((r.int("id")?, r.opt_text("hash")?)))
+            .transpose()
     }
 
     async fn incident_times(&self, ids: &[i64]) -> Result<Vec<crate::IncidentTimes>> {
