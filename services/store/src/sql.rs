@@ -638,6 +638,16 @@ fn micros_only(t: DateTime<Utc>) -> DateTime<Utc> {
 /// row's content in a canonical form (keys sorted, times in microseconds).
 pub fn audit_hash(prev: &str, r: &NewAudit, at: DateTime<Utc>) -> String {
     use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(audit_content(r, at).as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an audit row's hash covers besides its place in the chain: its
+/// content as canonical JSON (keys sorted, the time in microseconds).
+fn audit_content(r: &NewAudit, at: DateTime<Utc>) -> String {
     let mut text = String::new();
     canonical(
         &serde_json::json!({
@@ -648,11 +658,7 @@ pub fn audit_hash(prev: &str, r: &NewAudit, at: DateTime<Utc>) -> String {
         }),
         &mut text,
     );
-    let mut h = Sha256::new();
-    h.update(prev.as_bytes());
-    h.update(b"\n");
-    h.update(text.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    text
 }
 
 /// The hash of an audit row in a keyed chain: HMAC-SHA256, under a key kept
@@ -666,16 +672,6 @@ pub fn keyed_audit_hash(
     at: DateTime<Utc>,
 ) -> String {
     use hmac::{Hmac, Mac};
-    let mut text = String::new();
-    canonical(
-        &serde_json::json!({
-            "at": at.timestamp_micros(), "actor": r.actor, "event": r.event,
-            "action_id": r.action_id, "incident_id": r.incident_id,
-            "playbook": r.playbook, "playbook_version": r.playbook_version,
-            "detail": r.detail,
-        }),
-        &mut text,
-    );
     let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(key) {
         Ok(m) => m,
         // HMAC takes keys of any length; this cannot happen.
@@ -685,7 +681,7 @@ pub fn keyed_audit_hash(
     mac.update(b"\n");
     mac.update(id.to_string().as_bytes());
     mac.update(b"\n");
-    mac.update(text.as_bytes());
+    mac.update(audit_content(r, at).as_bytes());
     let digest = mac.finalize().into_bytes();
     let mut out = String::with_capacity(KEYED.len() + 64);
     out.push_str(KEYED);
