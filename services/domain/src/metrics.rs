@@ -62,6 +62,8 @@ pub struct Metrics {
     playbooks_loaded: AtomicU64,
     playbook_load_errors: AtomicU64,
     playbook_reloads_failed: AtomicU64,
+    /// The id of the audit trail's last row, as the witness last saw it.
+    audit_head: AtomicU64,
 }
 
 impl Metrics {
@@ -145,6 +147,12 @@ impl Metrics {
     }
 
     /// The playbook set after a (re)load: how many loaded, how many files failed.
+    /// The audit trail's head moved to row `id` (a monitoring system keeps
+    /// its history outside the database: a decrease is a removed tail).
+    pub fn audit_head(&self, id: u64) {
+        self.audit_head.store(id, Ordering::Relaxed);
+    }
+
     pub fn playbooks(&self, loaded: u64, errors: u64) {
         self.playbooks_loaded.store(loaded, Ordering::Relaxed);
         self.playbook_load_errors.store(errors, Ordering::Relaxed);
@@ -263,6 +271,12 @@ impl Metrics {
                 "Playbook (re)loads that found a bad file.",
                 "counter",
                 &self.playbook_reloads_failed,
+            ),
+            (
+                "firebreak_audit_head_id",
+                "The id of the audit trail's last row (a decrease means rows were removed).",
+                "gauge",
+                &self.audit_head,
             ),
         ] {
             let _ = writeln!(

@@ -145,8 +145,14 @@ pub async fn check_head(store: &dyn Store, head: &Head) -> anyhow::Result<Result
     })
 }
 
-/// Records the head in the witness file and the log each time it moves.
-pub async fn witness(store: Arc<dyn Store>, path: std::path::PathBuf, shutdown: CancellationToken) {
+/// Records the head in the witness file, the log and the
+/// `firebreak_audit_head_id` gauge each time it moves.
+pub async fn witness(
+    store: Arc<dyn Store>,
+    metrics: Arc<firebreak_domain::metrics::Metrics>,
+    path: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
     let mut last = match last_witnessed(&path) {
         Ok(last) => last,
         Err(e) => {
@@ -166,19 +172,22 @@ pub async fn witness(store: Arc<dyn Store>, path: std::path::PathBuf, shutdown: 
     }
     loop {
         match store.audit_hash_at(None).await {
-            Ok(Some((id, Some(hash)))) if last.as_ref().is_none_or(|h| h.id != id) => {
-                let at = chrono::Utc::now().to_rfc3339();
-                let line = format!("{id} {hash} {at}\n");
-                let written = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| f.write_all(line.as_bytes()));
-                if let Err(e) = written {
-                    tracing::warn!(witness = %path.display(), error = %e, "cannot record the audit head");
+            Ok(Some((id, Some(hash)))) => {
+                metrics.audit_head(u64::try_from(id).unwrap_or(0));
+                if last.as_ref().is_none_or(|h| h.id != id) {
+                    let at = chrono::Utc::now().to_rfc3339();
+                    let line = format!("{id} {hash} {at}\n");
+                    let written = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(line.as_bytes()));
+                    if let Err(e) = written {
+                        tracing::warn!(witness = %path.display(), error = %e, "cannot record the audit head");
+                    }
+                    tracing::info!(audit.head_id = id, audit.head_hash = %hash, "audit trail head");
+                    last = Some(Head { id, hash });
                 }
-                tracing::info!(audit.head_id = id, audit.head_hash = %hash, "audit trail head");
-                last = Some(Head { id, hash });
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "cannot read the audit head"),

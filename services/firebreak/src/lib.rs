@@ -436,6 +436,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(store) = &store {
         background.push(tokio::spawn(audit::witness(
             store.clone(),
+            metrics.clone(),
             config.audit_witness.clone(),
             shutdown.clone(),
         )));
