@@ -108,8 +108,15 @@ async fn flagd_targeting_kill_and_revert(app: TestAppBuilder) {
             &json!({"context": {"plan": "free"}}),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["errorCode"], "TARGETING_KEY_MISSING", "{body}");
+    // A percentage split with no targeting key: the default variant, as flagd.
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["variant"].clone(), body["reason"].clone()),
+        (json!("off"), json!("DEFAULT")),
+        "{body}"
+    );
+    // OFREP metadata is the flag's own (none here), not Firebreak's bookkeeping.
+    assert_eq!(body["metadata"], json!({}), "{body}");
 
     // Bulk: one ETag per flags-and-context; 304 while neither changes.
     let bulk = |context: Value, etag: Option<String>| {

@@ -166,6 +166,23 @@ async fn guarded_rollout_advances_kills_and_restarts(app: TestAppBuilder) {
 
     at_step(fb, id, 1).await;
     served_at(fb, 10).await;
+    // An import over the flag the rollout owns is refused, as a PUT is, and
+    // the split stays.
+    let (s, b) = fb
+        .post(
+            "/api/v1/flags/import",
+            &json!({"flags": {FLAG: {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}}}),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("rollout #{id}")),
+        "{b}"
+    );
+    served_at(fb, 10).await;
     let r = eventually("waiting for a gate", Duration::from_secs(20), || async {
         let r = rollout(fb, id).await;
         r["waiting"]

@@ -781,7 +781,9 @@ fn evaluation(f: &FlagRow, context: &Value) -> Result<Value, (StatusCode, Value)
             "value": r.value,
             "reason": r.reason.as_str(),
             "variant": r.variant,
-            "metadata": {"updatedAt": f.updated_at.to_rfc3339(), "updatedBy": f.updated_by},
+            // The flag's own metadata as written; who changed it when is
+            // the flags API's, not OFREP's.
+            "metadata": definition.metadata,
         })),
         Err(e) => {
             let status = match e.code {

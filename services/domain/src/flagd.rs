@@ -161,10 +161,17 @@ impl FlagDefinition {
                 ));
             }
         }
-        if let Some(t) = &self.targeting {
+        if let Some(t) = self.rules() {
             check_logic(t, "targeting")?;
         }
         Ok(())
+    }
+
+    /// The targeting rules, if any: `"targeting": {}` is none, as in flagd.
+    fn rules(&self) -> Option<&Value> {
+        self.targeting
+            .as_ref()
+            .filter(|t| !matches!(t, Value::Object(m) if m.is_empty()))
     }
 
     fn variant_names(&self) -> String {
@@ -215,7 +222,7 @@ impl FlagDefinition {
                 format!("flag {key:?} has no defaultVariant and targeting chose none"),
             )),
         };
-        let Some(targeting) = &self.targeting else {
+        let Some(targeting) = self.rules() else {
             return default(Reason::Static);
         };
         let scope = Scope {
@@ -225,15 +232,9 @@ impl FlagDefinition {
         };
         let chosen = scope.eval(targeting);
         let name: Cow<'_, str> = match &*chosen {
-            Value::Null => {
-                if scope.needs_targeting_key(targeting) && context.get("targetingKey").is_none() {
-                    return Err(err(
-                        ErrorCode::TargetingKeyMissing,
-                        format!("flag {key:?} splits by percentage: send a `targetingKey` in the context"),
-                    ));
-                }
-                return default(Reason::Default);
-            }
+            // Nothing chosen, a percentage split without a targeting key
+            // among them: the default variant, as flagd answers.
+            Value::Null => return default(Reason::Default),
             Value::String(s) => Cow::Owned(s.clone()),
             Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
             other => {
@@ -548,9 +549,11 @@ impl<'d> Scope<'d> {
                 }
                 _ => Cow::Borrowed(&NULL),
             },
-            "sem_ver" => match (&*arg(0), &*arg(1), &*arg(2)) {
-                (Value::String(a), Value::String(o), Value::String(b)) => {
-                    sem_ver(a, o, b).map_or(Cow::Borrowed(&NULL), |r| owned(Value::Bool(r)))
+            // Versions may come as numbers (`{"version": 1}`): flagd reads
+            // them as their text ("1", i.e. 1.0.0).
+            "sem_ver" => match (version_text(&arg(0)), &*arg(1), version_text(&arg(2))) {
+                (Some(a), Value::String(o), Some(b)) => {
+                    sem_ver(&a, o, &b).map_or(Cow::Borrowed(&NULL), |r| owned(Value::Bool(r)))
                 }
                 _ => Cow::Borrowed(&NULL),
             },
@@ -634,19 +637,14 @@ impl<'d> Scope<'d> {
             None => Cow::Borrowed(&NULL),
         }
     }
+}
 
-    /// Whether the targeting has a `fractional` that buckets by the
-    /// targeting key (no expression of its own).
-    fn needs_targeting_key(&self, logic: &Value) -> bool {
-        match logic {
-            Value::Object(m) => m.iter().any(|(op, args)| {
-                (op == "fractional"
-                    && matches!(args, Value::Array(a) if matches!(a.first(), Some(Value::Array(_)) | None)))
-                    || self.needs_targeting_key(args)
-            }),
-            Value::Array(a) => a.iter().any(|i| self.needs_targeting_key(i)),
-            _ => false,
-        }
+/// A `sem_ver` operand as text: a string as it is, a number as it prints.
+fn version_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -794,10 +792,39 @@ mod tests {
             })
             .count();
         assert!((900..=1100).contains(&on), "{on} of 10,000 on");
-        let e = flag
+        // No targeting key: the default variant, as flagd answers.
+        let r = flag
             .evaluate("checkout.new-flow", &json!({}), 0)
-            .expect_err("no targeting key");
-        assert_eq!(e.code, ErrorCode::TargetingKeyMissing);
+            .expect("no targeting key is the default");
+        assert_eq!(r.reason, Reason::Default);
+    }
+
+    #[test]
+    fn flagd_leniencies_empty_targeting_and_numeric_versions() {
+        // "targeting": {} is no targeting: STATIC.
+        let empty = def(json!({
+            "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on",
+            "targeting": {}
+        }));
+        empty.validate().expect("loads");
+        let r = empty.evaluate("f", &json!({}), 0).expect("static");
+        assert_eq!((r.variant, r.reason), ("on", Reason::Static));
+        // sem_ver reads a number in the context as its text ({version: 1} is 1.0.0).
+        let versions = def(json!({
+            "state": "ENABLED", "variants": {"new": "new", "old": "old"}, "defaultVariant": "old",
+            "targeting": {"if": [{"sem_ver": [{"var": "version"}, ">=", "1.0.0"]}, "new", "old"]}
+        }));
+        for (version, variant) in [
+            (json!(1), "new"),
+            (json!(0.9), "old"),
+            (json!("2.1.0"), "new"),
+            (json!(true), "old"),
+        ] {
+            let r = versions
+                .evaluate("f", &json!({"version": version}), 0)
+                .expect("evaluates");
+            assert_eq!(r.variant, variant, "{version}");
+        }
     }
 
     #[test]

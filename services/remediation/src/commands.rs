@@ -691,6 +691,11 @@ impl Remediation {
             }
             drop(tx);
         }
+        // An import replaces definitions: a flag whose targeting a running
+        // rollout owns is refused, as a PUT of its definition is.
+        for (key, _) in &parsed {
+            self.refuse_if_rollout_owns(key).await?;
+        }
         let keys: Vec<String> = parsed.iter().map(|(k, _)| k.clone()).collect();
         let audit = NewAudit::by(who, "flags_imported", json!({"flags": keys}));
         self.store.import_flags(&parsed, who, &audit).await?;
@@ -739,13 +744,7 @@ impl Remediation {
             ));
         }
         if definition.is_some() {
-            if let Some(r) = self.store.list_rollouts(Some(key), true, 1).await?.first() {
-                return Err(CommandError::Conflict(format!(
-                    "rollout #{} ({}) owns the targeting of {key}: abort it before replacing the definition",
-                    r.id,
-                    r.status.as_str()
-                )));
-            }
+            self.refuse_if_rollout_owns(key).await?;
         }
         let changed: Vec<&str> = [
             ("enabled", edit.enabled.is_some()),
@@ -798,6 +797,19 @@ impl Remediation {
         .await?;
         tx.commit().await?;
         Ok((before, flag))
+    }
+
+    /// Refuses a new definition for `key` while an active rollout owns its
+    /// targeting (its steps write it).
+    async fn refuse_if_rollout_owns(&self, key: &str) -> Result<(), CommandError> {
+        match self.store.list_rollouts(Some(key), true, 1).await?.first() {
+            Some(r) => Err(CommandError::Conflict(format!(
+                "rollout #{} ({}) owns the targeting of {key}: abort it before replacing the definition",
+                r.id,
+                r.status.as_str()
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub async fn delete_flag(&self, identity: &Identity, key: &str) -> Result<(), CommandError> {
