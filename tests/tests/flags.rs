@@ -208,4 +208,52 @@ async fn flagd_targeting_kill_and_revert(app: TestAppBuilder) {
     );
 }
 
-firebreak_tests::both_modes!(flagd_targeting_kill_and_revert);
+/// A flagd file with shared evaluators loads as flagd loads it: each
+/// `{"$ref": name}` becomes the evaluator, and a reference to none loads and
+/// errs at evaluation (PARSE_ERROR), so the caller gets its own default.
+async fn shared_evaluators_load_as_in_flagd(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
+    let file = json!({
+        "$evaluators": {"is_staff": {"ends_with": [{"var": "email"}, "@firebreak.dev"]}},
+        "flags": {
+            "staff.banner": {"state": "ENABLED", "variants": {"hi": "hi", "bye": "bye"},
+                             "defaultVariant": "bye", "targeting": {"if": [{"$ref": "is_staff"}, "hi", "bye"]}},
+            "dangling.ref": {"state": "ENABLED", "variants": {"hit": "hit", "miss": "miss"},
+                             "defaultVariant": "miss", "targeting": {"if": [{"$ref": "nobody"}, "hit", "miss"]}}
+        }
+    });
+    let (status, body) = fb.post("/api/v1/flags/import", &file).await;
+    assert_eq!(status, 200, "{body}");
+    let eval = |key: &'static str, email: &'static str| {
+        let base = fb.base.clone();
+        async move {
+            let r = client()
+                .post(format!("{base}/ofrep/v1/evaluate/flags/{key}"))
+                .json(&json!({"context": {"email": email}}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, r) = eval("staff.banner", "ana@firebreak.dev").await;
+    assert_eq!(
+        (s, r["value"].clone(), r["reason"].clone()),
+        (200, json!("hi"), json!("TARGETING_MATCH")),
+        "{r}"
+    );
+    let (s, r) = eval("staff.banner", "someone@example.com").await;
+    assert_eq!((s, r["value"].clone()), (200, json!("bye")), "{r}");
+    let (s, r) = eval("dangling.ref", "ana@firebreak.dev").await;
+    assert_eq!(
+        (s, r["errorCode"].clone()),
+        (400, json!("PARSE_ERROR")),
+        "{r}"
+    );
+}
+
+firebreak_tests::both_modes!(
+    flagd_targeting_kill_and_revert,
+    shared_evaluators_load_as_in_flagd
+);

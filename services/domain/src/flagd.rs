@@ -129,6 +129,8 @@ const OPERATORS: &[&str] = &[
     "ends_with",
     "sem_ver",
     "fractional",
+    // A shared evaluator left unresolved: loads, errs at evaluation.
+    "$ref",
 ];
 
 impl FlagDefinition {
@@ -229,8 +231,12 @@ impl FlagDefinition {
             key,
             data: context,
             now,
+            broken: std::cell::RefCell::new(None),
         };
         let chosen = scope.eval(targeting);
+        if let Some(why) = scope.broken.borrow_mut().take() {
+            return Err(err(ErrorCode::ParseError, format!("flag {key:?}: {why}")));
+        }
         let name: Cow<'_, str> = match &*chosen {
             // Nothing chosen, a percentage split without a targeting key
             // among them: the default variant, as flagd answers.
@@ -271,6 +277,35 @@ impl FlagDefinition {
             reason,
         }
     }
+}
+
+/// Replaces each `{"$ref": "<name>"}` in `logic` with the flag file's shared
+/// evaluator of that name (`$evaluators`), as flagd does when it loads a file.
+/// A reference to no evaluator is left in place: the flag loads, and its
+/// evaluation answers PARSE_ERROR. Evaluators may refer to one another, to a
+/// depth of 16 (a cycle stops there, unresolved).
+pub fn resolve_refs(logic: &mut Value, evaluators: &Map<String, Value>) {
+    fn walk(v: &mut Value, evaluators: &Map<String, Value>, depth: u8) {
+        if depth == 0 {
+            return;
+        }
+        match v {
+            Value::Object(m) if m.len() == 1 && m.contains_key("$ref") => {
+                let target = m
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|name| evaluators.get(name.trim()));
+                if let Some(found) = target {
+                    *v = found.clone();
+                    walk(v, evaluators, depth - 1);
+                }
+            }
+            Value::Object(m) => m.values_mut().for_each(|x| walk(x, evaluators, depth)),
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, evaluators, depth)),
+            _ => {}
+        }
+    }
+    walk(logic, evaluators, 16);
 }
 
 /// Checks that every operation (a one-key object) is known, naming the path.
@@ -332,17 +367,22 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
 /// flagd's bucket of a value among weighted variants: the first variant
 /// whose running weight sum exceeds `(hash × total) >> 32`.
 pub fn bucket<'v>(value: &str, weighted: &[(&'v str, u64)]) -> Option<&'v str> {
-    let total: u64 = weighted.iter().map(|(_, w)| w).sum();
+    bucket_index(value, weighted.iter().map(|(_, w)| *w)).map(|i| weighted[i].0)
+}
+
+/// Which of the weights `value` falls in (see [`bucket`]).
+fn bucket_index(value: &str, weights: impl Iterator<Item = u64> + Clone) -> Option<usize> {
+    let total: u64 = weights.clone().sum();
     if total == 0 {
         return None;
     }
     let hash = u64::from(murmur3_32(value.as_bytes(), 0));
     let bucket = (hash * total) >> 32;
     let mut sum = 0;
-    for (variant, weight) in weighted {
+    for (i, weight) in weights.enumerate() {
         sum += weight;
         if sum > bucket {
-            return Some(variant);
+            return Some(i);
         }
     }
     None
@@ -352,6 +392,9 @@ struct Scope<'d> {
     key: &'d str,
     data: &'d Value,
     now: i64,
+    /// Set when the targeting cannot be evaluated (a `$ref` to no
+    /// evaluator): flagd answers PARSE_ERROR, not a variant.
+    broken: std::cell::RefCell<Option<String>>,
 }
 
 static NULL: Value = Value::Null;
@@ -434,6 +477,13 @@ impl<'d> Scope<'d> {
         };
         let owned = |v: Value| -> Cow<'e, Value> { Cow::Owned(v) };
         match op.as_str() {
+            "$ref" => {
+                *self.broken.borrow_mut() = Some(format!(
+                    "the targeting refers to the shared evaluator {}, which its flag file does not define under $evaluators",
+                    args.first().map_or_else(|| "null".to_string(), Value::to_string)
+                ));
+                Cow::Borrowed(&NULL)
+            }
             "var" => self.var(&arg(0), args.get(1)),
             "missing" => owned(Value::Array(
                 args.iter()
@@ -618,22 +668,38 @@ impl<'d> Scope<'d> {
                 _ => return Cow::Borrowed(&NULL),
             },
         };
-        let mut weighted: Vec<(&str, u64)> = Vec::with_capacity(splits.len());
+        // Each bucket is [variant, weight?]; both may be JSON Logic, as in
+        // flagd: the variant evaluates to a name (or a boolean, when the
+        // split is a condition), the weight to a number (1 when left out,
+        // negative as 0).
+        let mut labels: Vec<Cow<'e, Value>> = Vec::with_capacity(splits.len());
+        let mut weights: Vec<u64> = Vec::with_capacity(splits.len());
         for split in splits {
             let Value::Array(pair) = split else {
                 return Cow::Borrowed(&NULL);
             };
-            let Some(Value::String(variant)) = pair.first() else {
+            let Some(first) = pair.first() else {
                 return Cow::Borrowed(&NULL);
             };
+            let label = self.eval(first);
+            if !matches!(&*label, Value::String(_) | Value::Bool(_)) {
+                return Cow::Borrowed(&NULL);
+            }
             let weight = match pair.get(1) {
                 None => 1,
-                Some(w) => w.as_i64().map_or(0, |w| w.max(0) as u64),
+                Some(w) => match &*self.eval(w) {
+                    Value::Number(n) => n
+                        .as_i64()
+                        .or_else(|| n.as_f64().map(|f| f as i64))
+                        .map_or(0, |w| w.max(0) as u64),
+                    _ => 0,
+                },
             };
-            weighted.push((variant, weight));
+            labels.push(label);
+            weights.push(weight);
         }
-        match bucket(&value, &weighted) {
-            Some(v) => Cow::Owned(Value::String(v.to_string())),
+        match bucket_index(&value, weights.iter().copied()) {
+            Some(i) => labels.swap_remove(i),
             None => Cow::Borrowed(&NULL),
         }
     }
@@ -799,6 +865,109 @@ mod tests {
         assert_eq!(r.reason, Reason::Default);
     }
 
+    /// What flagd's evaluator gives for JSON Logic inside `fractional` (the
+    /// inputs and outcomes of flagd-testbed 3.9.0's @fractional-nested cases,
+    /// on definitions of the same shape written here).
+    #[test]
+    fn fractional_buckets_may_be_json_logic() {
+        let split = |variant: Value, weight: Value| {
+            def(json!({
+                "state": "ENABLED", "defaultVariant": "fallback",
+                "variants": {"premium": "premium", "standard": "standard", "red": "red",
+                             "green": "green", "blue": "blue", "fallback": "fallback"},
+                "targeting": {"fractional": [{"var": "targetingKey"}, [variant, weight], ["standard", 50]]}
+            }))
+        };
+        let tier_if = json!({"if": [{"==": [{"var": "tier"}, "premium"]}, "premium", "standard"]});
+        // jon@company.com falls in the first half, user1 in the second.
+        for (key, tier, want) in [
+            ("jon@company.com", "premium", "premium"),
+            ("jon@company.com", "basic", "standard"),
+            ("user1", "premium", "standard"),
+        ] {
+            let flag = split(tier_if.clone(), json!(50));
+            let r = flag
+                .evaluate("f", &json!({"targetingKey": key, "tier": tier}), 0)
+                .expect("variant");
+            assert_eq!(r.variant, want, "{key} {tier}");
+        }
+        let by_color = split(json!({"var": "color"}), json!(50));
+        let r = by_color.evaluate(
+            "f",
+            &json!({"targetingKey": "jon@company.com", "color": "green"}),
+            0,
+        );
+        assert_eq!(r.expect("variant").variant, "green");
+        let r = by_color.evaluate(
+            "f",
+            &json!({"targetingKey": "jon@company.com", "color": "yellow"}),
+            0,
+        );
+        assert!(r.is_err(), "no such variant: the caller's default");
+        // A weight computed from the context: 100 for premium, 0 otherwise.
+        let weighted = def(json!({
+            "state": "ENABLED", "defaultVariant": "fallback",
+            "variants": {"red": "red", "blue": "blue", "fallback": "fallback"},
+            "targeting": {"fractional": [{"var": "targetingKey"},
+                ["red", {"if": [{"==": [{"var": "tier"}, "premium"]}, 100, 0]}], ["blue", 10]]}
+        }));
+        for (key, tier, want) in [
+            ("jon@company.com", "premium", "red"),
+            ("jon@company.com", "basic", "blue"),
+            ("user1", "premium", "red"),
+            ("user1", "basic", "blue"),
+        ] {
+            let r = weighted
+                .evaluate("f", &json!({"targetingKey": key, "tier": tier}), 0)
+                .expect("variant");
+            assert_eq!(r.variant, want, "{key} {tier}");
+        }
+        // Booleans as buckets: the split is a condition.
+        let condition = def(json!({
+            "state": "ENABLED", "defaultVariant": "fallback",
+            "variants": {"big": "hundreds", "small": "ones", "fallback": "zero"},
+            "targeting": {"if": [{"fractional": [[false, 0], [true, 100]]}, "big", "small"]}
+        }));
+        let r = condition
+            .evaluate("f", &json!({"targetingKey": "some-targeting-key"}), 0)
+            .expect("variant");
+        assert_eq!((r.variant, r.value), ("big", &json!("hundreds")));
+    }
+
+    #[test]
+    fn shared_evaluators_are_resolved_and_a_missing_one_is_a_parse_error() {
+        let evaluators =
+            json!({"is_ballmer": {"==": ["ballmer@macrosoft.com", {"var": ["email"]}]}});
+        let evaluators = evaluators.as_object().expect("object");
+        let mut targeting = json!({"if": [{"$ref": "is_ballmer"}, "hi", "bye"]});
+        resolve_refs(&mut targeting, evaluators);
+        let flag = def(json!({
+            "state": "ENABLED", "variants": {"hi": "hi", "bye": "bye", "none": "none"},
+            "defaultVariant": "none", "targeting": targeting
+        }));
+        flag.validate().expect("loads");
+        for (email, want) in [("ballmer@macrosoft.com", "hi"), ("user@example.com", "bye")] {
+            let r = flag
+                .evaluate("f", &json!({"email": email}), 0)
+                .expect("variant");
+            assert_eq!((r.variant, r.reason), (want, Reason::TargetingMatch));
+        }
+        let mut dangling = json!({"if": [{"$ref": "nonexistent_evaluator"}, "hit", "miss"]});
+        resolve_refs(&mut dangling, evaluators);
+        let flag = def(json!({
+            "state": "ENABLED", "variants": {"hit": "hit", "miss": "miss", "fallback": "fallback"},
+            "defaultVariant": "fallback", "targeting": dangling
+        }));
+        flag.validate().expect("loads, as in flagd");
+        let e = flag.evaluate("f", &json!({}), 0).expect_err("parse error");
+        assert_eq!(e.code, ErrorCode::ParseError);
+        assert!(e.details.contains("nonexistent_evaluator"), "{}", e.details);
+        // A cycle stops, unresolved.
+        let cyclic = json!({"a": {"$ref": "b"}, "b": {"$ref": "a"}});
+        let mut t = json!({"$ref": "a"});
+        resolve_refs(&mut t, cyclic.as_object().expect("object"));
+    }
+
     #[test]
     fn flagd_leniencies_empty_targeting_and_numeric_versions() {
         // "targeting": {} is no targeting: STATIC.
@@ -900,6 +1069,7 @@ mod tests {
             key: "k",
             data: &json!({"n": "5", "list": [1, 2]}),
             now: 7,
+            broken: std::cell::RefCell::new(None),
         };
         assert_eq!(*s.eval(&json!({"==": [{"var": "n"}, 5]})), json!(true));
         assert_eq!(*s.eval(&json!({"===": [{"var": "n"}, 5]})), json!(false));

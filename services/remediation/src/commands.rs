@@ -674,12 +674,23 @@ impl Remediation {
         if flags.is_empty() || flags.len() > MAX_FLAGS {
             return Err(bad("flags", format!("give 1 to {MAX_FLAGS} flags")));
         }
+        // Shared evaluators (`$evaluators`), referred to by `{"$ref": name}`,
+        // are resolved into each flag as flagd does when it loads a file.
+        let evaluators = match file.get("$evaluators") {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err(bad("$evaluators", "is an object of named JSON Logic rules")),
+        };
         let mut parsed = Vec::with_capacity(flags.len());
         for (key, raw) in flags {
             let field = format!("flags.{key}");
             check_flag_key(key).map_err(|m| bad(&field, m))?;
+            let mut raw = raw.clone();
+            if let Some(targeting) = raw.get_mut("targeting") {
+                firebreak_domain::flagd::resolve_refs(targeting, &evaluators);
+            }
             let definition: FlagDefinition =
-                serde_json::from_value(raw.clone()).map_err(|e| bad(&field, e.to_string()))?;
+                serde_json::from_value(raw).map_err(|e| bad(&field, e.to_string()))?;
             definition.validate().map_err(|m| bad(&field, m))?;
             parsed.push((key.clone(), definition));
         }
