@@ -69,14 +69,36 @@ async fn flagd_targeting_kill_and_revert(app: TestAppBuilder) {
     let app = app.start().await;
     let fb = &app.fb;
 
-    // A file with an unknown operation changes nothing and says where.
+    // A file with an unknown operation loads as in flagd, with a warning
+    // saying where, and that flag answers PARSE_ERROR (the caller's default).
+    let mut odd = flag_file();
+    odd["flags"][FLAG]["targeting"] = json!({"if": [{"regex": ["a", "b"]}, "on", null]});
+    let (status, body) = fb.post("/api/v1/flags/import", &odd).await;
+    assert_eq!(status, 200, "{body}");
+    let warnings = body["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("flags.{FLAG}.targeting.if[0]")) && warnings.contains("regex"),
+        "{body}"
+    );
+    let (status, body) = fb
+        .post(
+            &format!("/ofrep/v1/evaluate/flags/{FLAG}"),
+            &json!({"context": {"targetingKey": "u1"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errorCode"].clone()),
+        (400, json!("PARSE_ERROR")),
+        "{body}"
+    );
+    // An invalid file (a default variant that is not one) changes nothing and says where.
     let mut bad = flag_file();
-    bad["flags"][FLAG]["targeting"] = json!({"if": [{"regex": ["a", "b"]}, "on", null]});
+    bad["flags"]["banner.color"]["defaultVariant"] = json!("green");
     let (status, body) = fb.post("/api/v1/flags/import", &bad).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("targeting.if[0]"), "{body}");
+    assert!(body.to_string().contains("flags.banner.color"), "{body}");
     let (_, exported) = fb.get("/api/v1/flags/export").await;
-    assert_eq!(exported, json!({"flags": {}}));
+    assert_eq!(exported, odd, "the refused import changed nothing");
 
     let (status, body) = fb.post("/api/v1/flags/import", &flag_file()).await;
     assert_eq!(status, 200, "{body}");

@@ -537,8 +537,8 @@ async fn import_flags(
 ) -> Result<Json<Value>, ApiError> {
     let remediation = remediation(&state)?;
     let file: Value = body(&bytes)?;
-    let keys = remediation.import_flags(&identity, &file).await?;
-    Ok(Json(json!({"imported": keys})))
+    let (keys, warnings) = remediation.import_flags(&identity, &file).await?;
+    Ok(Json(json!({"imported": keys, "warnings": warnings})))
 }
 
 /// `GET /api/v1/flags/export`: every built-in flag as a flagd flag file (a
@@ -567,8 +567,15 @@ async fn get_flag(
     Ok(Json(json!(flag)))
 }
 
+/// A flag after an edit, what it was, and what flagd would load but answer
+/// PARSE_ERROR for (an unknown operation in its definition).
 fn flag_answer(before: Option<FlagRow>, flag: FlagRow) -> Value {
-    json!({"flag": flag, "previous_enabled": before.map(|b| b.enabled)})
+    let warnings = flag
+        .definition
+        .as_ref()
+        .map(|d| d.warnings())
+        .unwrap_or_default();
+    json!({"flag": flag, "previous_enabled": before.map(|b| b.enabled), "warnings": warnings})
 }
 
 /// `POST /api/v1/flags`: creates a flag (201) or edits it (200); a new

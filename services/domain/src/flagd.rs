@@ -169,6 +169,37 @@ impl FlagDefinition {
         Ok(())
     }
 
+    /// What flagd loads but this definition cannot evaluate: each unknown
+    /// operation, with its path (evaluating it answers PARSE_ERROR).
+    pub fn warnings(&self) -> Vec<String> {
+        fn walk(v: &Value, path: &str, out: &mut Vec<String>) {
+            match v {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(item, &format!("{path}[{i}]"), out);
+                    }
+                }
+                Value::Object(m) if m.len() == 1 => {
+                    if let Some((op, args)) = m.iter().next() {
+                        if !OPERATORS.contains(&op.as_str()) {
+                            out.push(format!(
+                                "{path}: unknown operation {op:?}: evaluating it answers PARSE_ERROR (known: {})",
+                                OPERATORS.join(", ")
+                            ));
+                        }
+                        walk(args, &format!("{path}.{op}"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(t) = self.rules() {
+            walk(t, "targeting", &mut out);
+        }
+        out
+    }
+
     /// The targeting rules, if any: `"targeting": {}` is none, as in flagd.
     fn rules(&self) -> Option<&Value> {
         self.targeting
@@ -317,14 +348,10 @@ fn check_logic(v: &Value, path: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        // An unknown operation loads, as in flagd, and errs when evaluated
+        // (PARSE_ERROR); `warnings` names it at import.
         Value::Object(m) if m.len() == 1 => {
             let (op, args) = m.iter().next().expect("one entry");
-            if !OPERATORS.contains(&op.as_str()) {
-                return Err(format!(
-                    "{path}: unknown operation {op:?} (known: {})",
-                    OPERATORS.join(", ")
-                ));
-            }
             check_logic(args, &format!("{path}.{op}"))
         }
         Value::Object(_) => Err(format!(
@@ -608,7 +635,10 @@ impl<'d> Scope<'d> {
                 _ => Cow::Borrowed(&NULL),
             },
             "fractional" => self.fractional(args),
-            _ => Cow::Borrowed(&NULL),
+            unknown => {
+                *self.broken.borrow_mut() = Some(format!("unknown operation {unknown:?}"));
+                Cow::Borrowed(&NULL)
+            }
         }
     }
 
@@ -1048,10 +1078,21 @@ mod tests {
             "targeting": {"if": [{"regex": ["a", "b"]}, "on", null]}
         }))
         .expect("shape");
-        assert!(bad_op
-            .validate()
-            .expect_err("refused")
-            .contains("targeting.if[0]"));
+        // An unknown operation loads, as in flagd, is named as a warning, and
+        // errs at evaluation.
+        bad_op.validate().expect("loads");
+        let warnings = bad_op.warnings();
+        assert!(
+            warnings.len() == 1
+                && warnings[0].contains("targeting.if[0]")
+                && warnings[0].contains("\"regex\""),
+            "{warnings:?}"
+        );
+        let e = bad_op
+            .evaluate("f", &json!({}), 0)
+            .expect_err("parse error");
+        assert_eq!(e.code, ErrorCode::ParseError);
+        assert!(e.details.contains("regex"), "{}", e.details);
     }
 
     #[test]

@@ -654,12 +654,13 @@ impl Remediation {
     /// Creates or replaces flags from a flagd flag file
     /// (`{"flags": {"<key>": {state, variants, defaultVariant, targeting}}}`),
     /// all or nothing: every key and definition is checked first. Returns
-    /// the keys written.
+    /// the keys written and warnings: what flagd loads but will answer
+    /// PARSE_ERROR for (an unknown operation), naming where.
     pub async fn import_flags(
         &self,
         identity: &Identity,
         file: &Value,
-    ) -> Result<Vec<String>, CommandError> {
+    ) -> Result<(Vec<String>, Vec<String>), CommandError> {
         use firebreak_domain::flagd::FlagDefinition;
         const MAX_FLAGS: usize = 1000;
         let flags = file
@@ -682,6 +683,7 @@ impl Remediation {
             Some(_) => return Err(bad("$evaluators", "is an object of named JSON Logic rules")),
         };
         let mut parsed = Vec::with_capacity(flags.len());
+        let mut warnings = Vec::new();
         for (key, raw) in flags {
             let field = format!("flags.{key}");
             check_flag_key(key).map_err(|m| bad(&field, m))?;
@@ -692,6 +694,12 @@ impl Remediation {
             let definition: FlagDefinition =
                 serde_json::from_value(raw).map_err(|e| bad(&field, e.to_string()))?;
             definition.validate().map_err(|m| bad(&field, m))?;
+            warnings.extend(
+                definition
+                    .warnings()
+                    .into_iter()
+                    .map(|w| format!("{field}.{w}")),
+            );
             parsed.push((key.clone(), definition));
         }
         let who = identity.id.as_str();
@@ -710,7 +718,7 @@ impl Remediation {
         let keys: Vec<String> = parsed.iter().map(|(k, _)| k.clone()).collect();
         let audit = NewAudit::by(who, "flags_imported", json!({"flags": keys}));
         self.store.import_flags(&parsed, who, &audit).await?;
-        Ok(keys)
+        Ok((keys, warnings))
     }
 
     /// Edits (or creates) one built-in flag directly — an edit, not an
