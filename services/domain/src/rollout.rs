@@ -206,6 +206,11 @@ impl RolloutPlan {
                 metadata: Default::default(),
             };
             probe.validate().map_err(|m| ("segment".to_string(), m))?;
+            // A segment is Firebreak's own input, not a flagd file to be
+            // lenient with: an operation it cannot evaluate is refused.
+            if let Some(w) = probe.warnings().into_iter().next() {
+                return Err(("segment".to_string(), w));
+            }
         }
         Ok(())
     }
