@@ -310,15 +310,33 @@ impl FlagDefinition {
     }
 }
 
+/// The most JSON values a flag's targeting may hold once its `$ref`s are
+/// resolved: evaluators that refer to one another several times would
+/// otherwise grow exponentially (ten references a level, sixteen levels).
+pub const MAX_RESOLVED_NODES: usize = 10_000;
+
 /// Replaces each `{"$ref": "<name>"}` in `logic` with the flag file's shared
 /// evaluator of that name (`$evaluators`), as flagd does when it loads a file.
 /// A reference to no evaluator is left in place: the flag loads, and its
 /// evaluation answers PARSE_ERROR. Evaluators may refer to one another, to a
-/// depth of 16 (a cycle stops there, unresolved).
-pub fn resolve_refs(logic: &mut Value, evaluators: &Map<String, Value>) {
-    fn walk(v: &mut Value, evaluators: &Map<String, Value>, depth: u8) {
+/// depth of 16 (a cycle stops there, unresolved). Refused when the resolved
+/// targeting would hold more than [`MAX_RESOLVED_NODES`] values.
+pub fn resolve_refs(logic: &mut Value, evaluators: &Map<String, Value>) -> Result<(), String> {
+    fn nodes(v: &Value) -> usize {
+        1 + match v {
+            Value::Object(m) => m.values().map(nodes).sum(),
+            Value::Array(a) => a.iter().map(nodes).sum(),
+            _ => 0,
+        }
+    }
+    fn walk(
+        v: &mut Value,
+        evaluators: &Map<String, Value>,
+        depth: u8,
+        budget: &mut usize,
+    ) -> Result<(), String> {
         if depth == 0 {
-            return;
+            return Ok(());
         }
         match v {
             Value::Object(m) if m.len() == 1 && m.contains_key("$ref") => {
@@ -327,16 +345,28 @@ pub fn resolve_refs(logic: &mut Value, evaluators: &Map<String, Value>) {
                     .and_then(Value::as_str)
                     .and_then(|name| evaluators.get(name.trim()));
                 if let Some(found) = target {
+                    let size = nodes(found);
+                    *budget = budget.checked_sub(size).ok_or_else(|| {
+                        format!(
+                            "the shared evaluators ($ref) expand to more than {MAX_RESOLVED_NODES} values in this flag's targeting"
+                        )
+                    })?;
                     *v = found.clone();
-                    walk(v, evaluators, depth - 1);
+                    walk(v, evaluators, depth - 1, budget)?;
                 }
+                Ok(())
             }
-            Value::Object(m) => m.values_mut().for_each(|x| walk(x, evaluators, depth)),
-            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, evaluators, depth)),
-            _ => {}
+            Value::Object(m) => m
+                .values_mut()
+                .try_for_each(|x| walk(x, evaluators, depth, budget)),
+            Value::Array(a) => a
+                .iter_mut()
+                .try_for_each(|x| walk(x, evaluators, depth, budget)),
+            _ => Ok(()),
         }
     }
-    walk(logic, evaluators, 16);
+    let mut budget = MAX_RESOLVED_NODES.saturating_sub(nodes(logic));
+    walk(logic, evaluators, 16, &mut budget)
 }
 
 /// Checks that every operation (a one-key object) is known, naming the path.
@@ -970,7 +1000,7 @@ mod tests {
             json!({"is_ballmer": {"==": ["ballmer@macrosoft.com", {"var": ["email"]}]}});
         let evaluators = evaluators.as_object().expect("object");
         let mut targeting = json!({"if": [{"$ref": "is_ballmer"}, "hi", "bye"]});
-        resolve_refs(&mut targeting, evaluators);
+        resolve_refs(&mut targeting, evaluators).expect("small");
         let flag = def(json!({
             "state": "ENABLED", "variants": {"hi": "hi", "bye": "bye", "none": "none"},
             "defaultVariant": "none", "targeting": targeting
@@ -983,7 +1013,7 @@ mod tests {
             assert_eq!((r.variant, r.reason), (want, Reason::TargetingMatch));
         }
         let mut dangling = json!({"if": [{"$ref": "nonexistent_evaluator"}, "hit", "miss"]});
-        resolve_refs(&mut dangling, evaluators);
+        resolve_refs(&mut dangling, evaluators).expect("small");
         let flag = def(json!({
             "state": "ENABLED", "variants": {"hit": "hit", "miss": "miss", "fallback": "fallback"},
             "defaultVariant": "fallback", "targeting": dangling
@@ -995,7 +1025,20 @@ mod tests {
         // A cycle stops, unresolved.
         let cyclic = json!({"a": {"$ref": "b"}, "b": {"$ref": "a"}});
         let mut t = json!({"$ref": "a"});
-        resolve_refs(&mut t, cyclic.as_object().expect("object"));
+        resolve_refs(&mut t, cyclic.as_object().expect("object")).expect("a cycle is small");
+        // Evaluators that refer to the next one ten times, sixteen deep,
+        // would be 10^16 values: refused, quickly.
+        let mut chain = serde_json::Map::new();
+        for level in 0..16 {
+            let refs: Vec<Value> = (0..10)
+                .map(|_| json!({"$ref": format!("e{}", level + 1)}))
+                .collect();
+            chain.insert(format!("e{level}"), json!({"or": refs}));
+        }
+        chain.insert("e16".into(), json!(true));
+        let mut t = json!({"$ref": "e0"});
+        let e = resolve_refs(&mut t, &chain).expect_err("bounded");
+        assert!(e.contains("10000"), "{e}");
     }
 
     #[test]

@@ -689,7 +689,8 @@ impl Remediation {
             check_flag_key(key).map_err(|m| bad(&field, m))?;
             let mut raw = raw.clone();
             if let Some(targeting) = raw.get_mut("targeting") {
-                firebreak_domain::flagd::resolve_refs(targeting, &evaluators);
+                firebreak_domain::flagd::resolve_refs(targeting, &evaluators)
+                    .map_err(|m| bad(&format!("{field}.targeting"), m))?;
             }
             let definition: FlagDefinition =
                 serde_json::from_value(raw).map_err(|e| bad(&field, e.to_string()))?;
