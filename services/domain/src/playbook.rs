@@ -862,10 +862,24 @@ pub fn render(
     vars: &BTreeMap<String, String>,
     escape: impl Fn(&str) -> String,
 ) -> Result<String, String> {
+    fill(template, vars, |_, value, _| Ok(escape(value)))
+}
+
+/// The one placeholder filler: `escape` gets each placeholder's name, its
+/// value, and whether the template's literal text so far has a `?` or `#`
+/// (the value is in a URL's query or fragment, not its path).
+fn fill(
+    template: &str,
+    vars: &BTreeMap<String, String>,
+    mut escape: impl FnMut(&str, &str, bool) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
+    let mut in_query = false;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
+        let literal = &rest[..start];
+        in_query |= literal.contains(['?', '#']);
+        out.push_str(literal);
         let after = &rest[start + 2..];
         let end = after
             .find("}}")
@@ -884,7 +898,7 @@ pub fn render(
                     vars.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             })?;
-        out.push_str(&escape(value));
+        out.push_str(&escape(name, value, in_query)?);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -919,33 +933,13 @@ pub fn render_json(
 /// resolve `..` and `%2E%2E` alike), so it is refused naming the placeholder.
 /// Values in the query are percent-encoded.
 pub fn render_url(template: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
-    // Unknown placeholders and unclosed braces are refused as `render` does.
-    render(template, vars, str::to_string)?;
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    let mut in_query = false;
-    while let Some(start) = rest.find("{{") {
-        let literal = &rest[..start];
-        in_query |= literal.contains(['?', '#']);
-        out.push_str(literal);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            break;
-        };
-        let name = after[..end].trim();
-        let value = vars.get(name).map(String::as_str).unwrap_or("");
+    fill(template, vars, |name, value, in_query| {
         if in_query {
-            out.push_str(&url_escape(value));
+            Ok(url_escape(value))
         } else {
-            out.push_str(
-                &path_segment(value)
-                    .map_err(|why| format!("{{{{{name}}}}} in {template:?} {why}"))?,
-            );
+            path_segment(value).map_err(|why| format!("{{{{{name}}}}} in {template:?} {why}"))
         }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    })
 }
 
 /// A value as one URL path segment, percent-encoded; refuses the values that
