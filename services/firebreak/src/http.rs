@@ -89,11 +89,17 @@ pub async fn serve(
         let body_timeout = limits.body_read_timeout;
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                // Only a body still to come gets a deadline (a GET, OFREP's
+                // bodiless calls and healthz pay nothing).
                 let mut req = req.map(|b| {
-                    Body::new(Deadline {
-                        inner: Body::new(b),
-                        sleep: Box::pin(tokio::time::sleep(body_timeout)),
-                    })
+                    if http_body::Body::is_end_stream(&b) {
+                        Body::new(b)
+                    } else {
+                        Body::new(Deadline {
+                            inner: b,
+                            sleep: Box::pin(tokio::time::sleep(body_timeout)),
+                        })
+                    }
                 });
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let mut app = app.clone();
@@ -139,7 +145,7 @@ pub fn fit_to_open_files(wanted: usize) -> (usize, Option<u64>) {
 
 /// A request body that must arrive in full before its deadline.
 struct Deadline {
-    inner: Body,
+    inner: hyper::body::Incoming,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -152,7 +158,7 @@ impl http_body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
+            return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(axum::Error::new(
