@@ -709,6 +709,25 @@ impl Caller {
     }
 }
 
+/// Runs SQL on an embedded store's SQLite file as the file's owner could
+/// (triggers and all), through Python's sqlite3; fails the test naming why.
+pub fn sqlite_as_owner(db: &Path, sql: &str) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `check` until it returns `Some`, or panics naming what never happened.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

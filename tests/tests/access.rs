@@ -867,19 +867,7 @@ async fn the_audit_trail_is_hash_chained_and_verified() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
     // Someone with the database file rewrites history: the chain says where.
     let db = fb.data_dir.join("firebreak.db");
-    let sql = |q: &str| {
-        let out = Command::new("python3")
-            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
-            .arg(&db)
-            .arg(q)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sql = |q: &str| firebreak_tests::sqlite_as_owner(&db, q);
     let second = entries[entries.len() - 2]["id"].as_i64().unwrap();
     sql(&format!(
         "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'mallory' WHERE id = {second};"
