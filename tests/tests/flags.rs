@@ -47,11 +47,23 @@ fn key_in(variant: &str) -> String {
 }
 
 async fn sdk(fb: &Firebreak, token: &str, context: Value) -> Value {
+    sdk_flag(fb, token, FLAG, true, context).await
+}
+
+/// One boolean evaluation by the real OpenFeature Python SDK and its OFREP
+/// provider, with the caller's own default.
+async fn sdk_flag(fb: &Firebreak, token: &str, flag: &str, default: bool, context: Value) -> Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/ofrep/evaluate.py");
     let python = std::env::var("FIREBREAK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = tokio::process::Command::new(&python)
         .arg(&script)
-        .args([fb.base.as_str(), FLAG, "true", "--bearer", token])
+        .args([
+            fb.base.as_str(),
+            flag,
+            if default { "true" } else { "false" },
+            "--bearer",
+            token,
+        ])
         .arg("--context")
         .arg(context.to_string())
         .output()
@@ -275,7 +287,149 @@ async fn shared_evaluators_load_as_in_flagd(app: TestAppBuilder) {
     );
 }
 
+/// A flag written DISABLED, and one without a default variant whose
+/// targeting chose none, answer as flagd answers: a success without a value,
+/// so the real OpenFeature client gets its own default (whichever it is),
+/// reason DISABLED or DEFAULT, and no error. A flag set's metadata reaches
+/// the client with each flag's own; Firebreak's bookkeeping does not.
+async fn value_less_answers_reach_the_callers_default(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
+    let file = json!({
+        "metadata": {"team": "payments", "flagSetId": "shop"},
+        "flags": {
+            "dark.launch": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+            "staff.only": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                           "targeting": {"if": [{"ends_with": [{"var": "email"}, "@firebreak.dev"]}, "on", null]},
+                           "metadata": {"team": "growth"}}
+        }
+    });
+    let (status, body) = fb.post("/api/v1/flags/import", &file).await;
+    assert_eq!(status, 200, "{body}");
+    let reader = fb.token("app", &["flags:read"]).await;
+    for default in [true, false] {
+        let r = sdk_flag(fb, &reader.token, "dark.launch", default, json!({})).await;
+        assert_eq!(
+            (
+                r["value"].clone(),
+                r["reason"].clone(),
+                r["error_code"].clone()
+            ),
+            (json!(default), json!("DISABLED"), Value::Null),
+            "{r}"
+        );
+        let r = sdk_flag(
+            fb,
+            &reader.token,
+            "staff.only",
+            default,
+            json!({"email": "x@example.com"}),
+        )
+        .await;
+        assert_eq!(
+            (
+                r["value"].clone(),
+                r["reason"].clone(),
+                r["error_code"].clone()
+            ),
+            (json!(default), json!("DEFAULT"), Value::Null),
+            "{r}"
+        );
+    }
+    let r = sdk_flag(
+        fb,
+        &reader.token,
+        "staff.only",
+        false,
+        json!({"email": "ana@firebreak.dev"}),
+    )
+    .await;
+    assert_eq!(
+        (r["value"].clone(), r["reason"].clone()),
+        (json!(true), json!("TARGETING_MATCH")),
+        "{r}"
+    );
+
+    // On the wire: no `value`, variant null; metadata merged, the flag's own winning.
+    let r: Value = client()
+        .post(format!("{}/ofrep/v1/evaluate/flags/staff.only", fb.base))
+        .json(&json!({"context": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"key": "staff.only", "reason": "DEFAULT", "variant": null,
+               "metadata": {"team": "growth", "flagSetId": "shop"}})
+    );
+
+    // Turning the disabled flag on serves its definition; a kill then
+    // serves its off variant (Firebreak's kill switch), not the caller's default.
+    let (status, body) = fb
+        .put("/api/v1/flags/dark.launch", &json!({"enabled": true}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = sdk_flag(fb, &reader.token, "dark.launch", false, json!({})).await;
+    assert_eq!(
+        (r["value"].clone(), r["reason"].clone()),
+        (json!(true), json!("STATIC")),
+        "{r}"
+    );
+    let (status, body) = fb
+        .put("/api/v1/flags/dark.launch", &json!({"enabled": false}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = sdk_flag(fb, &reader.token, "dark.launch", true, json!({})).await;
+    assert_eq!(
+        (
+            r["value"].clone(),
+            r["reason"].clone(),
+            r["variant"].clone()
+        ),
+        (json!(false), json!("DISABLED"), json!("off")),
+        "{r}"
+    );
+
+    // The same through actions: turned on by a request, then killed.
+    let (status, body) = fb
+        .post(
+            "/api/v1/flags/import",
+            &json!({"flags": {"beta.flow": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for state in ["on", "off"] {
+        let (status, action) = fb
+            .post(
+                "/api/v1/actions",
+                &json!({"kind": "kill_switch", "flag": "beta.flow", "state": state, "reason": "test"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{action}");
+        let id = action["id"].as_i64().unwrap();
+        eventually("the action done", Duration::from_secs(20), || async {
+            let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+            (a["status"] == "succeeded").then_some(())
+        })
+        .await;
+    }
+    let r = sdk_flag(fb, &reader.token, "beta.flow", true, json!({})).await;
+    assert_eq!(
+        (
+            r["value"].clone(),
+            r["reason"].clone(),
+            r["variant"].clone()
+        ),
+        (json!(false), json!("DISABLED"), json!("off")),
+        "{r}"
+    );
+}
+
 firebreak_tests::both_modes!(
     flagd_targeting_kill_and_revert,
-    shared_evaluators_load_as_in_flagd
+    shared_evaluators_load_as_in_flagd,
+    value_less_answers_reach_the_callers_default
 );

@@ -58,6 +58,8 @@ pub struct AppState {
     pub slack: Option<Arc<firebreak_remediation::slack::SlackClient>>,
     /// When OFREP last evaluated each flag (written every few seconds).
     pub flag_usage: Arc<remediation::FlagUsage>,
+    /// flagd's bucketing generation for percentage splits (`flags.fractional`).
+    pub fractional: firebreak_domain::flagd::Bucketing,
 }
 
 /// Builds the router for the roles this process runs.

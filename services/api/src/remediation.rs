@@ -778,20 +778,30 @@ fn ofrep_context(bytes: &Bytes, key: Option<&str>) -> Result<Value, Box<Response
 }
 
 /// One flag evaluated for a context: `Ok` an OFREP success body, `Err` the
-/// status and OFREP error body.
-fn evaluation(f: &FlagRow, context: &Value) -> Result<Value, (StatusCode, Value)> {
+/// status and OFREP error body. A success without a value (a disabled flag,
+/// no default variant) omits `value`, so the caller uses its own default,
+/// and answers `"variant": null` (OFREP providers read `variant` as given).
+fn evaluation(
+    f: &FlagRow,
+    context: &Value,
+    bucketing: firebreak_domain::flagd::Bucketing,
+) -> Result<Value, (StatusCode, Value)> {
     use firebreak_domain::flagd::ErrorCode;
-    let definition = f.effective();
-    match definition.evaluate(&f.key, context, chrono::Utc::now().timestamp()) {
-        Ok(r) => Ok(json!({
-            "key": f.key,
-            "value": r.value,
-            "reason": r.reason.as_str(),
-            "variant": r.variant,
-            // The flag's own metadata as written; who changed it when is
-            // the flags API's, not OFREP's.
-            "metadata": definition.metadata,
-        })),
+    match f.evaluate(context, chrono::Utc::now().timestamp(), bucketing) {
+        Ok((r, metadata)) => {
+            // The flag's own metadata as written (with its flag set's);
+            // who changed it when is the flags API's, not OFREP's.
+            let mut body = json!({
+                "key": f.key,
+                "reason": r.reason.as_str(),
+                "variant": r.variant,
+                "metadata": metadata,
+            });
+            if let Some(v) = r.value {
+                body["value"] = v.clone();
+            }
+            Ok(body)
+        }
         Err(e) => {
             let status = match e.code {
                 ErrorCode::FlagNotFound => StatusCode::NOT_FOUND,
@@ -818,7 +828,7 @@ async fn ofrep_one(
     match store.flag(&key).await {
         Ok(f) => {
             state.flag_usage.saw([f.key.as_str()], chrono::Utc::now());
-            Ok(match evaluation(&f, &context) {
+            Ok(match evaluation(&f, &context, state.fractional) {
                 Ok(body) => Json(body).into_response(),
                 Err((status, body)) => (status, Json(body)).into_response(),
             })
@@ -876,7 +886,7 @@ async fn ofrep_bulk(
     }
     let results: Vec<Value> = flags
         .iter()
-        .map(|f| evaluation(f, &context).unwrap_or_else(|(_, body)| body))
+        .map(|f| evaluation(f, &context, state.fractional).unwrap_or_else(|(_, body)| body))
         .collect();
     let mut r = Json(json!({"flags": results})).into_response();
     r.headers_mut().insert(header::ETAG, etag_value);

@@ -43,7 +43,8 @@ pub enum Reason {
     TargetingMatch,
     /// Targeting ran and chose nothing: the default variant.
     Default,
-    /// The flag is disabled (or killed): its off variant.
+    /// The flag is disabled: no value (the caller's default), or, when
+    /// Firebreak's kill switch turned it off, its off variant.
     Disabled,
 }
 
@@ -61,7 +62,7 @@ impl Reason {
 /// OFREP's error codes for an evaluation that has no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
-    /// The flag is disabled and has no off variant to serve.
+    /// No such flag.
     FlagNotFound,
     /// Targeting needed a targeting key the context does not have.
     TargetingKeyMissing,
@@ -84,12 +85,38 @@ impl ErrorCode {
     }
 }
 
-/// A resolved value: always with its variant.
+/// A successful evaluation. Without a value (and variant) the caller uses
+/// its own default, as flagd answers a disabled flag, or a flag without a
+/// default variant when targeting chose none (OFREP lets a success omit
+/// `value`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolution<'a> {
-    pub value: &'a Value,
-    pub variant: &'a str,
+    pub value: Option<&'a Value>,
+    pub variant: Option<&'a str>,
     pub reason: Reason,
+}
+
+impl Resolution<'_> {
+    fn none(reason: Reason) -> Self {
+        Resolution {
+            value: None,
+            variant: None,
+            reason,
+        }
+    }
+}
+
+/// How `fractional` maps a hash to a bucket: the generations flagd's
+/// conformance suite names (`@fractional-v1`, `@fractional-v2`). flagd's
+/// evaluator does v2; v1 is what flagd did before, for a fleet not yet moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucketing {
+    /// `abs(hash as i32) / i32::MAX × 100` against running percentages.
+    V1,
+    /// `(hash × total weight) >> 32` against running weights.
+    #[default]
+    V2,
 }
 
 /// An evaluation that produced no value.
@@ -224,13 +251,38 @@ impl FlagDefinition {
     }
 
     /// Evaluates the flag `key` for an evaluation context (an object;
-    /// `targetingKey` is the bucketing key). `now` is `$flagd.timestamp`
-    /// (seconds since the epoch).
+    /// `targetingKey` is the bucketing key) with flagd's current bucketing.
+    /// `now` is `$flagd.timestamp` (seconds since the epoch).
     pub fn evaluate<'a>(
         &'a self,
         key: &str,
         context: &Value,
         now: i64,
+    ) -> Result<Resolution<'a>, EvalError> {
+        self.evaluate_with(key, context, now, Bucketing::V2)
+    }
+
+    /// [`FlagDefinition::evaluate`] with a chosen bucketing generation.
+    pub fn evaluate_with<'a>(
+        &'a self,
+        key: &str,
+        context: &Value,
+        now: i64,
+        bucketing: Bucketing,
+    ) -> Result<Resolution<'a>, EvalError> {
+        if self.state == FlagState::Disabled {
+            return Ok(Resolution::none(Reason::Disabled));
+        }
+        self.evaluate_enabled(key, context, now, bucketing)
+    }
+
+    /// [`FlagDefinition::evaluate_with`] as if the flag's state were ENABLED.
+    pub fn evaluate_enabled<'a>(
+        &'a self,
+        key: &str,
+        context: &Value,
+        now: i64,
+        bucketing: Bucketing,
     ) -> Result<Resolution<'a>, EvalError> {
         let err = |code, details: String| EvalError { code, details };
         if !matches!(context, Value::Object(_) | Value::Null) {
@@ -239,21 +291,9 @@ impl FlagDefinition {
                 "the evaluation context must be a JSON object".into(),
             ));
         }
-        if self.state == FlagState::Disabled {
-            return match self.off_variant() {
-                Some(v) => Ok(self.resolve(v, Reason::Disabled)),
-                None => Err(err(
-                    ErrorCode::FlagNotFound,
-                    format!("flag {key:?} is disabled"),
-                )),
-            };
-        }
         let default = |reason| match &self.default_variant {
             Some(v) => Ok(self.resolve(v, reason)),
-            None => Err(err(
-                ErrorCode::General,
-                format!("flag {key:?} has no defaultVariant and targeting chose none"),
-            )),
+            None => Ok(Resolution::none(Reason::Default)),
         };
         let Some(targeting) = self.rules() else {
             return default(Reason::Static);
@@ -262,6 +302,7 @@ impl FlagDefinition {
             key,
             data: context,
             now,
+            bucketing,
             broken: std::cell::RefCell::new(None),
         };
         let chosen = scope.eval(targeting);
@@ -283,8 +324,8 @@ impl FlagDefinition {
         };
         match self.variants.get_key_value(name.as_ref()) {
             Some((variant, value)) => Ok(Resolution {
-                value,
-                variant,
+                value: Some(value),
+                variant: Some(variant),
                 reason: Reason::TargetingMatch,
             }),
             None => Err(err(
@@ -297,14 +338,24 @@ impl FlagDefinition {
         }
     }
 
+    /// What the flag answers while Firebreak's kill switch holds it off:
+    /// its off variant to everyone, reason DISABLED; without an off variant,
+    /// no value (the caller's default), as flagd answers a disabled flag.
+    pub fn killed(&self) -> Resolution<'_> {
+        match self.off_variant() {
+            Some(v) => self.resolve(v, Reason::Disabled),
+            None => Resolution::none(Reason::Disabled),
+        }
+    }
+
     fn resolve<'a>(&'a self, variant: &str, reason: Reason) -> Resolution<'a> {
         let (variant, value) = self
             .variants
             .get_key_value(variant)
             .expect("validated: the variant exists");
         Resolution {
-            value,
-            variant,
+            value: Some(value),
+            variant: Some(variant),
             reason,
         }
     }
@@ -445,10 +496,31 @@ fn bucket_index(value: &str, weights: impl Iterator<Item = u64> + Clone) -> Opti
     None
 }
 
+/// flagd's first bucketing (`@fractional-v1`): the hash read as a signed
+/// 32-bit number, its magnitude as a share of `i32::MAX` in percent, against
+/// each variant's running share of the total weight in percent.
+fn bucket_index_v1(value: &str, weights: &[u64]) -> Option<usize> {
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let hash = murmur3_32(value.as_bytes(), 0) as i32;
+    let bucket = f64::from(hash).abs() / f64::from(i32::MAX) * 100.0;
+    let mut end = 0.0;
+    for (i, weight) in weights.iter().enumerate() {
+        end += *weight as f64 / total as f64 * 100.0;
+        if bucket < end {
+            return Some(i);
+        }
+    }
+    None
+}
+
 struct Scope<'d> {
     key: &'d str,
     data: &'d Value,
     now: i64,
+    bucketing: Bucketing,
     /// Set when the targeting cannot be evaluated (a `$ref` to no
     /// evaluator): flagd answers PARSE_ERROR, not a variant.
     broken: std::cell::RefCell<Option<String>>,
@@ -758,7 +830,11 @@ impl<'d> Scope<'d> {
             labels.push(label);
             weights.push(weight);
         }
-        match bucket_index(&value, weights.iter().copied()) {
+        let chosen = match self.bucketing {
+            Bucketing::V2 => bucket_index(&value, weights.iter().copied()),
+            Bucketing::V1 => bucket_index_v1(&value, &weights),
+        };
+        match chosen {
             Some(i) => labels.swap_remove(i),
             None => Cow::Borrowed(&NULL),
         }
@@ -884,9 +960,56 @@ mod tests {
                 .expect("a variant");
             assert_eq!(
                 (r.variant, r.reason),
-                (variant, Reason::TargetingMatch),
+                (Some(variant), Reason::TargetingMatch),
                 "{email}"
             );
+        }
+    }
+
+    /// flagd-testbed's `@fractional-v1` and `@fractional-v2` examples of
+    /// `fractional-flag`: the same definition, two bucketings.
+    #[test]
+    fn both_bucketing_generations_match_the_testbed() {
+        let flag = def(json!({
+            "state": "ENABLED",
+            "variants": {"clubs": "clubs", "diamonds": "diamonds", "hearts": "hearts", "spades": "spades", "wild": "wild"},
+            "defaultVariant": "wild",
+            "targeting": {"fractional": [{"cat": [{"var": "$flagd.flagKey"}, {"var": "user.name"}]},
+                ["clubs", 25], ["diamonds", 25], ["hearts", 25], ["spades", 25]]}
+        }));
+        for (bucketing, cases) in [
+            (
+                Bucketing::V1,
+                [
+                    ("jack", "spades"),
+                    ("queen", "clubs"),
+                    ("ten", "diamonds"),
+                    ("nine", "hearts"),
+                    ("3", "diamonds"),
+                ],
+            ),
+            (
+                Bucketing::V2,
+                [
+                    ("jack", "hearts"),
+                    ("queen", "spades"),
+                    ("ten", "clubs"),
+                    ("nine", "diamonds"),
+                    ("3", "clubs"),
+                ],
+            ),
+        ] {
+            for (name, want) in cases {
+                let r = flag
+                    .evaluate_with(
+                        "fractional-flag",
+                        &json!({"user": {"name": name}}),
+                        0,
+                        bucketing,
+                    )
+                    .expect("a variant");
+                assert_eq!(r.variant, Some(want), "{bucketing:?} {name}");
+            }
         }
     }
 
@@ -914,7 +1037,7 @@ mod tests {
                         0,
                     )
                     .unwrap_or_else(|e| panic!("{e:?}"));
-                *r.value == Value::Bool(true)
+                r.value == Some(&Value::Bool(true))
             })
             .count();
         assert!((900..=1100).contains(&on), "{on} of 10,000 on");
@@ -949,7 +1072,7 @@ mod tests {
             let r = flag
                 .evaluate("f", &json!({"targetingKey": key, "tier": tier}), 0)
                 .expect("variant");
-            assert_eq!(r.variant, want, "{key} {tier}");
+            assert_eq!(r.variant, Some(want), "{key} {tier}");
         }
         let by_color = split(json!({"var": "color"}), json!(50));
         let r = by_color.evaluate(
@@ -957,7 +1080,7 @@ mod tests {
             &json!({"targetingKey": "jon@company.com", "color": "green"}),
             0,
         );
-        assert_eq!(r.expect("variant").variant, "green");
+        assert_eq!(r.expect("variant").variant, Some("green"));
         let r = by_color.evaluate(
             "f",
             &json!({"targetingKey": "jon@company.com", "color": "yellow"}),
@@ -980,7 +1103,7 @@ mod tests {
             let r = weighted
                 .evaluate("f", &json!({"targetingKey": key, "tier": tier}), 0)
                 .expect("variant");
-            assert_eq!(r.variant, want, "{key} {tier}");
+            assert_eq!(r.variant, Some(want), "{key} {tier}");
         }
         // Booleans as buckets: the split is a condition.
         let condition = def(json!({
@@ -991,7 +1114,10 @@ mod tests {
         let r = condition
             .evaluate("f", &json!({"targetingKey": "some-targeting-key"}), 0)
             .expect("variant");
-        assert_eq!((r.variant, r.value), ("big", &json!("hundreds")));
+        assert_eq!(
+            (r.variant, r.value),
+            (Some("big"), Some(&json!("hundreds")))
+        );
     }
 
     #[test]
@@ -1010,7 +1136,7 @@ mod tests {
             let r = flag
                 .evaluate("f", &json!({"email": email}), 0)
                 .expect("variant");
-            assert_eq!((r.variant, r.reason), (want, Reason::TargetingMatch));
+            assert_eq!((r.variant, r.reason), (Some(want), Reason::TargetingMatch));
         }
         let mut dangling = json!({"if": [{"$ref": "nonexistent_evaluator"}, "hit", "miss"]});
         resolve_refs(&mut dangling, evaluators).expect("small");
@@ -1050,7 +1176,7 @@ mod tests {
         }));
         empty.validate().expect("loads");
         let r = empty.evaluate("f", &json!({}), 0).expect("static");
-        assert_eq!((r.variant, r.reason), ("on", Reason::Static));
+        assert_eq!((r.variant, r.reason), (Some("on"), Reason::Static));
         // sem_ver reads a number in the context as its text ({version: 1} is 1.0.0).
         let versions = def(json!({
             "state": "ENABLED", "variants": {"new": "new", "old": "old"}, "defaultVariant": "old",
@@ -1065,7 +1191,7 @@ mod tests {
             let r = versions
                 .evaluate("f", &json!({"version": version}), 0)
                 .expect("evaluates");
-            assert_eq!(r.variant, variant, "{version}");
+            assert_eq!(r.variant, Some(variant), "{version}");
         }
     }
 
@@ -1073,7 +1199,7 @@ mod tests {
     fn reasons_follow_flagd() {
         let plain = FlagDefinition::boolean(true);
         let r = plain.evaluate("f", &json!({}), 0).expect("static");
-        assert_eq!((r.variant, r.reason), ("on", Reason::Static));
+        assert_eq!((r.variant, r.reason), (Some("on"), Reason::Static));
         let rules = def(json!({
             "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
             "targeting": {"if": [{"and": [
@@ -1084,19 +1210,31 @@ mod tests {
         }));
         let eu = json!({"plan": "enterprise", "email": "a@shop.eu", "app": "2.10.1"});
         let r = rules.evaluate("f", &eu, 0).expect("match");
-        assert_eq!((r.variant, r.reason), ("on", Reason::TargetingMatch));
+        assert_eq!((r.variant, r.reason), (Some("on"), Reason::TargetingMatch));
         let us = json!({"plan": "enterprise", "email": "a@shop.com", "app": "2.10.1"});
         let r = rules.evaluate("f", &us, 0).expect("default");
-        assert_eq!((r.variant, r.reason), ("off", Reason::Default));
+        assert_eq!((r.variant, r.reason), (Some("off"), Reason::Default));
         let old = json!({"plan": "enterprise", "email": "a@shop.eu", "app": "2.3.0-rc.1"});
         assert_eq!(
             rules.evaluate("f", &old, 0).expect("default").reason,
             Reason::Default
         );
+        // Disabled as flagd disables: no value, the caller's default.
         let mut off = rules.clone();
         off.state = FlagState::Disabled;
-        let r = off.evaluate("f", &eu, 0).expect("off variant");
-        assert_eq!((r.variant, r.reason), ("off", Reason::Disabled));
+        let r = off.evaluate("f", &eu, 0).expect("disabled");
+        assert_eq!(
+            (r.value, r.variant, r.reason),
+            (None, None, Reason::Disabled)
+        );
+        // Killed by Firebreak: the off variant to everyone.
+        let r = rules.killed();
+        assert_eq!((r.variant, r.reason), (Some("off"), Reason::Disabled));
+        let mut no_off = rules.clone();
+        no_off.variants.remove("off");
+        no_off.default_variant = Some("on".into());
+        no_off.targeting = None;
+        assert_eq!(no_off.killed(), Resolution::none(Reason::Disabled));
         assert_eq!(
             rules
                 .evaluate("f", &json!([1]), 0)
@@ -1153,6 +1291,7 @@ mod tests {
             key: "k",
             data: &json!({"n": "5", "list": [1, 2]}),
             now: 7,
+            bucketing: Bucketing::V2,
             broken: std::cell::RefCell::new(None),
         };
         assert_eq!(*s.eval(&json!({"==": [{"var": "n"}, 5]})), json!(true));

@@ -504,7 +504,7 @@ mod tests {
                 now,
             )
             .unwrap();
-        assert_eq!(r.variant, "on");
+        assert_eq!(r.variant, Some("on"));
     }
 
     #[test]
@@ -520,7 +520,7 @@ mod tests {
                 )
                 .unwrap()
                 .variant
-                    == "on"
+                    == Some("on")
             })
             .count();
         assert!((900..=1100).contains(&on), "{on} of 10000 on");

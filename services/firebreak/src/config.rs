@@ -109,6 +109,7 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub audit: AuditSection,
+    pub flags: FlagsSection,
     #[serde(default)]
     pub kill_switch: BTreeMap<String, KillSwitchConfig>,
     #[serde(default)]
@@ -138,6 +139,16 @@ pub struct IngestSection {
     /// How long the oldest bulk message may wait before the same.
     pub max_backlog_age: Dur,
     pub tokens: TokensSection,
+}
+
+/// The built-in flags (OFREP).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsSection {
+    /// flagd's bucketing of `fractional` splits: `v2` (flagd's evaluator
+    /// today) or `v1` (flagd before it), so a user lands in the same bucket
+    /// here as in the flagd beside it.
+    pub fractional: firebreak_domain::flagd::Bucketing,
 }
 
 /// The audit trail's protection (see `crate::audit`).
@@ -319,6 +330,8 @@ pub struct Config {
     /// The audit chain's key as configured (`None`: the key file).
     pub audit_key: Option<Secret>,
     pub audit_witness: PathBuf,
+    /// See `flags.fractional`.
+    pub fractional: firebreak_domain::flagd::Bucketing,
 }
 
 /// The embedded queue's largest message (SQLite's own limit is 1 GB).
@@ -881,6 +894,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         slack: f.slack,
         audit_witness,
         audit_key: f.audit.key,
+        fractional: f.flags.fractional,
     })
 }
 

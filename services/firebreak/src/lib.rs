@@ -495,6 +495,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     let state = AppState {
         flag_usage,
+        fractional: config.fractional,
         store: if roles.api || roles.engine {
             store.clone()
         } else {

@@ -682,6 +682,13 @@ impl Remediation {
             Some(Value::Object(m)) => m.clone(),
             Some(_) => return Err(bad("$evaluators", "is an object of named JSON Logic rules")),
         };
+        // The flag set's metadata, served with each flag's own (the flag's
+        // wins where both name a key), as flagd merges them.
+        let set_metadata = match file.get("metadata") {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err(bad("metadata", "is an object of names to values")),
+        };
         let mut parsed = Vec::with_capacity(flags.len());
         let mut warnings = Vec::new();
         for (key, raw) in flags {
@@ -692,9 +699,15 @@ impl Remediation {
                 firebreak_domain::flagd::resolve_refs(targeting, &evaluators)
                     .map_err(|m| bad(&format!("{field}.targeting"), m))?;
             }
-            let definition: FlagDefinition =
+            let mut definition: FlagDefinition =
                 serde_json::from_value(raw).map_err(|e| bad(&field, e.to_string()))?;
             definition.validate().map_err(|m| bad(&field, m))?;
+            for (k, v) in &set_metadata {
+                definition
+                    .metadata
+                    .entry(k.clone())
+                    .or_insert_with(|| v.clone());
+            }
             warnings.extend(
                 definition
                     .warnings()
@@ -798,6 +811,14 @@ impl Remediation {
         }
         if let Some(e) = edit.enabled {
             flag.enabled = e;
+            // Flipped by hand, `enabled` is the kill switch: a definition
+            // first written DISABLED becomes ENABLED, so off is its off
+            // variant (not the caller's default) and on serves it.
+            if edit.definition.is_none() {
+                if let Some(d) = flag.definition.as_mut() {
+                    d.state = DefState::Enabled;
+                }
+            }
         }
         if let Some(d) = edit.description {
             flag.description = Some(d);

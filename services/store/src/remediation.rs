@@ -149,20 +149,74 @@ pub struct FlagRow {
 }
 
 impl FlagRow {
-    /// What evaluation uses: the stored definition with the kill switch
-    /// applied (`enabled = false` is state DISABLED), or a plain on/off flag.
+    /// The flag as a flagd definition, for export and display: the stored
+    /// definition with the kill switch applied (`enabled = false` is state
+    /// DISABLED), or a plain on/off flag.
     pub fn effective(&self) -> firebreak_domain::flagd::FlagDefinition {
         use firebreak_domain::flagd::{FlagDefinition, FlagState};
         match &self.definition {
             Some(d) => {
                 let mut d = d.clone();
-                if !self.enabled {
-                    d.state = FlagState::Disabled;
-                }
+                d.state = if self.enabled {
+                    FlagState::Enabled
+                } else {
+                    FlagState::Disabled
+                };
                 d
             }
             None => FlagDefinition::boolean(self.enabled),
         }
+    }
+
+    /// Whether Firebreak's kill switch holds the flag off: `enabled` is false
+    /// over a definition written ENABLED. (A definition written DISABLED, as
+    /// in a flagd file, is disabled as flagd disables it.)
+    pub fn killed(&self) -> bool {
+        use firebreak_domain::flagd::FlagState;
+        !self.enabled
+            && self
+                .definition
+                .as_ref()
+                .is_some_and(|d| d.state == FlagState::Enabled)
+    }
+
+    /// Evaluates the flag as OFREP serves it, without copying it: killed,
+    /// the off variant to everyone (DISABLED); written DISABLED, no value
+    /// (the caller's default), as flagd; otherwise flagd's evaluation of the
+    /// definition, or a plain flag's on/off (STATIC). Returns the resolution
+    /// and the flag's own metadata.
+    pub fn evaluate(
+        &self,
+        context: &serde_json::Value,
+        now: i64,
+        bucketing: firebreak_domain::flagd::Bucketing,
+    ) -> Result<
+        (
+            firebreak_domain::flagd::Resolution<'_>,
+            &serde_json::Map<String, serde_json::Value>,
+        ),
+        firebreak_domain::flagd::EvalError,
+    > {
+        use firebreak_domain::flagd::FlagDefinition;
+        use std::sync::LazyLock;
+        static PLAIN: LazyLock<[FlagDefinition; 2]> = LazyLock::new(|| {
+            [
+                FlagDefinition::boolean(false),
+                FlagDefinition::boolean(true),
+            ]
+        });
+        let d = match &self.definition {
+            None => &PLAIN[usize::from(self.enabled)],
+            Some(d) if self.killed() => return Ok((d.killed(), &d.metadata)),
+            Some(d) => d,
+        };
+        let r = if self.enabled {
+            // On, even when first written DISABLED and turned on since.
+            d.evaluate_enabled(&self.key, context, now, bucketing)
+        } else {
+            d.evaluate_with(&self.key, context, now, bucketing)
+        };
+        r.map(|r| (r, &d.metadata))
     }
 
     /// Why the flag may be ready to remove from code, if it is: `fully_rolled_out`

@@ -2486,16 +2486,30 @@ impl<D: Dialect> Db<D> {
         for_action: Option<(i64, &str)>,
     ) -> Result<Option<Option<bool>>> {
         let mut tx = self.d.begin().await?;
-        let previous = tx
+        let found = tx
             .fetch(
                 q(format!(
-                    "SELECT enabled FROM flags WHERE key = $1{}",
+                    "SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1{}",
                     <D::Tx as DialectTx>::FOR_UPDATE
                 ))
                 .bind(key),
             )
             .await?;
-        let previous = previous.first().map(|r| r.bool("enabled")).transpose()?;
+        let found = found.first().map(flag_row).transpose()?;
+        let previous = found.as_ref().map(|f| f.enabled);
+        // Turned on, a definition first written DISABLED (as in a flagd
+        // file) is ENABLED from now on, so that a later kill serves its off
+        // variant rather than the caller's default.
+        let definition = match found.and_then(|f| f.definition) {
+            Some(mut d) if enabled && d.state == firebreak_domain::flagd::FlagState::Disabled => {
+                d.state = firebreak_domain::flagd::FlagState::Enabled;
+                Some(
+                    serde_json::to_string(&d)
+                        .map_err(|e| StoreError::Internal(format!("encoding flag {key}: {e}")))?,
+                )
+            }
+            _ => None,
+        };
         if let Some((id, owner)) = for_action {
             let state = serde_json::json!({"flag": key, "enabled": previous});
             let n = tx
@@ -2518,13 +2532,15 @@ impl<D: Dialect> Db<D> {
                 "INSERT INTO flags (key, enabled, description, updated_at, updated_by, created_at)
                VALUES ($1, $2, $3, $4, $5, $4)
                ON CONFLICT (key) DO UPDATE SET enabled = $2,
-                   description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5",
+                   description = COALESCE($3, flags.description), updated_at = $4, updated_by = $5,
+                   definition = COALESCE($6, flags.definition)",
             )
             .bind(key)
             .bind(enabled)
             .bind(description)
             .bind(audit.at)
-            .bind(by),
+            .bind(by)
+            .bind(definition),
         )
         .await?;
         write_audit(&mut tx, std::slice::from_ref(audit)).await?;
