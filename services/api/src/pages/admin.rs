@@ -255,9 +255,12 @@ pub async fn flag(
 /// What a flag serves now, in a few words.
 fn serves(f: &firebreak_store::FlagRow) -> String {
     let d = f.effective();
-    let off = d.off_variant().unwrap_or("nothing");
     if !f.enabled {
-        return format!("{off} to everyone (killed)");
+        return match (f.killed() || f.definition.is_none(), d.off_variant()) {
+            (true, Some(off)) => format!("{off} to everyone (killed)"),
+            (true, None) => "no value: callers get their own default (killed)".into(),
+            (false, _) => "no value: callers get their own default (disabled)".into(),
+        };
     }
     match (&d.targeting, &d.default_variant) {
         (None, Some(v)) => format!("{v} to everyone"),
