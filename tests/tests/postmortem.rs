@@ -510,3 +510,57 @@ async fn a_changed_template_applies_to_the_next_draft_and_a_broken_one_is_named(
     let (_, still) = fb.get(&format!("/api/v1/incidents/{id}/postmortem")).await;
     assert_eq!(still["revision"], 1, "nothing written");
 }
+
+/// The incident page reads suspects and logs over the configured windows, as
+/// the draft does: a deploy 4 h before the first alert is a suspect with
+/// `incidents.deploy_lookback = 6h`, and a log line 3 h back is mined with
+/// `postmortem.log_lead = 2h` (the page once used fixed 2 h and 1 h).
+#[tokio::test]
+async fn the_incident_page_follows_the_configured_lookback_and_log_lead() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = Firebreak::start(
+        dir.path(),
+        Options::embedded()
+            .with("FIREBREAK_DEPLOY_LOOKBACK", "6h")
+            .with("FIREBREAK_POSTMORTEM__LOG_LEAD", "2h"),
+    )
+    .await;
+    fb.post(
+        "/api/v1/events/deploy",
+        &json!({"service": "checkout", "environment": "prod", "version": "v9",
+                "status": "succeeded", "started_at": ago(260)}),
+    )
+    .await;
+    let (status, _) = fb
+        .post(
+            "/api/v1/events/logs",
+            &json!({"service": "checkout", "environment": "prod", "lines": [
+                {"at": ago(180), "level": "error", "message": "search index rebuild failed on replica"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    fb.post(
+        "/api/v1/alerts/alertmanager",
+        &webhook("firing", &ago(20), "0001-01-01T00:00:00Z", "5xx rate > 5%"),
+    )
+    .await;
+    let id = eventually("the incident", WAIT, || async {
+        let (_, l) = fb.get("/api/v1/incidents").await;
+        l["incidents"][0]["id"].as_i64()
+    })
+    .await;
+    let html = eventually("the page with the log line", WAIT, || async {
+        let html = client()
+            .get(format!("{}/incidents/{id}", fb.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        html.contains("search index rebuild failed").then_some(html)
+    })
+    .await;
+    assert!(html.contains("suspect: checkout v9"), "{html}");
+}

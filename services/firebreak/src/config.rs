@@ -231,6 +231,9 @@ pub struct PostmortemSection {
     pub timezone: String,
     /// How often the engine looks for resolved incidents without a draft.
     pub interval: Dur,
+    /// Logs from this long before the suspect change (or the first alert)
+    /// are mined for the draft and the incident page.
+    pub log_lead: Dur,
 }
 
 #[derive(Debug, Deserialize)]
@@ -868,7 +871,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             templates: o.templates.clone().unwrap_or(f.postmortem.templates),
             timezone,
             lookback: policy_lookback,
-            ..firebreak_postmortem::PostmortemConfig::default()
+            log_lead: f.postmortem.log_lead.0,
         },
         postmortem_interval,
         remediation: RemediationConfig {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use firebreak_store::{
     ActionFilter, PostmortemRow, PostmortemSave, SaveOutcome, Store, StoreError,
@@ -51,6 +51,15 @@ impl Default for PostmortemConfig {
             log_lead: Duration::hours(1),
         }
     }
+}
+
+/// What an incident's logs say (see [`Generator::log_evidence`]).
+#[derive(Debug, Clone)]
+pub struct LogEvidence {
+    pub reference: Option<DateTime<Utc>>,
+    pub window: (DateTime<Utc>, DateTime<Utc>),
+    pub patterns: Vec<logmine::Pattern>,
+    pub lines: u64,
 }
 
 /// A rendered draft and the numbers behind it.
@@ -120,35 +129,15 @@ impl Generator {
             .min()
             .unwrap_or(detail.incident.opened_at)
             .min(detail.incident.opened_at);
-        // The reference for "new since the deploy": the latest suspect change
-        // before the first alert.
-        let reference = detail
-            .changes
-            .iter()
-            .filter(|d| {
-                d.started_at <= first_alert && first_alert - d.started_at <= self.config.lookback
-            })
-            .map(|d| d.started_at)
-            .max();
-        let from = reference.unwrap_or(first_alert).min(first_alert) - self.config.log_lead;
-        let to = detail.incident.resolved_at.unwrap_or(now);
-        let mut miner = logmine::Miner::new(reference);
-        let lines = match &detail.incident.service {
-            Some(service) => {
-                self.store
-                    .scan_logs(
-                        service,
-                        detail.incident.environment.as_deref(),
-                        from,
-                        to,
-                        None,
-                        &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
-                    )
-                    .await?
-            }
-            None => 0,
-        };
-        let patterns = miner.patterns();
+        let evidence = self
+            .log_evidence(&detail.incident, &detail.changes, first_alert, now, None)
+            .await?;
+        let (patterns, lines, from, to) = (
+            evidence.patterns,
+            evidence.lines,
+            evidence.window.0,
+            evidence.window.1,
+        );
         let inputs = context::Inputs {
             incident: &detail.incident,
             alerts: &detail.alerts,
@@ -170,6 +159,52 @@ impl Generator {
             markdown,
             context,
             log_lines: lines,
+        })
+    }
+
+    /// The log evidence of an incident, as its draft and its page both read
+    /// it: the reference (the latest suspect change within `lookback` before
+    /// the first alert), the window mined (from `log_lead` before the
+    /// reference, or the first alert, to the resolution or `now`), and the
+    /// patterns of at most `max_lines` lines (`None`: all).
+    pub async fn log_evidence(
+        &self,
+        incident: &firebreak_store::IncidentRow,
+        changes: &[firebreak_domain::events::DeployEvent],
+        first_alert: DateTime<Utc>,
+        now: DateTime<Utc>,
+        max_lines: Option<i64>,
+    ) -> Result<LogEvidence, PostmortemError> {
+        let reference = changes
+            .iter()
+            .filter(|d| {
+                d.started_at <= first_alert && first_alert - d.started_at <= self.config.lookback
+            })
+            .map(|d| d.started_at)
+            .max();
+        let from = reference.unwrap_or(first_alert).min(first_alert) - self.config.log_lead;
+        let to = incident.resolved_at.unwrap_or(now);
+        let mut miner = logmine::Miner::new(reference);
+        let lines = match &incident.service {
+            Some(service) => {
+                self.store
+                    .scan_logs(
+                        service,
+                        incident.environment.as_deref(),
+                        from,
+                        to,
+                        max_lines,
+                        &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
+                    )
+                    .await?
+            }
+            None => 0,
+        };
+        Ok(LogEvidence {
+            reference,
+            window: (from, to),
+            patterns: miner.patterns(),
+            lines,
         })
     }
 

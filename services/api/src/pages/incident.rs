@@ -10,7 +10,6 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use firebreak_domain::access::Scope;
 use firebreak_domain::timeline::kind;
 use firebreak_postmortem::context::{rank, Inputs};
-use firebreak_postmortem::logmine::Miner;
 use firebreak_store::{
     ActionFilter, ActionStatus, IncidentFilter, IncidentTimes, StoreError, TimelineRow,
 };
@@ -201,34 +200,30 @@ pub async fn detail(
     timing.mark("timeline");
     let i = &detail.incident;
     let first_alert = detail.first_alert.unwrap_or(i.opened_at).min(i.opened_at);
-    // Log patterns from the start of the window the postmortem mines.
-    let lookback = Duration::hours(2);
-    let reference = detail
-        .changes
-        .iter()
-        .filter(|d| d.started_at <= first_alert && first_alert - d.started_at <= lookback)
-        .map(|d| d.started_at)
-        .max();
-    let log_from = reference.unwrap_or(first_alert).min(first_alert) - Duration::hours(1);
-    let log_to = i.resolved_at.unwrap_or_else(Utc::now);
-    let mut miner = Miner::new(reference);
-    let mined = match &i.service {
-        Some(service) => store
-            .scan_logs(
-                service,
-                i.environment.as_deref(),
-                log_from,
-                log_to,
-                Some(PAGE_LOG_LINES),
-                &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
-            )
-            .await
-            .unwrap_or(0),
-        None => 0,
-    };
-    let patterns = miner.patterns();
-    timing.mark("logs");
+    // The suspects and log patterns as the postmortem reads them, over the
+    // configured `postmortem.lookback` and `log_lead` (the page mines at
+    // most PAGE_LOG_LINES lines; the draft all of them).
     let now = Utc::now();
+    let generator = state
+        .postmortems
+        .as_ref()
+        .ok_or_else(|| Refusal::not_found("pages are served by the api role"))?;
+    let lookback = generator.config().lookback;
+    let evidence = generator
+        .log_evidence(i, &detail.changes, first_alert, now, Some(PAGE_LOG_LINES))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(incident = id, error = %e, "cannot read the incident's logs for its page");
+            firebreak_postmortem::LogEvidence {
+                reference: None,
+                window: (first_alert, now),
+                patterns: Vec::new(),
+                lines: 0,
+            }
+        });
+    let (patterns, mined, (log_from, log_to)) =
+        (evidence.patterns, evidence.lines, evidence.window);
+    timing.mark("logs");
     let inputs = Inputs {
         incident: i,
         alerts: &[], // ranking needs only the first alert's time
