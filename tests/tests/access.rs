@@ -698,6 +698,58 @@ async fn a_network_address_without_authentication_is_refused() {
     fb.stop().await;
 }
 
+/// A fresh install answers the local operator on loopback; the first user
+/// made with the CLI (another process) turns authentication on within a
+/// second, without a restart, and can sign in. `--data-dir` names the store.
+#[tokio::test]
+async fn the_first_user_made_by_the_cli_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut fb = Firebreak::start(&data, Options::open()).await;
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let r = anonymous()
+        .get(format!("{}/api/v1/incidents", fb.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 200, "open on loopback before any credential");
+    let out = tokio::process::Command::new(firebreak_bin())
+        .args([
+            "users",
+            "create",
+            "--name",
+            "ana",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("FIREBREAK_DATA_DIR")
+        .env("FIREBREAK_USER_PASSWORD", "correct horse battery staple 42")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    firebreak_tests::eventually("authentication on", Duration::from_secs(10), || async {
+        let r = anonymous()
+            .get(format!("{}/api/v1/incidents", fb.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16() == 401).then_some(())
+    })
+    .await;
+    let (status, _, cookie) = sign_in(&fb, "ana", "correct horse battery staple 42").await;
+    assert!(cookie.is_some(), "signed in: {status}");
+    let (_, ready) = fb.get("/readyz").await;
+    assert_eq!(ready["auth"], "required");
+    fb.stop().await;
+}
+
 #[tokio::test]
 async fn a_trusted_proxy_names_the_person_and_an_untrusted_one_is_ignored() {
     let app = TestApp::embedded()

@@ -336,6 +336,9 @@ pub struct Auth {
     /// Whether anyone can authenticate (a configured token or proxy, or a
     /// token or user in the store). When not, only loopback is served.
     required: AtomicBool,
+    /// When the store was last asked whether credentials exist now (another
+    /// process, `firebreak users add`, may have made the first).
+    checked: Mutex<Option<Instant>>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     touched: Mutex<HashMap<String, Instant>>,
     sign_ins: crate::signin::Guard,
@@ -571,6 +574,7 @@ impl Auth {
             config,
             store,
             required: AtomicBool::new(required),
+            checked: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
             sign_ins: crate::signin::Guard::default(),
@@ -616,6 +620,30 @@ impl Auth {
             }
         }
         self.required.load(Ordering::Relaxed)
+    }
+
+    /// Whether Firebreak still runs without authentication: asks the store
+    /// again at most once a second, so the first token or user made by
+    /// another process (the CLI) turns authentication on without a restart.
+    pub async fn still_open(&self) -> bool {
+        if self.required() {
+            return false;
+        }
+        let due = {
+            let mut checked = self
+                .checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *checked = Some(Instant::now());
+            }
+            due
+        };
+        if due && self.refresh().await {
+            tracing::info!("a token or user exists now: authentication is required from here on");
+        }
+        !self.required()
     }
 
     /// Authentication is now on (a token or user was just created).
@@ -1077,7 +1105,7 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
         )
     } else if let Some(identity) = auth.proxy_identity(headers, peer)? {
         identity
-    } else if !auth.required()
+    } else if auth.still_open().await
         && (auth.config.insecure_no_auth
             || (peer.is_some_and(|p| p.is_loopback()) && loopback_host(headers)))
     {
