@@ -89,15 +89,20 @@ pub fn router(state: AppState, ingest: bool, api: bool) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        .fallback(not_found)
+        .fallback(move || not_found(api))
         .with_state(state)
 }
 
-async fn not_found() -> impl IntoResponse {
+/// An unknown path. A process without the api role says where the pages and
+/// the API are (a newcomer opening the ingest port in a browser).
+async fn not_found(api: bool) -> impl IntoResponse {
+    let message = if api {
+        "no such endpoint; see docs/http-api.md for the API"
+    } else {
+        "no such endpoint here: this process does not run the api role, so the web pages and the API are served by another process (in docker-compose.yml: http://localhost:8081); this one takes webhooks and events (docs/http-api.md)"
+    };
     (
         StatusCode::NOT_FOUND,
-        Json(
-            json!({"error": "not_found", "message": "no such endpoint; see the README for the API"}),
-        ),
+        Json(json!({"error": "not_found", "message": message})),
     )
 }

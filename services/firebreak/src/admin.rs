@@ -15,6 +15,11 @@ use serde_json::json;
 use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  firebreak tokens create --name alertmanager --scope ingest
+  firebreak tokens create --name checkout-sdk --scope flags:read --expires-in 90d
+  firebreak tokens list
+  firebreak tokens revoke alertmanager")]
 pub enum TokensCommand {
     /// Creates a token and prints it (the only time it is shown).
     Create {
@@ -31,27 +36,42 @@ pub enum TokensCommand {
     /// Lists tokens (never their secrets).
     List,
     /// Revokes a token by id or name.
-    Revoke { token: String },
+    Revoke {
+        /// The token's id (from `list`) or name.
+        token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  firebreak users create --name ana --role operator      # then type the password
+  FIREBREAK_USER_PASSWORD='…' firebreak users create --name ana --role admin
+  firebreak users list
+  firebreak users disable ana
+A running Firebreak picks up its first user or token within a second.")]
 pub enum UsersCommand {
     /// Creates a user; the password is read from FIREBREAK_USER_PASSWORD or the first line of stdin.
     Create {
+        /// The name they sign in with.
         #[arg(long)]
         name: String,
         /// viewer, editor, operator or admin.
         #[arg(long)]
         role: String,
     },
+    /// Lists users: name, role, whether disabled.
     List,
     /// Disables a user and ends their sessions.
     Disable {
+        /// The user's name.
         name: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  firebreak audit verify
+  firebreak audit verify --expect-head 1042:5f1c…")]
 pub enum AuditCommand {
     /// Recomputes the hash chain (keyed with the audit key) and checks that the
     /// head recorded outside the database (the witness file, or
@@ -66,9 +86,13 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  firebreak flags stale --days 30
+  firebreak flags stale --days 14 --json")]
 pub enum FlagsCommand {
     /// Flags ready to remove from code: fully rolled out, or not evaluated, for `--days` days.
     Stale {
+        /// How long unchanged (or not evaluated) counts as stale.
         #[arg(long, default_value_t = 30)]
         days: i64,
         /// One JSON object per line instead of a table.
@@ -78,6 +102,10 @@ pub enum FlagsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  firebreak dead-letters list
+  firebreak dead-letters replay --id 3f2a…
+  firebreak dead-letters replay --all")]
 pub enum DeadLettersCommand {
     /// Lists dead letters grouped by message: id, count, reason, first and last seen.
     List {

@@ -50,27 +50,66 @@ pub enum Command {
     /// Run Firebreak (every role by default).
     Serve(ServeArgs),
     /// Apply database migrations and exit.
-    Migrate(ServeArgs),
+    Migrate(StoreArgs),
     /// Check, test and replay playbooks.
     #[command(subcommand)]
     Playbooks(playbooks_cli::PlaybooksCommand),
     /// Load generator against a running Firebreak (see bench/run.sh).
     Bench(bench::BenchArgs),
     /// Machine tokens: create (shown once), list, revoke.
-    #[command(subcommand)]
-    Tokens(admin::TokensCommand),
+    Tokens {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: admin::TokensCommand,
+    },
     /// Local users (people who sign in with a password).
-    #[command(subcommand)]
-    Users(admin::UsersCommand),
+    Users {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: admin::UsersCommand,
+    },
     /// The audit trail.
-    #[command(subcommand)]
-    Audit(admin::AuditCommand),
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: admin::AuditCommand,
+    },
     /// Built-in flags: the stale-flag report.
-    #[command(subcommand)]
-    Flags(admin::FlagsCommand),
+    Flags {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: admin::FlagsCommand,
+    },
     /// Messages the engine refused or the bus gave up on: list, replay.
-    #[command(subcommand)]
-    DeadLetters(admin::DeadLettersCommand),
+    DeadLetters {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: admin::DeadLettersCommand,
+    },
+}
+
+/// Where an admin command finds the store: the same data directory (or
+/// `FIREBREAK_DATABASE_URL` / the configuration file) as `serve`.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// Directory of the embedded SQLite store and queue (as `serve --data-dir`;
+    /// ignored when database_url names PostgreSQL).
+    #[arg(long, env = "FIREBREAK_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir.clone(),
+            ..Overrides::default()
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,14 +174,15 @@ pub fn main() -> std::process::ExitCode {
         };
     }
     let overrides = match &cli.command {
-        Command::Serve(a) | Command::Migrate(a) => a.overrides(),
+        Command::Serve(a) => a.overrides(),
         Command::Playbooks(p) => p.overrides(),
-        Command::Tokens(_)
-        | Command::Users(_)
-        | Command::Audit(_)
-        | Command::Flags(_)
-        | Command::DeadLetters(_)
-        | Command::Bench(_) => Overrides::default(),
+        Command::Migrate(store)
+        | Command::Tokens { store, .. }
+        | Command::Users { store, .. }
+        | Command::Audit { store, .. }
+        | Command::Flags { store, .. }
+        | Command::DeadLetters { store, .. } => store.overrides(),
+        Command::Bench(_) => Overrides::default(),
     };
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = match config::load(cli.config.as_deref(), &vars, &overrides) {
@@ -171,11 +211,11 @@ pub fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(_) => serve(config, shutdown_signal()).await,
             Command::Migrate(_) => migrate(&config).await,
-            Command::Tokens(t) => admin::tokens(&config, &t).await,
-            Command::Users(u) => admin::users(&config, &u).await,
-            Command::Audit(a) => admin::audit(&config, &a).await,
-            Command::Flags(f) => admin::flags(&config, &f).await,
-            Command::DeadLetters(d) => admin::dead_letters(&config, &d).await,
+            Command::Tokens { command, .. } => admin::tokens(&config, &command).await,
+            Command::Users { command, .. } => admin::users(&config, &command).await,
+            Command::Audit { command, .. } => admin::audit(&config, &command).await,
+            Command::Flags { command, .. } => admin::flags(&config, &command).await,
+            Command::DeadLetters { command, .. } => admin::dead_letters(&config, &command).await,
             Command::Playbooks(_) | Command::Bench(_) => Ok(()),
         }
     });
@@ -412,11 +452,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     let slack = (config.slack.signing_secret.is_some() || config.slack.bot_token.is_some())
         .then(|| Arc::new(SlackClient::new(config.slack.clone())));
+    let operator = firebreak_domain::access::Role::Operator;
     if config.slack.signing_secret.is_some()
+        && config.slack.default_role < operator
+        && config.slack.roles.values().all(|r| *r < operator)
         && config.slack.allowed_users.is_empty()
         && config.slack.allowed_groups.is_empty()
     {
-        tracing::warn!("Slack commands are on but slack.allowed_users and slack.allowed_groups are empty: nobody may run killswitch, rollback, pause/resume or approve");
+        tracing::warn!("Slack commands are on but no Slack user or group has the operator role (slack.roles, slack.default_role): nobody may run killswitch, rollback, pause/resume or approve from Slack");
     }
     let postmortems = store
         .as_ref()
