@@ -440,7 +440,7 @@ async fn failed_gate_rollback_waits_for_approval_then_calls_argocd_once() {
     write(
         &books,
         "canary-rollback.yaml",
-        &repo_playbook("canary-rollback.yaml"),
+        &repo_playbook("with-argocd/canary-rollback.yaml"),
     );
     let config = dir.path().join("firebreak.toml");
     std::fs::write(
