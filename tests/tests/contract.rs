@@ -157,6 +157,11 @@ contract!(
     history_reads_back_what_was_stored,
     unknown_stored_values_are_errors_naming_row_and_column,
     a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once,
+    tokens_users_and_sessions,
+    flags_import_lock_and_note_evaluations,
+    previous_state_is_noted_once_under_the_lease,
+    rollouts_are_kept_run_by_run_with_their_events,
+    causes_times_heads_and_insights_read_back,
 );
 
 async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
@@ -1632,5 +1637,452 @@ async fn a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once(h: &H
     assert_eq!(
         h.store.action(a.id).await.unwrap().previous_enabled(),
         Some(true)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// One case per concern for the methods the cases above reach only through the
+// engine or not at all. The batch writes (`BatchTx`: alerts, incidents,
+// deploys, gates, logs, timeline entries, resolution) are the engine's and
+// are covered through `Harness::process` above; `every_store_method_has_a_case`
+// keeps the list honest.
+
+async fn tokens_users_and_sessions(h: &Harness) {
+    use firebreak_domain::access::{Role, Scope};
+    let now = Utc::now();
+    let a = audit_row("token_created");
+    assert_eq!(h.store.count_credentials(now).await.unwrap(), 0);
+    let token = h
+        .store
+        .create_token(
+            &firebreak_store::NewToken {
+                id: "abc123".into(),
+                name: "alertmanager".into(),
+                secret_hash: "hash-of-secret".into(),
+                scopes: vec![Scope::Ingest],
+                created_by: "test".into(),
+                at: now,
+                expires_at: None,
+            },
+            &a,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (token.name.as_str(), token.scopes.clone()),
+        ("alertmanager", vec![Scope::Ingest])
+    );
+    let (row, hash) = h.store.token_secret("abc123").await.unwrap().unwrap();
+    assert_eq!(
+        (row.id.as_str(), hash.as_str()),
+        ("abc123", "hash-of-secret")
+    );
+    assert!(h.store.token_secret("nope").await.unwrap().is_none());
+    h.store.touch_token("abc123", now).await.unwrap();
+    let listed = h.store.list_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].last_used_at.is_some(), "{listed:?}");
+    assert_eq!(h.store.count_credentials(now).await.unwrap(), 1);
+    assert!(h.store.revoke_token("alertmanager", &a).await.unwrap());
+    assert!(
+        !h.store.revoke_token("alertmanager", &a).await.unwrap(),
+        "once"
+    );
+    assert!(h.store.list_tokens().await.unwrap()[0].revoked_at.is_some());
+    assert_eq!(h.store.count_credentials(now).await.unwrap(), 0);
+
+    let user = h
+        .store
+        .create_user("ana", "argon2-hash", Role::Operator, &a)
+        .await
+        .unwrap();
+    assert_eq!((user.username.as_str(), user.role), ("ana", Role::Operator));
+    assert!(matches!(
+        h.store.create_user("ana", "x", Role::Viewer, &a).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (u, hash) = h.store.user_secret("ana").await.unwrap().unwrap();
+    assert_eq!((u.username.as_str(), hash.as_str()), ("ana", "argon2-hash"));
+    assert_eq!(h.store.list_users().await.unwrap().len(), 1);
+    assert_eq!(h.store.count_credentials(now).await.unwrap(), 1);
+    let later = now + Duration::hours(12);
+    h.store
+        .create_session("session-hash", "ana", "csrf", now, later)
+        .await
+        .unwrap();
+    let s = h.store.session("session-hash", now).await.unwrap().unwrap();
+    assert_eq!(
+        (s.user.username.as_str(), s.csrf_token.as_str()),
+        ("ana", "csrf")
+    );
+    assert!(
+        h.store
+            .session("session-hash", later + Duration::seconds(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    h.store.delete_session("session-hash").await.unwrap();
+    assert!(h
+        .store
+        .session("session-hash", now)
+        .await
+        .unwrap()
+        .is_none());
+    h.store
+        .create_session("second", "ana", "csrf2", now, later)
+        .await
+        .unwrap();
+    assert!(h.store.disable_user("ana", &a).await.unwrap());
+    assert!(
+        h.store.session("second", now).await.unwrap().is_none(),
+        "disabling ends sessions"
+    );
+    assert!(h.store.list_users().await.unwrap()[0].disabled_at.is_some());
+    assert_eq!(h.store.count_credentials(now).await.unwrap(), 0);
+}
+
+async fn flags_import_lock_and_note_evaluations(h: &Harness) {
+    let def: firebreak_domain::flagd::FlagDefinition = serde_json::from_value(json!({
+        "state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on",
+        "metadata": {"team": "payments"}
+    }))
+    .unwrap();
+    h.store
+        .import_flags(
+            &[("pay.flow".into(), def.clone())],
+            "test",
+            &audit_row("flags_imported"),
+        )
+        .await
+        .unwrap();
+    let f = h.store.flag("pay.flow").await.unwrap();
+    assert_eq!(
+        (f.enabled, f.definition.as_ref()),
+        (false, Some(&def)),
+        "enabled follows state"
+    );
+    assert!(f.created_at.is_some() && f.last_evaluated_at.is_none());
+    // Evaluations are noted; an older time never moves it back.
+    let t1 = t("2026-11-23T15:00:00Z");
+    h.store
+        .flags_evaluated(&[("pay.flow".into(), t1)])
+        .await
+        .unwrap();
+    h.store
+        .flags_evaluated(&[
+            ("pay.flow".into(), t1 - Duration::hours(1)),
+            ("missing".into(), t1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.flag("pay.flow").await.unwrap().last_evaluated_at,
+        Some(t1)
+    );
+    // Read under a lock, written back whole, in one transaction.
+    let mut tx = h.store.begin().await.unwrap();
+    let mut row = tx.flag_for_update("pay.flow").await.unwrap().unwrap();
+    assert!(tx.flag_for_update("nope").await.unwrap().is_none());
+    row.enabled = true;
+    row.owner = Some("team-pay".into());
+    row.description = Some("the new payment flow".into());
+    tx.put_flag(&row).await.unwrap();
+    tx.commit().await.unwrap();
+    let f = h.store.flag("pay.flow").await.unwrap();
+    assert_eq!(
+        (
+            f.enabled,
+            f.owner.as_deref(),
+            f.description.as_deref(),
+            f.definition.as_ref()
+        ),
+        (
+            true,
+            Some("team-pay"),
+            Some("the new payment flow"),
+            Some(&def)
+        )
+    );
+    assert_eq!(h.store.list_flags().await.unwrap().len(), 1);
+}
+
+async fn previous_state_is_noted_once_under_the_lease(h: &Harness) {
+    h.store
+        .set_flag("f.lease", true, None, "t", &audit_row("flag_set"))
+        .await
+        .unwrap();
+    let mut tx = h.store.begin().await.unwrap();
+    let rows = tx
+        .insert_actions(&[new_action("lease-note", "flag:builtin:f.lease")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let id = rows[0].id;
+    let now = Utc::now();
+    let (claimed, _) = h
+        .store
+        .claim_action(now, now + Duration::seconds(30), "owner-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, id);
+    let mut tx = h.store.begin().await.unwrap();
+    assert!(
+        !tx.note_previous_state(id, "owner-b", &json!({"enabled": false}))
+            .await
+            .unwrap(),
+        "not the lease holder"
+    );
+    assert!(tx
+        .note_previous_state(id, "owner-a", &json!({"enabled": true}))
+        .await
+        .unwrap());
+    assert!(tx
+        .note_previous_state(id, "owner-a", &json!({"enabled": false}))
+        .await
+        .unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(
+        h.store.action(id).await.unwrap().previous_state,
+        Some(json!({"enabled": true})),
+        "the first kept"
+    );
+}
+
+async fn rollouts_are_kept_run_by_run_with_their_events(h: &Harness) {
+    use firebreak_domain::rollout::{RolloutPlan, RolloutStatus};
+    let plan: RolloutPlan = serde_json::from_value(json!({
+        "service": "checkout", "steps": [{"percent": 10}, {"percent": 50, "hold": "10m"}]
+    }))
+    .unwrap();
+    let at = t("2026-11-23T15:00:00Z");
+    let mut tx = h.store.begin().await.unwrap();
+    let r = tx
+        .insert_rollout(&firebreak_store::NewRollout {
+            flag: "checkout.new-flow".into(),
+            plan: plan.clone(),
+            created_by: "user:ana".into(),
+            at,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.step, r.generation),
+        (RolloutStatus::Running, None, 0)
+    );
+    tx.commit().await.unwrap();
+    // A second active rollout of the flag is refused (its transaction is
+    // spent: PostgreSQL aborts it).
+    let mut tx = h.store.begin().await.unwrap();
+    assert!(
+        matches!(
+            tx.insert_rollout(&firebreak_store::NewRollout {
+                flag: "checkout.new-flow".into(),
+                plan: plan.clone(),
+                created_by: "user:ana".into(),
+                at,
+            })
+            .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "one active rollout per flag"
+    );
+    drop(tx);
+    let mut tx = h.store.begin().await.unwrap();
+    assert_eq!(tx.active_rollouts().await.unwrap().len(), 1);
+    let mut change = firebreak_store::RolloutChange::at(at + Duration::minutes(1));
+    change.step = Some(Some(0));
+    change.step_started_at = Some(Some(at + Duration::minutes(1)));
+    change.generation = Some(0);
+    let moved = tx
+        .update_rollout(r.id, &[RolloutStatus::Running], &change)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.step, Some(0));
+    let mut stale = firebreak_store::RolloutChange::at(at + Duration::minutes(2));
+    stale.generation = Some(1);
+    stale.status = Some(RolloutStatus::Paused);
+    assert!(
+        tx.update_rollout(r.id, &[RolloutStatus::Running], &stale)
+            .await
+            .unwrap()
+            .is_none(),
+        "another run: nothing"
+    );
+    let event = |ref_id: &str, summary: &str| firebreak_store::RolloutEvent {
+        rollout_id: r.id,
+        at,
+        kind: "step".into(),
+        actor: "engine".into(),
+        summary: summary.into(),
+        ref_id: ref_id.into(),
+    };
+    tx.insert_rollout_events(&[event("s0", "10 %"), event("s0", "10 % again")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let events = h.store.rollout_events(r.id).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.summary.as_str())
+            .collect::<Vec<_>>(),
+        ["10 %"],
+        "once per ref"
+    );
+    assert_eq!(h.store.rollout(r.id).await.unwrap().step, Some(0));
+    assert!(matches!(
+        h.store.rollout(r.id + 1000).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        h.store
+            .list_rollouts(Some("checkout.new-flow"), true, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(h
+        .store
+        .list_rollouts(Some("other"), false, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let service_event = |ref_id: &str| firebreak_store::ServiceEvent {
+        service: "checkout".into(),
+        at,
+        kind: "gate_consulted".into(),
+        source: "flagger".into(),
+        summary: "go on".into(),
+        ref_id: ref_id.into(),
+    };
+    h.store
+        .record_service_events(&[service_event("a"), service_event("a"), service_event("b")])
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .service_timeline("checkout", 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(h
+        .store
+        .service_timeline("search", 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn causes_times_heads_and_insights_read_back(h: &Harness) {
+    h.process(
+        EventKind::Deploy,
+        json!({"id": "d-cause", "service": "checkout", "environment": "prod", "version": "v2",
+               "status": "succeeded", "started_at": "2026-11-23T13:55:00Z"}),
+    )
+    .await;
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("eeee000000000001", "checkout")]),
+    )
+    .await;
+    let id = h.incidents().await[0].id;
+    assert!(
+        h.store.postmortem(id).await.unwrap().is_none(),
+        "no draft yet"
+    );
+    let times = h.store.incident_times(&[id]).await.unwrap();
+    assert_eq!(times.len(), 1);
+    assert_eq!(times[0].suspect_at, Some(t("2026-11-23T13:55:00Z")));
+    assert!(times[0].mitigated_at.is_none());
+    let a = audit_row("cause_marked");
+    assert!(h
+        .store
+        .set_cause(id, "d-cause", Some(true), &a, &[])
+        .await
+        .unwrap());
+    assert_eq!(
+        h.store.incident_overview(id).await.unwrap().causes["d-cause"].cause,
+        true
+    );
+    assert!(!h
+        .store
+        .set_cause(id, "no-such-deploy", Some(true), &a, &[])
+        .await
+        .unwrap());
+    let (deploys, incidents) = h
+        .store
+        .insights_data(
+            t("2026-11-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            Some("checkout"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deploys.len(), 1);
+    assert_eq!(incidents.len(), 1);
+    let (head, hash) = h.store.audit_hash_at(None).await.unwrap().unwrap();
+    assert!(hash.is_some());
+    assert_eq!(
+        h.store.audit_hash_at(Some(head)).await.unwrap().unwrap().1,
+        hash
+    );
+}
+
+/// Every store method is named by a case in this file, or is one of the
+/// engine's batch writes exercised through `Harness::process`.
+#[test]
+fn every_store_method_has_a_case() {
+    let lib = include_str!("../../services/store/src/lib.rs");
+    let this = include_str!("contract.rs");
+    let traits = &lib[lib.find("pub trait IncidentStore").unwrap()..lib.find("mod tests").unwrap()];
+    let through_the_engine = [
+        "lock_groups",
+        "existing_alert_ids",
+        "latest_incidents",
+        "open_incidents",
+        "reopen_incidents",
+        "insert_alerts",
+        "upsert_incident_alerts",
+        "insert_deploys",
+        "insert_gates",
+        "insert_logs",
+        "deploys_between",
+        "gates_between",
+        "open_incidents_for",
+        "open_incidents_with_flag",
+        "find_deploy",
+        "incidents_of_deploys",
+        "attach_changes",
+        "attach_gates",
+        "insert_timeline",
+        "resolvable_incidents",
+        "resolve_incidents",
+    ];
+    let mut missing = Vec::new();
+    for line in traits.lines() {
+        let Some(rest) = line
+            .trim()
+            .strip_prefix("async fn ")
+            .or_else(|| line.trim().strip_prefix("fn "))
+        else {
+            continue;
+        };
+        let name = rest.split(['(', '<']).next().unwrap();
+        if !this.contains(&format!(".{name}(")) && !through_the_engine.contains(&name) {
+            missing.push(name.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "store methods without a contract case: {missing:?}"
     );
 }

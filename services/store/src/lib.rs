@@ -22,19 +22,30 @@ use serde::Serialize;
 
 mod migrate;
 pub mod postgres;
-pub mod remediation;
+/// Every store trait, for `use firebreak_store::prelude::*` where a store is
+/// implemented or used generically (`dyn Store` and `dyn StoreTx` callers
+/// need no import: a trait object has its supertraits' methods).
+pub mod prelude {
+    pub use crate::{
+        AccessStore, ActionStore, BatchTx, FlagStore, IncidentStore, InsightStore, PostmortemStore,
+        RemediationTx, SlackStore, Store, StoreTx,
+    };
+}
+mod access;
+mod rows;
 mod sql;
 pub mod sqlite;
 
+pub use access::{NewToken, SessionRow, TokenRow, UserRow};
 pub use firebreak_domain::action::{ActionRow, ActionStatus, NewAction};
 pub use firebreak_domain::rollout::{Rollout, RolloutStatus};
 pub use postgres::PgStore;
-pub use remediation::{
+pub use rows::{
     ActionChange, ActionFilter, AuditCheck, AuditFilter, AuditRow, FlagRow, History, IncidentTimes,
-    LogRow, NewAudit, NewToken, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome,
-    SessionRow, SlackClaim, TimelineEvent, TokenRow, UserRow, SETTING_PAUSED,
+    LogRow, NewAudit, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome, SlackClaim,
+    TimelineEvent, SETTING_PAUSED,
 };
-pub use remediation::{NewRollout, RolloutChange, RolloutEvent, ServiceEvent};
+pub use rows::{NewRollout, RolloutChange, RolloutEvent, ServiceEvent};
 pub use sql::{keyed_audit_hash, set_audit_key};
 pub use sqlite::SqliteStore;
 
@@ -216,15 +227,10 @@ pub struct IncidentDetail {
     pub timeline_entries: i64,
 }
 
+/// Incidents as people read them: lists, one incident, its timeline, its
+/// logs, a person's resolution and word on a cause.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// `postgres` or `sqlite`.
-    fn backend(&self) -> &'static str;
-    /// Applies pending migrations; refuses if an applied one was changed.
-    async fn migrate(&self) -> Result<()>;
-    async fn ping(&self) -> Result<()>;
-    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
-
+pub trait IncidentStore: Send + Sync {
     async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRow>>;
     async fn incident(&self, id: i64) -> Result<IncidentDetail>;
     /// The incident without its alert rows: their count, how many fire and
@@ -232,9 +238,54 @@ pub trait Store: Send + Sync + 'static {
     async fn incident_overview(&self, id: i64) -> Result<IncidentOverview>;
     async fn timeline(&self, incident_id: i64, limit: i64, offset: i64)
         -> Result<Vec<TimelineRow>>;
-    /// Events stored per kind, for tests and operators: (alerts, deploys, gates, log lines).
-    async fn event_counts(&self) -> Result<[i64; 4]>;
+    /// Timeline table entries after `after_seq` whose kind is one of `kinds`, in order.
+    async fn timeline_since(
+        &self,
+        after_seq: i64,
+        kinds: &[&str],
+        limit: i64,
+    ) -> Result<Vec<TimelineEvent>>;
+    /// The moments durations are measured between, for these incidents.
+    async fn incident_times(&self, ids: &[i64]) -> Result<Vec<IncidentTimes>>;
+    /// Resolves an open incident now, whatever its alerts say (a person
+    /// decided); writes the audit row and timeline entries with it. `false`
+    /// when it was not open.
+    async fn resolve_incident_manually(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool>;
+    /// Records a person's word on whether a linked change caused the
+    /// incident (`None` clears it), with its audit row and timeline entry;
+    /// `false` when the change is not linked to the incident.
+    async fn set_cause(
+        &self,
+        incident_id: i64,
+        deploy_id: &str,
+        cause: Option<bool>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool>;
+    /// Streams the log lines of a service (any environment when `None`) in
+    /// [from, to] to `each`, in time order, at most `limit` of them, without
+    /// holding them; returns how many.
+    async fn scan_logs(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: Option<i64>,
+        each: &mut (dyn FnMut(LogRow) + Send),
+    ) -> Result<u64>;
+}
 
+/// Actions through their life (claimed by executors under leases, moved
+/// between statuses) and the audit trail they leave.
+#[async_trait]
+pub trait ActionStore: Send + Sync {
     /// Claims the oldest action ready to run (pending and due, or running or
     /// reverting with an expired lease) whose target nothing else holds, under
     /// a lease held by `owner`. Returns it with `true` when its lease had
@@ -281,6 +332,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     /// Writes audit rows and timeline entries in one transaction.
     async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()>;
+    /// Recomputes the audit trail's hash chain and names the first row that
+    /// does not match.
+    async fn verify_audit(&self) -> Result<AuditCheck>;
+    /// The id and hash of audit row `id`, or of the last row (`None`).
+    async fn audit_hash_at(&self, id: Option<i64>) -> Result<Option<(i64, Option<String>)>>;
+}
+
+/// Built-in flags, guarded rollouts and the service timeline they write.
+#[async_trait]
+pub trait FlagStore: Send + Sync {
     async fn list_flags(&self) -> Result<Vec<FlagRow>>;
     async fn flag(&self, key: &str) -> Result<FlagRow>;
     /// Creates or replaces flags from flagd definitions in one transaction
@@ -329,94 +390,11 @@ pub trait Store: Send + Sync + 'static {
     async fn record_service_events(&self, events: &[ServiceEvent]) -> Result<()>;
     /// A service's timeline, newest first, at most `limit` entries.
     async fn service_timeline(&self, service: &str, limit: i64) -> Result<Vec<ServiceEvent>>;
-    /// What insights are computed from: deploys with a final status since
-    /// `from` (later ones too: they restore earlier failures), and incidents
-    /// opened in [from, to) with their linked changes and when a kill switch
-    /// or rollback first ran for them; of one service and environment when given.
-    async fn insights_data(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        service: Option<&str>,
-        environment: Option<&str>,
-    ) -> Result<(
-        Vec<firebreak_domain::insights::Deployment>,
-        Vec<firebreak_domain::insights::IncidentRecord>,
-    )>;
-    /// Records a person's word on whether a linked change caused the
-    /// incident (`None` clears it), with its audit row and timeline entry;
-    /// `false` when the change is not linked to the incident.
-    async fn set_cause(
-        &self,
-        incident_id: i64,
-        deploy_id: &str,
-        cause: Option<bool>,
-        audit: &NewAudit,
-        timeline: &[NewEntry],
-    ) -> Result<bool>;
-    async fn setting(&self, key: &str) -> Result<Option<String>>;
-    async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
-    /// Alerts, deploys and gates stored since `since`, oldest first.
-    async fn history_since(&self, since: DateTime<Utc>) -> Result<History>;
+}
 
-    /// Resolves an open incident now, whatever its alerts say (a person
-    /// decided); writes the audit row and timeline entries with it. `false`
-    /// when it was not open.
-    async fn resolve_incident_manually(
-        &self,
-        id: i64,
-        at: DateTime<Utc>,
-        audit: &NewAudit,
-        timeline: &[NewEntry],
-    ) -> Result<bool>;
-    /// Claims the Slack announcement of timeline entry `seq` at `at`. A
-    /// claim made before `stale_before` and never posted was left by a
-    /// process that stopped mid-way: it is taken over (the outbox's
-    /// at-least-once).
-    async fn claim_slack_message(
-        &self,
-        seq: i64,
-        incident_id: i64,
-        at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-    ) -> Result<SlackClaim>;
-    async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()>;
-    /// Gives a claim back after a failed post, so it is tried again.
-    async fn release_slack_message(&self, seq: i64) -> Result<()>;
-    /// The channel and ts of an incident's first posted message: its thread.
-    async fn slack_thread(&self, incident_id: i64) -> Result<Option<(String, String)>>;
-    /// Sets a setting with no audit row (bookkeeping such as cursors).
-    async fn put_setting(&self, key: &str, value: &str) -> Result<()>;
-    /// Timeline table entries after `after_seq` whose kind is one of `kinds`, in order.
-    async fn timeline_since(
-        &self,
-        after_seq: i64,
-        kinds: &[&str],
-        limit: i64,
-    ) -> Result<Vec<TimelineEvent>>;
-
-    async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>>;
-    /// Writes a new revision if the document is at `expected_revision` (or
-    /// does not exist, for `None`); otherwise writes nothing.
-    async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome>;
-    async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>>;
-    /// Resolved incidents that have no postmortem yet, oldest first.
-    async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
-    /// Streams the log lines of a service (any environment when `None`) in
-    /// [from, to] to `each`, in time order, at most `limit` of them, without
-    /// holding them; returns how many.
-    async fn scan_logs(
-        &self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: Option<i64>,
-        each: &mut (dyn FnMut(LogRow) + Send),
-    ) -> Result<u64>;
-    /// The moments durations are measured between, for these incidents.
-    async fn incident_times(&self, ids: &[i64]) -> Result<Vec<IncidentTimes>>;
-    // --- access -------------------------------------------------------------
+/// Who may do what: machine tokens, local users, browser sessions.
+#[async_trait]
+pub trait AccessStore: Send + Sync {
     /// Stores a token (a duplicate name is `Conflict`), with its audit row.
     async fn create_token(&self, token: &NewToken, audit: &NewAudit) -> Result<TokenRow>;
     /// A token and its secret hash, by its public id.
@@ -452,44 +430,98 @@ pub trait Store: Send + Sync + 'static {
     /// A live session (not expired, its user enabled).
     async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRow>>;
     async fn delete_session(&self, id_hash: &str) -> Result<()>;
-    /// Recomputes the audit trail's hash chain and names the first row that
-    /// does not match.
-    async fn verify_audit(&self) -> Result<AuditCheck>;
-    /// The id and hash of audit row `id`, or of the last row (`None`).
-    async fn audit_hash_at(&self, id: Option<i64>) -> Result<Option<(i64, Option<String>)>>;
+}
 
+/// Postmortem documents and their revisions.
+#[async_trait]
+pub trait PostmortemStore: Send + Sync {
+    async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>>;
+    /// Writes a new revision if the document is at `expected_revision` (or
+    /// does not exist, for `None`); otherwise writes nothing.
+    async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome>;
+    async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>>;
+    /// Resolved incidents that have no postmortem yet, oldest first.
+    async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
+}
+
+/// What the insights are computed from.
+#[async_trait]
+pub trait InsightStore: Send + Sync {
+    /// What insights are computed from: deploys with a final status since
+    /// `from` (later ones too: they restore earlier failures), and incidents
+    /// opened in [from, to) with their linked changes and when a kill switch
+    /// or rollback first ran for them; of one service and environment when given.
+    async fn insights_data(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        service: Option<&str>,
+        environment: Option<&str>,
+    ) -> Result<(
+        Vec<firebreak_domain::insights::Deployment>,
+        Vec<firebreak_domain::insights::IncidentRecord>,
+    )>;
+}
+
+/// The Slack outbox: one thread per incident, messages claimed once.
+#[async_trait]
+pub trait SlackStore: Send + Sync {
+    /// Claims the Slack announcement of timeline entry `seq` at `at`. A
+    /// claim made before `stale_before` and never posted was left by a
+    /// process that stopped mid-way: it is taken over (the outbox's
+    /// at-least-once).
+    async fn claim_slack_message(
+        &self,
+        seq: i64,
+        incident_id: i64,
+        at: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<SlackClaim>;
+    async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()>;
+    /// Gives a claim back after a failed post, so it is tried again.
+    async fn release_slack_message(&self, seq: i64) -> Result<()>;
+    /// The channel and ts of an incident's first posted message: its thread.
+    async fn slack_thread(&self, incident_id: i64) -> Result<Option<(String, String)>>;
+}
+
+/// The whole store, one concern per trait: what a process holds as
+/// `Arc<dyn Store>`; this trait itself holds the connection's life and the
+/// settings.
+#[async_trait]
+pub trait Store:
+    IncidentStore
+    + ActionStore
+    + FlagStore
+    + AccessStore
+    + PostmortemStore
+    + InsightStore
+    + SlackStore
+    + Send
+    + Sync
+    + 'static
+{
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations; refuses if an applied one was changed.
+    async fn migrate(&self) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+    /// Events stored per kind, for tests and operators: (alerts, deploys, gates, log lines).
+    async fn event_counts(&self) -> Result<[i64; 4]>;
+    async fn setting(&self, key: &str) -> Result<Option<String>>;
+    async fn set_setting(&self, key: &str, value: &str, audit: &NewAudit) -> Result<()>;
+    /// Sets a setting with no audit row (bookkeeping such as cursors).
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()>;
+    /// Alerts, deploys and gates stored since `since`, oldest first.
+    async fn history_since(&self, since: DateTime<Utc>) -> Result<History>;
     async fn close(&self);
 }
 
 /// The write side: one transaction. Dropping it without `commit` rolls back.
+/// What the engine writes while it applies a batch of events: alerts,
+/// incidents, deploys, gates, logs, timeline entries.
 #[async_trait]
-pub trait StoreTx: Send {
-    /// A flag, locked for the rest of the transaction (PostgreSQL).
-    async fn flag_for_update(&mut self, key: &str) -> Result<Option<FlagRow>>;
-    /// Creates or replaces a flag row whole.
-    async fn put_flag(&mut self, flag: &FlagRow) -> Result<()>;
-    /// Records an action's state before it acts, once, while `owner` holds
-    /// its running lease; `false` when it does not (nothing written).
-    async fn note_previous_state(
-        &mut self,
-        id: i64,
-        owner: &str,
-        state: &serde_json::Value,
-    ) -> Result<bool>;
-    /// Creates a rollout (`Conflict` when the flag has an active one).
-    async fn insert_rollout(&mut self, rollout: &NewRollout) -> Result<Rollout>;
-    /// Running and paused rollouts.
-    async fn active_rollouts(&mut self) -> Result<Vec<Rollout>>;
-    /// Changes a rollout if its status is one of `from` (and its generation
-    /// is `change.generation`, when given); `None`: it was not, nothing written.
-    async fn update_rollout(
-        &mut self,
-        id: i64,
-        from: &[RolloutStatus],
-        change: &RolloutChange,
-    ) -> Result<Option<Rollout>>;
-    /// Adds entries to rollouts' timelines; one per (rollout, ref_id).
-    async fn insert_rollout_events(&mut self, events: &[RolloutEvent]) -> Result<()>;
+pub trait BatchTx: Send {
     /// Serializes work on the same incident groups across processes (PostgreSQL
     /// advisory locks, taken in sorted order; SQLite has one writer anyway).
     async fn lock_groups(&mut self, keys: &[i64]) -> Result<()>;
@@ -553,6 +585,38 @@ pub trait StoreTx: Send {
     /// Resolves these incidents if they are still open with nothing firing;
     /// returns the ids it resolved.
     async fn resolve_incidents(&mut self, incidents: &[(i64, DateTime<Utc>)]) -> Result<Vec<i64>>;
+}
+
+/// What remediation reads and writes inside a transaction: flags under a
+/// lock, rollouts, action rows, the audit trail.
+#[async_trait]
+pub trait RemediationTx: Send {
+    /// A flag, locked for the rest of the transaction (PostgreSQL).
+    async fn flag_for_update(&mut self, key: &str) -> Result<Option<FlagRow>>;
+    /// Creates or replaces a flag row whole.
+    async fn put_flag(&mut self, flag: &FlagRow) -> Result<()>;
+    /// Records an action's state before it acts, once, while `owner` holds
+    /// its running lease; `false` when it does not (nothing written).
+    async fn note_previous_state(
+        &mut self,
+        id: i64,
+        owner: &str,
+        state: &serde_json::Value,
+    ) -> Result<bool>;
+    /// Creates a rollout (`Conflict` when the flag has an active one).
+    async fn insert_rollout(&mut self, rollout: &NewRollout) -> Result<Rollout>;
+    /// Running and paused rollouts.
+    async fn active_rollouts(&mut self) -> Result<Vec<Rollout>>;
+    /// Changes a rollout if its status is one of `from` (and its generation
+    /// is `change.generation`, when given); `None`: it was not, nothing written.
+    async fn update_rollout(
+        &mut self,
+        id: i64,
+        from: &[RolloutStatus],
+        change: &RolloutChange,
+    ) -> Result<Option<Rollout>>;
+    /// Adds entries to rollouts' timelines; one per (rollout, ref_id).
+    async fn insert_rollout_events(&mut self, events: &[RolloutEvent]) -> Result<()>;
     /// Claims actions; returns the rows that were new (a dedupe key seen before
     /// claims nothing).
     async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>>;
@@ -562,6 +626,12 @@ pub trait StoreTx: Send {
     async fn open_actions_on(&mut self, target: &str) -> Result<Vec<ActionRow>>;
     async fn tx_setting(&mut self, key: &str) -> Result<Option<String>>;
     async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()>;
+}
+
+/// One transaction: the engine's batch writes and remediation's, committed
+/// together.
+#[async_trait]
+pub trait StoreTx: BatchTx + RemediationTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 

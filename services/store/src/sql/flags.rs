@@ -1,0 +1,210 @@
+//! `FlagStore` over any dialect: built-in flags, guarded rollouts, the
+//! service timeline.
+
+use super::*;
+
+#[async_trait]
+impl<D: Dialect> FlagStore for Db<D> {
+    async fn list_flags(&self) -> Result<Vec<FlagRow>> {
+        let rows = self
+            .d
+            .read(q(format!("SELECT {FLAG_COLUMNS} FROM flags ORDER BY key")))
+            .await?;
+        decode(&rows, flag_row)
+    }
+
+    async fn flag(&self, key: &str) -> Result<FlagRow> {
+        let rows = self
+            .d
+            .read(q(format!("SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1")).bind(key))
+            .await?;
+        flag_row(rows.first().ok_or(StoreError::NotFound)?)
+    }
+
+    async fn import_flags(
+        &self,
+        flags: &[(String, firebreak_domain::flagd::FlagDefinition)],
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<()> {
+        use firebreak_domain::flagd::FlagState;
+        let mut tx = self.d.begin().await?;
+        for (key, definition) in flags {
+            let text = serde_json::to_string(definition)
+                .map_err(|e| StoreError::Internal(format!("encoding flag {key}: {e}")))?;
+            tx.execute(upsert_flag(
+                key,
+                definition.state == FlagState::Enabled,
+                None,
+                Some(text),
+                None,
+                audit.at,
+                by,
+                None,
+            ))
+            .await?;
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await
+    }
+
+    async fn set_flag(
+        &self,
+        key: &str,
+        enabled: bool,
+        description: Option<&str>,
+        by: &str,
+        audit: &NewAudit,
+    ) -> Result<Option<bool>> {
+        Ok(self
+            .write_flag(key, enabled, description, by, audit, None)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn set_flag_for_action(
+        &self,
+        key: &str,
+        enabled: bool,
+        audit: &NewAudit,
+        action_id: i64,
+        owner: &str,
+    ) -> Result<Option<Option<bool>>> {
+        self.write_flag(
+            key,
+            enabled,
+            None,
+            &audit.actor,
+            audit,
+            Some((action_id, owner)),
+        )
+        .await
+    }
+
+    async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(q("DELETE FROM flags WHERE key = $1").bind(key))
+            .await?;
+        if n > 0 {
+            write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn flags_evaluated(&self, seen: &[(String, DateTime<Utc>)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.d.begin().await?;
+        for (key, at) in seen {
+            tx.execute(
+                q("UPDATE flags SET last_evaluated_at = $2
+                   WHERE key = $1 AND (last_evaluated_at IS NULL OR last_evaluated_at < $2)")
+                .bind(key.as_str())
+                .bind(*at),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn rollout(&self, id: i64) -> Result<Rollout> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
+                ))
+                .bind(id),
+            )
+            .await?;
+        rollout_row(rows.first().ok_or(StoreError::NotFound)?)
+    }
+
+    async fn list_rollouts(
+        &self,
+        flag: Option<&str>,
+        active_only: bool,
+        limit: i64,
+    ) -> Result<Vec<Rollout>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+                     WHERE ($1 IS NULL OR flag = $1)
+                       AND ($2 = 0 OR status IN ('running', 'paused'))
+                     ORDER BY id DESC LIMIT $3"
+                ))
+                .bind(flag)
+                .bind(i64::from(active_only))
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, rollout_row)
+    }
+
+    async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>> {
+        let rows = self
+            .d
+            .read(
+                q(
+                    "SELECT rollout_id, at, kind, actor, summary, ref_id FROM rollout_events
+                   WHERE rollout_id = $1 ORDER BY at, id LIMIT 10000",
+                )
+                .bind(id),
+            )
+            .await?;
+        decode(&rows, rollout_event_row)
+    }
+
+    async fn record_service_events(&self, events: &[ServiceEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.d.begin().await?;
+        for e in events {
+            tx.execute(
+                q(
+                    "INSERT INTO service_timeline (service, at, kind, source, summary, ref_id)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (service, ref_id) DO NOTHING",
+                )
+                .bind(e.service.as_str())
+                .bind(e.at)
+                .bind(e.kind.as_str())
+                .bind(e.source.as_str())
+                .bind(e.summary.as_str())
+                .bind(e.ref_id.as_str()),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn service_timeline(&self, service: &str, limit: i64) -> Result<Vec<ServiceEvent>> {
+        let rows = self
+            .d
+            .read(
+                q(
+                    "SELECT service, at, kind, source, summary, ref_id FROM service_timeline
+                   WHERE service = $1 ORDER BY at DESC, id DESC LIMIT $2",
+                )
+                .bind(service)
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(ServiceEvent {
+                service: r.text("service")?,
+                at: r.time("at")?,
+                kind: r.text("kind")?,
+                source: r.text("source")?,
+                summary: r.text("summary")?,
+                ref_id: r.text("ref_id")?,
+            })
+        })
+    }
+}

@@ -1,0 +1,342 @@
+//! `IncidentStore` over any dialect: incident lists and pages, timelines,
+//! logs, a person's resolution and word on a cause.
+
+use super::*;
+
+#[async_trait]
+impl<D: Dialect> IncidentStore for Db<D> {
+    async fn list_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentRow>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents
+                     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR service = $2)
+                       AND ($3 IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4"
+                ))
+                .bind(&f.status)
+                .bind(&f.service)
+                .bind(f.before_id)
+                .bind(f.limit),
+            )
+            .await?;
+        decode(&rows, incident_row)
+    }
+
+    async fn incident(&self, id: i64) -> Result<IncidentDetail> {
+        let o = self.incident_overview(id).await?;
+        let alerts = self
+            .d
+            .read(
+                q("SELECT fingerprint, alertname, status, labels, starts_at, ends_at FROM incident_alerts
+                   WHERE incident_id = $1 ORDER BY starts_at, fingerprint")
+                .bind(id),
+            )
+            .await?;
+        let alerts = decode(&alerts, |r| {
+            Ok(IncidentAlertRow {
+                fingerprint: r.text("fingerprint")?,
+                alertname: r.text("alertname")?,
+                status: r.text("status")?,
+                labels: r.json("labels")?,
+                starts_at: r.time("starts_at")?,
+                ends_at: r.opt_time("ends_at")?,
+            })
+        })
+        .map_err(in_row("incident_alerts", format!("of incident {id}")))?;
+        Ok(IncidentDetail {
+            incident: o.incident,
+            alerts,
+            changes: o.changes,
+            causes: o.causes,
+            gates: o.gates,
+            timeline_entries: o.timeline_entries,
+        })
+    }
+
+    async fn incident_overview(&self, id: i64) -> Result<IncidentOverview> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"
+                ))
+                .bind(id),
+            )
+            .await?;
+        let incident = incident_row(rows.first().ok_or(StoreError::NotFound)?)?;
+        let alerts = self
+            .d
+            .read(
+                q("SELECT count(*) AS n,
+                          COALESCE(SUM(CASE WHEN status = 'firing' THEN 1 ELSE 0 END), 0) AS firing,
+                          MIN(starts_at) AS first
+                   FROM incident_alerts WHERE incident_id = $1")
+                .bind(id),
+            )
+            .await?;
+        let (alert_count, alerts_firing, first_alert) = match alerts.first() {
+            Some(r) => (r.int("n")?, r.int("firing")?, r.opt_time("first")?),
+            None => (0, 0, None),
+        };
+        let changes = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {DEPLOY_COLUMNS} FROM incident_changes c JOIN deploys d ON d.id = c.deploy_id
+                     WHERE c.incident_id = $1 ORDER BY d.started_at DESC"
+                ))
+                .bind(id),
+            )
+            .await?;
+        let marked = self
+            .d
+            .read(
+                q(
+                    "SELECT deploy_id, CASE WHEN cause THEN 1 ELSE 0 END AS cause_n, cause_by,
+                          cause_at AS cause_at
+                   FROM incident_changes WHERE incident_id = $1 AND cause IS NOT NULL",
+                )
+                .bind(id),
+            )
+            .await?;
+        let mut causes = BTreeMap::new();
+        for r in &marked {
+            let read = || -> Result<(String, ChangeCause)> {
+                Ok((
+                    r.text("deploy_id")?,
+                    ChangeCause {
+                        cause: r.int("cause_n")? == 1,
+                        by: r.opt_text("cause_by")?,
+                        at: r.opt_time("cause_at")?,
+                    },
+                ))
+            };
+            let (deploy, cause) =
+                read().map_err(in_row("incident_changes", format!("of incident {id}")))?;
+            causes.insert(deploy, cause);
+        }
+        let gates = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {GATE_COLUMNS} FROM incident_gates ig JOIN gate_results g ON g.id = ig.gate_id
+                     WHERE ig.incident_id = $1 ORDER BY g.evaluated_at"
+                ))
+                .bind(id),
+            )
+            .await?;
+        let count = self
+            .d
+            .read(
+                q(
+                    "SELECT (SELECT count(*) FROM timeline WHERE incident_id = $1)
+                        + (SELECT count(*) FROM alert_events WHERE incident_id = $1) AS n",
+                )
+                .bind(id),
+            )
+            .await?;
+        Ok(IncidentOverview {
+            incident,
+            alert_count,
+            alerts_firing,
+            first_alert,
+            changes: decode(&changes, deploy_row)?,
+            causes,
+            gates: decode(&gates, gate_row)?,
+            timeline_entries: count.first().map(|r| r.int("n")).transpose()?.unwrap_or(0),
+        })
+    }
+
+    async fn timeline(
+        &self,
+        incident_id: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<TimelineRow>> {
+        // Alert entries come from the alert events themselves; at equal times an
+        // alert sorts before what it caused (seq 0 before any stored entry).
+        let rows = self
+            .d
+            .read(
+                q("SELECT at, seq, kind, source, summary, ref_id, alertname, note FROM (
+                      SELECT occurred_at AS at, 0 AS seq, status AS kind, 'alertmanager' AS source,
+                             NULL AS summary, id AS ref_id, alertname, annotations ->> 'summary' AS note
+                      FROM alert_events WHERE incident_id = $1
+                      UNION ALL
+                      SELECT at, id, kind, source, summary, ref_id, NULL, NULL FROM timeline WHERE incident_id = $1
+                   ) t ORDER BY at, seq, ref_id LIMIT $2 OFFSET $3")
+                .bind(incident_id)
+                .bind(limit)
+                .bind(offset),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(crate::timeline_row(
+                r.time("at")?,
+                r.int("seq")?,
+                r.text("kind")?,
+                r.text("source")?,
+                r.opt_text("summary")?,
+                r.text("ref_id")?,
+                r.opt_text("alertname")?,
+                r.opt_text("note")?,
+            ))
+        })
+    }
+
+    async fn timeline_since(
+        &self,
+        after_seq: i64,
+        kinds: &[&str],
+        limit: i64,
+    ) -> Result<Vec<TimelineEvent>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT id, incident_id, at, kind, source, summary, ref_id FROM timeline
+                     WHERE id > $1 AND {} ORDER BY id LIMIT $3",
+                    <D::Tx as DialectTx>::any("kind", 2)
+                ))
+                .bind(after_seq)
+                .bind(kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>())
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(TimelineEvent {
+                seq: r.int("id")?,
+                incident_id: r.int("incident_id")?,
+                at: r.time("at")?,
+                kind: r.text("kind")?,
+                source: r.text("source")?,
+                summary: r.text("summary")?,
+                ref_id: r.text("ref_id")?,
+            })
+        })
+    }
+
+    async fn incident_times(&self, ids: &[i64]) -> Result<Vec<crate::IncidentTimes>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT i.id,
+                       (SELECT min(al.starts_at) FROM incident_alerts al WHERE al.incident_id = i.id) AS first_alert,
+                       (SELECT max(d.started_at) FROM incident_changes c JOIN deploys d ON d.id = c.deploy_id
+                         WHERE c.incident_id = i.id AND d.started_at <= i.opened_at) AS suspect_at,
+                       (SELECT min(au.at) FROM audit au JOIN actions a ON a.id = au.action_id
+                         WHERE a.incident_id = i.id AND au.event = 'executed'
+                           AND a.kind IN ('kill_switch', 'rollback')) AS mitigated_at,
+                       (SELECT max(al.ends_at) FROM incident_alerts al WHERE al.incident_id = i.id) AS last_end
+                     FROM incidents i WHERE {}",
+                    <D::Tx as DialectTx>::any("i.id", 1)
+                ))
+                .bind(ids.to_vec()),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(crate::IncidentTimes {
+                incident_id: r.int("id")?,
+                first_alert: r.opt_time("first_alert")?,
+                suspect_at: r.opt_time("suspect_at")?,
+                mitigated_at: r.opt_time("mitigated_at")?,
+                last_alert_end: r.opt_time("last_end")?,
+            })
+        })
+    }
+
+    async fn resolve_incident_manually(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q(
+                    "UPDATE incidents SET status = 'resolved', resolved_at = $2, updated_at = $3
+                   WHERE id = $1 AND status = 'open'",
+                )
+                .bind(id)
+                .bind(at)
+                .bind(Utc::now()),
+            )
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_cause(
+        &self,
+        incident_id: i64,
+        deploy_id: &str,
+        cause: Option<bool>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<bool> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q(
+                    "UPDATE incident_changes SET cause = $3, cause_by = $4, cause_at = $5
+                   WHERE incident_id = $1 AND deploy_id = $2",
+                )
+                .bind(incident_id)
+                .bind(deploy_id)
+                .bind(Arg::Bool(cause))
+                .bind(cause.map(|_| audit.actor.clone()))
+                .bind(cause.map(|_| audit.at)),
+            )
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn scan_logs(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: Option<i64>,
+        each: &mut (dyn FnMut(LogRow) + Send),
+    ) -> Result<u64> {
+        let query = q("SELECT at, level, message FROM log_lines
+                       WHERE service = $1 AND ($2 IS NULL OR environment IS NULL OR environment = $2)
+                         AND at BETWEEN $3 AND $4
+                       ORDER BY at LIMIT $5")
+        .bind(service)
+        .bind(environment)
+        .bind(from)
+        .bind(to)
+        .bind(limit.unwrap_or(i64::MAX));
+        self.d
+            .stream(query, &mut |r| {
+                each(LogRow {
+                    at: r.time("at")?,
+                    level: r.opt_text("level")?,
+                    message: r.text("message")?,
+                });
+                Ok(())
+            })
+            .await
+    }
+}

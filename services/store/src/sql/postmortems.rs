@@ -1,0 +1,114 @@
+//! `PostmortemStore` over any dialect: documents and revisions.
+
+use super::*;
+
+#[async_trait]
+impl<D: Dialect> PostmortemStore for Db<D> {
+    async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>> {
+        let rows = self
+            .d
+            .read(
+                q(format!(
+                    "SELECT {POSTMORTEM_COLUMNS} FROM postmortems WHERE incident_id = $1"
+                ))
+                .bind(incident_id),
+            )
+            .await?;
+        rows.first().map(postmortem_row).transpose()
+    }
+
+    async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome> {
+        let mut tx = self.d.begin().await?;
+        let rows = match save.expected_revision {
+            None => {
+                tx.fetch(
+                    q(format!(
+                        "INSERT INTO postmortems ({POSTMORTEM_COLUMNS})
+                         VALUES ($1, 1, $2, $3, COALESCE($4, ''), $5, $5, $6)
+                         ON CONFLICT (incident_id) DO NOTHING
+                         RETURNING {POSTMORTEM_COLUMNS}"
+                    ))
+                    .bind(save.incident_id)
+                    .bind(&save.status)
+                    .bind(&save.markdown)
+                    .bind(&save.generated)
+                    .bind(save.at)
+                    .bind(&save.author),
+                )
+                .await?
+            }
+            Some(expected) => {
+                tx.fetch(
+                    q(format!(
+                        "UPDATE postmortems SET revision = revision + 1, status = $3, markdown = $4,
+                             generated = COALESCE($5, generated), updated_at = $6, updated_by = $7
+                         WHERE incident_id = $1 AND revision = $2
+                         RETURNING {POSTMORTEM_COLUMNS}"
+                    ))
+                    .bind(save.incident_id)
+                    .bind(expected)
+                    .bind(&save.status)
+                    .bind(&save.markdown)
+                    .bind(&save.generated)
+                    .bind(save.at)
+                    .bind(&save.author),
+                )
+                .await?
+            }
+        };
+        let Some(row) = rows.first() else {
+            drop(tx);
+            return Ok(SaveOutcome::Stale(self.postmortem(save.incident_id).await?));
+        };
+        let saved = postmortem_row(row)?;
+        tx.execute(
+            q("INSERT INTO postmortem_revisions (incident_id, revision, kind, status, markdown, author, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(saved.incident_id)
+            .bind(saved.revision)
+            .bind(&save.kind)
+            .bind(&saved.status)
+            .bind(&saved.markdown)
+            .bind(&save.author)
+            .bind(save.at),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SaveOutcome::Saved(saved))
+    }
+
+    async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>> {
+        let rows = self
+            .d
+            .read(
+                q("SELECT revision, kind, status, author, created_at, markdown FROM postmortem_revisions
+                   WHERE incident_id = $1 ORDER BY revision")
+                .bind(incident_id),
+            )
+            .await?;
+        decode(&rows, |r| {
+            Ok(RevisionRow {
+                revision: r.int("revision")?,
+                kind: r.text("kind")?,
+                status: r.text("status")?,
+                author: r.text("author")?,
+                created_at: r.time("created_at")?,
+                markdown: r.text("markdown")?,
+            })
+        })
+    }
+
+    async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>> {
+        let rows = self
+            .d
+            .read(
+                q("SELECT i.id FROM incidents i
+                   WHERE i.status = 'resolved'
+                     AND NOT EXISTS (SELECT 1 FROM postmortems p WHERE p.incident_id = i.id)
+                   ORDER BY i.id LIMIT $1")
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, |r| r.int("id"))
+    }
+}
