@@ -210,7 +210,7 @@ async fn dead_letters_are_listed_counted_and_replayed_onto_their_lane(h: &mut Ha
     // Replaying one puts it back on its own lane; the other stays.
     assert_eq!(
         h.bus
-            .replay_dead_letters(Some(&[urgent_id.clone()]))
+            .replay_dead_letters(Some(std::slice::from_ref(&urgent_id)))
             .await
             .unwrap(),
         1
