@@ -2008,10 +2008,7 @@ async fn causes_times_heads_and_insights_read_back(h: &Harness) {
         .set_cause(id, "d-cause", Some(true), &a, &[])
         .await
         .unwrap());
-    assert_eq!(
-        h.store.incident_overview(id).await.unwrap().causes["d-cause"].cause,
-        true
-    );
+    assert!(h.store.incident_overview(id).await.unwrap().causes["d-cause"].cause);
     assert!(!h
         .store
         .set_cause(id, "no-such-deploy", Some(true), &a, &[])
