@@ -368,7 +368,8 @@ async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
         .iter()
         .find(|e| e["kind"] == "note")
         .unwrap();
-    assert_eq!(note["source"], "slack:u_alice (U_ALICE)");
+    // One source format on every door: the identity that acted.
+    assert_eq!(note["source"], "slack:U_ALICE");
     assert_eq!(
         note["summary"],
         "checked the dashboards: <b>5xx</b> only on /pay"
@@ -738,6 +739,26 @@ async fn slack_marks_the_cause_of_an_incident() {
     assert!(
         r.contains("marked change") && r.contains("as the cause of incident #1"),
         "{r}"
+    );
+    // The timeline names the change by service and version, not only its id.
+    let (_, t) = fb.get("/api/v1/incidents/1/timeline").await;
+    let marked = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "cause_marked")
+        .unwrap()
+        .clone();
+    assert!(
+        marked["summary"]
+            .as_str()
+            .unwrap()
+            .contains("marked change checkout v2 (")
+            && marked["summary"]
+                .as_str()
+                .unwrap()
+                .contains("as the cause: from Slack"),
+        "{marked}"
     );
     let (_, v) = fb.get("/api/v1/insights?service=checkout").await;
     assert_eq!(

@@ -10,7 +10,6 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use firebreak_domain::access::{Identity, Role, Scope};
 use firebreak_domain::duration::Dur;
-use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_store::{NewAudit, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -330,49 +329,13 @@ async fn add_note(
         .filter(|i| *i > 0)
         .ok_or_else(|| bad("id", format!("{id:?} is not an incident id")))?;
     let b: NoteBody = body(&bytes)?;
-    let text = note_text(&b.text).ok_or_else(|| bad("text", "must be 1-3,000 characters"))?;
-    let store = store(&state)?;
-    let entry = match record_note(store, &identity, id, text).await {
-        Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no incident {id}"))),
-        other => other?,
-    };
+    let entry = crate::remediation::remediation(&state)?
+        .add_note(&identity, id, &b.text)
+        .await?;
     let now = entry.at;
     Ok((
         StatusCode::CREATED,
         Json(json!({"incident_id": id, "at": now, "kind": entry.kind, "source": entry.source, "summary": entry.summary})),
     )
         .into_response())
-}
-
-/// A note's text, trimmed, if it is 1 to 3,000 characters.
-pub(crate) fn note_text(raw: &str) -> Option<&str> {
-    let text = raw.trim();
-    (!text.is_empty() && text.chars().count() <= 3000).then_some(text)
-}
-
-/// A person's note on an incident's timeline, with its audit row: what the
-/// API and the incident page both add. `NotFound` when there is no such
-/// incident (checked without loading its alerts).
-pub(crate) async fn record_note(
-    store: &dyn firebreak_store::Store,
-    identity: &Identity,
-    id: i64,
-    text: &str,
-) -> Result<NewEntry, StoreError> {
-    store.incident_overview(id).await?;
-    let now = Utc::now();
-    let entry = NewEntry {
-        incident_id: id,
-        at: now,
-        kind: kind::NOTE,
-        source: identity.id.clone(),
-        summary: text.to_string(),
-        ref_id: format!("note:{}@{}", identity.id, now.timestamp_micros()),
-    };
-    let audit = NewAudit {
-        incident_id: Some(id),
-        ..NewAudit::by(identity.id.clone(), "note_added", json!({"note": text}))
-    };
-    store.record(&[audit], std::slice::from_ref(&entry)).await?;
-    Ok(entry)
 }

@@ -17,8 +17,7 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use firebreak_domain::access::Identity;
 use firebreak_domain::insights::{self, Deployment, IncidentRecord, Range};
-use firebreak_domain::timeline::NewEntry;
-use firebreak_store::{NewAudit, Store, StoreError};
+use firebreak_store::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -256,65 +255,10 @@ async fn cause(
         ));
     }
     let b: CauseBody = serde_json::from_value(raw).map_err(|e| bad("cause", e.to_string()))?;
-    if b.comment.as_ref().is_some_and(|c| c.len() > 2000) {
-        return Err(bad("comment", "must be at most 2000 characters"));
-    }
-    let store = store(&state)?;
-    set_cause(
-        store.as_ref(),
-        &identity,
-        id,
-        &deploy,
-        b.cause,
-        b.comment.as_deref(),
-    )
-    .await?;
+    crate::remediation::remediation(&state)?
+        .mark_cause(&identity, id, &deploy, b.cause, b.comment.as_deref())
+        .await?;
     Ok(Json(
         json!({"incident": id, "deploy": deploy, "cause": b.cause}),
     ))
-}
-
-/// Records who said whether `deploy` caused incident `id` (API, Slack, page).
-pub(crate) async fn set_cause(
-    store: &dyn Store,
-    identity: &Identity,
-    id: i64,
-    deploy: &str,
-    cause: Option<bool>,
-    comment: Option<&str>,
-) -> Result<(), ApiError> {
-    let who = identity.id.as_str();
-    let now = Utc::now();
-    let said = match cause {
-        Some(true) => "the cause",
-        Some(false) => "not the cause",
-        None => "of unknown part",
-    };
-    let audit = NewAudit {
-        incident_id: Some(id),
-        ..NewAudit::by(
-            who,
-            "cause_marked",
-            json!({"deploy": deploy, "cause": cause, "comment": comment}),
-        )
-    };
-    let entry = NewEntry {
-        incident_id: id,
-        at: now,
-        kind: "cause_marked",
-        source: who.to_string(),
-        summary: format!(
-            "{who} marked change {deploy} as {said}{}",
-            comment.map(|c| format!(": {c}")).unwrap_or_default()
-        ),
-        ref_id: format!("cause:{deploy}:{}", now.timestamp_micros()),
-    };
-    match store.set_cause(id, deploy, cause, &audit, &[entry]).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::NotFound(format!(
-            "change {deploy:?} is not linked to incident {id}: GET /api/v1/incidents/{id} lists its suspect changes"
-        ))),
-        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("no incident {id}"))),
-        Err(e) => Err(e.into()),
-    }
 }

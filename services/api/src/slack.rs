@@ -263,14 +263,14 @@ async fn commands(
         ("list", _) => list(store.as_ref()).await?,
         ("status", [id]) => status(store.as_ref(), id).await?,
         ("ack", [id]) => ack(store.as_ref(), id, &caller).await?,
-        ("resolve", [id]) => resolve(store.as_ref(), id, &caller).await?,
+        ("resolve", [id]) => resolve(&state, id, &caller).await?,
         ("note", [id, rest @ ..]) if !rest.is_empty() => {
             let note = text
                 .splitn(3, char::is_whitespace)
                 .nth(2)
                 .unwrap_or("")
                 .trim();
-            add_note(store.as_ref(), id, note, &caller).await?
+            add_note(&state, id, note, &caller).await?
         }
         ("killswitch", [flag, state_word, rest @ ..]) if rest.len() <= 1 => {
             let wanted = match state_word.to_ascii_lowercase().as_str() {
@@ -314,7 +314,9 @@ async fn commands(
         ("rollout", args) if !args.is_empty() => {
             rollout(&state, store.as_ref(), args, &caller).await?
         }
-        ("cause", [id, change, word]) => cause(store.as_ref(), id, change, word, &caller).await?,
+        ("cause", [id, change, word]) => {
+            cause(&state, store.as_ref(), id, change, word, &caller).await?
+        }
         (
             known @ ("status" | "ack" | "resolve" | "note" | "killswitch" | "rollback"
             | "postmortem" | "pause" | "resume" | "rollout" | "cause"),
@@ -327,6 +329,7 @@ async fn commands(
 
 /// `/firebreak cause <id> <version|deploy id> yes|no|clear`.
 async fn cause(
+    state: &AppState,
     store: &dyn Store,
     raw: &str,
     change: &str,
@@ -386,15 +389,9 @@ async fn cause(
             )))
         }
     };
-    crate::insights::set_cause(
-        store,
-        &caller.identity(),
-        id,
-        &deploy,
-        cause,
-        Some("from Slack"),
-    )
-    .await?;
+    remediation(state)?
+        .mark_cause(&caller.identity(), id, &deploy, cause, Some("from Slack"))
+        .await?;
     Ok(in_channel(format!(
         "<@{}> marked change `{}` as {} of incident #{id}.",
         caller.id,
@@ -647,28 +644,15 @@ fn audit_for(caller: &Caller, event: &str, incident: Option<i64>, detail: Value)
     }
 }
 
-async fn resolve(store: &dyn Store, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
+async fn resolve(state: &AppState, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
         return Ok(ephemeral(format!(
             "`{}` is not an incident id.",
             escape(raw)
         )));
     };
-    let now = Utc::now();
-    let entry = NewEntry {
-        incident_id: id,
-        at: now,
-        kind: kind::INCIDENT_RESOLVED,
-        source: caller.actor(),
-        summary: format!(
-            "Incident resolved by {} ({}) from Slack",
-            caller.name, caller.id
-        ),
-        ref_id: format!("resolved-by:{}@{}", caller.id, now.timestamp_micros()),
-    };
-    let audit = audit_for(caller, "resolved", Some(id), json!({}));
-    match store
-        .resolve_incident_manually(id, now, &audit, &[entry])
+    match remediation(state)?
+        .resolve_incident(&caller.identity(), id)
         .await
     {
         Ok(true) => Ok(in_channel(format!(
@@ -678,13 +662,13 @@ async fn resolve(store: &dyn Store, raw: &str, caller: &Caller) -> Result<Respon
         Ok(false) => Ok(ephemeral(format!(
             "Incident #{id} is not open (or does not exist); nothing changed."
         ))),
-        Err(StoreError::NotFound) => Ok(ephemeral(format!("There is no incident #{id}."))),
+        Err(CommandError::NotFound(_)) => Ok(ephemeral(format!("There is no incident #{id}."))),
         Err(e) => Err(e.into()),
     }
 }
 
 async fn add_note(
-    store: &dyn Store,
+    state: &AppState,
     raw: &str,
     note: &str,
     caller: &Caller,
@@ -695,24 +679,15 @@ async fn add_note(
             escape(raw)
         )));
     };
-    if matches!(store.incident(id).await, Err(StoreError::NotFound)) {
-        return Ok(ephemeral(format!("There is no incident #{id}.")));
+    match remediation(state)?
+        .add_note(&caller.identity(), id, note)
+        .await
+    {
+        Ok(_) => Ok(ephemeral(format!(":memo: Added to the timeline of #{id}."))),
+        Err(CommandError::NotFound(_)) => Ok(ephemeral(format!("There is no incident #{id}."))),
+        Err(CommandError::BadRequest { .. }) => Ok(ephemeral("Notes are 1 to 3,000 characters.")),
+        Err(e) => Err(e.into()),
     }
-    if note.chars().count() > 3000 {
-        return Ok(ephemeral("Notes are at most 3,000 characters."));
-    }
-    let now = Utc::now();
-    let entry = NewEntry {
-        incident_id: id,
-        at: now,
-        kind: kind::NOTE,
-        source: format!("slack:{} ({})", caller.name, caller.id),
-        summary: note.to_string(),
-        ref_id: format!("note:{}@{}", caller.id, now.timestamp_micros()),
-    };
-    let audit = audit_for(caller, "note_added", Some(id), json!({"note": note}));
-    store.record(&[audit], &[entry]).await?;
-    Ok(ephemeral(format!(":memo: Added to the timeline of #{id}.")))
 }
 
 fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {

@@ -88,7 +88,7 @@ pub enum CommandError {
     Store(#[from] StoreError),
 }
 
-fn bad(field: &str, message: impl Into<String>) -> CommandError {
+pub(crate) fn bad(field: &str, message: impl Into<String>) -> CommandError {
     CommandError::BadRequest {
         field: Some(field.into()),
         message: message.into(),

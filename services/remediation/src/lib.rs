@@ -32,6 +32,7 @@ pub mod claims;
 mod commands;
 mod executor;
 pub mod facts;
+pub mod incidents;
 pub mod providers;
 pub mod rollouts;
 pub mod slack;

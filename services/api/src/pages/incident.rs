@@ -416,18 +416,14 @@ pub async fn note(
     axum::extract::Path(id): Id,
     bytes: Bytes,
 ) -> PageResult {
-    let (store, _) = state_parts(&state)?;
     let f: NoteForm = form(&bytes)?;
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
-    let Some(text) = crate::access::note_text(&f.text) else {
-        return Err(Refusal::bad("A note is 1 to 3,000 characters."));
-    };
-    if let Err(e) = crate::access::record_note(store.as_ref(), &identity, id, text).await {
-        return Err(e.into());
-    }
+    crate::remediation::remediation(&state)?
+        .add_note(&identity, id, &f.text)
+        .await?;
     Ok(Redirect::to(&format!("/incidents/{id}#notes")).into_response())
 }
 
@@ -446,7 +442,6 @@ pub async fn cause(
     axum::extract::Path((id, deploy)): axum::extract::Path<(String, String)>,
     bytes: Bytes,
 ) -> PageResult {
-    let (store, _) = state_parts(&state)?;
     let f: CauseForm = form(&bytes)?;
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
@@ -458,7 +453,9 @@ pub async fn cause(
         "clear" => None,
         _ => return Err(Refusal::bad("say yes, no or clear")),
     };
-    crate::insights::set_cause(store.as_ref(), &identity, id, &deploy, cause, None).await?;
+    crate::remediation::remediation(&state)?
+        .mark_cause(&identity, id, &deploy, cause, None)
+        .await?;
     Ok(Redirect::to(&format!("/incidents/{id}#sus-h")).into_response())
 }
 
