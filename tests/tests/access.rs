@@ -30,6 +30,9 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/incidents/{id}", "read"),
     ("GET", "/api/v1/incidents/{id}/timeline", "read"),
     ("POST", "/api/v1/incidents/{id}/notes", "edit"),
+    ("POST", "/api/v1/incidents", "edit"),
+    ("PATCH", "/api/v1/incidents/{id}", "edit"),
+    ("POST", "/api/v1/incidents/{id}/acknowledge", "edit"),
     ("GET", "/api/v1/incidents/{id}/postmortem", "read"),
     ("PUT", "/api/v1/incidents/{id}/postmortem", "edit"),
     (
@@ -108,6 +111,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/incidents", "read"),
     ("GET", "/incidents/{id}", "read"),
     ("POST", "/incidents/{id}/notes", "edit"),
+    ("POST", "/incidents/{id}/response", "edit"),
     ("POST", "/incidents/{id}/changes/{deploy}/cause", "edit"),
     ("POST", "/actions/{id}/approve", "operate"),
     ("POST", "/actions/{id}/deny", "operate"),

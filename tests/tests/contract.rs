@@ -162,6 +162,7 @@ contract!(
     previous_state_is_noted_once_under_the_lease,
     rollouts_are_kept_run_by_run_with_their_events,
     causes_times_heads_and_insights_read_back,
+    people_declare_acknowledge_and_update_incidents,
 );
 
 async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
@@ -2081,5 +2082,180 @@ fn every_store_method_has_a_case() {
     assert!(
         missing.is_empty(),
         "store methods without a contract case: {missing:?}"
+    );
+}
+
+async fn people_declare_acknowledge_and_update_incidents(h: &Harness) {
+    let at = t("2026-11-23T15:00:00Z");
+    let entry = |kind: &'static str| firebreak_domain::timeline::NewEntry {
+        incident_id: 0,
+        at,
+        kind,
+        source: "user:ana".into(),
+        summary: kind.into(),
+        ref_id: format!("{kind}:1"),
+    };
+    let i = h
+        .store
+        .declare_incident(
+            &firebreak_store::NewDeclaredIncident {
+                title: "Checkout slow".into(),
+                service: "checkout".into(),
+                environment: Some("prod".into()),
+                severity: Some("SEV2".into()),
+                summary: None,
+                by: "user:ana".into(),
+                at,
+            },
+            &audit_row("incident_declared"),
+            &[entry("incident_declared")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            i.status.as_str(),
+            i.response.declared_severity.as_deref(),
+            i.response.declared_by.as_deref()
+        ),
+        ("open", Some("SEV2"), Some("user:ana"))
+    );
+    assert_eq!(h.timeline_kinds(i.id).await, ["incident_declared"]);
+    let ack = |id: i64| {
+        let e = firebreak_domain::timeline::NewEntry {
+            incident_id: id,
+            ..entry("incident_acknowledged")
+        };
+        async move {
+            h.store
+                .acknowledge_incident(
+                    id,
+                    "user:ana",
+                    at,
+                    &audit_row("incident_acknowledged"),
+                    &[e],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(ack(i.id).await, Some(true));
+    assert_eq!(
+        ack(i.id).await,
+        Some(false),
+        "the first acknowledgement stays"
+    );
+    assert_eq!(ack(i.id + 1000).await, None);
+    let update = firebreak_store::IncidentUpdate {
+        declared_severity: Some(Some("SEV1".into())),
+        stage: Some(Some("identified".into())),
+        commander: Some(Some("user:ana".into())),
+        summary: None,
+    };
+    let e = firebreak_domain::timeline::NewEntry {
+        incident_id: i.id,
+        ..entry("incident_updated")
+    };
+    let after = h
+        .store
+        .update_incident(i.id, &update, &audit_row("incident_updated"), &[e])
+        .await
+        .unwrap();
+    let r = &after.response;
+    assert_eq!(
+        (
+            r.declared_severity.as_deref(),
+            r.stage.as_deref(),
+            r.commander.as_deref(),
+            r.acknowledged_by.as_deref()
+        ),
+        (
+            Some("SEV1"),
+            Some("identified"),
+            Some("user:ana"),
+            Some("user:ana")
+        )
+    );
+    // `Some(None)` clears; what is not named stays.
+    let clear = firebreak_store::IncidentUpdate {
+        commander: Some(None),
+        ..Default::default()
+    };
+    let after = h
+        .store
+        .update_incident(i.id, &clear, &audit_row("incident_updated"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.response.commander, after.response.stage.as_deref()),
+        (None, Some("identified"))
+    );
+    assert!(matches!(
+        h.store
+            .update_incident(i.id + 1000, &clear, &audit_row("x"), &[])
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // The list filters by what people set.
+    let list = |f: IncidentFilter| async move { h.store.list_incidents(&f).await.unwrap().len() };
+    let base = IncidentFilter {
+        limit: 10,
+        ..IncidentFilter::default()
+    };
+    assert_eq!(
+        list(IncidentFilter {
+            severities: Some(vec!["SEV1".into()]),
+            ..base.clone()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        list(IncidentFilter {
+            severities: Some(vec!["SEV3".into()]),
+            ..base.clone()
+        })
+        .await,
+        0
+    );
+    assert_eq!(
+        list(IncidentFilter {
+            stage: Some("identified".into()),
+            ..base.clone()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        list(IncidentFilter {
+            stage: Some("investigating".into()),
+            ..base.clone()
+        })
+        .await,
+        0
+    );
+    assert_eq!(
+        list(IncidentFilter {
+            acknowledged: Some(true),
+            ..base.clone()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        list(IncidentFilter {
+            acknowledged: Some(false),
+            ..base.clone()
+        })
+        .await,
+        0
+    );
+    assert_eq!(
+        list(IncidentFilter {
+            commander: Some("user:ana".into()),
+            ..base
+        })
+        .await,
+        0
     );
 }

@@ -179,6 +179,28 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
         "an unticked box submits nothing"
     );
     assert_eq!(seen["status_after"], "succeeded", "{seen}");
+    assert!(
+        seen["acknowledged"]
+            .as_str()
+            .unwrap()
+            .contains("by user:olivia"),
+        "{seen}"
+    );
+    assert!(
+        seen["ack_done"].as_str().unwrap().contains("Acknowledged"),
+        "{seen}"
+    );
+    assert_eq!(seen["ack_button_after"], 0, "acknowledged once: {seen}");
+    assert_eq!(
+        (seen["severity"].clone(), seen["stage"].clone()),
+        (json!("SEV1"), json!("identified")),
+        "{seen}"
+    );
+    assert_eq!(seen["updated_entry"], 1, "{seen}");
+    assert_eq!(
+        seen["viewer_response_forms"], 0,
+        "a viewer has no response controls"
+    );
     assert_eq!(
         seen["killswitch_marker"], 1,
         "the moment the kill switch went off is marked"

@@ -355,10 +355,87 @@ async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
         &format!("note {id} checked the dashboards: <b>5xx</b> only on /pay"),
     )
     .await;
+    let again = s.command("U_ALICE", &format!("ack {id}")).await;
+    assert!(
+        again["text"]
+            .as_str()
+            .unwrap()
+            .contains("acknowledged already by slack:U_ALICE"),
+        "{again}"
+    );
+    // Severity, stage and commander from Slack (editor), resolving only for operators.
+    let sev = s.command("U_ALICE", &format!("sev {id} sev2")).await;
+    assert!(sev["text"].as_str().unwrap().contains("SEV2"), "{sev}");
+    let stage = s
+        .command("U_ALICE", &format!("status {id} identified"))
+        .await;
+    assert!(
+        stage["text"].as_str().unwrap().contains("identified"),
+        "{stage}"
+    );
+    let cmd = s
+        .command("U_ALICE", &format!("commander {id} <@U_ONCALL|oncall>"))
+        .await;
+    assert!(
+        cmd["text"]
+            .as_str()
+            .unwrap()
+            .contains("commander slack:U_ONCALL"),
+        "{cmd}"
+    );
+    let bad = s.command("U_ALICE", &format!("sev {id} P0")).await;
+    assert!(
+        bad["text"]
+            .as_str()
+            .unwrap()
+            .contains("SEV1, SEV2, SEV3, SEV4"),
+        "{bad}"
+    );
+    let refused = s.command("U_ALICE", &format!("status {id} resolved")).await;
+    assert!(
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("needs the operator role"),
+        "{refused}"
+    );
+    let (_, one) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(
+        (
+            one["severity"].clone(),
+            one["stage"].clone(),
+            one["commander"].clone(),
+            one["acknowledged_by"].clone(),
+            one["status"].clone()
+        ),
+        (
+            json!("SEV2"),
+            json!("identified"),
+            json!("slack:U_ONCALL"),
+            json!("slack:U_ALICE"),
+            json!("open")
+        )
+    );
+    let declared = s
+        .command("U_ALICE", "declare search Results are stale")
+        .await;
+    assert!(
+        declared["text"]
+            .as_str()
+            .unwrap()
+            .contains("declared incident #"),
+        "{declared}"
+    );
+    let (_, l) = fb.get("/api/v1/incidents?service=search").await;
+    assert_eq!(l["incidents"][0]["title"], "Results are stale");
+    assert_eq!(l["incidents"][0]["declared_by"], "slack:U_ALICE");
     let status = s.command("U_ALICE", &format!("status #{id}")).await;
     let text = status["text"].as_str().unwrap();
     assert!(
-        text.contains("Acknowledged by slack:U_ALICE") && text.contains("checkout v42"),
+        text.contains("Acknowledged by slack:U_ALICE")
+            && text.contains("checkout v42")
+            && text.contains("identified, SEV2")
+            && text.contains("Commander: slack:U_ONCALL"),
         "{text}"
     );
     let (_, t) = fb.get(&format!("/api/v1/incidents/{id}/timeline")).await;
@@ -456,15 +533,19 @@ async fn every_command_works_and_destructive_ones_need_an_allowed_user() {
         .iter()
         .filter(|e| e["event"] == "slack_command_refused")
         .collect();
-    assert_eq!(refused.len(), 2, "the kill switch and the resolve");
+    assert_eq!(
+        refused.len(),
+        3,
+        "the kill switch, the stage resolved and the resolve"
+    );
     assert!(refused.iter().all(|e| e["actor"] == "slack:U_ALICE"));
     let commands = entries
         .iter()
         .filter(|e| e["event"] == "slack_command")
         .count();
     assert_eq!(
-        commands, 13,
-        "every allowed command is audited (and the refused one above)"
+        commands, 19,
+        "every allowed command is audited (and the refused ones above)"
     );
 }
 

@@ -68,7 +68,11 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/events/logs", s(Scope::Ingest)),
     ("POST", "/loki/api/v1/push", s(Scope::Ingest)),
     ("GET", "/api/v1/incidents", s(Scope::Read)),
+    ("POST", "/api/v1/incidents", s(Scope::Edit)),
     ("GET", "/api/v1/incidents/{id}", s(Scope::Read)),
+    // Resolving by the stage `resolved` also needs operate (checked in the handler).
+    ("PATCH", "/api/v1/incidents/{id}", s(Scope::Edit)),
+    ("POST", "/api/v1/incidents/{id}/acknowledge", s(Scope::Edit)),
     ("GET", "/api/v1/incidents/{id}/timeline", s(Scope::Read)),
     ("POST", "/api/v1/incidents/{id}/notes", s(Scope::Edit)),
     ("GET", "/api/v1/incidents/{id}/postmortem", s(Scope::Read)),
@@ -156,6 +160,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/incidents", s(Scope::Read)),
     ("GET", "/incidents/{id}", s(Scope::Read)),
     ("POST", "/incidents/{id}/notes", s(Scope::Edit)),
+    ("POST", "/incidents/{id}/response", s(Scope::Edit)),
     (
         "POST",
         "/incidents/{id}/changes/{deploy}/cause",

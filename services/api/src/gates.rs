@@ -122,6 +122,7 @@ async fn facts(
             service: Some(service.to_string()),
             before_id: None,
             limit: 100,
+            ..IncidentFilter::default()
         })
         .await?
         .iter()

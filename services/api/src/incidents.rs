@@ -1,12 +1,20 @@
-//! The read side: incidents, their details and their timelines.
+//! Incidents over HTTP: lists, details and timelines, and what people do in
+//! a response (declare, acknowledge, severity, stage, commander, summary),
+//! which the remediation core carries out.
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use firebreak_domain::access::Identity;
+use firebreak_domain::response::{SeverityScale, Stage};
+use firebreak_remediation::incidents::IncidentChange;
 use firebreak_store::{IncidentFilter, IncidentRow, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,8 +24,9 @@ use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/incidents", get(list))
-        .route("/api/v1/incidents/{id}", get(detail))
+        .route("/api/v1/incidents", get(list).post(declare))
+        .route("/api/v1/incidents/{id}", get(detail).patch(update))
+        .route("/api/v1/incidents/{id}/acknowledge", post(acknowledge))
         .route("/api/v1/incidents/{id}/timeline", get(timeline))
 }
 
@@ -36,6 +45,10 @@ fn store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
 struct ListQuery {
     status: Option<String>,
     service: Option<String>,
+    severity: Option<String>,
+    stage: Option<String>,
+    acknowledged: Option<bool>,
+    commander: Option<String>,
     limit: Option<i64>,
     before: Option<i64>,
 }
@@ -47,20 +60,39 @@ fn bad(field: &str, message: impl Into<String>) -> ApiError {
     }
 }
 
-fn incident_json(row: &IncidentRow, now: DateTime<Utc>) -> Value {
+/// An incident as the API shows it: `severity` on the configured scale
+/// (declared, or mapped from the alerts' label, which `alert_severity`
+/// keeps), `stage` of the response, and who acknowledged and commands it.
+pub(crate) fn incident_json(row: &IncidentRow, scale: &SeverityScale, now: DateTime<Utc>) -> Value {
     let end = row.resolved_at.unwrap_or(now);
+    let r = &row.response;
     json!({
         "id": row.id,
         "status": row.status,
+        "stage": Stage::of(&row.status, r.stage.as_deref()).as_str(),
         "service": row.service,
         "environment": row.environment,
         "title": row.title,
-        "severity": row.severity,
+        "severity": scale.of(r.declared_severity.as_deref(), row.severity.as_deref()),
+        "alert_severity": row.severity,
+        "acknowledged_at": r.acknowledged_at,
+        "acknowledged_by": r.acknowledged_by,
+        "commander": r.commander,
+        "summary": r.summary,
+        "declared_by": r.declared_by,
         "group_key": row.group_key,
         "opened_at": row.opened_at,
         "resolved_at": row.resolved_at,
         "duration_seconds": (end - row.opened_at).num_seconds().max(0),
     })
+}
+
+fn scale(state: &AppState) -> SeverityScale {
+    state
+        .remediation
+        .as_ref()
+        .map(|r| r.severities().clone())
+        .unwrap_or_default()
 }
 
 async fn list(
@@ -81,9 +113,55 @@ async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad("limit", format!("must be between 1 and {MAX_PAGE}")));
     }
+    let scale = scale(&state);
+    let severities = match &q.severity {
+        None => None,
+        Some(v) => {
+            let level = scale.level(v).ok_or_else(|| {
+                bad(
+                    "severity",
+                    format!(
+                        "{v:?} is not a severity: one of {}",
+                        scale.levels.join(", ")
+                    ),
+                )
+            })?;
+            let mut all = scale.labels_of(level);
+            all.push(level.to_string());
+            Some(all)
+        }
+    };
+    let stage = match &q.stage {
+        None => None,
+        Some(v) => Some(Stage::parse(v).ok_or_else(|| {
+            bad(
+                "stage",
+                format!(
+                    "{v:?} is not a stage: one of {}",
+                    Stage::ALL.map(Stage::as_str).join(", ")
+                ),
+            )
+        })?),
+    };
+    // `resolved` is the incident's status; the others are stages of open ones.
+    let (status, stage) = match stage {
+        Some(Stage::Resolved) => (Some("resolved".to_string()), None),
+        Some(s) => (q.status.clone(), Some(s.as_str().to_string())),
+        None => (q.status.clone(), None),
+    };
+    let commander = q
+        .commander
+        .as_deref()
+        .map(firebreak_domain::response::identity_name)
+        .transpose()
+        .map_err(|m| bad("commander", m))?;
     let filter = IncidentFilter {
-        status: q.status,
+        status,
         service: q.service,
+        severities,
+        stage,
+        acknowledged: q.acknowledged,
+        commander,
         before_id: q.before,
         limit,
     };
@@ -95,7 +173,7 @@ async fn list(
         None
     };
     Ok(Json(json!({
-        "incidents": rows.iter().map(|r| incident_json(r, now)).collect::<Vec<_>>(),
+        "incidents": rows.iter().map(|r| incident_json(r, &scale, now)).collect::<Vec<_>>(),
         "next_before": next,
     })))
 }
@@ -119,7 +197,7 @@ async fn detail(
     })?;
     let now = Utc::now();
     let opened = detail.incident.opened_at;
-    let mut body = incident_json(&detail.incident, now);
+    let mut body = incident_json(&detail.incident, &scale(&state), now);
     body["alerts"] = json!(detail.alerts);
     body["suspect_changes"] = json!(detail
         .changes
@@ -189,4 +267,107 @@ async fn timeline(
         })).collect::<Vec<_>>(),
         "next_offset": next,
     })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeclareBody {
+    title: Option<String>,
+    service: Option<String>,
+    environment: Option<String>,
+    severity: Option<String>,
+    summary: Option<String>,
+}
+
+/// `POST /api/v1/incidents`: a person declares an incident (201).
+async fn declare(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let b: DeclareBody = crate::remediation::body(&bytes)?;
+    let title = b
+        .title
+        .ok_or_else(|| bad("title", "missing: say in a few words what is wrong"))?;
+    let service = b
+        .service
+        .ok_or_else(|| bad("service", "missing: the service that is affected"))?;
+    let row = crate::remediation::remediation(&state)?
+        .declare_incident(
+            &identity,
+            &title,
+            &service,
+            b.environment.as_deref(),
+            b.severity.as_deref(),
+            b.summary.as_deref(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(incident_json(&row, &scale(&state), Utc::now())),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/incidents/{id}/acknowledge`: 200 whether this was the first
+/// acknowledgement or not; `acknowledged` says whether it changed anything.
+async fn acknowledge(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let remediation = crate::remediation::remediation(&state)?;
+    let first = remediation.acknowledge_incident(&identity, id).await?;
+    let row = remediation.store().incident_overview(id).await?.incident;
+    let mut body = incident_json(&row, &scale(&state), Utc::now());
+    body["acknowledged"] = json!(first);
+    Ok(Json(body))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    severity: Option<String>,
+    stage: Option<String>,
+    commander: Option<String>,
+    summary: Option<String>,
+}
+
+/// `PATCH /api/v1/incidents/{id}`: any of severity, stage, commander, summary.
+async fn update(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let b: UpdateBody = crate::remediation::body(&bytes)?;
+    if b.stage.as_deref().and_then(Stage::parse) == Some(Stage::Resolved)
+        && !identity.allows(firebreak_domain::access::Scope::Operate)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "resolving an incident needs the operate scope (operator role); {} may only edit",
+            identity.id
+        )));
+    }
+    if b.severity.is_none() && b.stage.is_none() && b.commander.is_none() && b.summary.is_none() {
+        return Err(bad(
+            "severity",
+            "give at least one of severity, stage, commander, summary",
+        ));
+    }
+    let row = crate::remediation::remediation(&state)?
+        .update_incident(
+            &identity,
+            id,
+            &IncidentChange {
+                severity: b.severity,
+                stage: b.stage,
+                commander: b.commander,
+                summary: b.summary,
+            },
+        )
+        .await?;
+    Ok(Json(incident_json(&row, &scale(&state), Utc::now())))
 }

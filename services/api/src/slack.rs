@@ -19,7 +19,8 @@ use axum::{Json, Router};
 use chrono::Utc;
 use firebreak_domain::access::{Identity, Role, Via};
 use firebreak_domain::playbook::FlagState;
-use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_domain::response::Stage;
+use firebreak_remediation::incidents::IncidentChange;
 use firebreak_remediation::slack::{escape, SlackClient};
 use firebreak_remediation::{CommandError, Remediation, Request, RequestOptions};
 use firebreak_store::{ActionFilter, ActionStatus, IncidentFilter, NewAudit, Store, StoreError};
@@ -155,7 +156,11 @@ fn in_channel(text: impl Into<String>) -> Response {
 const USAGE: &str = "*Firebreak* — `/firebreak <command>`:\n\
 • `list` — open incidents\n\
 • `status <id>` — one incident\n\
-• `ack <id>` — acknowledge it\n\
+• `declare <service> <title>` — declare an incident by hand (editors)\n\
+• `ack <id>` — acknowledge it (editors)\n\
+• `sev <id> <level>` — its severity, e.g. `sev 12 SEV2` (editors)\n\
+• `status <id> investigating|identified|monitoring` — its stage (editors; `resolved`: operators)\n\
+• `commander <id> @person` — who commands the response (editors)\n\
 • `resolve <id>` — resolve it now\n\
 • `note <id> <text>` — add a note to its timeline\n\
 • `killswitch <flag> off|on [provider]` — set a kill switch (operators)\n\
@@ -201,9 +206,12 @@ impl Caller {
 }
 
 /// The role a command needs (`rollout` by its sub-command: looking is for everyone).
-fn needs(command: &str, sub: Option<&str>) -> Role {
+fn needs(command: &str, sub: Option<&str>, third: Option<&str>) -> Role {
     match command {
-        "ack" | "note" | "cause" => Role::Editor,
+        // `status <id>` looks; `status <id> <stage>` changes (resolving: operators).
+        "status" if third.is_some_and(|s| s.eq_ignore_ascii_case("resolved")) => Role::Operator,
+        "status" if third.is_some() => Role::Editor,
+        "ack" | "note" | "cause" | "sev" | "commander" | "declare" => Role::Editor,
         "killswitch" | "rollback" | "pause" | "resume" | "resolve" => Role::Operator,
         "rollout" if sub.is_some_and(|s| s.parse::<i64>().is_err() && !s.starts_with('#')) => {
             Role::Operator
@@ -240,7 +248,7 @@ async fn commands(
         .first()
         .map(|w| w.to_ascii_lowercase())
         .unwrap_or_default();
-    let needed = needs(&command, words.get(1).copied());
+    let needed = needs(&command, words.get(1).copied(), words.get(2).copied());
     let allowed = caller.role >= needed;
     let audit = NewAudit::by(
         caller.actor(),
@@ -261,8 +269,58 @@ async fn commands(
     let r = match (command.as_str(), &words[1.min(words.len())..]) {
         ("" | "help", _) => ephemeral(USAGE),
         ("list", _) => list(store.as_ref()).await?,
-        ("status", [id]) => status(store.as_ref(), id).await?,
-        ("ack", [id]) => ack(store.as_ref(), id, &caller).await?,
+        ("status", [id]) => status(&state, store.as_ref(), id).await?,
+        ("ack", [id]) => ack(&state, id, &caller).await?,
+        ("status", [id, stage]) => {
+            change(
+                &state,
+                id,
+                &caller,
+                IncidentChange {
+                    stage: Some(stage.to_string()),
+                    ..IncidentChange::default()
+                },
+            )
+            .await?
+        }
+        ("sev", [id, level]) => {
+            change(
+                &state,
+                id,
+                &caller,
+                IncidentChange {
+                    severity: Some(level.to_string()),
+                    ..IncidentChange::default()
+                },
+            )
+            .await?
+        }
+        ("commander", [id, who]) => {
+            let Some(person) = mentioned(&slack, who) else {
+                return Ok(ephemeral(format!(
+                    "Name the commander with an @mention (`commander {} @ana`).",
+                    escape(id)
+                )));
+            };
+            change(
+                &state,
+                id,
+                &caller,
+                IncidentChange {
+                    commander: Some(person),
+                    ..IncidentChange::default()
+                },
+            )
+            .await?
+        }
+        ("declare", [service, title @ ..]) if !title.is_empty() => {
+            let title = text
+                .splitn(3, char::is_whitespace)
+                .nth(2)
+                .unwrap_or("")
+                .trim();
+            declare(&state, service, title, &caller).await?
+        }
         ("resolve", [id]) => resolve(&state, id, &caller).await?,
         ("note", [id, rest @ ..]) if !rest.is_empty() => {
             let note = text
@@ -319,7 +377,8 @@ async fn commands(
         }
         (
             known @ ("status" | "ack" | "resolve" | "note" | "killswitch" | "rollback"
-            | "postmortem" | "pause" | "resume" | "rollout" | "cause"),
+            | "postmortem" | "pause" | "resume" | "rollout" | "cause" | "sev"
+            | "commander" | "declare"),
             _,
         ) => ephemeral(format!("`{known}` needs different arguments.\n{USAGE}")),
         (other, _) => ephemeral(format!("I don't know `{}`.\n{USAGE}", escape(other))),
@@ -541,7 +600,7 @@ async fn list(store: &dyn Store) -> Result<Response, ApiError> {
     Ok(ephemeral(format!("*Open incidents*\n{}", lines.join("\n"))))
 }
 
-async fn status(store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
+async fn status(state: &AppState, store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
         return Ok(ephemeral(format!(
             "`{}` is not an incident id.",
@@ -559,12 +618,6 @@ async fn status(store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
         .iter()
         .filter(|a| a.status == "firing")
         .count();
-    let timeline = store.timeline(id, 10_000, 0).await?;
-    let acks: Vec<&str> = timeline
-        .iter()
-        .filter(|e| e.kind == kind::INCIDENT_ACKNOWLEDGED)
-        .map(|e| e.source.as_str())
-        .collect();
     let actions = store
         .list_actions(&ActionFilter {
             incident_id: Some(id),
@@ -572,18 +625,28 @@ async fn status(store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
             ..ActionFilter::default()
         })
         .await?;
+    let scale = remediation(state)?.severities().clone();
     let mut text = format!(
-        "*#{id} {}* — {}\nOpened {}{}\nAlerts firing: {firing} of {}",
+        "*#{id} {}* — {}, {}\nOpened {}{}\nAlerts firing: {firing} of {}",
         escape(&i.title),
-        i.status,
+        Stage::of(&i.status, i.response.stage.as_deref()).as_str(),
+        scale
+            .of(
+                i.response.declared_severity.as_deref(),
+                i.severity.as_deref()
+            )
+            .unwrap_or("no severity"),
         i.opened_at.format("%Y-%m-%d %H:%M UTC"),
         i.resolved_at
             .map(|r| format!(", resolved {}", r.format("%H:%M UTC")))
             .unwrap_or_default(),
         detail.alerts.len()
     );
-    if !acks.is_empty() {
-        text.push_str(&format!("\nAcknowledged by {}", acks.join(", ")));
+    if let Some(by) = &i.response.acknowledged_by {
+        text.push_str(&format!("\nAcknowledged by {}", escape(by)));
+    }
+    if let Some(c) = &i.response.commander {
+        text.push_str(&format!("\nCommander: {}", escape(c)));
     }
     if let Some(d) = detail.changes.iter().max_by_key(|d| d.started_at) {
         text.push_str(&format!(
@@ -601,46 +664,141 @@ async fn status(store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
             a.status.as_str()
         ));
     }
+    text.push_str(&page_link(state, id));
     Ok(ephemeral(text))
 }
 
-async fn ack(store: &dyn Store, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
+async fn ack(state: &AppState, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
         return Ok(ephemeral(format!(
             "`{}` is not an incident id.",
             escape(raw)
         )));
     };
-    if matches!(store.incident(id).await, Err(StoreError::NotFound)) {
-        return Ok(ephemeral(format!("There is no incident #{id}.")));
+    let remediation = remediation(state)?;
+    match remediation
+        .acknowledge_incident(&caller.identity(), id)
+        .await
+    {
+        Ok(true) => Ok(in_channel(format!(
+            ":eyes: <@{}> acknowledged incident #{id}.{}",
+            caller.id,
+            page_link(state, id)
+        ))),
+        Ok(false) => {
+            let row = remediation.store().incident_overview(id).await?.incident;
+            Ok(ephemeral(format!(
+                "Incident #{id} was acknowledged already by {}; nothing changed.",
+                escape(row.response.acknowledged_by.as_deref().unwrap_or("someone"))
+            )))
+        }
+        Err(CommandError::NotFound(_)) => Ok(ephemeral(format!("There is no incident #{id}."))),
+        Err(e) => Err(e.into()),
     }
-    let now = Utc::now();
-    let entry = NewEntry {
-        incident_id: id,
-        at: now,
-        kind: kind::INCIDENT_ACKNOWLEDGED,
-        source: caller.actor(),
-        summary: format!("Acknowledged by {} ({})", caller.name, caller.id),
-        ref_id: format!("ack:{}", caller.id),
-    };
-    let audit = audit_for(caller, "acknowledged", Some(id), json!({}));
-    store.record(&[audit], &[entry]).await?;
-    Ok(in_channel(format!(
-        ":eyes: <@{}> acknowledged incident #{id}.",
-        caller.id
-    )))
 }
 
-fn audit_for(caller: &Caller, event: &str, incident: Option<i64>, detail: Value) -> NewAudit {
-    NewAudit {
-        at: Utc::now(),
-        actor: caller.actor(),
-        event: event.into(),
-        action_id: None,
-        incident_id: incident,
-        playbook: None,
-        playbook_version: None,
-        detail,
+/// ` <url>` to the incident's page when `slack.public_url` is configured.
+fn page_link(state: &AppState, id: i64) -> String {
+    state
+        .slack
+        .as_ref()
+        .and_then(|s| s.config().public_url.clone())
+        .map(|base| {
+            format!(
+                " <{}/incidents/{id}|Open #{id}>",
+                base.trim_end_matches('/')
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// A Slack mention (`<@U123>` or `<@U123|name>`) as a Firebreak identity:
+/// the mapped person (`slack.people`), else the Slack user.
+fn mentioned(slack: &SlackClient, word: &str) -> Option<String> {
+    let inner = word.strip_prefix("<@")?.strip_suffix('>')?;
+    let id = inner.split('|').next()?;
+    if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return None;
+    }
+    Some(match slack.config().people.get(id) {
+        Some(person) => format!("user:{person}"),
+        None => format!("slack:{id}"),
+    })
+}
+
+/// Severity, stage or commander from Slack, through the core.
+async fn change(
+    state: &AppState,
+    raw: &str,
+    caller: &Caller,
+    change: IncidentChange,
+) -> Result<Response, ApiError> {
+    let Some(id) = incident_id(raw) else {
+        return Ok(ephemeral(format!(
+            "`{}` is not an incident id.",
+            escape(raw)
+        )));
+    };
+    let scale = remediation(state)?.severities().clone();
+    match remediation(state)?
+        .update_incident(&caller.identity(), id, &change)
+        .await
+    {
+        Ok(row) => Ok(in_channel(format!(
+            ":pencil2: <@{}> updated incident #{id}: {}, {}{}{}.{}",
+            caller.id,
+            scale
+                .of(
+                    row.response.declared_severity.as_deref(),
+                    row.severity.as_deref()
+                )
+                .unwrap_or("no severity"),
+            Stage::of(&row.status, row.response.stage.as_deref()).as_str(),
+            row.response
+                .commander
+                .as_deref()
+                .map(|c| format!(", commander {}", escape(c)))
+                .unwrap_or_default(),
+            row.response
+                .acknowledged_by
+                .as_deref()
+                .map(|a| format!(", acknowledged by {}", escape(a)))
+                .unwrap_or_default(),
+            page_link(state, id)
+        ))),
+        Err(CommandError::NotFound(_)) => Ok(ephemeral(format!("There is no incident #{id}."))),
+        Err(CommandError::BadRequest { message, .. } | CommandError::Conflict(message)) => {
+            Ok(ephemeral(format!("{}; nothing changed.", escape(&message))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `declare <service> <title>`: a person opens an incident from Slack.
+async fn declare(
+    state: &AppState,
+    service: &str,
+    title: &str,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    match remediation(state)?
+        .declare_incident(&caller.identity(), title, service, None, None, None)
+        .await
+    {
+        Ok(row) => Ok(in_channel(format!(
+            ":rotating_light: <@{}> declared incident #{} on {}: {}.{}",
+            caller.id,
+            row.id,
+            escape(service),
+            escape(&row.title),
+            page_link(state, row.id)
+        ))),
+        Err(CommandError::BadRequest { message, .. }) => Ok(ephemeral(format!(
+            "{}; nothing declared.",
+            escape(&message)
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod matcher;
 pub mod metrics;
 pub mod playbook;
+pub mod response;
 pub mod rollout;
 pub mod secret;
 pub mod timeline;

@@ -28,6 +28,8 @@ pub mod kind {
     pub const ACTION_REVERTED: &str = "action_reverted";
     pub const NOTE: &str = "note";
     pub const INCIDENT_ACKNOWLEDGED: &str = "incident_acknowledged";
+    pub const INCIDENT_DECLARED: &str = "incident_declared";
+    pub const INCIDENT_UPDATED: &str = "incident_updated";
 }
 
 /// A new entry for the timeline. `ref_id` names what it is about (an event id, or

@@ -211,6 +211,10 @@ pub struct IncidentsSection {
     pub reopen_window: Dur,
     pub quiet_period: Dur,
     pub deploy_lookback: Dur,
+    /// The severity scale people declare on, most severe first.
+    pub severities: Vec<String>,
+    /// Alert `severity` label -> level, for incidents alerts open.
+    pub severity_from_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -889,6 +893,19 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             backoff: f.automation.retry_backoff.to_std(),
             node,
             reclaim_all,
+            severities: {
+                let scale = firebreak_domain::response::SeverityScale {
+                    levels: f.incidents.severities.clone(),
+                    from_labels: f
+                        .incidents
+                        .severity_from_labels
+                        .iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect(),
+                };
+                scale.validate()?;
+                scale
+            },
             ..RemediationConfig::default()
         },
         kill_switches: f.kill_switch,

@@ -67,6 +67,7 @@ fn rendering(c: &mut Criterion) {
         group_key: "k".into(),
         opened_at: t0,
         resolved_at: Some(t0 + Duration::hours(1)),
+        response: Default::default(),
     };
     let timeline: Vec<TimelineRow> = (0..10_000)
         .map(|i| TimelineRow {

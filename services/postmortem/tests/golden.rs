@@ -82,6 +82,7 @@ fn checkout_kill_switch_incident() {
         group_key: "service=checkout,env=prod".into(),
         opened_at: t("2026-11-23T14:02:00Z"),
         resolved_at: Some(t("2026-11-23T14:20:00Z")),
+        response: Default::default(),
     };
     let alerts = vec![IncidentAlertRow {
         fingerprint: "9f0e".into(),
@@ -218,6 +219,7 @@ fn incident_without_changes_gates_logs_or_actions() {
         group_key: "service=search,env=".into(),
         opened_at: t("2026-11-23T03:00:00Z"),
         resolved_at: Some(t("2026-11-23T03:45:00Z")),
+        response: Default::default(),
     };
     let alerts = vec![IncidentAlertRow {
         fingerprint: "d1".into(),

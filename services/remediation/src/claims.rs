@@ -145,7 +145,7 @@ impl Remediation {
                 }),
             ));
             if let Some(incident) = row.incident_id {
-                entries.push(claim_entry(&row, incident, now));
+                entries.push(claim_entry(&row, c.note.as_deref(), incident, now));
             }
             if matches!(row.status, ActionStatus::Held | ActionStatus::Failed) {
                 if let Some(target) = &policy.escalate {
@@ -169,7 +169,8 @@ impl Remediation {
     }
 }
 
-fn claim_entry(row: &ActionRow, incident: i64, now: DateTime<Utc>) -> NewEntry {
+/// The timeline entry of a claim; a person's reason for a request is quoted.
+fn claim_entry(row: &ActionRow, note: Option<&str>, incident: i64, now: DateTime<Utc>) -> NewEntry {
     let describe = &row.spec.describe;
     let why = row.reason.as_deref().unwrap_or("");
     let (k, text) = match row.status {
@@ -193,7 +194,13 @@ fn claim_entry(row: &ActionRow, incident: i64, now: DateTime<Utc>) -> NewEntry {
         at: now,
         kind: k,
         source: source(row),
-        summary: format!("{text} [{}]", provenance(row)),
+        summary: format!(
+            "{text} [{}]{}",
+            provenance(row),
+            note.filter(|n| !n.trim().is_empty())
+                .map(|n| format!(" — reason: {}", n.trim()))
+                .unwrap_or_default()
+        ),
         ref_id: format!("action:{}:{}", row.id, row.status.as_str()),
     }
 }

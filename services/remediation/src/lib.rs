@@ -269,6 +269,8 @@ pub struct RemediationConfig {
     /// Take back every lease at start-up, whatever its node (a single-process
     /// store such as SQLite).
     pub reclaim_all: bool,
+    /// The severity scale people declare on (`incidents.severities`).
+    pub severities: firebreak_domain::response::SeverityScale,
 }
 
 impl Default for RemediationConfig {
@@ -282,6 +284,7 @@ impl Default for RemediationConfig {
             concurrency: 8,
             node: "firebreak".into(),
             reclaim_all: false,
+            severities: Default::default(),
         }
     }
 }
@@ -322,6 +325,11 @@ impl Remediation {
 
     pub fn policy(&self) -> &AutomationPolicy {
         &self.config.policy
+    }
+
+    /// The severity scale incidents are declared on.
+    pub fn severities(&self) -> &firebreak_domain::response::SeverityScale {
+        &self.config.severities
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -150,6 +150,48 @@ pub struct IncidentRow {
     pub group_key: String,
     pub opened_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// What people set during the response.
+    #[serde(flatten)]
+    pub response: IncidentResponse,
+}
+
+/// What people set on an incident while they respond to it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IncidentResponse {
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    /// A level of the severity scale a person declared (`None`: the level
+    /// the alerts' `severity` label maps to).
+    pub declared_severity: Option<String>,
+    /// `identified` or `monitoring` once a person said so (`None`:
+    /// investigating while open).
+    pub stage: Option<String>,
+    pub commander: Option<String>,
+    pub summary: Option<String>,
+    /// Who declared it by hand (`None`: alerts opened it).
+    pub declared_by: Option<String>,
+}
+
+/// An incident a person declares, no alert needed.
+#[derive(Debug, Clone)]
+pub struct NewDeclaredIncident {
+    pub title: String,
+    pub service: String,
+    pub environment: Option<String>,
+    pub severity: Option<String>,
+    pub summary: Option<String>,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A change people make to an incident: `Some` fields are written
+/// (`Some(None)` clears).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IncidentUpdate {
+    pub declared_severity: Option<Option<String>>,
+    pub stage: Option<Option<String>>,
+    pub commander: Option<Option<String>>,
+    pub summary: Option<Option<String>>,
 }
 
 /// The current state of one alert within an incident.
@@ -187,6 +229,12 @@ pub struct OpenIncident {
 pub struct IncidentFilter {
     pub status: Option<String>,
     pub service: Option<String>,
+    /// Any of these: a declared level, or an alert label mapping to it.
+    pub severities: Option<Vec<String>>,
+    /// `investigating` also matches open incidents nobody staged.
+    pub stage: Option<String>,
+    pub acknowledged: Option<bool>,
+    pub commander: Option<String>,
     /// Only incidents with an id below this (the previous page's last id).
     pub before_id: Option<i64>,
     pub limit: i64,
@@ -247,6 +295,34 @@ pub trait IncidentStore: Send + Sync {
     ) -> Result<Vec<TimelineEvent>>;
     /// The moments durations are measured between, for these incidents.
     async fn incident_times(&self, ids: &[i64]) -> Result<Vec<IncidentTimes>>;
+    /// Opens an incident a person declares, with its audit row and timeline
+    /// entries (the entries' `incident_id` is filled in).
+    async fn declare_incident(
+        &self,
+        incident: &NewDeclaredIncident,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<IncidentRow>;
+    /// Records the first acknowledgement: `Some(true)` when this one was it,
+    /// `Some(false)` when it was acknowledged already (nothing written),
+    /// `None` without such an incident.
+    async fn acknowledge_incident(
+        &self,
+        id: i64,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<Option<bool>>;
+    /// Writes what people changed, with its audit row and timeline entries,
+    /// in one transaction; returns the incident after. `NotFound` without it.
+    async fn update_incident(
+        &self,
+        id: i64,
+        update: &IncidentUpdate,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<IncidentRow>;
     /// Resolves an open incident now, whatever its alerts say (a person
     /// decided); writes the audit row and timeline entries with it. `false`
     /// when it was not open.

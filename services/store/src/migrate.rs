@@ -34,6 +34,7 @@ macro_rules! migrations {
             10, "0010", "rollouts";
             11, "0011", "insights";
             12, "0012", "service_timeline";
+            13, "0013", "incident_response";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

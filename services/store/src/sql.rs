@@ -222,7 +222,8 @@ pub enum Attach {
 // --- column lists and decoders ----------------------------------------------
 
 pub const INCIDENT_COLUMNS: &str =
-    "id, status, service, environment, title, severity, group_key, opened_at, resolved_at";
+    "id, status, service, environment, title, severity, group_key, opened_at, resolved_at,
+     acknowledged_at, acknowledged_by, declared_severity, stage, commander, summary, declared_by";
 
 pub fn incident_row(r: &impl Get) -> Result<IncidentRow> {
     let id = r.int("id")?;
@@ -243,6 +244,15 @@ pub fn incident_row(r: &impl Get) -> Result<IncidentRow> {
             group_key: r.text("group_key")?,
             opened_at: r.time("opened_at")?,
             resolved_at: r.opt_time("resolved_at")?,
+            response: crate::IncidentResponse {
+                acknowledged_at: r.opt_time("acknowledged_at")?,
+                acknowledged_by: r.opt_text("acknowledged_by")?,
+                declared_severity: r.opt_text("declared_severity")?,
+                stage: r.opt_text("stage")?,
+                commander: r.opt_text("commander")?,
+                summary: r.opt_text("summary")?,
+                declared_by: r.opt_text("declared_by")?,
+            },
         })
     };
     read().map_err(in_row("incidents", id.to_string()))

@@ -109,6 +109,26 @@ async function incident() {
   await page.getByLabel("Note (on the timeline, under your name)").fill("Checked the dashboards <b>bold?</b>");
   await Promise.all([page.waitForURL(`**/incidents/${input.incident}#notes`), page.getByRole("button", { name: "Add note" }).click()]);
   out.note_shown = await page.locator("#entries td.summary", { hasText: "Checked the dashboards <b>bold?</b>" }).count();
+
+  // Respond: acknowledge, then severity and stage through the form; the page
+  // says what it did and shows the new values.
+  await Promise.all([
+    page.waitForURL(`**/incidents/${input.incident}?done=acknowledged#response`),
+    page.locator("#acknowledge").click(),
+  ]);
+  out.acknowledged = await page.locator("#acknowledged").textContent();
+  out.ack_done = await page.locator("#response p.done").textContent();
+  out.ack_button_after = await page.locator("#acknowledge").count();
+  await page.locator("#set-severity").selectOption("SEV1");
+  await page.locator("#set-stage").selectOption("identified");
+  await Promise.all([
+    page.waitForURL(`**/incidents/${input.incident}?done=saved#response`),
+    page.locator("#save-response").click(),
+  ]);
+  out.severity = await page.locator("#severity").textContent();
+  out.stage = await page.locator("#stage").textContent();
+  out.updated_entry = await page.locator("#entries td.summary", { hasText: "stage investigating -> identified" }).count();
+  await shot(page, "incident-response");
   await context.close();
 
   // A viewer on a phone: readable, no controls that would be refused.
@@ -120,6 +140,7 @@ async function incident() {
   await phone.page.goto(`${base}/incidents/${input.incident}`);
   out.viewer_decide_forms = await phone.page.locator("form.decide").count();
   out.viewer_note_form = await phone.page.locator('form[action$="/notes"]').count();
+  out.viewer_response_forms = await phone.page.locator('form[action$="/response"]').count();
   out.phone_overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   await shot(phone.page, "incident-phone");
   const state = await phone.context.storageState();

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::response::{IntoResponse, Redirect};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use firebreak_domain::access::Scope;
+use firebreak_domain::response::Stage;
 use firebreak_domain::timeline::kind;
 use firebreak_postmortem::context::{rank, Inputs};
 use firebreak_store::{
@@ -89,12 +90,18 @@ pub async fn list(
         (Err(r), _) | (_, Err(r)) => return Err(r),
     };
     let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+    // Open incidents unless the filter says otherwise ("any" sends status=).
+    let q = ListQuery {
+        status: Some(q.status.clone().unwrap_or_else(|| "open".into())),
+        ..q
+    };
     let rows = match store
         .list_incidents(&IncidentFilter {
             status: nonempty(&q.status),
             service: nonempty(&q.service),
             before_id: None,
             limit: 500,
+            ..IncidentFilter::default()
         })
         .await
     {
@@ -114,12 +121,19 @@ pub async fn list(
         Ok(t) => t.into_iter().map(|t| (t.incident_id, t)).collect(),
         Err(e) => return Err(e.into()),
     };
+    let scale = severity_scale(&state);
+    let now = Utc::now();
     let incidents: Vec<Value> = rows
         .iter()
         .map(|i| {
             json!({
                 "id": i.id, "title": i.title, "status": i.status, "service": i.service,
-                "environment": i.environment, "severity": i.severity,
+                "environment": i.environment,
+                "severity": scale.of(i.response.declared_severity.as_deref(), i.severity.as_deref()),
+                "stage": Stage::of(&i.status, i.response.stage.as_deref()).as_str(),
+                "acknowledged_by": i.response.acknowledged_by,
+                "commander": i.response.commander,
+                "age": duration(Some(i.resolved_at.unwrap_or(now) - i.opened_at)),
                 "opened": when(i.opened_at), "open": i.status == "open",
                 "durations": durations(i, times.get(&i.id)),
             })
@@ -146,6 +160,8 @@ pub struct DetailQuery {
     to: Option<i64>,
     /// The page of the entry list (200 each).
     page: Option<usize>,
+    /// What the response form just did (acknowledged, saved, …).
+    done: Option<String>,
 }
 
 const LIST_PAGE: usize = 200;
@@ -372,6 +388,36 @@ pub async fn detail(
             "firing": detail.alerts_firing,
         }),
     );
+    let scale = severity_scale(&state);
+    let level = scale
+        .of(
+            i.response.declared_severity.as_deref(),
+            i.severity.as_deref(),
+        )
+        .map(str::to_string);
+    let stage = Stage::of(&i.status, i.response.stage.as_deref());
+    let done = match q.done.as_deref() {
+        Some("acknowledged") => Some("Acknowledged: the incident shows you as acknowledging it."),
+        Some("already-acknowledged") => Some("It was acknowledged already; nothing changed."),
+        Some("saved") => Some("Saved: the timeline names what changed."),
+        _ => None,
+    };
+    ctx.insert(
+        "response".into(),
+        json!({
+            "severity": level,
+            "stage": stage.as_str(),
+            "acknowledged_by": i.response.acknowledged_by,
+            "acknowledged": i.response.acknowledged_at.map(when),
+            "commander": i.response.commander,
+            "summary": i.response.summary,
+            "declared_by": i.response.declared_by,
+            "url": format!("/incidents/{id}/response"),
+            "done": done,
+            "levels": scale.levels.iter().map(|l| json!({"name": l, "selected": level.as_deref() == Some(l.as_str())})).collect::<Vec<_>>(),
+            "stages": Stage::ALL.iter().filter(|s| **s != Stage::Resolved).map(|s| json!({"name": s.as_str(), "selected": *s == stage})).collect::<Vec<_>>(),
+        }),
+    );
     ctx.insert(
         "top_suspect".into(),
         suspects_json.first().cloned().unwrap_or(Value::Null),
@@ -517,4 +563,75 @@ pub async fn deny(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
 
 pub async fn revert(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
     decide(s, i, c, id, b, "revert").await
+}
+
+/// The severity scale of the remediation core (the default one without it).
+fn severity_scale(state: &crate::AppState) -> firebreak_domain::response::SeverityScale {
+    state
+        .remediation
+        .as_ref()
+        .map(|r| r.severities().clone())
+        .unwrap_or_default()
+}
+
+#[derive(serde::Deserialize)]
+pub struct ResponseForm {
+    csrf_token: Option<String>,
+    /// `acknowledge` or `save`.
+    act: String,
+    severity: Option<String>,
+    stage: Option<String>,
+    commander: Option<String>,
+}
+
+/// The response controls of the incident page: acknowledge, or save the
+/// severity, stage and commander (resolving is the stage `resolved`, for
+/// operators). The page says what changed.
+pub async fn response(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    bytes: Bytes,
+) -> PageResult {
+    let f: ResponseForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
+        return Err(Refusal::bad("not an incident id"));
+    };
+    let remediation = crate::remediation::remediation(&state)?;
+    let done = match f.act.as_str() {
+        "acknowledge" => {
+            if remediation.acknowledge_incident(&identity, id).await? {
+                "acknowledged"
+            } else {
+                "already-acknowledged"
+            }
+        }
+        "save" => {
+            let resolving = f.stage.as_deref() == Some("resolved");
+            if resolving && !identity.allows(Scope::Operate) {
+                return Err(Refusal::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "Resolving an incident needs the operator role.",
+                ));
+            }
+            let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+            remediation
+                .update_incident(
+                    &identity,
+                    id,
+                    &firebreak_remediation::incidents::IncidentChange {
+                        severity: nonempty(f.severity),
+                        stage: nonempty(f.stage),
+                        commander: f.commander,
+                        summary: None,
+                    },
+                )
+                .await?;
+            "saved"
+        }
+        _ => return Err(Refusal::bad("say acknowledge or save")),
+    };
+    Ok(Redirect::to(&format!("/incidents/{id}?done={done}#response")).into_response())
 }

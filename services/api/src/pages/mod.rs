@@ -237,6 +237,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/incidents", get(incident::list))
         .route("/incidents/{id}", get(incident::detail))
         .route("/incidents/{id}/notes", post(incident::note))
+        .route("/incidents/{id}/response", post(incident::response))
         .route(
             "/incidents/{id}/changes/{deploy}/cause",
             post(incident::cause),

@@ -6,22 +6,178 @@ use super::*;
 #[async_trait]
 impl<D: Dialect> IncidentStore for Db<D> {
     async fn list_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentRow>> {
-        let rows = self
-            .d
-            .read(
+        // The response filters are added only when given, each with its
+        // own bind after the four every list has.
+        let mut extra = String::new();
+        let mut n = 4;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if f.severities.is_some() {
+            extra += &format!(
+                " AND {}",
+                <D::Tx as DialectTx>::any("COALESCE(declared_severity, severity)", next())
+            );
+        }
+        if let Some(stage) = &f.stage {
+            extra += &if stage == "investigating" {
+                format!(
+                    " AND status = 'open' AND (stage IS NULL OR stage = ${})",
+                    next()
+                )
+            } else {
+                format!(" AND stage = ${}", next())
+            };
+        }
+        if let Some(acked) = f.acknowledged {
+            extra += if acked {
+                " AND acknowledged_at IS NOT NULL"
+            } else {
+                " AND acknowledged_at IS NULL"
+            };
+        }
+        if f.commander.is_some() {
+            extra += &format!(" AND commander = ${}", next());
+        }
+        let mut query = q(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR service = $2)
+               AND ($3 IS NULL OR id < $3){extra}
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(&f.status)
+        .bind(&f.service)
+        .bind(f.before_id)
+        .bind(f.limit);
+        if let Some(sev) = &f.severities {
+            query = query.bind(sev.clone());
+        }
+        if let Some(stage) = &f.stage {
+            query = query.bind(stage.as_str());
+        }
+        if let Some(c) = &f.commander {
+            query = query.bind(c.as_str());
+        }
+        let rows = self.d.read(query).await?;
+        decode(&rows, incident_row)
+    }
+
+    async fn declare_incident(
+        &self,
+        i: &crate::NewDeclaredIncident,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<IncidentRow> {
+        let mut tx = self.d.begin().await?;
+        // Its own group: alerts never join a declared incident by accident.
+        let group = format!("declared:{}@{}", i.by, i.at.timestamp_micros());
+        let rows = tx
+            .fetch(
                 q(format!(
-                    "SELECT {INCIDENT_COLUMNS} FROM incidents
-                     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR service = $2)
-                       AND ($3 IS NULL OR id < $3)
-                     ORDER BY id DESC LIMIT $4"
+                    "INSERT INTO incidents (group_key, service, environment, title, status,
+                         opened_at, declared_severity, summary, declared_by, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $5, $5)
+                     RETURNING {INCIDENT_COLUMNS}"
                 ))
-                .bind(&f.status)
-                .bind(&f.service)
-                .bind(f.before_id)
-                .bind(f.limit),
+                .bind(group)
+                .bind(i.service.as_str())
+                .bind(i.environment.as_deref())
+                .bind(i.title.as_str())
+                .bind(i.at)
+                .bind(i.severity.as_deref())
+                .bind(i.summary.as_deref())
+                .bind(i.by.as_str()),
             )
             .await?;
-        decode(&rows, incident_row)
+        let incident = incident_row(rows.first().ok_or_else(|| {
+            StoreError::Internal("declaring an incident returned no row".into())
+        })?)?;
+        let entries: Vec<NewEntry> = timeline
+            .iter()
+            .map(|e| NewEntry {
+                incident_id: incident.id,
+                ..e.clone()
+            })
+            .collect();
+        let audit = NewAudit {
+            incident_id: Some(incident.id),
+            ..audit.clone()
+        };
+        write_audit(&mut tx, std::slice::from_ref(&audit)).await?;
+        tx.insert_timeline(&entries).await?;
+        tx.commit().await?;
+        Ok(incident)
+    }
+
+    async fn acknowledge_incident(
+        &self,
+        id: i64,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<Option<bool>> {
+        let mut tx = self.d.begin().await?;
+        let n = tx
+            .execute(
+                q("UPDATE incidents SET acknowledged_at = $2, acknowledged_by = $3, updated_at = $2
+                   WHERE id = $1 AND acknowledged_at IS NULL")
+                .bind(id)
+                .bind(at)
+                .bind(by),
+            )
+            .await?;
+        if n == 0 {
+            let exists = !tx
+                .fetch(q("SELECT id FROM incidents WHERE id = $1").bind(id))
+                .await?
+                .is_empty();
+            return Ok(exists.then_some(false));
+        }
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
+    async fn update_incident(
+        &self,
+        id: i64,
+        u: &crate::IncidentUpdate,
+        audit: &NewAudit,
+        timeline: &[NewEntry],
+    ) -> Result<IncidentRow> {
+        let mut tx = self.d.begin().await?;
+        // One statement: each column keeps its value unless the update names it.
+        let rows = tx
+            .fetch(
+                q(format!(
+                    "UPDATE incidents SET
+                         declared_severity = CASE WHEN $2 THEN $3 ELSE declared_severity END,
+                         stage = CASE WHEN $4 THEN $5 ELSE stage END,
+                         commander = CASE WHEN $6 THEN $7 ELSE commander END,
+                         summary = CASE WHEN $8 THEN $9 ELSE summary END,
+                         updated_at = $10
+                     WHERE id = $1 RETURNING {INCIDENT_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(u.declared_severity.is_some())
+                .bind(u.declared_severity.clone().flatten())
+                .bind(u.stage.is_some())
+                .bind(u.stage.clone().flatten())
+                .bind(u.commander.is_some())
+                .bind(u.commander.clone().flatten())
+                .bind(u.summary.is_some())
+                .bind(u.summary.clone().flatten())
+                .bind(audit.at),
+            )
+            .await?;
+        let incident = incident_row(rows.first().ok_or(StoreError::NotFound)?)?;
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.insert_timeline(timeline).await?;
+        tx.commit().await?;
+        Ok(incident)
     }
 
     async fn incident(&self, id: i64) -> Result<IncidentDetail> {
