@@ -101,12 +101,11 @@ impl Remediation {
             .transpose()?
             .filter(|s| !s.is_empty());
         let now = Utc::now();
-        let entry = NewEntry {
-            incident_id: 0,
-            at: now,
-            kind: kind::INCIDENT_DECLARED,
-            source: identity.id.clone(),
-            summary: format!(
+        let entry = entry_by(
+            identity,
+            0,
+            kind::INCIDENT_DECLARED,
+            format!(
                 "Incident declared by {}{}: {title}{}",
                 identity.id,
                 door(identity),
@@ -115,8 +114,8 @@ impl Remediation {
                     .map(|s| format!(" ({s})"))
                     .unwrap_or_default()
             ),
-            ref_id: format!("declared-by:{}@{}", identity.id, now.timestamp_micros()),
-        };
+            format!("declared-by:{}@{}", identity.id, now.timestamp_micros()),
+        );
         let audit = NewAudit::by(
             identity.id.clone(),
             "incident_declared",
@@ -150,18 +149,14 @@ impl Remediation {
         incident: i64,
     ) -> Result<bool, CommandError> {
         let now = Utc::now();
-        let entry = NewEntry {
-            incident_id: incident,
-            at: now,
-            kind: kind::INCIDENT_ACKNOWLEDGED,
-            source: identity.id.clone(),
-            summary: format!("Acknowledged by {}{}", identity.id, door(identity)),
-            ref_id: format!("ack:{incident}"),
-        };
-        let audit = NewAudit {
-            incident_id: Some(incident),
-            ..NewAudit::by(identity.id.clone(), "incident_acknowledged", json!({}))
-        };
+        let entry = entry_by(
+            identity,
+            incident,
+            kind::INCIDENT_ACKNOWLEDGED,
+            format!("Acknowledged by {}{}", identity.id, door(identity)),
+            format!("ack:{incident}"),
+        );
+        let audit = audit_by(identity, incident, "incident_acknowledged", json!({}));
         match self
             .store
             .acknowledge_incident(incident, &identity.id, now, &audit, &[entry])
@@ -256,23 +251,20 @@ impl Remediation {
         let mut after = before;
         if !said.is_empty() {
             let now = Utc::now();
-            let entry = NewEntry {
-                incident_id: incident,
-                at: now,
-                kind: kind::INCIDENT_UPDATED,
-                source: identity.id.clone(),
-                summary: format!("{}{}: {}", identity.id, door(identity), said.join("; ")),
-                ref_id: format!("updated-by:{}@{}", identity.id, now.timestamp_micros()),
-            };
-            let audit = NewAudit {
-                incident_id: Some(incident),
-                ..NewAudit::by(
-                    identity.id.clone(),
-                    "incident_updated",
-                    json!({"severity": change.severity, "stage": change.stage,
+            let entry = entry_by(
+                identity,
+                incident,
+                kind::INCIDENT_UPDATED,
+                format!("{}{}: {}", identity.id, door(identity), said.join("; ")),
+                format!("updated-by:{}@{}", identity.id, now.timestamp_micros()),
+            );
+            let audit = audit_by(
+                identity,
+                incident,
+                "incident_updated",
+                json!({"severity": change.severity, "stage": change.stage,
                            "commander": change.commander, "summary": change.summary}),
-                )
-            };
+            );
             after = self
                 .store
                 .update_incident(incident, &update, &audit, &[entry])
@@ -304,18 +296,14 @@ impl Remediation {
             .await
             .map_err(|e| not_found(e, incident))?;
         let now = Utc::now();
-        let entry = NewEntry {
-            incident_id: incident,
-            at: now,
-            kind: kind::NOTE,
-            source: identity.id.clone(),
-            summary: text.to_string(),
-            ref_id: format!("note:{}@{}", identity.id, now.timestamp_micros()),
-        };
-        let audit = NewAudit {
-            incident_id: Some(incident),
-            ..NewAudit::by(identity.id.clone(), "note_added", json!({"note": text}))
-        };
+        let entry = entry_by(
+            identity,
+            incident,
+            kind::NOTE,
+            text.to_string(),
+            format!("note:{}@{}", identity.id, now.timestamp_micros()),
+        );
+        let audit = audit_by(identity, incident, "note_added", json!({"note": text}));
         self.store
             .record(&[audit], std::slice::from_ref(&entry))
             .await?;
@@ -330,18 +318,14 @@ impl Remediation {
         incident: i64,
     ) -> Result<bool, CommandError> {
         let now = Utc::now();
-        let entry = NewEntry {
-            incident_id: incident,
-            at: now,
-            kind: kind::INCIDENT_RESOLVED,
-            source: identity.id.clone(),
-            summary: format!("Incident resolved by {}{}", identity.id, door(identity)),
-            ref_id: format!("resolved-by:{}@{}", identity.id, now.timestamp_micros()),
-        };
-        let audit = NewAudit {
-            incident_id: Some(incident),
-            ..NewAudit::by(identity.id.clone(), "resolved", json!({}))
-        };
+        let entry = entry_by(
+            identity,
+            incident,
+            kind::INCIDENT_RESOLVED,
+            format!("Incident resolved by {}{}", identity.id, door(identity)),
+            format!("resolved-by:{}@{}", identity.id, now.timestamp_micros()),
+        );
+        let audit = audit_by(identity, incident, "resolved", json!({}));
         self.store
             .resolve_incident_manually(incident, now, &audit, &[entry])
             .await
@@ -383,28 +367,25 @@ impl Remediation {
             Some(false) => "not the cause",
             None => "of unknown part",
         };
-        let audit = NewAudit {
-            incident_id: Some(incident),
-            ..NewAudit::by(
-                who,
-                "cause_marked",
-                json!({"deploy": deploy, "service": change.service, "version": change.version,
+        let audit = audit_by(
+            identity,
+            incident,
+            "cause_marked",
+            json!({"deploy": deploy, "service": change.service, "version": change.version,
                        "cause": cause, "comment": comment}),
-            )
-        };
-        let entry = NewEntry {
-            incident_id: incident,
-            at: now,
-            kind: "cause_marked",
-            source: who.to_string(),
-            summary: format!(
+        );
+        let entry = entry_by(
+            identity,
+            incident,
+            "cause_marked",
+            format!(
                 "{who} marked change {} {} ({deploy}) as {said}{}",
                 change.service,
                 change.version,
                 comment.map(|c| format!(": {c}")).unwrap_or_default()
             ),
-            ref_id: format!("cause:{deploy}:{}", now.timestamp_micros()),
-        };
+            format!("cause:{deploy}:{}", now.timestamp_micros()),
+        );
         match self
             .store
             .set_cause(incident, deploy, cause, &audit, &[entry])
@@ -416,6 +397,37 @@ impl Remediation {
             ))),
             Err(e) => Err(not_found(e, incident)),
         }
+    }
+}
+
+/// A timeline entry a person made, now, under their identity.
+fn entry_by(
+    identity: &Identity,
+    incident: i64,
+    kind: &'static str,
+    summary: String,
+    ref_id: String,
+) -> NewEntry {
+    NewEntry {
+        incident_id: incident,
+        at: Utc::now(),
+        kind,
+        source: identity.id.clone(),
+        summary,
+        ref_id,
+    }
+}
+
+/// The audit row of a person's change to an incident.
+fn audit_by(
+    identity: &Identity,
+    incident: i64,
+    event: &str,
+    detail: serde_json::Value,
+) -> NewAudit {
+    NewAudit {
+        incident_id: Some(incident),
+        ..NewAudit::by(identity.id.clone(), event, detail)
     }
 }
 
