@@ -180,6 +180,25 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
     );
     assert_eq!(seen["status_after"], "succeeded", "{seen}");
     assert!(
+        seen["banner"]
+            .as_str()
+            .unwrap()
+            .contains("turn off flag checkout.new-payment-flow"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["banner_confirms"], 2,
+        "Approve and Deny each confirmed"
+    );
+    assert!(
+        seen["approved_said"]
+            .as_str()
+            .unwrap()
+            .starts_with("Approved"),
+        "{seen}"
+    );
+    assert_eq!(seen["banner_after"], 0, "nothing waits any more: {seen}");
+    assert!(
         seen["acknowledged"]
             .as_str()
             .unwrap()

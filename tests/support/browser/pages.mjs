@@ -84,13 +84,23 @@ async function incident() {
   );
   await shot(page, "incident-before-approval");
 
-  // Approve: the box must be ticked first (the browser refuses the form without it).
-  const approve = page.locator(`form[action="/actions/${input.action}/approve"]`);
+  // The held action waits in a banner at the top, Approve and Deny each
+  // confirmed on its own.
+  out.banner = await page.locator("#held-banner").textContent();
+  out.banner_confirms = await page.locator("#held-banner input[name=confirm]").count();
+  // Approve from the banner: the box must be ticked first (the browser
+  // refuses the form without it).
+  const approve = page.locator(`#held-banner form[action="/actions/${input.action}/approve"]`);
   await approve.getByRole("button", { name: "Approve" }).click();
   check(new URL(page.url()).pathname === `/incidents/${input.incident}`, "an unticked confirmation must not submit");
   out.still_held = await page.locator(`tr[data-action="${input.action}"]`).getAttribute("data-status");
   await approve.getByLabel("I'm sure").check();
-  await Promise.all([page.waitForURL(`**/incidents/${input.incident}#actions`), approve.getByRole("button", { name: "Approve" }).click()]);
+  await Promise.all([
+    page.waitForURL(`**/incidents/${input.incident}?done=approved#actions`),
+    approve.getByRole("button", { name: "Approve" }).click(),
+  ]);
+  out.approved_said = await page.locator("#actions p.done").textContent();
+  out.banner_after = await page.locator("#held-banner").count();
   // The executor runs it in the background: reload until it has.
   let status = "";
   for (let i = 0; i < 40; i++) {

@@ -375,8 +375,15 @@ pub async fn detail(
             })
         })
         .collect();
+    // What waits for a person, shown at the top of the page.
+    let held: Vec<Value> = actions_json
+        .iter()
+        .filter(|a| a["status"] == "held")
+        .cloned()
+        .collect();
     let t = times.first();
     let mut ctx = base(&identity, &csrf, &format!("#{id} {}", i.title), "incidents");
+    ctx.insert("held".into(), json!(held));
     ctx.insert(
         "incident".into(),
         json!({
@@ -400,6 +407,9 @@ pub async fn detail(
         Some("acknowledged") => Some("Acknowledged: the incident shows you as acknowledging it."),
         Some("already-acknowledged") => Some("It was acknowledged already; nothing changed."),
         Some("saved") => Some("Saved: the timeline names what changed."),
+        Some("approved") => Some("Approved: the executor runs it now; its status below follows."),
+        Some("denied") => Some("Denied: the action will not run."),
+        Some("reverted") => Some("Revert requested: its status below follows."),
         _ => None,
     };
     ctx.insert(
@@ -543,9 +553,14 @@ async fn decide(
     };
     match result {
         Ok(row) => {
+            let done = match verb {
+                "approve" => "approved",
+                "deny" => "denied",
+                _ => "reverted",
+            };
             let back = row
                 .incident_id
-                .map(|i| format!("/incidents/{i}#actions"))
+                .map(|i| format!("/incidents/{i}?done={done}#actions"))
                 .unwrap_or_else(|| "/incidents".into());
             Ok(Redirect::to(&back).into_response())
         }
