@@ -555,6 +555,11 @@ async fn alerts_open_one_incident_per_group(h: &Harness) {
     assert_eq!(kinds.iter().filter(|k| *k == "incident_opened").count(), 1);
     let detail = h.store.incident(checkout.id).await.unwrap();
     assert_eq!(detail.alerts.len(), 2);
+    // The alerts panel: one group per name, counted.
+    let groups = h.store.alert_groups(checkout.id).await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!((groups[0].count, groups[0].firing), (2, 2));
+    assert_eq!(groups[0].alertname, detail.alerts[0].alertname);
     // The overview counts the alerts instead of listing them.
     let o = h.store.incident_overview(checkout.id).await.unwrap();
     assert_eq!((o.alert_count, o.alerts_firing), (2, 2));

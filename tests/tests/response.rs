@@ -343,8 +343,76 @@ async fn a_requests_reason_is_on_the_timeline(app: TestAppBuilder) {
     );
 }
 
+/// The incident page's alerts panel: one row per alert name with its counts,
+/// labels and links; a link that is not http(s) is not made a link.
+async fn the_alerts_panel_groups_alerts_by_name(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
+    let alert = |fp: &str, name: &str, runbook: &str| {
+        json!({"status": "firing",
+               "labels": {"alertname": name, "service": "cart", "severity": "warning", "pod": fp},
+               "annotations": {"summary": format!("{name} on cart"), "runbook_url": runbook},
+               "startsAt": chrono::Utc::now().to_rfc3339(), "endsAt": "0001-01-01T00:00:00Z",
+               "generatorURL": "http://prometheus:9090/graph?g0.expr=up", "fingerprint": fp})
+    };
+    let mut alerts: Vec<Value> = (0..5)
+        .map(|i| {
+            alert(
+                &format!("lat{i:04}"),
+                "HighLatency",
+                "https://runbooks.example.com/latency",
+            )
+        })
+        .collect();
+    alerts.push(alert("err00001", "HighErrorRate", "javascript:alert(1)"));
+    let body = json!({"version": "4", "groupKey": "{}:{service=\"cart\"}", "truncatedAlerts": 0,
+        "status": "firing", "receiver": "firebreak", "groupLabels": {"service": "cart"},
+        "commonLabels": {"service": "cart"}, "commonAnnotations": {}, "externalURL": "http://am:9093",
+        "alerts": alerts});
+    let (status, b) = fb.post("/api/v1/alerts/alertmanager", &body).await;
+    assert_eq!(status, 202, "{b}");
+    let id = eventually(
+        "the incident with six alerts",
+        Duration::from_secs(20),
+        || async {
+            let (_, l) = fb.get("/api/v1/incidents?service=cart").await;
+            let id = l["incidents"][0]["id"].as_i64()?;
+            let (_, d) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+            (d["alerts"].as_array()?.len() == 6).then_some(id)
+        },
+    )
+    .await;
+    let html = firebreak_tests::client()
+        .get(format!("{}/incidents/{id}", fb.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let panel = &html[html.find("id=\"alert-groups\"").expect("the alerts panel")..];
+    let panel = &panel[..panel.find("</table>").unwrap()];
+    let latency = &panel[panel.find("data-alert=\"HighLatency\"").unwrap()..];
+    let latency = &latency[..latency.find("</tr>").unwrap()];
+    assert!(
+        latency.contains("<td>5</td><td>5</td><td>0</td>")
+            && latency.contains("href=\"https://runbooks.example.com/latency\"")
+            && latency.contains("href=\"http://prometheus:9090/graph?g0.expr&#x3D;up\"")
+            && latency.contains("<code>service&#x3D;cart</code>"),
+        "{latency}"
+    );
+    let errors = &panel[panel.find("data-alert=\"HighErrorRate\"").unwrap()..];
+    let errors = &errors[..errors.find("</tr>").unwrap()];
+    assert!(
+        errors.contains("<td>1</td>") && !errors.contains("javascript:"),
+        "{errors}"
+    );
+    assert!(!errors.contains(">Runbook<"), "{errors}");
+}
+
 firebreak_tests::both_modes!(
     people_declare_acknowledge_and_steer_an_incident,
     alert_incidents_map_severity_and_lists_filter_the_response,
     a_requests_reason_is_on_the_timeline,
+    the_alerts_panel_groups_alerts_by_name,
 );

@@ -994,13 +994,8 @@ async fn postmortem(state: &AppState, store: &dyn Store, raw: &str) -> Result<Re
         .slack
         .as_ref()
         .and_then(|s| s.config().public_url.clone())
-        .map(|u| {
-            format!(
-                "{}/api/v1/incidents/{id}/postmortem.html",
-                u.trim_end_matches('/')
-            )
-        })
-        .unwrap_or_else(|| format!("/api/v1/incidents/{id}/postmortem.html"));
+        .map(|u| format!("{}/incidents/{id}/postmortem", u.trim_end_matches('/')))
+        .unwrap_or_else(|| format!("/incidents/{id}/postmortem"));
     let markdown = pm.markdown.clone();
     let lint =
         crate::offload::text(move || firebreak_postmortem::lint::check(&markdown, &[]).total)

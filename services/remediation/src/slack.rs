@@ -261,7 +261,7 @@ pub fn message(e: &TimelineEvent, public_url: Option<&str>) -> (String, Option<V
     let link = public_url
         .map(|u| {
             format!(
-                " <{}/api/v1/incidents/{}|#{}>",
+                " <{}/incidents/{}|#{}>",
                 u.trim_end_matches('/'),
                 e.incident_id,
                 e.incident_id
@@ -426,5 +426,31 @@ async fn announce(
             }
             Err(err)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thread messages link to the incident's web page, not its JSON.
+    #[test]
+    fn messages_link_to_the_incident_page() {
+        let e = TimelineEvent {
+            seq: 1,
+            incident_id: 7,
+            at: chrono::Utc::now(),
+            kind: kind::INCIDENT_OPENED.to_string(),
+            source: "alertmanager".into(),
+            summary: "opened".into(),
+            ref_id: "opened:7".into(),
+        };
+        let (text, _) = message(&e, Some("https://firebreak.example.com/"));
+        assert!(
+            text.ends_with("<https://firebreak.example.com/incidents/7|#7>"),
+            "{text}"
+        );
+        let (text, _) = message(&e, None);
+        assert!(text.ends_with(" #7"), "{text}");
     }
 }

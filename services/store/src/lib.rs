@@ -194,6 +194,22 @@ pub struct IncidentUpdate {
     pub summary: Option<Option<String>>,
 }
 
+/// An incident's alerts of one name, for its page's alerts panel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertGroup {
+    pub alertname: String,
+    pub count: i64,
+    pub firing: i64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// The labels of its latest notification.
+    pub labels: serde_json::Value,
+    /// The `runbook_url` annotation of its latest notification, if any.
+    pub runbook_url: Option<String>,
+    /// Alertmanager's `generatorURL` of its latest notification, if any.
+    pub generator_url: Option<String>,
+}
+
 /// The current state of one alert within an incident.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IncidentAlertRow {
@@ -295,6 +311,10 @@ pub trait IncidentStore: Send + Sync {
     ) -> Result<Vec<TimelineEvent>>;
     /// The moments durations are measured between, for these incidents.
     async fn incident_times(&self, ids: &[i64]) -> Result<Vec<IncidentTimes>>;
+    /// The incident's alerts grouped by name (at most 200 names, in the order
+    /// they first fired): counts, firing, first and last seen, and the labels
+    /// and links of each name's latest notification.
+    async fn alert_groups(&self, id: i64) -> Result<Vec<AlertGroup>>;
     /// Opens an incident a person declares, with its audit row and timeline
     /// entries (the entries' `incident_id` is filled in).
     async fn declare_incident(

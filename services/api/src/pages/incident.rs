@@ -375,6 +375,37 @@ pub async fn detail(
             })
         })
         .collect();
+    // The alerts panel: one row per alert name. Links from alerts are data:
+    // only http(s) URLs become links.
+    let web_url = |u: &Option<String>| {
+        u.clone()
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+    };
+    let alert_groups: Vec<Value> = store
+        .alert_groups(id)
+        .await?
+        .iter()
+        .map(|g| {
+            let labels: Vec<String> = g
+                .labels
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| k.as_str() != "alertname")
+                        .take(20)
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(&v.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "alertname": g.alertname, "count": g.count, "firing": g.firing,
+                "resolved": g.count - g.firing,
+                "first": when(g.first_seen), "last": when(g.last_seen),
+                "labels": labels,
+                "runbook": web_url(&g.runbook_url), "source": web_url(&g.generator_url),
+            })
+        })
+        .collect();
     // What waits for a person, shown at the top of the page.
     let held: Vec<Value> = actions_json
         .iter()
@@ -384,6 +415,7 @@ pub async fn detail(
     let t = times.first();
     let mut ctx = base(&identity, &csrf, &format!("#{id} {}", i.title), "incidents");
     ctx.insert("held".into(), json!(held));
+    ctx.insert("alert_groups".into(), json!(alert_groups));
     ctx.insert(
         "incident".into(),
         json!({

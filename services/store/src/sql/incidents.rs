@@ -63,6 +63,65 @@ impl<D: Dialect> IncidentStore for Db<D> {
         decode(&rows, incident_row)
     }
 
+    async fn alert_groups(&self, id: i64) -> Result<Vec<crate::AlertGroup>> {
+        let groups = self
+            .d
+            .read(
+                q("SELECT alertname, count(*) AS n,
+                          COALESCE(SUM(CASE WHEN status = 'firing' THEN 1 ELSE 0 END), 0) AS firing,
+                          MIN(starts_at) AS first, MAX(COALESCE(ends_at, starts_at)) AS last
+                   FROM incident_alerts WHERE incident_id = $1
+                   GROUP BY alertname ORDER BY MIN(starts_at), alertname LIMIT 200")
+                .bind(id),
+            )
+            .await?;
+        // The latest notification of each name gives its labels and links
+        // (the newest 2,000 notifications are read, whatever the storm).
+        let latest = self
+            .d
+            .read(
+                q(
+                    "SELECT alertname, labels, annotations, generator_url FROM alert_events
+                   WHERE incident_id = $1 ORDER BY occurred_at DESC LIMIT 2000",
+                )
+                .bind(id),
+            )
+            .await?;
+        let mut links: HashMap<String, (Value, Option<String>, Option<String>)> = HashMap::new();
+        for r in &latest {
+            let name = r.text("alertname")?;
+            if links.contains_key(&name) {
+                continue;
+            }
+            let annotations = r.json("annotations")?;
+            let runbook = annotations
+                .get("runbook_url")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let generator = Some(r.text("generator_url")?).filter(|u| !u.is_empty());
+            links.insert(name, (r.json("labels")?, runbook, generator));
+        }
+        decode(&groups, |r| {
+            let alertname = r.text("alertname")?;
+            let (labels, runbook_url, generator_url) = links.get(&alertname).cloned().unwrap_or((
+                Value::Object(Default::default()),
+                None,
+                None,
+            ));
+            Ok(crate::AlertGroup {
+                count: r.int("n")?,
+                firing: r.int("firing")?,
+                first_seen: r.time("first")?,
+                last_seen: r.time("last")?,
+                labels,
+                runbook_url,
+                generator_url,
+                alertname,
+            })
+        })
+        .map_err(in_row("incident_alerts", format!("of incident {id}")))
+    }
+
     async fn declare_incident(
         &self,
         i: &crate::NewDeclaredIncident,
