@@ -220,6 +220,15 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
         seen["viewer_response_forms"], 0,
         "a viewer has no response controls"
     );
+    assert_eq!(seen["operator_phone_controls"], 4, "{seen}");
+    assert_eq!(
+        seen["operator_phone_controls_offscreen"], 0,
+        "at 390 px every response control is on screen: {seen}"
+    );
+    assert!(
+        seen["operator_phone_overflow"].as_i64().unwrap() <= 0,
+        "no sideways scrolling at 390 px: {seen}"
+    );
     assert_eq!(
         seen["killswitch_marker"], 1,
         "the moment the kill switch went off is marked"

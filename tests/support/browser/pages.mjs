@@ -141,6 +141,30 @@ async function incident() {
   await shot(page, "incident-response");
   await context.close();
 
+  // An operator on a phone (390 px): every response control is on screen
+  // without scrolling sideways.
+  const opPhone = await person("operator on a phone", input.operator, {
+    viewport: { width: 390, height: 844 },
+    isMobile: true,
+    hasTouch: true,
+  });
+  await opPhone.page.goto(`${base}/incidents/${input.incident}`);
+  out.operator_phone_overflow = await opPhone.page.evaluate(
+    () => document.documentElement.scrollWidth - window.innerWidth
+  );
+  out.operator_phone_controls_offscreen = await opPhone.page.evaluate(() =>
+    ["#set-severity", "#set-stage", "#set-commander", "#save-response", "#incident-note, textarea[name=text]"]
+      .map((s) => document.querySelector(s))
+      .filter((e) => e)
+      .filter((e) => {
+        const r = e.getBoundingClientRect();
+        return r.left < 0 || r.right > window.innerWidth;
+      }).length
+  );
+  out.operator_phone_controls = await opPhone.page.locator("#set-severity, #set-stage, #set-commander, #save-response").count();
+  await shot(opPhone.page, "incident-phone-operator");
+  await opPhone.context.close();
+
   // A viewer on a phone: readable, no controls that would be refused.
   const phone = await person("viewer", input.viewer, {
     viewport: { width: 390, height: 844 },
