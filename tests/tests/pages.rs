@@ -217,6 +217,11 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
     );
     assert_eq!(seen["updated_entry"], 1, "{seen}");
     assert_eq!(
+        (seen["live_stage"].clone(), seen["live_same_load"].clone()),
+        (json!("monitoring"), json!("yes")),
+        "another person's change shows without a reload: {seen}"
+    );
+    assert_eq!(
         seen["viewer_response_forms"], 0,
         "a viewer has no response controls"
     );

@@ -33,6 +33,35 @@
     }, every);
   }
 
+  // The incident page keeps up: every few seconds it reads the page again
+  // and swaps in the parts marked .live (facts, the approval banner, alerts,
+  // actions) from what the server rendered and escaped. It waits while a
+  // person is working in one of them (focus inside, or a box ticked).
+  const facts = document.getElementById("facts");
+  if (facts && facts.dataset.live) {
+    const every = parseInt(facts.dataset.live, 10) || 5000;
+    setInterval(async () => {
+      if (document.hidden) return;
+      const live = Array.from(document.querySelectorAll(".live[id]"));
+      const busy = live.some(
+        (el) => el.contains(document.activeElement) || el.querySelector("input[type=checkbox]:checked")
+      );
+      if (busy) return;
+      const u = new URL(window.location.href);
+      u.searchParams.delete("done");
+      u.hash = "";
+      try {
+        const r = await fetch(u, { credentials: "same-origin" });
+        if (!r.ok) return;
+        const fresh = new DOMParser().parseFromString(await r.text(), "text/html");
+        for (const el of live) {
+          const next = fresh.getElementById(el.id);
+          if (next && next.innerHTML !== el.innerHTML) el.innerHTML = next.innerHTML;
+        }
+      } catch (e) { /* offline: try again next time */ }
+    }, every);
+  }
+
   // The editor: live preview, findings, presence, unsaved-change warning.
   const form = document.getElementById("editor-form");
   const area = document.getElementById("markdown");

@@ -139,6 +139,25 @@ async function incident() {
   out.stage = await page.locator("#stage").textContent();
   out.updated_entry = await page.locator("#entries td.summary", { hasText: "stage investigating -> identified" }).count();
   await shot(page, "incident-response");
+
+  // Live: another person moves the stage on; this page shows it without a
+  // reload (a marker set in this page survives).
+  await page.evaluate(() => { window.__sameLoad = "yes"; });
+  const other = await person("second operator", input.operator);
+  await other.page.goto(`${base}/incidents/${input.incident}`);
+  await other.page.locator("#set-stage").selectOption("monitoring");
+  await Promise.all([
+    other.page.waitForURL(`**/incidents/${input.incident}?done=saved#response`),
+    other.page.locator("#save-response").click(),
+  ]);
+  await other.context.close();
+  await page.waitForFunction(
+    () => document.getElementById("stage").textContent.trim() === "monitoring",
+    null,
+    { timeout: 20000 }
+  );
+  out.live_stage = await page.locator("#stage").textContent();
+  out.live_same_load = await page.evaluate(() => window.__sameLoad);
   await context.close();
 
   // An operator on a phone (390 px): every response control is on screen
