@@ -410,9 +410,91 @@ async fn the_alerts_panel_groups_alerts_by_name(app: TestAppBuilder) {
     assert!(!errors.contains(">Runbook<"), "{errors}");
 }
 
+/// The incident page's picture starts at the top suspect change: an older
+/// deploy of the lookback is counted at the left edge, a link away, and the
+/// ticks fall on round times.
+async fn the_timeline_shows_the_incidents_window(app: TestAppBuilder) {
+    let app = app.start().await;
+    let fb = &app.fb;
+    for (version, minutes) in [("v40", 90), ("v41", 7)] {
+        let (s, _) = fb
+            .post(
+                "/api/v1/events/deploy",
+                &firebreak_tests::deploy_now("shop", version, minutes),
+            )
+            .await;
+        assert_eq!(s, 202);
+    }
+    let (s, _) = fb
+        .post(
+            "/api/v1/alerts/alertmanager",
+            &alert_now("win00001", "HighErrorRate", "shop", 0),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let id = eventually(
+        "the incident with both deploys",
+        Duration::from_secs(20),
+        || async {
+            let (_, l) = fb.get("/api/v1/incidents?service=shop").await;
+            let id = l["incidents"][0]["id"].as_i64()?;
+            let (_, d) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+            (d["suspect_changes"].as_array()?.len() == 2).then_some(id)
+        },
+    )
+    .await;
+    let html = firebreak_tests::client()
+        .get(format!("{}/incidents/{id}", fb.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let svg = &html[html.find("<svg").unwrap()..html.find("</svg>").unwrap()];
+    assert_eq!(
+        svg.matches("data-kind=\"deploy\"").count(),
+        1,
+        "only v41 is drawn: {svg}"
+    );
+    assert!(
+        svg.contains("data-earlier=\"1\""),
+        "v40 is counted at the edge: {svg}"
+    );
+    let labels: Vec<&str> = svg
+        .split("class=\"tick-label\"")
+        .skip(1)
+        .map(|t| &t[t.find('>').unwrap() + 1..t.find('<').unwrap()])
+        .collect();
+    assert!(!labels.is_empty());
+    assert!(
+        labels.iter().all(|l| l.len() == 5),
+        "minutes, no seconds: {labels:?}"
+    );
+    let minutes: Vec<u32> = labels
+        .iter()
+        .map(|l| l.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let steps: Vec<u32> = minutes
+        .windows(2)
+        .map(|w| (w[1] + 60 - w[0]) % 60)
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] == w[1]),
+        "even steps: {labels:?}"
+    );
+    assert!(
+        minutes
+            .iter()
+            .all(|m| m % steps.first().copied().unwrap_or(1).max(1) == 0),
+        "round: {labels:?}"
+    );
+}
+
 firebreak_tests::both_modes!(
     people_declare_acknowledge_and_steer_an_incident,
     alert_incidents_map_severity_and_lists_filter_the_response,
     a_requests_reason_is_on_the_timeline,
     the_alerts_panel_groups_alerts_by_name,
+    the_timeline_shows_the_incidents_window,
 );

@@ -256,9 +256,17 @@ pub async fn detail(
         now,
     };
     let suspects = rank(&inputs, first_alert);
-    // The picture's window: everything, or the zoomed slice.
-    let (lo, hi) = match (entries.first(), entries.last()) {
-        (Some(a), Some(b)) => (a.at, b.at.max(a.at + Duration::seconds(60))),
+    // The picture's window: from the top suspect change (or the first alert)
+    // to the last entry; older entries (deploys of the lookback) are counted
+    // at the left edge, a link away. Or the zoomed slice.
+    let start = suspects
+        .first()
+        .map(|s| s.deploy.started_at)
+        .unwrap_or(first_alert)
+        .min(first_alert);
+    let (lo, hi) = match (entries.iter().find(|e| e.at >= start), entries.last()) {
+        (Some(a), Some(b)) => (a.at.min(start), b.at.max(a.at + Duration::seconds(60))),
+        (None, Some(b)) => (b.at, b.at + Duration::seconds(60)),
         _ => (i.opened_at - Duration::minutes(5), now),
     };
     let pad = (hi - lo) / 40;

@@ -51,6 +51,33 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// Tick times on round values (10:30, 10:35, …): the smallest step of a
+/// 1-2-5-ish ladder that gives at most 7 ticks over `(from, to)`.
+pub fn ticks(from: DateTime<Utc>, to: DateTime<Utc>) -> (Vec<DateTime<Utc>>, Duration) {
+    const STEPS: &[i64] = &[
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200,
+        86_400, 172_800, 604_800, 2_592_000,
+    ];
+    let span = (to - from).num_seconds().max(1);
+    let step = STEPS
+        .iter()
+        .copied()
+        .find(|s| span / s <= 6)
+        .unwrap_or(span / 6 + 1);
+    let first = from.timestamp().div_euclid(step) * step
+        + if from.timestamp().rem_euclid(step) == 0 && from.timestamp_subsec_nanos() == 0 {
+            0
+        } else {
+            step
+        };
+    let ticks = (0..)
+        .map(|k| first + k * step)
+        .take_while(|t| *t <= to.timestamp())
+        .filter_map(|t| DateTime::from_timestamp(t, 0))
+        .collect();
+    (ticks, Duration::seconds(step))
+}
+
 fn short_time(t: DateTime<Utc>, span: Duration) -> String {
     if span > Duration::days(2) {
         t.format("%m-%d %H:%M").to_string()
@@ -80,22 +107,36 @@ pub fn svg(
     for e in entries.iter().filter(|e| e.at >= from && e.at <= to) {
         lanes[lane(&e.kind)].push(e);
     }
+    // What lies before the window: counted per lane at its left edge, a link
+    // that widens the window to show it.
+    let mut earlier = [0usize; 4];
+    let mut earliest: Option<DateTime<Utc>> = None;
+    for e in entries.iter().filter(|e| e.at < from) {
+        earlier[lane(&e.kind)] += 1;
+        earliest = Some(earliest.map_or(e.at, |t: DateTime<Utc>| t.min(e.at)));
+    }
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"timeline\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-labelledby=\"timeline-title\"><title id=\"timeline-title\">Timeline from {} to {} UTC: {} entries</title>",
         esc(&from.format("%Y-%m-%d %H:%M:%S").to_string()),
         esc(&to.format("%Y-%m-%d %H:%M:%S").to_string()),
         lanes.iter().map(Vec::len).sum::<usize>()
     );
-    // Axis and ticks.
-    for k in 0..=5 {
-        let t = from + span * k / 5;
+    // Axis and ticks, on round times; labels show seconds only when the
+    // step is under a minute.
+    let (tick_times, step) = ticks(from, to);
+    let label_span = if step < Duration::minutes(1) {
+        Duration::minutes(1)
+    } else {
+        span.max(Duration::minutes(11))
+    };
+    for t in tick_times {
         let tx = x(t);
-        let anchor = if k == 5 { "end" } else { "middle" };
+        let anchor = if tx > WIDTH - 40.0 { "end" } else { "middle" };
         out.push_str(&format!(
             "<line class=\"tick\" x1=\"{tx:.1}\" x2=\"{tx:.1}\" y1=\"{TOP}\" y2=\"{:.1}\"/><text class=\"tick-label\" x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
             height - 20.0,
             height - 6.0,
-            esc(&short_time(t, span))
+            esc(&short_time(t, label_span))
         ));
     }
     for (i, (name, items)) in LANES.iter().zip(lanes.iter()).enumerate() {
@@ -107,6 +148,14 @@ pub fn svg(
             esc(name),
             items.len()
         ));
+        if let (n @ 1.., Some(first)) = (earlier[i], earliest) {
+            out.push_str(&format!(
+                "<a href=\"{}\" class=\"zoom earlier\"><text class=\"edge\" data-earlier=\"{n}\" x=\"{:.1}\" y=\"{:.1}\">\u{25c2} {n} earlier</text></a>",
+                esc(&zoom(first, to)),
+                LEFT + 2.0,
+                y + 12.0,
+            ));
+        }
         if items.len() > DOTS_PER_LANE {
             // Counts per slice, each a link that zooms in.
             let slice = span / SLICES as i32;
@@ -231,5 +280,28 @@ mod tests {
         assert!(s.contains("href=\"?from="), "links zoom in");
         assert!(s.contains("&amp;to="), "escaped in the attribute");
         assert!(s.len() < 60_000, "{}", s.len());
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("a time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn ticks_fall_on_round_times() {
+        let (ts, step) = ticks(at("2026-12-05T10:29:45Z"), at("2026-12-05T10:55:12Z"));
+        assert_eq!(step, Duration::minutes(5));
+        assert_eq!(
+            ts.iter()
+                .map(|x| x.format("%H:%M:%S").to_string())
+                .collect::<Vec<_>>(),
+            ["10:30:00", "10:35:00", "10:40:00", "10:45:00", "10:50:00", "10:55:00"]
+        );
+        let (ts, step) = ticks(at("2026-12-05T10:00:00Z"), at("2026-12-05T10:00:40Z"));
+        assert_eq!(step, Duration::seconds(10));
+        assert_eq!(ts.len(), 5, "10:00:00 .. 10:00:40");
+        let (ts, _) = ticks(at("2026-12-01T00:00:00Z"), at("2026-12-05T00:00:00Z"));
+        assert!(!ts.is_empty() && ts.len() <= 7, "{ts:?}");
     }
 }
