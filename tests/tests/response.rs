@@ -196,7 +196,11 @@ async fn people_declare_acknowledge_and_steer_an_incident(app: TestAppBuilder) {
         ),
         (json!({"severity": "SEV9"}), "SEV1, SEV2, SEV3, SEV4"),
         (json!({"commander": "robot:x"}), "commander"),
-        (json!({"status": "identified"}), "status"),
+        (
+            json!({"status": "identified", "stage": "monitoring"}),
+            "status",
+        ),
+        (json!({"owner": "ana"}), "owner"),
         (json!({}), "give at least one"),
     ] {
         let (status, e) = patch(&editor, bad.clone()).await;
@@ -206,6 +210,13 @@ async fn people_declare_acknowledge_and_steer_an_incident(app: TestAppBuilder) {
     let (status, _) = patch(&viewer, json!({"severity": "SEV3"})).await;
     assert_eq!(status, 403);
 
+    // `status` names the stage too, as people say it.
+    let (status, row) = patch(&editor, json!({"status": "monitoring"})).await;
+    assert_eq!(
+        (status, row["stage"].clone(), row["status"].clone()),
+        (200, json!("monitoring"), json!("open")),
+        "{row}"
+    );
     // Resolving by the stage `resolved` is for operators.
     let (status, e) = patch(&editor, json!({"stage": "resolved"})).await;
     assert_eq!(status, 403, "{e}");

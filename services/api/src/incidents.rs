@@ -330,6 +330,10 @@ async fn acknowledge(
 struct UpdateBody {
     severity: Option<String>,
     stage: Option<String>,
+    /// The stage by the name people use (`status`: investigating,
+    /// identified, monitoring, resolved); the answer's `status` stays
+    /// `open` / `resolved` and its `stage` carries this.
+    status: Option<String>,
     commander: Option<String>,
     summary: Option<String>,
 }
@@ -342,7 +346,16 @@ async fn update(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let b: UpdateBody = crate::remediation::body(&bytes)?;
+    let mut b: UpdateBody = crate::remediation::body(&bytes)?;
+    match (b.stage.take(), b.status.take()) {
+        (Some(a), Some(s)) if !a.eq_ignore_ascii_case(&s) => {
+            return Err(bad(
+                "status",
+                "status and stage name the same thing here; give one (or the same value)",
+            ))
+        }
+        (a, s) => b.stage = a.or(s),
+    }
     if b.stage.as_deref().and_then(Stage::parse) == Some(Stage::Resolved)
         && !identity.allows(firebreak_domain::access::Scope::Operate)
     {
