@@ -25,6 +25,7 @@ use firebreak_remediation::Remediation;
 use firebreak_store::{Store, StoreError, StoreTx};
 use tokio_util::sync::CancellationToken;
 
+pub mod dead_letters;
 pub mod playbooks;
 mod remediation;
 

@@ -134,7 +134,7 @@ pub async fn dead_letters(config: &Config, command: &DeadLettersCommand) -> anyh
                 .dead_letters()
                 .await
                 .context("reading the dead letters")?;
-            let groups = firebreak_api::dead_letters::summary(&letters);
+            let groups = firebreak_engine::dead_letters::summary(&letters);
             for g in &groups {
                 if *as_json {
                     println!("{g}");
@@ -168,7 +168,8 @@ pub async fn dead_letters(config: &Config, command: &DeadLettersCommand) -> anyh
             let store = crate::open_store(config).await?;
             let ids = (!*all).then(|| ids.clone());
             let replayed =
-                firebreak_api::dead_letters::replay(bus.as_ref(), store.as_ref(), CLI, ids).await;
+                firebreak_engine::dead_letters::replay(bus.as_ref(), store.as_ref(), CLI, ids)
+                    .await;
             store.close().await;
             match replayed {
                 Ok(n) => {
