@@ -227,6 +227,15 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
     );
     assert_eq!(seen["operator_phone_controls"], 4, "{seen}");
     assert_eq!(
+        seen["operator_phone_revert"], 1,
+        "the revert is offered: {seen}"
+    );
+    assert!(
+        seen["list_phone_overflow"].as_i64().unwrap() <= 0
+            && seen["list_phone_rows_offscreen"] == 0,
+        "the incident list fits a 390 px phone: {seen}"
+    );
+    assert_eq!(
         seen["operator_phone_controls_offscreen"], 0,
         "at 390 px every response control is on screen: {seen}"
     );

@@ -172,7 +172,14 @@ async function incident() {
     () => document.documentElement.scrollWidth - window.innerWidth
   );
   out.operator_phone_controls_offscreen = await opPhone.page.evaluate(() =>
-    ["#set-severity", "#set-stage", "#set-commander", "#save-response", "#incident-note, textarea[name=text]"]
+    [
+      "#set-severity",
+      "#set-stage",
+      "#set-commander",
+      "#save-response",
+      "textarea[name=text]",
+      "#action-list form[action$='/revert'] button",
+    ]
       .map((s) => document.querySelector(s))
       .filter((e) => e)
       .filter((e) => {
@@ -181,6 +188,18 @@ async function incident() {
       }).length
   );
   out.operator_phone_controls = await opPhone.page.locator("#set-severity, #set-stage, #set-commander, #save-response").count();
+  out.operator_phone_revert = await opPhone.page.locator("#action-list form[action$='/revert'] button").count();
+  // The incident list on the phone: no sideways scrolling either.
+  await opPhone.page.goto(`${base}/incidents?status=`);
+  out.list_phone_overflow = await opPhone.page.evaluate(
+    () => document.documentElement.scrollWidth - window.innerWidth
+  );
+  out.list_phone_rows_offscreen = await opPhone.page.evaluate(() =>
+    Array.from(document.querySelectorAll("#incidents tr.incident td")).filter((e) => {
+      const r = e.getBoundingClientRect();
+      return r.left < 0 || r.right > window.innerWidth + 1;
+    }).length
+  );
   await shot(opPhone.page, "incident-phone-operator");
   await opPhone.context.close();
 
