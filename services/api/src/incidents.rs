@@ -87,7 +87,9 @@ pub(crate) fn incident_json(row: &IncidentRow, scale: &SeverityScale, now: DateT
     })
 }
 
-fn scale(state: &AppState) -> SeverityScale {
+/// The severity scale incidents are declared on (the remediation core's;
+/// the default one without it).
+pub(crate) fn severity_scale(state: &AppState) -> SeverityScale {
     state
         .remediation
         .as_ref()
@@ -113,7 +115,7 @@ async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad("limit", format!("must be between 1 and {MAX_PAGE}")));
     }
-    let scale = scale(&state);
+    let scale = severity_scale(&state);
     let severities = match &q.severity {
         None => None,
         Some(v) => {
@@ -197,7 +199,7 @@ async fn detail(
     })?;
     let now = Utc::now();
     let opened = detail.incident.opened_at;
-    let mut body = incident_json(&detail.incident, &scale(&state), now);
+    let mut body = incident_json(&detail.incident, &severity_scale(&state), now);
     body["alerts"] = json!(detail.alerts);
     body["suspect_changes"] = json!(detail
         .changes
@@ -304,7 +306,7 @@ async fn declare(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(incident_json(&row, &scale(&state), Utc::now())),
+        Json(incident_json(&row, &severity_scale(&state), Utc::now())),
     )
         .into_response())
 }
@@ -320,7 +322,7 @@ async fn acknowledge(
     let remediation = crate::remediation::remediation(&state)?;
     let first = remediation.acknowledge_incident(&identity, id).await?;
     let row = remediation.store().incident_overview(id).await?.incident;
-    let mut body = incident_json(&row, &scale(&state), Utc::now());
+    let mut body = incident_json(&row, &severity_scale(&state), Utc::now());
     body["acknowledged"] = json!(first);
     Ok(Json(body))
 }
@@ -382,5 +384,9 @@ async fn update(
             },
         )
         .await?;
-    Ok(Json(incident_json(&row, &scale(&state), Utc::now())))
+    Ok(Json(incident_json(
+        &row,
+        &severity_scale(&state),
+        Utc::now(),
+    )))
 }

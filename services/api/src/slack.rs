@@ -740,8 +740,9 @@ async fn change(
             escape(raw)
         )));
     };
-    let scale = remediation(state)?.severities().clone();
-    match remediation(state)?
+    let remediation = remediation(state)?;
+    let scale = remediation.severities();
+    match remediation
         .update_incident(&caller.identity(), id, &change)
         .await
     {

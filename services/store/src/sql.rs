@@ -598,6 +598,18 @@ pub fn set_audit_key(key: &[u8]) -> bool {
 /// Ids are given here (the last id plus one), not by the database's
 /// sequence, so a rolled-back write leaves no gap: in a keyed chain a
 /// missing id is a removed row.
+/// Ends a person's change to an incident: its audit row and timeline
+/// entries, then the commit.
+async fn commit_with<T: DialectTx>(
+    mut tx: T,
+    audit: &NewAudit,
+    timeline: &[NewEntry],
+) -> Result<()> {
+    write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+    tx.insert_timeline(timeline).await?;
+    tx.commit().await
+}
+
 async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());

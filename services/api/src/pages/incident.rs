@@ -121,7 +121,7 @@ pub async fn list(
         Ok(t) => t.into_iter().map(|t| (t.incident_id, t)).collect(),
         Err(e) => return Err(e.into()),
     };
-    let scale = severity_scale(&state);
+    let scale = crate::incidents::severity_scale(&state);
     let now = Utc::now();
     let incidents: Vec<Value> = rows
         .iter()
@@ -435,7 +435,7 @@ pub async fn detail(
             "firing": detail.alerts_firing,
         }),
     );
-    let scale = severity_scale(&state);
+    let scale = crate::incidents::severity_scale(&state);
     let level = scale
         .of(
             i.response.declared_severity.as_deref(),
@@ -618,15 +618,6 @@ pub async fn deny(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
 
 pub async fn revert(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
     decide(s, i, c, id, b, "revert").await
-}
-
-/// The severity scale of the remediation core (the default one without it).
-fn severity_scale(state: &crate::AppState) -> firebreak_domain::response::SeverityScale {
-    state
-        .remediation
-        .as_ref()
-        .map(|r| r.severities().clone())
-        .unwrap_or_default()
 }
 
 #[derive(serde::Deserialize)]

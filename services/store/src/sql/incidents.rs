@@ -163,9 +163,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
             incident_id: Some(incident.id),
             ..audit.clone()
         };
-        write_audit(&mut tx, std::slice::from_ref(&audit)).await?;
-        tx.insert_timeline(&entries).await?;
-        tx.commit().await?;
+        commit_with(tx, &audit, &entries).await?;
         Ok(incident)
     }
 
@@ -194,9 +192,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
                 .is_empty();
             return Ok(exists.then_some(false));
         }
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.insert_timeline(timeline).await?;
-        tx.commit().await?;
+        commit_with(tx, audit, timeline).await?;
         Ok(Some(true))
     }
 
@@ -233,9 +229,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
             )
             .await?;
         let incident = incident_row(rows.first().ok_or(StoreError::NotFound)?)?;
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.insert_timeline(timeline).await?;
-        tx.commit().await?;
+        commit_with(tx, audit, timeline).await?;
         Ok(incident)
     }
 
@@ -488,9 +482,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
         if n == 0 {
             return Ok(false);
         }
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.insert_timeline(timeline).await?;
-        tx.commit().await?;
+        commit_with(tx, audit, timeline).await?;
         Ok(true)
     }
 
@@ -519,9 +511,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
         if n == 0 {
             return Ok(false);
         }
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.insert_timeline(timeline).await?;
-        tx.commit().await?;
+        commit_with(tx, audit, timeline).await?;
         Ok(true)
     }
 
