@@ -12,6 +12,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod fractional;
+mod semver;
+pub use fractional::{bucket, murmur3_32};
+use fractional::{bucket_index, bucket_index_v1};
+use semver::{sem_ver, version_text};
+
 /// A flag's state in a flagd file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -442,80 +448,6 @@ fn check_logic(v: &Value, path: &str) -> Result<(), String> {
     }
 }
 
-/// MurmurHash3, x86 32-bit variant.
-pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let mut h = seed;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        h ^= k;
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut k = 0u32;
-        for (i, b) in tail.iter().enumerate() {
-            k |= u32::from(*b) << (8 * i);
-        }
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        h ^= k;
-    }
-    h ^= data.len() as u32;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
-}
-
-/// flagd's bucket of a value among weighted variants: the first variant
-/// whose running weight sum exceeds `(hash × total) >> 32`.
-pub fn bucket<'v>(value: &str, weighted: &[(&'v str, u64)]) -> Option<&'v str> {
-    bucket_index(value, weighted.iter().map(|(_, w)| *w)).map(|i| weighted[i].0)
-}
-
-/// Which of the weights `value` falls in (see [`bucket`]).
-fn bucket_index(value: &str, weights: impl Iterator<Item = u64> + Clone) -> Option<usize> {
-    let total: u64 = weights.clone().sum();
-    if total == 0 {
-        return None;
-    }
-    let hash = u64::from(murmur3_32(value.as_bytes(), 0));
-    let bucket = (hash * total) >> 32;
-    let mut sum = 0;
-    for (i, weight) in weights.enumerate() {
-        sum += weight;
-        if sum > bucket {
-            return Some(i);
-        }
-    }
-    None
-}
-
-/// flagd's first bucketing (`@fractional-v1`): the hash read as a signed
-/// 32-bit number, its magnitude as a share of `i32::MAX` in percent, against
-/// each variant's running share of the total weight in percent.
-fn bucket_index_v1(value: &str, weights: &[u64]) -> Option<usize> {
-    let total: u64 = weights.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let hash = murmur3_32(value.as_bytes(), 0) as i32;
-    let bucket = f64::from(hash).abs() / f64::from(i32::MAX) * 100.0;
-    let mut end = 0.0;
-    for (i, weight) in weights.iter().enumerate() {
-        end += *weight as f64 / total as f64 * 100.0;
-        if bucket < end {
-            return Some(i);
-        }
-    }
-    None
-}
-
 struct Scope<'d> {
     key: &'d str,
     data: &'d Value,
@@ -839,78 +771,6 @@ impl<'d> Scope<'d> {
             None => Cow::Borrowed(&NULL),
         }
     }
-}
-
-/// A `sem_ver` operand as text: a string as it is, a number as it prints.
-fn version_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// A semantic version: numbers, then pre-release identifiers (build metadata
-/// dropped); a leading `v` is stripped.
-fn parse_semver(s: &str) -> Option<([u64; 3], Vec<String>)> {
-    let s = s.trim().trim_start_matches(['v', 'V']);
-    let s = s.split('+').next()?;
-    let (core, pre) = match s.split_once('-') {
-        Some((c, p)) => (c, p.split('.').map(str::to_string).collect()),
-        None => (s, Vec::new()),
-    };
-    let mut parts = core.split('.');
-    let mut n = [0u64; 3];
-    for (i, slot) in n.iter_mut().enumerate() {
-        match parts.next() {
-            Some(p) => *slot = p.parse().ok()?,
-            None if i > 0 => {}
-            None => return None,
-        }
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some((n, pre))
-}
-
-fn semver_cmp(a: &([u64; 3], Vec<String>), b: &([u64; 3], Vec<String>)) -> Ordering {
-    a.0.cmp(&b.0)
-        .then_with(|| match (a.1.is_empty(), b.1.is_empty()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => Ordering::Greater,
-            (false, true) => Ordering::Less,
-            (false, false) => {
-                for (x, y) in a.1.iter().zip(&b.1) {
-                    let o = match (x.parse::<u64>(), y.parse::<u64>()) {
-                        (Ok(x), Ok(y)) => x.cmp(&y),
-                        (Ok(_), Err(_)) => Ordering::Less,
-                        (Err(_), Ok(_)) => Ordering::Greater,
-                        (Err(_), Err(_)) => x.cmp(y),
-                    };
-                    if o != Ordering::Equal {
-                        return o;
-                    }
-                }
-                a.1.len().cmp(&b.1.len())
-            }
-        })
-}
-
-fn sem_ver(a: &str, op: &str, b: &str) -> Option<bool> {
-    let (x, y) = (parse_semver(a)?, parse_semver(b)?);
-    let o = semver_cmp(&x, &y);
-    Some(match op {
-        "=" => o == Ordering::Equal,
-        "!=" => o != Ordering::Equal,
-        "<" => o == Ordering::Less,
-        "<=" => o != Ordering::Greater,
-        ">" => o == Ordering::Greater,
-        ">=" => o != Ordering::Less,
-        "~" => x.0[0] == y.0[0] && x.0[1] == y.0[1],
-        "^" => x.0[0] == y.0[0],
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -82,3 +82,42 @@ pub(crate) fn pending<'a>(
         .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
         .collect())
 }
+
+/// Applies what `set` has that `conn` has not, each migration and its record
+/// in one transaction. One body for both dialects (a macro: sqlx's
+/// connection types share no trait that carries all of this).
+macro_rules! apply_pending {
+    ($conn:expr, $set:expr) => {{
+        let conn = $conn;
+        sqlx::query($crate::migrate::CREATE_TABLE)
+            .execute(&mut *conn)
+            .await?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM firebreak_migrations ORDER BY version")
+                .fetch_all(&mut *conn)
+                .await?;
+        for m in $crate::migrate::pending($set, &applied)? {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::Executor::execute(&mut *tx, m.sql)
+                .await
+                .map_err(|e| {
+                    $crate::StoreError::Migration(format!(
+                        "migration {} ({}) failed: {e}",
+                        m.version, m.name
+                    ))
+                })?;
+            sqlx::query(
+                "INSERT INTO firebreak_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(m.checksum())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+        }
+        Ok(())
+    }};
+}
+pub(crate) use apply_pending;

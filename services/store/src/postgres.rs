@@ -16,7 +16,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::migrate::{self, CREATE_TABLE};
+use crate::migrate;
 use crate::sql::{
     Arg, Attach, Col, Column, Columns, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS,
 };
@@ -243,30 +243,7 @@ impl Dialect for PgDialect {
 }
 
 async fn apply_migrations(conn: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::query(CREATE_TABLE).execute(&mut *conn).await?;
-    let applied: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, checksum FROM firebreak_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
-    for m in migrate::pending(migrate::POSTGRES, &applied)? {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::Executor::execute(&mut *tx, m.sql)
-            .await
-            .map_err(|e| {
-                StoreError::Migration(format!("migration {} ({}) failed: {e}", m.version, m.name))
-            })?;
-        sqlx::query(
-            "INSERT INTO firebreak_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-        )
-        .bind(m.version)
-        .bind(m.name)
-        .bind(m.checksum())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(version = m.version, name = m.name, "applied migration");
-    }
-    Ok(())
+    migrate::apply_pending!(conn, migrate::POSTGRES)
 }
 
 pub struct PgTx {
