@@ -3,9 +3,10 @@
 //! it among the verified ones, or among the configured ones.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use firebreak_api::auth::{sha256, Auth, AuthConfig, StaticToken};
+use firebreak_api::auth::{Auth, AuthConfig, StaticToken};
 use firebreak_api::Secret;
 use firebreak_domain::access::Scope;
+use firebreak_store::credentials::sha256;
 
 fn token_check(c: &mut Criterion) {
     let mut config = AuthConfig::default();

@@ -10,12 +10,13 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use firebreak_domain::access::{Identity, Role, Scope};
 use firebreak_domain::duration::Dur;
-use firebreak_store::{NewAudit, Store, StoreError};
+use firebreak_store::{NewAudit, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{self, sha256_hex, SESSION_COOKIE};
+use crate::auth::{self, SESSION_COOKIE};
 use crate::{ApiError, AppState};
+use firebreak_store::credentials::{self, sha256_hex};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -27,13 +28,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{name}", delete(disable_user))
         .route("/api/v1/incidents/{id}/notes", post(add_note))
-}
-
-fn store(state: &AppState) -> Result<&dyn Store, ApiError> {
-    state
-        .store
-        .as_deref()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
@@ -115,9 +109,9 @@ pub(crate) async fn start_session(
     user: &firebreak_store::UserRow,
     headers: &HeaderMap,
 ) -> Result<(axum::http::HeaderValue, String, chrono::DateTime<Utc>), ApiError> {
-    let store = store(state)?;
-    let value = auth::random_hex(2);
-    let csrf = auth::random_hex(1);
+    let store = state.store.clone();
+    let value = credentials::random_hex(2);
+    let csrf = credentials::random_hex(1);
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(state.auth.config().session_ttl)
         .unwrap_or_else(|_| chrono::Duration::hours(12));
@@ -155,7 +149,7 @@ pub(crate) async fn end_session(
         .find(|(k, _)| *k == SESSION_COOKIE)
         .map(|(_, v)| v.trim().to_string());
     if let Some(v) = cookie {
-        store(state)?.delete_session(&sha256_hex(&v)).await?;
+        state.store.clone().delete_session(&sha256_hex(&v)).await?;
     }
     Ok(state.auth.session_cookie(None, headers))
 }
@@ -183,7 +177,7 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let b: TokenBody = body(&bytes)?;
     check_name("name", &b.name)?;
-    auth::check_token_name(&b.name).map_err(|m| bad("name", m))?;
+    credentials::check_token_name(&b.name).map_err(|m| bad("name", m))?;
     if b.scopes.is_empty() {
         return Err(bad(
             "scopes",
@@ -205,13 +199,13 @@ async fn create_token(
             Some(Utc::now() + d.0)
         }
     };
-    let (shown, new) = auth::new_token(&b.name, scopes, &identity.id, expires_at);
+    let (shown, new) = credentials::new_token(&b.name, scopes, &identity.id, expires_at);
     let audit = NewAudit::by(
         identity.id.clone(),
         "token_created",
         json!({"token": new.id, "name": new.name, "scopes": new.scopes, "expires_at": new.expires_at}),
     );
-    let row = match store(&state)?.create_token(&new, &audit).await {
+    let row = match state.store.clone().create_token(&new, &audit).await {
         Ok(r) => r,
         Err(StoreError::Conflict(_)) => {
             return Err(ApiError::Conflict(format!(
@@ -229,7 +223,9 @@ async fn create_token(
 }
 
 async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"tokens": store(&state)?.list_tokens().await?})))
+    Ok(Json(
+        json!({"tokens": state.store.clone().list_tokens().await?}),
+    ))
 }
 
 async fn revoke_token(
@@ -238,7 +234,7 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let audit = NewAudit::by(identity.id.clone(), "token_revoked", json!({"token": id}));
-    if store(&state)?.revoke_token(&id, &audit).await? {
+    if state.store.clone().revoke_token(&id, &audit).await? {
         state.auth.forget(&id);
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -264,8 +260,8 @@ async fn create_user(
     let role = Role::parse(&b.role).map_err(|m| bad("role", m))?;
     let (password, username) = (b.password.clone(), b.username.clone());
     let hash = crate::offload::hash(move || {
-        auth::check_password(&password, &username).map_err(|m| bad("password", m))?;
-        auth::hash_password(&password).map_err(ApiError::Internal)
+        credentials::check_password(&password, &username).map_err(|m| bad("password", m))?;
+        credentials::hash_password(&password).map_err(ApiError::Internal)
     })
     .await??;
     let audit = NewAudit::by(
@@ -273,7 +269,9 @@ async fn create_user(
         "user_created",
         json!({"username": b.username, "role": role}),
     );
-    match store(&state)?
+    match state
+        .store
+        .clone()
         .create_user(&b.username, &hash, role, &audit)
         .await
     {
@@ -290,7 +288,9 @@ async fn create_user(
 }
 
 async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"users": store(&state)?.list_users().await?})))
+    Ok(Json(
+        json!({"users": state.store.clone().list_users().await?}),
+    ))
 }
 
 async fn disable_user(
@@ -303,7 +303,7 @@ async fn disable_user(
         "user_disabled",
         json!({"username": name}),
     );
-    if store(&state)?.disable_user(&name, &audit).await? {
+    if state.store.clone().disable_user(&name, &audit).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no enabled user {name:?}")))
@@ -329,7 +329,9 @@ async fn add_note(
         .filter(|i| *i > 0)
         .ok_or_else(|| bad("id", format!("{id:?} is not an incident id")))?;
     let b: NoteBody = body(&bytes)?;
-    let entry = crate::remediation::remediation(&state)?
+    let entry = state
+        .remediation
+        .clone()
         .add_note(&identity, id, &b.text)
         .await?;
     let now = entry.at;

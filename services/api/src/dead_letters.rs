@@ -16,7 +16,7 @@ use firebreak_engine::dead_letters::{replay, summary, ReplayError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::remediation::{bad, body, store};
+use crate::remediation::{bad, body};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -77,7 +77,7 @@ async fn replay_route(
         }
     };
     let bus = bus(&state)?;
-    let store = store(&state)?;
+    let store = state.store.clone();
     let replayed = replay(bus, store.as_ref(), identity.id.as_str(), ids)
         .await
         .map_err(|e| match e {

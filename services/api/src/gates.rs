@@ -46,10 +46,7 @@ async fn service_timeline(
     if !(1..=1000).contains(&limit) {
         return Err(bad("limit", "must be 1 to 1000"));
     }
-    let store = state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))?;
+    let store = state.store.clone();
     let entries = store.service_timeline(&service, limit).await?;
     Ok(Json(
         json!({"service": service, "entries": entries.iter().map(|e| json!({
@@ -112,10 +109,7 @@ async fn facts(
     environment: Option<&str>,
     revision: Option<&str>,
 ) -> Result<Facts, ApiError> {
-    let store = state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))?;
+    let store = state.store.clone();
     let open_incidents = store
         .list_incidents(&IncidentFilter {
             status: Some("open".into()),
@@ -148,15 +142,13 @@ async fn facts(
             None => g.gate.clone(),
         })
         .collect();
-    let (paused, freeze) = match &state.remediation {
-        Some(r) => (
-            r.paused().await?,
-            r.policy()
-                .freeze(service, environment, now)
-                .map(|f| f.name.clone()),
-        ),
-        None => (false, None),
-    };
+    let r = &state.remediation;
+    let (paused, freeze) = (
+        r.paused().await?,
+        r.policy()
+            .freeze(service, environment, now)
+            .map(|f| f.name.clone()),
+    );
     Ok(Facts {
         open_incidents,
         failed_gates,
@@ -339,9 +331,7 @@ async fn record(
     ref_id: String,
     detail: Value,
 ) -> Result<(), ApiError> {
-    let Some(store) = &state.store else {
-        return Ok(());
-    };
+    let store = &state.store;
     let kind = GATE_CONSULTED;
     let now = Utc::now();
     if incidents.is_empty() {

@@ -2,8 +2,6 @@
 //! a response (declare, acknowledge, severity, stage, commander, summary),
 //! which the remediation core carries out.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -15,7 +13,7 @@ use chrono::{DateTime, Utc};
 use firebreak_domain::access::Identity;
 use firebreak_domain::response::{SeverityScale, Stage};
 use firebreak_remediation::incidents::IncidentChange;
-use firebreak_store::{IncidentFilter, IncidentRow, Store};
+use firebreak_store::{IncidentFilter, IncidentRow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -32,13 +30,6 @@ pub(crate) fn router() -> Router<AppState> {
 
 const MAX_PAGE: i64 = 500;
 const MAX_TIMELINE_PAGE: i64 = 10_000;
-
-fn store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
-    state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,21 +78,16 @@ pub(crate) fn incident_json(row: &IncidentRow, scale: &SeverityScale, now: DateT
     })
 }
 
-/// The severity scale incidents are declared on (the remediation core's;
-/// the default one without it).
+/// The severity scale incidents are declared on (the remediation core's).
 pub(crate) fn severity_scale(state: &AppState) -> SeverityScale {
-    state
-        .remediation
-        .as_ref()
-        .map(|r| r.severities().clone())
-        .unwrap_or_default()
+    state.remediation.severities().clone()
 }
 
 async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let q = query(q)?;
     if let Some(status) = &q.status {
         if status != "open" && status != "resolved" {
@@ -191,7 +177,7 @@ async fn detail(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let id = parse_id(&id)?;
     let detail = store.incident(id).await.map_err(|e| match e {
         firebreak_store::StoreError::NotFound => ApiError::NotFound(format!("no incident {id}")),
@@ -237,7 +223,7 @@ async fn timeline(
     Path(id): Path<String>,
     q: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let id = parse_id(&id)?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(1000);
@@ -294,7 +280,9 @@ async fn declare(
     let service = b
         .service
         .ok_or_else(|| bad("service", "missing: the service that is affected"))?;
-    let row = crate::remediation::remediation(&state)?
+    let row = state
+        .remediation
+        .clone()
         .declare_incident(
             &identity,
             &title,
@@ -319,7 +307,7 @@ async fn acknowledge(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let remediation = crate::remediation::remediation(&state)?;
+    let remediation = state.remediation.clone();
     let first = remediation.acknowledge_incident(&identity, id).await?;
     let row = remediation.store().incident_overview(id).await?.incident;
     let mut body = incident_json(&row, &severity_scale(&state), Utc::now());
@@ -372,7 +360,9 @@ async fn update(
             "give at least one of severity, stage, commander, summary",
         ));
     }
-    let row = crate::remediation::remediation(&state)?
+    let row = state
+        .remediation
+        .clone()
         .update_incident(
             &identity,
             id,

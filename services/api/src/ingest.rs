@@ -12,13 +12,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use firebreak_bus::{Lane, OutMessage};
-use firebreak_domain::playbook::Trigger;
 use firebreak_domain::{decode, AlertEvent, Decoded, EventKind, LogLine};
 use serde_json::{json, Value};
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, IngestState};
 
-pub(crate) fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<IngestState> {
     Router::new()
         .route("/api/v1/alerts/alertmanager", post(alertmanager))
         .route("/api/v1/events/deploy", post(deploy))
@@ -29,7 +28,7 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 async fn alertmanager(
-    State(state): State<AppState>,
+    State(state): State<IngestState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -37,7 +36,7 @@ async fn alertmanager(
 }
 
 async fn deploy(
-    State(state): State<AppState>,
+    State(state): State<IngestState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -45,7 +44,7 @@ async fn deploy(
 }
 
 async fn gate(
-    State(state): State<AppState>,
+    State(state): State<IngestState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -53,7 +52,7 @@ async fn gate(
 }
 
 async fn logs(
-    State(state): State<AppState>,
+    State(state): State<IngestState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -62,7 +61,7 @@ async fn logs(
 
 /// The caller was authenticated with the `ingest` scope before this runs.
 async fn accept(
-    state: &AppState,
+    state: &IngestState,
     kind: EventKind,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -113,7 +112,7 @@ pub struct Ingest {
 }
 
 async fn accept_inner(
-    state: &AppState,
+    state: &IngestState,
     kind: EventKind,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -130,30 +129,23 @@ async fn accept_inner(
         }
     })?;
     let decoded = decode(kind, &body, Utc::now()).map_err(ApiError::InvalidBody)?;
-    let bus = state
-        .bus
-        .as_ref()
-        .ok_or_else(|| ApiError::Internal("ingest role without a bus".into()))?;
+    let bus = &state.bus;
     let count = decoded.len();
     let urgent = urgent_alerts(state, &decoded);
     // Small bodies of alerts no playbook acts on are packed with others into
     // one queue message (always far below the bus's message limit).
-    let packer = state.ingest.as_ref().filter(|_| {
-        matches!(&decoded, Decoded::Alerts(a) if !a.is_empty())
-            && urgent.is_none()
-            && body.len() <= crate::packer::SMALL_BODY
-            && body.first() == Some(&b'{')
-    });
-    if let Some(ingest) = packer {
+    let ingest = &state.ingest;
+    let packed = matches!(&decoded, Decoded::Alerts(a) if !a.is_empty())
+        && urgent.is_none()
+        && body.len() <= crate::packer::SMALL_BODY
+        && body.first() == Some(&b'{');
+    if packed {
         check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
         let service = alert_service(&decoded).map(str::to_string);
         ingest.packer.publish(body, service).await?;
     } else {
         let messages = messages_for(&decoded, body, urgent.as_deref())?;
-        let max_message = state
-            .ingest
-            .as_ref()
-            .map_or(usize::MAX, |i| i.max_message_bytes);
+        let max_message = ingest.max_message_bytes;
         if let Some(big) = messages.iter().find(|m| m.body.len() > max_message) {
             return Err(ApiError::BadRequest {
                 field: None,
@@ -165,9 +157,7 @@ async fn accept_inner(
         }
         // Urgent events are always taken; the rest only while the backlog is bounded.
         if messages.iter().all(|m| m.lane == Lane::Bulk) {
-            if let Some(ingest) = &state.ingest {
-                check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
-            }
+            check_backlog(bus.as_ref(), &ingest.backpressure, kind, state)?;
         }
         if !messages.is_empty() {
             bus.publish(&messages).await?;
@@ -188,7 +178,7 @@ fn check_backlog(
     bus: &dyn firebreak_bus::Bus,
     limits: &Backpressure,
     kind: EventKind,
-    state: &AppState,
+    state: &IngestState,
 ) -> Result<(), ApiError> {
     let backlog = bus.backlog(Lane::Bulk);
     let age = backlog.oldest_seconds.unwrap_or(0.0);
@@ -222,25 +212,11 @@ fn alert_service(decoded: &Decoded) -> Option<&str> {
 }
 
 /// Which alerts a loaded playbook's trigger names (by index), if any.
-fn urgent_alerts(state: &AppState, decoded: &Decoded) -> Option<Vec<usize>> {
+fn urgent_alerts(state: &IngestState, decoded: &Decoded) -> Option<Vec<usize>> {
     let Decoded::Alerts(alerts) = decoded else {
         return None;
     };
-    let set = state.playbooks.as_ref()?;
-    let loaded = set.current();
-    if loaded.playbooks.is_empty() {
-        return None;
-    }
-    let urgent: Vec<usize> = alerts
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| {
-            let t = Trigger::Alert(a);
-            loaded.playbooks.iter().any(|p| p.could_match(&t))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    (!urgent.is_empty()).then_some(urgent)
+    state.playbooks.as_ref()?.current().urgent_alerts(alerts)
 }
 
 /// An Alertmanager webhook (version 4) of just these alerts: what travels on

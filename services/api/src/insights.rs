@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::query;
-use crate::remediation::{bad, body, store};
+use crate::remediation::{bad, body};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -106,7 +106,7 @@ async fn api(
     q: Result<Query<InsightsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let store = store(&state)?;
+    let store = state.store.clone();
     let started = std::time::Instant::now();
     let mut v = compute(store.as_ref(), &q).await?;
     v["computed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
@@ -122,7 +122,7 @@ fn label(v: &str) -> String {
 /// `GET /metrics/insights`: the last 30 days per service and environment,
 /// as Prometheus gauges (recomputed at every scrape).
 async fn gauges(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let now = Utc::now();
     let range = Range {
         from: now - Duration::days(30),
@@ -255,7 +255,9 @@ async fn cause(
         ));
     }
     let b: CauseBody = serde_json::from_value(raw).map_err(|e| bad("cause", e.to_string()))?;
-    crate::remediation::remediation(&state)?
+    state
+        .remediation
+        .clone()
         .mark_cause(&identity, id, &deploy, b.cause, b.comment.as_deref())
         .await?;
     Ok(Json(

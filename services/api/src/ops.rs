@@ -6,14 +6,14 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::AppState;
+use crate::OpsState;
 
 pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when every backend this process uses answers.
-pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     let mut ready = true;
     let mut checks = serde_json::Map::new();
     if let Some(store) = &state.store {
@@ -52,7 +52,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
     if let Some(bus) = &state.bus {
         use std::fmt::Write;

@@ -42,15 +42,7 @@ pub(crate) fn router() -> Router<AppState> {
 pub(crate) const STATUSES: [&str; 3] = ["draft", "in_review", "published"];
 
 fn parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<Generator>), ApiError> {
-    let store = state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))?;
-    let generator = state
-        .postmortems
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a postmortem generator".into()))?;
-    Ok((store, generator))
+    Ok((state.store.clone(), state.postmortems.clone()))
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {

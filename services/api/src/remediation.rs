@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use firebreak_domain::access::Identity;
 use firebreak_domain::playbook::FlagState;
-use firebreak_remediation::{FlagEdit, Remediation, Request, RequestOptions};
+use firebreak_remediation::{FlagEdit, Request, RequestOptions};
 use firebreak_store::{
     ActionFilter, ActionRow, ActionStatus, AuditFilter, FlagRow, Store, StoreError,
 };
@@ -49,20 +49,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ofrep/v1/evaluate/flags", post(ofrep_bulk))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_one))
         .route("/ofrep/v1/configuration", get(ofrep_configuration))
-}
-
-pub(crate) fn store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
-    state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
-}
-
-pub(crate) fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {
-    state
-        .remediation
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without remediation".into()))
 }
 
 pub(crate) fn bad(field: &str, message: impl Into<String>) -> ApiError {
@@ -176,7 +162,7 @@ async fn list_actions(
     State(state): State<AppState>,
     q: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let q = query(q)?;
     let status = match &q.status {
         None => None,
@@ -216,7 +202,7 @@ async fn action(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let id = parse_id(&id)?;
     let row = store
         .action(id)
@@ -243,7 +229,7 @@ async fn decide(
     bytes: Bytes,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let id = parse_id(&id)?;
     let d: Decision = body(&bytes)?;
     d.check()?;
@@ -285,7 +271,7 @@ async fn revert(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let id = parse_id(&id)?;
     let b: RevertBody = body(&bytes)?;
     no_by(&b.by)?;
@@ -408,7 +394,7 @@ async fn request_action(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let b: RequestBody = body(&bytes)?;
     let (request, opts, by) = b.into_request()?;
     no_by(&by)?;
@@ -421,7 +407,7 @@ async fn request_action(
 }
 
 async fn automation(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let paused = remediation.paused().await?;
     Ok(Json(
         json!({"paused": paused, "dry_run": remediation.policy().dry_run}),
@@ -434,7 +420,7 @@ async fn set_paused(
     bytes: Bytes,
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let d: Decision = body(&bytes)?;
     d.check()?;
     remediation
@@ -474,7 +460,7 @@ async fn audit(
     State(state): State<AppState>,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -525,7 +511,7 @@ impl FlagBody {
 }
 
 async fn list_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     Ok(Json(json!({"flags": store.list_flags().await?})))
 }
 
@@ -535,7 +521,7 @@ async fn import_flags(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let file: Value = body(&bytes)?;
     let (keys, warnings) = remediation.import_flags(&identity, &file).await?;
     Ok(Json(json!({"imported": keys, "warnings": warnings})))
@@ -544,7 +530,7 @@ async fn import_flags(
 /// `GET /api/v1/flags/export`: every built-in flag as a flagd flag file (a
 /// killed flag is `DISABLED`; a plain flag has variants `on` and `off`).
 async fn export_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     let flags: serde_json::Map<String, Value> = store
         .list_flags()
         .await?
@@ -558,7 +544,7 @@ async fn get_flag(
     State(state): State<AppState>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
+    let store = state.store.clone();
     check_key(&key)?;
     let flag = store
         .flag(&key)
@@ -585,7 +571,7 @@ async fn create_flag(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let mut f: FlagBody = body(&bytes)?;
     let key = f
         .key
@@ -611,7 +597,7 @@ async fn put_flag(
     Path(key): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let mut f: FlagBody = body(&bytes)?;
     if f.key.take().is_some_and(|k| k != key) {
         return Err(bad("key", "differs from the key in the path"));
@@ -637,7 +623,7 @@ async fn stale_flags(
     if !(1..=3650).contains(&days) {
         return Err(bad("days", "must be 1 to 3650"));
     }
-    let store = store(&state)?;
+    let store = state.store.clone();
     let now = chrono::Utc::now();
     let stale: Vec<Value> = store
         .list_flags()
@@ -662,7 +648,7 @@ async fn delete_flag(
     Extension(identity): Extension<Identity>,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     remediation.delete_flag(&identity, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -728,13 +714,6 @@ pub async fn keep_flag_usage(
             return;
         }
     }
-}
-
-fn ofrep_store(state: &AppState) -> Result<Arc<dyn Store>, ApiError> {
-    state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))
 }
 
 fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
@@ -820,7 +799,7 @@ async fn ofrep_one(
     Path(key): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let store = ofrep_store(&state)?;
+    let store = state.store.clone();
     let context = match ofrep_context(&bytes, Some(&key)) {
         Ok(c) => c,
         Err(r) => return Ok(*r),
@@ -850,7 +829,7 @@ async fn ofrep_bulk(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let store = ofrep_store(&state)?;
+    let store = state.store.clone();
     let context = match ofrep_context(&bytes, None) {
         Ok(c) => c,
         Err(r) => return Ok(*r),

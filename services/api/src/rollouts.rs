@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::query;
-use crate::remediation::{action_json, bad, body, remediation, store};
+use crate::remediation::{action_json, bad, body};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -52,7 +52,7 @@ async fn start(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     // The plan refuses unknown keys; `flag` is taken out first.
     let mut raw: Value = body(&bytes)?;
     let flag = match raw.as_object_mut().and_then(|o| o.remove("flag")) {
@@ -93,7 +93,7 @@ async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let store = store(&state)?;
+    let store = state.store.clone();
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(bad("limit", "must be 1 to 1000"));
@@ -118,7 +118,7 @@ async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let store = store(&state)?;
+    let store = state.store.clone();
     let rollout = store.rollout(id).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::NotFound(format!("no rollout {id}")),
         e => e.into(),
@@ -161,7 +161,7 @@ async fn command(
     if b.step.is_some() && !matches!(command, RolloutCommand::Restart { .. }) {
         return Err(bad("step", "only restart takes a step"));
     }
-    let remediation = remediation(&state)?;
+    let remediation = state.remediation.clone();
     let (rollout, action) = remediation
         .rollout_command(&identity, id, command, b.comment.as_deref())
         .await?;

@@ -22,7 +22,7 @@ use firebreak_domain::playbook::FlagState;
 use firebreak_domain::response::Stage;
 use firebreak_remediation::incidents::IncidentChange;
 use firebreak_remediation::slack::{escape, SlackClient};
-use firebreak_remediation::{CommandError, Remediation, Request, RequestOptions};
+use firebreak_remediation::{CommandError, Request, RequestOptions};
 use firebreak_store::{ActionFilter, ActionStatus, IncidentFilter, NewAudit, Store, StoreError};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -125,10 +125,7 @@ fn unauthorized(why: &str) -> Response {
 }
 
 fn slack_parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<SlackClient>), ApiError> {
-    let store = state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without a store".into()))?;
+    let store = state.store.clone();
     let slack = state.slack.clone().ok_or_else(|| {
         ApiError::NotFound("Slack is not configured: set FIREBREAK_SLACK_SIGNING_SECRET".into())
     })?;
@@ -359,7 +356,9 @@ async fn commands(
         }
         ("pause", []) | ("resume", []) => {
             let paused = command == "pause";
-            remediation(&state)?
+            state
+                .remediation
+                .clone()
                 .set_paused(&caller.identity(), paused, Some("from Slack"))
                 .await?;
             in_channel(if paused {
@@ -448,7 +447,9 @@ async fn cause(
             )))
         }
     };
-    remediation(state)?
+    state
+        .remediation
+        .clone()
         .mark_cause(&caller.identity(), id, &deploy, cause, Some("from Slack"))
         .await?;
     Ok(in_channel(format!(
@@ -537,7 +538,9 @@ async fn rollout(
             return Ok(match plan {
                 Err(e) => ephemeral(format!(":warning: {}. Nothing was changed.", escape(&e))),
                 Ok(plan) => answer(
-                    remediation(state)?
+                    state
+                        .remediation
+                        .clone()
                         .start_rollout(&caller.identity(), flag, plan)
                         .await,
                     "started",
@@ -563,7 +566,9 @@ async fn rollout(
         )));
     };
     Ok(answer(
-        remediation(state)?
+        state
+            .remediation
+            .clone()
             .rollout_command(&caller.identity(), id, command, Some("from Slack"))
             .await,
         verb,
@@ -625,7 +630,7 @@ async fn status(state: &AppState, store: &dyn Store, raw: &str) -> Result<Respon
             ..ActionFilter::default()
         })
         .await?;
-    let scale = remediation(state)?.severities().clone();
+    let scale = state.remediation.clone().severities().clone();
     let mut text = format!(
         "*#{id} {}* — {}, {}\nOpened {}{}\nAlerts firing: {firing} of {}",
         escape(&i.title),
@@ -675,7 +680,7 @@ async fn ack(state: &AppState, raw: &str, caller: &Caller) -> Result<Response, A
             escape(raw)
         )));
     };
-    let remediation = remediation(state)?;
+    let remediation = state.remediation.clone();
     match remediation
         .acknowledge_incident(&caller.identity(), id)
         .await
@@ -740,7 +745,7 @@ async fn change(
             escape(raw)
         )));
     };
-    let remediation = remediation(state)?;
+    let remediation = state.remediation.clone();
     let scale = remediation.severities();
     match remediation
         .update_incident(&caller.identity(), id, &change)
@@ -783,7 +788,9 @@ async fn declare(
     title: &str,
     caller: &Caller,
 ) -> Result<Response, ApiError> {
-    match remediation(state)?
+    match state
+        .remediation
+        .clone()
         .declare_incident(&caller.identity(), title, service, None, None, None)
         .await
     {
@@ -810,7 +817,9 @@ async fn resolve(state: &AppState, raw: &str, caller: &Caller) -> Result<Respons
             escape(raw)
         )));
     };
-    match remediation(state)?
+    match state
+        .remediation
+        .clone()
         .resolve_incident(&caller.identity(), id)
         .await
     {
@@ -838,7 +847,9 @@ async fn add_note(
             escape(raw)
         )));
     };
-    match remediation(state)?
+    match state
+        .remediation
+        .clone()
         .add_note(&caller.identity(), id, note)
         .await
     {
@@ -847,13 +858,6 @@ async fn add_note(
         Err(CommandError::BadRequest { .. }) => Ok(ephemeral("Notes are 1 to 3,000 characters.")),
         Err(e) => Err(e.into()),
     }
-}
-
-fn remediation(state: &AppState) -> Result<Arc<Remediation>, ApiError> {
-    state
-        .remediation
-        .clone()
-        .ok_or_else(|| ApiError::Internal("api role without remediation".into()))
 }
 
 /// A person's request from Slack: the same guarded path as REST and
@@ -866,7 +870,7 @@ async fn ask(
     request: Request,
     response_url: Option<String>,
 ) -> Result<Response, ApiError> {
-    let remediation = remediation(state)?;
+    let remediation = state.remediation.clone();
     let opts = RequestOptions {
         reason: Some(format!(
             "requested in Slack by {} ({})",
@@ -889,7 +893,8 @@ async fn ask(
     let describe = escape(&row.spec.describe);
     let text = match row.status {
         ActionStatus::Pending => {
-            if let (Some(url), Some(store)) = (response_url, state.store.clone()) {
+            if let Some(url) = response_url {
+                let store = state.store.clone();
                 let slack = slack.clone();
                 let id = row.id;
                 tokio::spawn(async move { follow_up(store, slack, id, url).await });
@@ -1086,7 +1091,9 @@ async fn interactions(
         json!({"response_type": "ephemeral", "replace_original": false,
                "text": format!(":no_entry: <@{}>, approving or denying needs the operator role; you are {}. Nothing changed.", caller.id, caller.role)})
     } else {
-        match remediation(&state)?
+        match state
+            .remediation
+            .clone()
             .decide(&caller.identity(), id, approve, Some("from Slack"))
             .await
         {

@@ -21,16 +21,13 @@ use firebreak_domain::ids::lock_key;
 use firebreak_domain::metrics::Metrics;
 use firebreak_domain::timeline::{self, kind, NewEntry};
 use firebreak_domain::{decode, AlertEvent, Decoded, DeployEvent, EventKind, GateResult, LogLine};
-use firebreak_remediation::Remediation;
+use firebreak_remediation::{PlaybookSet, Remediation};
 use firebreak_store::{Store, StoreError, StoreTx};
 use tokio_util::sync::CancellationToken;
 
 pub mod dead_letters;
-pub mod playbooks;
-mod remediation;
 
 use firebreak_domain::playbook::Trigger;
-pub use playbooks::{Loaded, PlaybookSet, StepCheck};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -490,10 +487,12 @@ impl Engine {
                     .filter_map(|g| fresh.get(g.id.as_str()).map(|i| (Trigger::Gate(g), *i))),
             );
         }
-        let mut ready = 0;
-        self.remediate(tx.as_mut(), &triggers, &mut entries, &mut ready)
-            .await?;
-        outcome.actions_ready = ready;
+        if let Some(remediation) = &self.remediation {
+            let set = self.playbooks.current();
+            outcome.actions_ready = remediation
+                .on_events(tx.as_mut(), &set, &triggers, &mut entries)
+                .await?;
+        }
         if !logs.is_empty() {
             let new = tx.insert_logs(&logs).await?;
             outcome.new[EventKind::Log.index()] = new;

@@ -6,9 +6,9 @@ use std::io::BufRead;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use firebreak_api::auth;
 use firebreak_domain::access::{Role, Scope};
 use firebreak_domain::duration::Dur;
+use firebreak_store::credentials;
 use firebreak_store::{NewAudit, StoreError};
 use serde_json::json;
 
@@ -238,7 +238,7 @@ pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<
             scopes,
             expires_in,
         } => {
-            auth::check_token_name(name).map_err(anyhow::Error::msg)?;
+            credentials::check_token_name(name).map_err(anyhow::Error::msg)?;
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s).map_err(anyhow::Error::msg))
@@ -248,7 +248,7 @@ pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<
                 .map(|d| Dur::parse(d).map(|d| chrono::Utc::now() + d.0))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let (shown, new) = auth::new_token(name, scopes, CLI, expires_at);
+            let (shown, new) = credentials::new_token(name, scopes, CLI, expires_at);
             let audit = NewAudit::by(
                 CLI,
                 "token_created",
@@ -317,9 +317,9 @@ pub async fn users(config: &Config, command: &UsersCommand) -> anyhow::Result<()
                     line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
-            auth::check_password(&password, name)
+            credentials::check_password(&password, name)
                 .map_err(|e| anyhow::anyhow!("the password {e}"))?;
-            let hash = auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+            let hash = credentials::hash_password(&password).map_err(anyhow::Error::msg)?;
             let audit = NewAudit::by(CLI, "user_created", json!({"username": name, "role": role}));
             match store.create_user(name, &hash, role, &audit).await {
                 Ok(u) => println!("user {} ({}) created", u.username, u.role),

@@ -62,7 +62,7 @@ fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
             return Err(e).with_context(|| format!("reading the audit key file {}", path.display()))
         }
     }
-    let key = firebreak_api::auth::random_hex(2);
+    let key = firebreak_store::credentials::random_hex(2);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

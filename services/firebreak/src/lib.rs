@@ -10,9 +10,10 @@ use clap::{Parser, Subcommand};
 use firebreak_api::AppState;
 use firebreak_bus::{Bus, EmbeddedBus, RabbitBus, Topology};
 use firebreak_domain::metrics::Metrics;
-use firebreak_engine::{Engine, PlaybookSet, StepCheck};
+use firebreak_engine::Engine;
 use firebreak_postmortem::Generator;
 use firebreak_remediation::slack::SlackClient;
+use firebreak_remediation::{PlaybookSet, StepCheck};
 use firebreak_remediation::{Providers, Remediation};
 use firebreak_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -536,33 +537,44 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
         )));
     }
-    let state = AppState {
-        flag_usage,
-        fractional: config.fractional,
-        store: if roles.api || roles.engine {
-            store.clone()
-        } else {
-            None
-        },
-        bus: bus.clone(),
-        metrics,
-        auth: auth.clone(),
-        max_body_bytes: config.max_body_bytes,
-        playbooks,
-        remediation,
-        postmortems,
-        slack,
-        pages,
-        ingest: match (&bus, roles.ingest) {
-            (Some(bus), true) => Some(Arc::new(firebreak_api::ingest::Ingest {
+    let ingest = match (&bus, roles.ingest) {
+        (Some(bus), true) => Some(firebreak_api::IngestState {
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            max_body_bytes: config.max_body_bytes,
+            playbooks: playbooks.clone(),
+            ingest: Arc::new(firebreak_api::ingest::Ingest {
                 packer: firebreak_api::packer::Packer::start(bus.clone()),
                 backpressure: config.backpressure.clone(),
                 max_message_bytes: config.max_message_bytes,
-            })),
-            _ => None,
-        },
+            }),
+        }),
+        _ => None,
     };
-    let app = firebreak_api::router(state, roles.ingest, roles.api);
+    let api = match (&store, remediation, postmortems, pages, roles.api) {
+        (Some(store), Some(remediation), Some(postmortems), Some(pages), true) => Some(AppState {
+            store: store.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            max_body_bytes: config.max_body_bytes,
+            playbooks,
+            remediation,
+            postmortems,
+            pages,
+            slack,
+            flag_usage,
+            fractional: config.fractional,
+        }),
+        _ => None,
+    };
+    let ops = firebreak_api::OpsState {
+        store: store.clone().filter(|_| roles.api || roles.engine),
+        bus: bus.clone(),
+        metrics,
+        auth: auth.clone(),
+    };
+    let app = firebreak_api::router(firebreak_api::Roles { ops, ingest, api });
     let mut limits = config.http;
     let (fits, soft) = http::fit_to_open_files(limits.max_connections);
     if fits < limits.max_connections {
@@ -659,7 +671,7 @@ async fn page_secret(store: &dyn firebreak_store::Store) -> anyhow::Result<Strin
     {
         return Ok(s);
     }
-    let fresh = firebreak_api::auth::random_hex(2);
+    let fresh = firebreak_store::credentials::random_hex(2);
     store
         .put_setting(KEY, &fresh)
         .await

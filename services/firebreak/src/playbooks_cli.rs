@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use firebreak_domain::playbook::{Facts, Trigger, Verdict};
 use firebreak_domain::{decode, Decoded, DeployEvent, EventKind};
-use firebreak_engine::playbooks::{load_dir, Loaded};
+use firebreak_remediation::playbooks::{load_dir, Loaded};
 use firebreak_remediation::Providers;
 use firebreak_store::ActionFilter;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use firebreak_domain::action::{ActionRow, ActionStatus};
-use firebreak_domain::playbook::{render, render_json, FlagState, StepAction};
+use firebreak_domain::playbook::{render, render_json, FlagState, KillSwitchStep, StepAction};
 use firebreak_domain::secret;
 use firebreak_domain::timeline::kind;
 use firebreak_store::{ActionChange, NewAudit};
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::CommandError;
+use crate::providers::{Fence, FencedSet, KillSwitch};
 use crate::{entry, escalation, provenance, providers, verified, ExecError, Remediation};
 
 const ACTOR: &str = "engine";
@@ -156,91 +157,7 @@ impl Remediation {
     ) -> Result<Done, (ExecError, Option<Value>)> {
         let spec = &action.spec;
         match &spec.step {
-            StepAction::KillSwitch(k) => {
-                let provider = self
-                    .providers
-                    .kill_switches
-                    .get(&k.provider)
-                    .ok_or_else(|| {
-                        (
-                            ExecError::fatal(format!(
-                                "kill switch provider {:?} is not configured",
-                                k.provider
-                            )),
-                            None,
-                        )
-                    })?;
-                let env = k.environment.as_deref();
-                let want = k.state.enabled();
-                let by = format!("action:{}", action.id);
-                if k.provider == "builtin" && action.previous_state.is_none() && !in_doubt {
-                    // The built-in store sets the flag and records the state
-                    // it had on the action in one transaction.
-                    return self.builtin_kill_switch(action, &k.flag, want, &by).await;
-                }
-                let current = provider.get(&k.flag, env).await.map_err(|e| (e, None))?;
-                // The state before the first attempt is the one to restore,
-                // and it is written down before anything is set.
-                let previous = match &action.previous_state {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = json!({"flag": k.flag, "enabled": current});
-                        match self
-                            .store
-                            .record_previous_state(action.id, &self.owner, &p)
-                            .await
-                        {
-                            Ok(true) => p,
-                            Ok(false) => {
-                                return Err((
-                                    ExecError::fatal("lost the lease before acting; not called"),
-                                    None,
-                                ))
-                            }
-                            Err(e) => {
-                                return Err((
-                                    ExecError::retry(format!(
-                                        "cannot record the state before acting: {e}"
-                                    )),
-                                    None,
-                                ))
-                            }
-                        }
-                    }
-                };
-                if in_doubt && current == Some(want) {
-                    return Ok(Done {
-                        result: json!({"verified": true, "note": "found already set after a restart; not called again"}),
-                        previous: Some(previous),
-                    });
-                }
-                let response = provider
-                    .set(&k.flag, env, want, &by)
-                    .await
-                    .map_err(|e| (e, Some(previous.clone())))?;
-                let read_back = provider
-                    .get(&k.flag, env)
-                    .await
-                    .map_err(|e| (e, Some(previous.clone())))?;
-                if read_back != Some(want) {
-                    return Err((
-                        ExecError::retry(format!(
-                            "flag {} reads back {} after setting it {}",
-                            k.flag,
-                            read_back
-                                .map(|b| FlagState::from_enabled(b).as_str())
-                                .unwrap_or("missing"),
-                            k.state.as_str()
-                        ))
-                        .with_response(response),
-                        Some(previous),
-                    ));
-                }
-                Ok(Done {
-                    result: json!({"verified": true, "response": response}),
-                    previous: Some(previous),
-                })
-            }
+            StepAction::KillSwitch(k) => self.kill_switch(action, k, in_doubt).await,
             StepAction::Rollback(r) => {
                 if in_doubt {
                     return Err((ExecError::fatal(
@@ -353,46 +270,89 @@ impl Remediation {
         }
     }
 
-    async fn builtin_kill_switch(
+    /// Sets a flag through its provider and reads it back. The state before
+    /// the first attempt is the one a revert restores: a provider that can
+    /// (the built-in store) sets the flag and records it on the action in one
+    /// step; any other has it recorded first, then is called.
+    async fn kill_switch(
         &self,
         action: &ActionRow,
-        flag: &str,
-        want: bool,
-        by: &str,
+        k: &KillSwitchStep,
+        in_doubt: bool,
     ) -> Result<Done, (ExecError, Option<Value>)> {
-        let audit = NewAudit::by(by, "flag_set", json!({"flag": flag, "enabled": want}));
-        let previous = match self
-            .store
-            .set_flag_for_action(flag, want, &audit, action.id, &self.owner)
-            .await
-        {
-            Ok(Some(previous)) => json!({"flag": flag, "enabled": previous}),
-            Ok(None) => {
-                return Err((
-                    ExecError::fatal("lost the lease before acting; not called"),
+        let provider = self
+            .providers
+            .kill_switches
+            .get(&k.provider)
+            .ok_or_else(|| {
+                (
+                    ExecError::fatal(format!(
+                        "kill switch provider {:?} is not configured",
+                        k.provider
+                    )),
                     None,
-                ))
-            }
-            Err(e) => return Err((ExecError::retry(format!("built-in flag store: {e}")), None)),
+                )
+            })?;
+        let env = k.environment.as_deref();
+        let want = k.state.enabled();
+        let by = format!("action:{}", action.id);
+        let lost = || {
+            (
+                ExecError::fatal("lost the lease before acting; not called"),
+                None,
+            )
         };
-        let response = json!({"flag": flag, "enabled": want, "previous": previous["enabled"]});
-        match self.store.flag(flag).await {
-            Ok(f) if f.enabled == want => Ok(Done {
-                result: json!({"verified": true, "response": response}),
-                previous: Some(previous),
-            }),
-            Ok(f) => Err((
-                ExecError::retry(format!(
-                    "flag {flag} reads back {} after setting it",
-                    FlagState::from_enabled(f.enabled).as_str()
-                )),
-                Some(previous),
-            )),
-            Err(e) => Err((
-                ExecError::retry(format!("built-in flag store: {e}")),
-                Some(previous),
-            )),
+        if action.previous_state.is_none() && !in_doubt {
+            let fence = Fence {
+                flag: &k.flag,
+                env,
+                action_id: action.id,
+                owner: &self.owner,
+                by: &by,
+            };
+            match provider.set_fenced(fence, want).await {
+                Ok(FencedSet::Set { before }) => {
+                    let previous = json!({"flag": k.flag, "enabled": before});
+                    let response = json!({"flag": k.flag, "enabled": want, "previous": before});
+                    return read_back(provider.as_ref(), k, response, previous).await;
+                }
+                Ok(FencedSet::LostLease) => return Err(lost()),
+                Err(e) => return Err((e, None)),
+                Ok(FencedSet::Unsupported) => {}
+            }
         }
+        let current = provider.get(&k.flag, env).await.map_err(|e| (e, None))?;
+        let previous = match &action.previous_state {
+            Some(p) => p.clone(),
+            None => {
+                let p = json!({"flag": k.flag, "enabled": current});
+                match self
+                    .store
+                    .record_previous_state(action.id, &self.owner, &p)
+                    .await
+                {
+                    Ok(true) => p,
+                    Ok(false) => return Err(lost()),
+                    Err(e) => {
+                        return Err((
+                            ExecError::retry(format!("cannot record the state before acting: {e}")),
+                            None,
+                        ))
+                    }
+                }
+            }
+        };
+        if in_doubt && current == Some(want) {
+            return Ok(Done {
+                result: json!({"verified": true, "note": "found already set after a restart; not called again"}),
+                previous: Some(previous),
+            });
+        }
+        let response = provider
+            .set(&k.flag, env, want, &by)
+            .await
+            .map_err(|e| (e, Some(previous.clone())))?;
+        read_back(provider.as_ref(), k, response, previous).await
     }
 
     /// A change recorded only while this process still holds the lease.
@@ -670,4 +630,35 @@ impl Remediation {
             }
         }
     }
+}
+
+/// Reads a flag back after setting it: verified only if it reads as set.
+async fn read_back(
+    provider: &dyn KillSwitch,
+    k: &KillSwitchStep,
+    response: Value,
+    previous: Value,
+) -> Result<Done, (ExecError, Option<Value>)> {
+    let want = k.state.enabled();
+    let read = provider
+        .get(&k.flag, k.environment.as_deref())
+        .await
+        .map_err(|e| (e, Some(previous.clone())))?;
+    if read != Some(want) {
+        return Err((
+            ExecError::retry(format!(
+                "flag {} reads back {} after setting it {}",
+                k.flag,
+                read.map(|b| FlagState::from_enabled(b).as_str())
+                    .unwrap_or("missing"),
+                k.state.as_str()
+            ))
+            .with_response(response),
+            Some(previous),
+        ));
+    }
+    Ok(Done {
+        result: json!({"verified": true, "response": response}),
+        previous: Some(previous),
+    })
 }

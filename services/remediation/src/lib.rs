@@ -33,12 +33,15 @@ mod commands;
 mod executor;
 pub mod facts;
 pub mod incidents;
+mod matching;
+pub mod playbooks;
 pub mod providers;
 pub mod rollouts;
 pub mod slack;
 
 pub use commands::{check_flag_key, CommandError, FlagEdit, Request, RequestOptions};
 pub use firebreak_domain::action::{ActionSpec, AutomationPolicy};
+pub use playbooks::{Loaded, PlaybookSet, StepCheck};
 use providers::{Builtin, HttpKillSwitch, KillSwitch, LaunchDarkly, Unleash};
 pub use providers::{KillSwitchConfig, NotifierConfig, RollbackConfig, SlackConfig};
 

@@ -1,8 +1,9 @@
-//! Playbook matching, inside the transaction that processed the triggering
-//! events. A match becomes one candidate per step; the remediation layer
-//! decides their guardrails and claims them (unique rows per playbook, step,
-//! target and incident), so a duplicate delivery, a restart or a second
-//! engine claims nothing new.
+//! The engine's one way in: [`Remediation::on_events`], inside the
+//! transaction that processed the triggering events. Guarded rollouts' kills
+//! come first; then playbook matching, where a match becomes one candidate per
+//! step, whose guardrails are decided and which are claimed as unique rows
+//! (per playbook, step, target and incident), so a duplicate delivery, a
+//! restart or a second engine claims nothing new.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,13 +11,13 @@ use std::sync::Arc;
 use chrono::Utc;
 use firebreak_domain::playbook::{Facts, Playbook, StepAction, Trigger, Verdict};
 use firebreak_domain::timeline::{kind, NewEntry};
-use firebreak_remediation::claims::Candidate;
-use firebreak_remediation::facts::{self, DeployCache, DeployFacts};
-use firebreak_remediation::{ActionSpec, Remediation};
 use firebreak_store::{NewAudit, StoreError, StoreTx};
 use serde_json::json;
 
-use crate::Engine;
+use crate::claims::Candidate;
+use crate::facts::{self, DeployCache, DeployFacts};
+use crate::playbooks::Loaded;
+use crate::{ActionSpec, Remediation};
 
 struct Decision<'a> {
     playbook: Arc<Playbook>,
@@ -25,30 +26,27 @@ struct Decision<'a> {
     deploys: DeployFacts,
 }
 
-impl Engine {
-    /// Matches `triggers` (fresh events, with the incident each belongs to)
-    /// against the playbooks and claims the actions they call for.
-    pub(crate) async fn remediate(
+impl Remediation {
+    /// Everything fresh events call for: `triggers` (with the incident each
+    /// belongs to) kill the guarded rollouts they fail, and are matched
+    /// against `set`'s playbooks, whose steps are claimed. Timeline entries
+    /// go to `entries`, written in the same transaction. Returns how many
+    /// actions are ready for an executor ([`Remediation::wake`] after commit).
+    pub async fn on_events(
         &self,
         tx: &mut dyn StoreTx,
+        set: &Loaded,
         triggers: &[(Trigger<'_>, Option<i64>)],
         entries: &mut Vec<NewEntry>,
-        ready: &mut usize,
-    ) -> Result<(), StoreError> {
-        let Some(remediation) = &self.remediation else {
-            return Ok(());
-        };
+    ) -> Result<usize, StoreError> {
         if triggers.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let now = Utc::now();
         // Guarded rollouts first: a kill is the most urgent thing a batch can do.
-        *ready += remediation
-            .rollout_kills(tx, triggers, entries, now)
-            .await?;
-        let set = self.playbooks.current();
+        let mut ready = self.rollout_kills(tx, triggers, entries, now).await?;
         if set.playbooks.is_empty() {
-            return Ok(());
+            return Ok(ready);
         }
         let mut decisions: Vec<Decision<'_>> = Vec::new();
         // One decision per (playbook, incident) per batch: an alert storm in one
@@ -118,15 +116,14 @@ impl Engine {
             }
         }
         if decisions.is_empty() {
-            return Ok(());
+            return Ok(ready);
         }
         let candidates: Vec<Candidate> = decisions
             .iter()
-            .flat_map(|d| candidates(remediation, d, now))
+            .flat_map(|d| candidates(self, d, now))
             .collect();
-        let claimed = remediation.claim(tx, &candidates, entries, now).await?;
-        *ready += claimed.ready;
-        Ok(())
+        ready += self.claim(tx, &candidates, entries, now).await?.ready;
+        Ok(ready)
     }
 }
 

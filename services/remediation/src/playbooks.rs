@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use firebreak_domain::metrics::Metrics;
-use firebreak_domain::playbook::{LoadError, Playbook, StepAction};
+use firebreak_domain::playbook::{LoadError, Playbook, StepAction, Trigger};
+use firebreak_domain::AlertEvent;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,24 @@ pub struct PlaybookView {
 }
 
 impl Loaded {
+    /// Which of `alerts` a loaded playbook's trigger could act on (by index),
+    /// if any: ingest sends those on the urgent lane, ahead of any backlog.
+    pub fn urgent_alerts(&self, alerts: &[AlertEvent]) -> Option<Vec<usize>> {
+        if self.playbooks.is_empty() {
+            return None;
+        }
+        let urgent: Vec<usize> = alerts
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                let t = Trigger::Alert(a);
+                self.playbooks.iter().any(|p| p.could_match(&t))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        (!urgent.is_empty()).then_some(urgent)
+    }
+
     pub fn view(&self) -> Vec<PlaybookView> {
         self.playbooks
             .iter()

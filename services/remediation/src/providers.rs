@@ -173,6 +173,36 @@ pub trait KillSwitch: Send + Sync {
     /// default. It is part of the action's target, so one flag is one target
     /// whether or not a step names the default environment.
     fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str>;
+    /// The fenced variant of [`KillSwitch::set`], for a running action: sets
+    /// the flag and records on the action the state it had, in one step, only
+    /// while `owner` holds the action's lease. A provider behind an outside
+    /// API cannot (the default): the executor then records the state first
+    /// and sets it after.
+    async fn set_fenced(&self, _fence: Fence<'_>, _enabled: bool) -> Result<FencedSet, ExecError> {
+        Ok(FencedSet::Unsupported)
+    }
+}
+
+/// Which flag a fenced set is for, and for which action and lease holder.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub flag: &'a str,
+    pub env: Option<&'a str>,
+    pub action_id: i64,
+    pub owner: &'a str,
+    /// Who the audit trail names (`action:<id>`).
+    pub by: &'a str,
+}
+
+/// What [`KillSwitch::set_fenced`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FencedSet {
+    /// Set; the state before (`None`: the flag did not exist) is on the action.
+    Set { before: Option<bool> },
+    /// The lease had been lost: nothing was written.
+    LostLease,
+    /// This provider cannot set and record in one step.
+    Unsupported,
 }
 
 pub struct Builtin {
@@ -212,6 +242,23 @@ impl KillSwitch for Builtin {
             .await
             .map_err(|e| ExecError::retry(format!("built-in flag store: {e}")))?;
         Ok(json!({"flag": flag, "enabled": enabled, "previous": previous}))
+    }
+
+    async fn set_fenced(&self, fence: Fence<'_>, enabled: bool) -> Result<FencedSet, ExecError> {
+        let audit = NewAudit::by(
+            fence.by,
+            "flag_set",
+            json!({"flag": fence.flag, "enabled": enabled}),
+        );
+        match self
+            .store
+            .set_flag_for_action(fence.flag, enabled, &audit, fence.action_id, fence.owner)
+            .await
+        {
+            Ok(Some(before)) => Ok(FencedSet::Set { before }),
+            Ok(None) => Ok(FencedSet::LostLease),
+            Err(e) => Err(ExecError::retry(format!("built-in flag store: {e}"))),
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub mod prelude {
     };
 }
 mod access;
+pub mod credentials;
 mod rows;
 mod sql;
 pub mod sqlite;

@@ -12,8 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    base, check_csrf, form, safe_next, state_parts, when, Confirmed, Csrf, Id, Ident, PageResult,
-    Refusal, St,
+    base, check_csrf, form, safe_next, when, Confirmed, Csrf, Id, Ident, PageResult, Refusal, St,
 };
 
 #[derive(Deserialize, Default)]
@@ -27,10 +26,7 @@ fn login_page(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let Some(pages) = &state.pages else {
-        return Refusal::not_found("pages are served by the api role").into_response();
-    };
-    pages.render_status(
+    state.pages.render_status(
         status,
         "login",
         &json!({"title": "Sign in", "next": next, "error": error,
@@ -138,7 +134,7 @@ pub async fn flags(
     axum::Extension(identity): Ident,
     axum::Extension(csrf): Csrf,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let flags = match store.list_flags().await {
         Ok(f) => f,
         Err(e) => return Err(e.into()),
@@ -170,7 +166,7 @@ pub async fn flag(
     axum::Extension(csrf): Csrf,
     axum::extract::Path(key): Id,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let f = match store.flag(&key).await {
         Ok(f) => f,
         Err(firebreak_store::StoreError::NotFound) => {
@@ -291,9 +287,7 @@ pub async fn set_flag(
             "Tick the confirmation box, then submit again.",
         ));
     }
-    let Some(remediation) = state.remediation.clone() else {
-        return Err(Refusal::not_found("flags are served by the api role"));
-    };
+    let remediation = state.remediation.clone();
     let enabled = f.enabled == "true";
     let edit = firebreak_remediation::FlagEdit {
         enabled: Some(enabled),
@@ -310,7 +304,7 @@ pub async fn playbooks(
     axum::Extension(identity): Ident,
     axum::Extension(csrf): Csrf,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let mut ctx = base(&identity, &csrf, "Playbooks", "playbooks");
     playbooks_context(&state, store.as_ref(), &mut ctx).await;
     Ok(pages.render("playbooks", &Value::Object(ctx)))
@@ -376,7 +370,7 @@ pub async fn test_playbooks(
     axum::Extension(csrf): Csrf,
     bytes: Bytes,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let f: TestForm = form(&bytes)?;
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let kind = match f.kind.as_str() {
@@ -466,7 +460,7 @@ pub async fn audit(
     axum::Extension(csrf): Csrf,
     q: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let q = match q {
         Ok(q) => q.0,
         Err(e) => return Err(Refusal::bad(e.body_text())),

@@ -16,9 +16,7 @@ use firebreak_store::{PostmortemRow, PostmortemSave, SaveOutcome, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    base, check_csrf, error_page, form, state_parts, when, Csrf, Id, Ident, PageResult, Refusal, St,
-};
+use super::{base, check_csrf, error_page, form, when, Csrf, Id, Ident, PageResult, Refusal, St};
 use crate::postmortems::{transition_ok, STATUSES};
 use crate::ApiError;
 
@@ -73,7 +71,7 @@ pub async fn editor(
     axum::extract::Path(id): Id,
     axum::extract::Query(q): axum::extract::Query<EditorQuery>,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let id = incident_id(&id)?;
     let incident = match store.incident_overview(id).await {
         Ok(d) => d.incident,
@@ -86,10 +84,7 @@ pub async fn editor(
         Ok(p) => p,
         Err(e) => return Err(e.into()),
     };
-    let people = match &state.postmortems {
-        Some(g) => g.people(id).await.unwrap_or_default(),
-        None => Vec::new(),
-    };
+    let people = state.postmortems.people(id).await.unwrap_or_default();
     let mut ctx = base(&identity, &csrf, &format!("Postmortem #{id}"), "incidents");
     ctx.insert(
         "incident".into(),
@@ -156,7 +151,7 @@ pub async fn save(
     axum::extract::Path(id): Id,
     bytes: Bytes,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let id = incident_id(&id)?;
     let f: SaveForm = form(&bytes)?;
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
@@ -352,9 +347,7 @@ pub async fn regenerate(
     let f: CsrfForm = form(&bytes)?;
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let id = incident_id(&id)?;
-    let Some(generator) = state.postmortems.clone() else {
-        return Err(Refusal::not_found("drafts are written by the api role"));
-    };
+    let generator = state.postmortems.clone();
     match generator.generate(id, &identity.id).await {
         Ok(g) => Ok(Redirect::to(&format!(
             "/incidents/{id}/postmortem?saved={}",
@@ -371,7 +364,7 @@ pub async fn revision(
     axum::Extension(csrf): Csrf,
     axum::extract::Path((id, rev)): axum::extract::Path<(String, String)>,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let id = incident_id(&id)?;
     let Ok(rev) = rev.parse::<i64>() else {
         return Err(Refusal::bad("not a revision number"));
@@ -434,9 +427,9 @@ pub async fn preview(
             field: Some(e.path().to_string()).filter(|p| p != "."),
             message: e.inner().to_string(),
         })?;
-    let people = match (&state.postmortems, body.incident_id) {
-        (Some(g), Some(id)) => g.people(id).await.unwrap_or_default(),
-        _ => Vec::new(),
+    let people = match body.incident_id {
+        Some(id) => state.postmortems.people(id).await.unwrap_or_default(),
+        None => Vec::new(),
     };
     let (html, findings, total) = render_and_check(body.markdown, people).await?;
     Ok(Json(json!({
@@ -457,19 +450,13 @@ pub async fn presence(
         field: Some("id".into()),
         message: "not an incident id".into(),
     })?;
-    let pages = state
-        .pages
-        .as_ref()
-        .ok_or_else(|| ApiError::NotFound("pages are served by the api role".into()))?;
     // Only real incidents are tracked: made-up ids would grow the map.
-    let store = state
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError::NotFound("pages are served by the api role".into()))?;
-    match store.incident(id).await {
+    match state.store.incident(id).await {
         Ok(_) => {}
         Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no incident {id}"))),
         Err(e) => return Err(e.into()),
     }
-    Ok(Json(json!({"others": pages.present(id, &identity.id)})))
+    Ok(Json(
+        json!({"others": state.pages.present(id, &identity.id)}),
+    ))
 }

@@ -19,8 +19,7 @@ use serde_json::{json, Value};
 
 use super::timeline::{self, Mark};
 use super::{
-    base, check_csrf, duration, form, state_parts, when, Confirmed, Csrf, Id, Ident, PageResult,
-    Refusal, St, Q,
+    base, check_csrf, duration, form, when, Confirmed, Csrf, Id, Ident, PageResult, Refusal, St, Q,
 };
 
 #[derive(Deserialize, Default)]
@@ -75,7 +74,7 @@ pub async fn list(
     axum::Extension(csrf): Csrf,
     q: Result<Q<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let q = match q {
         Ok(q) => q.0,
         Err(e) => return Err(Refusal::bad(e.body_text())),
@@ -178,7 +177,7 @@ pub async fn detail(
     q: Result<Q<DetailQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let mut timing = super::Timing::start();
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
@@ -220,10 +219,7 @@ pub async fn detail(
     // configured `postmortem.lookback` and `log_lead` (the page mines at
     // most PAGE_LOG_LINES lines; the draft all of them).
     let now = Utc::now();
-    let generator = state
-        .postmortems
-        .as_ref()
-        .ok_or_else(|| Refusal::not_found("pages are served by the api role"))?;
+    let generator = &state.postmortems;
     let lookback = generator.config().lookback;
     let evidence = generator
         .log_evidence(i, &detail.changes, first_alert, now, Some(PAGE_LOG_LINES))
@@ -517,7 +513,9 @@ pub async fn note(
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
-    crate::remediation::remediation(&state)?
+    state
+        .remediation
+        .clone()
         .add_note(&identity, id, &f.text)
         .await?;
     Ok(Redirect::to(&format!("/incidents/{id}#notes")).into_response())
@@ -549,7 +547,9 @@ pub async fn cause(
         "clear" => None,
         _ => return Err(Refusal::bad("say yes, no or clear")),
     };
-    crate::remediation::remediation(&state)?
+    state
+        .remediation
+        .clone()
         .mark_cause(&identity, id, &deploy, cause, None)
         .await?;
     Ok(Redirect::to(&format!("/incidents/{id}#sus-h")).into_response())
@@ -565,9 +565,7 @@ async fn decide(
 ) -> PageResult {
     let (axum::extract::State(state), axum::Extension(identity), axum::Extension(csrf)) =
         (state, identity, csrf);
-    let Some(remediation) = state.remediation.clone() else {
-        return Err(Refusal::not_found("remediation is served by the api role"));
-    };
+    let remediation = state.remediation.clone();
     let f: Confirmed = form(&bytes)?;
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
     if f.confirm.as_deref() != Some("yes") && f.confirm.as_deref() != Some("on") {
@@ -645,7 +643,7 @@ pub async fn response(
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
-    let remediation = crate::remediation::remediation(&state)?;
+    let remediation = state.remediation.clone();
     let done = match f.act.as_str() {
         "acknowledge" => {
             if remediation.acknowledge_incident(&identity, id).await? {

@@ -7,7 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use serde_json::{json, Value};
 
-use super::{base, state_parts, Csrf, Ident, PageResult, Refusal, St};
+use super::{base, Csrf, Ident, PageResult, Refusal, St};
 use crate::insights::InsightsQuery;
 
 /// Seconds as the incident pages show durations ("1h 5m").
@@ -43,7 +43,7 @@ pub async fn page(
     axum::Extension(csrf): Csrf,
     q: Result<Query<InsightsQuery>, QueryRejection>,
 ) -> PageResult {
-    let (store, pages) = state_parts(&state)?;
+    let (store, pages) = (&state.store, &state.pages);
     let q = q
         .map_err(|e| Refusal::new(axum::http::StatusCode::BAD_REQUEST, e.body_text()))?
         .0;

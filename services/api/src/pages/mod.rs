@@ -391,7 +391,7 @@ pub type PageResult = Result<Response, Refusal>;
 pub fn check_csrf(sent: Option<&str>, csrf: &PageCsrf) -> Result<(), Refusal> {
     match sent {
         _ if csrf.exempt => Ok(()),
-        Some(s) if crate::auth::constant_time_eq(s.as_bytes(), csrf.token.as_bytes()) => Ok(()),
+        Some(s) if firebreak_store::credentials::constant_time_eq(s.as_bytes(), csrf.token.as_bytes()) => Ok(()),
         _ => Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "This form is stale or came from elsewhere (its CSRF token does not match). Go back, reload the page and try again.",
@@ -481,15 +481,6 @@ pub struct Confirmed {
     pub confirm: Option<String>,
     pub comment: Option<String>,
     pub force: Option<String>,
-}
-
-pub(crate) fn state_parts(
-    state: &AppState,
-) -> Result<(&std::sync::Arc<dyn firebreak_store::Store>, &Pages), Refusal> {
-    match (&state.store, &state.pages) {
-        (Some(s), Some(p)) => Ok((s, p)),
-        _ => Err(Refusal::not_found("pages are served by the api role")),
-    }
 }
 
 pub(crate) type Ident = Extension<Identity>;
