@@ -49,6 +49,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/incidents/{id}/postmortem.md", "read"),
     ("GET", "/api/v1/incidents/{id}/postmortem.html", "read"),
     ("POST", "/api/v1/postmortems/lint", "read"),
+    ("GET", "/api/v1/incidents/{id}/action-items", "read"),
+    ("POST", "/api/v1/incidents/{id}/action-items", "edit"),
+    ("PATCH", "/api/v1/action-items/{id}", "edit"),
+    ("POST", "/api/v1/action-items/{id}/export", "edit"),
+    ("POST", "/api/v1/trackers/github/webhook", "signed"),
+    ("POST", "/api/v1/trackers/jira/webhook", "signed"),
     ("GET", "/api/v1/playbooks", "read"),
     ("POST", "/api/v1/playbooks/reload", "admin"),
     ("GET", "/api/v1/actions", "read"),
@@ -112,6 +118,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/incidents/{id}", "read"),
     ("POST", "/incidents/{id}/notes", "edit"),
     ("POST", "/incidents/{id}/response", "edit"),
+    ("POST", "/incidents/{id}/action-items", "edit"),
+    ("POST", "/incidents/{id}/action-items/{item}", "edit"),
     ("POST", "/incidents/{id}/changes/{deploy}/cause", "edit"),
     ("POST", "/actions/{id}/approve", "operate"),
     ("POST", "/actions/{id}/deny", "operate"),
@@ -234,6 +242,7 @@ fn concrete(route: &str) -> String {
     route
         .replace("{id}", "1")
         .replace("{rev}", "1")
+        .replace("{item}", "1")
         .replace("{key}", "a.flag")
         .replace("{name}", "nobody-at-all")
         .replace("{file}", "app.css")
@@ -274,6 +283,7 @@ async fn every_endpoint_with_every_scope_and_role() {
             Access::Public => "public".to_string(),
             Access::Authenticated => "authenticated".to_string(),
             Access::Slack => "slack".to_string(),
+            Access::Signed => "signed".to_string(),
             Access::Scope(s) => s.as_str().to_string(),
         };
         assert_eq!(got, want, "{m} {r}");
@@ -293,8 +303,8 @@ async fn every_endpoint_with_every_scope_and_role() {
     }
     let mut checked = 0;
     for (method, route, needed) in EXPECTED {
-        if *needed == "slack" || route.ends_with("/logout") {
-            continue; // signed by Slack (tests/slack.rs); logout ends the session
+        if *needed == "slack" || *needed == "signed" || route.ends_with("/logout") {
+            continue; // signed by Slack or a tracker (tests/slack.rs, tests/action_items.rs); logout ends the session
         }
         let page = is_page(route);
         for w in &who {

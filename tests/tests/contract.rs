@@ -163,6 +163,7 @@ contract!(
     rollouts_are_kept_run_by_run_with_their_events,
     causes_times_heads_and_insights_read_back,
     people_declare_acknowledge_and_update_incidents,
+    action_items_change_once_and_leave_through_one_claimed_export,
 );
 
 async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
@@ -2262,5 +2263,267 @@ async fn people_declare_acknowledge_and_update_incidents(h: &Harness) {
         })
         .await,
         0
+    );
+}
+
+async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harness) {
+    use firebreak_store::{ActionItemChange, ExportOutcome, NewActionItem};
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("ac00000000000001", "checkout")]),
+    )
+    .await;
+    let incident = h.incidents().await[0].id;
+    let at = t("2026-11-23T15:00:00Z");
+    let entry = firebreak_domain::timeline::NewEntry {
+        incident_id: incident,
+        at,
+        kind: "action_item",
+        source: "user:ana".into(),
+        summary: "ana added an action item".into(),
+        ref_id: String::new(),
+    };
+    let new = |title: &str, due: Option<&str>, export_to: Option<&str>| NewActionItem {
+        incident_id: incident,
+        title: title.into(),
+        owner: Some("user:bo".into()),
+        due: due.map(str::to_string),
+        priority: "high".into(),
+        created_by: "user:ana".into(),
+        at,
+        export_to: export_to.map(str::to_string),
+    };
+    let a = h
+        .store
+        .create_action_item(
+            &new("Gate on errors", Some("2026-11-01"), None),
+            &audit_row("action_item_created"),
+            &entry,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            a.status.as_str(),
+            a.owner.as_deref(),
+            a.due.as_deref(),
+            a.tracker.clone(),
+            a.export_state.clone()
+        ),
+        ("open", Some("user:bo"), Some("2026-11-01"), None, None)
+    );
+    let missing = NewActionItem {
+        incident_id: 999_999,
+        ..new("x", None, None)
+    };
+    assert!(matches!(
+        h.store
+            .create_action_item(&missing, &audit_row("action_item_created"), &entry)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let b = h
+        .store
+        .create_action_item(
+            &new("Runbook", None, Some("github")),
+            &audit_row("action_item_created"),
+            &entry,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.export_state.as_deref(), Some("pending"));
+    assert_eq!(
+        h.store.action_items(incident).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(h.store.action_item(a.id).await.unwrap(), a);
+    assert!(matches!(
+        h.store.action_item(999_999).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        h.store.action_item_counts("2026-11-23").await.unwrap(),
+        (2, 1)
+    );
+    assert_eq!(
+        h.timeline_kinds(incident)
+            .await
+            .iter()
+            .filter(|k| *k == "action_item")
+            .count(),
+        2,
+        "one entry per item"
+    );
+
+    // A change that changes nothing writes nothing; a real one is kept.
+    let same = h
+        .store
+        .update_action_item(
+            a.id,
+            &ActionItemChange::default(),
+            at,
+            &audit_row("action_item_changed"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(same, a);
+    let done = h
+        .store
+        .update_action_item(
+            a.id,
+            &ActionItemChange {
+                status: Some("done".into()),
+                owner: Some(None),
+                ..ActionItemChange::default()
+            },
+            at + Duration::minutes(1),
+            &audit_row("action_item_changed"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((done.status.as_str(), done.owner.clone()), ("done", None));
+    assert_eq!(done.updated_at, at + Duration::minutes(1));
+    assert_eq!(
+        h.store.action_item_counts("2026-11-23").await.unwrap(),
+        (1, 0)
+    );
+
+    // The outbox: one claim at a time, failures wait, success keeps the key.
+    let now = t("2026-11-23T16:00:00Z");
+    let claimed = h
+        .store
+        .claim_action_item_export(now, now + Duration::seconds(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, b.id);
+    assert!(
+        h.store
+            .claim_action_item_export(now, now + Duration::seconds(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "claimed by someone else"
+    );
+    h.store
+        .finish_action_item_export(
+            b.id,
+            &ExportOutcome::Failed {
+                error: "GitHub answered 503".into(),
+                next_at: now + Duration::seconds(30),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let failed = h.store.action_item(b.id).await.unwrap();
+    assert_eq!(
+        (
+            failed.export_state.as_deref(),
+            failed.export_error.as_deref(),
+            failed.export_attempts
+        ),
+        (Some("failed"), Some("GitHub answered 503"), 1)
+    );
+    assert!(
+        h.store
+            .claim_action_item_export(now + Duration::seconds(10), now + Duration::seconds(70))
+            .await
+            .unwrap()
+            .is_none(),
+        "not due yet"
+    );
+    let again = now + Duration::seconds(31);
+    assert!(h
+        .store
+        .claim_action_item_export(again, again + Duration::seconds(60))
+        .await
+        .unwrap()
+        .is_some());
+    h.store
+        .finish_action_item_export(
+            b.id,
+            &ExportOutcome::Exported {
+                key: "#12".into(),
+                url: "https://github.com/acme/shop/issues/12".into(),
+            },
+            again,
+        )
+        .await
+        .unwrap();
+    let exported = h.store.action_item(b.id).await.unwrap();
+    assert_eq!(
+        (
+            exported.export_state.as_deref(),
+            exported.tracker_key.as_deref(),
+            exported.export_error.clone()
+        ),
+        (Some("exported"), Some("#12"), None)
+    );
+    assert!(matches!(
+        h.store
+            .request_action_item_export(b.id, "jira", again, &audit_row("action_item_export"))
+            .await,
+        Err(StoreError::Conflict(m)) if m.contains("#12")
+    ));
+    let asked = h
+        .store
+        .request_action_item_export(a.id, "jira", again, &audit_row("action_item_export"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (asked.tracker.as_deref(), asked.export_state.as_deref()),
+        (Some("jira"), Some("pending"))
+    );
+
+    // The tracker's word, by key; an unknown key is nobody's.
+    let entry_for = |row: &firebreak_store::ActionItemRow| firebreak_domain::timeline::NewEntry {
+        incident_id: row.incident_id,
+        ref_id: format!("action-item:{}:closed", row.id),
+        ..entry.clone()
+    };
+    let closed = h
+        .store
+        .set_action_item_status_by_tracker(
+            "github",
+            "#12",
+            "done",
+            again,
+            &audit_row("tracker"),
+            &entry_for,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.status, "done");
+    assert!(h
+        .store
+        .set_action_item_status_by_tracker(
+            "github",
+            "#99",
+            "done",
+            again,
+            &audit_row("tracker"),
+            &entry_for
+        )
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        h.store
+            .set_action_item_status_by_tracker(
+                "jira",
+                "#12",
+                "done",
+                again,
+                &audit_row("tracker"),
+                &entry_for
+            )
+            .await
+            .unwrap()
+            .is_none(),
+        "keys are per tracker"
     );
 }

@@ -363,6 +363,22 @@ async fn two_people_edit_the_postmortem_at_once() {
         "{resolved}"
     );
     assert!(!resolved.contains("<<<<<<<"), "{resolved}");
+    let added = seen["item_added"].as_str().unwrap();
+    assert!(
+        added.contains("Add a canary gate on checkout error rate")
+            && added.contains("bob")
+            && added.contains("2026-12-20")
+            && added.contains("high")
+            && added.contains("open"),
+        "{added}"
+    );
+    assert_eq!(seen["item_closed"], "done", "{seen}");
+    assert_eq!(seen["item_reopen_offered"], 1, "{seen}");
+    let (_, items) = fb
+        .get(&format!("/api/v1/incidents/{incident}/action-items"))
+        .await;
+    assert_eq!(items["items"][0]["status"], "done", "{items}");
+    assert_eq!(items["items"][0]["created_by"], "user:bob", "{items}");
     assert!(
         seen["finding"].as_str().unwrap().contains("Try:"),
         "a hint with its suggestion: {seen}"

@@ -145,8 +145,16 @@ async fn resolving_through_alertmanager_writes_a_draft_from_real_data() {
     let md = doc["markdown"].as_str().unwrap();
     for needle in [
         "# Postmortem: HighErrorRate on checkout (prod): 5xx rate > 5%",
-        "| Time to detect | 7m 0s |",
-        "| Time to resolve | 18m 0s |",
+        "| Fact | Value |",
+        "| Cause | not confirmed yet (mark it on the incident page) |",
+        "## Impact",
+        "## Detection",
+        "**Time to detect**: 7m 0s",
+        "## Response",
+        "**Time to resolve**: 18m 0s",
+        "## Contributing factors",
+        "HighErrorRate fired (1 alert in this incident)",
+        "HighErrorRate resolved (the last of its 1 alert)",
         "Times are Europe/Berlin",
         "| 1 | checkout v42 (from v41) |",
         "gate canary-error-rate failed: http_5xx_ratio observed 0.07, threshold <= 0.01",
@@ -190,6 +198,61 @@ async fn resolving_through_alertmanager_writes_a_draft_from_real_data() {
         !html.contains("&lt;!-- firebreak:begin"),
         "markers are stripped"
     );
+    assert!(
+        !html.contains("firebreak:guide") && !html.contains("Sections between"),
+        "the editors' guide is not exported"
+    );
+    let exported = client()
+        .get(format!("{}/api/v1/incidents/{id}/postmortem.md", fb.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !exported.contains("<!-- firebreak") && !exported.contains("Sections between"),
+        "{exported}"
+    );
+    assert!(exported.contains("## Action items"), "{exported}");
+
+    // A person confirms the cause; the draft states it, and the suspect row
+    // says who said so.
+    let (_, detail) = fb.get(&format!("/api/v1/incidents/{id}")).await;
+    let deploy = detail["suspect_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["version"] == "v42")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = fb
+        .post(
+            &format!("/api/v1/incidents/{id}/changes/{deploy}/cause"),
+            &json!({"cause": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = fb
+        .post(
+            &format!("/api/v1/incidents/{id}/postmortem/regenerate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, doc) = fb.get(&format!("/api/v1/incidents/{id}/postmortem")).await;
+    let md = doc["markdown"].as_str().unwrap();
+    assert!(
+        md.contains("| Cause | checkout v42 (from v41), confirmed by bootstrap |"),
+        "{md}"
+    );
+    let v42 = md
+        .lines()
+        .find(|l| l.starts_with("| 1 | checkout v42"))
+        .unwrap();
+    assert!(v42.ends_with("| the cause |"), "{v42}");
 }
 
 #[tokio::test]
@@ -563,4 +626,54 @@ async fn the_incident_page_follows_the_configured_lookback_and_log_lead() {
     })
     .await;
     assert!(html.contains("suspect: checkout v9"), "{html}");
+}
+
+#[tokio::test]
+async fn a_revision_page_shows_only_the_changed_hunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = Firebreak::start(dir.path(), Options::embedded()).await;
+    let id = resolved_incident(&fb).await;
+    let doc = eventually("the draft", WAIT, || async {
+        let (status, d) = fb.get(&format!("/api/v1/incidents/{id}/postmortem")).await;
+        (status == 200).then_some(d)
+    })
+    .await;
+    let md = doc["markdown"].as_str().unwrap();
+    // Two edits far apart: the summary near the top, a line near the end.
+    let edited = md
+        .replacen(
+            "_What happened, in two or three sentences, for someone who was not there._",
+            "Checkout returned 502s for 18 minutes after the v42 deploy.",
+            1,
+        )
+        .replacen(
+            "## Where we got lucky\n\n- ",
+            "## Where we got lucky\n\n- The deploy went out at a quiet hour.",
+            1,
+        );
+    assert_ne!(edited, md);
+    let (status, saved, _) = put(&fb, id, Some("\"1\""), &json!({"markdown": edited})).await;
+    assert_eq!(status, 200, "{saved}");
+    let page = client()
+        .get(format!("{}/incidents/{id}/postmortem/revisions/2", fb.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page.matches("<h2 class=\"hunk\">").count(), 2, "{page}");
+    assert!(page.contains("+ Checkout returned 502s"), "{page}");
+    assert!(
+        page.contains("+ - The deploy went out at a quiet hour."),
+        "{page}"
+    );
+    assert!(
+        !page.contains("Gate results") && !page.contains("Log patterns"),
+        "unchanged sections far from both edits are left out: {page}"
+    );
+    assert!(
+        !page.contains("</span>\n<span"),
+        "one line per line, not double-spaced"
+    );
 }

@@ -43,10 +43,13 @@ pub enum Access {
     Authenticated,
     /// Slack's signature, checked by the handler before it reads the body.
     Slack,
+    /// A tracker's webhook signature (GitHub, Jira), checked by the handler
+    /// before it reads the body.
+    Signed,
     Scope(Scope),
 }
 
-use Access::{Authenticated, Public, Slack};
+use Access::{Authenticated, Public, Signed, Slack};
 
 const fn s(scope: Scope) -> Access {
     Access::Scope(scope)
@@ -107,6 +110,16 @@ pub const POLICY: &[(&str, &str, Access)] = &[
         s(Scope::Read),
     ),
     ("POST", "/api/v1/postmortems/lint", s(Scope::Read)),
+    ("GET", "/api/v1/incidents/{id}/action-items", s(Scope::Read)),
+    (
+        "POST",
+        "/api/v1/incidents/{id}/action-items",
+        s(Scope::Edit),
+    ),
+    ("PATCH", "/api/v1/action-items/{id}", s(Scope::Edit)),
+    ("POST", "/api/v1/action-items/{id}/export", s(Scope::Edit)),
+    ("POST", "/api/v1/trackers/github/webhook", Signed),
+    ("POST", "/api/v1/trackers/jira/webhook", Signed),
     ("GET", "/api/v1/playbooks", s(Scope::Read)),
     ("POST", "/api/v1/playbooks/reload", s(Scope::Admin)),
     ("GET", "/api/v1/actions", s(Scope::Read)),
@@ -165,6 +178,12 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/incidents/{id}", s(Scope::Read)),
     ("POST", "/incidents/{id}/notes", s(Scope::Edit)),
     ("POST", "/incidents/{id}/response", s(Scope::Edit)),
+    ("POST", "/incidents/{id}/action-items", s(Scope::Edit)),
+    (
+        "POST",
+        "/incidents/{id}/action-items/{item}",
+        s(Scope::Edit),
+    ),
     (
         "POST",
         "/incidents/{id}/changes/{deploy}/cause",
@@ -904,7 +923,7 @@ async fn check(auth: &Auth, req: &mut Request) -> Result<(), ApiError> {
     let method = req.method().clone();
     let needed = access(&method, &route);
     let page = crate::pages::is_page(&route);
-    if matches!(needed, Access::Public | Access::Slack) {
+    if matches!(needed, Access::Public | Access::Slack | Access::Signed) {
         if needed == Access::Public && unsafe_method(&method) && route.starts_with("/api/") {
             json_or_empty(req.headers())?;
         }

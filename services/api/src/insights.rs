@@ -95,6 +95,12 @@ pub(crate) async fn compute(store: &dyn Store, q: &InsightsQuery) -> Result<Valu
         )
         .await?;
     let mut v = insights::compute(&range, &deployments, &incidents);
+    let (open, overdue) = store
+        .action_item_counts(&Utc::now().format("%Y-%m-%d").to_string())
+        .await?;
+    // Follow-ups of every incident (not narrowed to the range): what is
+    // still to do now.
+    v["action_items"] = json!({"open": open, "overdue": overdue});
     v["service"] = json!(q.service);
     v["environment"] = json!(q.environment);
     Ok(v)
@@ -224,6 +230,11 @@ async fn gauges(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
             }
         }
     }
+    let (open, overdue) = store
+        .action_item_counts(&now.format("%Y-%m-%d").to_string())
+        .await?;
+    let _ = writeln!(text, "# HELP firebreak_action_items_open Postmortem action items not done yet.\n# TYPE firebreak_action_items_open gauge\nfirebreak_action_items_open {open}");
+    let _ = writeln!(text, "# HELP firebreak_action_items_overdue Open action items past their due date.\n# TYPE firebreak_action_items_overdue gauge\nfirebreak_action_items_overdue {overdue}");
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

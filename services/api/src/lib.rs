@@ -14,6 +14,7 @@ use firebreak_store::Store;
 use serde_json::json;
 
 mod access;
+mod action_items;
 pub mod auth;
 pub mod dead_letters;
 mod error;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub pages: Arc<pages::Pages>,
     /// Slack commands and buttons (when a signing secret is configured).
     pub slack: Option<Arc<firebreak_remediation::slack::SlackClient>>,
+    /// Where action items are exported, and the trackers' webhook secrets.
+    pub trackers: Arc<firebreak_postmortem::trackers::TrackersConfig>,
     /// When OFREP last evaluated each flag (written every few seconds).
     pub flag_usage: Arc<remediation::FlagUsage>,
     /// flagd's bucketing generation for percentage splits (`flags.fractional`).
@@ -116,6 +119,7 @@ pub fn router(roles: Roles) -> Router {
                 .merge(insights::router())
                 .merge(dead_letters::router())
                 .merge(postmortems::router())
+                .merge(action_items::router())
                 .merge(access::router())
                 .merge(pages::router())
                 .merge(slack::router())

@@ -133,7 +133,8 @@ async fn markdown(
 ) -> Result<Response, ApiError> {
     let (store, _) = parts(&state)?;
     let pm = current(store.as_ref(), parse_id(&id)?).await?;
-    let mut r = pm.markdown.clone().into_response();
+    // The exported document: no section markers, no guide for editors.
+    let mut r = firebreak_postmortem::sections::strip_markers(&pm.markdown).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/markdown; charset=utf-8"),

@@ -30,6 +30,7 @@ pub mod kind {
     pub const INCIDENT_ACKNOWLEDGED: &str = "incident_acknowledged";
     pub const INCIDENT_DECLARED: &str = "incident_declared";
     pub const INCIDENT_UPDATED: &str = "incident_updated";
+    pub const ACTION_ITEM: &str = "action_item";
 }
 
 /// A new entry for the timeline. `ref_id` names what it is about (an event id, or

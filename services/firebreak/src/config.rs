@@ -24,6 +24,7 @@ use firebreak_domain::correlation::CorrelationPolicy;
 use firebreak_domain::duration::Dur;
 use firebreak_domain::playbook::{Budget, Guard, NotifyStep};
 use firebreak_engine::EngineConfig;
+use firebreak_postmortem::trackers::TrackersConfig;
 use firebreak_remediation::{
     KillSwitchConfig, NotifierConfig, RemediationConfig, RollbackConfig, SlackConfig,
 };
@@ -115,6 +116,8 @@ pub struct Config {
     pub rollbacks: BTreeMap<String, RollbackConfig>,
     pub notifiers: BTreeMap<String, NotifierConfig>,
     pub slack: SlackConfig,
+    /// Where action items are exported (`[trackers.github]`, `[trackers.jira]`).
+    pub trackers: TrackersConfig,
     /// The audit chain's key as configured (`None`: the key file).
     pub audit_key: Option<Secret>,
     pub audit_witness: PathBuf,
@@ -281,7 +284,7 @@ pub fn load(
     }
     // Provider tokens and headers may name secrets kept in the environment.
     let env = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    for section in ["kill_switch", "rollback", "notify", "slack"] {
+    for section in ["kill_switch", "rollback", "notify", "slack", "trackers"] {
         if let Some(v) = table.get_mut(section) {
             expand_secrets(v, section, &env)?;
         }
@@ -548,6 +551,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
             ));
         }
     }
+    f.trackers.check()?;
     if f.slack.channel.is_some() && f.slack.bot_token.is_none() {
         return Err(
             "key `slack.channel`: needs slack.bot_token (FIREBREAK_SLACK_BOT_TOKEN) to post".into(),
@@ -693,6 +697,7 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         rollbacks: f.rollback,
         notifiers: f.notify,
         slack: f.slack,
+        trackers: f.trackers,
         audit_witness,
         audit_key: f.audit.key,
         fractional: f.flags.fractional,

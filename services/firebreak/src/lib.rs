@@ -28,6 +28,8 @@ pub mod playbooks_cli;
 use config::{Config, Overrides};
 
 /// How often running rollouts are looked at (hold times are this precise).
+/// How often the tracker outbox is looked at (action items to export).
+const EXPORT_EVERY: Duration = Duration::from_secs(2);
 const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 /// How often the last evaluation time of flags is written.
 const FLAG_USAGE_EVERY: Duration = Duration::from_secs(5);
@@ -509,6 +511,19 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 token,
             )));
         }
+        if let (true, Some(generator)) = (
+            config.trackers.github.is_some() || config.trackers.jira.is_some(),
+            &postmortems,
+        ) {
+            background.push(tokio::spawn(firebreak_postmortem::trackers::run_exporter(
+                store.clone(),
+                generator.clone(),
+                config.trackers.clone(),
+                config.slack.public_url.clone(),
+                EXPORT_EVERY,
+                shutdown.clone(),
+            )));
+        }
         if let Some(generator) = &postmortems {
             let token = shutdown.clone();
             background.push(tokio::spawn(draft_loop(
@@ -563,6 +578,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             postmortems,
             pages,
             slack,
+            trackers: Arc::new(config.trackers.clone()),
             flag_usage,
             fractional: config.fractional,
         }),

@@ -5,13 +5,20 @@
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use firebreak_domain::{DeployEvent, DeployStatus, GateResult, GateVerdict};
-use firebreak_store::{ActionRow, ActionStatus, IncidentAlertRow, IncidentRow, TimelineRow};
+use std::collections::BTreeMap;
+
+use firebreak_store::{
+    ActionItemRow, ActionRow, ActionStatus, ChangeCause, IncidentAlertRow, IncidentRow, TimelineRow,
+};
 use serde_json::{json, Value};
 
 use crate::logmine::Pattern;
 
 /// Timeline entries written into the document at most; the API has them all.
 pub const TIMELINE_IN_DOCUMENT: usize = 500;
+/// Timeline entries a draft reads to pick its key moments from (alerts
+/// are grouped by name, so most of a storm's entries fold away).
+pub const TIMELINE_READ: usize = 5_000;
 /// Log patterns written into the document at most.
 pub const PATTERNS_IN_DOCUMENT: usize = 25;
 
@@ -19,10 +26,14 @@ pub struct Inputs<'a> {
     pub incident: &'a IncidentRow,
     pub alerts: &'a [IncidentAlertRow],
     pub changes: &'a [DeployEvent],
+    /// People's word on which change caused the incident, by deploy id.
+    pub causes: &'a BTreeMap<String, ChangeCause>,
     pub gates: &'a [GateResult],
     pub timeline: &'a [TimelineRow],
     pub timeline_total: i64,
     pub actions: &'a [ActionRow],
+    /// The team's follow-ups, oldest first.
+    pub action_items: &'a [ActionItemRow],
     pub patterns: &'a [Pattern],
     pub log_lines: u64,
     pub log_window: (DateTime<Utc>, DateTime<Utc>),
@@ -190,14 +201,6 @@ fn opt(v: Option<f64>) -> Value {
     v.map(|x| json!(x)).unwrap_or(json!(""))
 }
 
-/// Who did it, by role: automation or a responder. Never a person as a cause.
-fn role(actor: Option<&str>) -> &'static str {
-    match actor {
-        None | Some("engine") => "automation",
-        Some(_) => "a responder",
-    }
-}
-
 pub fn build(i: &Inputs<'_>) -> Value {
     let tz = i.tz;
     let first_alert = i
@@ -265,6 +268,12 @@ pub fn build(i: &Inputs<'_>) -> Value {
             None => alert_names.push((a.alertname.clone(), 1, u64::from(a.status == "firing"))),
         }
     }
+    // The change a person confirmed as the cause (the latest word wins).
+    let cause = i
+        .changes
+        .iter()
+        .filter_map(|d| i.causes.get(&d.id).filter(|c| c.cause).map(|c| (d, c)))
+        .max_by_key(|(_, c)| c.at);
     let reference = top.map(|s| s.deploy.started_at);
     let mut patterns: Vec<&Pattern> = i.patterns.iter().collect();
     patterns.sort_by(|a, b| b.is_new().cmp(&a.is_new()).then(b.count.cmp(&a.count)));
@@ -307,12 +316,30 @@ pub fn build(i: &Inputs<'_>) -> Value {
         },
         "services": services,
         "alerts": alert_names.iter().map(|(n, c, f)| json!({"alertname": n, "count": c, "firing": f})).collect::<Vec<_>>(),
-        "timeline": i.timeline.iter().take(TIMELINE_IN_DOCUMENT).map(|e| json!({
-            "at": fmt_time(e.at, tz), "kind": e.kind, "source": e.source, "summary": e.summary,
+        "alerts_total": i.alerts.len(),
+        "alerts_said": match i.alerts.len() { 1 => "1 alert".to_string(), n => format!("{n} alerts") },
+        "cause": cause.map(|(d, c)| json!({
+            "service": d.service,
+            "version": d.version,
+            "previous_version": d.previous_version.clone().unwrap_or_default(),
+            "by": c.by.as_deref().map(person).unwrap_or_default(),
+        })),
+        "response": {
+            "acknowledged_at": i.incident.response.acknowledged_at.map(|t| fmt_time(t, tz)).unwrap_or_default(),
+            "acknowledged_by": i.incident.response.acknowledged_by.as_deref().map(person).unwrap_or_default(),
+            "commander": i.incident.response.commander.as_deref().map(person).unwrap_or_default(),
+        },
+        "timeline": key_moments(i).into_iter().take(TIMELINE_IN_DOCUMENT).map(|(at, summary, source)| json!({
+            "at": fmt_time(at, tz), "summary": summary, "source": source,
         })).collect::<Vec<_>>(),
         "timeline_total": i.timeline_total,
-        "timeline_omitted": (i.timeline_total - TIMELINE_IN_DOCUMENT as i64).max(0),
+        "timeline_omitted": (i.timeline_total - i.timeline.len() as i64).max(0),
         "suspects": suspects.iter().enumerate().map(|(n, s)| json!({
+            "confirmed": match i.causes.get(&s.deploy.id) {
+                Some(c) if c.cause => "the cause",
+                Some(_) => "not the cause",
+                None => "",
+            },
             "rank": n + 1,
             "service": s.deploy.service,
             "environment": s.deploy.environment.clone().unwrap_or_default(),
@@ -357,10 +384,84 @@ pub fn build(i: &Inputs<'_>) -> Value {
         "actions": i.actions.iter().filter(|a| !a.dedupe_key.starts_with("escalate:")).map(|a| json!({
             "at": fmt_time(a.created_at, tz),
             "what": a.spec.describe,
-            "by": if a.decided_by.is_some() { format!("automation, approved by {}", role(a.decided_by.as_deref())) } else { "automation".to_string() },
+            "by": actor(a),
             "playbook": a.playbook,
             "status": a.status.as_str(),
             "reason": a.reason.clone().unwrap_or_default(),
         })).collect::<Vec<_>>(),
+        "action_items": i.action_items.iter().map(|it| json!({
+            "id": it.id,
+            "title": it.title,
+            "owner": it.owner.as_deref().map(person).unwrap_or_default(),
+            "due": it.due.clone().unwrap_or_default(),
+            "priority": it.priority,
+            "status": it.status.replace('_', " "),
+            "key": it.tracker_key.clone().unwrap_or_default(),
+            "url": it.tracker_url.clone().unwrap_or_default(),
+            "export": match (it.tracker.as_deref(), it.export_state.as_deref()) {
+                (Some(t), Some("pending")) => format!("going to {t}"),
+                (Some(t), Some("failed")) => format!("{t} export failing, retried"),
+                _ => String::new(),
+            },
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// The timeline's key moments: every entry but the alerts', which come as
+/// one line per alert name when the first of them fired and one when the
+/// last resolved (85 alerts of one name are two lines, not 170).
+fn key_moments(i: &Inputs<'_>) -> Vec<(DateTime<Utc>, String, String)> {
+    let mut out: Vec<(DateTime<Utc>, String, String)> = i
+        .timeline
+        .iter()
+        .filter(|e| !matches!(e.kind.as_str(), "alert_firing" | "alert_resolved"))
+        .map(|e| (e.at, e.summary.clone(), e.source.clone()))
+        .collect();
+    let mut names: BTreeMap<&str, Vec<&IncidentAlertRow>> = BTreeMap::new();
+    for a in i.alerts {
+        names.entry(a.alertname.as_str()).or_default().push(a);
+    }
+    for (name, alerts) in names {
+        let n = alerts.len();
+        let first = alerts.iter().map(|a| a.starts_at).min();
+        let plural = if n == 1 { "alert" } else { "alerts" };
+        if let Some(first) = first {
+            out.push((
+                first,
+                format!("{name} fired ({n} {plural} in this incident)"),
+                "alertmanager".into(),
+            ));
+        }
+        let all_resolved = alerts.iter().all(|a| a.status == "resolved");
+        if let (true, Some(last)) = (all_resolved, alerts.iter().filter_map(|a| a.ends_at).max()) {
+            out.push((
+                last,
+                format!("{name} resolved (the last of its {n} {plural})"),
+                "alertmanager".into(),
+            ));
+        }
+    }
+    out.sort_by_key(|(at, _, _)| *at);
+    out
+}
+
+/// A person as the document names them (`user:ana` -> `ana`).
+fn person(who: &str) -> String {
+    who.split_once(':').map_or(who, |(_, n)| n).to_string()
+}
+
+/// Who an action was by: the person who asked for it, or automation (and
+/// who approved it, if someone did).
+fn actor(a: &ActionRow) -> String {
+    let asked = a.requested_by.as_str();
+    let by_person = a.playbook == "manual" || !(asked.is_empty() || asked == "engine");
+    let who = if by_person {
+        person(asked)
+    } else {
+        "automation".to_string()
+    };
+    match a.decided_by.as_deref() {
+        Some(d) if d != asked => format!("{who}, approved by {}", person(d)),
+        _ => who,
+    }
 }

@@ -14,11 +14,13 @@ use firebreak_store::{
 use serde::Serialize;
 use serde_json::Value;
 
+pub mod action_items;
 pub mod context;
 pub mod lint;
 pub mod logmine;
 pub mod merge;
 pub mod sections;
+pub mod trackers;
 
 pub use sections::Conflict;
 
@@ -81,6 +83,8 @@ pub struct Generated {
 pub struct Generator {
     store: Arc<dyn Store>,
     config: PostmortemConfig,
+    /// Incidents whose draft is being refreshed (at most one run each).
+    refreshing: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 const TEMPLATE: &str = "postmortem.md.hbs";
@@ -89,7 +93,40 @@ pub const BUILTIN_TEMPLATE: &str = include_str!("../../../templates/postmortem.m
 
 impl Generator {
     pub fn new(store: Arc<dyn Store>, config: PostmortemConfig) -> Generator {
-        Generator { store, config }
+        Generator {
+            store,
+            config,
+            refreshing: Default::default(),
+        }
+    }
+
+    /// Regenerates the incident's draft in the background, if it has one,
+    /// so what changed (an action item, its ticket) shows in the document.
+    /// One refresh per incident at a time: a burst of changes costs one run
+    /// (plus one after it if the burst outlasts it).
+    pub fn refresh_soon(self: &Arc<Self>, incident_id: i64) {
+        {
+            let Ok(mut running) = self.refreshing.lock() else {
+                return;
+            };
+            if !running.insert(incident_id) {
+                return;
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let outcome = match me.store.postmortem(incident_id).await {
+                Ok(Some(_)) => me.generate(incident_id, "firebreak").await.map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Ok(mut running) = me.refreshing.lock() {
+                running.remove(&incident_id);
+            }
+            if let Err(e) = outcome {
+                tracing::warn!(incident = incident_id, error = %e, "cannot refresh the postmortem draft");
+            }
+        });
     }
 
     pub fn config(&self) -> &PostmortemConfig {
@@ -110,7 +147,7 @@ impl Generator {
         // The document shows the first entries; the API has the rest.
         let timeline = self
             .store
-            .timeline(incident_id, context::TIMELINE_IN_DOCUMENT as i64, 0)
+            .timeline(incident_id, context::TIMELINE_READ as i64, 0)
             .await?;
         let actions = self
             .store
@@ -122,6 +159,7 @@ impl Generator {
             .await?;
         let mut actions = actions;
         actions.reverse();
+        let action_items = self.store.action_items(incident_id).await?;
         let first_alert = detail
             .alerts
             .iter()
@@ -142,10 +180,12 @@ impl Generator {
             incident: &detail.incident,
             alerts: &detail.alerts,
             changes: &detail.changes,
+            causes: &detail.causes,
             gates: &detail.gates,
             timeline: &timeline,
             timeline_total: detail.timeline_entries,
             actions: &actions,
+            action_items: &action_items,
             patterns: &patterns,
             log_lines: lines,
             log_window: (from, to),
@@ -208,8 +248,9 @@ impl Generator {
         })
     }
 
-    /// Names of people known from the incident (deploy actors, approvers): the
-    /// blameless check flags them when they are named as a cause.
+    /// Names of people known from the incident (deploy actors, approvers,
+    /// who asked for actions, acknowledged, commanded or confirmed a cause):
+    /// the blameless check flags them when they are named as a cause.
     pub async fn people(&self, incident_id: i64) -> Result<Vec<String>, PostmortemError> {
         let detail = self.store.incident(incident_id).await?;
         let actions = self
@@ -225,6 +266,17 @@ impl Generator {
             .iter()
             .filter_map(|d| d.actor.clone())
             .chain(actions.iter().filter_map(|a| a.decided_by.clone()))
+            .chain(
+                actions
+                    .iter()
+                    .map(|a| a.requested_by.clone())
+                    .filter(|r| r.contains(':')),
+            )
+            .chain(detail.incident.response.acknowledged_by.clone())
+            .chain(detail.incident.response.commander.clone())
+            .chain(detail.causes.values().filter_map(|c| c.by.clone()))
+            // Machine tokens are not people.
+            .filter(|n| !n.starts_with("token:"))
             .map(|n| n.rsplit(':').next().unwrap_or(&n).to_string())
             .filter(|n| !n.is_empty() && n != "ci" && n != "api")
             .collect();

@@ -66,6 +66,16 @@ const PHRASES: &[Phrase] = &[
     Phrase { rule: "counterfactual", words: &["could", "have", "prevented"], message: "\"could have prevented\" judges with hindsight", suggestion: "name the safeguard that would have prevented it, as an action item" },
     Phrase { rule: "counterfactual", words: &["failed", "to", "notice"], message: "\"failed to notice\" puts the gap in a person", suggestion: "say what signal was missing or drowned out" },
     Phrase { rule: "counterfactual", words: &["forgot", "to"], message: "\"forgot to\" puts the gap in a person", suggestion: "say which step had no reminder, checklist or automation" },
+    Phrase { rule: "counterfactual", words: &["if", "we", "had"], message: "\"if we had …\" imagines another past instead of describing this one", suggestion: "describe what was known and done at the time, and turn the missing safeguard into an action item" },
+    Phrase { rule: "counterfactual", words: &["if", "i", "had"], message: "\"if I had …\" imagines another past instead of describing this one", suggestion: "describe what was known and done at the time, and turn the missing safeguard into an action item" },
+    Phrase { rule: "counterfactual", words: &["if", "they", "had"], message: "\"if they had …\" imagines another past instead of describing this one", suggestion: "describe what was known and done at the time, and turn the missing safeguard into an action item" },
+    Phrase { rule: "counterfactual", words: &["if", "he", "had"], message: "\"if he had …\" imagines another past and points at a person", suggestion: "describe what was known and done at the time, and turn the missing safeguard into an action item" },
+    Phrase { rule: "counterfactual", words: &["if", "she", "had"], message: "\"if she had …\" imagines another past and points at a person", suggestion: "describe what was known and done at the time, and turn the missing safeguard into an action item" },
+    Phrase { rule: "counterfactual", words: &["if", "only"], message: "\"if only\" judges with hindsight", suggestion: "name the safeguard that was missing, as an action item" },
+    Phrase { rule: "counterfactual", words: &["would", "not", "have"], message: "\"would not have …\" judges with hindsight", suggestion: "describe what happened and which safeguard would catch it next time" },
+    Phrase { rule: "counterfactual", words: &["wouldn't", "have"], message: "\"wouldn't have …\" judges with hindsight", suggestion: "describe what happened and which safeguard would catch it next time" },
+    Phrase { rule: "counterfactual", words: &["could", "have", "been", "avoided"], message: "\"could have been avoided\" judges with hindsight", suggestion: "name what would avoid it next time, as an action item" },
+    Phrase { rule: "counterfactual", words: &["would", "have", "been", "avoided"], message: "\"would have been avoided\" judges with hindsight", suggestion: "name what would avoid it next time, as an action item" },
     Phrase { rule: "fault", words: &["fault", "of"], message: "assigning fault blames a person", suggestion: "describe the contributing factors instead" },
     Phrase { rule: "fault", words: &["to", "blame"], message: "blaming names a person as the cause", suggestion: "describe the contributing factors instead" },
     Phrase { rule: "fault", words: &["blame", "*"], message: "blaming names a person as the cause", suggestion: "describe the contributing factors instead" },
@@ -94,6 +104,30 @@ const CAUSE_VERBS: &[&str] = &[
     "botched",
     "neglected",
     "overlooked",
+];
+
+/// Capitalized possessives that are systems, not people ("Monday's deploy").
+const NOT_OWNERS: &[&str] = &[
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "today",
+    "yesterday",
+    "yesterday's",
+    "team",
+    "company",
+    "kubernetes",
+    "postgres",
+    "postgresql",
+    "redis",
+    "github",
+    "aws",
+    "google",
+    "firebreak",
 ];
 
 /// Words that look like names at the start of a sentence but are not people.
@@ -192,6 +226,23 @@ fn look(text: &str, w: &[Word], people: &People, out: &mut Collector<'_>) {
             here.push((first.start, verb.end, Kind::NamedCause));
         }
     }
+    let cause_verb = |k: usize| {
+        w.get(k)
+            .filter(|v| CAUSE_VERBS.iter().any(|c| v.is(text, c)))
+    };
+    // "Carol's deploy broke …", "Carol's change to the pool caused …": a
+    // person's thing made the cause (the verb within three words).
+    if possessive(raw) && people.is_owner(text, first) {
+        if let Some(verb) = (2..w.len()).find_map(cause_verb) {
+            here.push((first.start, verb.end, Kind::Possessive));
+        }
+    }
+    // "She broke …", "he accidentally caused …": a person as the subject.
+    if PRONOUNS.iter().any(|p| first.is(text, p)) {
+        if let Some(verb) = (1..w.len().min(3)).find_map(cause_verb) {
+            here.push((first.start, verb.end, Kind::Pronoun));
+        }
+    }
     here.sort_by_key(|(s, e, _)| (*s, *e));
     for (start, end, kind) in here {
         out.push(first, start, end, kind);
@@ -203,6 +254,15 @@ enum Kind {
     Phrase(usize),
     Fault,
     NamedCause,
+    Possessive,
+    Pronoun,
+}
+
+/// Pronouns that, as the subject of a cause verb, point at a person.
+const PRONOUNS: &[&str] = &["he", "she"];
+
+fn possessive(raw: &str) -> bool {
+    raw.len() > 2 && (raw.ends_with("'s") || raw.ends_with("’s"))
 }
 
 struct Collector<'a> {
@@ -239,6 +299,16 @@ impl Collector<'_> {
                 format!("\"{text}\" names a person as the cause of a failure"),
                 "name the change or condition instead, e.g. \"the v2 deploy removed the timeout\" or \"the runbook step was missing\"".into(),
             ),
+            Kind::Possessive => (
+                "named-cause",
+                format!("\"{text}\" ties the failure to a person through what they made"),
+                "name the change by what it is, e.g. \"the cart v43 deploy broke checkout\"".into(),
+            ),
+            Kind::Pronoun => (
+                "named-cause",
+                format!("\"{text}\" makes a person the subject of the failure"),
+                "make the change or the condition the subject, e.g. \"the migration dropped the index\"".into(),
+            ),
         };
         self.findings.push(Finding {
             start,
@@ -269,6 +339,31 @@ impl People {
             set.insert(p);
         }
         People(set)
+    }
+
+    /// A possessive's owner is a person: a known one (also at the start of a
+    /// sentence: "Carol's deploy"), an @handle, or a capitalized name inside
+    /// a sentence ("then Carol's change"; at a sentence's start a capital
+    /// says nothing: "Checkout's deploy").
+    fn is_owner(&self, text: &str, w: &Word) -> bool {
+        let raw = w.raw(text);
+        let bare = raw
+            .strip_suffix("'s")
+            .or_else(|| raw.strip_suffix("’s"))
+            .unwrap_or(raw);
+        if bare.starts_with('@') && bare.len() > 1 {
+            return true;
+        }
+        if self.0.contains(&bare.to_lowercase()) {
+            return true;
+        }
+        let capitalized = bare.chars().next().is_some_and(char::is_uppercase)
+            && bare.chars().skip(1).all(|c| c.is_lowercase())
+            && bare.chars().count() > 1;
+        capitalized
+            && !w.sentence_start
+            && !NOT_NAMES.iter().any(|n| bare.eq_ignore_ascii_case(n))
+            && !NOT_OWNERS.iter().any(|n| bare.eq_ignore_ascii_case(n))
     }
 
     fn is_person(&self, text: &str, w: &Word) -> bool {
@@ -453,6 +548,43 @@ mod tests {
     }
 
     #[test]
+    fn flags_counterfactuals_possessives_and_pronouns() {
+        let carol = check("Carol's deploy broke checkout.", &["carol".to_string()]);
+        assert_eq!(
+            carol
+                .findings
+                .iter()
+                .map(|f| (f.rule, f.text.clone()))
+                .collect::<Vec<_>>(),
+            [("named-cause", "Carol's deploy broke".to_string())],
+            "a known person, at the start of a sentence"
+        );
+        assert_eq!(
+            rules("Then Carol's config change caused the outage."),
+            [("named-cause", "Carol's config change caused".into())]
+        );
+        assert_eq!(
+            rules("She broke the cart service."),
+            [("named-cause", "She broke".into())]
+        );
+        assert_eq!(
+            rules("He accidentally caused a loop."),
+            [("named-cause", "He accidentally caused".into())]
+        );
+        assert_eq!(
+            rules("If we had a canary, this would not have happened."),
+            [
+                ("counterfactual", "If we had".into()),
+                ("counterfactual", "would not have".into())
+            ]
+        );
+        assert_eq!(
+            rules("The outage could have been avoided."),
+            [("counterfactual", "could have been avoided".into())]
+        );
+    }
+
+    #[test]
     fn leaves_neutral_text_alone() {
         for text in [
             "The v2 deploy removed the client timeout; errors rose seven minutes later.",
@@ -462,6 +594,11 @@ mod tests {
             "We saw the error rate in the dashboard within two minutes.",
             "Checkout broke for 12% of requests.",
             "Error budget burn was 4x.",
+            "Monday's deploy broke checkout.",
+            "Checkout's v2 deploy broke payments for 12 minutes.",
+            "The team's runbook had no drain step.",
+            "If the gate had a lower threshold, the canary stops at 5%.",
+            "They deployed at 14:00; the deploy broke checkout.",
         ] {
             assert_eq!(rules(text), Vec::<(&str, String)>::new(), "{text}");
         }

@@ -139,15 +139,36 @@ pub fn merge(current: &str, last_generated: &str, fresh: &str) -> (String, Vec<C
     (render(&blocks), conflicts)
 }
 
-/// The document without section markers (for export).
+const GUIDE: &str = "<!-- firebreak:guide -->";
+const GUIDE_END: &str = "<!-- firebreak:end-guide -->";
+
+/// The document as it is exported (Markdown, HTML): without section markers
+/// and without the guide for editors (between `firebreak:guide` and
+/// `firebreak:end-guide`).
 pub fn strip_markers(doc: &str) -> String {
-    parse(doc)
+    let text: String = parse(doc)
         .into_iter()
         .map(|b| match b {
             Block::Human(t) => t,
             Block::Machine { body, .. } => body,
         })
-        .collect()
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(GUIDE) {
+        let Some(len) = rest[start..].find(GUIDE_END) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let after = &rest[start + len + GUIDE_END.len()..];
+        // The guide's own line break, and the blank line it leaves.
+        rest = after.strip_prefix('\n').unwrap_or(after);
+        if out.ends_with("\n\n") {
+            rest = rest.strip_prefix('\n').unwrap_or(rest);
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -159,6 +180,15 @@ mod tests {
         format!(
             "# Title\n<!-- firebreak:begin timeline -->\n{timeline}\n<!-- firebreak:end timeline -->\n## Notes\n{notes}\n<!-- firebreak:begin logs -->\n{logs}\n<!-- firebreak:end logs -->\n"
         )
+    }
+
+    #[test]
+    fn exports_leave_out_markers_and_the_guide() {
+        let d = "# T\n\n<!-- firebreak:guide -->\nHow to edit.\n<!-- firebreak:end-guide -->\n\n## S\n<!-- firebreak:begin facts -->\nfacts\n<!-- firebreak:end facts -->\n";
+        let out = strip_markers(d);
+        assert_eq!(out, "# T\n\n## S\n\nfacts\n\n");
+        let unclosed = "a <!-- firebreak:guide --> b";
+        assert_eq!(strip_markers(unclosed), unclosed);
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub mod postgres;
 /// need no import: a trait object has its supertraits' methods).
 pub mod prelude {
     pub use crate::{
-        AccessStore, ActionStore, BatchTx, FlagStore, IncidentStore, InsightStore, PostmortemStore,
-        RemediationTx, SlackStore, Store, StoreTx,
+        AccessStore, ActionItemStore, ActionStore, BatchTx, FlagStore, IncidentStore, InsightStore,
+        PostmortemStore, RemediationTx, SlackStore, Store, StoreTx,
     };
 }
 mod access;
@@ -46,7 +46,10 @@ pub use rows::{
     LogRow, NewAudit, PostmortemRow, PostmortemSave, RevisionRow, SaveOutcome, SlackClaim,
     TimelineEvent, SETTING_PAUSED,
 };
-pub use rows::{NewRollout, RolloutChange, RolloutEvent, ServiceEvent};
+pub use rows::{
+    ActionItemChange, ActionItemRow, ExportOutcome, NewActionItem, NewRollout, RolloutChange,
+    RolloutEvent, ServiceEvent,
+};
 pub use sql::{keyed_audit_hash, set_audit_key};
 pub use sqlite::SqliteStore;
 
@@ -541,6 +544,67 @@ pub trait PostmortemStore: Send + Sync {
     async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
 }
 
+/// Postmortem action items and their tracker outbox.
+#[async_trait]
+pub trait ActionItemStore: Send + Sync {
+    /// Adds an item, with its audit row and timeline entry, in one transaction.
+    async fn create_action_item(
+        &self,
+        item: &NewActionItem,
+        audit: &NewAudit,
+        entry: &NewEntry,
+    ) -> Result<ActionItemRow>;
+    /// An incident's items, oldest first.
+    async fn action_items(&self, incident_id: i64) -> Result<Vec<ActionItemRow>>;
+    async fn action_item(&self, id: i64) -> Result<ActionItemRow>;
+    /// Applies `change` (nothing if it changes nothing), with its audit row
+    /// and timeline entries, in one transaction.
+    async fn update_action_item(
+        &self,
+        id: i64,
+        change: &ActionItemChange,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        entries: &[NewEntry],
+    ) -> Result<ActionItemRow>;
+    /// Puts an item in the tracker outbox (due now). `Conflict` if it is
+    /// already in a tracker.
+    async fn request_action_item_export(
+        &self,
+        id: i64,
+        tracker: &str,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> Result<ActionItemRow>;
+    /// Claims the outbox's next due export until `until` (one process at a time).
+    async fn claim_action_item_export(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<ActionItemRow>>;
+    /// Records how an export attempt ended.
+    async fn finish_action_item_export(
+        &self,
+        id: i64,
+        outcome: &ExportOutcome,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// A tracker said its issue closed or reopened: the item with that key
+    /// takes `status` (`None`: no such item).
+    async fn set_action_item_status_by_tracker(
+        &self,
+        tracker: &str,
+        key: &str,
+        status: &str,
+        at: DateTime<Utc>,
+        audit: &NewAudit,
+        entry_for: &(dyn for<'r> Fn(&'r ActionItemRow) -> NewEntry + Send + Sync),
+    ) -> Result<Option<ActionItemRow>>;
+    /// Open action items, and those of them past their due date on `today`
+    /// (`YYYY-MM-DD`).
+    async fn action_item_counts(&self, today: &str) -> Result<(i64, i64)>;
+}
+
 /// What the insights are computed from.
 #[async_trait]
 pub trait InsightStore: Send + Sync {
@@ -591,6 +655,7 @@ pub trait Store:
     + FlagStore
     + AccessStore
     + PostmortemStore
+    + ActionItemStore
     + InsightStore
     + SlackStore
     + Send

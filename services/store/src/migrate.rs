@@ -35,6 +35,7 @@ macro_rules! migrations {
             11, "0011", "insights";
             12, "0012", "service_timeline";
             13, "0013", "incident_response";
+            14, "0014", "action_items";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -424,3 +424,69 @@ pub struct ServiceEvent {
     /// Written once per service and `ref_id`.
     pub ref_id: String,
 }
+
+/// A postmortem action item: what a team decided to do, who owns it, by when,
+/// and where a tracker holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionItemRow {
+    pub id: i64,
+    pub incident_id: i64,
+    pub title: String,
+    pub owner: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub due: Option<String>,
+    /// `high`, `medium` or `low`.
+    pub priority: String,
+    /// `open`, `done` or `wont_do`.
+    pub status: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// `github` or `jira`, once an export was asked for.
+    pub tracker: Option<String>,
+    /// The tracker's issue: `#12` on GitHub, `OPS-7` on Jira.
+    pub tracker_key: Option<String>,
+    pub tracker_url: Option<String>,
+    /// `pending`, `exported` or `failed` (failed exports are retried).
+    pub export_state: Option<String>,
+    pub export_error: Option<String>,
+    pub export_attempts: i64,
+}
+
+/// A new action item.
+#[derive(Debug, Clone)]
+pub struct NewActionItem {
+    pub incident_id: i64,
+    pub title: String,
+    pub owner: Option<String>,
+    pub due: Option<String>,
+    pub priority: String,
+    pub created_by: String,
+    pub at: DateTime<Utc>,
+    /// Export it to this tracker (through the outbox) from the start.
+    pub export_to: Option<String>,
+}
+
+/// A change to an action item; `Some` fields are written (`Some(None)`
+/// clears an owner or a due date).
+#[derive(Debug, Clone, Default)]
+pub struct ActionItemChange {
+    pub title: Option<String>,
+    pub owner: Option<Option<String>>,
+    pub due: Option<Option<String>>,
+    pub priority: Option<String>,
+    pub status: Option<String>,
+}
+
+/// How an export attempt ended.
+#[derive(Debug, Clone)]
+pub enum ExportOutcome {
+    Exported {
+        key: String,
+        url: String,
+    },
+    Failed {
+        error: String,
+        next_at: DateTime<Utc>,
+    },
+}

@@ -27,15 +27,16 @@ use serde_json::Value;
 
 #[allow(unused_imports)]
 use crate::prelude::{
-    AccessStore, ActionStore, BatchTx, FlagStore, IncidentStore, InsightStore, PostmortemStore,
-    RemediationTx, SlackStore,
+    AccessStore, ActionItemStore, ActionStore, BatchTx, FlagStore, IncidentStore, InsightStore,
+    PostmortemStore, RemediationTx, SlackStore,
 };
 use crate::{
-    ActionChange, ActionFilter, AuditFilter, AuditRow, ChangeCause, FlagRow, History,
-    IncidentAlertRow, IncidentDetail, IncidentFilter, IncidentOverview, IncidentRow, LogRow,
-    NewAudit, NewRollout, OpenIncident, PostmortemRow, PostmortemSave, Result, RevisionRow,
-    Rollout, RolloutChange, RolloutEvent, RolloutStatus, SaveOutcome, ServiceEvent, SlackClaim,
-    Store, StoreError, StoreTx, TimelineEvent, TimelineRow,
+    ActionChange, ActionFilter, ActionItemChange, ActionItemRow, AuditFilter, AuditRow,
+    ChangeCause, ExportOutcome, FlagRow, History, IncidentAlertRow, IncidentDetail, IncidentFilter,
+    IncidentOverview, IncidentRow, LogRow, NewActionItem, NewAudit, NewRollout, OpenIncident,
+    PostmortemRow, PostmortemSave, Result, RevisionRow, Rollout, RolloutChange, RolloutEvent,
+    RolloutStatus, SaveOutcome, ServiceEvent, SlackClaim, Store, StoreError, StoreTx,
+    TimelineEvent, TimelineRow,
 };
 
 /// One bound value. Each dialect encodes it: a time is `timestamptz` on
@@ -829,6 +830,7 @@ pub struct Tx<T> {
 // One file per concern, each `impl`ementing its trait over any dialect with
 // the shared SQL here.
 mod access;
+mod action_items;
 mod actions;
 mod batch;
 mod flags;

@@ -300,6 +300,21 @@ async function editor() {
   await a.page.locator("#preview", { hasText: "forgot to run the migration" }).waitFor({ timeout: 10000 });
   out.preview_imgs = await a.page.locator("#preview img").count();
   await shot(a.page, "editor-lint");
+
+  // Action items: added with the form, closed with a button, no script needed
+  // (Bob: Alice's page holds an unsaved edit, which the page guards).
+  await b.page.goto(url);
+  await b.page.getByLabel("Action", { exact: true }).fill("Add a canary gate on checkout error rate");
+  await b.page.getByLabel("Owner").fill("bob");
+  await b.page.getByLabel("Due").fill("2026-12-20");
+  await b.page.getByLabel("Priority").selectOption("high");
+  await Promise.all([b.page.waitForURL(/#item-\d+$/), b.page.getByRole("button", { name: "Add", exact: true }).click()]);
+  const item = b.page.locator("table.items tbody tr").first();
+  out.item_added = (await item.textContent()).replace(/\s+/g, " ").trim();
+  await Promise.all([b.page.waitForURL(/#item-\d+$/), item.getByRole("button", { name: "Done" }).click()]);
+  out.item_closed = (await b.page.locator("table.items tbody tr").first().locator('td[data-label="Status"]').textContent()).trim();
+  out.item_reopen_offered = await b.page.locator("table.items tbody tr").first().getByRole("button", { name: "Reopen" }).count();
+  await shot(b.page, "editor-action-items");
   await a.context.close();
   await b.context.close();
   return out;

@@ -92,6 +92,26 @@ pub async fn editor(
     );
     ctx.insert("saved".into(), json!(q.saved));
     ctx.insert("merged".into(), json!(q.merged.is_some()));
+    let items = store.action_items(id).await?;
+    ctx.insert(
+        "items".into(),
+        json!(items.iter().map(|i| json!({
+            "id": i.id, "title": i.title,
+            "owner": i.owner.as_deref().map(|o| o.split_once(':').map_or(o, |(_, n)| n)),
+            "due": i.due, "priority": i.priority, "status": i.status.replace('_', " "),
+            "open": i.status == "open",
+            "key": i.tracker_key, "url": i.tracker_url, "tracker": i.tracker,
+            "export": i.export_state, "error": i.export_error,
+            "exportable": i.tracker_key.is_none() && i.export_state.as_deref() != Some("pending"),
+        })).collect::<Vec<_>>()),
+    );
+    ctx.insert(
+        "trackers".into(),
+        json!(firebreak_postmortem::trackers::TRACKERS
+            .iter()
+            .filter(|t| state.trackers.configured(t))
+            .collect::<Vec<_>>()),
+    );
     match pm {
         None => {
             ctx.insert("postmortem".into(), Value::Null);
@@ -380,15 +400,40 @@ pub async fn revision(
         previous.map(|p| p.markdown.as_str()).unwrap_or(""),
         &r.markdown,
     );
-    let lines: Vec<Value> = diff
-        .iter_all_changes()
-        .map(|c| {
-            let class = match c.tag() {
-                similar::ChangeTag::Delete => "del",
-                similar::ChangeTag::Insert => "ins",
-                similar::ChangeTag::Equal => "same",
+    // Only what changed, with three lines of context around each change.
+    let hunks: Vec<Value> = diff
+        .grouped_ops(3)
+        .iter()
+        .map(|group| {
+            let (old, new) = match (group.first(), group.last()) {
+                (Some(f), Some(l)) => (
+                    f.old_range().start..l.old_range().end,
+                    f.new_range().start..l.new_range().end,
+                ),
+                _ => (0..0, 0..0),
             };
-            json!({"class": class, "text": c.value().trim_end_matches('\n')})
+            let lines: Vec<Value> = group
+                .iter()
+                .flat_map(|op| diff.iter_changes(op))
+                .map(|c| {
+                    let class = match c.tag() {
+                        similar::ChangeTag::Delete => "del",
+                        similar::ChangeTag::Insert => "ins",
+                        similar::ChangeTag::Equal => "same",
+                    };
+                    json!({"class": class, "text": c.value().trim_end_matches('\n')})
+                })
+                .collect();
+            json!({
+                "header": format!(
+                    "lines {}–{} (before: {}–{})",
+                    new.start + 1,
+                    new.end.max(new.start + 1),
+                    old.start + 1,
+                    old.end.max(old.start + 1)
+                ),
+                "lines": lines,
+            })
         })
         .collect();
     let mut ctx = base(
@@ -403,7 +448,7 @@ pub async fn revision(
         json!({"revision": r.revision, "kind": r.kind, "status": r.status, "author": r.author,
                "at": when(r.created_at), "previous": previous.map(|p| p.revision)}),
     );
-    ctx.insert("lines".into(), json!(lines));
+    ctx.insert("hunks".into(), json!(hunks));
     Ok(pages.render("revision", &Value::Object(ctx)))
 }
 
@@ -459,4 +504,113 @@ pub async fn presence(
     Ok(Json(
         json!({"others": state.pages.present(id, &identity.id)}),
     ))
+}
+
+#[derive(Deserialize)]
+pub struct ItemForm {
+    csrf_token: Option<String>,
+    title: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    due: String,
+    #[serde(default)]
+    priority: String,
+    #[serde(default)]
+    tracker: String,
+}
+
+/// Blank form fields are "not given".
+fn given(v: String) -> Option<String> {
+    let v = v.trim().to_string();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Adds an action item from the postmortem page.
+pub async fn add_item(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path(id): Id,
+    bytes: Bytes,
+) -> PageResult {
+    let f: ItemForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let id = incident_id(&id)?;
+    let item = firebreak_postmortem::action_items::create(
+        state.store.as_ref(),
+        &state.trackers,
+        id,
+        firebreak_postmortem::action_items::NewItem {
+            title: f.title,
+            owner: given(f.owner),
+            due: given(f.due),
+            priority: given(f.priority),
+            tracker: given(f.tracker),
+        },
+        &identity.id,
+    )
+    .await?;
+    state.postmortems.refresh_soon(id);
+    Ok(Redirect::to(&format!("/incidents/{id}/postmortem#item-{}", item.id)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ItemChangeForm {
+    csrf_token: Option<String>,
+    /// `open`, `done` or `wont_do`.
+    status: Option<String>,
+    /// A tracker to export to.
+    export: Option<String>,
+}
+
+/// Closes, reopens or exports an action item from the postmortem page.
+pub async fn change_item(
+    axum::extract::State(state): St,
+    axum::Extension(identity): Ident,
+    axum::Extension(csrf): Csrf,
+    axum::extract::Path((id, item)): axum::extract::Path<(String, String)>,
+    bytes: Bytes,
+) -> PageResult {
+    let f: ItemChangeForm = form(&bytes)?;
+    check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    let id = incident_id(&id)?;
+    let Some(item) = item.parse::<i64>().ok().filter(|i| *i > 0) else {
+        return Err(Refusal::bad("not an action item id"));
+    };
+    // The item must be this incident's: a form cannot reach another one.
+    let row = match state.store.action_item(item).await {
+        Ok(r) if r.incident_id == id => r,
+        Ok(_) | Err(StoreError::NotFound) => {
+            return Err(Refusal::not_found(format!(
+                "Incident #{id} has no action item {item}."
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(tracker) = f.export.and_then(given) {
+        firebreak_postmortem::action_items::export(
+            state.store.as_ref(),
+            &state.trackers,
+            row.id,
+            &tracker,
+            &identity.id,
+        )
+        .await?;
+    } else if let Some(status) = f.status.and_then(given) {
+        firebreak_postmortem::action_items::update(
+            state.store.as_ref(),
+            row.id,
+            firebreak_postmortem::action_items::ItemPatch {
+                status: Some(status),
+                ..Default::default()
+            },
+            &identity.id,
+        )
+        .await?;
+        state.postmortems.refresh_soon(id);
+    } else {
+        return Err(Refusal::bad("Choose what to do with the item."));
+    }
+    Ok(Redirect::to(&format!("/incidents/{id}/postmortem#item-{item}")).into_response())
 }

@@ -240,10 +240,12 @@ pub async fn detail(
         incident: i,
         alerts: &[], // ranking needs only the first alert's time
         changes: &detail.changes,
+        causes: &detail.causes,
         gates: &detail.gates,
         timeline: &entries,
         timeline_total: detail.timeline_entries,
         actions: &actions,
+        action_items: &[],
         patterns: &patterns,
         log_lines: mined,
         log_window: (log_from, log_to),

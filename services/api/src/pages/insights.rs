@@ -161,6 +161,7 @@ pub async fn page(
     ctx.insert("rate_line".into(), json!(rate_line.join(" ")));
     ctx.insert("chart".into(), json!({"w": CHART_W, "h": CHART_H}));
     ctx.insert("strategies".into(), json!(strategies));
+    ctx.insert("action_items".into(), v["action_items"].clone());
     ctx.insert(
         "bands".into(),
         json!(firebreak_domain::insights::TIER_BANDS),

@@ -257,6 +257,11 @@ pub(crate) fn router() -> Router<AppState> {
             "/incidents/{id}/postmortem/revisions/{rev}",
             get(editor::revision),
         )
+        .route("/incidents/{id}/action-items", post(editor::add_item))
+        .route(
+            "/incidents/{id}/action-items/{item}",
+            post(editor::change_item),
+        )
         .route("/flags", get(admin::flags))
         .route("/flags/{key}", get(admin::flag).post(admin::set_flag))
         .route("/playbooks", get(admin::playbooks))
@@ -374,6 +379,12 @@ impl From<ApiError> for Refusal {
 
 impl From<firebreak_store::StoreError> for Refusal {
     fn from(e: firebreak_store::StoreError) -> Refusal {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<firebreak_postmortem::action_items::ItemError> for Refusal {
+    fn from(e: firebreak_postmortem::action_items::ItemError) -> Refusal {
         ApiError::from(e).into()
     }
 }

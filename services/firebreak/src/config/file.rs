@@ -37,6 +37,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub notify: BTreeMap<String, NotifierConfig>,
     pub slack: SlackConfig,
+    #[serde(default)]
+    pub trackers: TrackersConfig,
 }
 
 #[derive(Debug, Deserialize)]
