@@ -157,6 +157,18 @@ fn checkout_kill_switch_incident() {
         lease_until: None,
         lease_owner: None,
     }];
+    // A person's request, approved by another: named for what they did.
+    let mut asked = actions[0].clone();
+    asked.id = 2;
+    asked.dedupe_key = "manual:notify:42".into();
+    asked.playbook = "manual".into();
+    asked.kind = "notify".into();
+    asked.requested_by = "user:ana".into();
+    asked.decided_by = Some("user:bo".into());
+    asked.spec.describe = "notify #payments-oncall".into();
+    asked.created_at = t("2026-11-23T14:05:00Z");
+    asked.updated_at = t("2026-11-23T14:05:10Z");
+    let actions = vec![actions[0].clone(), asked];
     let mut miner = Miner::new(Some(t("2026-11-23T13:55:00Z")));
     for i in 0..90 {
         miner.add(
