@@ -122,7 +122,7 @@ fn checkout_kill_switch_incident() {
         entry("2026-11-23T14:20:00Z", "alert_resolved", "alertmanager", "HighErrorRate resolved: 5xx rate > 5%"),
         entry("2026-11-23T14:20:00Z", "incident_resolved", "firebreak", "Incident resolved: all its alerts resolved"),
     ];
-    let actions = vec![ActionRow {
+    let automation = [ActionRow {
         id: 1,
         dedupe_key: "checkout-kill-switch:0:flag:builtin::checkout.new-payment-flow:incident:42"
             .into(),
@@ -158,7 +158,7 @@ fn checkout_kill_switch_incident() {
         lease_owner: None,
     }];
     // A person's request, approved by another: named for what they did.
-    let mut asked = actions[0].clone();
+    let mut asked = automation[0].clone();
     asked.id = 2;
     asked.dedupe_key = "manual:notify:42".into();
     asked.playbook = "manual".into();
@@ -168,7 +168,7 @@ fn checkout_kill_switch_incident() {
     asked.spec.describe = "notify #payments-oncall".into();
     asked.created_at = t("2026-11-23T14:05:00Z");
     asked.updated_at = t("2026-11-23T14:05:10Z");
-    let actions = vec![actions[0].clone(), asked];
+    let actions = vec![automation[0].clone(), asked];
     let mut miner = Miner::new(Some(t("2026-11-23T13:55:00Z")));
     for i in 0..90 {
         miner.add(
