@@ -88,7 +88,7 @@ fn slot(lane: Lane) -> usize {
 }
 
 pub struct RabbitBus {
-    url: String,
+    brokers: Brokers,
     topology: Topology,
     publisher: Mutex<Option<(Connection, Channel)>>,
     consumer_seq: AtomicU64,
@@ -137,6 +137,72 @@ fn amqp_uri(url: &str) -> Result<AMQPUri, BusError> {
     })?;
     uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
     Ok(uri)
+}
+
+/// The broker addresses of a cluster, and which one answered last: every
+/// connection (publisher, consumers, the depth sampler, dead letters) tries
+/// that one first and the others after it, so a node that dies costs one
+/// refused connection, not an outage.
+#[derive(Clone)]
+struct Brokers {
+    urls: Arc<Vec<String>>,
+    preferred: Arc<AtomicU64>,
+    /// How long one node may take to accept a connection before the next is tried.
+    each: Duration,
+}
+
+/// The nodes of `urls`: one AMQP URL, or several separated by commas.
+pub fn broker_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A node as logs name it: its host and port, never its credentials.
+fn node_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    host.split(['/', '?']).next().unwrap_or(host).to_string()
+}
+
+impl Brokers {
+    async fn connect(&self) -> Result<Connection, BusError> {
+        let n = self.urls.len().max(1);
+        let start = (self.preferred.load(Ordering::Relaxed) as usize) % n;
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(url) = self.urls.get(i) else {
+                break;
+            };
+            match tokio::time::timeout(self.each, connect(url)).await {
+                Ok(Ok(conn)) => {
+                    if i != start {
+                        tracing::warn!(
+                            node = %node_name(url),
+                            "connected to another RabbitMQ node: {} did not answer",
+                            self.urls.get(start).map(|u| node_name(u)).unwrap_or_default()
+                        );
+                        self.preferred.store(i as u64, Ordering::Relaxed);
+                    }
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => failures.push(format!("{}: {e}", node_name(url))),
+                Err(_) => failures.push(format!(
+                    "{}: no answer within {:.1} s",
+                    node_name(url),
+                    self.each.as_secs_f64()
+                )),
+            }
+        }
+        Err(BusError::Unavailable(if failures.len() == 1 {
+            failures.remove(0)
+        } else {
+            format!("rabbitmq: no node answered ({})", failures.join("; "))
+        }))
+    }
 }
 
 async fn connect(url: &str) -> Result<Connection, BusError> {
@@ -221,7 +287,7 @@ async fn lane(
 /// Samples how many messages are ready on each lane, once a second, on a
 /// channel of its own (a passive declare answers with the count).
 async fn sample_ready(
-    url: String,
+    brokers: Brokers,
     topology: Topology,
     stats: Arc<std::sync::Mutex<Stats>>,
     closed: Arc<std::sync::atomic::AtomicBool>,
@@ -232,7 +298,7 @@ async fn sample_ready(
             .as_ref()
             .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
         {
-            channel = match connect(&url).await {
+            channel = match brokers.connect().await {
                 Ok(conn) => match conn.create_channel().await {
                     Ok(ch) => Some((conn, ch)),
                     Err(_) => None,
@@ -335,8 +401,15 @@ async fn publish_confirmed(
                     returned.reply_text.as_str()
                 )))
             }
+            // A nack says the broker could not take the message now (a
+            // quorum queue between leaders, say), not that it never will:
+            // the publisher reconnects, and the sender gets 503 and retries.
+            // A channel opened while a queue's leader was being elected can
+            // keep nacking until it is closed.
             Confirmation::Nack(_) => {
-                return Err(BusError::Refused("the broker nacked the message".into()))
+                return Err(BusError::Unavailable(
+                    "rabbitmq: the broker nacked the message (retry)".into(),
+                ))
             }
         }
     }
@@ -351,10 +424,25 @@ impl RabbitBus {
         topology: Topology,
         timeout: Duration,
     ) -> Result<RabbitBus, BusError> {
+        let urls = broker_urls(url);
+        if urls.is_empty() {
+            return Err(BusError::Unavailable(
+                "rabbitmq: amqp_url names no broker".into(),
+            ));
+        }
+        for u in &urls {
+            amqp_uri(u)?;
+        }
+        // One node's share of the timeout, so trying every node fits in it.
+        let each = (timeout / urls.len() as u32).max(Duration::from_secs(1));
         let bus = RabbitBus {
             timeout,
             down_since: std::sync::Mutex::new(None),
-            url: url.to_string(),
+            brokers: Brokers {
+                urls: Arc::new(urls),
+                preferred: Arc::new(AtomicU64::new(0)),
+                each,
+            },
             topology,
             publisher: Mutex::new(None),
             consumer_seq: AtomicU64::new(0),
@@ -363,7 +451,7 @@ impl RabbitBus {
         };
         bus.bounded("connecting", bus.publisher_channel()).await?;
         tokio::spawn(sample_ready(
-            bus.url.clone(),
+            bus.brokers.clone(),
             bus.topology.clone(),
             bus.stats.clone(),
             bus.closed.clone(),
@@ -386,7 +474,7 @@ impl RabbitBus {
         if let Some((conn, _)) = guard.take() {
             close_soon(conn);
         }
-        let conn = connect(&self.url).await?;
+        let conn = self.brokers.connect().await?;
         let channel = confirm_channel(&conn).await?;
         declare(&channel, &self.topology).await?;
         *guard = Some((conn, channel.clone()));
@@ -426,7 +514,7 @@ impl RabbitBus {
     /// A connection of its own for reading the dead-letter queue: closing it
     /// gives back every message it got and did not ack.
     async fn dead_channel(&self) -> Result<(Connection, Channel), BusError> {
-        let conn = connect(&self.url).await?;
+        let conn = self.brokers.connect().await?;
         let channel = confirm_channel(&conn).await?;
         declare(&channel, &self.topology).await?;
         Ok((conn, channel))
@@ -697,6 +785,12 @@ impl RabbitBus {
                     tracing::debug!(error = %e, "publish failed; reconnecting to RabbitMQ");
                     self.drop_publisher().await;
                 }
+                Err(e @ BusError::Unavailable(_)) => {
+                    // Not even a fresh connection took it: the next publish
+                    // starts on another fresh one.
+                    self.drop_publisher().await;
+                    return Err(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -710,7 +804,7 @@ impl RabbitBus {
         prefetch: u16,
         lane: Lane,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        let conn = connect(&self.url).await?;
+        let conn = self.brokers.connect().await?;
         let channel = confirm_channel(&conn).await?;
         declare(&channel, &self.topology).await?;
         channel
@@ -877,6 +971,18 @@ impl Subscription for RabbitSubscription {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_its_nodes_named_without_credentials() {
+        let urls = broker_urls(
+            "amqp://fb:s3cret@rabbit-1:5672/%2f, amqp://fb:s3cret@rabbit-2:5673/%2f,,amqp://rabbit-3",
+        );
+        assert_eq!(urls.len(), 3);
+        assert_eq!(urls[1], "amqp://fb:s3cret@rabbit-2:5673/%2f");
+        assert_eq!(node_name(&urls[0]), "rabbit-1:5672");
+        assert_eq!(node_name(&urls[2]), "rabbit-3");
+        assert!(urls.iter().all(|u| !node_name(u).contains("s3cret")));
+    }
 
     #[test]
     fn connections_propose_a_small_frame_unless_the_url_sets_one() {

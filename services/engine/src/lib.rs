@@ -88,7 +88,7 @@ const COMMIT_ATTEMPTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest wait between tries of a batch held through a store outage:
 /// processing resumes within this of the store's return.
-const HOLD_BACKOFF: Duration = Duration::from_secs(2);
+const HOLD_BACKOFF: Duration = Duration::from_millis(500);
 /// Events per transaction on the bulk lane (a larger single body is still one).
 const BULK_CHUNK: usize = 1_000;
 

@@ -198,6 +198,7 @@ const NOT_KEYS: &[&str] = &[
 const TYPED_OPTIONAL: &[(&str, Kind)] = &[
     ("automation.max_actions.count", Kind::Integer),
     ("automation.manual.max_runs.count", Kind::Integer),
+    ("amqp.urls", Kind::List),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,16 +459,31 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
         }
         None => format!("sqlite://{}", data_dir.join("firebreak.db").display()),
     };
-    let amqp_url = match f.amqp_url.filter(|u| !u.is_empty()) {
-        Some(url) if url.starts_with("amqp://") => Some(url),
-        Some(url) if url.starts_with("amqps://") => {
-            return Err("key `amqp_url`: amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network".into())
+    // One broker, or a cluster's nodes: `amqp_url` with commas, or `amqp.urls`.
+    let nodes: Vec<String> = match (f.amqp_url.filter(|u| !u.is_empty()), &f.amqp.urls) {
+        (Some(_), Some(list)) if !list.is_empty() => {
+            return Err("keys `amqp_url` and `amqp.urls` both name brokers: set one".into())
         }
-        Some(url) => {
-            return Err(format!("key `amqp_url`: {:?} is not an amqp:// URL", firebreak_store::redact_url(&url)))
-        }
-        None => None,
+        (Some(url), _) => firebreak_bus::rabbitmq::broker_urls(&url),
+        (None, Some(list)) => list
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect(),
+        (None, None) => Vec::new(),
     };
+    for url in &nodes {
+        if url.starts_with("amqps://") {
+            return Err("key `amqp_url`: amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network".into());
+        }
+        if !url.starts_with("amqp://") {
+            return Err(format!(
+                "key `amqp_url`: {:?} is not an amqp:// URL (several nodes are separated by commas)",
+                firebreak_store::redact_url(url)
+            ));
+        }
+    }
+    let amqp_url = (!nodes.is_empty()).then(|| nodes.join(","));
     let roles = match &o.roles {
         Some(list) => Roles::parse(&list.split(',').map(String::from).collect::<Vec<_>>()),
         None => Roles::parse(&f.roles),
@@ -857,6 +873,43 @@ mod tests {
         assert!(
             c.remediation.reclaim_all,
             "SQLite is one process: reclaim every lease at start"
+        );
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_brokers_and_no_password_is_repeated() {
+        let list = "amqp://fb:p1@r1:5672/%2f,amqp://fb:p2@r2:5672/%2f, amqp://fb:p3@r3:5672/%2f";
+        let c = load_with(None, &[("FIREBREAK_AMQP_URL", list)], Overrides::default())
+            .expect("a list is valid");
+        let url = c.amqp_url.expect("brokers set");
+        assert_eq!(url.0.split(',').count(), 3);
+        let shown = url.to_string();
+        assert!(
+            !shown.contains("p1") && !shown.contains("p2") && !shown.contains("p3"),
+            "{shown}"
+        );
+        let c = load_with(
+            None,
+            &[("FIREBREAK_AMQP__URLS", "amqp://a:5672,amqp://b:5672")],
+            Overrides::default(),
+        )
+        .expect("amqp.urls is valid");
+        assert_eq!(
+            c.amqp_url.expect("brokers set").0,
+            "amqp://a:5672,amqp://b:5672"
+        );
+        let err = load_with(
+            None,
+            &[(
+                "FIREBREAK_AMQP_URL",
+                "amqp://fb:secret@r1,http://fb:secret@r2",
+            )],
+            Overrides::default(),
+        )
+        .expect_err("an http URL is refused");
+        assert!(
+            err.contains("is not an amqp:// URL") && !err.contains("secret"),
+            "{err}"
         );
     }
 

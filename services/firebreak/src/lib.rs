@@ -370,9 +370,26 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let roles = config.roles;
     let metrics = Arc::new(Metrics::default());
     // Every role opens the store: even ingest checks tokens kept there.
-    let store = Some(open_store(&config).await?);
+    // Waiting for a database or a broker that is not up yet ends at once on
+    // SIGTERM (an orchestrator stopping a pod that never became ready).
+    let store = tokio::select! {
+        store = open_store(&config) => Some(store?),
+        _ = shutdown.cancelled() => {
+            tracing::info!("stopped while waiting for the database");
+            return Ok(());
+        }
+    };
     let bus = if roles.engine || roles.ingest {
-        Some(open_bus(&config).await?)
+        tokio::select! {
+            bus = open_bus(&config) => Some(bus?),
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped while waiting for the broker");
+                if let Some(store) = store {
+                    store.close().await;
+                }
+                return Ok(());
+            }
+        }
     } else {
         None
     };

@@ -813,6 +813,14 @@ pub async fn connect(url: &str) -> Result<Box<dyn Store>> {
 
 /// A URL with its password replaced, fit for logs and error messages.
 pub fn redact_url(url: &str) -> String {
+    // A cluster's nodes, comma-separated: each one's password hidden.
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|u| redact_url(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

@@ -50,6 +50,10 @@ pub struct AmqpSection {
     pub max_message_bytes: usize,
     /// A publish, subscribe or ping without an answer within this fails.
     pub publish_timeout: Dur,
+    /// A cluster's nodes (instead of `amqp_url`): each connection tries the
+    /// node that answered last, then the others.
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
