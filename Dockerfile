@@ -12,7 +12,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/firebreak /usr/local/bin/firebreak
 
 FROM debian:bookworm-slim
-RUN useradd --system --home /var/lib/firebreak firebreak && mkdir -p /var/lib/firebreak && chown firebreak /var/lib/firebreak
+RUN useradd --system --uid 10001 --home /var/lib/firebreak firebreak && mkdir -p /var/lib/firebreak && chown firebreak /var/lib/firebreak
 COPY --from=build /usr/local/bin/firebreak /usr/local/bin/firebreak
 COPY templates /etc/firebreak/templates
 USER firebreak

@@ -164,6 +164,7 @@ contract!(
     causes_times_heads_and_insights_read_back,
     people_declare_acknowledge_and_update_incidents,
     action_items_change_once_and_leave_through_one_claimed_export,
+    presence_is_shared_bounded_and_forgotten,
 );
 
 async fn postmortem_saves_are_conditional_on_the_revision(h: &Harness) {
@@ -2526,4 +2527,46 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
             .is_none(),
         "keys are per tracker"
     );
+}
+
+async fn presence_is_shared_bounded_and_forgotten(h: &Harness) {
+    h.process(
+        EventKind::Alert,
+        webhook(&[TestAlert::firing("pr00000000000001", "checkout")]),
+    )
+    .await;
+    let id = h.incidents().await[0].id;
+    let t0 = t("2026-11-23T15:00:00Z");
+    let window = Duration::seconds(20);
+    let seen = |who: &'static str, now: DateTime<Utc>, max: i64| {
+        let store = h.store.clone();
+        async move {
+            store
+                .note_presence(id, who, now, now - window, max)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(seen("user:ana", t0, 100).await.is_empty());
+    assert_eq!(
+        seen("user:bo", t0 + Duration::seconds(1), 100).await,
+        ["user:ana"]
+    );
+    assert_eq!(
+        seen("user:ana", t0 + Duration::seconds(2), 100).await,
+        ["user:bo"]
+    );
+    // Full: a newcomer sees the others but is not recorded.
+    assert_eq!(
+        seen("user:cy", t0 + Duration::seconds(3), 2).await,
+        ["user:ana", "user:bo"]
+    );
+    assert_eq!(
+        seen("user:ana", t0 + Duration::seconds(4), 100).await,
+        ["user:bo"]
+    );
+    // Past the window, people are forgotten.
+    assert!(seen("user:ana", t0 + Duration::seconds(40), 100)
+        .await
+        .is_empty());
 }

@@ -677,3 +677,55 @@ async fn a_revision_page_shows_only_the_changed_hunks() {
         "one line per line, not double-spaced"
     );
 }
+
+#[tokio::test]
+async fn presence_is_shared_by_every_api_process() {
+    let pg = firebreak_tests::Pg::fresh().await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = || {
+        Options::embedded()
+            .with("FIREBREAK_DATABASE_URL", &pg.url)
+            .with(
+                "FIREBREAK_AUDIT__KEY",
+                "presence-test-audit-key-0123456789abcdef",
+            )
+    };
+    let one = Firebreak::start(d1.path(), options()).await;
+    let two = Firebreak::start(d2.path(), options().roles("api")).await;
+    let (status, _) = one
+        .post(
+            "/api/v1/alerts/alertmanager",
+            &firebreak_tests::alert_now("pres000000000001", "HighErrorRate", "checkout", 2),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let id = eventually("the incident", WAIT, || async {
+        let (_, l) = one.get("/api/v1/incidents").await;
+        l["incidents"][0]["id"].as_i64()
+    })
+    .await;
+    let ana = one.token("ana", &["read", "edit"]).await;
+    let bo = one.token("bo", &["read", "edit"]).await;
+    let path = format!("/api/v1/incidents/{id}/postmortem/presence");
+    let at = |fb: &Firebreak, token: &str| {
+        let url = format!("{}{path}", fb.base);
+        let token = token.to_string();
+        async move {
+            firebreak_tests::anonymous()
+                .post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(at(&one, &ana.token).await["others"], json!([]));
+    // Bo's editor talks to the other process, and still sees Ana.
+    assert_eq!(at(&two, &bo.token).await["others"], json!(["token:ana"]));
+    assert_eq!(at(&one, &ana.token).await["others"], json!(["token:bo"]));
+    drop((one, two));
+    pg.drop_db().await;
+}

@@ -542,6 +542,17 @@ pub trait PostmortemStore: Send + Sync {
     async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>>;
     /// Resolved incidents that have no postmortem yet, oldest first.
     async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
+    /// `who` has the draft of `incident` open at `now`: records it (unless
+    /// `max_rows` people-and-drafts are present already) and answers who else
+    /// was seen there since `since`. Older rows are removed.
+    async fn note_presence(
+        &self,
+        incident: i64,
+        who: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+        max_rows: i64,
+    ) -> Result<Vec<String>>;
 }
 
 /// Postmortem action items and their tracker outbox.

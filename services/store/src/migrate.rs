@@ -36,6 +36,7 @@ macro_rules! migrations {
             12, "0012", "service_timeline";
             13, "0013", "incident_response";
             14, "0014", "action_items";
+            15, "0015", "presence";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

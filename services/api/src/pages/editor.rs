@@ -485,7 +485,8 @@ pub async fn preview(
 }
 
 /// `POST /api/v1/incidents/{id}/postmortem/presence`: I have the draft
-/// open; who else does (seen in the last 20 seconds, in this process).
+/// open; who else does (seen in the last 20 seconds, through any process:
+/// presence is kept in the store).
 pub async fn presence(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
@@ -501,9 +502,13 @@ pub async fn presence(
         Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no incident {id}"))),
         Err(e) => return Err(e.into()),
     }
-    Ok(Json(
-        json!({"others": state.pages.present(id, &identity.id)}),
-    ))
+    let now = Utc::now();
+    let since = now - chrono::Duration::seconds(super::PRESENCE_SECONDS as i64);
+    let others = state
+        .store
+        .note_presence(id, &identity.id, now, since, super::MAX_PRESENCE)
+        .await?;
+    Ok(Json(json!({ "others": others })))
 }
 
 #[derive(Deserialize)]

@@ -6,9 +6,7 @@
 //! refresh, live preview, presence and confirmation dialogs. Forms carry a
 //! CSRF token and controls appear only to identities that may use them.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -86,10 +84,9 @@ const TEMPLATES: &[(&str, &str)] = &[
 const APP_CSS: &str = include_str!("../../../../templates/web/static/app.css");
 const APP_JS: &str = include_str!("../../../../templates/web/static/app.js");
 
-/// The compiled page templates, and who has which draft open.
+/// The compiled page templates.
 pub struct Pages {
     hb: Handlebars<'static>,
-    presence: Mutex<HashMap<i64, HashMap<String, Instant>>>,
 }
 
 impl Pages {
@@ -122,10 +119,7 @@ impl Pages {
                 .ok_or_else(|| format!("template {name} missing"))?;
             hb.register_template(&format!("{name}_partial"), t);
         }
-        Ok(Pages {
-            hb,
-            presence: Mutex::new(HashMap::new()),
-        })
+        Ok(Pages { hb })
     }
 
     pub fn render(&self, name: &str, ctx: &Value) -> Response {
@@ -144,39 +138,13 @@ impl Pages {
             }
         }
     }
-
-    /// Records that `who` has the draft of `incident` open; returns the others.
-    /// Entries older than [`PRESENCE_SECONDS`] are dropped on every call, and
-    /// at most [`MAX_PRESENCE_DRAFTS`] drafts are tracked at once (a caller
-    /// past that sees nobody else, and is not recorded).
-    pub fn present(&self, incident: i64, who: &str) -> Vec<String> {
-        let Ok(mut p) = self.presence.lock() else {
-            return Vec::new();
-        };
-        p.retain(|_, here| {
-            here.retain(|_, seen| seen.elapsed().as_secs() < PRESENCE_SECONDS);
-            !here.is_empty()
-        });
-        if !p.contains_key(&incident) && p.len() >= MAX_PRESENCE_DRAFTS {
-            return Vec::new();
-        }
-        let here = p.entry(incident).or_default();
-        here.insert(who.to_string(), Instant::now());
-        let mut others: Vec<String> = here.keys().filter(|k| *k != who).cloned().collect();
-        others.sort();
-        others
-    }
-
-    /// Drafts with someone present now (for tests and the bound).
-    pub fn drafts_with_presence(&self) -> usize {
-        self.presence.lock().map(|p| p.len()).unwrap_or(0)
-    }
 }
 
 /// How long a person counts as present after their editor last said so.
 pub const PRESENCE_SECONDS: u64 = 20;
-/// Drafts whose presence is tracked at once.
-pub const MAX_PRESENCE_DRAFTS: usize = 1_000;
+/// People-and-drafts present at once, over every process (a caller past
+/// that sees the others but is not recorded).
+pub const MAX_PRESENCE: i64 = 10_000;
 
 /// Security headers every page carries: no inline script, no framing.
 pub fn html_response(status: StatusCode, html: String) -> Response {

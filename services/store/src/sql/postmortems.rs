@@ -111,4 +111,56 @@ impl<D: Dialect> PostmortemStore for Db<D> {
             .await?;
         decode(&rows, |r| r.int("id"))
     }
+
+    async fn note_presence(
+        &self,
+        incident: i64,
+        who: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+        max_rows: i64,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.d.begin().await?;
+        tx.execute(q("DELETE FROM presence WHERE seen_at < $1").bind(since))
+            .await?;
+        let updated = tx
+            .execute(
+                q("UPDATE presence SET seen_at = $3 WHERE incident_id = $1 AND who = $2")
+                    .bind(incident)
+                    .bind(who)
+                    .bind(now),
+            )
+            .await?;
+        if updated == 0 {
+            let rows = tx.fetch(q("SELECT count(*) AS n FROM presence")).await?;
+            let n = rows.first().map(|r| r.int("n")).transpose()?.unwrap_or(0);
+            if n < max_rows {
+                tx.execute(
+                    q(
+                        "INSERT INTO presence (incident_id, who, seen_at) VALUES ($1, $2, $3)
+                       ON CONFLICT (incident_id, who) DO UPDATE SET seen_at = excluded.seen_at",
+                    )
+                    .bind(incident)
+                    .bind(who)
+                    .bind(now),
+                )
+                .await?;
+            }
+        }
+        let others = tx
+            .fetch(
+                q("SELECT who FROM presence WHERE incident_id = $1 AND who <> $2 AND seen_at >= $3
+                   ORDER BY who")
+                .bind(incident)
+                .bind(who)
+                .bind(since),
+            )
+            .await?;
+        let others = others
+            .iter()
+            .map(|r| r.text("who"))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(others)
+    }
 }
