@@ -286,3 +286,46 @@ fn weak_admin_passwords_are_refused() {
         assert!(stderr.contains("the password"), "{stderr}");
     }
 }
+
+#[test]
+fn a_process_waiting_for_its_broker_stops_at_once_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the broker "is not up yet", and serve keeps
+    // trying for a minute.
+    let mut child = firebreak()
+        .args(["serve"])
+        .env("FIREBREAK_DATA_DIR", dir.path())
+        .env("FIREBREAK_LISTEN", "127.0.0.1:0")
+        .env("FIREBREAK_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting for the broker"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let asked = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(3),
+            "SIGTERM did not stop a process waiting for its broker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("stopped while waiting for the broker"),
+        "{stderr}"
+    );
+}
