@@ -1,14 +1,15 @@
 //! Past one machine, from real parts: a 3-node RabbitMQ cluster (three
 //! `rabbitmq-server` nodes joined, quorum queues across them; started by
-//! tests/ha/rabbitmq-cluster.sh), PostgreSQL, and Firebreak as 2 ingest +
-//! 2 engine + 2 api processes given every node's address. A sender retries
-//! as Alertmanager does (until 202), some alerts trigger a playbook. Faults:
-//! (a) kill -9 the RabbitMQ node leading the queues; (c) kill -9 one process
+//! tests/ha/rabbitmq-cluster.sh), PostgreSQL as a primary and a streaming
+//! replica under Patroni with etcd, behind HAProxy routing to the primary
+//! (tests/ha/postgres-cluster.sh), and Firebreak as 2 ingest + 2 engine +
+//! 2 api processes given every broker node and HAProxy's address. A sender
+//! retries as Alertmanager does (until 202), some alerts trigger a playbook.
+//! Faults: (a) kill -9 the RabbitMQ node leading the queues; (b) kill -9 the
+//! PostgreSQL primary (Patroni promotes the replica); (c) kill -9 one process
 //! of each role; (d) a rolling restart of every Firebreak process. After
 //! each: every alert answered 202 is stored once, one action per trigger, no
 //! dead letters; the time to recover is printed.
-//!
-//! Not here: a PostgreSQL failover under Patroni (see docs/operations.md).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use firebreak_tests::{alert_now, client, eventually, Firebreak, Options, Pg};
+use firebreak_tests::{alert_now, client, eventually, Firebreak, Options};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -34,27 +35,35 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ha/rabbitmq-cluster.sh")
 }
 
+fn pg_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ha/postgres-cluster.sh")
+}
+
 fn run(args: &[&str]) -> String {
+    run_script(&script(), args)
+}
+
+fn run_script(script: &Path, args: &[&str]) -> String {
     let out = Command::new("bash")
-        .arg(script())
+        .arg(script)
         .args(args)
         .output()
         .expect("bash runs");
     assert!(
         out.status.success(),
-        "rabbitmq-cluster.sh {args:?} failed (is Debian's rabbitmq-server installed? bash tests/run installs it):\n{}{}",
+        "{} {args:?} failed (are Debian's rabbitmq-server, patroni, etcd-server and haproxy installed? bash tests/run installs them):\n{}{}",
+        script.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Six free ports: the nodes' AMQP ports (base+1..3) and their
-/// distribution ports (base+101..103).
-fn free_base() -> u16 {
+/// A base port with `offsets` above it free.
+fn free_base(offsets: &[u16]) -> u16 {
     for _ in 0..200 {
         let base = 40_000 + (rand_u16() % 500) * 10;
-        let free = [1, 2, 3, 101, 102, 103]
+        let free = offsets
             .iter()
             .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
         if free {
@@ -75,7 +84,8 @@ fn rand_u16() -> u16 {
 impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let base = free_base().to_string();
+        // The nodes' AMQP ports (base+1..3) and distribution ports (base+101..103).
+        let base = free_base(&[1, 2, 3, 101, 102, 103]).to_string();
         let urls = run(&["start", dir.path().to_str().unwrap(), &base]);
         Cluster { dir, urls }
     }
@@ -111,6 +121,45 @@ impl Drop for Cluster {
     }
 }
 
+/// PostgreSQL under Patroni, reached through HAProxy.
+struct PgCluster {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl PgCluster {
+    fn start() -> PgCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_base(&[1, 2, 11, 12, 21, 22, 30]).to_string();
+        let url = run_script(
+            &pg_script(),
+            &["start", dir.path().to_str().unwrap(), &base],
+        );
+        PgCluster { dir, url }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    fn primary(&self) -> String {
+        run_script(&pg_script(), &["primary", self.path()])
+    }
+
+    fn kill(&self, node: &str) {
+        run_script(&pg_script(), &["kill", self.path(), node]);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(pg_script())
+            .args(["stop", self.path()])
+            .output();
+    }
+}
+
 /// Six Firebreak processes on one database and one cluster.
 struct Fleet {
     procs: Vec<(&'static str, Firebreak)>,
@@ -118,13 +167,13 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(pg: &Pg, cluster: &Cluster, namespace: &str, playbooks: &Path) -> Fleet {
+    async fn start(db: &str, cluster: &Cluster, namespace: &str, playbooks: &Path) -> Fleet {
         let mut procs = Vec::new();
         let mut dirs = Vec::new();
         for role in ["ingest", "ingest", "engine", "engine", "api", "api"] {
             let dir = tempfile::tempdir().unwrap();
             let options = Options::embedded()
-                .with("FIREBREAK_DATABASE_URL", &pg.url)
+                .with("FIREBREAK_DATABASE_URL", db)
                 .with("FIREBREAK_AMQP_URL", &cluster.urls)
                 .with("FIREBREAK_AMQP_NAMESPACE", namespace)
                 .with("FIREBREAK_AMQP__PUBLISH_TIMEOUT", "3s")
@@ -280,7 +329,7 @@ async fn check(load: Load, fleet: &Fleet, cluster: &Cluster, namespace: &str, db
     // Every accepted alert is stored, once, with one timeline entry.
     let deadline = Instant::now() + WAIT;
     let stored = loop {
-        let (stored, entries) = stored_alerts(db, name).await;
+        let (stored, entries) = stored_alerts(db, name).await.unwrap_or_default();
         if accepted.is_subset(&stored) && entries == stored.len() as i64 {
             break stored;
         }
@@ -305,6 +354,7 @@ async fn check(load: Load, fleet: &Fleet, cluster: &Cluster, namespace: &str, db
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let caught_up = load.fault_at.elapsed();
     assert_eq!(stored, accepted, "{name}: nothing invented, nothing lost");
     // One action per trigger (each trigger is its own incident).
     let actions = eventually(&format!("{name}: one action per trigger"), WAIT, || async {
@@ -322,26 +372,29 @@ async fn check(load: Load, fleet: &Fleet, cluster: &Cluster, namespace: &str, db
     let t = firebreak_bus::Topology::new(namespace);
     assert_eq!(cluster.depth(&t.dead_queue), 0, "{name}: no dead letters");
     println!(
-        "HA {name}: {} alerts accepted ({} triggers, {} actions), all stored once; the fault took {:.1} s; the longest a webhook waited for its 202 (retrying): {:.1} s",
+        "HA {name}: {} alerts accepted ({} triggers, {} actions), all stored once; the fault took {:.1} s; the longest a webhook waited for its 202 (retrying): {:.1} s; everything stored {:.1} s after the fault (sending stopped at {:.1} s)",
         accepted.len(),
         triggers.len(),
         settled,
         fault_took.as_secs_f64(),
-        worst.as_secs_f64()
+        worst.as_secs_f64(),
+        caught_up.as_secs_f64(),
+        fault_took.as_secs_f64() + 6.0
     );
 }
 
-/// The phase's alerts as stored, and their events (what the timeline shows).
-async fn stored_alerts(db: &str, phase: &str) -> (BTreeSet<String>, i64) {
+/// The phase's alerts as stored, and their events (what the timeline shows);
+/// `None` while the database does not answer (a failover).
+async fn stored_alerts(db: &str, phase: &str) -> Option<(BTreeSet<String>, i64)> {
     use sqlx::Connection;
-    let mut c = sqlx::PgConnection::connect(db).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(db).await.ok()?;
     let like = format!("{phase}-%");
     let fps: Vec<String> =
         sqlx::query_scalar("SELECT fingerprint FROM incident_alerts WHERE fingerprint LIKE $1")
             .bind(&like)
             .fetch_all(&mut c)
             .await
-            .unwrap();
+            .ok()?;
     // The timeline shows alert events (one per alert here): each stored once.
     let entries: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM alert_events WHERE fingerprint LIKE $1 AND incident_id IS NOT NULL",
@@ -349,17 +402,20 @@ async fn stored_alerts(db: &str, phase: &str) -> (BTreeSet<String>, i64) {
     .bind(&like)
     .fetch_one(&mut c)
     .await
-    .unwrap();
+    .ok()?;
     let n = fps.len();
     let set: BTreeSet<String> = fps.into_iter().collect();
     assert_eq!(set.len(), n, "{phase}: an alert stored twice");
-    (set, entries)
+    Some((set, entries))
 }
 
-/// The playbook's actions for the phase's triggers.
+/// The playbook's actions for the phase's triggers (0 while the database
+/// does not answer).
 async fn trigger_actions(db: &str, phase: &str) -> usize {
     use sqlx::Connection;
-    let mut c = sqlx::PgConnection::connect(db).await.unwrap();
+    let Ok(mut c) = sqlx::PgConnection::connect(db).await else {
+        return 0;
+    };
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM actions WHERE playbook = 'ha-kill-switch' AND incident_id IN
            (SELECT incident_id FROM incident_alerts WHERE fingerprint LIKE $1)",
@@ -367,14 +423,14 @@ async fn trigger_actions(db: &str, phase: &str) -> usize {
     .bind(format!("{phase}-t-%"))
     .fetch_one(&mut c)
     .await
-    .unwrap();
+    .unwrap_or(0);
     n as usize
 }
 
 #[tokio::test]
 async fn a_cluster_loses_nothing_when_a_node_or_a_process_dies_or_everything_restarts() {
     let cluster = Cluster::start();
-    let pg = Pg::fresh().await;
+    let pg = PgCluster::start();
     let namespace = format!("fbha-{}", std::process::id());
     let books = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -384,7 +440,7 @@ async fn a_cluster_loses_nothing_when_a_node_or_a_process_dies_or_everything_res
         ),
     )
     .unwrap();
-    let mut fleet = Fleet::start(&pg, &cluster, &namespace, books.path()).await;
+    let mut fleet = Fleet::start(&pg.url, &cluster, &namespace, books.path()).await;
     let api = fleet.of("api")[0].base.clone();
     let status = client()
         .put(format!("{api}/api/v1/flags/ha.flow"))
@@ -411,6 +467,15 @@ async fn a_cluster_loses_nothing_when_a_node_or_a_process_dies_or_everything_res
     check(l, &fleet, &cluster, &namespace, &pg.url).await;
     cluster.restart(leader);
 
+    // (b) The PostgreSQL primary dies; Patroni promotes the replica, and
+    // HAProxy sends new connections to it.
+    let primary = pg.primary();
+    let l = load("database", &fleet).await;
+    println!("HA database: kill -9 the PostgreSQL primary (node {primary}) and its Patroni");
+    pg.kill(&primary);
+    check(l, &fleet, &cluster, &namespace, &pg.url).await;
+    println!("HA database: node {} is the primary now", pg.primary());
+
     // (c) One process of each role dies (kill -9), and is started again.
     let l = load("process", &fleet).await;
     for role in ["ingest", "engine", "api"] {
@@ -431,5 +496,4 @@ async fn a_cluster_loses_nothing_when_a_node_or_a_process_dies_or_everything_res
     }
     check(l, &fleet, &cluster, &namespace, &pg.url).await;
     drop(fleet);
-    pg.drop_db().await;
 }
