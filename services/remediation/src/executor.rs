@@ -270,6 +270,19 @@ impl Remediation {
         }
     }
 
+    /// The provider a kill-switch step names.
+    fn kill_switch_of(&self, k: &KillSwitchStep) -> Result<&Arc<dyn KillSwitch>, ExecError> {
+        self.providers
+            .kill_switches
+            .get(&k.provider)
+            .ok_or_else(|| {
+                ExecError::fatal(format!(
+                    "kill switch provider {:?} is not configured",
+                    k.provider
+                ))
+            })
+    }
+
     /// Sets a flag through its provider and reads it back. The state before
     /// the first attempt is the one a revert restores: a provider that can
     /// (the built-in store) sets the flag and records it on the action in one
@@ -280,19 +293,7 @@ impl Remediation {
         k: &KillSwitchStep,
         in_doubt: bool,
     ) -> Result<Done, (ExecError, Option<Value>)> {
-        let provider = self
-            .providers
-            .kill_switches
-            .get(&k.provider)
-            .ok_or_else(|| {
-                (
-                    ExecError::fatal(format!(
-                        "kill switch provider {:?} is not configured",
-                        k.provider
-                    )),
-                    None,
-                )
-            })?;
+        let provider = self.kill_switch_of(k).map_err(|e| (e, None))?;
         let env = k.environment.as_deref();
         let want = k.state.enabled();
         let by = format!("action:{}", action.id);
@@ -545,16 +546,7 @@ impl Remediation {
                 let previous = previous.ok_or_else(|| {
                     ExecError::fatal("no recorded previous state to restore".to_string())
                 })?;
-                let provider = self
-                    .providers
-                    .kill_switches
-                    .get(&k.provider)
-                    .ok_or_else(|| {
-                        ExecError::fatal(format!(
-                            "kill switch provider {:?} is not configured",
-                            k.provider
-                        ))
-                    })?;
+                let provider = self.kill_switch_of(k)?;
                 let env = k.environment.as_deref();
                 if provider.get(&k.flag, env).await? == Some(previous) {
                     return Ok((previous, json!({"note": "already restored"})));

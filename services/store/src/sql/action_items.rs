@@ -41,6 +41,14 @@ fn about(audit: &NewAudit, id: i64) -> NewAudit {
     audit
 }
 
+/// The one row a statement returned (`NotFound`: none).
+fn first(rows: &[impl Get]) -> Result<ActionItemRow> {
+    rows.first()
+        .map(item_row)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+}
+
 async fn one<T: DialectTx>(tx: &mut T, id: i64) -> Result<ActionItemRow> {
     let rows = tx
         .fetch(
@@ -51,10 +59,7 @@ async fn one<T: DialectTx>(tx: &mut T, id: i64) -> Result<ActionItemRow> {
             .bind(id),
         )
         .await?;
-    rows.first()
-        .map(item_row)
-        .transpose()?
-        .ok_or(StoreError::NotFound)
+    first(&rows)
 }
 
 #[async_trait]
@@ -123,10 +128,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
             .d
             .read(q(format!("SELECT {COLUMNS} FROM action_items WHERE id = $1")).bind(id))
             .await?;
-        rows.first()
-            .map(item_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound)
+        first(&rows)
     }
 
     async fn update_action_item(
@@ -169,11 +171,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                 .bind(at),
             )
             .await?;
-        let row = rows
-            .first()
-            .map(item_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound)?;
+        let row = first(&rows)?;
         commit_with(tx, &about(audit, id), entries).await?;
         Ok(row)
     }
@@ -205,11 +203,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                 .bind(at),
             )
             .await?;
-        let row = rows
-            .first()
-            .map(item_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound)?;
+        let row = first(&rows)?;
         commit_with(tx, &about(audit, id), &[]).await?;
         Ok(row)
     }
@@ -309,11 +303,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                 .bind(at),
             )
             .await?;
-        let row = rows
-            .first()
-            .map(item_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound)?;
+        let row = first(&rows)?;
         let entry = entry_for(&row);
         commit_with(tx, &about(audit, row.id), &[entry]).await?;
         Ok(Some(row))
