@@ -83,11 +83,16 @@ pub struct Generated {
 pub struct Generator {
     store: Arc<dyn Store>,
     config: PostmortemConfig,
-    /// Incidents whose draft is being refreshed (at most one run each).
-    refreshing: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Incidents whose draft is being refreshed, and whether a change came
+    /// in meanwhile (one more run).
+    refreshing: std::sync::Mutex<std::collections::HashMap<i64, bool>>,
+    /// Refreshes running at once.
+    refresh_permits: tokio::sync::Semaphore,
 }
 
 const TEMPLATE: &str = "postmortem.md.hbs";
+/// Background draft refreshes running at once in one process.
+pub const REFRESHES_AT_ONCE: usize = 2;
 /// The repository's template, for when no templates directory is present.
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../../templates/postmortem.md.hbs");
 
@@ -97,34 +102,56 @@ impl Generator {
             store,
             config,
             refreshing: Default::default(),
+            refresh_permits: tokio::sync::Semaphore::new(REFRESHES_AT_ONCE),
         }
     }
 
     /// Regenerates the incident's draft in the background, if it has one,
     /// so what changed (an action item, its ticket) shows in the document.
-    /// One refresh per incident at a time: a burst of changes costs one run
-    /// (plus one after it if the burst outlasts it).
+    /// One refresh per incident at a time: changes that arrive while one
+    /// runs are covered by one more run after it. At most
+    /// [`REFRESHES_AT_ONCE`] refreshes run at once in the process (a draft
+    /// mines the incident's logs); the others wait their turn.
     pub fn refresh_soon(self: &Arc<Self>, incident_id: i64) {
         {
-            let Ok(mut running) = self.refreshing.lock() else {
+            let Ok(mut pending) = self.refreshing.lock() else {
                 return;
             };
-            if !running.insert(incident_id) {
-                return;
+            match pending.get_mut(&incident_id) {
+                // Running: run once more when it ends.
+                Some(again) => {
+                    *again = true;
+                    return;
+                }
+                None => {
+                    pending.insert(incident_id, false);
+                }
             }
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let outcome = match me.store.postmortem(incident_id).await {
-                Ok(Some(_)) => me.generate(incident_id, "firebreak").await.map(|_| ()),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
-            if let Ok(mut running) = me.refreshing.lock() {
-                running.remove(&incident_id);
-            }
-            if let Err(e) = outcome {
-                tracing::warn!(incident = incident_id, error = %e, "cannot refresh the postmortem draft");
+            loop {
+                let outcome = match me.refresh_permits.acquire().await {
+                    Ok(_permit) => match me.store.postmortem(incident_id).await {
+                        Ok(Some(_)) => me.generate(incident_id, "firebreak").await.map(|_| ()),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(_) => Ok(()),
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(incident = incident_id, error = %e, "cannot refresh the postmortem draft");
+                }
+                let Ok(mut pending) = me.refreshing.lock() else {
+                    return;
+                };
+                match pending.get_mut(&incident_id) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        pending.remove(&incident_id);
+                        return;
+                    }
+                }
             }
         });
     }

@@ -410,7 +410,8 @@ pub async fn export_one(
         error,
         next_at: Utc::now() + backoff(config.retry.0, item.export_attempts),
     };
-    let incident_title = match store.incident(item.incident_id).await {
+    // The overview, not the whole detail: an incident's alerts are not needed.
+    let incident_title = match store.incident_overview(item.incident_id).await {
         Ok(d) => d.incident.title,
         Err(e) => return failed(format!("cannot read incident {}: {e}", item.incident_id)),
     };
