@@ -307,6 +307,7 @@ pub fn build(i: &Inputs<'_>) -> Value {
         },
         "metrics": {
             "first_alert": fmt_time(first_alert, tz),
+            "ttd_known": top.is_some(),
             "ttd": top.map(|s| fmt_duration(first_alert - s.deploy.started_at)).unwrap_or_else(|| "not known (no suspect change before the first alert)".into()),
             "mitigated_at": mitigated_at.map(|t| fmt_time(t, tz)).unwrap_or_default(),
             "mitigated_by": mitigated_by,
