@@ -148,3 +148,66 @@ fn the_manifests_ship_the_repositorys_playbooks() {
         );
     }
 }
+
+/// docker-compose.yml runs the topology the manifests describe and the
+/// topology test drives: two processes of each role, behind an HAProxy whose
+/// configuration Debian's haproxy accepts (`haproxy -c`).
+#[test]
+fn the_compose_file_runs_the_same_topology_behind_a_valid_proxy() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let mut compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    compose.apply_merge().unwrap();
+    let services = &compose["services"];
+    for role in ["ingest", "engine", "api"] {
+        let service = &services[format!("firebreak-{role}").as_str()];
+        let env = &service["environment"];
+        // The anchors merge: every role gets the shared settings.
+        let env = {
+            let mut env = env.clone();
+            env.apply_merge().unwrap();
+            env
+        };
+        assert_eq!(env["FIREBREAK_ROLES"].as_str(), Some(role), "{service:?}");
+        assert!(env["FIREBREAK_DATABASE_URL"].is_string(), "{role}: {env:?}");
+        assert_eq!(
+            service["deploy"]["replicas"].as_u64(),
+            Some(2),
+            "two {role} processes, as tests/tests/ha.rs runs and deploy/kubernetes/base describes"
+        );
+        assert!(
+            service["ports"].is_null(),
+            "{role}: replicas publish no port of their own (the proxy does)"
+        );
+    }
+    let ports: Vec<&str> = services["proxy"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(ports, ["8080:8080", "8081:8081", "8404:8404"]);
+
+    let cfg = std::fs::read_to_string(repo().join("deploy/compose/haproxy.cfg")).unwrap();
+    for (backend, service) in [("ingest", "firebreak-ingest"), ("api", "firebreak-api")] {
+        assert!(
+            cfg.contains(&format!("server-template {backend} 2 {service}:8080")),
+            "HAProxy balances over both {service} replicas"
+        );
+    }
+    assert!(
+        cfg.contains("option httpchk GET /readyz"),
+        "a draining process is taken out"
+    );
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(repo().join("deploy/compose/haproxy.cfg"))
+        .output()
+        .expect("haproxy runs (bash tests/run installs Debian's haproxy)");
+    assert!(
+        out.status.success(),
+        "haproxy -c deploy/compose/haproxy.cfg: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

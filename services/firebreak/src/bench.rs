@@ -72,6 +72,11 @@ pub struct BenchArgs {
     /// A label for this run in the output.
     #[arg(long, default_value = "run")]
     pub label: String,
+    /// Where the processed count is read (each process's /metrics, summed):
+    /// the engine processes of a split install, comma-separated. Default:
+    /// --url, a process that runs the engine itself.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
 }
 
 struct Shared {
@@ -113,6 +118,20 @@ fn webhook(run: &str, seq: u64, per: usize, services: (&str, usize), status: &st
         "receiver": "firebreak", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
         "externalURL": "http://alertmanager:9093", "alerts": alerts,
     })
+}
+
+/// Alerts the engine has committed, summed over the processes that run it.
+async fn processed(http: &reqwest::Client, urls: &[String]) -> f64 {
+    let mut sum = 0.0;
+    for url in urls {
+        sum += metric(
+            http,
+            url,
+            "firebreak_events_processed_total{kind=\"alert\"}",
+        )
+        .await;
+    }
+    sum
 }
 
 async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
@@ -157,12 +176,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !matches!(&ready, Ok(r) if r.status().is_success()) {
         anyhow::bail!("{url}/readyz does not answer 200: is Firebreak running there?");
     }
-    let processed_before = metric(
-        &http,
-        &url,
-        "firebreak_events_processed_total{kind=\"alert\"}",
-    )
-    .await;
+    let engines: Vec<String> = if args.metrics_url.is_empty() {
+        vec![url.clone()]
+    } else {
+        args.metrics_url
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect()
+    };
+    let processed_before = processed(&http, &engines).await;
     let run_id = format!("{:06x}", Utc::now().timestamp_micros() as u64 & 0xff_ffff);
     let shared = Arc::new(Shared {
         sent_alerts: AtomicU64::new(0),
@@ -304,12 +326,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let drain_deadline = Instant::now() + Duration::from_secs(300);
     let mut processed_now = processed_before;
     while Instant::now() < drain_deadline {
-        processed_now = metric(
-            &http,
-            &url,
-            "firebreak_events_processed_total{kind=\"alert\"}",
-        )
-        .await;
+        processed_now = processed(&http, &engines).await;
         if processed_now >= target {
             break;
         }
