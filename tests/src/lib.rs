@@ -218,11 +218,19 @@ impl Options {
 
 impl Firebreak {
     /// Starts firebreak with its data in `data_dir` and waits until it is ready.
+    /// A `FIREBREAK_LISTEN` in `options` chooses the address (a test that
+    /// must name Firebreak's address in advance); otherwise a free port.
     pub async fn start(data_dir: &Path, options: Options) -> Firebreak {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut env = options.env.clone();
-        env.push(("FIREBREAK_LISTEN".into(), addr.to_string()));
+        let addr: SocketAddr = match env.iter().find(|(k, _)| k == "FIREBREAK_LISTEN") {
+            Some((_, listen)) => listen.parse().expect("FIREBREAK_LISTEN is an address"),
+            None => {
+                let addr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+                env.push(("FIREBREAK_LISTEN".into(), format!("{addr}")));
+                addr
+            }
+        };
+        let port = addr.port();
         env.push(("FIREBREAK_DATA_DIR".into(), data_dir.display().to_string()));
         if let Some(roles) = &options.roles {
             env.push(("FIREBREAK_ROLES".into(), roles.clone()));
@@ -1155,4 +1163,66 @@ impl Firebreak {
         v.reverse();
         v
     }
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+/// Runs a scenario of tests/support/browser/pages.mjs in Debian's chromium
+/// (driven by playwright-core) and returns what it reported on its last
+/// line; fails saying what is missing when node, playwright-core or the
+/// browser is not installed. Screenshots go to
+/// target/browser-screenshots/<scenario>/.
+pub async fn browser(scenario: &str, input: Value) -> Value {
+    let dir = repo_root().join("tests/support/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `bash tests/run` (it installs it) or `npm ci` in tests/support/browser"
+    );
+    let chromium =
+        std::env::var("FIREBREAK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "no browser at {chromium}: `apt-get install chromium` (bash tests/run does), or set FIREBREAK_TEST_CHROMIUM"
+    );
+    let shots = repo_root()
+        .join("target/browser-screenshots")
+        .join(scenario);
+    let mut input = input;
+    input["shots"] = json!(shots.display().to_string());
+    let run = tokio::process::Command::new("node")
+        .arg("pages.mjs")
+        .arg(scenario)
+        .arg(input.to_string())
+        .current_dir(&dir)
+        .env("FIREBREAK_TEST_CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .unwrap_or_else(|_| panic!("the {scenario} browser scenario took over 3 minutes"))
+        .expect("node runs (install Node.js: apt-get install nodejs npm)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the {scenario} browser scenario failed:\n{stderr}\n{stdout}\n(screenshots in {})",
+        shots.display()
+    );
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no report from the browser: {stdout}\n{stderr}"));
+    assert_eq!(
+        report["trouble"],
+        json!([]),
+        "no dialog, CSP violation or script error on any page"
+    );
+    report
 }

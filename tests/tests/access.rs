@@ -112,6 +112,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/", "public"),
     ("GET", "/static/{file}", "public"),
     ("GET", "/login", "public"),
+    ("GET", "/auth/oidc/login", "public"),
+    ("GET", "/auth/oidc/callback", "public"),
     ("POST", "/login", "public"),
     ("POST", "/logout", "authenticated"),
     ("GET", "/incidents", "read"),

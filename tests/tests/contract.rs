@@ -1749,6 +1749,69 @@ async fn tokens_users_and_sessions(h: &Harness) {
     );
     assert!(h.store.list_users().await.unwrap()[0].disabled_at.is_some());
     assert_eq!(h.store.count_credentials(now).await.unwrap(), 0);
+
+    // A person an identity provider vouched for: created on first sign-in,
+    // their role following their groups, refused once disabled.
+    let all = AuditFilter {
+        limit: 1000,
+        ..AuditFilter::default()
+    };
+    let before = h.store.list_audit(&all).await.unwrap().len();
+    let first = h
+        .store
+        .sign_in_external("oidc:bo", Role::Viewer, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.username.as_str(), first.role),
+        ("oidc:bo", Role::Viewer)
+    );
+    let again = h
+        .store
+        .sign_in_external("oidc:bo", Role::Viewer, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, first, "nothing changes, nothing is audited");
+    let promoted = h
+        .store
+        .sign_in_external("oidc:bo", Role::Operator, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(promoted.role, Role::Operator);
+    assert_eq!(
+        h.store.list_audit(&all).await.unwrap().len(),
+        before + 2,
+        "created and promoted are audited"
+    );
+    let (_, hash) = h.store.user_secret("oidc:bo").await.unwrap().unwrap();
+    assert!(
+        !hash.starts_with("$argon2"),
+        "no password can sign them in: {hash}"
+    );
+    h.store
+        .create_session("third", "oidc:bo", "csrf3", now, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .session("third", now)
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .role,
+        Role::Operator
+    );
+    assert!(h.store.disable_user("oidc:bo", &a).await.unwrap());
+    assert!(h
+        .store
+        .sign_in_external("oidc:bo", Role::Admin, &a)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn flags_import_lock_and_note_evaluations(h: &Harness) {

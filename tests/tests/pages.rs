@@ -5,66 +5,10 @@
 //! target/browser-screenshots/<test>/.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use firebreak_tests::*;
 use serde_json::{json, Value};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository root")
-        .to_path_buf()
-}
-
-/// Runs a browser scenario and returns what it reported.
-async fn browser(scenario: &str, input: Value) -> Value {
-    let dir = repo().join("tests/support/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed: run `bash tests/run` (it installs it) or `npm ci` in tests/support/browser"
-    );
-    let chromium =
-        std::env::var("FIREBREAK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "no browser at {chromium}: `apt-get install chromium` (bash tests/run does), or set FIREBREAK_TEST_CHROMIUM"
-    );
-    let shots = repo().join("target/browser-screenshots").join(scenario);
-    let mut input = input;
-    input["shots"] = json!(shots.display().to_string());
-    let run = tokio::process::Command::new("node")
-        .arg("pages.mjs")
-        .arg(scenario)
-        .arg(input.to_string())
-        .current_dir(&dir)
-        .env("FIREBREAK_TEST_CHROMIUM", &chromium)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .unwrap_or_else(|_| panic!("the {scenario} browser scenario took over 3 minutes"))
-        .expect("node runs (install Node.js: apt-get install nodejs npm)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the {scenario} browser scenario failed:\n{stderr}\n{stdout}\n(screenshots in {})",
-        shots.display()
-    );
-    let report: Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no report from the browser: {stdout}\n{stderr}"));
-    assert_eq!(
-        report["trouble"],
-        json!([]),
-        "no dialog, CSP violation or script error on any page"
-    );
-    report
-}
 
 /// A person with a password, signed in through the login page by the browser.
 async fn person(fb: &Firebreak, name: &str, role: &str) -> Value {

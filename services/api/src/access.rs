@@ -92,7 +92,7 @@ async fn login(
     let user = state.auth.login(&b.username, &b.password, address).await?;
     let (cookie, csrf, expires) = start_session(&state, &user, &headers).await?;
     let mut r = Json(json!({
-        "id": format!("user:{}", user.username),
+        "id": firebreak_domain::access::user_principal(&user.username),
         "role": user.role,
         "csrf_token": csrf,
         "expires_at": expires,
@@ -121,7 +121,7 @@ pub(crate) async fn start_session(
     store
         .record(
             &[NewAudit::by(
-                format!("user:{}", user.username),
+                firebreak_domain::access::user_principal(&user.username),
                 "signed_in",
                 json!({"role": user.role}),
             )],

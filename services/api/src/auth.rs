@@ -172,6 +172,8 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/", Public),
     ("GET", "/static/{file}", Public),
     ("GET", "/login", Public),
+    ("GET", "/auth/oidc/login", Public),
+    ("GET", "/auth/oidc/callback", Public),
     ("POST", "/login", Public),
     ("POST", "/logout", Authenticated),
     ("GET", "/incidents", s(Scope::Read)),
@@ -327,6 +329,8 @@ pub struct AuthConfig {
     /// Serve without authentication on any address (a gateway in front
     /// authenticates): every request acts as the local operator.
     pub insecure_no_auth: bool,
+    /// Sign-in through an OpenID provider.
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 impl Default for AuthConfig {
@@ -339,6 +343,7 @@ impl Default for AuthConfig {
             allowed_origins: Vec::new(),
             public_url: None,
             insecure_no_auth: false,
+            oidc: None,
         }
     }
 }
@@ -372,6 +377,8 @@ pub struct Auth {
     /// Derives the CSRF token of page forms for identities without a session
     /// (proxy, local); shared by every process through the store.
     page_secret: std::sync::RwLock<String>,
+    /// Sign-in through an OpenID provider, when configured.
+    oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 /// Who a stored token acts as: a token a person created acts as that person
@@ -380,7 +387,7 @@ pub struct Auth {
 /// token created by a machine or the CLI acts as itself (`token:<name>`).
 fn token_identity(row: &TokenRow) -> Identity {
     let mut identity = Identity::token(&row.name, row.scopes.clone());
-    if row.created_by.starts_with("user:") {
+    if row.created_by.starts_with("user:") || row.created_by.starts_with("oidc:") {
         identity.id = row.created_by.clone();
     }
     identity
@@ -428,9 +435,20 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Auth {
+    /// An authenticator; a configured OpenID provider is not asked yet
+    /// (see [`crate::oidc::Oidc::warm_up`]). `auth.oidc` is checked where
+    /// the configuration is read ([`crate::oidc::Oidc::new`]); one that does
+    /// not pass is left out here.
     pub fn new(config: AuthConfig, store: Option<Arc<dyn Store>>) -> Auth {
-        let required = !config.static_tokens.is_empty() || config.proxy.is_some();
+        let required =
+            !config.static_tokens.is_empty() || config.proxy.is_some() || config.oidc.is_some();
+        let oidc = config
+            .oidc
+            .clone()
+            .and_then(|c| crate::oidc::Oidc::new(c).ok())
+            .map(Arc::new);
         Auth {
+            oidc,
             config,
             store,
             required: AtomicBool::new(required),
@@ -451,6 +469,23 @@ impl Auth {
 
     /// The CSRF token of page forms for an identity without a session.
     pub fn page_csrf(&self, identity: &str) -> String {
+        self.mac(b"", identity.as_bytes())
+    }
+
+    /// The signature of an OpenID sign-in's flow cookie (every process
+    /// shares the key, so any of them may answer the callback).
+    pub fn flow_mac(&self, body: &[u8]) -> String {
+        self.mac(b"oidc-flow\0", body)
+    }
+
+    /// The sign-in through an OpenID provider, when configured.
+    pub fn oidc(&self) -> Option<&Arc<crate::oidc::Oidc>> {
+        self.oidc.as_ref()
+    }
+
+    /// HMAC-SHA256 with the shared page secret over `domain` then `data`,
+    /// its first 16 bytes in hex.
+    fn mac(&self, domain: &[u8], data: &[u8]) -> String {
         use hmac::{Hmac, Mac};
         let secret = self
             .page_secret
@@ -460,7 +495,8 @@ impl Auth {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
             return String::new();
         };
-        mac.update(identity.as_bytes());
+        mac.update(domain);
+        mac.update(data);
         mac.finalize()
             .into_bytes()
             .iter()
@@ -693,6 +729,11 @@ impl Auth {
         let Some(store) = &self.store else {
             return Err(ApiError::Internal("no store".into()));
         };
+        if username.starts_with("oidc:") {
+            return Err(ApiError::Unauthorized(
+                "people from the identity provider sign in with it, not with a password".into(),
+            ));
+        }
         if username.len() > MAX_USERNAME_BYTES {
             return Err(ApiError::BadRequest {
                 field: Some("username".into()),
@@ -773,7 +814,21 @@ impl Auth {
 
     /// The `Set-Cookie` value for a session (or its removal, for `None`).
     pub fn session_cookie(&self, value: Option<&str>, headers: &HeaderMap) -> HeaderValue {
-        let secure = match self.config.cookie_secure {
+        let secure = self.cookie_secure(headers);
+        let (v, age) = match value {
+            Some(v) => (v, self.config.session_ttl.as_secs()),
+            None => ("", 0),
+        };
+        let cookie = format!(
+            "{SESSION_COOKIE}={v}; Path=/; HttpOnly; SameSite=Lax; Max-Age={age}{}",
+            if secure { "; Secure" } else { "" }
+        );
+        HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Whether cookies set for this request get `Secure`.
+    pub fn cookie_secure(&self, headers: &HeaderMap) -> bool {
+        match self.config.cookie_secure {
             CookieSecure::Always => true,
             CookieSecure::Never => false,
             CookieSecure::Auto => {
@@ -787,16 +842,7 @@ impl Auth {
                         .as_deref()
                         .is_some_and(|u| u.starts_with("https://"))
             }
-        };
-        let (v, age) = match value {
-            Some(v) => (v, self.config.session_ttl.as_secs()),
-            None => ("", 0),
-        };
-        let cookie = format!(
-            "{SESSION_COOKIE}={v}; Path=/; HttpOnly; SameSite=Lax; Max-Age={age}{}",
-            if secure { "; Secure" } else { "" }
-        );
-        HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+        }
     }
 
     /// Whether a browser's `Origin` may change state here: Firebreak's own
@@ -958,7 +1004,7 @@ async fn check(auth: &Auth, req: &mut Request) -> Result<(), ApiError> {
         }
         req_csrf = Some(session.csrf_token.clone());
         Identity::person(
-            format!("user:{}", session.user.username),
+            firebreak_domain::access::user_principal(&session.user.username),
             Via::Session,
             session.user.role,
         )

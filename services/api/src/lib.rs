@@ -23,6 +23,7 @@ mod incidents;
 pub mod ingest;
 mod insights;
 mod offload;
+pub mod oidc;
 mod ops;
 pub mod packer;
 pub mod pages;

@@ -65,7 +65,7 @@ pub fn verify(
     let hex = sig
         .strip_prefix("v0=")
         .ok_or("signature is not a v0 signature")?;
-    let given = decode_hex(hex).ok_or("signature is not hex")?;
+    let given = firebreak_store::credentials::from_hex(hex).ok_or("signature is not hex")?;
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| "bad signing secret")?;
     mac.update(b"v0:");
@@ -103,16 +103,6 @@ fn first_time(signature: &[u8], ts: i64, now: i64) -> Result<(), &'static str> {
     }
     seen.insert(signature.to_vec(), ts);
     Ok(())
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 fn unauthorized(why: &str) -> Response {
@@ -192,7 +182,7 @@ impl Caller {
     /// web sign-in and tokens), else the Slack user.
     fn actor(&self) -> String {
         match &self.person {
-            Some(name) => format!("user:{name}"),
+            Some(name) => firebreak_domain::access::user_principal(name),
             None => format!("slack:{}", self.id),
         }
     }
@@ -727,7 +717,7 @@ fn mentioned(slack: &SlackClient, word: &str) -> Option<String> {
         return None;
     }
     Some(match slack.config().people.get(id) {
-        Some(person) => format!("user:{person}"),
+        Some(person) => firebreak_domain::access::user_principal(person),
         None => format!("slack:{id}"),
     })
 }

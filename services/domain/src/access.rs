@@ -124,6 +124,17 @@ impl fmt::Display for Role {
     }
 }
 
+/// The principal of a stored user, as the audit trail and four-eyes see
+/// them: `user:<name>` for a local user; a person an identity provider
+/// vouched for is stored under their principal already (`oidc:<name>`).
+pub fn user_principal(username: &str) -> String {
+    if username.starts_with("oidc:") {
+        username.to_string()
+    } else {
+        format!("user:{username}")
+    }
+}
+
 /// How an identity was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,6 +228,12 @@ impl Identity {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_user_and_a_provider_person_each_have_one_principal() {
+        assert_eq!(user_principal("ana"), "user:ana");
+        assert_eq!(user_principal("oidc:ana"), "oidc:ana");
+    }
 
     #[test]
     fn roles_grant_what_is_below_them() {

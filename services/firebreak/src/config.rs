@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use firebreak_api::auth::{AuthConfig, CookieSecure, Net, ProxyAuth, StaticToken};
+use firebreak_api::oidc::OidcConfig;
 use firebreak_api::Secret;
 use firebreak_domain::access::{Role, Scope};
 use firebreak_domain::action::AutomationPolicy;
@@ -267,7 +268,11 @@ pub fn load(
         {
             parts[2] = originals[2].to_string();
         }
-        if parts.len() == 4 && parts[0] == "auth" && parts[1] == "proxy" && parts[2] == "groups" {
+        if parts.len() == 4
+            && parts[0] == "auth"
+            && ((parts[1] == "proxy" && parts[2] == "groups")
+                || (parts[1] == "oidc" && parts[2] == "group_roles"))
+        {
             parts[3] = originals[3].to_string();
         }
         let key = parts.join(".");
@@ -824,12 +829,58 @@ fn auth_config(
     Ok(AuthConfig {
         static_tokens,
         proxy,
+        oidc: oidc_config(&a.oidc)?,
         session_ttl: positive("auth.session_ttl", a.session_ttl)?,
         cookie_secure,
         allowed_origins: a.allowed_origins.clone(),
         public_url,
         insecure_no_auth: a.insecure_no_auth || o.insecure_no_auth,
     })
+}
+
+/// `[auth.oidc]`: off with an empty issuer; otherwise every key it needs,
+/// checked here so that a mistake stops the start with the key named.
+fn oidc_config(o: &OidcSection) -> Result<Option<OidcConfig>, String> {
+    if o.issuer.trim().is_empty() {
+        return Ok(None);
+    }
+    let secret = o
+        .client_secret
+        .clone()
+        .filter(|s| !s.expose().is_empty())
+        .ok_or("key `auth.oidc.client_secret`: missing (set FIREBREAK_AUTH__OIDC__CLIENT_SECRET from your provider's client)")?;
+    if o.client_id.trim().is_empty() {
+        return Err(
+            "key `auth.oidc.client_id`: missing (the client id your provider gave Firebreak)"
+                .into(),
+        );
+    }
+    let callback_ok = reqwest::Url::parse(&o.redirect_url)
+        .is_ok_and(|u| u.path() == "/auth/oidc/callback" && matches!(u.scheme(), "http" | "https"));
+    if !callback_ok {
+        return Err(format!(
+            "key `auth.oidc.redirect_url`: {:?} is not Firebreak's callback as browsers reach it, like https://firebreak.example.com/auth/oidc/callback",
+            o.redirect_url
+        ));
+    }
+    let default_role = match o.default_role.trim() {
+        "" => None,
+        r => Some(Role::parse(r).map_err(|e| format!("key `auth.oidc.default_role`: {e}"))?),
+    };
+    let config = OidcConfig {
+        issuer: o.issuer.trim().to_string(),
+        client_id: o.client_id.trim().to_string(),
+        client_secret: secret,
+        redirect_url: o.redirect_url.clone(),
+        display_name: o.display_name.clone(),
+        scopes: o.scopes.clone(),
+        username_claim: o.username_claim.clone(),
+        groups_claim: o.groups_claim.clone(),
+        group_roles: o.group_roles.clone(),
+        default_role,
+    };
+    firebreak_api::oidc::Oidc::new(config.clone())?;
+    Ok(Some(config))
 }
 
 /// Parses a duration with the one grammar (`500ms`, `30s`, `5m`, `2h`, `1h30m`, `7d`).
@@ -911,6 +962,43 @@ mod tests {
             err.contains("is not an amqp:// URL") && !err.contains("secret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn oidc_is_off_until_an_issuer_is_set_then_each_missing_key_is_named() {
+        let c = load_with(None, &[], Overrides::default()).expect("defaults");
+        assert!(c.auth.oidc.is_none());
+        let file = r#"
+[auth.oidc]
+issuer = "https://id.example.com/realms/ops"
+client_id = "firebreak"
+redirect_url = "https://fb.example.com/auth/oidc/callback"
+default_role = "viewer"
+[auth.oidc.group_roles]
+SRE-Oncall = "operator"
+"#;
+        let err = load_with(Some(file), &[], Overrides::default()).expect_err("no secret");
+        assert!(err.contains("auth.oidc.client_secret"), "{err}");
+        let secret = [(
+            "FIREBREAK_AUTH__OIDC__CLIENT_SECRET",
+            "s3cret-from-the-provider",
+        )];
+        let c = load_with(Some(file), &secret, Overrides::default()).expect("complete");
+        let o = c.auth.oidc.expect("configured");
+        assert_eq!(
+            o.group_roles.get("SRE-Oncall"),
+            Some(&Role::Operator),
+            "group names keep their case"
+        );
+        assert_eq!(o.default_role, Some(Role::Viewer));
+        assert!(
+            !format!("{o:?}").contains("s3cret"),
+            "the secret is never printed"
+        );
+        let elsewhere = file.replace("/auth/oidc/callback", "/callback");
+        let err = load_with(Some(&elsewhere), &secret, Overrides::default())
+            .expect_err("not the callback");
+        assert!(err.contains("auth.oidc.redirect_url"), "{err}");
     }
 
     #[test]

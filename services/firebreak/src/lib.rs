@@ -395,6 +395,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
 
     let auth = Arc::new(firebreak_api::Auth::new(config.auth.clone(), store.clone()));
+    if let Some(oidc) = auth.oidc().cloned() {
+        // Ask the provider now, so the log says whether it answers; a
+        // provider that is down does not keep Firebreak from starting.
+        tokio::spawn(async move { oidc.warm_up().await });
+    }
     if !auth.refresh().await && !config.listen.ip().is_loopback() {
         if config.auth.insecure_no_auth {
             tracing::warn!(listen = %config.listen, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth): every request acts as an admin; a gateway in front must authenticate");

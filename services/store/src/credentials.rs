@@ -17,9 +17,22 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    sha256(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
+    to_hex(&sha256(s.as_bytes()))
+}
+
+/// Bytes as lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex back to bytes; `None` for an odd length or a non-hex digit.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
 

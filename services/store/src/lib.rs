@@ -517,6 +517,16 @@ pub trait AccessStore: Send + Sync {
     /// An enabled user and their password hash.
     async fn user_secret(&self, username: &str) -> Result<Option<(UserRow, String)>>;
     async fn list_users(&self) -> Result<Vec<UserRow>>;
+    /// A person an identity provider vouched for (`oidc:<name>`), stored as
+    /// a user who has no password: created, or given the role their groups
+    /// map to now, with `audit` written when either happens. `None` when an
+    /// admin has disabled them (they may not sign in).
+    async fn sign_in_external(
+        &self,
+        username: &str,
+        role: firebreak_domain::access::Role,
+        audit: &NewAudit,
+    ) -> Result<Option<UserRow>>;
     /// Disables a user and ends their sessions; `false` if there is no such enabled user.
     async fn disable_user(&self, username: &str, audit: &NewAudit) -> Result<bool>;
     async fn create_session(

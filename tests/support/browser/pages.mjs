@@ -347,7 +347,135 @@ async function dense() {
   return out;
 }
 
-const scenarios = { incident, editor, dense };
+// Signs in through the OpenID provider's own pages (its development sign-in
+// form and consent page), from Firebreak's sign-in page. Returns where the
+// browser landed on Firebreak and how Firebreak answered there.
+async function viaProvider(who, login, start = `${base}/incidents`) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = watch(await context.newPage(), who);
+  // The provider's answer (a redirect to the callback), and the flow's
+  // cookie as it was before the callback cleared it: a test may replay both.
+  const callback = { url: null, cookies: [] };
+  page.on("request", (r) => {
+    if (r.url().startsWith(`${base}/auth/oidc/callback`)) callback.url = r.url();
+  });
+  await page.goto(start);
+  check(new URL(page.url()).pathname === "/login", `${who}: expected the sign-in page, got ${page.url()}`);
+  const answered = page.waitForResponse((r) => r.url().startsWith(`${base}/auth/oidc/callback`));
+  await page.getByRole("link", { name: `Sign in with ${input.provider_name}` }).click();
+  await page.locator('input[name="login"]').fill(login);
+  callback.cookies = await context.cookies(`${base}/auth/oidc/callback`);
+  await page.locator('input[name="password"]').fill("anything");
+  await page.locator('button:has-text("Sign-in")').click();
+  await page.locator('button:has-text("Continue")').click();
+  const response = await answered;
+  await page.waitForLoadState("domcontentloaded");
+  const error = await page.locator("p.error").count() ? await page.locator("p.error").textContent() : null;
+  return { context, page, callback, status: response.status(), error };
+}
+
+async function me(page) {
+  return page.evaluate(async () => {
+    const r = await fetch("/api/v1/me");
+    return { status: r.status, body: r.status === 200 ? await r.json() : null };
+  });
+}
+
+// Two people from the provider: alice (group sre-oncall -> operator)
+// approves the held action; bob (viewers -> viewer) is offered no decision
+// and is refused one through the API; alice signs out at the provider too.
+async function oidc() {
+  const out = {};
+  const alice = await viaProvider("alice", "alice", `${base}/incidents/${input.incident}`);
+  out.alice_landed = new URL(alice.page.url()).pathname;
+  out.alice = await me(alice.page);
+  await shot(alice.page, "alice-signed-in");
+  const approve = alice.page.locator(`#held-banner form[action="/actions/${input.action}/approve"]`);
+  await approve.getByLabel("I'm sure").check();
+  await Promise.all([
+    alice.page.waitForURL(`**/incidents/${input.incident}?done=approved#actions`),
+    approve.getByRole("button", { name: "Approve" }).click(),
+  ]);
+  out.alice_approved = await alice.page.locator("#actions p.done").textContent();
+  // A token an admin from the provider makes acts as her (one person
+  // across the web and the API).
+  const dana = await viaProvider("dana", "dana");
+  out.dana_token = await dana.page.evaluate(async () => {
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    const r = await fetch("/api/v1/tokens", {
+      method: "POST",
+      headers: { "x-csrf-token": csrf, "content-type": "application/json" },
+      body: JSON.stringify({ name: "dana-laptop", scopes: ["read"] }),
+    });
+    return { status: r.status, body: await r.json() };
+  });
+  out.dana = await me(dana.page);
+  await dana.context.close();
+
+  const bob = await viaProvider("bob", "bob", `${base}/incidents/${input.incident}`);
+  out.bob = await me(bob.page);
+  out.bob_offered = await bob.page.locator(`form[action="/actions/${input.second_action}/approve"]`).count();
+  out.bob_approve = await bob.page.evaluate(async (id) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    const r = await fetch(`/api/v1/actions/${id}/approve`, { method: "POST", headers: { "x-csrf-token": csrf } });
+    return { status: r.status, body: await r.text() };
+  }, input.second_action);
+  await bob.context.close();
+
+  // Sign out: Firebreak's session ends, then the provider's (it asks first).
+  // Firebreak's session ends; its page moves on to the provider's sign-out.
+  await alice.page.locator('form[action="/logout"] button').click();
+  const confirm = alice.page.locator('button:has-text("Yes, sign me out")');
+  await confirm.waitFor({ timeout: 10000 }).catch(() => {});
+  await shot(alice.page, "alice-signing-out");
+  check(alice.page.url().startsWith(input.issuer), `signing out should go to the provider, went to ${alice.page.url()}`);
+  await confirm.click();
+  await alice.page.waitForURL(`${base}/login**`);
+  out.after_logout = new URL(alice.page.url()).pathname;
+  out.alice_after_logout = await me(alice.page);
+  await alice.context.close();
+  return out;
+}
+
+// What Firebreak answers when the provider's answer must not be trusted.
+async function oidcRefusals() {
+  const out = {};
+  const tamper = (mode) =>
+    fetch(`${input.issuer}/__test/tamper`, { method: "POST", body: JSON.stringify({ mode }) });
+  for (const mode of ["forged", "unknown-kid", "expired", "wrong-audience", "wrong-nonce"]) {
+    await tamper(mode);
+    const attempt = await viaProvider(mode, "alice");
+    out[mode] = { status: attempt.status, error: attempt.error, me: (await me(attempt.page)).status };
+    await attempt.context.close();
+  }
+  await tamper("none");
+
+  // Someone in no mapped group.
+  const carol = await viaProvider("carol", "carol");
+  out.no_group = { status: carol.status, error: carol.error, me: (await me(carol.page)).status };
+  await carol.context.close();
+
+  // A code used twice: the answer replayed with the flow's cookie put back.
+  const ok = await viaProvider("replay", "alice");
+  out.first_use = { status: ok.status, me: (await me(ok.page)).status };
+  await ok.context.clearCookies();
+  await ok.context.addCookies(ok.callback.cookies.filter((c) => c.name === "firebreak_oidc"));
+  const again = await ok.page.goto(ok.callback.url);
+  out.replayed = { status: again.status(), error: await ok.page.locator("p.error").textContent(), me: (await me(ok.page)).status };
+  await ok.context.close();
+
+  // An answer with another state than the one this browser's sign-in began with.
+  const context = await browser.newContext();
+  const page = watch(await context.newPage(), "wrong-state");
+  await page.goto(`${base}/auth/oidc/login`);
+  await page.locator('input[name="login"]').waitFor();
+  const wrong = await page.goto(`${base}/auth/oidc/callback?code=made-up&state=not-the-state`);
+  out.wrong_state = { status: wrong.status(), error: await page.locator("p.error").textContent(), me: (await me(page)).status };
+  await context.close();
+  return out;
+}
+
+const scenarios = { incident, editor, dense, oidc, "oidc-refusals": oidcRefusals };
 try {
   check(scenarios[scenario], `no scenario ${scenario}`);
   const out = await scenarios[scenario]();

@@ -31,8 +31,105 @@ fn login_page(
         "login",
         &json!({"title": "Sign in", "next": next, "error": error,
                 "proxy": state.auth.config().proxy.is_some(),
+                "oidc": state.auth.oidc().map(|o| json!({
+                    "name": o.config().display_name,
+                    "href": format!("/auth/oidc/login?{}",
+                        serde_urlencoded::to_string([("next", next)]).unwrap_or_default()),
+                })),
                 "open": !state.auth.required()}),
     )
+}
+
+/// Sends the browser to the OpenID provider (the flow's first leg).
+pub async fn oidc_login(
+    axum::extract::State(state): St,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> PageResult {
+    let next = safe_next(q.next.as_deref());
+    let Some(oidc) = state.auth.oidc() else {
+        return Ok(login_page(
+            &state,
+            &next,
+            Some("no identity provider is configured here (auth.oidc)"),
+            StatusCode::NOT_FOUND,
+        ));
+    };
+    match oidc.begin(&next, |b| state.auth.flow_mac(b)).await {
+        Ok((url, flow)) => {
+            let mut r = Redirect::to(&url).into_response();
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                crate::oidc::flow_cookie(Some(&flow), state.auth.cookie_secure(&headers)),
+            );
+            Ok(r)
+        }
+        Err(f) => Ok(login_page(&state, &next, Some(&f.message), f.status)),
+    }
+}
+
+/// The provider's answer (the flow's second leg): a session like a
+/// password's, or the sign-in page saying what went wrong. The flow's
+/// cookie is cleared either way, so an answer counts once.
+pub async fn oidc_callback(
+    axum::extract::State(state): St,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> PageResult {
+    let secure = state.auth.cookie_secure(&headers);
+    let clear = crate::oidc::flow_cookie(None, secure);
+    let refused = |message: &str, status: StatusCode| {
+        let mut r = login_page(&state, "/incidents", Some(message), status);
+        r.headers_mut().append(header::SET_COOKIE, clear.clone());
+        r
+    };
+    let Some(oidc) = state.auth.oidc() else {
+        return Ok(refused(
+            "no identity provider is configured here (auth.oidc)",
+            StatusCode::NOT_FOUND,
+        ));
+    };
+    let flow = crate::oidc::flow_from(&headers);
+    let (person, next) = match oidc.finish(&q, flow, |b| state.auth.flow_mac(b)).await {
+        Ok(done) => done,
+        Err(f) => {
+            tracing::info!(status = f.status.as_u16(), reason = %f.message, "OpenID sign-in refused");
+            return Ok(refused(&f.message, f.status));
+        }
+    };
+    let audit = firebreak_store::NewAudit::by(
+        person.principal.clone(),
+        "oidc_user",
+        json!({"role": person.role, "email": person.email,
+               "issuer": oidc.config().issuer, "groups": person.groups.iter().take(20).collect::<Vec<_>>()}),
+    );
+    let user = match state
+        .store
+        .sign_in_external(&person.principal, person.role, &audit)
+        .await
+    {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return Ok(refused(
+                &format!(
+                    "{} is disabled in Firebreak: an admin enables them again (firebreak users), or they stay out",
+                    person.principal
+                ),
+                StatusCode::FORBIDDEN,
+            ))
+        }
+        Err(e) => return Err(crate::ApiError::from(e).into()),
+    };
+    state.auth.credentials_exist();
+    match crate::access::start_session(&state, &user, &headers).await {
+        Ok((cookie, _, _)) => {
+            let mut r = Redirect::to(&safe_next(Some(&next))).into_response();
+            r.headers_mut().insert(header::SET_COOKIE, cookie);
+            r.headers_mut().append(header::SET_COOKIE, clear);
+            Ok(r)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn login_form(
@@ -114,14 +211,41 @@ pub async fn login(
 pub async fn logout(
     axum::extract::State(state): St,
     axum::Extension(csrf): Csrf,
+    axum::Extension(identity): Ident,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> PageResult {
     let f: Confirmed = form(&bytes).unwrap_or_default();
     check_csrf(f.csrf_token.as_deref(), &csrf)?;
+    // A person from the identity provider signs out there too, when it
+    // offers that (RP-initiated logout), and comes back to the sign-in page.
+    // The pages' policy lets forms go nowhere but Firebreak, so the way on
+    // to the provider is a page that moves on by itself (and a link).
+    let mut provider = None;
+    if let Some(oidc) = state
+        .auth
+        .oidc()
+        .filter(|_| identity.id.starts_with("oidc:"))
+    {
+        let back = reqwest::Url::parse(&oidc.config().redirect_url)
+            .and_then(|u| u.join("/login"))
+            .map(|u| u.to_string());
+        if let Ok(back) = back {
+            if let Some(url) = oidc.logout_url(&back).await {
+                provider = Some(json!({"href": url, "name": oidc.config().display_name}));
+            }
+        }
+    }
     match crate::access::end_session(&state, &headers).await {
         Ok(clear) => {
-            let mut r = Redirect::to("/login").into_response();
+            let mut r = match provider {
+                Some(p) => state.pages.render(
+                    "login",
+                    &json!({"title": "Signed out", "next": "/incidents",
+                            "signed_out_at": p, "open": false}),
+                ),
+                None => Redirect::to("/login").into_response(),
+            };
             r.headers_mut().insert(header::SET_COOKIE, clear);
             Ok(r)
         }

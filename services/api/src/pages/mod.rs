@@ -202,6 +202,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/static/{file}", get(static_file))
         .route("/login", get(admin::login_form).post(admin::login))
         .route("/logout", post(admin::logout))
+        .route("/auth/oidc/login", get(admin::oidc_login))
+        .route("/auth/oidc/callback", get(admin::oidc_callback))
         .route("/incidents", get(incident::list))
         .route("/incidents/{id}", get(incident::detail))
         .route("/incidents/{id}/notes", post(incident::note))

@@ -201,6 +201,24 @@ pub struct AuthSection {
     pub cookie_secure: String,
     pub allowed_origins: Vec<String>,
     pub proxy: ProxySection,
+    pub oidc: OidcSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    pub redirect_url: String,
+    pub display_name: String,
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub groups_claim: String,
+    pub default_role: String,
+    #[serde(default)]
+    pub group_roles: BTreeMap<String, Role>,
 }
 
 #[derive(Debug, Deserialize)]

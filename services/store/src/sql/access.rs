@@ -152,6 +152,60 @@ impl<D: Dialect> AccessStore for Db<D> {
         decode(&rows, user_row)
     }
 
+    async fn sign_in_external(
+        &self,
+        username: &str,
+        role: firebreak_domain::access::Role,
+        audit: &NewAudit,
+    ) -> Result<Option<crate::UserRow>> {
+        let mut tx = self.d.begin().await?;
+        let found = tx
+            .fetch(
+                q(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE username = $1{}",
+                    <D::Tx as DialectTx>::FOR_UPDATE
+                ))
+                .bind(username),
+            )
+            .await?;
+        let row = match found.first().map(user_row).transpose()? {
+            Some(u) if u.disabled_at.is_some() => return Ok(None),
+            Some(u) if u.role == role => return Ok(Some(u)),
+            Some(_) => {
+                let rows = tx
+                    .fetch(
+                        q(format!(
+                            "UPDATE users SET role = $2 WHERE username = $1 RETURNING {USER_COLUMNS}"
+                        ))
+                        .bind(username)
+                        .bind(role.as_str()),
+                    )
+                    .await?;
+                user_row(rows.first().ok_or(StoreError::NotFound)?)?
+            }
+            None => {
+                // No password hash can match this one: they sign in only
+                // through their identity provider.
+                let rows = tx
+                    .fetch(
+                        q(format!(
+                            "INSERT INTO users (username, password_hash, role, created_at, created_by)
+                             VALUES ($1, '!external', $2, $3, $4) RETURNING {USER_COLUMNS}"
+                        ))
+                        .bind(username)
+                        .bind(role.as_str())
+                        .bind(audit.at)
+                        .bind(&audit.actor),
+                    )
+                    .await?;
+                user_row(rows.first().ok_or(StoreError::NotFound)?)?
+            }
+        };
+        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(Some(row))
+    }
+
     async fn disable_user(&self, username: &str, audit: &NewAudit) -> Result<bool> {
         let mut tx = self.d.begin().await?;
         let n = tx
