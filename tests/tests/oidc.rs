@@ -110,6 +110,20 @@ async fn anonymous_get(url: &str) -> (u16, String, Option<String>) {
     (status, r.text().await.unwrap(), location)
 }
 
+/// Waits until Firebreak's sign-in sends browsers to the provider (it asks
+/// a provider it could not reach again after 10 s).
+async fn provider_found(fb: &Firebreak) {
+    eventually(
+        "the provider to be found",
+        Duration::from_secs(30),
+        || async {
+            let (status, _, _) = anonymous_get(&format!("{}/auth/oidc/login", fb.base)).await;
+            (status == 303).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: i64) -> i64 {
     let (s, b) = fb
         .post("/api/v1/flags", &json!({"key": flag, "enabled": true}))
@@ -323,4 +337,27 @@ async fn anonymous_post(base: &str, path: &str, body: &Value) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The provider rotates its signing key (here: restarts with a new one,
+/// under a new key id): the next sign-in fetches the keys again and works,
+/// with no restart of Firebreak.
+#[tokio::test]
+async fn a_rotated_signing_key_is_fetched_again() {
+    let provider_port = free_port();
+    let app = firebreak(provider_port).await;
+    let fb = &app.fb;
+    let idp = provider(provider_port, &fb.base).await;
+    provider_found(fb).await;
+    let input = json!({"base": fb.base, "provider_name": "Test IdP", "login": "alice"});
+    let first = browser("oidc-sign-in", input.clone()).await;
+    assert_eq!(first["me"]["body"]["id"], "oidc:alice", "{first}");
+
+    drop(idp);
+    let _rotated = provider(provider_port, &fb.base).await;
+    // Keys are fetched again at most every 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let second = browser("oidc-sign-in", input).await;
+    assert_eq!(second["status"], 303, "{second}");
+    assert_eq!(second["me"]["body"]["id"], "oidc:alice", "{second}");
 }

@@ -114,8 +114,9 @@ const MAX_TOKEN_AGE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// A failed discovery is not retried sooner than this (callers get the
 /// last error meanwhile), so a provider outage costs one request per 10 s.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
-/// Keys are fetched again for an unknown `kid` at most this often.
-const JWKS_REFRESH: Duration = Duration::from_secs(60);
+/// Keys are fetched again for an unknown `kid` at most this often (only a
+/// token the provider's own token endpoint returned can ask for it).
+const JWKS_REFRESH: Duration = Duration::from_secs(10);
 /// The most groups of one person looked at.
 const MAX_GROUPS: usize = 1000;
 

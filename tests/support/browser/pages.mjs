@@ -475,7 +475,16 @@ async function oidcRefusals() {
   return out;
 }
 
-const scenarios = { incident, editor, dense, oidc, "oidc-refusals": oidcRefusals };
+// One sign-in through the provider: how Firebreak answered, and who it
+// says the browser is afterwards.
+async function oidcSignIn() {
+  const attempt = await viaProvider(input.login, input.login);
+  const out = { status: attempt.status, error: attempt.error, me: await me(attempt.page) };
+  await attempt.context.close();
+  return out;
+}
+
+const scenarios = { incident, editor, dense, oidc, "oidc-refusals": oidcRefusals, "oidc-sign-in": oidcSignIn };
 try {
   check(scenarios[scenario], `no scenario ${scenario}`);
   const out = await scenarios[scenario]();

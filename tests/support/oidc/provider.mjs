@@ -19,7 +19,7 @@
 //   wrong-audience signed with the real key, for another client
 //   wrong-nonce    signed with the real key, with another nonce
 //   none           back to normal
-// The signing key is made at start (RS256, key id "k1").
+// The signing key is made at start (RS256, a new key id each time).
 import { exportJWK, generateKeyPair, SignJWT, decodeJwt } from "jose";
 import Provider from "oidc-provider";
 
@@ -34,7 +34,9 @@ const PEOPLE = {
 };
 
 const signing = await generateKeyPair("RS256", { extractable: true });
-const jwk = { ...(await exportJWK(signing.privateKey)), kid: "k1", alg: "RS256", use: "sig" };
+// A new key id at every start: a restarted provider is a rotated key.
+const kid = `k-${Date.now().toString(36)}`;
+const jwk = { ...(await exportJWK(signing.privateKey)), kid, alg: "RS256", use: "sig" };
 const stranger = await generateKeyPair("RS256");
 
 let mode = "none";
@@ -74,7 +76,7 @@ async function tamper(idToken) {
   const claims = decodeJwt(idToken);
   const now = Math.floor(Date.now() / 1000);
   let key = signing.privateKey;
-  let kid = "k1";
+  let kid = jwk.kid;
   if (mode === "forged") key = stranger.privateKey;
   if (mode === "unknown-kid") { key = stranger.privateKey; kid = "rotated"; }
   if (mode === "expired") { claims.iat = now - 3600; claims.exp = now - 3000; }
