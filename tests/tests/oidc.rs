@@ -286,15 +286,7 @@ async fn forged_expired_replayed_and_misdirected_answers_are_refused_saying_why(
     let app = firebreak(provider_port).await;
     let fb = &app.fb;
     let idp = provider(provider_port, &fb.base).await;
-    eventually(
-        "the provider to be found",
-        Duration::from_secs(30),
-        || async {
-            let (status, _, _) = anonymous_get(&format!("{}/auth/oidc/login", fb.base)).await;
-            (status == 303).then_some(())
-        },
-    )
-    .await;
+    provider_found(fb).await;
 
     let seen = browser(
         "oidc-refusals",
