@@ -324,9 +324,24 @@ async fn guardrails_suppress_hold_escalate_approve_pause_and_dry_run() {
     let text = escalation.body["text"].as_str().unwrap();
     assert!(text.contains("held") && text.contains("approve"), "{text}");
     assert_eq!(hooks.matching("POST", "/team").len(), 1);
+    // The escalation names what it escalates, in its text and its payload.
+    let id = held["id"].as_i64().unwrap();
+    let about = &escalation.body["firebreak"]["escalated"];
+    assert_eq!(about["action_id"], id, "{}", escalation.body);
+    assert_eq!(about["kind"], held["kind"], "{}", escalation.body);
+    assert_eq!(about["target"], held["target"], "{}", escalation.body);
+    assert_eq!(about["status"], "held", "{}", escalation.body);
+    assert_eq!(
+        about["incident_id"], held["incident_id"],
+        "{}",
+        escalation.body
+    );
+    assert!(
+        text.contains(&format!("action #{id}")) && text.contains(held["target"].as_str().unwrap()),
+        "{text}"
+    );
 
     // Approve releases it exactly once; a second decision is refused.
-    let id = held["id"].as_i64().unwrap();
     let alice = fb.token("alice", &["read", "operate"]).await;
     let bob = fb.token("bob", &["read", "operate"]).await;
     let (status, approved) = alice

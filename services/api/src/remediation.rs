@@ -90,6 +90,9 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
 struct Decision {
     by: Option<String>,
     comment: Option<String>,
+    /// Approve although the incident has resolved (audited as forced).
+    #[serde(default)]
+    force: bool,
 }
 
 impl Decision {
@@ -234,7 +237,7 @@ async fn decide(
     let d: Decision = body(&bytes)?;
     d.check()?;
     let row = remediation
-        .decide(&identity, id, approve, d.comment.as_deref())
+        .decide(&identity, id, approve, d.comment.as_deref(), d.force)
         .await?;
     Ok(Json(action_json(&row)))
 }

@@ -1084,7 +1084,7 @@ async fn interactions(
         match state
             .remediation
             .clone()
-            .decide(&caller.identity(), id, approve, Some("from Slack"))
+            .decide(&caller.identity(), id, approve, Some("from Slack"), false)
             .await
         {
             Ok(row) => json!({"replace_original": true, "text": format!(

@@ -33,10 +33,12 @@ pub enum ActionStatus {
     /// A kill switch's previous state is being restored (under a lease).
     Reverting,
     Reverted,
+    /// Held for approval longer than `automation.approval_ttl`: never executed.
+    Expired,
 }
 
 impl ActionStatus {
-    pub const ALL: [ActionStatus; 10] = [
+    pub const ALL: [ActionStatus; 11] = [
         ActionStatus::Pending,
         ActionStatus::Held,
         ActionStatus::Running,
@@ -47,6 +49,7 @@ impl ActionStatus {
         ActionStatus::Suppressed,
         ActionStatus::Reverting,
         ActionStatus::Reverted,
+        ActionStatus::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl ActionStatus {
             ActionStatus::Suppressed => "suppressed",
             ActionStatus::Reverting => "reverting",
             ActionStatus::Reverted => "reverted",
+            ActionStatus::Expired => "expired",
         }
     }
 
@@ -252,9 +256,16 @@ pub struct AutomationPolicy {
     pub four_eyes_min_role: crate::access::Role,
     /// Change freezes (`[[automation.freeze]]`).
     pub freezes: Vec<Freeze>,
+    /// A held action not decided within this expires, never executed.
+    pub approval_ttl: chrono::Duration,
 }
 
 impl AutomationPolicy {
+    /// When a held action (held since `held_at`) stops being approvable.
+    pub fn approval_expires(&self, held_at: DateTime<Utc>) -> DateTime<Utc> {
+        held_at + self.approval_ttl
+    }
+
     /// The first freeze in force for a service (and environment) at `at`.
     pub fn freeze(
         &self,
@@ -278,6 +289,7 @@ impl Default for AutomationPolicy {
             four_eyes: false,
             four_eyes_min_role: crate::access::Role::Operator,
             freezes: Vec::new(),
+            approval_ttl: chrono::Duration::hours(1),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod kind {
     pub const ACTION_DRY_RUN: &str = "action_dry_run";
     pub const ACTION_APPROVED: &str = "action_approved";
     pub const ACTION_DENIED: &str = "action_denied";
+    pub const ACTION_EXPIRED: &str = "action_expired";
     pub const ACTION_EXECUTED: &str = "action_executed";
     pub const ACTION_FAILED: &str = "action_failed";
     pub const ACTION_REVERTED: &str = "action_reverted";

@@ -693,6 +693,10 @@ fn validate(f: FileConfig, o: &Overrides) -> Result<Config, String> {
                 four_eyes: f.automation.four_eyes,
                 four_eyes_min_role: f.automation.four_eyes_min_role,
                 freezes: f.automation.freeze,
+                approval_ttl: {
+                    positive("automation.approval_ttl", f.automation.approval_ttl)?;
+                    f.automation.approval_ttl.0
+                },
             },
             lease,
             max_attempts: f.automation.max_attempts,

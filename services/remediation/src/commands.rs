@@ -443,10 +443,40 @@ impl Remediation {
         id: i64,
         approve: bool,
         comment: Option<&str>,
+        force: bool,
     ) -> Result<ActionRow, CommandError> {
         let who = identity.id.as_str();
         let current = self.action(id).await?;
         let policy = &self.config.policy;
+        if current.status == ActionStatus::Held {
+            let expires = policy.approval_expires(current.updated_at);
+            if expires <= Utc::now() {
+                // Past its time: it expires now (the sweep would shortly).
+                self.expire(&current).await?;
+                return Err(expired(&current, expires));
+            }
+        }
+        if current.status == ActionStatus::Expired {
+            // The row last changed when it expired.
+            return Err(expired(&current, current.updated_at));
+        }
+        if approve && current.status == ActionStatus::Held && !force {
+            if let Some(incident) = current.incident_id {
+                if let Ok(i) = self.store.incident_overview(incident).await {
+                    if let Some(at) = i
+                        .incident
+                        .resolved_at
+                        .filter(|_| i.incident.status == "resolved")
+                    {
+                        return Err(CommandError::Conflict(format!(
+                            "incident #{incident} was resolved at {}: action #{id} ({}) would act on a world that has moved on; approve with force to run it anyway (API: {{\"force\": true}})",
+                            at.format("%Y-%m-%d %H:%M UTC"),
+                            current.spec.describe
+                        )));
+                    }
+                }
+            }
+        }
         if approve
             && current.status == ActionStatus::Held
             && (policy.four_eyes || current.spec.four_eyes)
@@ -480,7 +510,7 @@ impl Remediation {
             who,
             event,
             now,
-            json!({"comment": comment, "was": current.reason}),
+            json!({"comment": comment, "was": current.reason, "forced": force}),
         )];
         let timeline = entry(
             &current,
@@ -523,6 +553,80 @@ impl Remediation {
                 )))
             }
         }
+    }
+
+    /// Expires a held action (held longer than `automation.approval_ttl`):
+    /// never executed, audited, on the incident's timeline, escalated.
+    /// `false` when it was no longer held (decided or expired meanwhile).
+    pub async fn expire(&self, action: &ActionRow) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let ttl = self.config.policy.approval_ttl;
+        let audit = [NewAudit::of(
+            action,
+            "engine",
+            "expired",
+            now,
+            json!({"held_since": action.updated_at, "approval_ttl_s": ttl.num_seconds()}),
+        )];
+        let summary = format!(
+            "expired: {} was held {} without a decision (automation.approval_ttl); never executed [{}]",
+            action.spec.describe,
+            firebreak_domain::duration::Dur(ttl),
+            provenance(action)
+        );
+        let timeline = entry(action, kind::ACTION_EXPIRED, now, summary, "expired");
+        let change = ActionChange {
+            reason: Some(format!(
+                "expired: not approved within {} (was: {})",
+                firebreak_domain::duration::Dur(ttl),
+                action.reason.as_deref().unwrap_or("held")
+            )),
+            ..ActionChange::to(ActionStatus::Expired, now)
+        };
+        let Some(row) = self
+            .store
+            .transition_action(action.id, &[ActionStatus::Held], &change, &audit, &timeline)
+            .await?
+        else {
+            return Ok(false);
+        };
+        self.metrics.action("expired");
+        if !row.is_escalation() {
+            self.escalate(
+                &row,
+                &format!(
+                    "Firebreak expired held action #{}: {}. It was not approved within {} and will not run; ask again if it is still needed.",
+                    row.id,
+                    row.spec.describe,
+                    firebreak_domain::duration::Dur(ttl)
+                ),
+            )
+            .await;
+        }
+        Ok(true)
+    }
+
+    /// Expires every held action past `automation.approval_ttl`; returns
+    /// how many this call expired (another process may expire some first).
+    pub async fn expire_held(&self, now: chrono::DateTime<Utc>) -> Result<usize, StoreError> {
+        let held = self
+            .store
+            .list_actions(&firebreak_store::ActionFilter {
+                status: Some(ActionStatus::Held),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        let mut expired = 0;
+        for a in held
+            .iter()
+            .filter(|a| self.config.policy.approval_expires(a.updated_at) <= now)
+        {
+            if self.expire(a).await? {
+                expired += 1;
+            }
+        }
+        Ok(expired)
     }
 
     async fn action(&self, id: i64) -> Result<ActionRow, CommandError> {
@@ -868,4 +972,13 @@ impl Remediation {
             Err(CommandError::NotFound(format!("no flag {key:?}")))
         }
     }
+}
+
+fn expired(action: &ActionRow, at: chrono::DateTime<Utc>) -> CommandError {
+    CommandError::Conflict(format!(
+        "action #{} ({}) expired at {} without a decision (automation.approval_ttl): it will not run; ask again if it is still needed",
+        action.id,
+        action.spec.describe,
+        at.format("%Y-%m-%d %H:%M:%S UTC")
+    ))
 }

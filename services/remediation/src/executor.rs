@@ -30,13 +30,28 @@ struct Done {
     previous: Option<Value>,
 }
 
+/// How often held actions are checked for expiry.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Remediation {
     /// Claims and runs ready actions until `shutdown`. First takes back, at
     /// once, what an earlier run of this process on this node held.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.reclaim_at_start().await;
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let mut expiry_checked = std::time::Instant::now() - EXPIRY_CHECK;
         loop {
+            // Held actions past automation.approval_ttl expire (any engine
+            // may do it; each action expires once).
+            if expiry_checked.elapsed() >= EXPIRY_CHECK {
+                expiry_checked = std::time::Instant::now();
+                match self.expire_held(Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "held actions expired without a decision"),
+                    Err(e) if e.is_transient() => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot expire held actions"),
+                }
+            }
             // Take everything ready now, then wait for a wake-up or the poll.
             loop {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -194,11 +209,24 @@ impl Remediation {
                         .cloned()
                         .unwrap_or_else(|| spec.describe.clone()),
                 };
-                let context = json!({
+                let mut context = json!({
                     "action_id": action.id,
                     "incident_id": action.incident_id,
                     "playbook": action.playbook,
                 });
+                // An escalation names the action it is about (`action_id`
+                // above is the notice's own).
+                if let Some(id) = spec.vars.get("escalated.action_id") {
+                    let var = |k: &str| spec.vars.get(&format!("escalated.{k}"));
+                    context["escalated"] = json!({
+                        "action_id": id.parse::<i64>().ok(),
+                        "kind": var("kind"),
+                        "target": var("target"),
+                        "status": var("status"),
+                        "reason": var("reason"),
+                        "incident_id": var("incident_id").and_then(|i| i.parse::<i64>().ok()),
+                    });
+                }
                 // To the channel of the incident threads: posted in the
                 // incident's thread, in order, by the Slack notifier (its
                 // outbox), from this action's `action_executed` entry.

@@ -367,8 +367,30 @@ pub fn escalation(
         webhook: target_step.webhook.clone(),
         message: None,
     });
+    // What is escalated, for the text and for receivers (the notice's
+    // payload carries these as `firebreak.escalated`).
     let mut vars = BTreeMap::new();
-    vars.insert("message".to_string(), message.to_string());
+    let incident = action
+        .incident_id
+        .map(|i| format!(", incident #{i}"))
+        .unwrap_or_default();
+    vars.insert(
+        "message".to_string(),
+        format!(
+            "{message} [action #{}: {} on {}{incident}]",
+            action.id, action.kind, action.target
+        ),
+    );
+    vars.insert("escalated.action_id".into(), action.id.to_string());
+    vars.insert("escalated.kind".into(), action.kind.clone());
+    vars.insert("escalated.target".into(), action.target.clone());
+    vars.insert("escalated.status".into(), action.status.as_str().into());
+    if let Some(i) = action.incident_id {
+        vars.insert("escalated.incident_id".into(), i.to_string());
+    }
+    if let Some(r) = &action.reason {
+        vars.insert("escalated.reason".into(), r.clone());
+    }
     firebreak_domain::action::NewAction {
         dedupe_key: format!(
             "escalate:{}:{}:{}",

@@ -37,6 +37,7 @@ macro_rules! migrations {
             13, "0013", "incident_response";
             14, "0014", "action_items";
             15, "0015", "presence";
+            16, "0016", "action_expiry";
         )
     };
     (@ $dialect:literal; $($version:literal, $file:literal, $name:literal;)*) => {

@@ -586,6 +586,7 @@ async fn decide(
                     id,
                     verb == "approve",
                     f.comment.as_deref().filter(|c| !c.is_empty()),
+                    f.force.is_some(),
                 )
                 .await
         }

@@ -183,6 +183,7 @@ pub struct AutomationSection {
     pub lease: Dur,
     pub four_eyes: bool,
     pub four_eyes_min_role: Role,
+    pub approval_ttl: Dur,
     /// The guard of people's requests.
     pub manual: Guard,
     /// Change freezes: `[[automation.freeze]]` with `name`, optional

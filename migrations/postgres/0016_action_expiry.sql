@@ -1,0 +1,6 @@
+-- Approvals expire: a held action not decided within automation.approval_ttl
+-- becomes `expired` and is never executed.
+ALTER TABLE actions DROP CONSTRAINT actions_status_check;
+ALTER TABLE actions ADD CONSTRAINT actions_status_check CHECK (status IN ('pending', 'held',
+    'running', 'succeeded', 'failed', 'denied', 'dry_run', 'suppressed', 'reverting', 'reverted',
+    'expired'));

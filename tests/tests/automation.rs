@@ -1,0 +1,189 @@
+//! Safe automation where a careful SRE would expect it: a held approval
+//! expires (never executed, escalated, a late approval refused saying when),
+//! approving for an incident that has resolved asks for `force`, and every
+//! escalation names the action it is about.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use firebreak_tests::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn app(hooks: &Recorder, ttl: &str) -> TestApp {
+    TestApp::embedded()
+        .config(&format!(
+            "[automation]\napproval_ttl = \"{ttl}\"\nescalate_webhook = \"oncall\"\n\n[automation.manual]\nrequire_approval = true\n\n[notify.oncall]\ntype = \"webhook\"\nurl = \"{}/oncall\"\n",
+            hooks.base
+        ))
+        .start()
+        .await
+}
+
+async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: Option<i64>) -> Value {
+    let (s, b) = fb
+        .post("/api/v1/flags", &json!({"key": flag, "enabled": true}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, held) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": flag, "incident": incident,
+                    "reason": "errors follow the v2 deploy"}),
+        )
+        .await;
+    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
+    held
+}
+
+/// The escalation notices the webhook received about action `id`.
+fn escalations_about(hooks: &Recorder, id: i64) -> Vec<Value> {
+    hooks
+        .matching("POST", "/oncall")
+        .into_iter()
+        .map(|r| r.body)
+        .filter(|b| b["firebreak"]["escalated"]["action_id"] == id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_held_approval_expires_is_escalated_and_a_late_approval_is_refused() {
+    let hooks = Recorder::start(|_| (200, json!({"ok": true}))).await;
+    let app = app(&hooks, "2s").await;
+    let fb = &app.fb;
+    let held = held_kill_switch(fb, "checkout.new-flow", None).await;
+    let id = held["id"].as_i64().unwrap();
+
+    let expired = eventually("the held action to expire", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (a["status"] == "expired").then_some(a)
+    })
+    .await;
+    assert!(
+        expired["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not approved within 2s"),
+        "{expired}"
+    );
+    assert!(
+        expired["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["event"] == "expired"),
+        "{expired}"
+    );
+
+    // Never executed: the flag is as it was.
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-flow").await;
+    assert_eq!(flag["enabled"], true, "{flag}");
+
+    // A late approval is refused, saying when it expired; nothing runs.
+    let (s, refused) = fb
+        .post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("expired at") && message.contains("automation.approval_ttl"),
+        "{message}"
+    );
+    let (_, flag) = fb.get("/api/v1/flags/checkout.new-flow").await;
+    assert_eq!(flag["enabled"], true, "{flag}");
+
+    // Escalated twice, each naming the action: held, then expired.
+    let notices = eventually("the expiry's escalation", WAIT, || async {
+        let n = escalations_about(&hooks, id);
+        (n.iter()
+            .any(|b| b["firebreak"]["escalated"]["status"] == "expired"))
+        .then_some(n)
+    })
+    .await;
+    let statuses: Vec<&str> = notices
+        .iter()
+        .map(|b| b["firebreak"]["escalated"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["held", "expired"], "{notices:?}");
+    let last = notices.last().unwrap();
+    assert_eq!(last["firebreak"]["escalated"]["kind"], "kill_switch");
+    assert_eq!(last["firebreak"]["escalated"]["target"], held["target"]);
+    let text = last["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("#{id}")) && text.contains("will not run"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn approving_after_the_incident_resolved_asks_for_force() {
+    let hooks = Recorder::start(|_| (200, json!({"ok": true}))).await;
+    let app = app(&hooks, "1h").await;
+    let fb = &app.fb;
+    let firing = TestAlert::firing("force-1", "checkout");
+    let (s, b) = fb
+        .post(
+            "/api/v1/alerts/alertmanager",
+            &webhook(&[firing.clone_alert()]),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let incident = eventually("the incident", WAIT, || async {
+        let (_, list) = fb.get("/api/v1/incidents").await;
+        list["incidents"][0]["id"].as_i64()
+    })
+    .await;
+    let held = held_kill_switch(fb, "checkout.saved-cards", Some(incident)).await;
+    let id = held["id"].as_i64().unwrap();
+
+    let (s, b) = fb
+        .post(
+            "/api/v1/alerts/alertmanager",
+            &webhook(&[firing.resolved("2026-11-23T14:20:00Z")]),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    eventually("the incident to resolve", WAIT, || async {
+        let (_, i) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+        (i["status"] == "resolved").then_some(())
+    })
+    .await;
+
+    let (s, refused) = fb
+        .post(&format!("/api/v1/actions/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("incident #{incident} was resolved"))
+            && message.contains("force"),
+        "{message}"
+    );
+    let (_, still) = fb.get(&format!("/api/v1/actions/{id}")).await;
+    assert_eq!(still["status"], "held", "a refusal changes nothing");
+
+    let (s, approved) = fb
+        .post(
+            &format!("/api/v1/actions/{id}/approve"),
+            &json!({"force": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{approved}");
+    let done = eventually("the forced approval to run", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (a["status"] == "succeeded").then_some(a)
+    })
+    .await;
+    let approval = done["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["event"] == "approved")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        approval["detail"]["forced"], true,
+        "audited as forced: {approval}"
+    );
+}
