@@ -187,3 +187,112 @@ async fn approving_after_the_incident_resolved_asks_for_force() {
         "audited as forced: {approval}"
     );
 }
+
+/// A change freeze holds what it says it holds (by default rollbacks and
+/// rollouts): a playbook's rollback waits for an operator with the freeze
+/// named, while its kill switch runs; a person's rollback during the freeze
+/// is refused unless forced, and a forced one is audited as such.
+#[tokio::test]
+async fn a_freeze_holds_a_playbook_rollback_lets_the_kill_switch_run_and_asks_people_for_force() {
+    let argo = Recorder::start(|_| (200, json!({"ok": true}))).await;
+    let app = TestApp::embedded()
+        .playbook(
+            "checkout.yaml",
+            "name: checkout-errors\nwhen:\n  alert: { matchers: ['alertname=\"HighErrorRate\"'] }\ndo:\n  - kill_switch: { flag: checkout.new-flow }\n  - rollback: { provider: argocd }\n",
+        )
+        .config(&format!(
+            "[[automation.freeze]]\nname = \"black-friday\"\nservices = [\"checkout\"]\nwindow = {{ start = \"2020-01-01T00:00:00Z\", end = \"2099-01-01T00:00:00Z\" }}\n\n[rollback.argocd]\ntype = \"http\"\nurl = \"{}/rollback/{{{{service}}}}\"\nbody = {{ id = \"{{{{target.version}}}}\" }}\n",
+            argo.base
+        ))
+        .start()
+        .await;
+    let fb = &app.fb;
+    let (s, b) = fb
+        .post(
+            "/api/v1/flags",
+            &json!({"key": "checkout.new-flow", "enabled": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v41", 180))
+        .await;
+    fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v42", 10))
+        .await;
+    let (s, b) = fb
+        .post(
+            "/api/v1/alerts/alertmanager",
+            &alert_now("freeze-1", "HighErrorRate", "checkout", 0),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+
+    let held = fb.action_in("checkout-errors", "held").await;
+    assert_eq!(held["kind"], "rollback", "{held}");
+    assert!(
+        held["reason"]
+            .as_str()
+            .unwrap()
+            .contains("change freeze \"black-friday\" holds this"),
+        "{held}"
+    );
+    let killed = fb.action_in("checkout-errors", "succeeded").await;
+    assert_eq!(
+        killed["kind"], "kill_switch",
+        "a kill switch is not held: {killed}"
+    );
+    assert!(argo.requests().is_empty(), "nothing rolled back yet");
+
+    // The playbook's held rollback holds the target: an operator denies it.
+    let id = held["id"].as_i64().unwrap();
+    let (s, b) = fb
+        .post(&format!("/api/v1/actions/{id}/deny"), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    // A person's rollback during the freeze: refused unless forced.
+    let (s, refused) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "rollback", "service": "checkout", "provider": "argocd"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("change freeze \"black-friday\""),
+        "{refused}"
+    );
+    let (s, forced) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "rollback", "service": "checkout", "provider": "argocd", "force": true,
+                    "reason": "the freeze owner agreed"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{forced}");
+    let fid = forced["id"].as_i64().unwrap();
+    let done = eventually("the forced rollback", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{fid}")).await;
+        (a["status"] == "succeeded").then_some(a)
+    })
+    .await;
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("forced during change freeze"),
+        "{done}"
+    );
+    let requested = done["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["event"] == "requested")
+        .cloned()
+        .unwrap();
+    assert_eq!(requested["detail"]["forced"], true, "{requested}");
+    assert_eq!(requested["detail"]["freeze"], "black-friday", "{requested}");
+    assert_eq!(argo.matching("POST", "/rollback/checkout").len(), 1);
+}

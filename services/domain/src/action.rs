@@ -227,6 +227,41 @@ pub struct Freeze {
     pub environments: Vec<String>,
     /// When: weekly (`days`, `from`, `to`, `timezone` or `utc_offset`) or absolute (`start`, `end`).
     pub window: crate::playbook::Window,
+    /// What it holds: automation of these kinds waits for a person, and a
+    /// person's request of them needs `force`. Default: rollbacks and
+    /// rollouts (a kill switch reduces the blast radius and runs).
+    #[serde(default = "Hold::defaults")]
+    pub holds: Vec<Hold>,
+}
+
+/// What a change freeze can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    Rollback,
+    /// Guarded rollouts: their start, restart and steps.
+    Rollout,
+    KillSwitch,
+    Notify,
+    Http,
+}
+
+impl Hold {
+    pub fn defaults() -> Vec<Hold> {
+        vec![Hold::Rollback, Hold::Rollout]
+    }
+
+    /// The hold that covers an action of `kind` (`rollout_step` is a rollout's).
+    pub fn of_kind(kind: &str) -> Option<Hold> {
+        Some(match kind {
+            "rollback" => Hold::Rollback,
+            "rollout_step" => Hold::Rollout,
+            "kill_switch" => Hold::KillSwitch,
+            "notify" => Hold::Notify,
+            "http" => Hold::Http,
+            _ => return None,
+        })
+    }
 }
 
 impl Freeze {
@@ -266,16 +301,30 @@ impl AutomationPolicy {
         held_at + self.approval_ttl
     }
 
-    /// The first freeze in force for a service (and environment) at `at`.
+    /// The first freeze in force for a service (and environment) at `at`
+    /// that holds guarded rollouts.
     pub fn freeze(
         &self,
         service: &str,
         environment: Option<&str>,
         at: DateTime<Utc>,
     ) -> Option<&Freeze> {
+        self.freeze_for("rollout_step", service, environment, at)
+    }
+
+    /// The first freeze in force for a service (and environment) at `at`
+    /// that holds actions of `kind`.
+    pub fn freeze_for(
+        &self,
+        kind: &str,
+        service: &str,
+        environment: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Option<&Freeze> {
+        let hold = Hold::of_kind(kind)?;
         self.freezes
             .iter()
-            .find(|f| f.applies(service, environment, at))
+            .find(|f| f.holds.contains(&hold) && f.applies(service, environment, at))
     }
 }
 
@@ -310,6 +359,8 @@ pub struct Guardrails<'a> {
     pub force: bool,
     /// A reason the action cannot run at all (nothing to roll back to, …).
     pub failure: Option<&'a str>,
+    /// The change freeze in force that holds this action's kind, by name.
+    pub freeze: Option<&'a str>,
 }
 
 /// The status an action is claimed with, and why.
@@ -389,6 +440,22 @@ pub fn decide(g: &Guardrails<'_>, recent: &[ActionRow], now: DateTime<Utc>) -> D
             },
         );
     }
+    if let Some(name) = g.freeze {
+        if g.playbook != MANUAL {
+            return Decision::new(
+                ActionStatus::Held,
+                format!("change freeze {name:?} holds this: an operator approves it to run"),
+            );
+        }
+        if !g.force {
+            return Decision::new(
+                ActionStatus::Held,
+                format!(
+                    "change freeze {name:?} is in force (ask again with force to act during it)"
+                ),
+            );
+        }
+    }
     if let Some(b) = g
         .guard
         .max_runs
@@ -411,6 +478,12 @@ pub fn decide(g: &Guardrails<'_>, recent: &[ActionRow], now: DateTime<Utc>) -> D
     }
     if g.guard.require_approval || g.step_approval {
         return Decision::new(ActionStatus::Held, "approval required");
+    }
+    if let (Some(name), true) = (g.freeze, g.force) {
+        return Decision::new(
+            ActionStatus::Pending,
+            format!("forced during change freeze {name:?}"),
+        );
     }
     if g.paused && g.force {
         return Decision::new(ActionStatus::Pending, "forced past the automation pause");
@@ -490,6 +563,7 @@ mod tests {
             paused: false,
             force: false,
             failure: None,
+            freeze: None,
         }
     }
 

@@ -89,6 +89,21 @@ impl Remediation {
         let mut audit = Vec::new();
         let mut announced: HashSet<&str> = HashSet::new();
         for (index, c) in candidates.iter().enumerate() {
+            let var = |k: &str| {
+                c.spec
+                    .vars
+                    .get(k)
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty())
+            };
+            let freeze = policy
+                .freeze_for(
+                    c.spec.step.kind(),
+                    var("service").unwrap_or(""),
+                    var("environment"),
+                    now,
+                )
+                .map(|f| f.name.as_str());
             let decision = action::decide(
                 &Guardrails {
                     playbook: &c.playbook,
@@ -99,6 +114,7 @@ impl Remediation {
                     paused,
                     force: c.force,
                     failure: c.failure.as_deref(),
+                    freeze,
                 },
                 &recent,
                 now,
@@ -141,7 +157,8 @@ impl Remediation {
                 now,
                 json!({
                     "step": c.spec.describe, "reason": row.reason, "trigger": c.trigger,
-                    "vars": c.spec.vars, "note": c.note, "forced": c.force && paused,
+                    "vars": c.spec.vars, "note": c.note,
+                    "forced": c.force && (paused || freeze.is_some()), "freeze": freeze,
                 }),
             ));
             if let Some(incident) = row.incident_id {

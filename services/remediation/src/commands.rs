@@ -381,6 +381,22 @@ impl Remediation {
         if let Some(held) = open.iter().find(|a| a.status == ActionStatus::Held) {
             return Err(held_conflict(held));
         }
+        // A change freeze that holds this kind: a person acts during it only
+        // on purpose (force, audited as forced).
+        if !opts.force {
+            if let Some(f) =
+                self.config
+                    .policy
+                    .freeze_for(step.kind(), &service, environment.as_deref(), now)
+            {
+                return Err(CommandError::Conflict(format!(
+                    "change freeze {:?} is in force and holds {}s for {}: ask again with force to act during it (it is audited as forced)",
+                    f.name,
+                    step.kind().replace('_', " "),
+                    if service.is_empty() { "every service" } else { service.as_str() }
+                )));
+            }
+        }
         let candidate = Candidate {
             playbook: MANUAL.into(),
             playbook_version: "-".into(),
