@@ -38,3 +38,5 @@ CREATE UNIQUE INDEX actions_one_running_per_target ON actions (target)
 CREATE INDEX actions_ready ON actions (not_before, id) WHERE status IN ('pending', 'running', 'reverting');
 CREATE INDEX actions_created ON actions (created_at);
 CREATE INDEX actions_incident ON actions (incident_id, id);
+-- One decision per target reads the actions on a target, newest first.
+CREATE INDEX actions_target ON actions (target, id);

@@ -296,3 +296,177 @@ async fn a_freeze_holds_a_playbook_rollback_lets_the_kill_switch_run_and_asks_pe
     assert_eq!(requested["detail"]["freeze"], "black-friday", "{requested}");
     assert_eq!(argo.matching("POST", "/rollback/checkout").len(), 1);
 }
+
+async fn flag_enabled(fb: &Firebreak, key: &str) -> bool {
+    let (_, flag) = fb.get(&format!("/api/v1/flags/{key}")).await;
+    flag["enabled"].as_bool().unwrap()
+}
+
+async fn finished(fb: &Firebreak, id: i64) -> Value {
+    eventually("the action to finish", WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        matches!(a["status"].as_str(), Some("succeeded" | "failed")).then_some(a)
+    })
+    .await
+}
+
+/// Two playbooks turn off the same flag from two alerts in one webhook: one
+/// decision acts, the other is recorded as suppressed naming it; reverting
+/// the one that acted restores the flag as it was before either.
+#[tokio::test]
+async fn two_playbooks_on_one_flag_make_one_decision_and_a_revert_restores_it() {
+    let book = |name: &str, alert: &str| {
+        format!("name: {name}\nwhen:\n  alert: {{ matchers: ['alertname=\"{alert}\"'] }}\ndo:\n  - kill_switch: {{ flag: pay.flow }}\n")
+    };
+    let app = TestApp::embedded()
+        .playbook("latency.yaml", &book("latency", "PayLatency"))
+        .playbook("errors.yaml", &book("errors", "PayErrors"))
+        .start()
+        .await;
+    let fb = &app.fb;
+    let (s, b) = fb
+        .post(
+            "/api/v1/flags",
+            &json!({"key": "pay.flow", "enabled": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let mut body = alert_now("p1", "PayLatency", "pay", 0);
+    let second = alert_now("p2", "PayErrors", "pay", 0)["alerts"][0].clone();
+    body["alerts"].as_array_mut().unwrap().push(second);
+    let (s, b) = fb.post("/api/v1/alerts/alertmanager", &body).await;
+    assert_eq!(s, 202, "{b}");
+
+    let (acted, suppressed) = eventually("both decisions", WAIT, || async {
+        let all = fb.actions().await;
+        let acted = all.iter().find(|a| a["status"] == "succeeded")?.clone();
+        let suppressed = all.iter().find(|a| a["status"] == "suppressed")?.clone();
+        Some((acted, suppressed))
+    })
+    .await;
+    assert_ne!(acted["playbook"], suppressed["playbook"]);
+    let first = acted["id"].as_i64().unwrap();
+    let reason = suppressed["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("action #{first} "))
+            && reason.contains("one decision per target"),
+        "{reason}"
+    );
+    let sid = suppressed["id"].as_i64().unwrap();
+    let (_, detail) = fb.get(&format!("/api/v1/actions/{sid}")).await;
+    let audit = detail["audit"].as_array().unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["event"] == "suppressed" && a["detail"]["same_as"] == first),
+        "audited naming the action that stands for it: {detail}"
+    );
+    assert_eq!(
+        fb.actions().await.len(),
+        2,
+        "one per playbook, nothing more"
+    );
+    assert!(!flag_enabled(fb, "pay.flow").await);
+
+    // The suppressed one did nothing, so there is nothing of it to revert.
+    let (s, b) = fb
+        .post(&format!("/api/v1/actions/{sid}/revert"), &json!({}))
+        .await;
+    assert_eq!(s, 409, "{b}");
+    // Reverting the one that acted: the flag is as before either.
+    let (s, b) = fb
+        .post(&format!("/api/v1/actions/{first}/revert"), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(flag_enabled(fb, "pay.flow").await);
+}
+
+/// Reverting restores the state before the action; when something changed
+/// the target since (a person, another action), the revert would undo that
+/// unseen: it is refused naming the change, unless forced.
+#[tokio::test]
+async fn reverting_after_the_target_changed_names_the_change_and_needs_force() {
+    let app = TestApp::embedded().start().await;
+    let fb = &app.fb;
+    let (s, b) = fb
+        .post("/api/v1/flags", &json!({"key": "cart.v2", "enabled": true}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let kill = |reason: &'static str| async move {
+        let (s, a) = fb
+            .post(
+                "/api/v1/actions",
+                &json!({"kind": "kill_switch", "flag": "cart.v2", "reason": reason}),
+            )
+            .await;
+        assert_eq!(s, 202, "{a}");
+        finished(fb, a["id"].as_i64().unwrap()).await
+    };
+    let a = kill("errors after the deploy").await;
+    assert_eq!(a["status"], "succeeded", "{a}");
+    let first = a["id"].as_i64().unwrap();
+
+    // A person turns it back on by hand, then another kill switch turns it
+    // off again (the person's change ended the first decision).
+    let (s, b) = fb
+        .put("/api/v1/flags/cart.v2", &json!({"enabled": true}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, refused) = fb
+        .post(&format!("/api/v1/actions/{first}/revert"), &json!({}))
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed since by token:bootstrap"),
+        "names who changed it: {refused}"
+    );
+    let b2 = kill("errors again").await;
+    assert_eq!(
+        b2["status"], "succeeded",
+        "not suppressed: the flag changed since #{first}: {b2}"
+    );
+    let second = b2["id"].as_i64().unwrap();
+    let (s, refused) = fb
+        .post(&format!("/api/v1/actions/{first}/revert"), &json!({}))
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("changed since by action #{second}")),
+        "names the later action: {refused}"
+    );
+    assert!(
+        !flag_enabled(fb, "cart.v2").await,
+        "a refusal changes nothing"
+    );
+
+    // Forced: the state before the first action comes back, audited as such.
+    let (s, b) = fb
+        .post(
+            &format!("/api/v1/actions/{first}/revert"),
+            &json!({"force": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(flag_enabled(fb, "cart.v2").await);
+    let (_, detail) = fb.get(&format!("/api/v1/actions/{first}")).await;
+    let asked = detail["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "revert_requested")
+        .cloned()
+        .unwrap();
+    assert!(
+        asked["detail"]["forced_past_change"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("action #{second}")),
+        "{asked}"
+    );
+}

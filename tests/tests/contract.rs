@@ -1181,6 +1181,24 @@ async fn a_revert_holds_its_target_and_an_interrupted_one_comes_back(h: &Harness
         tx.open_actions_on("flag:builtin::f").await.unwrap().len(),
         2
     );
+    // Every action on the target, newest first, however many are asked for.
+    let recent = tx.recent_actions_on("flag:builtin::f", 10).await.unwrap();
+    assert!(
+        recent.len() >= 2 && recent.windows(2).all(|w| w[0].id > w[1].id),
+        "{recent:?}"
+    );
+    assert_eq!(
+        tx.recent_actions_on("flag:builtin::f", 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(tx
+        .recent_actions_on("flag:builtin::other", 10)
+        .await
+        .unwrap()
+        .is_empty());
     tx.commit().await.unwrap();
     // ...and once its lease is gone it is claimed again, still reverting, in doubt.
     let (back, in_doubt) = h

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use firebreak_domain::action::{self, ActionRow, ActionStatus, Guardrails, NewAction};
 use firebreak_domain::ids::lock_key;
-use firebreak_domain::playbook::Guard;
+use firebreak_domain::playbook::{FlagState, Guard, StepAction};
 use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_store::{NewAudit, StoreError, StoreTx, SETTING_PAUSED};
 use serde_json::json;
@@ -104,7 +104,14 @@ impl Remediation {
                     now,
                 )
                 .map(|f| f.name.as_str());
-            let decision = action::decide(
+            // One decision per target and state: an earlier action that set
+            // (or will set) this target to the same state stands for this one.
+            let same = if c.failure.is_none() {
+                in_effect(tx, &c.spec.step, &c.target, c.incident).await?
+            } else {
+                None
+            };
+            let decided = action::decide(
                 &Guardrails {
                     playbook: &c.playbook,
                     target: &c.target,
@@ -119,6 +126,28 @@ impl Remediation {
                 &recent,
                 now,
             );
+            // A cooldown, dry-run or failure says more; what would run or
+            // wait for a person is suppressed instead.
+            let same = same
+                .filter(|_| matches!(decided.status, ActionStatus::Pending | ActionStatus::Held));
+            let decision = if let Some(prev) = &same {
+                action::Decision {
+                    status: ActionStatus::Suppressed,
+                    reason: Some(format!(
+                        "action #{} ({}) already {} {}: one decision per target",
+                        prev.id,
+                        prev.status.as_str(),
+                        if prev.status == ActionStatus::Succeeded {
+                            "set"
+                        } else {
+                            "sets"
+                        },
+                        desired_words(&c.spec.step)
+                    )),
+                }
+            } else {
+                decided
+            };
             let new = NewAction {
                 dedupe_key: c.dedupe_key.clone(),
                 playbook: c.playbook.clone(),
@@ -159,6 +188,7 @@ impl Remediation {
                     "step": c.spec.describe, "reason": row.reason, "trigger": c.trigger,
                     "vars": c.spec.vars, "note": c.note,
                     "forced": c.force && (paused || freeze.is_some()), "freeze": freeze,
+                    "same_as": same.as_ref().map(|a| a.id),
                 }),
             ));
             if let Some(incident) = row.incident_id {
@@ -242,4 +272,68 @@ fn escalation_message(row: &ActionRow) -> String {
             "A human needs to look.".into()
         }
     )
+}
+
+/// The state a step sets its target to, when one decision should stand for
+/// every step that wants it: a kill switch's on or off, a rollback.
+fn desired(step: &StepAction) -> Option<(bool, FlagState)> {
+    match step {
+        StepAction::KillSwitch(k) => Some((true, k.state)),
+        StepAction::Rollback(_) => Some((false, FlagState::Off)),
+        _ => None,
+    }
+}
+
+fn desired_words(step: &StepAction) -> String {
+    match step {
+        StepAction::KillSwitch(k) => format!(
+            "turns flag {} {}",
+            k.flag,
+            if k.state.enabled() { "on" } else { "off" }
+        ),
+        StepAction::Rollback(_) => "rolls this service back".into(),
+        other => other.describe(),
+    }
+}
+
+/// The earlier action that stands for `step` on `target`: the newest action
+/// on the target that acted or will act, when it wants the same state and
+/// its effect is still in place. In flight (pending, held, running) it
+/// always is. A succeeded kill switch on a built-in flag is while the flag's
+/// last writer is that action (nobody changed it since); on another
+/// provider, whose changes Firebreak cannot see, only within the same
+/// incident. A succeeded rollback is history, not a decision in force.
+pub(crate) async fn in_effect(
+    tx: &mut dyn StoreTx,
+    step: &StepAction,
+    target: &str,
+    incident: Option<i64>,
+) -> Result<Option<ActionRow>, StoreError> {
+    let Some(want) = desired(step) else {
+        return Ok(None);
+    };
+    for a in tx.recent_actions_on(target, 50).await? {
+        let same = desired(&a.spec.step) == Some(want);
+        match a.status {
+            ActionStatus::Pending | ActionStatus::Held | ActionStatus::Running => {
+                return Ok(same.then_some(a));
+            }
+            ActionStatus::Succeeded => {
+                let still = match &a.spec.step {
+                    StepAction::KillSwitch(k) if k.provider == "builtin" => tx
+                        .flag_for_update(&k.flag)
+                        .await?
+                        .is_some_and(|f| f.updated_by == format!("action:{}", a.id)),
+                    StepAction::KillSwitch(_) => incident.is_some() && a.incident_id == incident,
+                    _ => false,
+                };
+                return Ok((same && still).then_some(a));
+            }
+            // Undone: the target is back where it was before.
+            ActionStatus::Reverting | ActionStatus::Reverted => return Ok(None),
+            // Did nothing: look further back.
+            _ => {}
+        }
+    }
+    Ok(None)
 }

@@ -703,13 +703,21 @@ impl Remediation {
                 )))
             }
         }
+        // Reverting restores the state before this action; if something
+        // changed the target since, that change would be undone unseen.
+        let changed = self.changed_since(&action).await?;
+        if let (Some(what), false) = (&changed, force) {
+            return Err(CommandError::Conflict(format!(
+                "the target of action {id} was changed since by {what}: reverting would undo that too; revert that first, or send {{\"force\": true}} to restore the state before action {id} anyway"
+            )));
+        }
         let now = Utc::now();
         let audit = [NewAudit::of(
             &action,
             who,
             "revert_requested",
             now,
-            json!({"forced_past_pause": paused && force}),
+            json!({"forced_past_pause": paused && force, "forced_past_change": changed}),
         )];
         let change = ActionChange {
             lease: Some((now + self.lease_delta(), self.owner.clone())),
@@ -737,6 +745,48 @@ impl Remediation {
         tokio::spawn(async move { this.finish_revert(action, &who).await })
             .await
             .map_err(|e| CommandError::Store(StoreError::Internal(format!("revert task: {e}"))))?
+    }
+
+    /// What changed a succeeded kill switch's target after it acted, in
+    /// words: a later action that acted on it (and was not undone), or, on
+    /// a built-in flag, whoever wrote the flag last if not this action.
+    async fn changed_since(&self, action: &ActionRow) -> Result<Option<String>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let later = tx
+            .recent_actions_on(&action.target, 50)
+            .await?
+            .into_iter()
+            .filter(|a| a.id > action.id)
+            .find(|a| {
+                matches!(
+                    a.status,
+                    ActionStatus::Running | ActionStatus::Succeeded | ActionStatus::Reverting
+                )
+            });
+        if let Some(a) = later {
+            return Ok(Some(format!(
+                "action #{} ({}, {})",
+                a.id,
+                a.spec.describe,
+                a.status.as_str()
+            )));
+        }
+        let StepAction::KillSwitch(k) = &action.spec.step else {
+            return Ok(None);
+        };
+        if k.provider != "builtin" {
+            return Ok(None);
+        }
+        let flag = tx.flag_for_update(&k.flag).await?;
+        Ok(flag
+            .filter(|f| f.updated_by != format!("action:{}", action.id))
+            .map(|f| {
+                format!(
+                    "{} at {}",
+                    f.updated_by,
+                    f.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            }))
     }
 
     /// Pauses or resumes automation for every process; audited.

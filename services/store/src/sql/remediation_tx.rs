@@ -216,6 +216,20 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
         decode(&rows, action_row)
     }
 
+    async fn recent_actions_on(&mut self, target: &str, limit: i64) -> Result<Vec<ActionRow>> {
+        let rows = self
+            .tx
+            .fetch(
+                q(format!(
+                    "SELECT {ACTION_COLUMNS} FROM actions WHERE target = $1 ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(target)
+                .bind(limit),
+            )
+            .await?;
+        decode(&rows, action_row)
+    }
+
     async fn tx_setting(&mut self, key: &str) -> Result<Option<String>> {
         let rows = self
             .tx
