@@ -1226,3 +1226,21 @@ pub async fn browser(scenario: &str, input: Value) -> Value {
     );
     report
 }
+
+/// A built-in flag `flag`, on, and a person's request to turn it off
+/// (for `incident`), which the test's configuration holds for approval.
+pub async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: Option<i64>) -> Value {
+    let (s, b) = fb
+        .post("/api/v1/flags", &json!({"key": flag, "enabled": true}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, held) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": flag, "incident": incident,
+                    "reason": "errors follow the v2 deploy"}),
+        )
+        .await;
+    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
+    held
+}

@@ -21,20 +21,13 @@ async fn app(hooks: &Recorder, ttl: &str) -> TestApp {
         .await
 }
 
-async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: Option<i64>) -> Value {
-    let (s, b) = fb
-        .post("/api/v1/flags", &json!({"key": flag, "enabled": true}))
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, held) = fb
-        .post(
-            "/api/v1/actions",
-            &json!({"kind": "kill_switch", "flag": flag, "incident": incident,
-                    "reason": "errors follow the v2 deploy"}),
-        )
-        .await;
-    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
-    held
+/// Waits until action `id` is in `status`; the action.
+async fn in_status(fb: &Firebreak, id: i64, status: &str) -> Value {
+    eventually(&format!("action {id} to be {status}"), WAIT, || async {
+        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
+        (a["status"] == status).then_some(a)
+    })
+    .await
 }
 
 /// The escalation notices the webhook received about action `id`.
@@ -55,11 +48,7 @@ async fn a_held_approval_expires_is_escalated_and_a_late_approval_is_refused() {
     let held = held_kill_switch(fb, "checkout.new-flow", None).await;
     let id = held["id"].as_i64().unwrap();
 
-    let expired = eventually("the held action to expire", WAIT, || async {
-        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
-        (a["status"] == "expired").then_some(a)
-    })
-    .await;
+    let expired = in_status(fb, id, "expired").await;
     assert!(
         expired["reason"]
             .as_str()
@@ -170,11 +159,7 @@ async fn approving_after_the_incident_resolved_asks_for_force() {
         )
         .await;
     assert_eq!(s, 200, "{approved}");
-    let done = eventually("the forced approval to run", WAIT, || async {
-        let (_, a) = fb.get(&format!("/api/v1/actions/{id}")).await;
-        (a["status"] == "succeeded").then_some(a)
-    })
-    .await;
+    let done = in_status(fb, id, "succeeded").await;
     let approval = done["audit"]
         .as_array()
         .unwrap()
@@ -273,11 +258,7 @@ async fn a_freeze_holds_a_playbook_rollback_lets_the_kill_switch_run_and_asks_pe
         .await;
     assert_eq!(s, 202, "{forced}");
     let fid = forced["id"].as_i64().unwrap();
-    let done = eventually("the forced rollback", WAIT, || async {
-        let (_, a) = fb.get(&format!("/api/v1/actions/{fid}")).await;
-        (a["status"] == "succeeded").then_some(a)
-    })
-    .await;
+    let done = in_status(fb, fid, "succeeded").await;
     assert!(
         done["reason"]
             .as_str()

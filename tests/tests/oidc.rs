@@ -124,22 +124,6 @@ async fn provider_found(fb: &Firebreak) {
     .await;
 }
 
-async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: i64) -> i64 {
-    let (s, b) = fb
-        .post("/api/v1/flags", &json!({"key": flag, "enabled": true}))
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, held) = fb
-        .post(
-            "/api/v1/actions",
-            &json!({"kind": "kill_switch", "flag": flag, "incident": incident,
-                    "reason": "errors follow the v2 deploy"}),
-        )
-        .await;
-    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
-    held["id"].as_i64().unwrap()
-}
-
 async fn an_incident(fb: &Firebreak) -> i64 {
     let (s, b) = fb
         .post(
@@ -196,8 +180,12 @@ async fn people_sign_in_with_the_provider_and_their_groups_decide_what_they_may_
     assert!(query["scope"].contains("openid") && query["scope"].contains("groups"));
 
     let incident = an_incident(fb).await;
-    let first = held_kill_switch(fb, "checkout.new-payment-flow", incident).await;
-    let second = held_kill_switch(fb, "checkout.saved-cards", incident).await;
+    let first = held_kill_switch(fb, "checkout.new-payment-flow", Some(incident)).await["id"]
+        .as_i64()
+        .unwrap();
+    let second = held_kill_switch(fb, "checkout.saved-cards", Some(incident)).await["id"]
+        .as_i64()
+        .unwrap();
 
     let seen = browser(
         "oidc",
@@ -270,6 +258,15 @@ async fn people_sign_in_with_the_provider_and_their_groups_decide_what_they_may_
             ("oidc:dana".to_string(), "admin".to_string())
         ]
     );
+    // Their first sign-in is audited with the role, email and groups the
+    // provider gave.
+    let (_, audit) = fb
+        .get("/api/v1/audit?actor=oidc:alice&event=oidc_user")
+        .await;
+    let first = &audit["entries"][0];
+    assert_eq!(first["detail"]["email"], "alice@example.test", "{audit}");
+    assert_eq!(first["detail"]["role"], "operator", "{audit}");
+    assert_eq!(first["detail"]["groups"], json!(["sre-oncall"]), "{audit}");
     // And no password signs them in.
     let (s, b) = anonymous_post(
         &fb.base,

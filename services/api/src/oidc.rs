@@ -54,6 +54,8 @@ pub struct OidcConfig {
     /// The claim that names the person (`preferred_username`, `email`,
     /// `sub`, or any string claim); `sub` when it is missing or not a name.
     pub username_claim: String,
+    /// The claim that holds the person's email address (for the audit trail).
+    pub email_claim: String,
     /// The claim that lists the person's groups (or roles).
     pub groups_claim: String,
     /// Group -> role; the highest role of the person's groups applies.
@@ -439,7 +441,7 @@ impl Oidc {
         Ok(Person0 {
             subject: claims.subject().to_string(),
             name: claim(&self.config.username_claim),
-            email: claims.email().map(|e| e.to_string()),
+            email: claim(&self.config.email_claim),
             groups: groups(other.get(&self.config.groups_claim)),
         })
     }
@@ -628,6 +630,7 @@ mod tests {
             display_name: "Example SSO".into(),
             scopes: vec!["openid".into(), "profile".into()],
             username_claim: "preferred_username".into(),
+            email_claim: "email".into(),
             groups_claim: "groups".into(),
             group_roles: BTreeMap::from([
                 ("sre".to_string(), Role::Operator),

@@ -879,6 +879,7 @@ fn oidc_config(o: &OidcSection) -> Result<Option<OidcConfig>, String> {
         display_name: o.display_name.clone(),
         scopes: o.scopes.clone(),
         username_claim: o.username_claim.clone(),
+        email_claim: o.email_claim.clone(),
         groups_claim: o.groups_claim.clone(),
         group_roles: o.group_roles.clone(),
         default_role,

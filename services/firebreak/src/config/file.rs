@@ -216,6 +216,7 @@ pub struct OidcSection {
     pub display_name: String,
     pub scopes: Vec<String>,
     pub username_claim: String,
+    pub email_claim: String,
     pub groups_claim: String,
     pub default_role: String,
     #[serde(default)]
