@@ -312,28 +312,25 @@ pub(crate) async fn in_effect(
     let Some(want) = desired(step) else {
         return Ok(None);
     };
-    for a in tx.recent_actions_on(target, 50).await? {
-        let same = desired(&a.spec.step) == Some(want);
-        match a.status {
-            ActionStatus::Pending | ActionStatus::Held | ActionStatus::Running => {
-                return Ok(same.then_some(a));
-            }
-            ActionStatus::Succeeded => {
-                let still = match &a.spec.step {
-                    StepAction::KillSwitch(k) if k.provider == "builtin" => tx
-                        .flag_for_update(&k.flag)
-                        .await?
-                        .is_some_and(|f| f.updated_by == format!("action:{}", a.id)),
-                    StepAction::KillSwitch(_) => incident.is_some() && a.incident_id == incident,
-                    _ => false,
-                };
-                return Ok((same && still).then_some(a));
-            }
-            // Undone: the target is back where it was before.
-            ActionStatus::Reverting | ActionStatus::Reverted => return Ok(None),
-            // Did nothing: look further back.
-            _ => {}
-        }
+    // The newest action that acted (or will) decides.
+    let Some(a) = tx.acting_actions_on(target, 1).await?.pop() else {
+        return Ok(None);
+    };
+    if desired(&a.spec.step) != Some(want) {
+        return Ok(None);
     }
-    Ok(None)
+    let still = match a.status {
+        ActionStatus::Pending | ActionStatus::Held | ActionStatus::Running => true,
+        ActionStatus::Succeeded => match &a.spec.step {
+            StepAction::KillSwitch(k) if k.provider == "builtin" => tx
+                .flag_for_update(&k.flag)
+                .await?
+                .is_some_and(|f| f.updated_by == format!("action:{}", a.id)),
+            StepAction::KillSwitch(_) => incident.is_some() && a.incident_id == incident,
+            _ => false,
+        },
+        // Reverting or reverted: the target is back where it was before.
+        _ => false,
+    };
+    Ok(still.then_some(a))
 }

@@ -753,7 +753,7 @@ impl Remediation {
     async fn changed_since(&self, action: &ActionRow) -> Result<Option<String>, StoreError> {
         let mut tx = self.store.begin().await?;
         let later = tx
-            .recent_actions_on(&action.target, 50)
+            .acting_actions_on(&action.target, 50)
             .await?
             .into_iter()
             .filter(|a| a.id > action.id)

@@ -807,8 +807,9 @@ pub trait RemediationTx: Send {
     async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>>;
     /// Actions on `target` that are not finished (pending, held, running, reverting).
     async fn open_actions_on(&mut self, target: &str) -> Result<Vec<ActionRow>>;
-    /// The newest actions on `target`, any status, newest first, at most `limit`.
-    async fn recent_actions_on(&mut self, target: &str, limit: i64) -> Result<Vec<ActionRow>>;
+    /// The newest actions on `target` that acted or will act (pending, held,
+    /// running, succeeded, reverting, reverted), newest first, at most `limit`.
+    async fn acting_actions_on(&mut self, target: &str, limit: i64) -> Result<Vec<ActionRow>>;
     async fn tx_setting(&mut self, key: &str) -> Result<Option<String>>;
     async fn insert_audit(&mut self, rows: &[NewAudit]) -> Result<()>;
 }

@@ -216,12 +216,15 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
         decode(&rows, action_row)
     }
 
-    async fn recent_actions_on(&mut self, target: &str, limit: i64) -> Result<Vec<ActionRow>> {
+    async fn acting_actions_on(&mut self, target: &str, limit: i64) -> Result<Vec<ActionRow>> {
         let rows = self
             .tx
             .fetch(
                 q(format!(
-                    "SELECT {ACTION_COLUMNS} FROM actions WHERE target = $1 ORDER BY id DESC LIMIT $2"
+                    "SELECT {ACTION_COLUMNS} FROM actions
+                     WHERE target = $1
+                       AND status IN ('pending', 'held', 'running', 'succeeded', 'reverting', 'reverted')
+                     ORDER BY id DESC LIMIT $2"
                 ))
                 .bind(target)
                 .bind(limit),
