@@ -30,14 +30,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# CPU seconds (user + system) of the processes whose command matches $1.
+# CPU time (user + system, in clock ticks) of the processes whose command
+# matches $1, and of the processes given.
 cpu_of() {
-  local total=0 p t
-  for p in $(pgrep -f "$1" || true); do
-    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-  done
-  echo "$total"
+  # shellcheck disable=SC2046
+  cpu_pids $(pgrep -f "$1" || true)
 }
 cpu_pids() {
   local total=0 p t

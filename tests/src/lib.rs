@@ -1230,10 +1230,7 @@ pub async fn browser(scenario: &str, input: Value) -> Value {
 /// A built-in flag `flag`, on, and a person's request to turn it off
 /// (for `incident`), which the test's configuration holds for approval.
 pub async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: Option<i64>) -> Value {
-    let (s, b) = fb
-        .post("/api/v1/flags", &json!({"key": flag, "enabled": true}))
-        .await;
-    assert_eq!(s, 201, "{b}");
+    flag_on(fb, flag).await;
     let (s, held) = fb
         .post(
             "/api/v1/actions",
@@ -1243,4 +1240,12 @@ pub async fn held_kill_switch(fb: &Firebreak, flag: &str, incident: Option<i64>)
         .await;
     assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
     held
+}
+
+/// Creates the built-in flag `key`, on.
+pub async fn flag_on(fb: &Firebreak, key: &str) {
+    let (s, b) = fb
+        .post("/api/v1/flags", &json!({"key": key, "enabled": true}))
+        .await;
+    assert_eq!(s, 201, "{b}");
 }

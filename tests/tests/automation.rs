@@ -192,13 +192,7 @@ async fn a_freeze_holds_a_playbook_rollback_lets_the_kill_switch_run_and_asks_pe
         .start()
         .await;
     let fb = &app.fb;
-    let (s, b) = fb
-        .post(
-            "/api/v1/flags",
-            &json!({"key": "checkout.new-flow", "enabled": true}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    flag_on(fb, "checkout.new-flow").await;
     fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v41", 180))
         .await;
     fb.post("/api/v1/events/deploy", &deploy_now("checkout", "v42", 10))
@@ -305,13 +299,7 @@ async fn two_playbooks_on_one_flag_make_one_decision_and_a_revert_restores_it() 
         .start()
         .await;
     let fb = &app.fb;
-    let (s, b) = fb
-        .post(
-            "/api/v1/flags",
-            &json!({"key": "pay.flow", "enabled": true}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    flag_on(fb, "pay.flow").await;
     let mut body = alert_now("p1", "PayLatency", "pay", 0);
     let second = alert_now("p2", "PayErrors", "pay", 0)["alerts"][0].clone();
     body["alerts"].as_array_mut().unwrap().push(second);
@@ -369,10 +357,7 @@ async fn two_playbooks_on_one_flag_make_one_decision_and_a_revert_restores_it() 
 async fn reverting_after_the_target_changed_names_the_change_and_needs_force() {
     let app = TestApp::embedded().start().await;
     let fb = &app.fb;
-    let (s, b) = fb
-        .post("/api/v1/flags", &json!({"key": "cart.v2", "enabled": true}))
-        .await;
-    assert_eq!(s, 201, "{b}");
+    flag_on(fb, "cart.v2").await;
     let kill = |reason: &'static str| async move {
         let (s, a) = fb
             .post(

@@ -395,9 +395,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
 
     let auth = Arc::new(firebreak_api::Auth::new(config.auth.clone(), store.clone()));
-    if let Some(oidc) = auth.oidc().cloned() {
-        // Ask the provider now, so the log says whether it answers; a
-        // provider that is down does not keep Firebreak from starting.
+    if let (Some(oidc), true) = (auth.oidc().cloned(), roles.api) {
+        // Only the api role signs people in. Ask the provider now, so the
+        // log says whether it answers; a provider that is down does not
+        // keep Firebreak from starting.
         tokio::spawn(async move { oidc.warm_up().await });
     }
     if !auth.refresh().await && !config.listen.ip().is_loopback() {
