@@ -13,8 +13,9 @@ use firebreak_domain::playbook::{FlagState, KillSwitchStep, StepAction};
 use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
 use firebreak_store::{
-    ActionChange, ActionFilter, ActionStatus, AuditFilter, IncidentFilter, NewAction, NewAudit,
-    PostmortemSave, SaveOutcome, SlackClaim, Store, StoreError,
+    ActionChange, ActionFilter, ActionStatus, AuditFilter, FlagWrite, IncidentFilter, NewAction,
+    NewAudit, NewSession, OutboxClaim, PostmortemSave, Presence, SaveOutcome, ServiceWindow,
+    SlackClaim, Store, StoreError, TrackerStatus,
 };
 use firebreak_tests::{webhook, Pg, TestAlert};
 use serde_json::json;
@@ -278,10 +279,12 @@ async fn logs_stream_in_time_order_within_the_window(h: &Harness) {
     let n = h
         .store
         .scan_logs(
-            "checkout",
-            Some("prod"),
-            t("2026-11-23T14:10:00Z"),
-            t("2026-11-23T14:19:00Z"),
+            ServiceWindow {
+                service: "checkout",
+                environment: Some("prod"),
+                from: t("2026-11-23T14:10:00Z"),
+                to: t("2026-11-23T14:19:00Z"),
+            },
             None,
             &mut |row| seen.push(row.message),
         )
@@ -319,6 +322,16 @@ fn new_action(key: &str, target: &str) -> NewAction {
             four_eyes: false,
         },
         at: Utc::now() - Duration::seconds(1),
+    }
+}
+
+/// A built-in flag as the tests' tool `t` sets it.
+fn flag_write<'a>(key: &'a str, enabled: bool, description: Option<&'a str>) -> FlagWrite<'a> {
+    FlagWrite {
+        key,
+        enabled,
+        description,
+        by: "t",
     }
 }
 
@@ -509,13 +522,16 @@ async fn flags_remember_their_previous_state(h: &Harness) {
     let a = audit_row("flag_set");
     assert_eq!(
         h.store
-            .set_flag("f", true, Some("desc"), "t", &a)
+            .set_flag(&flag_write("f", true, Some("desc")), &a)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        h.store.set_flag("f", false, None, "t", &a).await.unwrap(),
+        h.store
+            .set_flag(&flag_write("f", false, None), &a)
+            .await
+            .unwrap(),
         Some(true)
     );
     let f = h.store.flag("f").await.unwrap();
@@ -1368,11 +1384,11 @@ async fn settings_are_shared_and_audited(h: &Harness) {
     assert_eq!(audit[0].entry.actor, "api:bob");
     assert_eq!(h.store.list_flags().await.unwrap().len(), 0);
     h.store
-        .set_flag("a", true, None, "t", &audit_row("flag_set"))
+        .set_flag(&flag_write("a", true, None), &audit_row("flag_set"))
         .await
         .unwrap();
     h.store
-        .set_flag("b", false, None, "t", &audit_row("flag_set"))
+        .set_flag(&flag_write("b", false, None), &audit_row("flag_set"))
         .await
         .unwrap();
     let flags = h.store.list_flags().await.unwrap();
@@ -1410,8 +1426,11 @@ async fn slack_messages_are_claimed_once_and_threaded(h: &Harness) {
         .is_empty());
     let seq = events[0].seq;
     let lease = chrono::Duration::seconds(30);
-    let claim =
-        |at: chrono::DateTime<Utc>| h.store.claim_slack_message(seq, incident, at, at - lease);
+    let claim = |at: chrono::DateTime<Utc>| {
+        let stale_before = at - lease;
+        h.store
+            .claim_slack_message(seq, incident, OutboxClaim { at, stale_before })
+    };
     let t0 = Utc::now();
     assert_eq!(claim(t0).await.unwrap(), SlackClaim::Ours);
     assert_eq!(
@@ -1577,12 +1596,12 @@ async fn unknown_stored_values_are_errors_naming_row_and_column(h: &Harness) {
     // The engine's lookups refuse it too: a rollback never picks it as "last good".
     let mut tx = h.store.begin().await.unwrap();
     assert!(matches!(
-        tx.deploys_between(
-            "checkout",
-            None,
-            t("2026-11-23T00:00:00Z"),
-            t("2026-11-24T00:00:00Z")
-        )
+        tx.deploys_between(ServiceWindow {
+            service: "checkout",
+            environment: None,
+            from: t("2026-11-23T00:00:00Z"),
+            to: t("2026-11-24T00:00:00Z"),
+        })
         .await,
         Err(StoreError::Corrupt(_))
     ));
@@ -1631,7 +1650,7 @@ async fn unknown_stored_values_are_errors_naming_row_and_column(h: &Harness) {
 
 async fn a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once(h: &Harness) {
     h.store
-        .set_flag("f", true, None, "t", &audit_row("flag_set"))
+        .set_flag(&flag_write("f", true, None), &audit_row("flag_set"))
         .await
         .unwrap();
     let mut tx = h.store.begin().await.unwrap();
@@ -1736,7 +1755,13 @@ async fn tokens_users_and_sessions(h: &Harness) {
     assert_eq!(h.store.count_credentials(now).await.unwrap(), 1);
     let later = now + Duration::hours(12);
     h.store
-        .create_session("session-hash", "ana", "csrf", now, later)
+        .create_session(&NewSession {
+            id_hash: "session-hash",
+            username: "ana",
+            csrf_token: "csrf",
+            at: now,
+            expires_at: later,
+        })
         .await
         .unwrap();
     let s = h.store.session("session-hash", now).await.unwrap().unwrap();
@@ -1760,7 +1785,13 @@ async fn tokens_users_and_sessions(h: &Harness) {
         .unwrap()
         .is_none());
     h.store
-        .create_session("second", "ana", "csrf2", now, later)
+        .create_session(&NewSession {
+            id_hash: "second",
+            username: "ana",
+            csrf_token: "csrf2",
+            at: now,
+            expires_at: later,
+        })
         .await
         .unwrap();
     assert!(h.store.disable_user("ana", &a).await.unwrap());
@@ -1813,7 +1844,13 @@ async fn tokens_users_and_sessions(h: &Harness) {
         "no password can sign them in: {hash}"
     );
     h.store
-        .create_session("third", "oidc:bo", "csrf3", now, later)
+        .create_session(&NewSession {
+            id_hash: "third",
+            username: "oidc:bo",
+            csrf_token: "csrf3",
+            at: now,
+            expires_at: later,
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -1902,7 +1939,7 @@ async fn flags_import_lock_and_note_evaluations(h: &Harness) {
 
 async fn previous_state_is_noted_once_under_the_lease(h: &Harness) {
     h.store
-        .set_flag("f.lease", true, None, "t", &audit_row("flag_set"))
+        .set_flag(&flag_write("f.lease", true, None), &audit_row("flag_set"))
         .await
         .unwrap();
     let mut tx = h.store.begin().await.unwrap();
@@ -2109,8 +2146,10 @@ async fn causes_times_heads_and_insights_read_back(h: &Harness) {
     let (deploys, incidents) = h
         .store
         .insights_data(
-            t("2026-11-01T00:00:00Z"),
-            t("2026-12-01T00:00:00Z"),
+            &firebreak_domain::insights::Range {
+                from: t("2026-11-01T00:00:00Z"),
+                to: t("2026-12-01T00:00:00Z"),
+            },
             Some("checkout"),
             None,
         )
@@ -2572,10 +2611,12 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
     let closed = h
         .store
         .set_action_item_status_by_tracker(
-            "github",
-            "#12",
-            "done",
-            again,
+            &TrackerStatus {
+                tracker: "github",
+                key: "#12",
+                status: "done",
+                at: again,
+            },
             &audit_row("tracker"),
             &entry_for,
         )
@@ -2586,10 +2627,12 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
     assert!(h
         .store
         .set_action_item_status_by_tracker(
-            "github",
-            "#99",
-            "done",
-            again,
+            &TrackerStatus {
+                tracker: "github",
+                key: "#99",
+                status: "done",
+                at: again
+            },
             &audit_row("tracker"),
             &entry_for
         )
@@ -2599,10 +2642,12 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
     assert!(
         h.store
             .set_action_item_status_by_tracker(
-                "jira",
-                "#12",
-                "done",
-                again,
+                &TrackerStatus {
+                    tracker: "jira",
+                    key: "#12",
+                    status: "done",
+                    at: again
+                },
                 &audit_row("tracker"),
                 &entry_for
             )
@@ -2626,7 +2671,13 @@ async fn presence_is_shared_bounded_and_forgotten(h: &Harness) {
         let store = h.store.clone();
         async move {
             store
-                .note_presence(id, who, now, now - window, max)
+                .note_presence(&Presence {
+                    incident: id,
+                    who,
+                    now,
+                    since: now - window,
+                    max_rows: max,
+                })
                 .await
                 .unwrap()
         }

@@ -367,10 +367,7 @@ async fn history_gives_the_hand_computed_figures(backend: &str) {
         from: t0(),
         to: t0() + Duration::days(14),
     };
-    let (deployments, incidents) = store
-        .insights_data(range.from, range.to, None, None)
-        .await
-        .unwrap();
+    let (deployments, incidents) = store.insights_data(&range, None, None).await.unwrap();
     let deployments: Vec<_> = deployments
         .into_iter()
         .filter(|d| d.service == "checkout")

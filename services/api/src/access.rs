@@ -10,7 +10,7 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use firebreak_domain::access::{Identity, Role, Scope};
 use firebreak_domain::duration::Dur;
-use firebreak_store::{NewAudit, StoreError};
+use firebreak_store::{NewAudit, NewSession, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -116,7 +116,13 @@ pub(crate) async fn start_session(
     let ttl = chrono::Duration::from_std(state.auth.config().session_ttl)
         .unwrap_or_else(|_| chrono::Duration::hours(12));
     store
-        .create_session(&sha256_hex(&value), &user.username, &csrf, now, now + ttl)
+        .create_session(&NewSession {
+            id_hash: &sha256_hex(&value),
+            username: &user.username,
+            csrf_token: &csrf,
+            at: now,
+            expires_at: now + ttl,
+        })
         .await?;
     store
         .record(

@@ -15,7 +15,7 @@ use chrono::{Duration, Utc};
 use firebreak_domain::access::Identity;
 use firebreak_domain::events::GateVerdict;
 use firebreak_domain::timeline::NewEntry;
-use firebreak_store::IncidentFilter;
+use firebreak_store::{IncidentFilter, ServiceWindow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -125,12 +125,12 @@ async fn facts(
     let now = Utc::now();
     let mut tx = store.begin().await?;
     let gates = tx
-        .gates_between(
+        .gates_between(ServiceWindow {
             service,
             environment,
-            now - Duration::hours(GATE_LOOKBACK_HOURS),
-            now,
-        )
+            from: now - Duration::hours(GATE_LOOKBACK_HOURS),
+            to: now,
+        })
         .await?;
     drop(tx);
     let failed_gates = gates

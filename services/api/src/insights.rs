@@ -87,12 +87,7 @@ pub(crate) async fn compute(store: &dyn Store, q: &InsightsQuery) -> Result<Valu
     let range = range(q, Utc::now())?;
     // The store narrows to the service and environment asked for.
     let (deployments, incidents) = store
-        .insights_data(
-            range.from,
-            range.to,
-            q.service.as_deref(),
-            q.environment.as_deref(),
-        )
+        .insights_data(&range, q.service.as_deref(), q.environment.as_deref())
         .await?;
     let mut v = insights::compute(&range, &deployments, &incidents);
     let (open, overdue) = store
@@ -134,9 +129,7 @@ async fn gauges(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         from: now - Duration::days(30),
         to: now,
     };
-    let (deployments, incidents) = store
-        .insights_data(range.from, range.to, None, None)
-        .await?;
+    let (deployments, incidents) = store.insights_data(&range, None, None).await?;
     let mut groups: BTreeMap<(String, String), (Vec<Deployment>, Vec<IncidentRecord>)> =
         BTreeMap::new();
     for d in deployments {

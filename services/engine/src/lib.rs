@@ -22,7 +22,7 @@ use firebreak_domain::metrics::Metrics;
 use firebreak_domain::timeline::{self, kind, NewEntry};
 use firebreak_domain::{decode, AlertEvent, Decoded, DeployEvent, EventKind, GateResult, LogLine};
 use firebreak_remediation::{PlaybookSet, Remediation};
-use firebreak_store::{Store, StoreError, StoreTx};
+use firebreak_store::{ServiceWindow, Store, StoreError, StoreTx};
 use tokio_util::sync::CancellationToken;
 
 pub mod dead_letters;
@@ -632,16 +632,20 @@ impl Engine {
         let Some(service) = group.service.as_deref() else {
             return Ok(());
         };
-        let from = opened_at - self.config.policy.deploy_lookback;
-        let env = group.environment.as_deref();
-        let deploys = tx.deploys_between(service, env, from, opened_at).await?;
+        let window = ServiceWindow {
+            service,
+            environment: group.environment.as_deref(),
+            from: opened_at - self.config.policy.deploy_lookback,
+            to: opened_at,
+        };
+        let deploys = tx.deploys_between(window).await?;
         if !deploys.is_empty() {
             let pairs: Vec<(i64, String)> =
                 deploys.iter().map(|d| (incident, d.id.clone())).collect();
             tx.attach_changes(&pairs).await?;
             entries.extend(deploys.iter().map(|d| timeline::deploy_entry(incident, d)));
         }
-        let gates = tx.gates_between(service, env, from, opened_at).await?;
+        let gates = tx.gates_between(window).await?;
         if !gates.is_empty() {
             let pairs: Vec<(i64, String)> =
                 gates.iter().map(|g| (incident, g.id.clone())).collect();

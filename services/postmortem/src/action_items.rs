@@ -7,7 +7,7 @@ use chrono::{NaiveDate, Utc};
 use firebreak_domain::response::identity_name;
 use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_store::{
-    ActionItemChange, ActionItemRow, NewActionItem, NewAudit, Store, StoreError,
+    ActionItemChange, ActionItemRow, NewActionItem, NewAudit, Store, StoreError, TrackerStatus,
 };
 use serde_json::json;
 
@@ -365,8 +365,14 @@ pub async fn follow_tracker(
             format!("action-item:{}:{}", row.id, at.timestamp_micros()),
         )
     };
+    let word = TrackerStatus {
+        tracker,
+        key,
+        status,
+        at,
+    };
     Ok(store
-        .set_action_item_status_by_tracker(tracker, key, status, at, &audit, &entry_for)
+        .set_action_item_status_by_tracker(&word, &audit, &entry_for)
         .await?)
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use firebreak_store::{
-    ActionFilter, PostmortemRow, PostmortemSave, SaveOutcome, Store, StoreError,
+    ActionFilter, PostmortemRow, PostmortemSave, SaveOutcome, ServiceWindow, Store, StoreError,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -256,10 +256,12 @@ impl Generator {
             Some(service) => {
                 self.store
                     .scan_logs(
-                        service,
-                        incident.environment.as_deref(),
-                        from,
-                        to,
+                        ServiceWindow {
+                            service,
+                            environment: incident.environment.as_deref(),
+                            from,
+                            to,
+                        },
                         max_lines,
                         &mut |row| miner.add(row.at, row.level.as_deref(), &row.message),
                     )

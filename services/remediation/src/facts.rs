@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use firebreak_domain::action::ROLLBACK_HISTORY_DAYS;
 use firebreak_domain::playbook::last_good;
 use firebreak_domain::DeployEvent;
-use firebreak_store::{StoreError, StoreTx};
+use firebreak_store::{ServiceWindow, StoreError, StoreTx};
 
 /// The suspect and the last good deploy of a service.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +40,12 @@ impl DeployCache {
         if !self.histories.contains_key(&key) {
             let from = now.min(at) - Duration::days(ROLLBACK_HISTORY_DAYS);
             let found = tx
-                .deploys_between(service, environment, from, now + Duration::days(1))
+                .deploys_between(ServiceWindow {
+                    service,
+                    environment,
+                    from,
+                    to: now + Duration::days(1),
+                })
                 .await?;
             self.histories.insert(key.clone(), found);
         }

@@ -15,7 +15,7 @@ use firebreak_domain::access::Role;
 use firebreak_domain::duration::Dur;
 use firebreak_domain::playbook::{path_segment, render, render_json, render_url, url_escape};
 use firebreak_domain::secret::Secret;
-use firebreak_store::{NewAudit, Store, StoreError};
+use firebreak_store::{FlagWrite, NewAudit, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -238,7 +238,15 @@ impl KillSwitch for Builtin {
         );
         let previous = self
             .store
-            .set_flag(flag, enabled, None, by, &audit)
+            .set_flag(
+                &FlagWrite {
+                    key: flag,
+                    enabled,
+                    description: None,
+                    by,
+                },
+                &audit,
+            )
             .await
             .map_err(|e| ExecError::retry(format!("built-in flag store: {e}")))?;
         Ok(json!({"flag": flag, "enabled": enabled, "previous": previous}))

@@ -24,7 +24,8 @@ use firebreak_domain::rollout::{GuardFacts, Next, Rollout, RolloutPlan, RolloutS
 use firebreak_domain::timeline::NewEntry;
 use firebreak_domain::GateVerdict;
 use firebreak_store::{
-    NewAudit, NewRollout, RolloutChange, RolloutEvent, StoreError, StoreTx, SETTING_PAUSED,
+    NewAudit, NewRollout, RolloutChange, RolloutEvent, ServiceWindow, StoreError, StoreTx,
+    SETTING_PAUSED,
 };
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -688,7 +689,12 @@ impl Remediation {
             .collect();
         let gate_passed = match r.step_started_at {
             Some(since) if r.plan.guards.require_gate_pass => tx
-                .gates_between(&r.plan.service, r.plan.environment.as_deref(), since, now)
+                .gates_between(ServiceWindow {
+                    service: &r.plan.service,
+                    environment: r.plan.environment.as_deref(),
+                    from: since,
+                    to: now,
+                })
                 .await?
                 .iter()
                 .any(|g| g.verdict == GateVerdict::Pass),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use firebreak_domain::timeline::kind;
-use firebreak_store::{SlackClaim, Store, TimelineEvent};
+use firebreak_store::{OutboxClaim, SlackClaim, Store, TimelineEvent};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -395,9 +395,12 @@ async fn announce(
         .await
         .map_err(|err| SlackError::Retry(Duration::from_secs(2), err.to_string()))?;
     let now = Utc::now();
-    let stale_before = now - chrono::Duration::from_std(CLAIM_LEASE).unwrap_or_default();
+    let lease = OutboxClaim {
+        at: now,
+        stale_before: now - chrono::Duration::from_std(CLAIM_LEASE).unwrap_or_default(),
+    };
     let claim = store
-        .claim_slack_message(e.seq, e.incident_id, now, stale_before)
+        .claim_slack_message(e.seq, e.incident_id, lease)
         .await
         .map_err(|err| SlackError::Retry(Duration::from_secs(2), err.to_string()))?;
     match claim {

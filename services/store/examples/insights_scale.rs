@@ -190,7 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..9 {
             let t = Instant::now();
             let (d, i) = store
-                .insights_data(range.from, range.to, service, None)
+                .insights_data(&range, service, None)
                 .await?;
             reads.push(t.elapsed().as_secs_f64() * 1000.0);
             let v = compute(&range, &d, &i);

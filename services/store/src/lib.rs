@@ -47,8 +47,9 @@ pub use rows::{
     TimelineEvent, SETTING_PAUSED,
 };
 pub use rows::{
-    ActionItemChange, ActionItemRow, ExportOutcome, NewActionItem, NewRollout, RolloutChange,
-    RolloutEvent, ServiceEvent,
+    ActionItemChange, ActionItemRow, ExportOutcome, FlagWrite, NewActionItem, NewRollout,
+    NewSession, OutboxClaim, Presence, RolloutChange, RolloutEvent, ServiceEvent, ServiceWindow,
+    TrackerStatus,
 };
 pub use sql::{keyed_audit_hash, set_audit_key};
 pub use sqlite::SqliteStore;
@@ -373,10 +374,7 @@ pub trait IncidentStore: Send + Sync {
     /// holding them; returns how many.
     async fn scan_logs(
         &self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        window: ServiceWindow<'_>,
         limit: Option<i64>,
         each: &mut (dyn FnMut(LogRow) + Send),
     ) -> Result<u64>;
@@ -454,14 +452,7 @@ pub trait FlagStore: Send + Sync {
     ) -> Result<()>;
     /// Creates or sets a built-in flag; returns its previous state (`None`: it
     /// did not exist). The audit row is written in the same transaction.
-    async fn set_flag(
-        &self,
-        key: &str,
-        enabled: bool,
-        description: Option<&str>,
-        by: &str,
-        audit: &NewAudit,
-    ) -> Result<Option<bool>>;
+    async fn set_flag(&self, flag: &FlagWrite<'_>, audit: &NewAudit) -> Result<Option<bool>>;
     /// Sets a built-in flag for a running action in one transaction, and
     /// records on the action the state the flag had (once). `None`: `owner`
     /// no longer holds the action's lease; nothing was written.
@@ -529,14 +520,7 @@ pub trait AccessStore: Send + Sync {
     ) -> Result<Option<UserRow>>;
     /// Disables a user and ends their sessions; `false` if there is no such enabled user.
     async fn disable_user(&self, username: &str, audit: &NewAudit) -> Result<bool>;
-    async fn create_session(
-        &self,
-        id_hash: &str,
-        username: &str,
-        csrf_token: &str,
-        at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()>;
+    async fn create_session(&self, session: &NewSession<'_>) -> Result<()>;
     /// A live session (not expired, its user enabled).
     async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRow>>;
     async fn delete_session(&self, id_hash: &str) -> Result<()>;
@@ -552,17 +536,10 @@ pub trait PostmortemStore: Send + Sync {
     async fn postmortem_revisions(&self, incident_id: i64) -> Result<Vec<RevisionRow>>;
     /// Resolved incidents that have no postmortem yet, oldest first.
     async fn incidents_needing_postmortem(&self, limit: i64) -> Result<Vec<i64>>;
-    /// `who` has the draft of `incident` open at `now`: records it (unless
-    /// `max_rows` people-and-drafts are present already) and answers who else
-    /// was seen there since `since`. Older rows are removed.
-    async fn note_presence(
-        &self,
-        incident: i64,
-        who: &str,
-        now: DateTime<Utc>,
-        since: DateTime<Utc>,
-        max_rows: i64,
-    ) -> Result<Vec<String>>;
+    /// Records that `who` has the draft open (unless `max_rows`
+    /// people-and-drafts are present already) and answers who else was seen
+    /// there since `since`. Older rows are removed.
+    async fn note_presence(&self, presence: &Presence<'_>) -> Result<Vec<String>>;
 }
 
 /// Postmortem action items and their tracker outbox.
@@ -614,10 +591,7 @@ pub trait ActionItemStore: Send + Sync {
     /// takes `status` (`None`: no such item).
     async fn set_action_item_status_by_tracker(
         &self,
-        tracker: &str,
-        key: &str,
-        status: &str,
-        at: DateTime<Utc>,
+        word: &TrackerStatus<'_>,
         audit: &NewAudit,
         entry_for: &(dyn for<'r> Fn(&'r ActionItemRow) -> NewEntry + Send + Sync),
     ) -> Result<Option<ActionItemRow>>;
@@ -625,6 +599,12 @@ pub trait ActionItemStore: Send + Sync {
     /// (`YYYY-MM-DD`).
     async fn action_item_counts(&self, today: &str) -> Result<(i64, i64)>;
 }
+
+/// Deploys and incidents, as the insights are computed from them.
+pub type InsightsData = (
+    Vec<firebreak_domain::insights::Deployment>,
+    Vec<firebreak_domain::insights::IncidentRecord>,
+);
 
 /// What the insights are computed from.
 #[async_trait]
@@ -635,14 +615,10 @@ pub trait InsightStore: Send + Sync {
     /// or rollback first ran for them; of one service and environment when given.
     async fn insights_data(
         &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        range: &firebreak_domain::insights::Range,
         service: Option<&str>,
         environment: Option<&str>,
-    ) -> Result<(
-        Vec<firebreak_domain::insights::Deployment>,
-        Vec<firebreak_domain::insights::IncidentRecord>,
-    )>;
+    ) -> Result<InsightsData>;
 }
 
 /// The Slack outbox: one thread per incident, messages claimed once.
@@ -655,9 +631,8 @@ pub trait SlackStore: Send + Sync {
     async fn claim_slack_message(
         &self,
         seq: i64,
-        incident_id: i64,
-        at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
+        incident: i64,
+        claim: OutboxClaim,
     ) -> Result<SlackClaim>;
     async fn slack_message_posted(&self, seq: i64, channel: &str, ts: &str) -> Result<()>;
     /// Gives a claim back after a failed post, so it is tried again.
@@ -727,21 +702,9 @@ pub trait BatchTx: Send {
     /// Stores log lines; returns how many were new.
     async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64>;
     /// Deploys of a service (and environment, when given) that started in [from, to].
-    async fn deploys_between(
-        &mut self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<DeployEvent>>;
+    async fn deploys_between(&mut self, window: ServiceWindow<'_>) -> Result<Vec<DeployEvent>>;
     /// Gate results of a service (and environment, when given) evaluated in [from, to].
-    async fn gates_between(
-        &mut self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<GateResult>>;
+    async fn gates_between(&mut self, window: ServiceWindow<'_>) -> Result<Vec<GateResult>>;
     async fn open_incidents_for(&mut self, services: &[String]) -> Result<Vec<OpenIncident>>;
     /// Open incidents whose suspect changes turned on this flag (deploy `flags`).
     async fn open_incidents_with_flag(&mut self, flag: &str) -> Result<Vec<OpenIncident>>;

@@ -306,6 +306,65 @@ pub struct RevisionRow {
     pub markdown: String,
 }
 
+/// A service's rows in a time window, [from, to]: of one environment, or of
+/// any when `environment` is `None` (rows without one match every one).
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceWindow<'a> {
+    pub service: &'a str,
+    pub environment: Option<&'a str>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// A browser session to store (its id as a hash, never the id itself).
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession<'a> {
+    pub id_hash: &'a str,
+    pub username: &'a str,
+    pub csrf_token: &'a str,
+    pub at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `who` has the draft of `incident` open at `now`; people seen since
+/// `since` count as present, and at most `max_rows` are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence<'a> {
+    pub incident: i64,
+    pub who: &'a str,
+    pub now: DateTime<Utc>,
+    pub since: DateTime<Utc>,
+    pub max_rows: i64,
+}
+
+/// A built-in flag as a person or a tool sets it (`description: None`
+/// keeps the stored one).
+#[derive(Debug, Clone, Copy)]
+pub struct FlagWrite<'a> {
+    pub key: &'a str,
+    pub enabled: bool,
+    pub description: Option<&'a str>,
+    pub by: &'a str,
+}
+
+/// A tracker's word on one of its issues: it closed (`done`) or reopened
+/// (`open`) at `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackerStatus<'a> {
+    pub tracker: &'a str,
+    pub key: &'a str,
+    pub status: &'a str,
+    pub at: DateTime<Utc>,
+}
+
+/// An outbox claim made at `at`; a claim older than `stale_before` that was
+/// never delivered is taken over.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxClaim {
+    pub at: DateTime<Utc>,
+    pub stale_before: DateTime<Utc>,
+}
+
 /// One stored log line, as the postmortem's log mining reads it.
 #[derive(Debug, Clone)]
 pub struct LogRow {

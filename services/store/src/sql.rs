@@ -32,11 +32,12 @@ use crate::prelude::{
 };
 use crate::{
     ActionChange, ActionFilter, ActionItemChange, ActionItemRow, AuditFilter, AuditRow,
-    ChangeCause, ExportOutcome, FlagRow, History, IncidentAlertRow, IncidentDetail, IncidentFilter,
-    IncidentOverview, IncidentRow, LogRow, NewActionItem, NewAudit, NewRollout, OpenIncident,
-    PostmortemRow, PostmortemSave, Result, RevisionRow, Rollout, RolloutChange, RolloutEvent,
-    RolloutStatus, SaveOutcome, ServiceEvent, SlackClaim, Store, StoreError, StoreTx,
-    TimelineEvent, TimelineRow,
+    ChangeCause, ExportOutcome, FlagRow, FlagWrite, History, IncidentAlertRow, IncidentDetail,
+    IncidentFilter, IncidentOverview, IncidentRow, InsightsData, LogRow, NewActionItem, NewAudit,
+    NewRollout, NewSession, OpenIncident, OutboxClaim, PostmortemRow, PostmortemSave, Presence,
+    Result, RevisionRow, Rollout, RolloutChange, RolloutEvent, RolloutStatus, SaveOutcome,
+    ServiceEvent, ServiceWindow, SlackClaim, Store, StoreError, StoreTx, TimelineEvent,
+    TimelineRow, TrackerStatus,
 };
 
 /// One bound value. Each dialect encodes it: a time is `timestamptz` on
@@ -798,23 +799,20 @@ fn user_row(r: &impl Get) -> Result<crate::UserRow> {
     read().map_err(in_row("users", format!("{name:?}")))
 }
 
-fn deploys_between_q(
-    service: &str,
-    environment: Option<&str>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Query {
+/// `select` (one table, with `service` and `environment` columns) narrowed
+/// to a [`ServiceWindow`] on its `time` column, in time order, then `tail`
+/// (whose parameters start at `$5`).
+fn in_window(select: &str, time: &str, tail: &str, w: ServiceWindow<'_>) -> Query {
     q(format!(
-        "SELECT {DEPLOY_COLUMNS} FROM deploys d
-         WHERE d.service = $1 AND ($2 IS NULL OR d.environment IS NULL OR d.environment = $2)
-           AND d.started_at BETWEEN $3 AND $4
-         ORDER BY d.started_at"
+        "{select}
+         WHERE service = $1 AND ($2 IS NULL OR environment IS NULL OR environment = $2)
+           AND {time} BETWEEN $3 AND $4
+         ORDER BY {time}{tail}"
     ))
-    .bind(service)
-    .bind(environment)
-    .bind(from)
-    .bind(to)
-    .plan_each()
+    .bind(w.service)
+    .bind(w.environment)
+    .bind(w.from)
+    .bind(w.to)
 }
 
 /// The SQL store over one dialect. `PgStore` and `SqliteStore` are this.
@@ -1027,13 +1025,11 @@ impl<D: Dialect> Db<D> {
     /// action's lease, and nothing was written).
     async fn write_flag(
         &self,
-        key: &str,
-        enabled: bool,
-        description: Option<&str>,
-        by: &str,
+        flag: &FlagWrite<'_>,
         audit: &NewAudit,
         for_action: Option<(i64, &str)>,
     ) -> Result<Option<Option<bool>>> {
+        let FlagWrite { key, enabled, .. } = *flag;
         let mut tx = self.d.begin().await?;
         let found = tx
             .fetch(
@@ -1069,17 +1065,8 @@ impl<D: Dialect> Db<D> {
                 return Ok(None);
             }
         }
-        tx.execute(upsert_flag(
-            key,
-            enabled,
-            description,
-            definition,
-            None,
-            audit.at,
-            by,
-            None,
-        ))
-        .await?;
+        tx.execute(upsert_flag(flag, definition, None, audit.at, None))
+            .await?;
         write_audit(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(Some(previous))
@@ -1088,16 +1075,12 @@ impl<D: Dialect> Db<D> {
 
 /// The one write of a flag row: creates it, or updates `enabled` and who
 /// changed it when, and each of `description`, `definition` and `owner`
-/// that is given (`None` keeps what is stored). `created_at` defaults to now.
-#[allow(clippy::too_many_arguments)]
+/// that is given (`None` keeps what is stored). `created_at` defaults to `at`.
 fn upsert_flag(
-    key: &str,
-    enabled: bool,
-    description: Option<&str>,
+    flag: &FlagWrite<'_>,
     definition: Option<String>,
     owner: Option<&str>,
     at: DateTime<Utc>,
-    by: &str,
     created_at: Option<DateTime<Utc>>,
 ) -> Query {
     q(
@@ -1109,11 +1092,11 @@ fn upsert_flag(
            definition = COALESCE($6, flags.definition), owner = COALESCE($7, flags.owner),
            created_at = COALESCE(flags.created_at, $8)",
     )
-    .bind(key)
-    .bind(enabled)
-    .bind(description)
+    .bind(flag.key)
+    .bind(flag.enabled)
+    .bind(flag.description)
     .bind(at)
-    .bind(by)
+    .bind(flag.by)
     .bind(definition)
     .bind(owner)
     .bind(created_at)

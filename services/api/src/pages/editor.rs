@@ -12,7 +12,7 @@ use axum::Json;
 use chrono::Utc;
 use firebreak_postmortem::lint;
 use firebreak_postmortem::merge::{merge3, Merged, OURS_MARK, THEIRS_MARK};
-use firebreak_store::{PostmortemRow, PostmortemSave, SaveOutcome, StoreError};
+use firebreak_store::{PostmortemRow, PostmortemSave, Presence, SaveOutcome, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -503,10 +503,15 @@ pub async fn presence(
         Err(e) => return Err(e.into()),
     }
     let now = Utc::now();
-    let since = now - chrono::Duration::seconds(super::PRESENCE_SECONDS as i64);
     let others = state
         .store
-        .note_presence(id, &identity.id, now, since, super::MAX_PRESENCE)
+        .note_presence(&Presence {
+            incident: id,
+            who: &identity.id,
+            now,
+            since: now - chrono::Duration::seconds(super::PRESENCE_SECONDS as i64),
+            max_rows: super::MAX_PRESENCE,
+        })
         .await?;
     Ok(Json(json!({ "others": others })))
 }

@@ -224,14 +224,14 @@ impl<D: Dialect> AccessStore for Db<D> {
         Ok(n > 0)
     }
 
-    async fn create_session(
-        &self,
-        id_hash: &str,
-        username: &str,
-        csrf_token: &str,
-        at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn create_session(&self, session: &NewSession<'_>) -> Result<()> {
+        let NewSession {
+            id_hash,
+            username,
+            csrf_token,
+            at,
+            expires_at,
+        } = *session;
         let mut tx = self.d.begin().await?;
         // Expired sessions go as new ones come.
         tx.execute(q("DELETE FROM sessions WHERE expires_at < $1").bind(at))

@@ -268,10 +268,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
 
     async fn set_action_item_status_by_tracker(
         &self,
-        tracker: &str,
-        key: &str,
-        status: &str,
-        at: DateTime<Utc>,
+        word: &TrackerStatus<'_>,
         audit: &NewAudit,
         entry_for: &(dyn for<'r> Fn(&'r ActionItemRow) -> NewEntry + Send + Sync),
     ) -> Result<Option<ActionItemRow>> {
@@ -282,14 +279,14 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                     "SELECT {COLUMNS} FROM action_items WHERE tracker = $1 AND tracker_key = $2{}",
                     <D::Tx as DialectTx>::FOR_UPDATE
                 ))
-                .bind(tracker)
-                .bind(key),
+                .bind(word.tracker)
+                .bind(word.key),
             )
             .await?;
         let Some(now) = found.first().map(item_row).transpose()? else {
             return Ok(None);
         };
-        if now.status == status {
+        if now.status == word.status {
             return Ok(Some(now));
         }
         let rows = tx
@@ -299,8 +296,8 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                      RETURNING {COLUMNS}"
                 ))
                 .bind(now.id)
-                .bind(status)
-                .bind(at),
+                .bind(word.status)
+                .bind(word.at),
             )
             .await?;
         let row = first(&rows)?;

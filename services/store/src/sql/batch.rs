@@ -72,44 +72,16 @@ impl<T: DialectTx + 'static> BatchTx for Tx<T> {
         self.tx.insert_logs(lines).await
     }
 
-    async fn deploys_between(
-        &mut self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<DeployEvent>> {
-        let rows = self
-            .tx
-            .fetch(deploys_between_q(service, environment, from, to))
-            .await?;
-        decode(&rows, deploy_row)
+    async fn deploys_between(&mut self, window: ServiceWindow<'_>) -> Result<Vec<DeployEvent>> {
+        let select = format!("SELECT {DEPLOY_COLUMNS} FROM deploys d");
+        let query = in_window(&select, "d.started_at", "", window).plan_each();
+        decode(&self.tx.fetch(query).await?, deploy_row)
     }
 
-    async fn gates_between(
-        &mut self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<GateResult>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "SELECT {GATE_COLUMNS} FROM gate_results g
-                     WHERE g.service = $1 AND ($2 IS NULL OR g.environment IS NULL OR g.environment = $2)
-                       AND g.evaluated_at BETWEEN $3 AND $4
-                     ORDER BY g.evaluated_at"
-                ))
-                .bind(service)
-                .bind(environment)
-                .bind(from)
-                .bind(to)
-                .plan_each(),
-            )
-            .await?;
-        decode(&rows, gate_row)
+    async fn gates_between(&mut self, window: ServiceWindow<'_>) -> Result<Vec<GateResult>> {
+        let select = format!("SELECT {GATE_COLUMNS} FROM gate_results g");
+        let query = in_window(&select, "g.evaluated_at", "", window).plan_each();
+        decode(&self.tx.fetch(query).await?, gate_row)
     }
 
     async fn open_incidents_for(&mut self, services: &[String]) -> Result<Vec<OpenIncident>> {

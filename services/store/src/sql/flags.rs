@@ -32,32 +32,22 @@ impl<D: Dialect> FlagStore for Db<D> {
         for (key, definition) in flags {
             let text = serde_json::to_string(definition)
                 .map_err(|e| StoreError::Internal(format!("encoding flag {key}: {e}")))?;
-            tx.execute(upsert_flag(
+            let flag = FlagWrite {
                 key,
-                definition.state == FlagState::Enabled,
-                None,
-                Some(text),
-                None,
-                audit.at,
+                enabled: definition.state == FlagState::Enabled,
+                description: None,
                 by,
-                None,
-            ))
-            .await?;
+            };
+            tx.execute(upsert_flag(&flag, Some(text), None, audit.at, None))
+                .await?;
         }
         write_audit(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await
     }
 
-    async fn set_flag(
-        &self,
-        key: &str,
-        enabled: bool,
-        description: Option<&str>,
-        by: &str,
-        audit: &NewAudit,
-    ) -> Result<Option<bool>> {
+    async fn set_flag(&self, flag: &FlagWrite<'_>, audit: &NewAudit) -> Result<Option<bool>> {
         Ok(self
-            .write_flag(key, enabled, description, by, audit, None)
+            .write_flag(flag, audit, None)
             .await?
             .unwrap_or_default())
     }
@@ -70,15 +60,14 @@ impl<D: Dialect> FlagStore for Db<D> {
         action_id: i64,
         owner: &str,
     ) -> Result<Option<Option<bool>>> {
-        self.write_flag(
+        let flag = FlagWrite {
             key,
             enabled,
-            None,
-            &audit.actor,
-            audit,
-            Some((action_id, owner)),
-        )
-        .await
+            description: None,
+            by: &audit.actor,
+        };
+        self.write_flag(&flag, audit, Some((action_id, owner)))
+            .await
     }
 
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {

@@ -517,21 +517,16 @@ impl<D: Dialect> IncidentStore for Db<D> {
 
     async fn scan_logs(
         &self,
-        service: &str,
-        environment: Option<&str>,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        window: ServiceWindow<'_>,
         limit: Option<i64>,
         each: &mut (dyn FnMut(LogRow) + Send),
     ) -> Result<u64> {
-        let query = q("SELECT at, level, message FROM log_lines
-                       WHERE service = $1 AND ($2 IS NULL OR environment IS NULL OR environment = $2)
-                         AND at BETWEEN $3 AND $4
-                       ORDER BY at LIMIT $5")
-        .bind(service)
-        .bind(environment)
-        .bind(from)
-        .bind(to)
+        let query = in_window(
+            "SELECT at, level, message FROM log_lines",
+            "at",
+            " LIMIT $5",
+            window,
+        )
         .bind(limit.unwrap_or(i64::MAX));
         self.d
             .stream(query, &mut |r| {

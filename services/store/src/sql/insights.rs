@@ -6,11 +6,11 @@ use super::*;
 impl<D: Dialect> InsightStore for Db<D> {
     async fn insights_data(
         &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        range: &firebreak_domain::insights::Range,
         service: Option<&str>,
         environment: Option<&str>,
-    ) -> Result<(Vec<Deployment>, Vec<IncidentRecord>)> {
+    ) -> Result<InsightsData> {
+        let (from, to) = (range.from, range.to);
         use firebreak_domain::playbook::{FlagState, StepAction};
         // Independent reads, run at once (each on its own connection).
         let (mut d, mut g, mut inc, mut first, mut changes, mut acted) = tokio::try_join!(

@@ -112,14 +112,14 @@ impl<D: Dialect> PostmortemStore for Db<D> {
         decode(&rows, |r| r.int("id"))
     }
 
-    async fn note_presence(
-        &self,
-        incident: i64,
-        who: &str,
-        now: DateTime<Utc>,
-        since: DateTime<Utc>,
-        max_rows: i64,
-    ) -> Result<Vec<String>> {
+    async fn note_presence(&self, presence: &Presence<'_>) -> Result<Vec<String>> {
+        let Presence {
+            incident,
+            who,
+            now,
+            since,
+            max_rows,
+        } = *presence;
         let mut tx = self.d.begin().await?;
         tx.execute(q("DELETE FROM presence WHERE seen_at < $1").bind(since))
             .await?;

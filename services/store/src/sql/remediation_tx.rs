@@ -28,13 +28,15 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
             .map_err(|e| StoreError::Internal(format!("encoding flag {}: {e}", f.key)))?;
         self.tx
             .execute(upsert_flag(
-                &f.key,
-                f.enabled,
-                f.description.as_deref(),
+                &FlagWrite {
+                    key: &f.key,
+                    enabled: f.enabled,
+                    description: f.description.as_deref(),
+                    by: &f.updated_by,
+                },
                 definition,
                 f.owner.as_deref(),
                 f.updated_at,
-                &f.updated_by,
                 f.created_at,
             ))
             .await?;

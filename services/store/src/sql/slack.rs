@@ -7,10 +7,10 @@ impl<D: Dialect> SlackStore for Db<D> {
     async fn claim_slack_message(
         &self,
         seq: i64,
-        incident_id: i64,
-        at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
+        incident: i64,
+        claim: OutboxClaim,
     ) -> Result<SlackClaim> {
+        let OutboxClaim { at, stale_before } = claim;
         let rows = self
             .d
             .write(
@@ -19,7 +19,7 @@ impl<D: Dialect> SlackStore for Db<D> {
                    ON CONFLICT (seq) DO NOTHING RETURNING seq",
                 )
                 .bind(seq)
-                .bind(incident_id)
+                .bind(incident)
                 .bind(at),
             )
             .await?;
