@@ -985,26 +985,26 @@ mod tests {
         let evaluators =
             json!({"is_ballmer": {"==": ["ballmer@macrosoft.com", {"var": ["email"]}]}});
         let evaluators = evaluators.as_object().expect("object");
-        let mut targeting = json!({"if": [{"$ref": "is_ballmer"}, "hi", "bye"]});
-        resolve_refs(&mut targeting, evaluators).expect("small");
-        let flag = def(json!({
-            "state": "ENABLED", "variants": {"hi": "hi", "bye": "bye", "none": "none"},
-            "defaultVariant": "none", "targeting": targeting
-        }));
-        flag.validate().expect("loads");
-        for (email, want) in [("ballmer@macrosoft.com", "hi"), ("user@example.com", "bye")] {
+        // A flag whose targeting refers to `evaluator`: `yes` when it holds,
+        // `no` when not, and `none` by default.
+        let with_ref = |evaluator: &str| {
+            let mut targeting = json!({"if": [{"$ref": evaluator}, "yes", "no"]});
+            resolve_refs(&mut targeting, evaluators).expect("small");
+            let flag = def(json!({
+                "state": "ENABLED", "variants": {"yes": "yes", "no": "no", "none": "none"},
+                "defaultVariant": "none", "targeting": targeting
+            }));
+            flag.validate().expect("loads, as in flagd");
+            flag
+        };
+        let flag = with_ref("is_ballmer");
+        for (email, want) in [("ballmer@macrosoft.com", "yes"), ("user@example.com", "no")] {
             let r = flag
                 .evaluate("f", &json!({"email": email}), 0)
                 .expect("variant");
             assert_eq!((r.variant, r.reason), (Some(want), Reason::TargetingMatch));
         }
-        let mut dangling = json!({"if": [{"$ref": "nonexistent_evaluator"}, "hit", "miss"]});
-        resolve_refs(&mut dangling, evaluators).expect("small");
-        let flag = def(json!({
-            "state": "ENABLED", "variants": {"hit": "hit", "miss": "miss", "fallback": "fallback"},
-            "defaultVariant": "fallback", "targeting": dangling
-        }));
-        flag.validate().expect("loads, as in flagd");
+        let flag = with_ref("nonexistent_evaluator");
         let e = flag.evaluate("f", &json!({}), 0).expect_err("parse error");
         assert_eq!(e.code, ErrorCode::ParseError);
         assert!(e.details.contains("nonexistent_evaluator"), "{}", e.details);

@@ -13,15 +13,29 @@ fn firebreak() -> Command {
     cmd
 }
 
+/// Runs `cmd`, expects success and answers stdout.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd`, expects exit code 2 (bad configuration) and answers stderr.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 #[test]
 fn bad_configuration_exits_2_naming_the_key() {
-    let out = firebreak()
-        .args(["serve"])
-        .env("FIREBREAK_QUIET_PERIOD", "soon")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(
+        firebreak()
+            .arg("serve")
+            .env("FIREBREAK_QUIET_PERIOD", "soon"),
+    );
     assert!(
         stderr.contains("incidents.quiet_period") && stderr.contains("soon"),
         "{stderr}"
@@ -30,23 +44,15 @@ fn bad_configuration_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("firebreak.toml");
     std::fs::write(&file, "[engine]\nworkerz = 2\n").unwrap();
-    let out = firebreak()
-        .args(["serve", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(firebreak().args(["serve", "--config"]).arg(&file));
     assert!(stderr.contains("workerz"), "{stderr}");
 
     // A publish timeout too short to reach any broker is refused by name.
-    let out = firebreak()
-        .args(["serve"])
-        .env("FIREBREAK_AMQP_PUBLISH_TIMEOUT", "10ms")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(
+        firebreak()
+            .arg("serve")
+            .env("FIREBREAK_AMQP_PUBLISH_TIMEOUT", "10ms"),
+    );
     assert!(
         stderr.contains("amqp.publish_timeout") && stderr.contains("100ms"),
         "{stderr}"
@@ -56,24 +62,10 @@ fn bad_configuration_exits_2_naming_the_key() {
 #[test]
 fn migrate_creates_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    let out = firebreak()
-        .args(["migrate", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(firebreak().args(["migrate", "--data-dir"]).arg(dir.path()));
     assert!(dir.path().join("firebreak.db").exists());
     // Twice is fine.
-    let again = firebreak()
-        .args(["migrate", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(again.status.success());
+    succeeds(firebreak().args(["migrate", "--data-dir"]).arg(dir.path()));
 }
 
 #[test]
@@ -237,18 +229,13 @@ fn admin_commands_on_a_fresh_machine_create_the_data_directory() {
     // default is made, not retried for a minute.
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let out = firebreak()
-        .current_dir(dir.path())
-        .args(["tokens", "create", "--name", "ci", "--scope", "read"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeeds(
+        firebreak()
+            .current_dir(dir.path())
+            .args(["tokens", "create", "--name", "ci", "--scope", "read"]),
     );
     assert!(dir.path().join("data").join("firebreak.db").exists());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("fbk_"));
+    assert!(stdout.contains("fbk_"), "{stdout}");
 
     // A SQLite file whose directory cannot exist fails at once, naming the fix.
     let out = firebreak()

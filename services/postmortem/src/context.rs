@@ -69,18 +69,23 @@ pub struct Suspect<'a> {
     pub evidence: Vec<String>,
 }
 
-/// Ranks suspect changes: closeness before the first alert, same service,
-/// failed gates, and whether a remediation after it was followed by recovery.
-pub fn rank<'a>(i: &Inputs<'a>, first_alert: DateTime<Utc>) -> Vec<Suspect<'a>> {
-    let lookback_min = i.lookback.num_minutes().max(1) as f64;
-    let remediation = i
-        .actions
+/// The first kill switch or rollback that took effect (and may have been
+/// reverted since): when the incident was mitigated.
+fn first_mitigation(actions: &[ActionRow]) -> Option<&ActionRow> {
+    actions
         .iter()
         .filter(|a| {
             matches!(a.kind.as_str(), "kill_switch" | "rollback")
                 && matches!(a.status, ActionStatus::Succeeded | ActionStatus::Reverted)
         })
-        .min_by_key(|a| a.updated_at);
+        .min_by_key(|a| a.updated_at)
+}
+
+/// Ranks suspect changes: closeness before the first alert, same service,
+/// failed gates, and whether a remediation after it was followed by recovery.
+pub fn rank<'a>(i: &Inputs<'a>, first_alert: DateTime<Utc>) -> Vec<Suspect<'a>> {
+    let lookback_min = i.lookback.num_minutes().max(1) as f64;
+    let remediation = first_mitigation(i.actions);
     let mut out: Vec<Suspect<'a>> = i
         .changes
         .iter()
@@ -216,14 +221,7 @@ pub fn build(i: &Inputs<'_>) -> Value {
     });
     let end = i.incident.resolved_at.unwrap_or(i.now);
     let impact_start = top.map(|s| s.deploy.started_at).unwrap_or(first_alert);
-    let mitigation = i
-        .actions
-        .iter()
-        .filter(|a| {
-            matches!(a.kind.as_str(), "kill_switch" | "rollback")
-                && matches!(a.status, ActionStatus::Succeeded | ActionStatus::Reverted)
-        })
-        .min_by_key(|a| a.updated_at);
+    let mitigation = first_mitigation(i.actions);
     let (mitigated_at, mitigated_by) = match (mitigation, i.incident.resolved_at) {
         (Some(a), _) => (Some(a.updated_at), a.spec.describe.clone()),
         (None, Some(r)) => (

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use firebreak_store::{
-    ActionFilter, PostmortemRow, PostmortemSave, SaveOutcome, ServiceWindow, Store, StoreError,
+    ActionFilter, ActionRow, PostmortemRow, PostmortemSave, SaveOutcome, ServiceWindow, Store,
+    StoreError,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -176,15 +177,7 @@ impl Generator {
             .store
             .timeline(incident_id, context::TIMELINE_READ as i64, 0)
             .await?;
-        let actions = self
-            .store
-            .list_actions(&ActionFilter {
-                incident_id: Some(incident_id),
-                limit: 10_000,
-                ..ActionFilter::default()
-            })
-            .await?;
-        let mut actions = actions;
+        let mut actions = self.actions_of(incident_id).await?;
         actions.reverse();
         let action_items = self.store.action_items(incident_id).await?;
         let first_alert = detail
@@ -277,19 +270,23 @@ impl Generator {
         })
     }
 
+    /// The incident's actions, newest first (all of them: an incident has
+    /// few).
+    async fn actions_of(&self, incident_id: i64) -> Result<Vec<ActionRow>, PostmortemError> {
+        let all = ActionFilter {
+            incident_id: Some(incident_id),
+            limit: 10_000,
+            ..ActionFilter::default()
+        };
+        Ok(self.store.list_actions(&all).await?)
+    }
+
     /// Names of people known from the incident (deploy actors, approvers,
     /// who asked for actions, acknowledged, commanded or confirmed a cause):
     /// the blameless check flags them when they are named as a cause.
     pub async fn people(&self, incident_id: i64) -> Result<Vec<String>, PostmortemError> {
         let detail = self.store.incident(incident_id).await?;
-        let actions = self
-            .store
-            .list_actions(&ActionFilter {
-                incident_id: Some(incident_id),
-                limit: 10_000,
-                ..ActionFilter::default()
-            })
-            .await?;
+        let actions = self.actions_of(incident_id).await?;
         let mut names: Vec<String> = detail
             .changes
             .iter()
@@ -410,8 +407,8 @@ pub fn render_template(file: &str, text: &str, context: &Value) -> Result<String
     // Markdown, not HTML: values go in as written (the HTML export escapes
     // them); a line break inside a value would break a table row.
     hb.register_escape_fn(|s| s.replace(['\r', '\n'], " "));
-    hb.register_helper("cell", Box::new(cell));
-    hb.register_helper("code", Box::new(code));
+    hb.register_helper("cell", Box::new(Inline(|s| s)));
+    hb.register_helper("code", Box::new(Inline(code_span)));
     hb.register_template_string(TEMPLATE, text)
         .map_err(|e| PostmortemError::Template {
             file: file.to_string(),
@@ -432,31 +429,29 @@ fn helper_text(h: &handlebars::Helper<'_>) -> String {
     }
 }
 
-fn cell(
-    h: &handlebars::Helper<'_>,
-    _: &handlebars::Handlebars<'_>,
-    _: &handlebars::Context,
-    _: &mut handlebars::RenderContext<'_, '_>,
-    out: &mut dyn handlebars::Output,
-) -> handlebars::HelperResult {
-    let s = helper_text(h)
-        .replace(['\r', '\n'], " ")
-        .replace('|', "\\|");
-    out.write(&s)?;
-    Ok(())
+/// A helper that writes its first parameter on one line, safe in a table
+/// cell (line breaks and pipes escaped), shaped by the function it holds.
+struct Inline(fn(String) -> String);
+
+impl handlebars::HelperDef for Inline {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &handlebars::Helper<'rc>,
+        _: &'reg handlebars::Handlebars<'reg>,
+        _: &'rc handlebars::Context,
+        _: &mut handlebars::RenderContext<'reg, 'rc>,
+        out: &mut dyn handlebars::Output,
+    ) -> handlebars::HelperResult {
+        let s = helper_text(h)
+            .replace(['\r', '\n'], " ")
+            .replace('|', "\\|");
+        out.write(&(self.0)(s))?;
+        Ok(())
+    }
 }
 
-fn code(
-    h: &handlebars::Helper<'_>,
-    _: &handlebars::Handlebars<'_>,
-    _: &handlebars::Context,
-    _: &mut handlebars::RenderContext<'_, '_>,
-    out: &mut dyn handlebars::Output,
-) -> handlebars::HelperResult {
-    let s = helper_text(h)
-        .replace(['\r', '\n'], " ")
-        .replace('|', "\\|");
-    // A fence longer than any run of backticks inside.
+/// Inline code: a fence longer than any run of backticks inside.
+fn code_span(s: String) -> String {
     let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest + 1);
     let pad = if s.starts_with('`') || s.ends_with('`') {
@@ -464,8 +459,7 @@ fn code(
     } else {
         ""
     };
-    out.write(&format!("{fence}{pad}{s}{pad}{fence}"))?;
-    Ok(())
+    format!("{fence}{pad}{s}{pad}{fence}")
 }
 
 /// Markdown to HTML that is safe to serve: raw HTML in the document (from a

@@ -14,8 +14,8 @@ use chrono::Utc;
 use firebreak_domain::action::{ActionRow, ActionStatus};
 use firebreak_domain::playbook::{render, render_json, FlagState, KillSwitchStep, StepAction};
 use firebreak_domain::secret;
-use firebreak_domain::timeline::kind;
-use firebreak_store::{ActionChange, NewAudit};
+use firebreak_domain::timeline::{kind, NewEntry};
+use firebreak_store::{ActionChange, NewAudit, StoreError};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -429,17 +429,7 @@ impl Remediation {
             previous_state: done.previous,
             ..ActionChange::to(ActionStatus::Succeeded, now)
         });
-        match self
-            .store
-            .transition_action(
-                action.id,
-                &[ActionStatus::Running],
-                &change,
-                &audit,
-                &timeline,
-            )
-            .await
-        {
+        match self.settle(action, &change, &audit, &timeline).await {
             Ok(Some(_)) => {
                 self.metrics.action("succeeded");
                 tracing::info!(action = action.id, "{}", action.spec.describe);
@@ -452,6 +442,21 @@ impl Remediation {
                 tracing::error!(action = action.id, error = %e, "action ran but its outcome could not be recorded; it will be verified when its lease expires")
             }
         }
+    }
+
+    /// Records how a running action ended, if this executor still holds
+    /// it (`None`: it changed hands; nothing was written).
+    async fn settle(
+        &self,
+        action: &ActionRow,
+        change: &ActionChange,
+        audit: &[NewAudit],
+        timeline: &[NewEntry],
+    ) -> Result<Option<ActionRow>, StoreError> {
+        let running = [ActionStatus::Running];
+        (self.store)
+            .transition_action(action.id, &running, change, audit, timeline)
+            .await
     }
 
     async fn retry_later(&self, action: &ActionRow, previous: Option<Value>, err: &ExecError) {
@@ -472,11 +477,7 @@ impl Remediation {
             ..ActionChange::to(ActionStatus::Pending, now)
         });
         tracing::warn!(action = action.id, attempt = action.attempts, error = %err.message, "action failed; will retry");
-        if let Err(e) = self
-            .store
-            .transition_action(action.id, &[ActionStatus::Running], &change, &audit, &[])
-            .await
-        {
+        if let Err(e) = self.settle(action, &change, &audit, &[]).await {
             tracing::error!(action = action.id, error = %e, "cannot schedule the retry; the lease will bring it back");
         }
         let wake = self.wake.clone();
@@ -509,17 +510,7 @@ impl Remediation {
             ..ActionChange::to(ActionStatus::Failed, now)
         });
         tracing::error!(action = action.id, error = %err.message, "action failed; escalating to a human");
-        match self
-            .store
-            .transition_action(
-                action.id,
-                &[ActionStatus::Running],
-                &change,
-                &audit,
-                &timeline,
-            )
-            .await
-        {
+        match self.settle(action, &change, &audit, &timeline).await {
             Ok(Some(_)) => {
                 self.metrics.action("failed");
                 // A failed escalation is not escalated again.

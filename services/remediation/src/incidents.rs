@@ -149,14 +149,13 @@ impl Remediation {
         incident: i64,
     ) -> Result<bool, CommandError> {
         let now = Utc::now();
-        let entry = entry_by(
+        let (entry, audit) = act_on(
             identity,
             incident,
-            kind::INCIDENT_ACKNOWLEDGED,
-            format!("Acknowledged by {}{}", identity.id, door(identity)),
+            (kind::INCIDENT_ACKNOWLEDGED, "incident_acknowledged"),
+            "Acknowledged",
             format!("ack:{incident}"),
         );
-        let audit = audit_by(identity, incident, "incident_acknowledged", json!({}));
         match self
             .store
             .acknowledge_incident(incident, &identity.id, now, &audit, &[entry])
@@ -318,14 +317,13 @@ impl Remediation {
         incident: i64,
     ) -> Result<bool, CommandError> {
         let now = Utc::now();
-        let entry = entry_by(
+        let (entry, audit) = act_on(
             identity,
             incident,
-            kind::INCIDENT_RESOLVED,
-            format!("Incident resolved by {}{}", identity.id, door(identity)),
+            (kind::INCIDENT_RESOLVED, "resolved"),
+            "Incident resolved",
             format!("resolved-by:{}@{}", identity.id, now.timestamp_micros()),
         );
-        let audit = audit_by(identity, incident, "resolved", json!({}));
         self.store
             .resolve_incident_manually(incident, now, &audit, &[entry])
             .await
@@ -401,6 +399,20 @@ impl Remediation {
 }
 
 /// A timeline entry a person made, now, under their identity.
+/// The timeline entry (`kinds.0`, "`done` by who, from where") and the
+/// audit row (`kinds.1`) of a person's act on an incident.
+fn act_on(
+    identity: &Identity,
+    incident: i64,
+    kinds: (&'static str, &str),
+    done: &str,
+    ref_id: String,
+) -> (NewEntry, NewAudit) {
+    let summary = format!("{done} by {}{}", identity.id, door(identity));
+    let entry = entry_by(identity, incident, kinds.0, summary, ref_id);
+    (entry, audit_by(identity, incident, kinds.1, json!({})))
+}
+
 fn entry_by(
     identity: &Identity,
     incident: i64,

@@ -189,9 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut size = 0;
         for _ in 0..9 {
             let t = Instant::now();
-            let (d, i) = store
-                .insights_data(&range, service, None)
-                .await?;
+            let (d, i) = store.insights_data(&range, service, None).await?;
             reads.push(t.elapsed().as_secs_f64() * 1000.0);
             let v = compute(&range, &d, &i);
             size = serde_json::to_string(&v)?.len();
