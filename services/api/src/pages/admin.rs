@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    base, check_csrf, form, safe_next, when, Confirmed, Csrf, Id, Ident, PageResult, Refusal, St,
+    base, check_csrf, form, safe_next, when, Confirmed, Csrf, Id, Ident, PageResult, Posted,
+    Refusal, St,
 };
 
 #[derive(Deserialize, Default)]
@@ -392,7 +393,6 @@ fn serves(f: &firebreak_store::FlagRow) -> String {
 
 #[derive(Deserialize)]
 pub struct FlagForm {
-    csrf_token: Option<String>,
     enabled: String,
     confirm: Option<String>,
 }
@@ -400,12 +400,9 @@ pub struct FlagForm {
 pub async fn set_flag(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path(key): Id,
-    bytes: Bytes,
+    Posted(f): Posted<FlagForm>,
 ) -> PageResult {
-    let f: FlagForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     if f.confirm.is_none() {
         return Err(Refusal::bad(
             "Tick the confirmation box, then submit again.",
@@ -481,7 +478,6 @@ async fn playbooks_context(
 
 #[derive(Deserialize)]
 pub struct TestForm {
-    csrf_token: Option<String>,
     kind: String,
     event: String,
 }
@@ -492,11 +488,9 @@ pub async fn test_playbooks(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
     axum::Extension(csrf): Csrf,
-    bytes: Bytes,
+    Posted(f): Posted<TestForm>,
 ) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
-    let f: TestForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let kind = match f.kind.as_str() {
         "alert" => EventKind::Alert,
         "deploy" => EventKind::Deploy,

@@ -16,7 +16,7 @@ use firebreak_store::{PostmortemRow, PostmortemSave, Presence, SaveOutcome, Stor
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{base, check_csrf, error_page, form, when, Csrf, Id, Ident, PageResult, Refusal, St};
+use super::{base, error_page, when, Csrf, Id, Ident, PageResult, Posted, Refusal, St};
 use crate::postmortems::{transition_ok, STATUSES};
 use crate::ApiError;
 
@@ -158,7 +158,6 @@ pub async fn editor(
 
 #[derive(Deserialize)]
 pub struct SaveForm {
-    csrf_token: Option<String>,
     base_revision: i64,
     markdown: String,
     status: Option<String>,
@@ -169,12 +168,10 @@ pub async fn save(
     axum::Extension(identity): Ident,
     axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
-    bytes: Bytes,
+    Posted(f): Posted<SaveForm>,
 ) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
     let id = incident_id(&id)?;
-    let f: SaveForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     // Browsers send CRLF from text areas; the document keeps LF.
     let mine = f.markdown.replace("\r\n", "\n");
     if mine.len() > 5 * 1024 * 1024 {
@@ -352,20 +349,16 @@ fn has_markers(text: &str) -> bool {
         .any(|l| l == OURS_MARK.trim_end() || l == THEIRS_MARK.trim_end())
 }
 
+/// A form with nothing but its CSRF token.
 #[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf_token: Option<String>,
-}
+pub struct NoFields {}
 
 pub async fn regenerate(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
-    bytes: Bytes,
+    Posted(_): Posted<NoFields>,
 ) -> PageResult {
-    let f: CsrfForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let id = incident_id(&id)?;
     let generator = state.postmortems.clone();
     match generator.generate(id, &identity.id).await {
@@ -518,7 +511,6 @@ pub async fn presence(
 
 #[derive(Deserialize)]
 pub struct ItemForm {
-    csrf_token: Option<String>,
     title: String,
     #[serde(default)]
     owner: String,
@@ -540,12 +532,9 @@ fn given(v: String) -> Option<String> {
 pub async fn add_item(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
-    bytes: Bytes,
+    Posted(f): Posted<ItemForm>,
 ) -> PageResult {
-    let f: ItemForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let id = incident_id(&id)?;
     let item = firebreak_postmortem::action_items::create(
         state.store.as_ref(),
@@ -567,7 +556,6 @@ pub async fn add_item(
 
 #[derive(Deserialize)]
 pub struct ItemChangeForm {
-    csrf_token: Option<String>,
     /// `open`, `done` or `wont_do`.
     status: Option<String>,
     /// A tracker to export to.
@@ -578,12 +566,9 @@ pub struct ItemChangeForm {
 pub async fn change_item(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path((id, item)): axum::extract::Path<(String, String)>,
-    bytes: Bytes,
+    Posted(f): Posted<ItemChangeForm>,
 ) -> PageResult {
-    let f: ItemChangeForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let id = incident_id(&id)?;
     let Some(item) = item.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an action item id"));

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::response::{IntoResponse, Redirect};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use firebreak_domain::access::Scope;
@@ -18,9 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::timeline::{self, Mark};
-use super::{
-    base, check_csrf, duration, form, when, Confirmed, Csrf, Id, Ident, PageResult, Refusal, St, Q,
-};
+use super::{base, duration, when, Confirmed, Csrf, Id, Ident, PageResult, Posted, Refusal, St, Q};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -499,19 +496,15 @@ pub async fn detail(
 
 #[derive(Deserialize)]
 pub struct NoteForm {
-    csrf_token: Option<String>,
     text: String,
 }
 
 pub async fn note(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
-    bytes: Bytes,
+    Posted(f): Posted<NoteForm>,
 ) -> PageResult {
-    let f: NoteForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
@@ -525,7 +518,6 @@ pub async fn note(
 
 #[derive(serde::Deserialize)]
 pub struct CauseForm {
-    csrf_token: Option<String>,
     /// `yes`, `no` or `clear`.
     cause: String,
 }
@@ -534,12 +526,9 @@ pub struct CauseForm {
 pub async fn cause(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path((id, deploy)): axum::extract::Path<(String, String)>,
-    bytes: Bytes,
+    Posted(f): Posted<CauseForm>,
 ) -> PageResult {
-    let f: CauseForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };
@@ -560,16 +549,12 @@ pub async fn cause(
 async fn decide(
     state: St,
     identity: Ident,
-    csrf: Csrf,
     id: Id,
-    bytes: Bytes,
+    f: Posted<Confirmed>,
     verb: &str,
 ) -> PageResult {
-    let (axum::extract::State(state), axum::Extension(identity), axum::Extension(csrf)) =
-        (state, identity, csrf);
+    let (axum::extract::State(state), axum::Extension(identity), Posted(f)) = (state, identity, f);
     let remediation = state.remediation.clone();
-    let f: Confirmed = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     if f.confirm.as_deref() != Some("yes") && f.confirm.as_deref() != Some("on") {
         return Err(Refusal::bad(
             "Tick the confirmation box to confirm, then submit again.",
@@ -609,21 +594,20 @@ async fn decide(
     }
 }
 
-pub async fn approve(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
-    decide(s, i, c, id, b, "approve").await
+pub async fn approve(s: St, i: Ident, id: Id, f: Posted<Confirmed>) -> PageResult {
+    decide(s, i, id, f, "approve").await
 }
 
-pub async fn deny(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
-    decide(s, i, c, id, b, "deny").await
+pub async fn deny(s: St, i: Ident, id: Id, f: Posted<Confirmed>) -> PageResult {
+    decide(s, i, id, f, "deny").await
 }
 
-pub async fn revert(s: St, i: Ident, c: Csrf, id: Id, b: Bytes) -> PageResult {
-    decide(s, i, c, id, b, "revert").await
+pub async fn revert(s: St, i: Ident, id: Id, f: Posted<Confirmed>) -> PageResult {
+    decide(s, i, id, f, "revert").await
 }
 
 #[derive(serde::Deserialize)]
 pub struct ResponseForm {
-    csrf_token: Option<String>,
     /// `acknowledge` or `save`.
     act: String,
     severity: Option<String>,
@@ -637,12 +621,9 @@ pub struct ResponseForm {
 pub async fn response(
     axum::extract::State(state): St,
     axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
-    bytes: Bytes,
+    Posted(f): Posted<ResponseForm>,
 ) -> PageResult {
-    let f: ResponseForm = form(&bytes)?;
-    check_csrf(f.csrf_token.as_deref(), &csrf)?;
     let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
         return Err(Refusal::bad("not an incident id"));
     };

@@ -380,6 +380,35 @@ pub fn check_csrf(sent: Option<&str>, csrf: &PageCsrf) -> Result<(), Refusal> {
     }
 }
 
+/// A page form as posted: its CSRF token checked against the page's, then
+/// the body read as `T`. A stale token (403) or a body that cannot be read
+/// (400) is refused as a page that says why, before the handler runs.
+pub struct Posted<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Posted<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Refusal> {
+        #[derive(Deserialize)]
+        struct Token {
+            csrf_token: Option<String>,
+        }
+        let csrf = req.extensions().get::<PageCsrf>().cloned();
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Refusal::new(e.status(), e.body_text()))?;
+        let token: Token = form(&bytes)?;
+        let csrf = csrf.ok_or_else(|| {
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this form has no page to come from",
+            )
+        })?;
+        check_csrf(token.csrf_token.as_deref(), &csrf)?;
+        form(&bytes).map(Posted)
+    }
+}
+
 /// Where a page's time went, for the `Server-Timing` header (a browser's
 /// network panel shows it; `firebreak bench --page-probes` reads `total`).
 pub struct Timing {
