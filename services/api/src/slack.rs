@@ -122,6 +122,27 @@ fn slack_parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<SlackClient>), A
     Ok((store, slack))
 }
 
+/// The form of a request Slack signed; `Err` is the answer to send instead:
+/// a refusal when the signature is missing, wrong or stale (checked before
+/// the body is read), 400 when the body is not a form.
+#[allow(clippy::result_large_err)]
+fn signed_form(
+    slack: &SlackClient,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HashMap<String, String>, Response> {
+    if let Some(refusal) = check(slack, headers, body) {
+        return Err(refusal);
+    }
+    serde_urlencoded::from_bytes(body).map_err(|e| {
+        ApiError::BadRequest {
+            field: None,
+            message: format!("not a form body: {e}"),
+        }
+        .into_response()
+    })
+}
+
 /// Verifies the request; `Some` is the refusal to send.
 fn check(slack: &SlackClient, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
     let Some(secret) = &slack.config().signing_secret else {
@@ -213,14 +234,10 @@ async fn commands(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (store, slack) = slack_parts(&state)?;
-    if let Some(r) = check(&slack, &headers, &body) {
-        return Ok(r);
-    }
-    let form: HashMap<String, String> =
-        serde_urlencoded::from_bytes(&body).map_err(|e| ApiError::BadRequest {
-            field: None,
-            message: format!("not a form body: {e}"),
-        })?;
+    let form = match signed_form(&slack, &headers, &body) {
+        Ok(form) => form,
+        Err(answer) => return Ok(answer),
+    };
     let id = form.get("user_id").cloned().unwrap_or_default();
     if id.is_empty() {
         return Ok(ephemeral("Slack sent no user_id; nothing done."));
@@ -259,28 +276,18 @@ async fn commands(
         ("status", [id]) => status(&state, store.as_ref(), id).await?,
         ("ack", [id]) => ack(&state, id, &caller).await?,
         ("status", [id, stage]) => {
-            change(
-                &state,
-                id,
-                &caller,
-                IncidentChange {
-                    stage: Some(stage.to_string()),
-                    ..IncidentChange::default()
-                },
-            )
-            .await?
+            let change_to = IncidentChange {
+                stage: Some(stage.to_string()),
+                ..IncidentChange::default()
+            };
+            change(&state, id, &caller, change_to).await?
         }
         ("sev", [id, level]) => {
-            change(
-                &state,
-                id,
-                &caller,
-                IncidentChange {
-                    severity: Some(level.to_string()),
-                    ..IncidentChange::default()
-                },
-            )
-            .await?
+            let change_to = IncidentChange {
+                severity: Some(level.to_string()),
+                ..IncidentChange::default()
+            };
+            change(&state, id, &caller, change_to).await?
         }
         ("commander", [id, who]) => {
             let Some(person) = mentioned(&slack, who) else {
@@ -289,33 +296,18 @@ async fn commands(
                     escape(id)
                 )));
             };
-            change(
-                &state,
-                id,
-                &caller,
-                IncidentChange {
-                    commander: Some(person),
-                    ..IncidentChange::default()
-                },
-            )
-            .await?
+            let change_to = IncidentChange {
+                commander: Some(person),
+                ..IncidentChange::default()
+            };
+            change(&state, id, &caller, change_to).await?
         }
         ("declare", [service, title @ ..]) if !title.is_empty() => {
-            let title = text
-                .splitn(3, char::is_whitespace)
-                .nth(2)
-                .unwrap_or("")
-                .trim();
-            declare(&state, service, title, &caller).await?
+            declare(&state, service, after_two_words(&text), &caller).await?
         }
         ("resolve", [id]) => resolve(&state, id, &caller).await?,
         ("note", [id, rest @ ..]) if !rest.is_empty() => {
-            let note = text
-                .splitn(3, char::is_whitespace)
-                .nth(2)
-                .unwrap_or("")
-                .trim();
-            add_note(&state, id, note, &caller).await?
+            add_note(&state, id, after_two_words(&text), &caller).await?
         }
         ("killswitch", [flag, state_word, rest @ ..]) if rest.len() <= 1 => {
             let wanted = match state_word.to_ascii_lowercase().as_str() {
@@ -569,6 +561,19 @@ fn incident_id(raw: &str) -> Option<i64> {
     raw.trim_start_matches('#').parse().ok().filter(|i| *i > 0)
 }
 
+/// What follows a command's first two words, as typed (a title, a note).
+fn after_two_words(text: &str) -> &str {
+    text.splitn(3, char::is_whitespace)
+        .nth(2)
+        .unwrap_or("")
+        .trim()
+}
+
+/// The answer to an argument that should have named an incident.
+fn not_an_incident(raw: &str) -> Response {
+    ephemeral(format!("`{}` is not an incident id.", escape(raw)))
+}
+
 async fn list(store: &dyn Store) -> Result<Response, ApiError> {
     let open = store
         .list_incidents(&IncidentFilter {
@@ -597,10 +602,7 @@ async fn list(store: &dyn Store) -> Result<Response, ApiError> {
 
 async fn status(state: &AppState, store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
-        return Ok(ephemeral(format!(
-            "`{}` is not an incident id.",
-            escape(raw)
-        )));
+        return Ok(not_an_incident(raw));
     };
     let detail = match store.incident(id).await {
         Ok(d) => d,
@@ -665,10 +667,7 @@ async fn status(state: &AppState, store: &dyn Store, raw: &str) -> Result<Respon
 
 async fn ack(state: &AppState, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
-        return Ok(ephemeral(format!(
-            "`{}` is not an incident id.",
-            escape(raw)
-        )));
+        return Ok(not_an_incident(raw));
     };
     let remediation = state.remediation.clone();
     match remediation
@@ -730,10 +729,7 @@ async fn change(
     change: IncidentChange,
 ) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
-        return Ok(ephemeral(format!(
-            "`{}` is not an incident id.",
-            escape(raw)
-        )));
+        return Ok(not_an_incident(raw));
     };
     let remediation = state.remediation.clone();
     let scale = remediation.severities();
@@ -802,10 +798,7 @@ async fn declare(
 
 async fn resolve(state: &AppState, raw: &str, caller: &Caller) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
-        return Ok(ephemeral(format!(
-            "`{}` is not an incident id.",
-            escape(raw)
-        )));
+        return Ok(not_an_incident(raw));
     };
     match state
         .remediation
@@ -832,10 +825,7 @@ async fn add_note(
     caller: &Caller,
 ) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
-        return Ok(ephemeral(format!(
-            "`{}` is not an incident id.",
-            escape(raw)
-        )));
+        return Ok(not_an_incident(raw));
     };
     match state
         .remediation
@@ -966,10 +956,7 @@ async fn follow_up(store: Arc<dyn Store>, slack: Arc<SlackClient>, id: i64, resp
 
 async fn postmortem(state: &AppState, store: &dyn Store, raw: &str) -> Result<Response, ApiError> {
     let Some(id) = incident_id(raw) else {
-        return Ok(ephemeral(format!(
-            "`{}` is not an incident id.",
-            escape(raw)
-        )));
+        return Ok(not_an_incident(raw));
     };
     let Some(pm) = store.postmortem(id).await? else {
         return Ok(ephemeral(format!(
@@ -1022,14 +1009,10 @@ async fn interactions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (store, slack) = slack_parts(&state)?;
-    if let Some(r) = check(&slack, &headers, &body) {
-        return Ok(r);
-    }
-    let form: HashMap<String, String> =
-        serde_urlencoded::from_bytes(&body).map_err(|e| ApiError::BadRequest {
-            field: None,
-            message: format!("not a form body: {e}"),
-        })?;
+    let form = match signed_form(&slack, &headers, &body) {
+        Ok(form) => form,
+        Err(answer) => return Ok(answer),
+    };
     let payload: Value = form
         .get("payload")
         .and_then(|p| serde_json::from_str(p).ok())

@@ -132,6 +132,24 @@ pub trait Get {
     }
 }
 
+/// Reads a row into a struct: each `field: get` before the `;` reads the
+/// column named like the field with that [`Get`] method; each field after it
+/// is a local of that name, or `field = expression` (a renamed, computed or
+/// checked column).
+macro_rules! from_row {
+    (@value $field:ident) => { $field };
+    (@value $field:ident $value:expr) => { $value };
+    ($r:ident => $($ty:ident)::+ {
+        $($field:ident: $get:ident),* $(,)?
+        $(; $($other:ident $(= $value:expr)?),* $(,)?)?
+    }) => {
+        $($ty)::+ {
+            $($field: $r.$get(stringify!($field))?,)*
+            $($($other: from_row!(@value $other $($value)?),)*)?
+        }
+    };
+}
+
 /// A stored value the domain does not know: an error naming table, row and column.
 pub fn corrupt(table: &str, row: impl std::fmt::Display, col: &str, what: String) -> StoreError {
     StoreError::Corrupt(format!(
@@ -236,26 +254,15 @@ pub fn incident_row(r: &impl Get) -> Result<IncidentRow> {
                 "column status: unknown incident status {status:?}"
             )));
         }
-        Ok(IncidentRow {
-            id,
-            status,
-            service: r.opt_text("service")?,
-            environment: r.opt_text("environment")?,
-            title: r.text("title")?,
-            severity: r.opt_text("severity")?,
-            group_key: r.text("group_key")?,
-            opened_at: r.time("opened_at")?,
-            resolved_at: r.opt_time("resolved_at")?,
-            response: crate::IncidentResponse {
-                acknowledged_at: r.opt_time("acknowledged_at")?,
-                acknowledged_by: r.opt_text("acknowledged_by")?,
-                declared_severity: r.opt_text("declared_severity")?,
-                stage: r.opt_text("stage")?,
-                commander: r.opt_text("commander")?,
-                summary: r.opt_text("summary")?,
-                declared_by: r.opt_text("declared_by")?,
-            },
-        })
+        let response = from_row!(r => crate::IncidentResponse {
+            acknowledged_at: opt_time, acknowledged_by: opt_text, declared_severity: opt_text,
+            stage: opt_text, commander: opt_text, summary: opt_text, declared_by: opt_text,
+        });
+        Ok(from_row!(r => IncidentRow {
+            service: opt_text, environment: opt_text, title: text, severity: opt_text,
+            group_key: text, opened_at: time, resolved_at: opt_time;
+            id, status, response
+        }))
     };
     read().map_err(in_row("incidents", id.to_string()))
 }
@@ -280,28 +287,18 @@ pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
         let flags: Vec<String> = serde_json::from_value(r.json("flags")?).map_err(|e| {
             StoreError::Corrupt(format!("column flags: not a list of flag keys: {e}"))
         })?;
-        Ok(DeployEvent {
-            id: id.clone(),
-            service: r.text("service")?,
-            environment: r.opt_text("environment")?,
-            version: r.text("version")?,
-            previous_version: r.opt_text("previous_version")?,
-            status,
-            strategy,
-            step: r.opt_text("step")?,
-            started_at: r.time("started_at")?,
-            finished_at: r.opt_time("finished_at")?,
-            commit: r.opt_text("commit_sha")?,
-            url: r.opt_text("url")?,
-            actor: r.opt_text("actor")?,
-            flags,
-            commit_times: match r.opt_json("commit_times")? {
+        Ok(from_row!(r => DeployEvent {
+            service: text, environment: opt_text, version: text, previous_version: opt_text,
+            step: opt_text, started_at: time, finished_at: opt_time, url: opt_text,
+            actor: opt_text;
+            id = id.clone(), status, strategy, flags, commit = r.opt_text("commit_sha")?,
+            commit_times = match r.opt_json("commit_times")? {
                 None | Some(Value::Null) => Vec::new(),
                 Some(v) => serde_json::from_value(v).map_err(|e| {
                     StoreError::Corrupt(format!("column commit_times: not a list of times: {e}"))
                 })?,
-            },
-        })
+            }
+        }))
     };
     read().map_err(in_row("deploys", format!("{id:?}")))
 }
@@ -334,23 +331,12 @@ pub fn gate_row(r: &impl Get) -> Result<GateResult> {
         let verdict = GateVerdict::parse(&verdict).ok_or_else(|| {
             StoreError::Corrupt(format!("column verdict: unknown gate verdict {verdict:?}"))
         })?;
-        Ok(GateResult {
-            id: id.clone(),
-            service: r.text("service")?,
-            environment: r.opt_text("environment")?,
-            version: r.opt_text("version")?,
-            deploy_id: r.opt_text("deploy_id")?,
-            gate: r.text("gate")?,
-            metric: r.opt_text("metric")?,
-            comparison: r.opt_text("comparison")?,
-            threshold: r.opt_float("threshold")?,
-            baseline: r.opt_float("baseline")?,
-            observed: r.opt_float("observed")?,
-            window: r.opt_text("window_text")?,
-            step: r.opt_text("step")?,
-            verdict,
-            evaluated_at: r.time("evaluated_at")?,
-        })
+        Ok(from_row!(r => GateResult {
+            service: text, environment: opt_text, version: opt_text, deploy_id: opt_text,
+            gate: text, metric: opt_text, comparison: opt_text, threshold: opt_float,
+            baseline: opt_float, observed: opt_float, step: opt_text, evaluated_at: time;
+            id = id.clone(), verdict, window = r.opt_text("window_text")?
+        }))
     };
     read().map_err(in_row("gate_results", format!("{id:?}")))
 }
@@ -369,32 +355,17 @@ pub fn action_row(r: &impl Get) -> Result<ActionRow> {
         })?;
         let spec: ActionSpec = serde_json::from_value(r.json("spec")?)
             .map_err(|e| StoreError::Corrupt(format!("column spec: not an action spec: {e}")))?;
-        Ok(ActionRow {
-            id,
-            dedupe_key: r.text("dedupe_key")?,
-            playbook: r.text("playbook")?,
-            playbook_version: r.text("playbook_version")?,
-            step_index: i32::try_from(r.int("step_index")?)
-                .map_err(|_| StoreError::Corrupt("column step_index: out of range".into()))?,
-            kind: r.text("kind")?,
-            target: r.text("target")?,
-            incident_id: r.opt_int("incident_id")?,
-            trigger_id: r.text("trigger_id")?,
-            requested_by: r.text("requested_by")?,
-            status,
-            reason: r.opt_text("reason")?,
-            spec,
-            previous_state: r.opt_json("previous_state")?,
-            result: r.opt_json("result")?,
-            attempts: i32::try_from(r.int("attempts")?)
-                .map_err(|_| StoreError::Corrupt("column attempts: out of range".into()))?,
-            decided_by: r.opt_text("decided_by")?,
-            created_at: r.time("created_at")?,
-            updated_at: r.time("updated_at")?,
-            not_before: r.time("not_before")?,
-            lease_until: r.opt_time("lease_until")?,
-            lease_owner: r.opt_text("lease_owner")?,
-        })
+        let small = |col: &str| {
+            i32::try_from(r.int(col)?)
+                .map_err(|_| StoreError::Corrupt(format!("column {col}: out of range")))
+        };
+        Ok(from_row!(r => ActionRow {
+            dedupe_key: text, playbook: text, playbook_version: text, kind: text, target: text,
+            incident_id: opt_int, trigger_id: text, requested_by: text, reason: opt_text,
+            previous_state: opt_json, result: opt_json, decided_by: opt_text, created_at: time,
+            updated_at: time, not_before: time, lease_until: opt_time, lease_owner: opt_text;
+            id, status, spec, step_index = small("step_index")?, attempts = small("attempts")?
+        }))
     };
     read().map_err(in_row("actions", id.to_string()))
 }
@@ -405,19 +376,11 @@ pub const AUDIT_COLUMNS: &str =
 pub fn audit_row(r: &impl Get) -> Result<AuditRow> {
     let id = r.int("id")?;
     let read = || -> Result<AuditRow> {
-        Ok(AuditRow {
-            id,
-            entry: NewAudit {
-                at: r.time("at")?,
-                actor: r.text("actor")?,
-                event: r.text("event")?,
-                action_id: r.opt_int("action_id")?,
-                incident_id: r.opt_int("incident_id")?,
-                playbook: r.opt_text("playbook")?,
-                playbook_version: r.opt_text("playbook_version")?,
-                detail: r.json("detail")?,
-            },
-        })
+        let entry = from_row!(r => NewAudit {
+            at: time, actor: text, event: text, action_id: opt_int, incident_id: opt_int,
+            playbook: opt_text, playbook_version: opt_text, detail: json,
+        });
+        Ok(AuditRow { id, entry })
     };
     read().map_err(in_row("audit", id.to_string()))
 }
@@ -428,22 +391,18 @@ const FLAG_COLUMNS: &str =
 pub fn flag_row(r: &impl Get) -> Result<FlagRow> {
     let key = r.text("key")?;
     let read = || -> Result<FlagRow> {
-        Ok(FlagRow {
-            key: key.clone(),
-            enabled: r.bool("enabled")?,
-            description: r.opt_text("description")?,
-            updated_at: r.time("updated_at")?,
-            updated_by: r.text("updated_by")?,
-            definition: match r.opt_text("definition")? {
+        let definition =
+            match r.opt_text("definition")? {
                 None => None,
                 Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
                     corrupt("flags", format!("{key:?}"), "definition", e.to_string())
                 })?),
-            },
-            owner: r.opt_text("owner")?,
-            created_at: r.opt_time("created_at")?,
-            last_evaluated_at: r.opt_time("last_evaluated_at")?,
-        })
+            };
+        Ok(from_row!(r => FlagRow {
+            enabled: bool, description: opt_text, updated_at: time, updated_by: text,
+            owner: opt_text, created_at: opt_time, last_evaluated_at: opt_time;
+            key = key.clone(), definition
+        }))
     };
     read().map_err(in_row("flags", format!("{key:?}")))
 }
@@ -456,50 +415,31 @@ pub fn rollout_row(r: &impl Get) -> Result<Rollout> {
     let id = r.int("id")?;
     let read = || -> Result<Rollout> {
         let status = r.text("status")?;
-        Ok(Rollout {
-            id,
-            flag: r.text("flag")?,
-            plan: serde_json::from_value(r.json("plan")?)
-                .map_err(|e| corrupt("rollouts", id, "plan", e.to_string()))?,
-            status: RolloutStatus::parse(&status).ok_or_else(|| {
-                corrupt(
-                    "rollouts",
-                    id,
-                    "status",
-                    format!("unknown status {status:?}"),
-                )
-            })?,
-            step: r
-                .opt_int("step")?
-                .map(|s| {
-                    usize::try_from(s)
-                        .map_err(|_| corrupt("rollouts", id, "step", format!("{s} is negative")))
-                })
-                .transpose()?,
-            generation: i32::try_from(r.int("generation")?)
-                .map_err(|e| corrupt("rollouts", id, "generation", e.to_string()))?,
-            step_started_at: r.opt_time("step_started_at")?,
-            action_id: r.opt_int("action_id")?,
-            waiting: r.opt_text("waiting")?,
-            reason: r.opt_text("reason")?,
-            created_by: r.text("created_by")?,
-            created_at: r.time("created_at")?,
-            started_at: r.time("started_at")?,
-            updated_at: r.time("updated_at")?,
-        })
+        let bad = |col: &str, what: String| corrupt("rollouts", id, col, what);
+        let plan =
+            serde_json::from_value(r.json("plan")?).map_err(|e| bad("plan", e.to_string()))?;
+        let status = RolloutStatus::parse(&status)
+            .ok_or_else(|| bad("status", format!("unknown status {status:?}")))?;
+        let step = r
+            .opt_int("step")?
+            .map(|s| usize::try_from(s).map_err(|_| bad("step", format!("{s} is negative"))))
+            .transpose()?;
+        let generation =
+            i32::try_from(r.int("generation")?).map_err(|e| bad("generation", e.to_string()))?;
+        Ok(from_row!(r => Rollout {
+            flag: text, step_started_at: opt_time, action_id: opt_int, waiting: opt_text,
+            reason: opt_text, created_by: text, created_at: time, started_at: time,
+            updated_at: time;
+            id, plan, status, step, generation
+        }))
     };
     read().map_err(in_row("rollouts", id.to_string()))
 }
 
 fn rollout_event_row(r: &impl Get) -> Result<RolloutEvent> {
-    Ok(RolloutEvent {
-        rollout_id: r.int("rollout_id")?,
-        at: r.time("at")?,
-        kind: r.text("kind")?,
-        actor: r.text("actor")?,
-        summary: r.text("summary")?,
-        ref_id: r.text("ref_id")?,
-    })
+    Ok(from_row!(r => RolloutEvent {
+        rollout_id: int, at: time, kind: text, actor: text, summary: text, ref_id: text,
+    }))
 }
 
 const POSTMORTEM_COLUMNS: &str =
@@ -508,16 +448,11 @@ const POSTMORTEM_COLUMNS: &str =
 pub fn postmortem_row(r: &impl Get) -> Result<PostmortemRow> {
     let id = r.int("incident_id")?;
     let read = || -> Result<PostmortemRow> {
-        Ok(PostmortemRow {
-            incident_id: id,
-            revision: r.int("revision")?,
-            status: r.text("status")?,
-            markdown: r.text("markdown")?,
-            generated: r.text("generated")?,
-            created_at: r.time("created_at")?,
-            updated_at: r.time("updated_at")?,
-            updated_by: r.text("updated_by")?,
-        })
+        Ok(from_row!(r => PostmortemRow {
+            revision: int, status: text, markdown: text, generated: text, created_at: time,
+            updated_at: time, updated_by: text;
+            incident_id = id
+        }))
     };
     read().map_err(in_row("postmortems", id.to_string()))
 }
@@ -541,29 +476,21 @@ fn history_alert(r: &impl Get) -> Result<(Option<i64>, AlertEvent)> {
         };
         Ok((
             r.opt_int("incident_id")?,
-            AlertEvent {
-                id: id.clone(),
-                fingerprint: r.text("fingerprint")?,
-                status,
-                labels: labels(r, "labels")?,
-                annotations: labels(r, "annotations")?,
-                starts_at: r.time("starts_at")?,
-                ends_at: r.opt_time("ends_at")?,
-                generator_url: r.text("generator_url")?,
-                truncated_alerts: u64::try_from(r.int("truncated_alerts")?).unwrap_or(0),
-            },
+            from_row!(r => AlertEvent {
+                fingerprint: text, starts_at: time, ends_at: opt_time, generator_url: text;
+                id = id.clone(), status, labels = labels(r, "labels")?,
+                annotations = labels(r, "annotations")?,
+                truncated_alerts = u64::try_from(r.int("truncated_alerts")?).unwrap_or(0)
+            }),
         ))
     };
     read().map_err(in_row("alert_events", format!("{id:?}")))
 }
 
 fn open_incident(r: &impl Get) -> Result<OpenIncident> {
-    Ok(OpenIncident {
-        id: r.int("id")?,
-        service: r.opt_text("service")?,
-        environment: r.opt_text("environment")?,
-        opened_at: r.time("opened_at")?,
-    })
+    Ok(from_row!(r => OpenIncident {
+        id: int, service: opt_text, environment: opt_text, opened_at: time,
+    }))
 }
 
 fn pair(r: &impl Get, a: &str, b: &str) -> Result<(i64, String)> {
@@ -767,16 +694,11 @@ fn token_row(r: &impl Get) -> Result<crate::TokenRow> {
                     .map_err(|e| StoreError::Corrupt(format!("column scopes: {e}")))
             })
             .collect::<Result<_>>()?;
-        Ok(crate::TokenRow {
-            id: id.clone(),
-            name: r.text("name")?,
-            scopes,
-            created_at: r.time("created_at")?,
-            created_by: r.text("created_by")?,
-            expires_at: r.opt_time("expires_at")?,
-            last_used_at: r.opt_time("last_used_at")?,
-            revoked_at: r.opt_time("revoked_at")?,
-        })
+        Ok(from_row!(r => crate::TokenRow {
+            name: text, created_at: time, created_by: text, expires_at: opt_time,
+            last_used_at: opt_time, revoked_at: opt_time;
+            id = id.clone(), scopes
+        }))
     };
     read().map_err(in_row("api_tokens", format!("{id:?}")))
 }
@@ -788,13 +710,10 @@ fn user_row(r: &impl Get) -> Result<crate::UserRow> {
     let read = || -> Result<crate::UserRow> {
         let role = firebreak_domain::access::Role::parse(&r.text("role")?)
             .map_err(|e| StoreError::Corrupt(format!("column role: {e}")))?;
-        Ok(crate::UserRow {
-            username: name.clone(),
-            role,
-            created_at: r.time("created_at")?,
-            created_by: r.text("created_by")?,
-            disabled_at: r.opt_time("disabled_at")?,
-        })
+        Ok(from_row!(r => crate::UserRow {
+            created_at: time, created_by: text, disabled_at: opt_time;
+            username = name.clone(), role
+        }))
     };
     read().map_err(in_row("users", format!("{name:?}")))
 }

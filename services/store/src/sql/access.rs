@@ -271,11 +271,9 @@ impl<D: Dialect> AccessStore for Db<D> {
             .await?;
         rows.first()
             .map(|r| {
-                Ok(crate::SessionRow {
-                    user: user_row(r)?,
-                    csrf_token: r.text("csrf_token")?,
-                    expires_at: r.time("expires_at")?,
-                })
+                Ok(from_row!(r => crate::SessionRow {
+                    csrf_token: text, expires_at: time; user = user_row(r)?
+                }))
             })
             .transpose()
     }

@@ -10,24 +10,13 @@ const COLUMNS: &str =
 fn item_row(r: &impl Get) -> Result<ActionItemRow> {
     let id = r.int("id")?;
     let read = || -> Result<ActionItemRow> {
-        Ok(ActionItemRow {
-            id,
-            incident_id: r.int("incident_id")?,
-            title: r.text("title")?,
-            owner: r.opt_text("owner")?,
-            due: r.opt_text("due")?,
-            priority: r.text("priority")?,
-            status: r.text("status")?,
-            created_by: r.text("created_by")?,
-            created_at: r.time("created_at")?,
-            updated_at: r.time("updated_at")?,
-            tracker: r.opt_text("tracker")?,
-            tracker_key: r.opt_text("tracker_key")?,
-            tracker_url: r.opt_text("tracker_url")?,
-            export_state: r.opt_text("export_state")?,
-            export_error: r.opt_text("export_error")?,
-            export_attempts: r.int("export_attempts")?,
-        })
+        Ok(from_row!(r => ActionItemRow {
+            incident_id: int, title: text, owner: opt_text, due: opt_text, priority: text,
+            status: text, created_by: text, created_at: time, updated_at: time,
+            tracker: opt_text, tracker_key: opt_text, tracker_url: opt_text,
+            export_state: opt_text, export_error: opt_text, export_attempts: int;
+            id
+        }))
     };
     read().map_err(in_row("action_items", id.to_string()))
 }

@@ -186,14 +186,9 @@ impl<D: Dialect> FlagStore for Db<D> {
             )
             .await?;
         decode(&rows, |r| {
-            Ok(ServiceEvent {
-                service: r.text("service")?,
-                at: r.time("at")?,
-                kind: r.text("kind")?,
-                source: r.text("source")?,
-                summary: r.text("summary")?,
-                ref_id: r.text("ref_id")?,
-            })
+            Ok(from_row!(r => ServiceEvent {
+                service: text, at: time, kind: text, source: text, summary: text, ref_id: text,
+            }))
         })
     }
 }

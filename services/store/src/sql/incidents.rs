@@ -108,16 +108,11 @@ impl<D: Dialect> IncidentStore for Db<D> {
                 None,
                 None,
             ));
-            Ok(crate::AlertGroup {
-                count: r.int("n")?,
-                firing: r.int("firing")?,
-                first_seen: r.time("first")?,
-                last_seen: r.time("last")?,
-                labels,
-                runbook_url,
-                generator_url,
-                alertname,
-            })
+            Ok(from_row!(r => crate::AlertGroup {
+                firing: int;
+                count = r.int("n")?, first_seen = r.time("first")?, last_seen = r.time("last")?,
+                labels, runbook_url, generator_url, alertname
+            }))
         })
         .map_err(in_row("incident_alerts", format!("of incident {id}")))
     }
@@ -244,14 +239,10 @@ impl<D: Dialect> IncidentStore for Db<D> {
             )
             .await?;
         let alerts = decode(&alerts, |r| {
-            Ok(IncidentAlertRow {
-                fingerprint: r.text("fingerprint")?,
-                alertname: r.text("alertname")?,
-                status: r.text("status")?,
-                labels: r.json("labels")?,
-                starts_at: r.time("starts_at")?,
-                ends_at: r.opt_time("ends_at")?,
-            })
+            Ok(from_row!(r => IncidentAlertRow {
+                fingerprint: text, alertname: text, status: text, labels: json, starts_at: time,
+                ends_at: opt_time,
+            }))
         })
         .map_err(in_row("incident_alerts", format!("of incident {id}")))?;
         Ok(IncidentDetail {
@@ -415,15 +406,10 @@ impl<D: Dialect> IncidentStore for Db<D> {
             )
             .await?;
         decode(&rows, |r| {
-            Ok(TimelineEvent {
-                seq: r.int("id")?,
-                incident_id: r.int("incident_id")?,
-                at: r.time("at")?,
-                kind: r.text("kind")?,
-                source: r.text("source")?,
-                summary: r.text("summary")?,
-                ref_id: r.text("ref_id")?,
-            })
+            Ok(from_row!(r => TimelineEvent {
+                incident_id: int, at: time, kind: text, source: text, summary: text,
+                ref_id: text; seq = r.int("id")?
+            }))
         })
     }
 
@@ -450,13 +436,10 @@ impl<D: Dialect> IncidentStore for Db<D> {
             )
             .await?;
         decode(&rows, |r| {
-            Ok(crate::IncidentTimes {
-                incident_id: r.int("id")?,
-                first_alert: r.opt_time("first_alert")?,
-                suspect_at: r.opt_time("suspect_at")?,
-                mitigated_at: r.opt_time("mitigated_at")?,
-                last_alert_end: r.opt_time("last_end")?,
-            })
+            Ok(from_row!(r => crate::IncidentTimes {
+                first_alert: opt_time, suspect_at: opt_time, mitigated_at: opt_time;
+                incident_id = r.int("id")?, last_alert_end = r.opt_time("last_end")?
+            }))
         })
     }
 
@@ -530,11 +513,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
         .bind(limit.unwrap_or(i64::MAX));
         self.d
             .stream(query, &mut |r| {
-                each(LogRow {
-                    at: r.time("at")?,
-                    level: r.opt_text("level")?,
-                    message: r.text("message")?,
-                });
+                each(from_row!(r => LogRow { at: time, level: opt_text, message: text }));
                 Ok(())
             })
             .await

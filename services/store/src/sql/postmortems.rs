@@ -87,14 +87,10 @@ impl<D: Dialect> PostmortemStore for Db<D> {
             )
             .await?;
         decode(&rows, |r| {
-            Ok(RevisionRow {
-                revision: r.int("revision")?,
-                kind: r.text("kind")?,
-                status: r.text("status")?,
-                author: r.text("author")?,
-                created_at: r.time("created_at")?,
-                markdown: r.text("markdown")?,
-            })
+            Ok(from_row!(r => RevisionRow {
+                revision: int, kind: text, status: text, author: text, created_at: time,
+                markdown: text,
+            }))
         })
     }
 
