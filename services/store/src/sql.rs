@@ -111,6 +111,13 @@ impl Query {
         self.plan_each = true;
         self
     }
+
+    /// Locks the rows read for the rest of the transaction, where the
+    /// dialect can (`FOR UPDATE`; SQLite's one writer needs nothing).
+    pub fn for_update<T: DialectTx>(mut self) -> Query {
+        self.sql.to_mut().push_str(T::FOR_UPDATE);
+        self
+    }
 }
 
 /// Reading one column of a stored row, whatever the dialect stored it as.
@@ -499,6 +506,24 @@ fn pair(r: &impl Get, a: &str, b: &str) -> Result<(i64, String)> {
 
 fn decode<R, T>(rows: &[R], f: impl Fn(&R) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(f).collect()
+}
+
+/// Every row `query` reads in the transaction, decoded by `row`.
+async fn fetch_all<T: DialectTx, R>(
+    tx: &mut T,
+    query: Query,
+    row: fn(&T::Row) -> Result<R>,
+) -> Result<Vec<R>> {
+    decode(&tx.fetch(query).await?, row)
+}
+
+/// The first row `query` reads in the transaction, decoded; `None` without one.
+async fn fetch_first<T: DialectTx, R>(
+    tx: &mut T,
+    query: Query,
+    row: fn(&T::Row) -> Result<R>,
+) -> Result<Option<R>> {
+    tx.fetch(query).await?.first().map(row).transpose()
 }
 
 fn spec_json(spec: &ActionSpec) -> Result<Value> {
@@ -939,6 +964,27 @@ impl Columns {
 }
 
 impl<D: Dialect> Db<D> {
+    /// Every row `query` reads, decoded by `row`.
+    async fn read_all<T>(&self, query: Query, row: fn(&D::Row) -> Result<T>) -> Result<Vec<T>> {
+        decode(&self.d.read(query).await?, row)
+    }
+
+    /// The first row `query` reads, decoded; `None` without one.
+    async fn read_first<T>(
+        &self,
+        query: Query,
+        row: fn(&D::Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.d.read(query).await?.first().map(row).transpose()
+    }
+
+    /// The first row `query` reads, decoded; `NotFound` without one.
+    async fn read_one<T>(&self, query: Query, row: fn(&D::Row) -> Result<T>) -> Result<T> {
+        self.read_first(query, row)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
     /// Sets a built-in flag in one transaction; for an action, also records
     /// the state it found on the action (`None`: `owner` no longer holds the
     /// action's lease, and nothing was written).
@@ -950,16 +996,7 @@ impl<D: Dialect> Db<D> {
     ) -> Result<Option<Option<bool>>> {
         let FlagWrite { key, enabled, .. } = *flag;
         let mut tx = self.d.begin().await?;
-        let found = tx
-            .fetch(
-                q(format!(
-                    "SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1{}",
-                    <D::Tx as DialectTx>::FOR_UPDATE
-                ))
-                .bind(key),
-            )
-            .await?;
-        let found = found.first().map(flag_row).transpose()?;
+        let found = fetch_first(&mut tx, flag_locked::<D::Tx>(key), flag_row).await?;
         let previous = found.as_ref().map(|f| f.enabled);
         // Turned on, a definition first written DISABLED (as in a flagd
         // file) is ENABLED from now on, so that a later kill serves its off
@@ -990,6 +1027,13 @@ impl<D: Dialect> Db<D> {
         tx.commit().await?;
         Ok(Some(previous))
     }
+}
+
+/// Reads a flag row, locked for the transaction.
+fn flag_locked<T: DialectTx>(key: &str) -> Query {
+    q(format!("SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1"))
+        .bind(key)
+        .for_update::<T>()
 }
 
 /// The one write of a flag row: creates it, or updates `enabled` and who

@@ -44,13 +44,13 @@ impl<D: Dialect> AccessStore for Db<D> {
     }
 
     async fn list_tokens(&self) -> Result<Vec<crate::TokenRow>> {
-        let rows = self
-            .d
-            .read(q(format!(
+        self.read_all(
+            q(format!(
                 "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
-            )))
-            .await?;
-        decode(&rows, token_row)
+            )),
+            token_row,
+        )
+        .await
     }
 
     async fn revoke_token(&self, id_or_name: &str, audit: &NewAudit) -> Result<bool> {
@@ -143,13 +143,13 @@ impl<D: Dialect> AccessStore for Db<D> {
     }
 
     async fn list_users(&self) -> Result<Vec<crate::UserRow>> {
-        let rows = self
-            .d
-            .read(q(format!(
+        self.read_all(
+            q(format!(
                 "SELECT {USER_COLUMNS} FROM users ORDER BY username"
-            )))
-            .await?;
-        decode(&rows, user_row)
+            )),
+            user_row,
+        )
+        .await
     }
 
     async fn sign_in_external(
@@ -159,16 +159,12 @@ impl<D: Dialect> AccessStore for Db<D> {
         audit: &NewAudit,
     ) -> Result<Option<crate::UserRow>> {
         let mut tx = self.d.begin().await?;
-        let found = tx
-            .fetch(
-                q(format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE username = $1{}",
-                    <D::Tx as DialectTx>::FOR_UPDATE
-                ))
-                .bind(username),
-            )
-            .await?;
-        let row = match found.first().map(user_row).transpose()? {
+        let found = q(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .for_update::<D::Tx>();
+        let row = match fetch_first(&mut tx, found, user_row).await? {
             Some(u) if u.disabled_at.is_some() => return Ok(None),
             Some(u) if u.role == role => return Ok(Some(u)),
             Some(_) => {

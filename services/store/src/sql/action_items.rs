@@ -39,16 +39,12 @@ fn first(rows: &[impl Get]) -> Result<ActionItemRow> {
 }
 
 async fn one<T: DialectTx>(tx: &mut T, id: i64) -> Result<ActionItemRow> {
-    let rows = tx
-        .fetch(
-            q(format!(
-                "SELECT {COLUMNS} FROM action_items WHERE id = $1{}",
-                T::FOR_UPDATE
-            ))
-            .bind(id),
-        )
-        .await?;
-    first(&rows)
+    let query = q(format!("SELECT {COLUMNS} FROM action_items WHERE id = $1"))
+        .bind(id)
+        .for_update::<T>();
+    fetch_first(tx, query, item_row)
+        .await?
+        .ok_or(StoreError::NotFound)
 }
 
 #[async_trait]
@@ -100,16 +96,14 @@ impl<D: Dialect> ActionItemStore for Db<D> {
     }
 
     async fn action_items(&self, incident_id: i64) -> Result<Vec<ActionItemRow>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {COLUMNS} FROM action_items WHERE incident_id = $1 ORDER BY id"
-                ))
-                .bind(incident_id),
-            )
-            .await?;
-        decode(&rows, item_row)
+        self.read_all(
+            q(format!(
+                "SELECT {COLUMNS} FROM action_items WHERE incident_id = $1 ORDER BY id"
+            ))
+            .bind(incident_id),
+            item_row,
+        )
+        .await
     }
 
     async fn action_item(&self, id: i64) -> Result<ActionItemRow> {
@@ -262,17 +256,13 @@ impl<D: Dialect> ActionItemStore for Db<D> {
         entry_for: &(dyn for<'r> Fn(&'r ActionItemRow) -> NewEntry + Send + Sync),
     ) -> Result<Option<ActionItemRow>> {
         let mut tx = self.d.begin().await?;
-        let found = tx
-            .fetch(
-                q(format!(
-                    "SELECT {COLUMNS} FROM action_items WHERE tracker = $1 AND tracker_key = $2{}",
-                    <D::Tx as DialectTx>::FOR_UPDATE
-                ))
-                .bind(word.tracker)
-                .bind(word.key),
-            )
-            .await?;
-        let Some(now) = found.first().map(item_row).transpose()? else {
+        let found = q(format!(
+            "SELECT {COLUMNS} FROM action_items WHERE tracker = $1 AND tracker_key = $2"
+        ))
+        .bind(word.tracker)
+        .bind(word.key)
+        .for_update::<D::Tx>();
+        let Some(now) = fetch_first(&mut tx, found, item_row).await? else {
             return Ok(None);
         };
         if now.status == word.status {

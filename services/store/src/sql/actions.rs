@@ -118,58 +118,52 @@ impl<D: Dialect> ActionStore for Db<D> {
     }
 
     async fn action(&self, id: i64) -> Result<ActionRow> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1"
-                ))
-                .bind(id),
-            )
-            .await?;
-        action_row(rows.first().ok_or(StoreError::NotFound)?)
+        self.read_one(
+            q(format!(
+                "SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1"
+            ))
+            .bind(id),
+            action_row,
+        )
+        .await
     }
 
     async fn list_actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {ACTION_COLUMNS} FROM actions
+        self.read_all(
+            q(format!(
+                "SELECT {ACTION_COLUMNS} FROM actions
                      WHERE ($1 IS NULL OR incident_id = $1) AND ($2 IS NULL OR status = $2)
                        AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR id < $4)
                      ORDER BY id DESC LIMIT $5"
-                ))
-                .bind(f.incident_id)
-                .bind(f.status.map(|s| s.as_str()))
-                .bind(f.since)
-                .bind(f.before_id)
-                .bind(f.limit),
-            )
-            .await?;
-        decode(&rows, action_row)
+            ))
+            .bind(f.incident_id)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.since)
+            .bind(f.before_id)
+            .bind(f.limit),
+            action_row,
+        )
+        .await
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit
+        self.read_all(
+            q(format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit
                      WHERE ($1 IS NULL OR action_id = $1) AND ($2 IS NULL OR incident_id = $2)
                        AND ($3 IS NULL OR id < $3) AND ($5 IS NULL OR actor = $5)
                        AND ($6 IS NULL OR event = $6)
                      ORDER BY id DESC LIMIT $4"
-                ))
-                .bind(f.action_id)
-                .bind(f.incident_id)
-                .bind(f.before_id)
-                .bind(f.limit)
-                .bind(&f.actor)
-                .bind(&f.event),
-            )
-            .await?;
-        decode(&rows, audit_row)
+            ))
+            .bind(f.action_id)
+            .bind(f.incident_id)
+            .bind(f.before_id)
+            .bind(f.limit)
+            .bind(&f.actor)
+            .bind(&f.event),
+            audit_row,
+        )
+        .await
     }
 
     async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()> {

@@ -85,38 +85,36 @@ impl<T: DialectTx + 'static> BatchTx for Tx<T> {
     }
 
     async fn open_incidents_for(&mut self, services: &[String]) -> Result<Vec<OpenIncident>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "SELECT id, service, environment, opened_at FROM incidents
+        fetch_all(
+            &mut self.tx,
+            q(format!(
+                "SELECT id, service, environment, opened_at FROM incidents
                      WHERE status = 'open' AND {}",
-                    T::any("service", 1)
-                ))
-                .bind(services.to_vec())
-                .plan_each(),
-            )
-            .await?;
-        decode(&rows, open_incident)
+                T::any("service", 1)
+            ))
+            .bind(services.to_vec())
+            .plan_each(),
+            open_incident,
+        )
+        .await
     }
 
     async fn open_incidents_with_flag(&mut self, flag: &str) -> Result<Vec<OpenIncident>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "SELECT DISTINCT i.id, i.service, i.environment, i.opened_at
+        fetch_all(
+            &mut self.tx,
+            q(format!(
+                "SELECT DISTINCT i.id, i.service, i.environment, i.opened_at
                      FROM incidents i
                      JOIN incident_changes c ON c.incident_id = i.id
                      JOIN deploys d ON d.id = c.deploy_id
                      WHERE i.status = 'open' AND {}
                      ORDER BY i.id",
-                    T::json_array_has("d.flags", 1)
-                ))
-                .bind(flag),
-            )
-            .await?;
-        decode(&rows, open_incident)
+                T::json_array_has("d.flags", 1)
+            ))
+            .bind(flag),
+            open_incident,
+        )
+        .await
     }
 
     async fn find_deploy(

@@ -6,19 +6,19 @@ use super::*;
 #[async_trait]
 impl<D: Dialect> FlagStore for Db<D> {
     async fn list_flags(&self) -> Result<Vec<FlagRow>> {
-        let rows = self
-            .d
-            .read(q(format!("SELECT {FLAG_COLUMNS} FROM flags ORDER BY key")))
-            .await?;
-        decode(&rows, flag_row)
+        self.read_all(
+            q(format!("SELECT {FLAG_COLUMNS} FROM flags ORDER BY key")),
+            flag_row,
+        )
+        .await
     }
 
     async fn flag(&self, key: &str) -> Result<FlagRow> {
-        let rows = self
-            .d
-            .read(q(format!("SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1")).bind(key))
-            .await?;
-        flag_row(rows.first().ok_or(StoreError::NotFound)?)
+        self.read_one(
+            q(format!("SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1")).bind(key),
+            flag_row,
+        )
+        .await
     }
 
     async fn import_flags(
@@ -100,16 +100,14 @@ impl<D: Dialect> FlagStore for Db<D> {
     }
 
     async fn rollout(&self, id: i64) -> Result<Rollout> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
-                ))
-                .bind(id),
-            )
-            .await?;
-        rollout_row(rows.first().ok_or(StoreError::NotFound)?)
+        self.read_one(
+            q(format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
+            ))
+            .bind(id),
+            rollout_row,
+        )
+        .await
     }
 
     async fn list_rollouts(
@@ -118,35 +116,31 @@ impl<D: Dialect> FlagStore for Db<D> {
         active_only: bool,
         limit: i64,
     ) -> Result<Vec<Rollout>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+        self.read_all(
+            q(format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts
                      WHERE ($1 IS NULL OR flag = $1)
                        AND ($2 = 0 OR status IN ('running', 'paused'))
                      ORDER BY id DESC LIMIT $3"
-                ))
-                .bind(flag)
-                .bind(i64::from(active_only))
-                .bind(limit),
-            )
-            .await?;
-        decode(&rows, rollout_row)
+            ))
+            .bind(flag)
+            .bind(i64::from(active_only))
+            .bind(limit),
+            rollout_row,
+        )
+        .await
     }
 
     async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>> {
-        let rows = self
-            .d
-            .read(
-                q(
-                    "SELECT rollout_id, at, kind, actor, summary, ref_id FROM rollout_events
+        self.read_all(
+            q(
+                "SELECT rollout_id, at, kind, actor, summary, ref_id FROM rollout_events
                    WHERE rollout_id = $1 ORDER BY at, id LIMIT 10000",
-                )
-                .bind(id),
             )
-            .await?;
-        decode(&rows, rollout_event_row)
+            .bind(id),
+            rollout_event_row,
+        )
+        .await
     }
 
     async fn record_service_events(&self, events: &[ServiceEvent]) -> Result<()> {

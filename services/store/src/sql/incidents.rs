@@ -59,8 +59,7 @@ impl<D: Dialect> IncidentStore for Db<D> {
         if let Some(c) = &f.commander {
             query = query.bind(c.as_str());
         }
-        let rows = self.d.read(query).await?;
-        decode(&rows, incident_row)
+        self.read_all(query, incident_row).await
     }
 
     async fn alert_groups(&self, id: i64) -> Result<Vec<crate::AlertGroup>> {

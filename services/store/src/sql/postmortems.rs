@@ -5,16 +5,14 @@ use super::*;
 #[async_trait]
 impl<D: Dialect> PostmortemStore for Db<D> {
     async fn postmortem(&self, incident_id: i64) -> Result<Option<PostmortemRow>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {POSTMORTEM_COLUMNS} FROM postmortems WHERE incident_id = $1"
-                ))
-                .bind(incident_id),
-            )
-            .await?;
-        rows.first().map(postmortem_row).transpose()
+        self.read_first(
+            q(format!(
+                "SELECT {POSTMORTEM_COLUMNS} FROM postmortems WHERE incident_id = $1"
+            ))
+            .bind(incident_id),
+            postmortem_row,
+        )
+        .await
     }
 
     async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome> {

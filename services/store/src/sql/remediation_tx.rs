@@ -6,17 +6,7 @@ use super::*;
 #[async_trait]
 impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
     async fn flag_for_update(&mut self, key: &str) -> Result<Option<FlagRow>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "SELECT {FLAG_COLUMNS} FROM flags WHERE key = $1{}",
-                    T::FOR_UPDATE
-                ))
-                .bind(key),
-            )
-            .await?;
-        rows.first().map(flag_row).transpose()
+        fetch_first(&mut self.tx, flag_locked::<T>(key), flag_row).await
     }
 
     async fn put_flag(&mut self, f: &FlagRow) -> Result<()> {
@@ -73,14 +63,15 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
     }
 
     async fn active_rollouts(&mut self) -> Result<Vec<Rollout>> {
-        let rows = self
-            .tx
-            .fetch(q(format!(
+        fetch_all(
+            &mut self.tx,
+            q(format!(
                 "SELECT {ROLLOUT_COLUMNS} FROM rollouts
                  WHERE status IN ('running', 'paused') ORDER BY id"
-            )))
-            .await?;
-        decode(&rows, rollout_row)
+            )),
+            rollout_row,
+        )
+        .await
     }
 
     async fn update_rollout(
@@ -93,11 +84,10 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
         let step = c
             .step
             .map(|s| s.map(|s| i64::try_from(s).unwrap_or(i64::MAX)));
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "UPDATE rollouts SET
+        fetch_first(
+            &mut self.tx,
+            q(format!(
+                "UPDATE rollouts SET
                          status = COALESCE($3, status),
                          step = CASE WHEN $4 = 1 THEN $5 ELSE step END,
                          step_started_at = CASE WHEN $6 = 1 THEN $7 ELSE step_started_at END,
@@ -109,27 +99,27 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
                          updated_at = $15
                      WHERE id = $1 AND {} AND ($16 IS NULL OR generation = $16)
                      RETURNING {ROLLOUT_COLUMNS}",
-                    T::any("status", 2)
-                ))
-                .bind(id)
-                .bind(from)
-                .bind(c.status.map(|s| s.as_str()))
-                .bind(i64::from(c.step.is_some()))
-                .bind(step.flatten())
-                .bind(i64::from(c.step_started_at.is_some()))
-                .bind(c.step_started_at.flatten())
-                .bind(i64::from(c.action_id.is_some()))
-                .bind(c.action_id.flatten())
-                .bind(i64::from(c.waiting.is_some()))
-                .bind(c.waiting.clone().flatten())
-                .bind(i64::from(c.reason.is_some()))
-                .bind(c.reason.clone().flatten())
-                .bind(i64::from(c.restart))
-                .bind(c.at)
-                .bind(c.generation),
-            )
-            .await?;
-        rows.first().map(rollout_row).transpose()
+                T::any("status", 2)
+            ))
+            .bind(id)
+            .bind(from)
+            .bind(c.status.map(|s| s.as_str()))
+            .bind(i64::from(c.step.is_some()))
+            .bind(step.flatten())
+            .bind(i64::from(c.step_started_at.is_some()))
+            .bind(c.step_started_at.flatten())
+            .bind(i64::from(c.action_id.is_some()))
+            .bind(c.action_id.flatten())
+            .bind(i64::from(c.waiting.is_some()))
+            .bind(c.waiting.clone().flatten())
+            .bind(i64::from(c.reason.is_some()))
+            .bind(c.reason.clone().flatten())
+            .bind(i64::from(c.restart))
+            .bind(c.at)
+            .bind(c.generation),
+            rollout_row,
+        )
+        .await
     }
 
     async fn insert_rollout_events(&mut self, events: &[RolloutEvent]) -> Result<()> {
@@ -190,49 +180,41 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
     }
 
     async fn actions_created_since(&mut self, since: DateTime<Utc>) -> Result<Vec<ActionRow>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "SELECT {ACTION_COLUMNS} FROM actions WHERE created_at >= $1 ORDER BY id"
-                ))
-                .bind(since)
-                .plan_each(),
-            )
-            .await?;
-        decode(&rows, action_row)
+        fetch_all(
+            &mut self.tx,
+            q(format!(
+                "SELECT {ACTION_COLUMNS} FROM actions WHERE created_at >= $1 ORDER BY id"
+            ))
+            .bind(since)
+            .plan_each(),
+            action_row,
+        )
+        .await
     }
 
     async fn open_actions_on(&mut self, target: &str) -> Result<Vec<ActionRow>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
-                    "SELECT {ACTION_COLUMNS} FROM actions
+        fetch_all(
+            &mut self.tx,
+            q(format!(
+                "SELECT {ACTION_COLUMNS} FROM actions
                      WHERE target = $1 AND status IN ('pending', 'held', 'running', 'reverting')
                      ORDER BY id"
-                ))
-                .bind(target),
-            )
-            .await?;
-        decode(&rows, action_row)
+            ))
+            .bind(target),
+            action_row,
+        )
+        .await
     }
 
     async fn acting_actions_on(&mut self, target: &str, limit: i64) -> Result<Vec<ActionRow>> {
-        let rows = self
-            .tx
-            .fetch(
-                q(format!(
+        fetch_all(&mut self.tx, q(format!(
                     "SELECT {ACTION_COLUMNS} FROM actions
                      WHERE target = $1
                        AND status IN ('pending', 'held', 'running', 'succeeded', 'reverting', 'reverted')
                      ORDER BY id DESC LIMIT $2"
                 ))
                 .bind(target)
-                .bind(limit),
-            )
-            .await?;
-        decode(&rows, action_row)
+                .bind(limit), action_row).await
     }
 
     async fn tx_setting(&mut self, key: &str) -> Result<Option<String>> {
