@@ -248,6 +248,13 @@ pub enum Attach {
 
 // --- column lists and decoders ----------------------------------------------
 
+/// A stored word the domain knows (a status, a verdict), parsed; else
+/// `Corrupt`, naming the column and what it should have been.
+fn known<T>(word: String, col: &str, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(&word)
+        .ok_or_else(|| StoreError::Corrupt(format!("column {col}: unknown {what} {word:?}")))
+}
+
 pub const INCIDENT_COLUMNS: &str =
     "id, status, service, environment, title, severity, group_key, opened_at, resolved_at,
      acknowledged_at, acknowledged_by, declared_severity, stage, commander, summary, declared_by";
@@ -281,15 +288,20 @@ pub const DEPLOY_COLUMNS: &str =
 pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
     let id = r.text("id")?;
     let read = || -> Result<DeployEvent> {
-        let status = r.text("status")?;
-        let status = DeployStatus::parse(&status).ok_or_else(|| {
-            StoreError::Corrupt(format!("column status: unknown deploy status {status:?}"))
-        })?;
+        let status = known(
+            r.text("status")?,
+            "status",
+            "deploy status",
+            DeployStatus::parse,
+        )?;
         let strategy = match r.opt_text("strategy")? {
             None => None,
-            Some(s) => Some(DeployStrategy::parse(&s).ok_or_else(|| {
-                StoreError::Corrupt(format!("column strategy: unknown deploy strategy {s:?}"))
-            })?),
+            Some(s) => Some(known(
+                s,
+                "strategy",
+                "deploy strategy",
+                DeployStrategy::parse,
+            )?),
         };
         let flags: Vec<String> = serde_json::from_value(r.json("flags")?).map_err(|e| {
             StoreError::Corrupt(format!("column flags: not a list of flag keys: {e}"))
@@ -334,10 +346,12 @@ pub const GATE_COLUMNS: &str =
 pub fn gate_row(r: &impl Get) -> Result<GateResult> {
     let id = r.text("id")?;
     let read = || -> Result<GateResult> {
-        let verdict = r.text("verdict")?;
-        let verdict = GateVerdict::parse(&verdict).ok_or_else(|| {
-            StoreError::Corrupt(format!("column verdict: unknown gate verdict {verdict:?}"))
-        })?;
+        let verdict = known(
+            r.text("verdict")?,
+            "verdict",
+            "gate verdict",
+            GateVerdict::parse,
+        )?;
         Ok(from_row!(r => GateResult {
             service: text, environment: opt_text, version: opt_text, deploy_id: opt_text,
             gate: text, metric: opt_text, comparison: opt_text, threshold: opt_float,
@@ -356,10 +370,12 @@ pub const ACTION_COLUMNS: &str =
 pub fn action_row(r: &impl Get) -> Result<ActionRow> {
     let id = r.int("id")?;
     let read = || -> Result<ActionRow> {
-        let status = r.text("status")?;
-        let status = ActionStatus::parse(&status).ok_or_else(|| {
-            StoreError::Corrupt(format!("column status: unknown action status {status:?}"))
-        })?;
+        let status = known(
+            r.text("status")?,
+            "status",
+            "action status",
+            ActionStatus::parse,
+        )?;
         let spec: ActionSpec = serde_json::from_value(r.json("spec")?)
             .map_err(|e| StoreError::Corrupt(format!("column spec: not an action spec: {e}")))?;
         let small = |col: &str| {

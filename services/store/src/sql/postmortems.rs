@@ -17,43 +17,40 @@ impl<D: Dialect> PostmortemStore for Db<D> {
 
     async fn save_postmortem(&self, save: &PostmortemSave) -> Result<SaveOutcome> {
         let mut tx = self.d.begin().await?;
-        let rows = match save.expected_revision {
-            None => {
-                tx.fetch(
-                    q(format!(
-                        "INSERT INTO postmortems ({POSTMORTEM_COLUMNS})
-                         VALUES ($1, 1, $2, $3, COALESCE($4, ''), $5, $5, $6)
-                         ON CONFLICT (incident_id) DO NOTHING
-                         RETURNING {POSTMORTEM_COLUMNS}"
-                    ))
-                    .bind(save.incident_id)
-                    .bind(&save.status)
-                    .bind(&save.markdown)
-                    .bind(&save.generated)
-                    .bind(save.at)
-                    .bind(&save.author),
-                )
-                .await?
-            }
-            Some(expected) => {
-                tx.fetch(
-                    q(format!(
-                        "UPDATE postmortems SET revision = revision + 1, status = $3, markdown = $4,
-                             generated = COALESCE($5, generated), updated_at = $6, updated_by = $7
-                         WHERE incident_id = $1 AND revision = $2
-                         RETURNING {POSTMORTEM_COLUMNS}"
-                    ))
-                    .bind(save.incident_id)
-                    .bind(expected)
-                    .bind(&save.status)
-                    .bind(&save.markdown)
-                    .bind(&save.generated)
-                    .bind(save.at)
-                    .bind(&save.author),
-                )
-                .await?
-            }
+        // The first save creates revision 1; a later one must name the
+        // revision it edited ($2 either way).
+        let (write, revision) = match save.expected_revision {
+            None => (
+                format!(
+                    "INSERT INTO postmortems ({POSTMORTEM_COLUMNS})
+                     VALUES ($1, $2, $3, $4, COALESCE($5, ''), $6, $6, $7)
+                     ON CONFLICT (incident_id) DO NOTHING
+                     RETURNING {POSTMORTEM_COLUMNS}"
+                ),
+                1,
+            ),
+            Some(expected) => (
+                format!(
+                    "UPDATE postmortems SET revision = revision + 1, status = $3, markdown = $4,
+                         generated = COALESCE($5, generated), updated_at = $6, updated_by = $7
+                     WHERE incident_id = $1 AND revision = $2
+                     RETURNING {POSTMORTEM_COLUMNS}"
+                ),
+                expected,
+            ),
         };
+        let rows = tx
+            .fetch(
+                q(write)
+                    .bind(save.incident_id)
+                    .bind(revision)
+                    .bind(&save.status)
+                    .bind(&save.markdown)
+                    .bind(&save.generated)
+                    .bind(save.at)
+                    .bind(&save.author),
+            )
+            .await?;
         let Some(row) = rows.first() else {
             drop(tx);
             return Ok(SaveOutcome::Stale(self.postmortem(save.incident_id).await?));

@@ -10,35 +10,24 @@ impl<D: Dialect> SlackStore for Db<D> {
         incident: i64,
         claim: OutboxClaim,
     ) -> Result<SlackClaim> {
-        let OutboxClaim { at, stale_before } = claim;
-        let rows = self
+        // New: ours. Claimed before: taken over if its claimer never posted
+        // it and has had longer than a post takes (one writer wins).
+        let claimed = self
             .d
             .write(
                 q(
                     "INSERT INTO slack_messages (seq, incident_id, claimed_at) VALUES ($1, $2, $3)
-                   ON CONFLICT (seq) DO NOTHING RETURNING seq",
+                   ON CONFLICT (seq) DO UPDATE SET claimed_at = excluded.claimed_at
+                     WHERE slack_messages.ts IS NULL AND slack_messages.claimed_at < $4
+                   RETURNING seq",
                 )
                 .bind(seq)
                 .bind(incident)
-                .bind(at),
+                .bind(claim.at)
+                .bind(claim.stale_before),
             )
             .await?;
-        if !rows.is_empty() {
-            return Ok(SlackClaim::Ours);
-        }
-        // Claimed before: take it over if its claimer never posted it and
-        // has had longer than a post takes (one writer wins).
-        let taken = self
-            .d
-            .write(
-                q("UPDATE slack_messages SET claimed_at = $2
-                   WHERE seq = $1 AND ts IS NULL AND claimed_at < $3 RETURNING seq")
-                .bind(seq)
-                .bind(at)
-                .bind(stale_before),
-            )
-            .await?;
-        if !taken.is_empty() {
+        if !claimed.is_empty() {
             return Ok(SlackClaim::Ours);
         }
         let posted = self
