@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use firebreak_domain::correlation::{IncidentHead, IncidentStatus};
+use firebreak_domain::correlation::IncidentHead;
 use firebreak_domain::timeline::NewEntry;
 use firebreak_domain::{AlertEvent, DeployEvent, GateResult, LogLine};
 use serde_json::Value;
@@ -18,9 +18,10 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::migrate;
 use crate::sql::{
-    Arg, Attach, Col, Column, Columns, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS,
+    column, count_each, incident_head, pair, Arg, Attach, Col, Column, Columns, Db, Dialect,
+    DialectTx, Get, Query, ACTION_COLUMNS,
 };
-use crate::{labels_json, Result, StoreError};
+use crate::{labels_json, Result};
 
 /// Key for the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i64 = 0x0f1e_b4ea_0001;
@@ -64,15 +65,6 @@ fn build(q: &Query) -> sqlx::query::Query<'_, Postgres, PgArguments> {
         };
     }
     query
-}
-
-fn column(col: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-    move |e| match e {
-        sqlx::Error::ColumnNotFound(_) => {
-            StoreError::Internal(format!("no column {col} in the query"))
-        }
-        e => StoreError::Corrupt(format!("column {col}: {e}")),
-    }
 }
 
 /// An integer column by name or position: BIGINT, or INTEGER (step_index,
@@ -146,14 +138,7 @@ impl Dialect for PgDialect {
         q: Query,
         each: &mut (dyn for<'r> FnMut(&'r PgRow) -> Result<()> + Send),
     ) -> Result<u64> {
-        use futures_util::TryStreamExt;
-        let mut rows = build(&q).fetch(&self.pool);
-        let mut n = 0;
-        while let Some(row) = rows.try_next().await? {
-            each(&row)?;
-            n += 1;
-        }
-        Ok(n)
+        count_each(build(&q).fetch(&self.pool), each).await
     }
 
     async fn read_columns(&self, cols: &[(&str, Col)], q: Query) -> Result<Columns> {
@@ -300,24 +285,7 @@ impl DialectTx for PgTx {
         .bind(group_keys)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let status = r.text("status")?;
-                Ok(IncidentHead {
-                    id: r.int("id")?,
-                    group_key: r.text("group_key")?,
-                    status: IncidentStatus::parse(&status).ok_or_else(|| {
-                        crate::sql::corrupt(
-                            "incidents",
-                            r.int("id").unwrap_or_default(),
-                            "status",
-                            format!("unknown incident status {status:?}"),
-                        )
-                    })?,
-                    resolved_at: r.opt_time("resolved_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(incident_head).collect()
     }
 
     async fn attach(&mut self, to: Attach, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
@@ -339,9 +307,7 @@ impl DialectTx for PgTx {
             .bind(ids)
             .fetch_all(&mut *self.tx)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.int("incident_id")?, r.text("id")?)))
-            .collect()
+        rows.iter().map(|r| pair(r, "incident_id", "id")).collect()
     }
 
     async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()> {

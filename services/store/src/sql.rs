@@ -164,6 +164,54 @@ pub fn corrupt(table: &str, row: impl std::fmt::Display, col: &str, what: String
     ))
 }
 
+/// A driver's error reading column `col`, as the store's: a column the
+/// query lacks is Firebreak's bug; a value it cannot read is corrupt.
+pub(crate) fn column(col: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |e| match e {
+        sqlx::Error::ColumnNotFound(_) => {
+            StoreError::Internal(format!("no column {col} in the query"))
+        }
+        e => StoreError::Corrupt(format!("column {col}: {e}")),
+    }
+}
+
+/// Hands each row of a driver's stream to `each` without holding them;
+/// how many there were.
+pub(crate) async fn count_each<R, S>(
+    mut rows: S,
+    each: &mut (dyn for<'r> FnMut(&'r R) -> Result<()> + Send),
+) -> Result<u64>
+where
+    S: futures_util::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
+{
+    use futures_util::TryStreamExt;
+    let mut n = 0;
+    while let Some(row) = rows.try_next().await? {
+        each(&row)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The head of an incident, as correlation reads it.
+pub(crate) fn incident_head(r: &impl Get) -> Result<IncidentHead> {
+    let id = r.int("id")?;
+    let status = r.text("status")?;
+    Ok(IncidentHead {
+        id,
+        group_key: r.text("group_key")?,
+        status: firebreak_domain::correlation::IncidentStatus::parse(&status).ok_or_else(|| {
+            corrupt(
+                "incidents",
+                id,
+                "status",
+                format!("unknown incident status {status:?}"),
+            )
+        })?,
+        resolved_at: r.opt_time("resolved_at")?,
+    })
+}
+
 /// Adds the table and row to a column error.
 fn in_row(table: &'static str, row: String) -> impl Fn(StoreError) -> StoreError {
     move |e| match e {
@@ -516,7 +564,7 @@ fn open_incident(r: &impl Get) -> Result<OpenIncident> {
     }))
 }
 
-fn pair(r: &impl Get, a: &str, b: &str) -> Result<(i64, String)> {
+pub(crate) fn pair(r: &impl Get, a: &str, b: &str) -> Result<(i64, String)> {
     Ok((r.int(a)?, r.text(b)?))
 }
 

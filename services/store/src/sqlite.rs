@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use firebreak_domain::correlation::{IncidentHead, IncidentStatus};
+use firebreak_domain::correlation::IncidentHead;
 use firebreak_domain::timeline::NewEntry;
 use firebreak_domain::{AlertEvent, DeployEvent, GateResult, LogLine};
 use serde_json::Value;
@@ -27,7 +27,10 @@ use sqlx::{Row, Sqlite, Transaction};
 mod aggregated;
 
 use crate::migrate;
-use crate::sql::{Arg, Attach, Col, Columns, Db, Dialect, DialectTx, Get, Query, ACTION_COLUMNS};
+use crate::sql::{
+    column, count_each, incident_head, pair, Arg, Attach, Col, Columns, Db, Dialect, DialectTx,
+    Get, Query, ACTION_COLUMNS,
+};
 use crate::{labels_json, Result, StoreError};
 
 /// The SQLite dialect: one writer, several readers, one checkpointer.
@@ -187,15 +190,6 @@ fn build(q: &Query) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
     query
 }
 
-fn column(col: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-    move |e| match e {
-        sqlx::Error::ColumnNotFound(_) => {
-            StoreError::Internal(format!("no column {col} in the query"))
-        }
-        e => StoreError::Corrupt(format!("column {col}: {e}")),
-    }
-}
-
 fn to_time(col: &str, micros: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(micros).ok_or_else(|| {
         StoreError::Corrupt(format!(
@@ -267,14 +261,7 @@ impl Dialect for SqliteDialect {
         q: Query,
         each: &mut (dyn for<'r> FnMut(&'r SqliteRow) -> Result<()> + Send),
     ) -> Result<u64> {
-        use futures_util::TryStreamExt;
-        let mut rows = build(&q).fetch(&self.reader);
-        let mut n = 0;
-        while let Some(row) = rows.try_next().await? {
-            each(&row)?;
-            n += 1;
-        }
-        Ok(n)
+        count_each(build(&q).fetch(&self.reader), each).await
     }
 
     async fn read_columns(&self, cols: &[(&str, Col)], q: Query) -> Result<Columns> {
@@ -369,6 +356,25 @@ pub struct SqliteTx {
     _turn: Option<BulkTurn>,
 }
 
+impl SqliteTx {
+    /// Runs `insert` (one statement over `json_each(?1)` that returns the ids
+    /// it inserted) for `rows`, given as one JSON list; the ids that were new.
+    async fn insert_new<T: serde::Serialize>(
+        &mut self,
+        insert: &'static str,
+        rows: &[T],
+    ) -> Result<HashSet<String>> {
+        if rows.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<String> = sqlx::query_scalar(insert)
+            .bind(json_list(rows))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+}
+
 #[async_trait]
 impl DialectTx for SqliteTx {
     type Row = SqliteRow;
@@ -407,24 +413,7 @@ impl DialectTx for SqliteTx {
         .bind(json_list(group_keys))
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let status = r.text("status")?;
-                Ok(IncidentHead {
-                    id: r.int("id")?,
-                    group_key: r.text("group_key")?,
-                    status: IncidentStatus::parse(&status).ok_or_else(|| {
-                        crate::sql::corrupt(
-                            "incidents",
-                            r.int("id").unwrap_or_default(),
-                            "status",
-                            format!("unknown incident status {status:?}"),
-                        )
-                    })?,
-                    resolved_at: r.opt_time("resolved_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(incident_head).collect()
     }
 
     async fn attach(&mut self, to: Attach, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
@@ -447,9 +436,7 @@ impl DialectTx for SqliteTx {
             .bind(json_list(pairs))
             .fetch_all(&mut *self.tx)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.int("incident_id")?, r.text("id")?)))
-            .collect()
+        rows.iter().map(|r| pair(r, "incident_id", "id")).collect()
     }
 
     async fn insert_timeline(&mut self, entries: &[NewEntry]) -> Result<()> {
@@ -563,9 +550,6 @@ impl DialectTx for SqliteTx {
     }
 
     async fn insert_deploys(&mut self, deploys: &[DeployEvent]) -> Result<HashSet<String>> {
-        if deploys.is_empty() {
-            return Ok(HashSet::new());
-        }
         let rows: Vec<_> = deploys
             .iter()
             .map(|d| {
@@ -593,7 +577,7 @@ impl DialectTx for SqliteTx {
                 )
             })
             .collect();
-        let ids: Vec<String> = sqlx::query_scalar(
+        self.insert_new(
             "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
                                   started_at, finished_at, commit_sha, url, actor, flags, commit_times)
              SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
@@ -602,17 +586,12 @@ impl DialectTx for SqliteTx {
                     value ->> '$[1][5]', value ->> 2, value ->> 3
              FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
+            &rows,
         )
-        .bind(json_list(&rows))
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(ids.into_iter().collect())
+        .await
     }
 
     async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>> {
-        if gates.is_empty() {
-            return Ok(HashSet::new());
-        }
         let rows: Vec<_> = gates
             .iter()
             .map(|g| {
@@ -639,7 +618,7 @@ impl DialectTx for SqliteTx {
                 )
             })
             .collect();
-        let ids: Vec<String> = sqlx::query_scalar(
+        self.insert_new(
             "INSERT INTO gate_results (id, service, environment, version, deploy_id, gate, metric, comparison,
                                        threshold, baseline, observed, window_text, step, verdict, evaluated_at)
              SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
@@ -648,11 +627,9 @@ impl DialectTx for SqliteTx {
                     value ->> '$[1][4]', value ->> '$[1][5]', value ->> '$[1][6]'
              FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
+            &rows,
         )
-        .bind(json_list(&rows))
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(ids.into_iter().collect())
+        .await
     }
 
     async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64> {
