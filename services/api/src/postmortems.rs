@@ -153,22 +153,11 @@ async fn html(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
         .unwrap_or("Postmortem")
         .to_string();
     let markdown = pm.markdown;
-    let mut r = crate::offload::text(move || firebreak_postmortem::to_html(&markdown, &title))
+    let html = crate::offload::text(move || firebreak_postmortem::to_html(&markdown, &title))
         .await?
         .into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    // The export is one self-contained document: its styles are inline.
+    let r = crate::pages::html_with_policy(html, "default-src 'none'; style-src 'unsafe-inline'");
     Ok(with_etag(r, pm.revision))
 }
 

@@ -146,9 +146,9 @@ pub const PRESENCE_SECONDS: u64 = 20;
 /// that sees the others but is not recorded).
 pub const MAX_PRESENCE: i64 = 10_000;
 
-/// Security headers every page carries: no inline script, no framing.
-pub fn html_response(status: StatusCode, html: String) -> Response {
-    let mut r = (status, html).into_response();
+/// An HTML answer: its content type, `policy` as its
+/// Content-Security-Policy, and no MIME sniffing.
+pub fn html_with_policy(mut r: Response, policy: &'static str) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -156,14 +156,22 @@ pub fn html_response(status: StatusCode, html: String) -> Response {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(policy),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    r
+}
+
+/// Security headers every page carries: no inline script, no framing.
+pub fn html_response(status: StatusCode, html: String) -> Response {
+    let mut r = html_with_policy(
+        (status, html).into_response(),
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    let h = r.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,

@@ -29,18 +29,12 @@ impl<D: Dialect> AccessStore for Db<D> {
     }
 
     async fn token_secret(&self, id: &str) -> Result<Option<(crate::TokenRow, String)>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {TOKEN_COLUMNS}, secret_hash FROM api_tokens WHERE id = $1"
-                ))
-                .bind(id),
-            )
-            .await?;
-        rows.first()
-            .map(|r| Ok((token_row(r)?, r.text("secret_hash")?)))
-            .transpose()
+        let query = q(format!(
+            "SELECT {TOKEN_COLUMNS}, secret_hash FROM api_tokens WHERE id = $1"
+        ))
+        .bind(id);
+        self.read_first(query, |r| Ok((token_row(r)?, r.text("secret_hash")?)))
+            .await
     }
 
     async fn list_tokens(&self) -> Result<Vec<crate::TokenRow>> {
@@ -127,19 +121,12 @@ impl<D: Dialect> AccessStore for Db<D> {
     }
 
     async fn user_secret(&self, username: &str) -> Result<Option<(crate::UserRow, String)>> {
-        let rows = self
-            .d
-            .read(
-                q(format!(
-                    "SELECT {USER_COLUMNS}, password_hash FROM users
-                     WHERE username = $1 AND disabled_at IS NULL"
-                ))
-                .bind(username),
-            )
-            .await?;
-        rows.first()
-            .map(|r| Ok((user_row(r)?, r.text("password_hash")?)))
-            .transpose()
+        let query = q(format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1 AND disabled_at IS NULL"
+        ))
+        .bind(username);
+        self.read_first(query, |r| Ok((user_row(r)?, r.text("password_hash")?)))
+            .await
     }
 
     async fn list_users(&self) -> Result<Vec<crate::UserRow>> {

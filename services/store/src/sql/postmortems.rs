@@ -104,36 +104,30 @@ impl<D: Dialect> PostmortemStore for Db<D> {
     }
 
     async fn note_presence(&self, presence: &Presence<'_>) -> Result<Vec<String>> {
-        let Presence {
-            incident,
-            who,
-            now,
-            since,
-            max_rows,
-        } = *presence;
+        let p = presence;
         let mut tx = self.d.begin().await?;
-        tx.execute(q("DELETE FROM presence WHERE seen_at < $1").bind(since))
+        tx.execute(q("DELETE FROM presence WHERE seen_at < $1").bind(p.since))
             .await?;
         let updated = tx
             .execute(
                 q("UPDATE presence SET seen_at = $3 WHERE incident_id = $1 AND who = $2")
-                    .bind(incident)
-                    .bind(who)
-                    .bind(now),
+                    .bind(p.incident)
+                    .bind(p.who)
+                    .bind(p.now),
             )
             .await?;
         if updated == 0 {
             let rows = tx.fetch(q("SELECT count(*) AS n FROM presence")).await?;
             let n = rows.first().map(|r| r.int("n")).transpose()?.unwrap_or(0);
-            if n < max_rows {
+            if n < p.max_rows {
                 tx.execute(
                     q(
                         "INSERT INTO presence (incident_id, who, seen_at) VALUES ($1, $2, $3)
                        ON CONFLICT (incident_id, who) DO UPDATE SET seen_at = excluded.seen_at",
                     )
-                    .bind(incident)
-                    .bind(who)
-                    .bind(now),
+                    .bind(p.incident)
+                    .bind(p.who)
+                    .bind(p.now),
                 )
                 .await?;
             }
@@ -142,9 +136,9 @@ impl<D: Dialect> PostmortemStore for Db<D> {
             .fetch(
                 q("SELECT who FROM presence WHERE incident_id = $1 AND who <> $2 AND seen_at >= $3
                    ORDER BY who")
-                .bind(incident)
-                .bind(who)
-                .bind(since),
+                .bind(p.incident)
+                .bind(p.who)
+                .bind(p.since),
             )
             .await?;
         let others = others
