@@ -122,6 +122,28 @@ fn slack_parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<SlackClient>), A
     Ok((store, slack))
 }
 
+/// A request Slack signed, its form read, before any handler runs: 404
+/// without Slack configured; the refusal Slack is sent for a missing, wrong
+/// or stale signature; 400 for a body that is not a form.
+struct Signed {
+    slack: Arc<SlackClient>,
+    form: HashMap<String, String>,
+}
+
+impl axum::extract::FromRequest<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        let (_, slack) = slack_parts(state).map_err(IntoResponse::into_response)?;
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let form = signed_form(&slack, &headers, &body)?;
+        Ok(Signed { slack, form })
+    }
+}
+
 /// The form of a request Slack signed; `Err` is the answer to send instead:
 /// a refusal when the signature is missing, wrong or stale (checked before
 /// the body is read), 400 when the body is not a form.
@@ -230,14 +252,9 @@ fn needs(command: &str, sub: Option<&str>, third: Option<&str>) -> Role {
 
 async fn commands(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { slack, form }: Signed,
 ) -> Result<Response, ApiError> {
-    let (store, slack) = slack_parts(&state)?;
-    let form = match signed_form(&slack, &headers, &body) {
-        Ok(form) => form,
-        Err(answer) => return Ok(answer),
-    };
+    let store = state.store.clone();
     let id = form.get("user_id").cloned().unwrap_or_default();
     if id.is_empty() {
         return Ok(ephemeral("Slack sent no user_id; nothing done."));
@@ -1005,14 +1022,9 @@ async fn postmortem(state: &AppState, store: &dyn Store, raw: &str) -> Result<Re
 /// the message is replaced to show who decided.
 async fn interactions(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { slack, form }: Signed,
 ) -> Result<Response, ApiError> {
-    let (store, slack) = slack_parts(&state)?;
-    let form = match signed_form(&slack, &headers, &body) {
-        Ok(form) => form,
-        Err(answer) => return Ok(answer),
-    };
+    let store = state.store.clone();
     let payload: Value = form
         .get("payload")
         .and_then(|p| serde_json::from_str(p).ok())

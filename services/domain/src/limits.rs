@@ -27,6 +27,20 @@ pub const MAX_URL: usize = 8 * 1024;
 /// Bytes in one log line (Loki's default `max_line_size`).
 pub const MAX_LOG_LINE: usize = 256 * 1024;
 
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when
+/// cut: for showing a stranger's text (a provider's answer, a log line)
+/// without holding all of it.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Checks a label (or annotation) set at `path`.
 pub fn check_map(
     map: &BTreeMap<String, String>,

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use firebreak_domain::limits::truncate;
 use serde::Serialize;
 
 /// Lines join a template when at least this share of their tokens match it.
@@ -149,17 +150,6 @@ fn similarity(template: &[String], tokens: &[String]) -> f64 {
         .filter(|(t, n)| *t == *n || *t == "<*>")
         .count();
     same as f64 / template.len() as f64
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Splits on whitespace and masks the variable parts of each token.

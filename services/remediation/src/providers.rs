@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use firebreak_domain::access::Role;
 use firebreak_domain::duration::Dur;
+use firebreak_domain::limits::truncate;
 use firebreak_domain::playbook::{path_segment, render, render_json, render_url, url_escape};
 use firebreak_domain::secret::Secret;
 use firebreak_store::{FlagWrite, NewAudit, Store, StoreError};
@@ -321,17 +322,6 @@ fn without_url(e: &reqwest::Error) -> String {
     } else {
         format!("{kind}: {detail}")
     }
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Reads a flag's state: `None` when the provider answers 404, else the
