@@ -14,8 +14,8 @@ use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
 use firebreak_store::{
     ActionChange, ActionFilter, ActionStatus, AuditFilter, FlagWrite, IncidentFilter, NewAction,
-    NewAudit, NewSession, OutboxClaim, PostmortemSave, Presence, SaveOutcome, ServiceWindow,
-    SlackClaim, Store, StoreError, TrackerStatus,
+    NewAudit, NewSession, NewUser, OutboxClaim, PostmortemSave, Presence, SaveOutcome,
+    ServiceWindow, SlackClaim, Store, StoreError, TrackerStatus,
 };
 use firebreak_tests::{webhook, Pg, TestAlert};
 use serde_json::json;
@@ -332,6 +332,18 @@ fn flag_write<'a>(key: &'a str, enabled: bool, description: Option<&'a str>) -> 
         enabled,
         description,
         by: "t",
+    }
+}
+
+fn new_user<'a>(
+    username: &'a str,
+    password_hash: &'a str,
+    role: firebreak_domain::access::Role,
+) -> NewUser<'a> {
+    NewUser {
+        username,
+        password_hash,
+        role,
     }
 }
 
@@ -1667,7 +1679,11 @@ async fn a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once(h: &H
         .unwrap();
     assert_eq!(
         h.store
-            .set_flag_for_action("f", false, &audit_row("flag_set"), a.id, "node-b/1")
+            .set_flag_for_action(
+                &flag_write("f", false, None),
+                &audit_row("flag_set"),
+                (a.id, "node-b/1")
+            )
             .await
             .unwrap(),
         None,
@@ -1676,7 +1692,11 @@ async fn a_builtin_kill_switch_sets_the_flag_and_records_its_state_at_once(h: &H
     assert!(h.store.flag("f").await.unwrap().enabled);
     assert_eq!(
         h.store
-            .set_flag_for_action("f", false, &audit_row("flag_set"), a.id, OWNER)
+            .set_flag_for_action(
+                &flag_write("f", false, None),
+                &audit_row("flag_set"),
+                (a.id, OWNER)
+            )
             .await
             .unwrap(),
         Some(Some(true))
@@ -1741,12 +1761,14 @@ async fn tokens_users_and_sessions(h: &Harness) {
 
     let user = h
         .store
-        .create_user("ana", "argon2-hash", Role::Operator, &a)
+        .create_user(&new_user("ana", "argon2-hash", Role::Operator), &a)
         .await
         .unwrap();
     assert_eq!((user.username.as_str(), user.role), ("ana", Role::Operator));
     assert!(matches!(
-        h.store.create_user("ana", "x", Role::Viewer, &a).await,
+        h.store
+            .create_user(&new_user("ana", "x", Role::Viewer), &a)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     let (u, hash) = h.store.user_secret("ana").await.unwrap().unwrap();

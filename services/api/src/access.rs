@@ -10,7 +10,7 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use firebreak_domain::access::{Identity, Role, Scope};
 use firebreak_domain::duration::Dur;
-use firebreak_store::{NewAudit, NewSession, StoreError};
+use firebreak_store::{NewAudit, NewSession, NewUser, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -278,7 +278,14 @@ async fn create_user(
     match state
         .store
         .clone()
-        .create_user(&b.username, &hash, role, &audit)
+        .create_user(
+            &NewUser {
+                username: &b.username,
+                password_hash: &hash,
+                role,
+            },
+            &audit,
+        )
         .await
     {
         Ok(u) => {

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use firebreak_domain::access::{Role, Scope};
 use firebreak_domain::duration::Dur;
 use firebreak_store::credentials;
-use firebreak_store::{NewAudit, StoreError};
+use firebreak_store::{NewAudit, NewUser, StoreError};
 use serde_json::json;
 
 use crate::config::Config;
@@ -321,7 +321,12 @@ pub async fn users(config: &Config, command: &UsersCommand) -> anyhow::Result<()
                 .map_err(|e| anyhow::anyhow!("the password {e}"))?;
             let hash = credentials::hash_password(&password).map_err(anyhow::Error::msg)?;
             let audit = NewAudit::by(CLI, "user_created", json!({"username": name, "role": role}));
-            match store.create_user(name, &hash, role, &audit).await {
+            let user = NewUser {
+                username: name,
+                password_hash: &hash,
+                role,
+            };
+            match store.create_user(&user, &audit).await {
                 Ok(u) => println!("user {} ({}) created", u.username, u.role),
                 Err(StoreError::Conflict(_)) => bail!("a user named {name:?} exists"),
                 Err(e) => return Err(e.into()),

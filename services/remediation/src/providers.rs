@@ -261,7 +261,16 @@ impl KillSwitch for Builtin {
         );
         match self
             .store
-            .set_flag_for_action(fence.flag, enabled, &audit, fence.action_id, fence.owner)
+            .set_flag_for_action(
+                &FlagWrite {
+                    key: fence.flag,
+                    enabled,
+                    description: None,
+                    by: fence.by,
+                },
+                &audit,
+                (fence.action_id, fence.owner),
+            )
             .await
         {
             Ok(Some(before)) => Ok(FencedSet::Set { before }),

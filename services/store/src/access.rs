@@ -17,6 +17,14 @@ pub struct TokenRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// A local user about to be stored (the password only as its hash).
+#[derive(Debug, Clone, Copy)]
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: firebreak_domain::access::Role,
+}
+
 /// A token about to be stored.
 #[derive(Debug, Clone)]
 pub struct NewToken {

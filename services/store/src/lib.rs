@@ -37,7 +37,7 @@ mod rows;
 mod sql;
 pub mod sqlite;
 
-pub use access::{NewToken, SessionRow, TokenRow, UserRow};
+pub use access::{NewToken, NewUser, SessionRow, TokenRow, UserRow};
 pub use firebreak_domain::action::{ActionRow, ActionStatus, NewAction};
 pub use firebreak_domain::rollout::{Rollout, RolloutStatus};
 pub use postgres::PgStore;
@@ -458,11 +458,9 @@ pub trait FlagStore: Send + Sync {
     /// no longer holds the action's lease; nothing was written.
     async fn set_flag_for_action(
         &self,
-        key: &str,
-        enabled: bool,
+        flag: &FlagWrite<'_>,
         audit: &NewAudit,
-        action_id: i64,
-        owner: &str,
+        (action_id, owner): (i64, &str),
     ) -> Result<Option<Option<bool>>>;
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool>;
     /// Records when flags were last evaluated (only ever moves forward).
@@ -498,13 +496,7 @@ pub trait AccessStore: Send + Sync {
     /// Active tokens plus enabled users: whether anyone can authenticate.
     async fn count_credentials(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Stores a user (a duplicate name is `Conflict`), with its audit row.
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        role: firebreak_domain::access::Role,
-        audit: &NewAudit,
-    ) -> Result<UserRow>;
+    async fn create_user(&self, user: &NewUser<'_>, audit: &NewAudit) -> Result<UserRow>;
     /// An enabled user and their password hash.
     async fn user_secret(&self, username: &str) -> Result<Option<(UserRow, String)>>;
     async fn list_users(&self) -> Result<Vec<UserRow>>;

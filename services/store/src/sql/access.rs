@@ -95,9 +95,7 @@ impl<D: Dialect> AccessStore for Db<D> {
 
     async fn create_user(
         &self,
-        username: &str,
-        password_hash: &str,
-        role: firebreak_domain::access::Role,
+        user: &crate::NewUser<'_>,
         audit: &NewAudit,
     ) -> Result<crate::UserRow> {
         let mut tx = self.d.begin().await?;
@@ -107,9 +105,9 @@ impl<D: Dialect> AccessStore for Db<D> {
                     "INSERT INTO users (username, password_hash, role, created_at, created_by)
                      VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
                 ))
-                .bind(username)
-                .bind(password_hash)
-                .bind(role.as_str())
+                .bind(user.username)
+                .bind(user.password_hash)
+                .bind(user.role.as_str())
                 .bind(audit.at)
                 .bind(&audit.actor),
             )

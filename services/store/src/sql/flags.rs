@@ -54,20 +54,11 @@ impl<D: Dialect> FlagStore for Db<D> {
 
     async fn set_flag_for_action(
         &self,
-        key: &str,
-        enabled: bool,
+        flag: &FlagWrite<'_>,
         audit: &NewAudit,
-        action_id: i64,
-        owner: &str,
+        held: (i64, &str),
     ) -> Result<Option<Option<bool>>> {
-        let flag = FlagWrite {
-            key,
-            enabled,
-            description: None,
-            by: &audit.actor,
-        };
-        self.write_flag(&flag, audit, Some((action_id, owner)))
-            .await
+        self.write_flag(flag, audit, Some(held)).await
     }
 
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool> {
