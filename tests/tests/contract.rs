@@ -13,8 +13,8 @@ use firebreak_domain::playbook::{FlagState, KillSwitchStep, StepAction};
 use firebreak_domain::{decode, Decoded, EventKind};
 use firebreak_engine::{Engine, EngineConfig};
 use firebreak_store::{
-    ActionChange, ActionFilter, ActionStatus, AuditFilter, FlagWrite, IncidentFilter, NewAction,
-    NewAudit, NewSession, NewUser, OutboxClaim, PostmortemSave, Presence, SaveOutcome,
+    ActionChange, ActionFilter, ActionStatus, AuditFilter, CauseWord, FlagWrite, IncidentFilter,
+    NewAction, NewAudit, NewSession, NewUser, OutboxClaim, PostmortemSave, Presence, SaveOutcome,
     ServiceWindow, SlackClaim, Store, StoreError, TrackerStatus,
 };
 use firebreak_tests::{webhook, Pg, TestAlert};
@@ -1500,17 +1500,12 @@ async fn incidents_resolve_by_hand_once(h: &Harness) {
     };
     assert!(h
         .store
-        .resolve_incident_manually(
-            id,
-            Utc::now(),
-            &audit_row("resolved"),
-            std::slice::from_ref(&entry)
-        )
+        .resolve_incident_manually(id, &audit_row("resolved"), std::slice::from_ref(&entry))
         .await
         .unwrap());
     assert!(!h
         .store
-        .resolve_incident_manually(id, Utc::now(), &audit_row("resolved"), &[entry])
+        .resolve_incident_manually(id, &audit_row("resolved"), &[entry])
         .await
         .unwrap());
     let detail = h.store.incident(id).await.unwrap();
@@ -2156,13 +2151,29 @@ async fn causes_times_heads_and_insights_read_back(h: &Harness) {
     let a = audit_row("cause_marked");
     assert!(h
         .store
-        .set_cause(id, "d-cause", Some(true), &a, &[])
+        .set_cause(
+            &CauseWord {
+                incident_id: id,
+                deploy_id: "d-cause",
+                cause: Some(true)
+            },
+            &a,
+            &[],
+        )
         .await
         .unwrap());
     assert!(h.store.incident_overview(id).await.unwrap().causes["d-cause"].cause);
     assert!(!h
         .store
-        .set_cause(id, "no-such-deploy", Some(true), &a, &[])
+        .set_cause(
+            &CauseWord {
+                incident_id: id,
+                deploy_id: "no-such-deploy",
+                cause: Some(true)
+            },
+            &a,
+            &[],
+        )
         .await
         .unwrap());
     let (deploys, incidents) = h
@@ -2282,9 +2293,11 @@ async fn people_declare_acknowledge_and_update_incidents(h: &Harness) {
             h.store
                 .acknowledge_incident(
                     id,
-                    "user:ana",
-                    at,
-                    &audit_row("incident_acknowledged"),
+                    &NewAudit {
+                        at,
+                        actor: "user:ana".into(),
+                        ..audit_row("incident_acknowledged")
+                    },
                     &[e],
                 )
                 .await

@@ -13,7 +13,7 @@ use firebreak_domain::correlation::{GroupKey, NewIncident};
 use firebreak_domain::insights::{compute, Range};
 use firebreak_domain::playbook::{FlagState, KillSwitchStep, RollbackStep, StepAction};
 use firebreak_domain::{decode, Decoded, EventKind};
-use firebreak_store::{NewAudit, Store};
+use firebreak_store::{CauseWord, NewAudit, Store};
 use firebreak_tests::{eventually, webhook, Pg, TestAlert, TestApp};
 use serde_json::{json, Value};
 
@@ -318,7 +318,15 @@ async fn seed(store: &dyn Store) {
     .await;
     let audit = NewAudit::by("user:ana", "cause_marked", json!({}));
     assert!(store
-        .set_cause(i2, "D7", Some(false), &audit, &[])
+        .set_cause(
+            &CauseWord {
+                incident_id: i2,
+                deploy_id: "D7",
+                cause: Some(false)
+            },
+            &audit,
+            &[],
+        )
         .await
         .unwrap());
 
@@ -333,7 +341,15 @@ async fn seed(store: &dyn Store) {
     )
     .await;
     assert!(store
-        .set_cause(i3, "D8", Some(true), &audit, &[])
+        .set_cause(
+            &CauseWord {
+                incident_id: i3,
+                deploy_id: "D8",
+                cause: Some(true)
+            },
+            &audit,
+            &[],
+        )
         .await
         .unwrap());
     let marked = store.incident(i3).await.unwrap().causes;
@@ -344,7 +360,15 @@ async fn seed(store: &dyn Store) {
     );
     assert!(
         !store
-            .set_cause(i3, "D1", Some(true), &audit, &[])
+            .set_cause(
+                &CauseWord {
+                    incident_id: i3,
+                    deploy_id: "D1",
+                    cause: Some(true)
+                },
+                &audit,
+                &[],
+            )
             .await
             .unwrap(),
         "D1 is not linked to I3"

@@ -8,7 +8,9 @@ use chrono::Utc;
 use firebreak_domain::access::{Identity, Via};
 use firebreak_domain::response::{identity_name, Stage};
 use firebreak_domain::timeline::{kind, NewEntry};
-use firebreak_store::{IncidentRow, IncidentUpdate, NewAudit, NewDeclaredIncident, StoreError};
+use firebreak_store::{
+    CauseWord, IncidentRow, IncidentUpdate, NewAudit, NewDeclaredIncident, StoreError,
+};
 use serde_json::json;
 
 use crate::commands::{bad, CommandError};
@@ -148,7 +150,6 @@ impl Remediation {
         identity: &Identity,
         incident: i64,
     ) -> Result<bool, CommandError> {
-        let now = Utc::now();
         let (entry, audit) = act_on(
             identity,
             incident,
@@ -158,7 +159,7 @@ impl Remediation {
         );
         match self
             .store
-            .acknowledge_incident(incident, &identity.id, now, &audit, &[entry])
+            .acknowledge_incident(incident, &audit, &[entry])
             .await?
         {
             Some(first) => Ok(first),
@@ -325,7 +326,7 @@ impl Remediation {
             format!("resolved-by:{}@{}", identity.id, now.timestamp_micros()),
         );
         self.store
-            .resolve_incident_manually(incident, now, &audit, &[entry])
+            .resolve_incident_manually(incident, &audit, &[entry])
             .await
             .map_err(|e| not_found(e, incident))
     }
@@ -386,7 +387,15 @@ impl Remediation {
         );
         match self
             .store
-            .set_cause(incident, deploy, cause, &audit, &[entry])
+            .set_cause(
+                &CauseWord {
+                    incident_id: incident,
+                    deploy_id: deploy,
+                    cause,
+                },
+                &audit,
+                &[entry],
+            )
             .await
         {
             Ok(true) => Ok(()),

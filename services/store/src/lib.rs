@@ -285,6 +285,15 @@ pub struct ChangeCause {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// A person's word on whether a linked change caused an incident (`None`:
+/// not known).
+#[derive(Debug, Clone, Copy)]
+pub struct CauseWord<'a> {
+    pub incident_id: i64,
+    pub deploy_id: &'a str,
+    pub cause: Option<bool>,
+}
+
 /// Everything the detail view of one incident shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncidentDetail {
@@ -328,14 +337,13 @@ pub trait IncidentStore: Send + Sync {
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<IncidentRow>;
-    /// Records the first acknowledgement: `Some(true)` when this one was it,
-    /// `Some(false)` when it was acknowledged already (nothing written),
-    /// `None` without such an incident.
+    /// Records the first acknowledgement, by the audit row's actor at its
+    /// time: `Some(true)` when this one was it, `Some(false)` when it was
+    /// acknowledged already (nothing written), `None` without such an
+    /// incident.
     async fn acknowledge_incident(
         &self,
         id: i64,
-        by: &str,
-        at: DateTime<Utc>,
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<Option<bool>>;
@@ -348,13 +356,12 @@ pub trait IncidentStore: Send + Sync {
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<IncidentRow>;
-    /// Resolves an open incident now, whatever its alerts say (a person
-    /// decided); writes the audit row and timeline entries with it. `false`
-    /// when it was not open.
+    /// Resolves an open incident at the audit row's time, whatever its
+    /// alerts say (a person decided); writes the audit row and timeline
+    /// entries with it. `false` when it was not open.
     async fn resolve_incident_manually(
         &self,
         id: i64,
-        at: DateTime<Utc>,
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<bool>;
@@ -363,9 +370,7 @@ pub trait IncidentStore: Send + Sync {
     /// `false` when the change is not linked to the incident.
     async fn set_cause(
         &self,
-        incident_id: i64,
-        deploy_id: &str,
-        cause: Option<bool>,
+        word: &CauseWord<'_>,
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<bool>;

@@ -31,7 +31,7 @@ use crate::prelude::{
     PostmortemStore, RemediationTx, SlackStore,
 };
 use crate::{
-    ActionChange, ActionFilter, ActionItemChange, ActionItemRow, AuditFilter, AuditRow,
+    ActionChange, ActionFilter, ActionItemChange, ActionItemRow, AuditFilter, AuditRow, CauseWord,
     ChangeCause, ExportOutcome, FlagRow, FlagWrite, History, IncidentAlertRow, IncidentDetail,
     IncidentFilter, IncidentOverview, IncidentRow, InsightsData, LogRow, NewActionItem, NewAudit,
     NewRollout, NewSession, OpenIncident, OutboxClaim, PostmortemRow, PostmortemSave, Presence,
@@ -612,10 +612,6 @@ pub fn set_audit_key(key: &[u8]) -> bool {
     AUDIT_KEY.set(key.to_vec()).is_ok() || AUDIT_KEY.get().is_some_and(|k| k == key)
 }
 
-/// Appends audit rows, each hashed with the one before it, under a lock.
-/// Ids are given here (the last id plus one), not by the database's
-/// sequence, so a rolled-back write leaves no gap: in a keyed chain a
-/// missing id is a removed row.
 /// Ends a person's change to an incident: its audit row and timeline
 /// entries, then the commit.
 async fn commit_with<T: DialectTx>(
@@ -628,6 +624,25 @@ async fn commit_with<T: DialectTx>(
     tx.commit().await
 }
 
+/// [`commit_with`] when the change's statement changed a row (`true`);
+/// otherwise nothing is written (`false`).
+async fn commit_if_changed<T: DialectTx>(
+    tx: T,
+    changed: u64,
+    audit: &NewAudit,
+    timeline: &[NewEntry],
+) -> Result<bool> {
+    if changed == 0 {
+        return Ok(false);
+    }
+    commit_with(tx, audit, timeline).await?;
+    Ok(true)
+}
+
+/// Appends audit rows, each hashed with the one before it, under a lock.
+/// Ids are given here (the last id plus one), not by the database's
+/// sequence, so a rolled-back write leaves no gap: in a keyed chain a
+/// missing id is a removed row.
 async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());

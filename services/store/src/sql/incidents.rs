@@ -164,8 +164,6 @@ impl<D: Dialect> IncidentStore for Db<D> {
     async fn acknowledge_incident(
         &self,
         id: i64,
-        by: &str,
-        at: DateTime<Utc>,
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<Option<bool>> {
@@ -175,8 +173,8 @@ impl<D: Dialect> IncidentStore for Db<D> {
                 q("UPDATE incidents SET acknowledged_at = $2, acknowledged_by = $3, updated_at = $2
                    WHERE id = $1 AND acknowledged_at IS NULL")
                 .bind(id)
-                .bind(at)
-                .bind(by),
+                .bind(audit.at)
+                .bind(&audit.actor),
             )
             .await?;
         if n == 0 {
@@ -445,7 +443,6 @@ impl<D: Dialect> IncidentStore for Db<D> {
     async fn resolve_incident_manually(
         &self,
         id: i64,
-        at: DateTime<Utc>,
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<bool> {
@@ -457,25 +454,20 @@ impl<D: Dialect> IncidentStore for Db<D> {
                    WHERE id = $1 AND status = 'open'",
                 )
                 .bind(id)
-                .bind(at)
+                .bind(audit.at)
                 .bind(Utc::now()),
             )
             .await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        commit_with(tx, audit, timeline).await?;
-        Ok(true)
+        commit_if_changed(tx, n, audit, timeline).await
     }
 
     async fn set_cause(
         &self,
-        incident_id: i64,
-        deploy_id: &str,
-        cause: Option<bool>,
+        word: &CauseWord<'_>,
         audit: &NewAudit,
         timeline: &[NewEntry],
     ) -> Result<bool> {
+        let cause = word.cause;
         let mut tx = self.d.begin().await?;
         let n = tx
             .execute(
@@ -483,18 +475,14 @@ impl<D: Dialect> IncidentStore for Db<D> {
                     "UPDATE incident_changes SET cause = $3, cause_by = $4, cause_at = $5
                    WHERE incident_id = $1 AND deploy_id = $2",
                 )
-                .bind(incident_id)
-                .bind(deploy_id)
+                .bind(word.incident_id)
+                .bind(word.deploy_id)
                 .bind(Arg::Bool(cause))
                 .bind(cause.map(|_| audit.actor.clone()))
                 .bind(cause.map(|_| audit.at)),
             )
             .await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        commit_with(tx, audit, timeline).await?;
-        Ok(true)
+        commit_if_changed(tx, n, audit, timeline).await
     }
 
     async fn scan_logs(
