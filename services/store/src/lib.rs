@@ -459,13 +459,14 @@ pub trait FlagStore: Send + Sync {
     /// did not exist). The audit row is written in the same transaction.
     async fn set_flag(&self, flag: &FlagWrite<'_>, audit: &NewAudit) -> Result<Option<bool>>;
     /// Sets a built-in flag for a running action in one transaction, and
-    /// records on the action the state the flag had (once). `None`: `owner`
-    /// no longer holds the action's lease; nothing was written.
+    /// records on the action the state the flag had (once). `held` is the
+    /// action's id and its lease owner; `None`: that owner no longer holds
+    /// the lease, and nothing was written.
     async fn set_flag_for_action(
         &self,
         flag: &FlagWrite<'_>,
         audit: &NewAudit,
-        (action_id, owner): (i64, &str),
+        held: (i64, &str),
     ) -> Result<Option<Option<bool>>>;
     async fn delete_flag(&self, key: &str, audit: &NewAudit) -> Result<bool>;
     /// Records when flags were last evaluated (only ever moves forward).
