@@ -42,7 +42,7 @@ pub mod slack;
 pub use commands::{check_flag_key, CommandError, FlagEdit, Request, RequestOptions};
 pub use firebreak_domain::action::{ActionSpec, AutomationPolicy};
 pub use playbooks::{Loaded, PlaybookSet, StepCheck};
-use providers::{Builtin, HttpKillSwitch, KillSwitch, LaunchDarkly, Unleash};
+use providers::{Builtin, KillSwitch};
 pub use providers::{KillSwitchConfig, NotifierConfig, RollbackConfig, SlackConfig};
 
 /// Why an action did not succeed, and whether trying again may help.
@@ -103,51 +103,7 @@ impl Providers {
             map.insert("builtin".into(), Arc::new(Builtin { store }));
         }
         for (name, c) in kill_switches {
-            let ks: Arc<dyn KillSwitch> = match c.clone() {
-                KillSwitchConfig::Unleash {
-                    url,
-                    token,
-                    project,
-                    environment,
-                } => Arc::new(Unleash {
-                    url,
-                    token,
-                    project,
-                    environment,
-                    http: http.clone(),
-                }),
-                KillSwitchConfig::Launchdarkly {
-                    url,
-                    token,
-                    project,
-                    environment,
-                } => Arc::new(LaunchDarkly {
-                    url,
-                    token,
-                    project,
-                    environment,
-                    http: http.clone(),
-                }),
-                KillSwitchConfig::Http {
-                    set_url,
-                    set_method,
-                    set_body,
-                    get_url,
-                    state_pointer,
-                    headers,
-                    environment,
-                } => Arc::new(HttpKillSwitch {
-                    set_url,
-                    set_method,
-                    set_body,
-                    get_url,
-                    state_pointer,
-                    headers,
-                    environment,
-                    http: http.clone(),
-                }),
-            };
-            map.insert(name.clone(), ks);
+            map.insert(name.clone(), c.clone().switch(&http));
         }
         Providers {
             kill_switches: map,

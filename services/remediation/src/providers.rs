@@ -42,22 +42,61 @@ pub enum KillSwitchConfig {
         #[serde(default)]
         environment: Option<String>,
     },
-    Http {
-        /// Sets the state; placeholders: `{{flag}}`, `{{environment}}`, `{{state}}`
-        /// (`on`/`off`); a body string that is exactly `{{enabled}}` becomes a JSON boolean.
-        set_url: String,
-        #[serde(default = "put")]
-        set_method: String,
-        #[serde(default)]
-        set_body: Option<Value>,
-        /// Reads the state back; `state_pointer` (JSON pointer) finds the boolean.
-        get_url: String,
-        state_pointer: String,
-        #[serde(default)]
-        headers: BTreeMap<String, Secret>,
-        #[serde(default)]
-        environment: Option<String>,
-    },
+    Http(HttpSwitchConfig),
+}
+
+/// `type = "http"`: any flag service reachable by two HTTP calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSwitchConfig {
+    /// Sets the state; placeholders: `{{flag}}`, `{{environment}}`, `{{state}}`
+    /// (`on`/`off`); a body string that is exactly `{{enabled}}` becomes a JSON boolean.
+    set_url: String,
+    #[serde(default = "put")]
+    set_method: String,
+    #[serde(default)]
+    set_body: Option<Value>,
+    /// Reads the state back; `state_pointer` (JSON pointer) finds the boolean.
+    get_url: String,
+    state_pointer: String,
+    #[serde(default)]
+    headers: BTreeMap<String, Secret>,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+impl KillSwitchConfig {
+    /// The switch this configures, calling out through `http`.
+    pub fn switch(self, http: &reqwest::Client) -> Arc<dyn KillSwitch> {
+        let http = http.clone();
+        // Unleash and LaunchDarkly differ only in the API spoken.
+        let api = match self {
+            KillSwitchConfig::Unleash { .. } => FlagApi::Unleash,
+            _ => FlagApi::LaunchDarkly,
+        };
+        match self {
+            KillSwitchConfig::Unleash {
+                url,
+                token,
+                project,
+                environment,
+            }
+            | KillSwitchConfig::Launchdarkly {
+                url,
+                token,
+                project,
+                environment,
+            } => Arc::new(FlagService {
+                api,
+                url,
+                token,
+                project,
+                environment,
+                http,
+            }),
+            KillSwitchConfig::Http(config) => Arc::new(HttpKillSwitch { config, http }),
+        }
+    }
 }
 
 fn default_project() -> String {
@@ -350,24 +389,33 @@ async fn read_state(
     }
 }
 
-/// The environment a step names, else the provider's.
-fn environment<'a>(
-    step: Option<&'a str>,
-    provider: Option<&'a str>,
-    what: &str,
-) -> Result<&'a str, ExecError> {
-    step.or(provider).ok_or_else(|| {
-        ExecError::fatal(format!(
-            "{what} needs an environment: set `environment` in the step or the provider"
-        ))
-    })
-}
-
 fn trim_slash(url: &str) -> &str {
     url.trim_end_matches('/')
 }
 
-pub struct Unleash {
+/// The flag services Firebreak speaks to by their own APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagApi {
+    /// Unleash's admin API: a feature's environments, toggled by `…/on` and `…/off`.
+    Unleash,
+    /// LaunchDarkly's REST API v2: a flag read per environment, turned on or
+    /// off by a semantic patch.
+    LaunchDarkly,
+}
+
+impl FlagApi {
+    fn name(self) -> &'static str {
+        match self {
+            FlagApi::Unleash => "Unleash",
+            FlagApi::LaunchDarkly => "LaunchDarkly",
+        }
+    }
+}
+
+/// An Unleash or LaunchDarkly kill switch: where the service is, the token it
+/// takes, the project and the default environment.
+pub struct FlagService {
+    pub api: FlagApi,
     pub url: String,
     pub token: Secret,
     pub project: String,
@@ -375,68 +423,35 @@ pub struct Unleash {
     pub http: reqwest::Client,
 }
 
-impl Unleash {
-    fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
-        environment(env, self.environment.as_deref(), "Unleash")
+impl FlagService {
+    /// The environment a step names, else the provider's.
+    fn env<'a>(&'a self, step: Option<&'a str>) -> Result<&'a str, ExecError> {
+        self.target_environment(step).ok_or_else(|| {
+            ExecError::fatal(format!(
+                "{} needs an environment: set `environment` in the step or the provider",
+                self.api.name()
+            ))
+        })
     }
-    fn feature_url(&self, flag: &str) -> Result<String, ExecError> {
+
+    /// The flag's resource, each value one escaped path segment.
+    fn flag_url(&self, flag: &str) -> Result<String, ExecError> {
+        let (api, between) = match self.api {
+            FlagApi::Unleash => ("api/admin/projects", "features/"),
+            FlagApi::LaunchDarkly => ("api/v2/flags", ""),
+        };
         Ok(format!(
-            "{}/api/admin/projects/{}/features/{}",
+            "{}/{api}/{}/{between}{}",
             trim_slash(&self.url),
             segment("project", &self.project)?,
             segment("flag", flag)?
         ))
     }
-}
 
-#[async_trait]
-impl KillSwitch for Unleash {
-    fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str> {
-        step.or(self.environment.as_deref())
-    }
-
-    async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
-        let env = self.env(env)?;
-        let req = self
-            .http
-            .get(self.feature_url(flag)?)
-            .header("Authorization", self.token.expose());
-        read_state(
-            req,
-            "Unleash",
-            |body| {
-                body["environments"]
-                    .as_array()?
-                    .iter()
-                    .find(|e| e["name"] == env)?["enabled"]
-                    .as_bool()
-            },
-            || format!("Unleash: feature {flag:?} has no environment {env:?}"),
-        )
-        .await
-    }
-
-    async fn set(
-        &self,
-        flag: &str,
-        env: Option<&str>,
-        enabled: bool,
-        _by: &str,
-    ) -> Result<Value, ExecError> {
-        let env = self.env(env)?;
-        let url = format!(
-            "{}/environments/{}/{}",
-            self.feature_url(flag)?,
-            segment("environment", env)?,
-            if enabled { "on" } else { "off" }
-        );
-        send(
-            self.http
-                .post(url)
-                .header("Authorization", self.token.expose()),
-            "Unleash",
-        )
-        .await
+    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header("Authorization", self.token.expose())
     }
 }
 
@@ -445,47 +460,38 @@ fn segment(what: &str, value: &str) -> Result<String, ExecError> {
     path_segment(value).map_err(|why| ExecError::fatal(format!("the {what} {why}")))
 }
 
-pub struct LaunchDarkly {
-    pub url: String,
-    pub token: Secret,
-    pub project: String,
-    pub environment: Option<String>,
-    pub http: reqwest::Client,
-}
-
-impl LaunchDarkly {
-    fn env<'a>(&'a self, env: Option<&'a str>) -> Result<&'a str, ExecError> {
-        environment(env, self.environment.as_deref(), "LaunchDarkly")
-    }
-    fn flag_url(&self, flag: &str) -> Result<String, ExecError> {
-        Ok(format!(
-            "{}/api/v2/flags/{}/{}",
-            trim_slash(&self.url),
-            segment("project", &self.project)?,
-            segment("flag", flag)?
-        ))
-    }
-}
-
 #[async_trait]
-impl KillSwitch for LaunchDarkly {
+impl KillSwitch for FlagService {
     fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str> {
         step.or(self.environment.as_deref())
     }
 
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
         let env = self.env(env)?;
-        let req = self
-            .http
-            .get(format!("{}?env={}", self.flag_url(flag)?, url_escape(env)))
-            .header("Authorization", self.token.expose());
-        read_state(
-            req,
-            "LaunchDarkly",
-            |body| body["environments"][env]["on"].as_bool(),
-            || format!("LaunchDarkly: flag {flag:?} has no environment {env:?}"),
-        )
-        .await
+        let url = self.flag_url(flag)?;
+        let name = self.api.name();
+        let missing = || format!("{name}: flag {flag:?} has no environment {env:?}");
+        match self.api {
+            FlagApi::Unleash => {
+                let req = self.request(reqwest::Method::GET, url);
+                let state = |body: &Value| {
+                    body["environments"]
+                        .as_array()?
+                        .iter()
+                        .find(|e| e["name"] == env)?["enabled"]
+                        .as_bool()
+                };
+                read_state(req, name, state, missing).await
+            }
+            FlagApi::LaunchDarkly => {
+                let req = self.request(
+                    reqwest::Method::GET,
+                    format!("{url}?env={}", url_escape(env)),
+                );
+                let state = |body: &Value| body["environments"][env]["on"].as_bool();
+                read_state(req, name, state, missing).await
+            }
+        }
     }
 
     async fn set(
@@ -496,35 +502,36 @@ impl KillSwitch for LaunchDarkly {
         by: &str,
     ) -> Result<Value, ExecError> {
         let env = self.env(env)?;
-        let body = json!({
-            "environmentKey": env,
-            "instructions": [{"kind": if enabled { "turnFlagOn" } else { "turnFlagOff" }}],
-            "comment": format!("Firebreak ({by})"),
-        });
-        send(
-            self.http
-                .patch(self.flag_url(flag)?)
-                .header("Authorization", self.token.expose())
-                .header(
-                    "Content-Type",
-                    "application/json; domain-model=launchdarkly.semanticpatch",
-                )
-                .body(body.to_string()),
-            "LaunchDarkly",
-        )
-        .await
+        let url = self.flag_url(flag)?;
+        let req = match self.api {
+            FlagApi::Unleash => {
+                let on_off = if enabled { "on" } else { "off" };
+                let env = segment("environment", env)?;
+                let url = format!("{url}/environments/{env}/{on_off}");
+                self.request(reqwest::Method::POST, url)
+            }
+            FlagApi::LaunchDarkly => {
+                let kind = if enabled { "turnFlagOn" } else { "turnFlagOff" };
+                let body = json!({
+                    "environmentKey": env,
+                    "instructions": [{"kind": kind}],
+                    "comment": format!("Firebreak ({by})"),
+                });
+                self.request(reqwest::Method::PATCH, url)
+                    .header(
+                        "Content-Type",
+                        "application/json; domain-model=launchdarkly.semanticpatch",
+                    )
+                    .body(body.to_string())
+            }
+        };
+        send(req, self.api.name()).await
     }
 }
 
 pub struct HttpKillSwitch {
-    pub set_url: String,
-    pub set_method: String,
-    pub set_body: Option<Value>,
-    pub get_url: String,
-    pub state_pointer: String,
-    pub headers: BTreeMap<String, Secret>,
-    pub environment: Option<String>,
-    pub http: reqwest::Client,
+    config: HttpSwitchConfig,
+    http: reqwest::Client,
 }
 
 impl HttpKillSwitch {
@@ -538,7 +545,7 @@ impl HttpKillSwitch {
         v.insert("flag".to_string(), flag.to_string());
         v.insert(
             "environment".to_string(),
-            env.or(self.environment.as_deref())
+            env.or(self.config.environment.as_deref())
                 .unwrap_or("")
                 .to_string(),
         );
@@ -553,7 +560,7 @@ impl HttpKillSwitch {
     }
 
     fn with_headers(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        for (k, v) in &self.headers {
+        for (k, v) in &self.config.headers {
             req = req.header(k, v.expose());
         }
         req
@@ -563,20 +570,23 @@ impl HttpKillSwitch {
 #[async_trait]
 impl KillSwitch for HttpKillSwitch {
     fn target_environment<'a>(&'a self, step: Option<&'a str>) -> Option<&'a str> {
-        step.or(self.environment.as_deref())
+        step.or(self.config.environment.as_deref())
     }
 
     async fn get(&self, flag: &str, env: Option<&str>) -> Result<Option<bool>, ExecError> {
-        let url =
-            render_url(&self.get_url, &self.vars(flag, env, None)).map_err(ExecError::fatal)?;
+        let url = render_url(&self.config.get_url, &self.vars(flag, env, None))
+            .map_err(ExecError::fatal)?;
         read_state(
             self.with_headers(self.http.get(url)),
             "kill switch",
-            |body| body.pointer(&self.state_pointer).and_then(Value::as_bool),
+            |body| {
+                body.pointer(&self.config.state_pointer)
+                    .and_then(Value::as_bool)
+            },
             || {
                 format!(
                     "kill switch: no boolean at {} in the answer",
-                    self.state_pointer
+                    self.config.state_pointer
                 )
             },
         )
@@ -591,11 +601,13 @@ impl KillSwitch for HttpKillSwitch {
         _by: &str,
     ) -> Result<Value, ExecError> {
         let vars = self.vars(flag, env, Some(enabled));
-        let url = render_url(&self.set_url, &vars).map_err(ExecError::fatal)?;
-        let method = reqwest::Method::from_bytes(self.set_method.as_bytes())
-            .map_err(|_| ExecError::fatal(format!("bad HTTP method {:?}", self.set_method)))?;
+        let url = render_url(&self.config.set_url, &vars).map_err(ExecError::fatal)?;
+        let method =
+            reqwest::Method::from_bytes(self.config.set_method.as_bytes()).map_err(|_| {
+                ExecError::fatal(format!("bad HTTP method {:?}", self.config.set_method))
+            })?;
         let mut req = self.with_headers(self.http.request(method, url));
-        if let Some(body) = &self.set_body {
+        if let Some(body) = &self.config.set_body {
             let body = typed_enabled(render_json(body, &vars).map_err(ExecError::fatal)?, enabled);
             req = req
                 .header("Content-Type", "application/json")
@@ -746,4 +758,29 @@ pub async fn notify(
         results.insert("slack".into(), resp);
     }
     Ok(Value::Object(results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_switch_is_read_from_its_table_and_a_misspelt_key_is_refused() {
+        let table = json!({
+            "type": "http",
+            "set_url": "http://flags/{{flag}}",
+            "get_url": "http://flags/{{flag}}",
+            "state_pointer": "/enabled",
+        });
+        let config: KillSwitchConfig = serde_json::from_value(table.clone()).expect("valid");
+        let KillSwitchConfig::Http(http) = config else {
+            panic!("not the http variant: {config:?}");
+        };
+        assert_eq!(http.set_method, "PUT");
+        let mut misspelt = table;
+        misspelt["state_ponter"] = json!("/enabled");
+        let err = serde_json::from_value::<KillSwitchConfig>(misspelt)
+            .expect_err("an unknown key is refused");
+        assert!(err.to_string().contains("state_ponter"), "{err}");
+    }
 }
