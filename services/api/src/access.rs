@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{self, SESSION_COOKIE};
+use crate::error::{bad, json_body};
 use crate::{ApiError, AppState};
 use firebreak_store::credentials::{self, sha256_hex};
 
@@ -28,21 +29,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{name}", delete(disable_user))
         .route("/api/v1/incidents/{id}/notes", post(add_note))
-}
-
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field: Some(field.into()),
-        message: message.into(),
-    }
-}
-
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
-        field: Some(e.path().to_string()).filter(|p| p != "."),
-        message: e.inner().to_string(),
-    })
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
@@ -87,7 +73,7 @@ async fn login(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let b: LoginBody = body(&bytes)?;
+    let b: LoginBody = json_body(&bytes)?;
     let address = state.auth.client_address(&headers, peer.0);
     let user = state.auth.login(&b.username, &b.password, address).await?;
     let (cookie, csrf, expires) = start_session(&state, &user, &headers).await?;
@@ -181,7 +167,7 @@ async fn create_token(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let b: TokenBody = body(&bytes)?;
+    let b: TokenBody = json_body(&bytes)?;
     check_name("name", &b.name)?;
     credentials::check_token_name(&b.name).map_err(|m| bad("name", m))?;
     if b.scopes.is_empty() {
@@ -261,7 +247,7 @@ async fn create_user(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let b: UserBody = body(&bytes)?;
+    let b: UserBody = json_body(&bytes)?;
     check_name("username", &b.username)?;
     let role = Role::parse(&b.role).map_err(|m| bad("role", m))?;
     let (password, username) = (b.password.clone(), b.username.clone());
@@ -341,7 +327,7 @@ async fn add_note(
         .ok()
         .filter(|i| *i > 0)
         .ok_or_else(|| bad("id", format!("{id:?} is not an incident id")))?;
-    let b: NoteBody = body(&bytes)?;
+    let b: NoteBody = json_body(&bytes)?;
     let entry = state
         .remediation
         .clone()

@@ -15,7 +15,7 @@ use firebreak_store::ActionItemRow;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
-use crate::remediation::body;
+use crate::error::{body, path_id};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -42,16 +42,6 @@ impl From<ItemError> for ApiError {
             ItemError::Store(e) => e.into(),
         }
     }
-}
-
-fn id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest {
-            field: Some("id".into()),
-            message: format!("{raw:?} is not {what} id"),
-        })
 }
 
 /// An action item as the API shows it.
@@ -117,7 +107,7 @@ async fn list(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let incident = id(&raw, "an incident")?;
+    let incident = path_id(&raw, "an incident")?;
     match state.store.incident(incident).await {
         Ok(_) => {}
         Err(firebreak_store::StoreError::NotFound) => {
@@ -139,7 +129,7 @@ async fn create(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let incident = id(&raw, "an incident")?;
+    let incident = path_id(&raw, "an incident")?;
     let b: CreateBody = body(&bytes)?;
     let item = action_items::create(
         state.store.as_ref(),
@@ -166,7 +156,7 @@ async fn change(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let item = id(&raw, "an action item")?;
+    let item = path_id(&raw, "an action item")?;
     let b: PatchBody = body(&bytes)?;
     let row = action_items::update(
         state.store.as_ref(),
@@ -193,7 +183,7 @@ async fn export(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let item = id(&raw, "an action item")?;
+    let item = path_id(&raw, "an action item")?;
     let b: ExportBody = body(&bytes)?;
     let tracker = b
         .tracker

@@ -16,7 +16,7 @@ use firebreak_engine::dead_letters::{replay, summary, ReplayError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::remediation::{bad, body};
+use crate::error::{bad, body};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {

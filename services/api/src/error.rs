@@ -192,6 +192,42 @@ impl IntoResponse for ApiError {
 
 /// Query strings decode like bodies: unknown parameters and bad values are
 /// named in a 400, never ignored.
+/// A 400 that names the field at fault.
+pub(crate) fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        field: Some(field.into()),
+        message: message.into(),
+    }
+}
+
+/// A JSON body read strictly; a 400 names the path of the field at fault.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
+        field: Some(e.path().to_string()).filter(|p| p != "."),
+        message: e.inner().to_string(),
+    })
+}
+
+/// A JSON body, or the type's default when the body is empty.
+pub(crate) fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    json_body(bytes)
+}
+
+/// An id from the path: a positive whole number, else a 400 saying it is not
+/// `what` id ("an incident", "a rollout").
+pub(crate) fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    positive_id(raw).ok_or_else(|| bad("id", format!("{raw:?} is not {what} id")))
+}
+
+/// A row id: a positive whole number.
+pub(crate) fn positive_id(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
 pub(crate) fn query<T>(
     q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {

@@ -19,6 +19,8 @@ use firebreak_store::{IncidentFilter, ServiceWindow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::error::bad;
+use crate::paging::page_limit;
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -42,10 +44,7 @@ async fn service_timeline(
     query: Result<Query<TimelineQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = crate::error::query(query)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad("limit", "must be 1 to 1000"));
-    }
+    let limit = page_limit(q.limit, 100, 1000)?;
     let store = state.store.clone();
     let entries = store.service_timeline(&service, limit).await?;
     Ok(Json(
@@ -93,13 +92,6 @@ impl Facts {
             r.push(format!("change freeze {f}"));
         }
         r
-    }
-}
-
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field: Some(field.into()),
-        message: message.into(),
     }
 }
 

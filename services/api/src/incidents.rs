@@ -17,7 +17,8 @@ use firebreak_store::{IncidentFilter, IncidentRow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::query;
+use crate::error::{bad, path_id, query};
+use crate::paging::{next_before, page_limit};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -42,13 +43,6 @@ struct ListQuery {
     commander: Option<String>,
     limit: Option<i64>,
     before: Option<i64>,
-}
-
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field: Some(field.into()),
-        message: message.into(),
-    }
 }
 
 /// An incident as the API shows it: `severity` on the configured scale
@@ -97,10 +91,7 @@ async fn list(
             ));
         }
     }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad("limit", format!("must be between 1 and {MAX_PAGE}")));
-    }
+    let limit = page_limit(q.limit, 50, MAX_PAGE)?;
     let scale = severity_scale(&state);
     let severities = match &q.severity {
         None => None,
@@ -155,22 +146,11 @@ async fn list(
     };
     let rows = store.list_incidents(&filter).await?;
     let now = Utc::now();
-    let next = if rows.len() as i64 == limit {
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let next = next_before(&rows, limit, |r| r.id);
     Ok(Json(json!({
         "incidents": rows.iter().map(|r| incident_json(r, &scale, now)).collect::<Vec<_>>(),
         "next_before": next,
     })))
-}
-
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad("id", format!("{raw:?} is not an incident id")))
 }
 
 async fn detail(
@@ -178,7 +158,7 @@ async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let detail = store.incident(id).await.map_err(|e| match e {
         firebreak_store::StoreError::NotFound => ApiError::NotFound(format!("no incident {id}")),
         e => e.into(),
@@ -224,15 +204,9 @@ async fn timeline(
     q: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(1000);
-    if !(1..=MAX_TIMELINE_PAGE).contains(&limit) {
-        return Err(bad(
-            "limit",
-            format!("must be between 1 and {MAX_TIMELINE_PAGE}"),
-        ));
-    }
+    let limit = page_limit(q.limit, 1000, MAX_TIMELINE_PAGE)?;
     let offset = q.offset.unwrap_or(0);
     if offset < 0 {
         return Err(bad("offset", "must not be negative"));
@@ -273,7 +247,7 @@ async fn declare(
     Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let b: DeclareBody = crate::remediation::body(&bytes)?;
+    let b: DeclareBody = crate::error::body(&bytes)?;
     let title = b
         .title
         .ok_or_else(|| bad("title", "missing: say in a few words what is wrong"))?;
@@ -306,7 +280,7 @@ async fn acknowledge(
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let remediation = state.remediation.clone();
     let first = remediation.acknowledge_incident(&identity, id).await?;
     let row = remediation.store().incident_overview(id).await?.incident;
@@ -335,8 +309,8 @@ async fn update(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let mut b: UpdateBody = crate::remediation::body(&bytes)?;
+    let id = path_id(&id, "an incident")?;
+    let mut b: UpdateBody = crate::error::body(&bytes)?;
     match (b.stage.take(), b.status.take()) {
         (Some(a), Some(s)) if !a.eq_ignore_ascii_case(&s) => {
             return Err(bad(

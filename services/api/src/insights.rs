@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::query;
-use crate::remediation::{bad, body};
+use crate::error::{bad, body};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {

@@ -27,6 +27,7 @@ pub mod oidc;
 mod ops;
 pub mod packer;
 pub mod pages;
+mod paging;
 mod postmortems;
 pub mod remediation;
 mod rollouts;

@@ -17,6 +17,7 @@ use firebreak_store::{PostmortemRow, PostmortemSave, SaveOutcome, Store, StoreEr
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::error::{bad, json_body, path_id};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -43,20 +44,6 @@ pub(crate) const STATUSES: [&str; 3] = ["draft", "in_review", "published"];
 
 fn parts(state: &AppState) -> Result<(Arc<dyn Store>, Arc<Generator>), ApiError> {
     Ok((state.store.clone(), state.postmortems.clone()))
-}
-
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field: Some(field.into()),
-        message: message.into(),
-    }
-}
-
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad("id", format!("{raw:?} is not an incident id")))
 }
 
 fn etag(revision: i64) -> HeaderValue {
@@ -118,7 +105,7 @@ fn with_etag(mut r: Response, revision: i64) -> Response {
 
 async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (store, generator) = parts(&state)?;
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let pm = current(store.as_ref(), id).await?;
     let people = generator.people(id).await.map_err(from_pm)?;
     Ok(with_etag(
@@ -132,7 +119,7 @@ async fn markdown(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (store, _) = parts(&state)?;
-    let pm = current(store.as_ref(), parse_id(&id)?).await?;
+    let pm = current(store.as_ref(), path_id(&id, "an incident")?).await?;
     // The exported document: no section markers, no guide for editors.
     let mut r = firebreak_postmortem::sections::strip_markers(&pm.markdown).into_response();
     r.headers_mut().insert(
@@ -144,7 +131,7 @@ async fn markdown(
 
 async fn html(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (store, _) = parts(&state)?;
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let pm = current(store.as_ref(), id).await?;
     let title = pm
         .markdown
@@ -167,14 +154,6 @@ struct SaveBody {
     markdown: Option<String>,
     status: Option<String>,
     by: Option<String>,
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
-        field: Some(e.path().to_string()).filter(|p| p != "."),
-        message: e.inner().to_string(),
-    })
 }
 
 /// The author of a save is who authenticated; a `by` is refused.
@@ -205,7 +184,7 @@ async fn save(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let (store, generator) = parts(&state)?;
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let Some(if_match) = headers.get(header::IF_MATCH) else {
         return Err(ApiError::PreconditionRequired(
             "send If-Match with the ETag (revision) you edited, e.g. If-Match: \"3\"".into(),
@@ -217,7 +196,7 @@ async fn save(
         .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("If-Match", "must be the ETag of a revision, e.g. \"3\""))?;
-    let body: SaveBody = decode(&bytes)?;
+    let body: SaveBody = json_body(&bytes)?;
     let author = author(&body.by, &identity)?;
     let cur = current(store.as_ref(), id).await?;
     let markdown = body.markdown.unwrap_or_else(|| cur.markdown.clone());
@@ -294,11 +273,11 @@ async fn regenerate(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, generator) = parts(&state)?;
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let body: RegenerateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RegenerateBody::default()
     } else {
-        decode(&bytes)?
+        json_body(&bytes)?
     };
     let author = author(&body.by, &identity)?;
     let generated = generator.generate(id, &author).await.map_err(from_pm)?;
@@ -322,7 +301,7 @@ async fn revisions(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (store, _) = parts(&state)?;
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     current(store.as_ref(), id).await?;
     let revs = store.postmortem_revisions(id).await?;
     Ok(Json(json!({
@@ -356,7 +335,7 @@ async fn revision(
     Path((id, rev)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (store, _) = parts(&state)?;
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let rev: i64 = rev
         .parse()
         .map_err(|_| bad("revision", format!("{rev:?} is not a revision number")))?;
@@ -398,7 +377,7 @@ struct LintBody {
 
 async fn lint_text(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let (_, generator) = parts(&state)?;
-    let body: LintBody = decode(&bytes)?;
+    let body: LintBody = json_body(&bytes)?;
     let mut people = body.people;
     if let Some(id) = body.incident_id {
         people.extend(generator.people(id).await.map_err(from_pm)?);

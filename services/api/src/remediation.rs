@@ -17,12 +17,12 @@ use firebreak_remediation::{FlagEdit, Request, RequestOptions};
 use firebreak_store::{
     ActionFilter, ActionRow, ActionStatus, AuditFilter, FlagRow, Store, StoreError,
 };
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::query;
+use crate::error::{bad, body, path_id, query};
+use crate::paging::{next_before, page_limit};
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -51,37 +51,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ofrep/v1/configuration", get(ofrep_configuration))
 }
 
-pub(crate) fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field: Some(field.into()),
-        message: message.into(),
-    }
-}
-
-/// A JSON body, or the type's default when the body is empty.
-pub(crate) fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
-        field: Some(e.path().to_string()).filter(|p| p != "."),
-        message: e.inner().to_string(),
-    })
-}
-
 fn not_found(what: String) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
         StoreError::NotFound => ApiError::NotFound(what.clone()),
         e => e.into(),
     }
-}
-
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad("id", format!("{raw:?} is not an action id")))
 }
 
 /// Who did it: the body's `by`, else `api`. Recorded, never trusted for auth.
@@ -179,10 +153,7 @@ async fn list_actions(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(bad("limit", "must be between 1 and 500"));
-    }
+    let limit = page_limit(q.limit, 50, 500)?;
     let rows = store
         .list_actions(&ActionFilter {
             incident_id: q.incident,
@@ -192,9 +163,7 @@ async fn list_actions(
             limit,
         })
         .await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let next = next_before(&rows, limit, |r| r.id);
     Ok(Json(json!({
         "actions": rows.iter().map(action_json).collect::<Vec<_>>(),
         "next_before": next,
@@ -206,7 +175,7 @@ async fn action(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an action")?;
     let row = store
         .action(id)
         .await
@@ -233,7 +202,7 @@ async fn decide(
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
     let remediation = state.remediation.clone();
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an action")?;
     let d: Decision = body(&bytes)?;
     d.check()?;
     let row = remediation
@@ -275,7 +244,7 @@ async fn revert(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let remediation = state.remediation.clone();
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "an action")?;
     let b: RevertBody = body(&bytes)?;
     no_by(&b.by)?;
     let row = remediation
@@ -314,59 +283,10 @@ impl RequestBody {
             .kind
             .clone()
             .ok_or_else(|| bad("kind", "missing: give kill_switch, rollback or notify"))?;
-        let not_for = |field: &str, present: bool| -> Result<(), ApiError> {
-            if present {
-                Err(bad(
-                    field,
-                    format!("{field} does not apply to a {kind} request"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let request = match kind.as_str() {
-            "kill_switch" => {
-                not_for("service", self.service.is_some())?;
-                not_for("slack", self.slack.is_some())?;
-                not_for("webhook", self.webhook.is_some())?;
-                not_for("message", self.message.is_some())?;
-                Request::KillSwitch {
-                    flag: self
-                        .flag
-                        .ok_or_else(|| bad("flag", "missing: the kill switch's flag key"))?,
-                    provider: self.provider,
-                    environment: self.environment,
-                    state: self.state.unwrap_or_default(),
-                }
-            }
-            "rollback" => {
-                not_for("flag", self.flag.is_some())?;
-                not_for("state", self.state.is_some())?;
-                not_for("slack", self.slack.is_some())?;
-                not_for("webhook", self.webhook.is_some())?;
-                not_for("message", self.message.is_some())?;
-                Request::Rollback {
-                    service: self
-                        .service
-                        .ok_or_else(|| bad("service", "missing: the service to roll back"))?,
-                    environment: self.environment,
-                    provider: self.provider,
-                }
-            }
-            "notify" => {
-                not_for("flag", self.flag.is_some())?;
-                not_for("state", self.state.is_some())?;
-                not_for("service", self.service.is_some())?;
-                not_for("provider", self.provider.is_some())?;
-                not_for("environment", self.environment.is_some())?;
-                Request::Notify {
-                    slack: self.slack,
-                    webhook: self.webhook,
-                    message: self
-                        .message
-                        .ok_or_else(|| bad("message", "missing: what to say"))?,
-                }
-            }
+        let fields: &[&str] = match kind.as_str() {
+            "kill_switch" => &["flag", "provider", "environment", "state"],
+            "rollback" => &["service", "environment", "provider"],
+            "notify" => &["slack", "webhook", "message"],
             "http" => {
                 return Err(bad(
                     "kind",
@@ -379,6 +299,50 @@ impl RequestBody {
                     format!("{other:?} is not an action kind: use kill_switch, rollback or notify"),
                 ))
             }
+        };
+        let given = [
+            ("flag", self.flag.is_some()),
+            ("state", self.state.is_some()),
+            ("service", self.service.is_some()),
+            ("provider", self.provider.is_some()),
+            ("environment", self.environment.is_some()),
+            ("slack", self.slack.is_some()),
+            ("webhook", self.webhook.is_some()),
+            ("message", self.message.is_some()),
+        ];
+        if let Some((field, _)) = given
+            .iter()
+            .find(|(field, present)| *present && !fields.contains(field))
+        {
+            return Err(bad(
+                field,
+                format!("{field} does not apply to a {kind} request"),
+            ));
+        }
+        let missing = |field: &str, what: &str| bad(field, format!("missing: {what}"));
+        let request = match kind.as_str() {
+            "kill_switch" => Request::KillSwitch {
+                flag: self
+                    .flag
+                    .ok_or_else(|| missing("flag", "the kill switch's flag key"))?,
+                provider: self.provider,
+                environment: self.environment,
+                state: self.state.unwrap_or_default(),
+            },
+            "rollback" => Request::Rollback {
+                service: self
+                    .service
+                    .ok_or_else(|| missing("service", "the service to roll back"))?,
+                environment: self.environment,
+                provider: self.provider,
+            },
+            _ => Request::Notify {
+                slack: self.slack,
+                webhook: self.webhook,
+                message: self
+                    .message
+                    .ok_or_else(|| missing("message", "what to say"))?,
+            },
         };
         Ok((
             request,
@@ -465,10 +429,7 @@ async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad("limit", "must be between 1 and 1000"));
-    }
+    let limit = page_limit(q.limit, 100, 1000)?;
     let rows = store
         .list_audit(&AuditFilter {
             action_id: q.action,
@@ -479,9 +440,7 @@ async fn audit(
             limit,
         })
         .await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let next = next_before(&rows, limit, |r| r.id);
     Ok(Json(json!({"entries": rows, "next_before": next})))
 }
 

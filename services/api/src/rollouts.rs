@@ -16,8 +16,9 @@ use firebreak_store::{ActionRow, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::query;
-use crate::remediation::{action_json, bad, body};
+use crate::error::{bad, body, json_body, path_id, query};
+use crate::paging::page_limit;
+use crate::remediation::action_json;
 use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -60,14 +61,7 @@ async fn start(
         Some(_) => return Err(bad("flag", "must be the flag's key, a string")),
         None => return Err(bad("flag", "missing: name the built-in flag to roll out")),
     };
-    let plan: RolloutPlan = {
-        let text = raw.to_string();
-        let de = &mut serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
-            field: Some(e.path().to_string()).filter(|p| p != "."),
-            message: e.inner().to_string(),
-        })?
-    };
+    let plan: RolloutPlan = json_body(raw.to_string().as_bytes())?;
     let (rollout, action) = remediation.start_rollout(&identity, &flag, plan).await?;
     let mut r = (
         StatusCode::CREATED,
@@ -94,10 +88,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let store = state.store.clone();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad("limit", "must be 1 to 1000"));
-    }
+    let limit = page_limit(q.limit, 100, 1000)?;
     let rows = store
         .list_rollouts(q.flag.as_deref(), q.active.unwrap_or(false), limit)
         .await?;
@@ -106,18 +97,11 @@ async fn list(
     ))
 }
 
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad("id", format!("{raw:?} is not a rollout id")))
-}
-
 async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "a rollout")?;
     let store = state.store.clone();
     let rollout = store.rollout(id).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::NotFound(format!("no rollout {id}")),
@@ -143,7 +127,7 @@ async fn command(
     Path((id, command)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id, "a rollout")?;
     let b: CommandBody = body(&bytes)?;
     let command = match command.as_str() {
         "pause" => RolloutCommand::Pause,

@@ -16,16 +16,9 @@ use firebreak_store::{PostmortemRow, PostmortemSave, Presence, SaveOutcome, Stor
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{base, error_page, when, Csrf, Id, Ident, PageResult, Posted, Refusal, St};
+use super::{base, error_page, path_id, when, Csrf, Id, Ident, PageResult, Posted, Refusal, St};
 use crate::postmortems::{transition_ok, STATUSES};
 use crate::ApiError;
-
-fn incident_id(raw: &str) -> Result<i64, Refusal> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| Refusal::bad("not an incident id"))
-}
 
 /// Findings by line, with the line's text, for showing next to the source.
 /// The blameless check's findings as the editor shows them, and how many
@@ -72,7 +65,7 @@ pub async fn editor(
     axum::extract::Query(q): axum::extract::Query<EditorQuery>,
 ) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
-    let id = incident_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let incident = match store.incident_overview(id).await {
         Ok(d) => d.incident,
         Err(StoreError::NotFound) => {
@@ -171,7 +164,7 @@ pub async fn save(
     Posted(f): Posted<SaveForm>,
 ) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
-    let id = incident_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     // Browsers send CRLF from text areas; the document keeps LF.
     let mine = f.markdown.replace("\r\n", "\n");
     if mine.len() > 5 * 1024 * 1024 {
@@ -359,7 +352,7 @@ pub async fn regenerate(
     axum::extract::Path(id): Id,
     Posted(_): Posted<NoFields>,
 ) -> PageResult {
-    let id = incident_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let generator = state.postmortems.clone();
     match generator.generate(id, &identity.id).await {
         Ok(g) => Ok(Redirect::to(&format!(
@@ -378,7 +371,7 @@ pub async fn revision(
     axum::extract::Path((id, rev)): axum::extract::Path<(String, String)>,
 ) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
-    let id = incident_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let Ok(rev) = rev.parse::<i64>() else {
         return Err(Refusal::bad("not a revision number"));
     };
@@ -459,12 +452,7 @@ pub async fn preview(
     axum::extract::State(state): St,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let body: PreviewBody =
-        serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
-            field: Some(e.path().to_string()).filter(|p| p != "."),
-            message: e.inner().to_string(),
-        })?;
+    let body: PreviewBody = crate::error::json_body(&bytes)?;
     let people = match body.incident_id {
         Some(id) => state.postmortems.people(id).await.unwrap_or_default(),
         None => Vec::new(),
@@ -535,7 +523,7 @@ pub async fn add_item(
     axum::extract::Path(id): Id,
     Posted(f): Posted<ItemForm>,
 ) -> PageResult {
-    let id = incident_id(&id)?;
+    let id = path_id(&id, "an incident")?;
     let item = firebreak_postmortem::action_items::create(
         state.store.as_ref(),
         &state.trackers,
@@ -569,10 +557,8 @@ pub async fn change_item(
     axum::extract::Path((id, item)): axum::extract::Path<(String, String)>,
     Posted(f): Posted<ItemChangeForm>,
 ) -> PageResult {
-    let id = incident_id(&id)?;
-    let Some(item) = item.parse::<i64>().ok().filter(|i| *i > 0) else {
-        return Err(Refusal::bad("not an action item id"));
-    };
+    let id = path_id(&id, "an incident")?;
+    let item = path_id(&item, "an action item")?;
     // The item must be this incident's: a form cannot reach another one.
     let row = match state.store.action_item(item).await {
         Ok(r) if r.incident_id == id => r,

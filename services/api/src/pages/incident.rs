@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::timeline::{self, Mark};
-use super::{base, duration, when, Confirmed, Csrf, Id, Ident, PageResult, Posted, Refusal, St, Q};
+use super::{
+    base, duration, path_id, when, Confirmed, Csrf, Id, Ident, PageResult, Posted, Refusal, St, Q,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -175,9 +177,7 @@ pub async fn detail(
 ) -> PageResult {
     let mut timing = super::Timing::start();
     let (store, pages) = (&state.store, &state.pages);
-    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
-        return Err(Refusal::bad("not an incident id"));
-    };
+    let id = path_id(&id, "an incident")?;
     let q = match q {
         Ok(q) => q.0,
         Err(e) => return Err(Refusal::bad(e.body_text())),
@@ -505,9 +505,7 @@ pub async fn note(
     axum::extract::Path(id): Id,
     Posted(f): Posted<NoteForm>,
 ) -> PageResult {
-    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
-        return Err(Refusal::bad("not an incident id"));
-    };
+    let id = path_id(&id, "an incident")?;
     state
         .remediation
         .clone()
@@ -529,9 +527,7 @@ pub async fn cause(
     axum::extract::Path((id, deploy)): axum::extract::Path<(String, String)>,
     Posted(f): Posted<CauseForm>,
 ) -> PageResult {
-    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
-        return Err(Refusal::bad("not an incident id"));
-    };
+    let id = path_id(&id, "an incident")?;
     let cause = match f.cause.as_str() {
         "yes" => Some(true),
         "no" => Some(false),
@@ -560,9 +556,7 @@ async fn decide(
             "Tick the confirmation box to confirm, then submit again.",
         ));
     }
-    let Some(id) = id.0.parse::<i64>().ok().filter(|i| *i > 0) else {
-        return Err(Refusal::bad("not an action id"));
-    };
+    let id = path_id(&id.0, "an action")?;
     let result = match verb {
         "approve" | "deny" => {
             remediation
@@ -624,9 +618,7 @@ pub async fn response(
     axum::extract::Path(id): Id,
     Posted(f): Posted<ResponseForm>,
 ) -> PageResult {
-    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else {
-        return Err(Refusal::bad("not an incident id"));
-    };
+    let id = path_id(&id, "an incident")?;
     let remediation = state.remediation.clone();
     let done = match f.act.as_str() {
         "acknowledge" => {

@@ -309,6 +309,12 @@ pub struct Refusal {
     message: String,
 }
 
+/// An id from the path: a positive whole number, else a 400 page saying it
+/// is not `what` id ("an incident").
+pub(crate) fn path_id(raw: &str, what: &str) -> Result<i64, Refusal> {
+    crate::error::positive_id(raw).ok_or_else(|| Refusal::bad(format!("not {what} id")))
+}
+
 impl Refusal {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
         Refusal {
