@@ -16,21 +16,24 @@ pub(crate) async fn healthz() -> impl IntoResponse {
 pub(crate) async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     let mut ready = true;
     let mut checks = serde_json::Map::new();
+    let mut check = |name: &str, backend: &str, error: Option<String>| {
+        ready &= error.is_none();
+        checks.insert(
+            name.into(),
+            json!({"backend": backend, "ok": error.is_none(), "error": error}),
+        );
+    };
     if let Some(store) = &state.store {
         let result = store.ping().await;
-        ready &= result.is_ok();
-        checks.insert(
-            "store".into(),
-            json!({"backend": store.backend(), "ok": result.is_ok(), "error": result.err().map(|e| e.to_string())}),
+        check(
+            "store",
+            store.backend(),
+            result.err().map(|e| e.to_string()),
         );
     }
     if let Some(bus) = &state.bus {
         let result = bus.ping().await;
-        ready &= result.is_ok();
-        checks.insert(
-            "bus".into(),
-            json!({"backend": bus.backend(), "ok": result.is_ok(), "error": result.err().map(|e| e.to_string())}),
-        );
+        check("bus", bus.backend(), result.err().map(|e| e.to_string()));
     }
     let status = if ready {
         StatusCode::OK

@@ -55,16 +55,24 @@ impl Scope {
     }
 
     pub fn parse(s: &str) -> Result<Scope, String> {
-        Scope::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "{s:?} is not a scope: use {}",
-                    Scope::ALL.map(Scope::as_str).join(", ")
-                )
-            })
+        word(s, &Scope::ALL, Scope::as_str, "a scope")
     }
+}
+
+/// The one of `all` whose word is `s`, or an error naming every word.
+fn word<T: Copy>(
+    s: &str,
+    all: &[T],
+    as_str: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|x| as_str(*x) == s)
+        .ok_or_else(|| {
+            let words: Vec<&str> = all.iter().map(|x| as_str(*x)).collect();
+            format!("{s:?} is not {what}: use {}", words.join(", "))
+        })
 }
 
 impl fmt::Display for Scope {
@@ -96,15 +104,7 @@ impl Role {
     }
 
     pub fn parse(s: &str) -> Result<Role, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "{s:?} is not a role: use {}",
-                    Role::ALL.map(Role::as_str).join(", ")
-                )
-            })
+        word(s, &Role::ALL, Role::as_str, "a role")
     }
 
     /// Whether this role grants `scope`.

@@ -225,24 +225,6 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{kind=\"unknown\"}} {unknown}");
             }
         }
-        for (name, help, value) in [
-            (
-                "firebreak_incidents_opened_total",
-                "Incidents opened.",
-                &self.incidents_opened,
-            ),
-            (
-                "firebreak_incidents_resolved_total",
-                "Incidents resolved.",
-                &self.incidents_resolved,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
         let name = "firebreak_actions_total";
         let _ = writeln!(
             out,
@@ -254,6 +236,18 @@ impl Metrics {
             }
         }
         for (name, help, kind, value) in [
+            (
+                "firebreak_incidents_opened_total",
+                "Incidents opened.",
+                "counter",
+                &self.incidents_opened,
+            ),
+            (
+                "firebreak_incidents_resolved_total",
+                "Incidents resolved.",
+                "counter",
+                &self.incidents_resolved,
+            ),
             (
                 "firebreak_playbooks_loaded",
                 "Playbooks in the active set.",

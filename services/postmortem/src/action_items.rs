@@ -100,28 +100,16 @@ fn due(d: &str) -> Result<String, ItemError> {
         .map_err(|_| bad("due", format!("{d:?} is not a date: give YYYY-MM-DD")))
 }
 
-fn priority(p: &str) -> Result<String, ItemError> {
-    PRIORITIES
+/// The one of `words` that `given` is (any case), or an error naming them.
+fn one_of(field: &'static str, words: &[&str], given: &str) -> Result<String, ItemError> {
+    words
         .iter()
-        .find(|x| x.eq_ignore_ascii_case(p.trim()))
-        .map(|x| x.to_string())
+        .find(|w| w.eq_ignore_ascii_case(given.trim()))
+        .map(|w| w.to_string())
         .ok_or_else(|| {
             bad(
-                "priority",
-                format!("{p:?}: give one of {}", PRIORITIES.join(", ")),
-            )
-        })
-}
-
-fn status(s: &str) -> Result<String, ItemError> {
-    STATUSES
-        .iter()
-        .find(|x| x.eq_ignore_ascii_case(s.trim()))
-        .map(|x| x.to_string())
-        .ok_or_else(|| {
-            bad(
-                "status",
-                format!("{s:?}: give one of {}", STATUSES.join(", ")),
+                field,
+                format!("{given:?}: give one of {}", words.join(", ")),
             )
         })
 }
@@ -184,7 +172,7 @@ pub async fn create(
     let priority = item
         .priority
         .as_deref()
-        .map(priority)
+        .map(|p| one_of("priority", &PRIORITIES, p))
         .transpose()?
         .unwrap_or_else(|| "medium".into());
     let export_to = tracker_for(item.tracker.as_deref(), trackers)?;
@@ -254,8 +242,12 @@ pub async fn update(
             .due
             .map(|d| d.as_deref().map(due).transpose())
             .transpose()?,
-        priority: patch.priority.as_deref().map(priority).transpose()?,
-        status: patch.status.as_deref().map(status).transpose()?,
+        priority: (patch.priority.as_deref())
+            .map(|p| one_of("priority", &PRIORITIES, p))
+            .transpose()?,
+        status: (patch.status.as_deref())
+            .map(|s| one_of("status", &STATUSES, s))
+            .transpose()?,
     };
     let before = store.action_item(id).await.map_err(not_found(id))?;
     let mut said = Vec::new();
@@ -392,10 +384,10 @@ mod tests {
         assert_eq!(due("2026-12-20").unwrap(), "2026-12-20");
         assert!(due("20.12.2026").is_err());
         assert!(due("2026-02-30").is_err());
-        assert_eq!(priority("HIGH").unwrap(), "high");
-        assert!(priority("urgent").is_err());
-        assert_eq!(status("wont_do").unwrap(), "wont_do");
-        assert!(status("closed").is_err());
+        assert_eq!(one_of("priority", &PRIORITIES, "HIGH").unwrap(), "high");
+        assert!(one_of("priority", &PRIORITIES, "urgent").is_err());
+        assert_eq!(one_of("status", &STATUSES, "wont_do").unwrap(), "wont_do");
+        assert!(one_of("status", &STATUSES, "closed").is_err());
         assert_eq!(owner("ana").unwrap(), "user:ana");
         assert!(owner("a b").is_err());
     }
