@@ -1349,6 +1349,76 @@ async fn actions_are_listed_and_found(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(page.iter().map(|a| a.id).collect::<Vec<_>>(), [rows[0].id]);
+    let created_since = |since| ActionFilter {
+        since: Some(since),
+        limit: 10,
+        ..ActionFilter::default()
+    };
+    let recent = h
+        .store
+        .list_actions(&created_since(Utc::now() - Duration::minutes(1)))
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 2, "both were created a moment ago");
+    let later = h
+        .store
+        .list_actions(&created_since(Utc::now() + Duration::minutes(1)))
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "none was created in the future");
+    // Every audit filter narrows on its own, and together they intersect.
+    h.store
+        .record(
+            &[
+                NewAudit {
+                    actor: "api:alice".into(),
+                    ..audit_row("approved")
+                },
+                NewAudit {
+                    actor: "api:bob".into(),
+                    incident_id: Some(incident),
+                    ..audit_row("approved")
+                },
+                NewAudit {
+                    actor: "api:bob".into(),
+                    ..audit_row("denied")
+                },
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    let audit = |actor: Option<&str>, event: Option<&str>, incident_id: Option<i64>| {
+        let filter = AuditFilter {
+            actor: actor.map(str::to_string),
+            event: event.map(str::to_string),
+            incident_id,
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        async move {
+            let rows = h.store.list_audit(&filter).await.unwrap();
+            rows.into_iter()
+                .map(|r| format!("{} {}", r.entry.actor, r.entry.event))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        audit(Some("api:bob"), None, None).await,
+        ["api:bob denied", "api:bob approved"]
+    );
+    assert_eq!(
+        audit(None, Some("approved"), None).await,
+        ["api:bob approved", "api:alice approved"]
+    );
+    assert_eq!(
+        audit(Some("api:alice"), Some("approved"), None).await,
+        ["api:alice approved"]
+    );
+    assert_eq!(
+        audit(None, None, Some(incident)).await,
+        ["api:bob approved"]
+    );
     assert_eq!(h.store.action(rows[1].id).await.unwrap().dedupe_key, "k2");
     assert!(matches!(
         h.store.action(999_999).await,

@@ -112,6 +112,47 @@ impl Query {
         self
     }
 
+    /// The number the next bind's placeholder takes (`$n`).
+    pub fn next_param(&self) -> usize {
+        self.args.len() + 1
+    }
+
+    /// Narrows the query by ` AND {cond}`, where `{}` in `cond` stands for
+    /// the placeholder `value` is bound to.
+    pub fn and(mut self, cond: &str, value: impl Into<Arg>) -> Query {
+        let param = format!("${}", self.next_param());
+        self.args.push(value.into());
+        let sql = self.sql.to_mut();
+        sql.push_str(" AND ");
+        sql.push_str(&cond.replace("{}", &param));
+        self
+    }
+
+    /// [`Query::and`] when `value` is given; the query unchanged when not.
+    /// An optional filter is written into the statement only when used.
+    pub fn and_if<A: Into<Arg>>(self, cond: &str, value: Option<A>) -> Query {
+        match value {
+            Some(v) => self.and(cond, v),
+            None => self,
+        }
+    }
+
+    /// Narrows the query by ` AND {cond}`, a condition without a bind.
+    pub fn and_where(mut self, cond: &str) -> Query {
+        let sql = self.sql.to_mut();
+        sql.push_str(" AND ");
+        sql.push_str(cond);
+        self
+    }
+
+    /// One page, newest first: ` ORDER BY id DESC LIMIT $n`.
+    pub fn newest_first(mut self, limit: i64) -> Query {
+        let param = format!(" ORDER BY id DESC LIMIT ${}", self.next_param());
+        self.args.push(limit.into());
+        self.sql.to_mut().push_str(&param);
+        self
+    }
+
     /// Locks the rows read for the rest of the transaction, where the
     /// dialect can (`FOR UPDATE`; SQLite's one writer needs nothing).
     pub fn for_update<T: DialectTx>(mut self) -> Query {

@@ -129,41 +129,24 @@ impl<D: Dialect> ActionStore for Db<D> {
     }
 
     async fn list_actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>> {
-        self.read_all(
-            q(format!(
-                "SELECT {ACTION_COLUMNS} FROM actions
-                     WHERE ($1 IS NULL OR incident_id = $1) AND ($2 IS NULL OR status = $2)
-                       AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR id < $4)
-                     ORDER BY id DESC LIMIT $5"
-            ))
-            .bind(f.incident_id)
-            .bind(f.status.map(|s| s.as_str()))
-            .bind(f.since)
-            .bind(f.before_id)
-            .bind(f.limit),
-            action_row,
-        )
-        .await
+        let query = q(format!("SELECT {ACTION_COLUMNS} FROM actions WHERE TRUE"))
+            .and_if("incident_id = {}", f.incident_id)
+            .and_if("status = {}", f.status.map(|s| s.as_str()))
+            .and_if("created_at >= {}", f.since)
+            .and_if("id < {}", f.before_id)
+            .newest_first(f.limit);
+        self.read_all(query, action_row).await
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        self.read_all(
-            q(format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit
-                     WHERE ($1 IS NULL OR action_id = $1) AND ($2 IS NULL OR incident_id = $2)
-                       AND ($3 IS NULL OR id < $3) AND ($5 IS NULL OR actor = $5)
-                       AND ($6 IS NULL OR event = $6)
-                     ORDER BY id DESC LIMIT $4"
-            ))
-            .bind(f.action_id)
-            .bind(f.incident_id)
-            .bind(f.before_id)
-            .bind(f.limit)
-            .bind(&f.actor)
-            .bind(&f.event),
-            audit_row,
-        )
-        .await
+        let query = q(format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE TRUE"))
+            .and_if("action_id = {}", f.action_id)
+            .and_if("incident_id = {}", f.incident_id)
+            .and_if("id < {}", f.before_id)
+            .and_if("actor = {}", f.actor.as_deref())
+            .and_if("event = {}", f.event.as_deref())
+            .newest_first(f.limit);
+        self.read_all(query, audit_row).await
     }
 
     async fn record(&self, audit: &[NewAudit], timeline: &[NewEntry]) -> Result<()> {

@@ -107,19 +107,12 @@ impl<D: Dialect> FlagStore for Db<D> {
         active_only: bool,
         limit: i64,
     ) -> Result<Vec<Rollout>> {
-        self.read_all(
-            q(format!(
-                "SELECT {ROLLOUT_COLUMNS} FROM rollouts
-                     WHERE ($1 IS NULL OR flag = $1)
-                       AND ($2 = 0 OR status IN ('running', 'paused'))
-                     ORDER BY id DESC LIMIT $3"
-            ))
-            .bind(flag)
-            .bind(i64::from(active_only))
-            .bind(limit),
-            rollout_row,
-        )
-        .await
+        let mut query = q(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE TRUE"))
+            .and_if("flag = {}", flag);
+        if active_only {
+            query = query.and_where("status IN ('running', 'paused')");
+        }
+        self.read_all(query.newest_first(limit), rollout_row).await
     }
 
     async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEvent>> {

@@ -6,59 +6,35 @@ use super::*;
 #[async_trait]
 impl<D: Dialect> IncidentStore for Db<D> {
     async fn list_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentRow>> {
-        // The response filters are added only when given, each with its
-        // own bind after the four every list has.
-        let mut extra = String::new();
-        let mut n = 4;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        if f.severities.is_some() {
-            extra += &format!(
-                " AND {}",
-                <D::Tx as DialectTx>::any("COALESCE(declared_severity, severity)", next())
-            );
-        }
-        if let Some(stage) = &f.stage {
-            extra += &if stage == "investigating" {
-                format!(
-                    " AND status = 'open' AND (stage IS NULL OR stage = ${})",
-                    next()
-                )
-            } else {
-                format!(" AND stage = ${}", next())
-            };
-        }
-        if let Some(acked) = f.acknowledged {
-            extra += if acked {
-                " AND acknowledged_at IS NOT NULL"
-            } else {
-                " AND acknowledged_at IS NULL"
-            };
-        }
-        if f.commander.is_some() {
-            extra += &format!(" AND commander = ${}", next());
-        }
+        // Each filter is written into the statement only when given.
         let mut query = q(format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR service = $2)
-               AND ($3 IS NULL OR id < $3){extra}
-             ORDER BY id DESC LIMIT $4"
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE TRUE"
         ))
-        .bind(&f.status)
-        .bind(&f.service)
-        .bind(f.before_id)
-        .bind(f.limit);
+        .and_if("status = {}", f.status.as_deref())
+        .and_if("service = {}", f.service.as_deref())
+        .and_if("id < {}", f.before_id);
         if let Some(sev) = &f.severities {
-            query = query.bind(sev.clone());
+            let cond = <D::Tx as DialectTx>::any(
+                "COALESCE(declared_severity, severity)",
+                query.next_param(),
+            );
+            query = query.and(&cond, sev.clone());
         }
-        if let Some(stage) = &f.stage {
-            query = query.bind(stage.as_str());
-        }
-        if let Some(c) = &f.commander {
-            query = query.bind(c.as_str());
-        }
+        query = match f.stage.as_deref() {
+            Some("investigating") => query.and(
+                "status = 'open' AND (stage IS NULL OR stage = {})",
+                "investigating",
+            ),
+            stage => query.and_if("stage = {}", stage),
+        };
+        query = match f.acknowledged {
+            Some(true) => query.and_where("acknowledged_at IS NOT NULL"),
+            Some(false) => query.and_where("acknowledged_at IS NULL"),
+            None => query,
+        };
+        let query = query
+            .and_if("commander = {}", f.commander.as_deref())
+            .newest_first(f.limit);
         self.read_all(query, incident_row).await
     }
 
