@@ -168,6 +168,35 @@ pub struct DeployEvent {
     pub commit_times: Vec<DateTime<Utc>>,
 }
 
+impl DeployEvent {
+    /// A deploy with what every deploy has; the optional facts empty.
+    pub fn new(
+        id: impl Into<String>,
+        service: impl Into<String>,
+        version: impl Into<String>,
+        status: DeployStatus,
+        started_at: DateTime<Utc>,
+    ) -> DeployEvent {
+        DeployEvent {
+            id: id.into(),
+            service: service.into(),
+            environment: None,
+            version: version.into(),
+            previous_version: None,
+            status,
+            strategy: None,
+            step: None,
+            started_at,
+            finished_at: None,
+            commit: None,
+            url: None,
+            actor: None,
+            flags: Vec::new(),
+            commit_times: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GateVerdict {

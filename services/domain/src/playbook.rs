@@ -752,23 +752,13 @@ guard: { cooldown: 30m, max_runs: { count: 3, per: 1h } }
     }
 
     fn deploy(version: &str, at: &str, status: DeployStatus) -> DeployEvent {
-        DeployEvent {
-            id: format!("dp-{version}"),
-            service: "checkout".into(),
-            environment: None,
-            version: version.into(),
-            previous_version: None,
+        DeployEvent::new(
+            format!("dp-{version}"),
+            "checkout",
+            version,
             status,
-            strategy: None,
-            step: None,
-            started_at: at.parse().unwrap(),
-            finished_at: None,
-            commit: None,
-            url: None,
-            actor: None,
-            flags: vec![],
-            commit_times: vec![],
-        }
+            at.parse().unwrap(),
+        )
     }
 
     #[test]

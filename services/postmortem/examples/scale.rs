@@ -129,21 +129,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The incident resolves; the suspect deploy is at +55m.
     let mut tx = store.begin().await?;
     tx.insert_deploys(&[firebreak_domain::DeployEvent {
-        id: "dp-bench".into(),
-        service: "checkout".into(),
         environment: Some("prod".into()),
-        version: "v42".into(),
         previous_version: Some("v41".into()),
-        status: firebreak_domain::DeployStatus::Succeeded,
-        strategy: None,
-        step: None,
-        started_at: t0 + Duration::minutes(55),
-        finished_at: None,
-        commit: None,
-        url: None,
-        actor: None,
-        flags: vec![],
-        commit_times: vec![],
+        ..firebreak_domain::DeployEvent::new(
+            "dp-bench",
+            "checkout",
+            "v42",
+            firebreak_domain::DeployStatus::Succeeded,
+            t0 + Duration::minutes(55),
+        )
     }])
     .await?;
     tx.attach_changes(&[(id, "dp-bench".into())]).await?;

@@ -22,21 +22,11 @@ fn t(s: &str) -> DateTime<Utc> {
 
 fn deploy(version: &str, at: &str, status: DeployStatus) -> DeployEvent {
     DeployEvent {
-        id: format!("dp-{version}"),
-        service: "checkout".into(),
         environment: Some("prod".into()),
-        version: version.into(),
         previous_version: Some("v41".into()),
-        status,
-        strategy: None,
-        step: None,
-        started_at: t(at),
-        finished_at: None,
         commit: Some("3f9a2c1".into()),
-        url: None,
         actor: Some("ci".into()),
-        flags: vec![],
-        commit_times: vec![],
+        ..DeployEvent::new(format!("dp-{version}"), "checkout", version, status, t(at))
     }
 }
 

@@ -49,24 +49,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => DeployStatus::Succeeded,
         };
         batch.push(DeployEvent {
-            id: format!("d{n}"),
-            service: format!("svc-{}", n % SERVICES),
             environment: Some("prod".into()),
-            version: format!("v{n}"),
-            previous_version: None,
-            status,
             strategy: Some(DeployStrategy::ALL[n % 4]),
-            step: None,
-            started_at: at - Duration::minutes(10),
             finished_at: Some(at),
             commit: Some(format!("{n:040x}")),
-            url: None,
-            actor: None,
-            flags: Vec::new(),
             commit_times: vec![
                 at - Duration::hours(3),
                 at - Duration::minutes(40 + (n % 60) as i64),
             ],
+            ..DeployEvent::new(
+                format!("d{n}"),
+                format!("svc-{}", n % SERVICES),
+                format!("v{n}"),
+                status,
+                at - Duration::minutes(10),
+            )
         });
         if batch.len() == 1000 || n + 1 == deploys {
             let mut tx = store.begin().await?;
