@@ -189,6 +189,19 @@ async fn dead_letters_are_listed_counted_and_replayed_onto_their_lane(h: &mut Ha
     bulk.dead_letter(&b, "unknown kind").await.unwrap();
     let (letters, more) = h.bus.dead_letters().await.unwrap();
     assert!(!more);
+    let mut kept: Vec<(&str, &[u8])> = letters
+        .iter()
+        .map(|d| (d.routing_key.as_str(), d.body.as_ref()))
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            ("alert.checkout", b"{broken".as_ref()),
+            ("log.checkout", b"also broken".as_ref())
+        ],
+        "a dead letter keeps its routing key and body"
+    );
     let mut seen: Vec<(String, Lane, String)> = letters
         .iter()
         .map(|d| (d.id.clone(), d.lane, d.reason.clone()))

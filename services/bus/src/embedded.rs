@@ -608,6 +608,9 @@ impl Subscription for EmbeddedSubscription {
 
 #[cfg(test)]
 mod tests {
+    //! What only the embedded queue does. What every bus does (order, acks,
+    //! redelivery, lanes, dead letters and their replay) is the bus
+    //! contract suite's, run against both backends (tests/tests/bus_contract.rs).
     use super::*;
 
     async fn bus(dir: &tempfile::TempDir) -> EmbeddedBus {
@@ -621,54 +624,6 @@ mod tests {
             body: Bytes::from(body.to_string()),
             lane: Lane::Bulk,
         }
-    }
-
-    #[tokio::test]
-    async fn delivers_in_order_and_removes_on_ack() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bus = bus(&dir).await;
-        bus.publish(&[
-            msg("alert.a", "1"),
-            msg("alert.b", "2"),
-            msg("deploy.a", "3"),
-        ])
-        .await
-        .expect("publish");
-        let mut sub = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
-        let batch = sub.next_batch(2).await.expect("batch");
-        assert_eq!(
-            batch.iter().map(|d| d.body.as_ref()).collect::<Vec<_>>(),
-            vec![b"1", b"2"]
-        );
-        sub.ack(&[batch[0].tag, batch[1].tag]).await.expect("ack");
-        let rest = sub.next_batch(10).await.expect("batch");
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].routing_key, "deploy.a");
-        sub.ack(&[rest[0].tag]).await.expect("ack");
-        assert_eq!(bus.depth().await.expect("depth"), 0);
-    }
-
-    #[tokio::test]
-    async fn unacked_messages_survive_reopen_and_requeue_redelivers() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let bus = bus(&dir).await;
-            bus.publish(&[msg("alert.a", "kept")])
-                .await
-                .expect("publish");
-            let mut sub = bus.subscribe(10, Lane::Bulk).await.expect("subscribe");
-            let batch = sub.next_batch(10).await.expect("batch");
-            sub.requeue(&[batch[0].tag]).await.expect("requeue");
-            let again = sub.next_batch(10).await.expect("batch");
-            assert!(again[0].redelivered);
-            bus.close().await;
-        }
-        let bus = bus(&dir).await;
-        assert_eq!(
-            bus.depth().await.expect("depth"),
-            1,
-            "a published message outlives the process"
-        );
     }
 
     #[tokio::test]
@@ -769,53 +724,5 @@ mod tests {
         );
         assert_eq!(dead[0].id, content_id("alert.a", b"{not json"));
         assert!(dead[0].dead_at.is_some_and(|t| t > 1_700_000_000));
-    }
-
-    #[tokio::test]
-    async fn replay_puts_dead_letters_back_on_their_lane_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bus = bus(&dir).await;
-        let urgent = OutMessage {
-            lane: Lane::Urgent,
-            ..msg("alert.pay", "{\"fixed\": false}")
-        };
-        bus.publish(&[urgent, msg("log.pay", "not a log")])
-            .await
-            .expect("publish");
-        for lane in Lane::ALL {
-            let mut sub = bus.subscribe(10, lane).await.expect("subscribe");
-            let batch = sub.next_batch(10).await.expect("batch");
-            sub.dead_letter(&batch[0], "refused").await.expect("dead");
-        }
-        let (dead, _) = bus.dead_letters().await.expect("dead letters");
-        assert_eq!(dead.len(), 2);
-        let urgent_id = dead
-            .iter()
-            .find(|d| d.lane == Lane::Urgent)
-            .map(|d| d.id.clone())
-            .expect("the urgent dead letter");
-        // An id that names nothing replays nothing and changes nothing.
-        assert_eq!(
-            bus.replay_dead_letters(Some(&["0000000000000000".to_string()]))
-                .await
-                .expect("replay none"),
-            0
-        );
-        assert_eq!(
-            bus.replay_dead_letters(Some(std::slice::from_ref(&urgent_id)))
-                .await
-                .expect("replay one"),
-            1
-        );
-        let mut sub = bus.subscribe(10, Lane::Urgent).await.expect("subscribe");
-        let batch = sub.next_batch(10).await.expect("redelivered");
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].routing_key, "alert.pay");
-        let (left, _) = bus.dead_letters().await.expect("dead letters");
-        assert_eq!(left.len(), 1, "the other one stays dead");
-        assert_eq!(left[0].routing_key, "log.pay");
-        assert_eq!(bus.replay_dead_letters(None).await.expect("replay all"), 1);
-        assert!(bus.dead_letters().await.expect("dead letters").0.is_empty());
-        assert_eq!(bus.depth().await.expect("depth"), 2);
     }
 }
