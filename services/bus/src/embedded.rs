@@ -469,6 +469,24 @@ impl Bus for EmbeddedBus {
     }
 }
 
+/// The lane's messages past the delivery limit (`?1` now, `?2` the limit,
+/// `?3` the lane).
+macro_rules! poisoned {
+    () => {
+        "FROM queue WHERE lane = ?3 AND lease_until < ?1 AND attempts >= ?2"
+    };
+}
+
+/// Moves poisoned messages to the dead letters: copy, then delete.
+const POISON: [&str; 2] = [
+    concat!(
+        "INSERT INTO dead_letters (routing_key, body, reason, dead_at, lane)
+         SELECT routing_key, body, 'delivery limit reached after ' || attempts || ' attempts', ?1, lane ",
+        poisoned!()
+    ),
+    concat!("DELETE ", poisoned!()),
+];
+
 struct EmbeddedSubscription {
     pool: SqlitePool,
     notify: Arc<Wakers>,
@@ -482,24 +500,15 @@ impl EmbeddedSubscription {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut tx = write_tx(&self.pool).await?;
         // Poison messages first: past the delivery limit they go to dead letters.
-        sqlx::query(
-            "INSERT INTO dead_letters (routing_key, body, reason, dead_at, lane)
-             SELECT routing_key, body, 'delivery limit reached after ' || attempts || ' attempts', ?1, lane
-             FROM queue WHERE lane = ?3 AND lease_until < ?1 AND attempts >= ?2",
-        )
-        .bind(now)
-        .bind(DELIVERY_LIMIT)
-        .bind(lane_code(self.lane))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        sqlx::query("DELETE FROM queue WHERE lane = ?3 AND lease_until < ?1 AND attempts >= ?2")
-            .bind(now)
-            .bind(DELIVERY_LIMIT)
-            .bind(lane_code(self.lane))
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        for sql in POISON {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(DELIVERY_LIMIT)
+                .bind(lane_code(self.lane))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
         let rows = sqlx::query(
             "UPDATE queue SET lease_until = ?1, attempts = attempts + 1
              WHERE id IN (SELECT id FROM queue WHERE lane = ?4 AND lease_until < ?2 ORDER BY id LIMIT ?3)
