@@ -897,6 +897,11 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// The error loading gives for one environment variable.
+    fn refused_env(key: &str, value: &str) -> String {
+        load_with(None, &[(key, value)], Overrides::default()).expect_err("the value is refused")
+    }
+
     fn load_with(file: Option<&str>, env: &[(&str, &str)], o: Overrides) -> Result<Config, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("firebreak.toml");
@@ -1085,36 +1090,16 @@ SRE-Oncall = "operator"
         );
         let e = load_with(Some("lisen = \"x\"\n"), &[], Overrides::default()).expect_err("typo");
         assert!(e.contains("lisen"), "{e}");
-        let e = load_with(
-            None,
-            &[("FIREBREAK_ENGINE_WORKERS", "many")],
-            Overrides::default(),
-        )
-        .expect_err("bad");
+        let e = refused_env("FIREBREAK_ENGINE_WORKERS", "many");
         assert!(e.contains("FIREBREAK_ENGINE_WORKERS"), "{e}");
-        let e = load_with(
-            None,
-            &[("FIREBREAK_INCIDENTS__QUIET_PERIOD", "soon")],
-            Overrides::default(),
-        )
-        .expect_err("bad");
+        let e = refused_env("FIREBREAK_INCIDENTS__QUIET_PERIOD", "soon");
         assert!(
             e.contains("incidents.quiet_period") && e.contains("FIREBREAK_INCIDENTS__QUIET_PERIOD"),
             "{e}"
         );
-        let e = load_with(
-            None,
-            &[("FIREBREAK_ENGINE__WORKRS", "3")],
-            Overrides::default(),
-        )
-        .expect_err("typo in a twin");
+        let e = refused_env("FIREBREAK_ENGINE__WORKRS", "3");
         assert!(e.contains("workrs"), "{e}");
-        let e = load_with(
-            None,
-            &[("FIREBREAK_DATABASE_URL", "mysql://u:pw@h/db")],
-            Overrides::default(),
-        )
-        .expect_err("bad");
+        let e = refused_env("FIREBREAK_DATABASE_URL", "mysql://u:pw@h/db");
         assert!(e.contains("database_url") && !e.contains("pw"), "{e}");
         let e = load_with(
             None,
@@ -1126,12 +1111,7 @@ SRE-Oncall = "operator"
         )
         .expect_err("bad role");
         assert!(e.contains("roles") && e.contains("egnine"), "{e}");
-        let e = load_with(
-            None,
-            &[("FIREBREAK_SLACK__PUBLIC_URL", "firebreak.example.com")],
-            Overrides::default(),
-        )
-        .expect_err("not a URL");
+        let e = refused_env("FIREBREAK_SLACK__PUBLIC_URL", "firebreak.example.com");
         assert!(e.contains("slack.public_url"), "{e}");
     }
 
