@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{self, SESSION_COOKIE};
+use crate::call::Call;
 use crate::error::{bad, json_body};
 use crate::{ApiError, AppState};
 use firebreak_store::credentials::{self, sha256_hex};
@@ -162,11 +163,7 @@ struct TokenBody {
     expires_in: Option<String>,
 }
 
-async fn create_token(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
+async fn create_token(Call { state, identity }: Call, bytes: Bytes) -> Result<Response, ApiError> {
     let b: TokenBody = json_body(&bytes)?;
     check_name("name", &b.name)?;
     credentials::check_token_name(&b.name).map_err(|m| bad("name", m))?;
@@ -221,8 +218,7 @@ async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
 }
 
 async fn revoke_token(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let audit = NewAudit::by(identity.id.clone(), "token_revoked", json!({"token": id}));
@@ -242,11 +238,7 @@ struct UserBody {
     role: String,
 }
 
-async fn create_user(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
+async fn create_user(Call { state, identity }: Call, bytes: Bytes) -> Result<Response, ApiError> {
     let b: UserBody = json_body(&bytes)?;
     check_name("username", &b.username)?;
     let role = Role::parse(&b.role).map_err(|m| bad("role", m))?;
@@ -293,8 +285,7 @@ async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 }
 
 async fn disable_user(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let audit = NewAudit::by(
@@ -317,8 +308,7 @@ struct NoteBody {
 
 /// A person's note on an incident's timeline, attributed to who authenticated.
 async fn add_note(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {

@@ -7,14 +7,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, patch, post};
-use axum::{Extension, Json, Router};
-use firebreak_domain::access::Identity;
+use axum::{Json, Router};
 use firebreak_postmortem::action_items::{self, ItemError, ItemPatch, NewItem};
 use firebreak_postmortem::trackers::signature_valid;
 use firebreak_store::ActionItemRow;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::{body, path_id};
 use crate::{ApiError, AppState};
 
@@ -124,8 +124,7 @@ async fn list(
 
 /// `POST /api/v1/incidents/{id}/action-items` `{"title", "owner"?, "due"?, "priority"?, "tracker"?}`
 async fn create(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -151,8 +150,7 @@ async fn create(
 
 /// `PATCH /api/v1/action-items/{id}` `{"title"?, "owner"?, "due"?, "priority"?, "status"?}`
 async fn change(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -178,8 +176,7 @@ async fn change(
 /// `POST /api/v1/action-items/{id}/export` `{"tracker": "github" | "jira"}`:
 /// 202, the export waits in the outbox.
 async fn export(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -9,13 +9,13 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use firebreak_bus::{Bus, BusError};
-use firebreak_domain::access::Identity;
 use firebreak_engine::dead_letters::{replay, summary, ReplayError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::{bad, body};
 use crate::{ApiError, AppState};
 
@@ -60,8 +60,7 @@ struct ReplayBody {
 
 /// `POST /api/v1/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`.
 async fn replay_route(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: ReplayBody = body(&bytes)?;

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use chrono::{Duration, Utc};
 use firebreak_domain::access::Identity;
 use firebreak_domain::events::GateVerdict;
@@ -19,6 +19,7 @@ use firebreak_store::{IncidentFilter, ServiceWindow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::bad;
 use crate::paging::page_limit;
 use crate::{ApiError, AppState};
@@ -168,8 +169,7 @@ struct FlaggerHook {
 /// now"; for the confirm hooks "go on". Any other answer (here 403, as
 /// Flagger's own load tester refuses) means the opposite.
 async fn flagger(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(hook): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -253,8 +253,7 @@ struct ArgoQuery {
 /// verdict): `successCondition: result.verdict == "pass"`,
 /// `failureCondition: result.verdict == "fail"`.
 async fn argo(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(service): Path<String>,
     query: Result<Query<ArgoQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {

@@ -8,15 +8,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use firebreak_domain::access::Identity;
 use firebreak_domain::response::{SeverityScale, Stage};
 use firebreak_remediation::incidents::IncidentChange;
 use firebreak_store::{IncidentFilter, IncidentRow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::{bad, path_id, query};
 use crate::paging::{next_before, page_limit};
 use crate::{ApiError, AppState};
@@ -242,11 +242,7 @@ struct DeclareBody {
 }
 
 /// `POST /api/v1/incidents`: a person declares an incident (201).
-async fn declare(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
+async fn declare(Call { state, identity }: Call, bytes: Bytes) -> Result<Response, ApiError> {
     let b: DeclareBody = crate::error::body(&bytes)?;
     let title = b
         .title
@@ -276,8 +272,7 @@ async fn declare(
 /// `POST /api/v1/incidents/{id}/acknowledge`: 200 whether this was the first
 /// acknowledgement or not; `acknowledged` says whether it changed anything.
 async fn acknowledge(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id, "an incident")?;
@@ -304,8 +299,7 @@ struct UpdateBody {
 
 /// `PATCH /api/v1/incidents/{id}`: any of severity, stage, commander, summary.
 async fn update(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {

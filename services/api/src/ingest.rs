@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{post, MethodRouter};
 use axum::{Json, Router};
 use chrono::Utc;
 use firebreak_bus::{Lane, OutMessage};
@@ -19,44 +19,23 @@ use crate::{ApiError, IngestState};
 
 pub(crate) fn router() -> Router<IngestState> {
     Router::new()
-        .route("/api/v1/alerts/alertmanager", post(alertmanager))
-        .route("/api/v1/events/deploy", post(deploy))
-        .route("/api/v1/events/gate", post(gate))
-        .route("/api/v1/events/logs", post(logs))
+        .route("/api/v1/alerts/alertmanager", ingest(EventKind::Alert))
+        .route("/api/v1/events/deploy", ingest(EventKind::Deploy))
+        .route("/api/v1/events/gate", ingest(EventKind::Gate))
+        .route("/api/v1/events/logs", ingest(EventKind::Log))
         // Loki's push path, so Promtail, Alloy or Vector can be pointed at Firebreak (JSON bodies).
-        .route("/loki/api/v1/push", post(logs))
+        .route("/loki/api/v1/push", ingest(EventKind::Log))
 }
 
-async fn alertmanager(
-    State(state): State<IngestState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    accept(&state, EventKind::Alert, &headers, body).await
-}
-
-async fn deploy(
-    State(state): State<IngestState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    accept(&state, EventKind::Deploy, &headers, body).await
-}
-
-async fn gate(
-    State(state): State<IngestState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    accept(&state, EventKind::Gate, &headers, body).await
-}
-
-async fn logs(
-    State(state): State<IngestState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    accept(&state, EventKind::Log, &headers, body).await
+/// `POST` of one kind of event.
+fn ingest(kind: EventKind) -> MethodRouter<IngestState> {
+    post(
+        move |State(state): State<IngestState>,
+              headers: HeaderMap,
+              body: Result<Bytes, BytesRejection>| async move {
+            accept(&state, kind, &headers, body).await
+        },
+    )
 }
 
 /// The caller was authenticated with the `ingest` scope before this runs.
@@ -306,36 +285,8 @@ fn messages_for(
                 }],
             }
         }
-        Decoded::Deploys(deploys) => {
-            let mut by_service: BTreeMap<&str, Vec<_>> = BTreeMap::new();
-            for d in deploys {
-                by_service.entry(d.service.as_str()).or_default().push(d);
-            }
-            let mut out = Vec::with_capacity(by_service.len());
-            for (service, events) in by_service {
-                out.push(OutMessage {
-                    routing_key: routing_key(EventKind::Deploy, service),
-                    body: encode(&events)?,
-                    lane: Lane::Urgent,
-                });
-            }
-            out
-        }
-        Decoded::Gates(gates) => {
-            let mut by_service: BTreeMap<&str, Vec<_>> = BTreeMap::new();
-            for g in gates {
-                by_service.entry(g.service.as_str()).or_default().push(g);
-            }
-            let mut out = Vec::with_capacity(by_service.len());
-            for (service, events) in by_service {
-                out.push(OutMessage {
-                    routing_key: routing_key(EventKind::Gate, service),
-                    body: encode(&events)?,
-                    lane: Lane::Urgent,
-                });
-            }
-            out
-        }
+        Decoded::Deploys(deploys) => per_service(EventKind::Deploy, deploys, |d| &d.service)?,
+        Decoded::Gates(gates) => per_service(EventKind::Gate, gates, |g| &g.service)?,
         Decoded::Logs(lines) => {
             // One message per stream: its labels once, then its lines (a
             // stream's lines share one label set; copying it into every line
@@ -379,6 +330,30 @@ fn messages_for(
 
 /// `<kind>.<service>`; the service part is cut to keep the key within AMQP's
 /// 255-byte limit.
+/// One urgent message per service, its events in the order they came.
+fn per_service<T: serde::Serialize>(
+    kind: EventKind,
+    events: &[T],
+    service: impl Fn(&T) -> &String,
+) -> Result<Vec<OutMessage>, ApiError> {
+    let mut by_service: BTreeMap<&str, Vec<&T>> = BTreeMap::new();
+    for e in events {
+        by_service.entry(service(e).as_str()).or_default().push(e);
+    }
+    by_service
+        .into_iter()
+        .map(|(service, events)| {
+            Ok(OutMessage {
+                routing_key: routing_key(kind, service),
+                body: serde_json::to_vec(&events)
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::Internal(format!("encoding an event: {e}")))?,
+                lane: Lane::Urgent,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn routing_key(kind: EventKind, service: &str) -> String {
     let mut end = service.len().min(200);
     while !service.is_char_boundary(end) {

@@ -13,14 +13,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use firebreak_domain::access::Identity;
 use firebreak_domain::insights::{self, Deployment, IncidentRecord, Range};
 use firebreak_store::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::query;
 use crate::error::{bad, body};
 use crate::{ApiError, AppState};
@@ -241,8 +241,7 @@ struct CauseBody {
 
 /// `POST /api/v1/incidents/{id}/changes/{deploy}/cause` `{"cause": true|false|null}`.
 async fn cause(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path((id, deploy)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {

@@ -16,6 +16,7 @@ use serde_json::json;
 mod access;
 mod action_items;
 pub mod auth;
+mod call;
 pub mod dead_letters;
 mod error;
 mod gates;

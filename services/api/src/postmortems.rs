@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use chrono::Utc;
 use firebreak_domain::access::Identity;
 use firebreak_postmortem::{lint, Generator, PostmortemError};
@@ -17,6 +17,7 @@ use firebreak_store::{PostmortemRow, PostmortemSave, SaveOutcome, Store, StoreEr
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::{bad, json_body, path_id};
 use crate::{ApiError, AppState};
 
@@ -177,8 +178,7 @@ pub(crate) fn transition_ok(from: &str, to: &str) -> bool {
 }
 
 async fn save(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
@@ -267,8 +267,7 @@ struct RegenerateBody {
 }
 
 async fn regenerate(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {

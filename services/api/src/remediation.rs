@@ -9,8 +9,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
 use firebreak_domain::access::Identity;
 use firebreak_domain::playbook::FlagState;
 use firebreak_remediation::{FlagEdit, Request, RequestOptions};
@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::call::Call;
 use crate::error::{bad, body, path_id, query};
 use crate::paging::{next_before, page_limit};
 use crate::{ApiError, AppState};
@@ -31,8 +32,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/playbooks/reload", post(reload))
         .route("/api/v1/actions", get(list_actions).post(request_action))
         .route("/api/v1/actions/{id}", get(action))
-        .route("/api/v1/actions/{id}/approve", post(approve))
-        .route("/api/v1/actions/{id}/deny", post(deny))
+        .route("/api/v1/actions/{id}/approve", decide(true))
+        .route("/api/v1/actions/{id}/deny", decide(false))
         .route("/api/v1/actions/{id}/revert", post(revert))
         .route("/api/v1/automation", get(automation))
         .route("/api/v1/automation/pause", post(pause))
@@ -192,41 +193,21 @@ async fn action(
     Ok(Json(v))
 }
 
-/// Approve or deny a held action. Deciding twice changes nothing: the second
-/// call gets 409 naming who decided.
-async fn decide(
-    state: AppState,
-    identity: Identity,
-    id: String,
-    bytes: Bytes,
-    approve: bool,
-) -> Result<Json<Value>, ApiError> {
-    let remediation = state.remediation.clone();
-    let id = path_id(&id, "an action")?;
-    let d: Decision = body(&bytes)?;
-    d.check()?;
-    let row = remediation
-        .decide(&identity, id, approve, d.comment.as_deref(), d.force)
-        .await?;
-    Ok(Json(action_json(&row)))
-}
-
-async fn approve(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    decide(state, identity, id, bytes, true).await
-}
-
-async fn deny(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    decide(state, identity, id, bytes, false).await
+/// `POST` approving (`true`) or denying a held action. Deciding twice
+/// changes nothing: the second call gets 409 naming who decided.
+fn decide(approve: bool) -> MethodRouter<AppState> {
+    post(
+        move |Call { state, identity }: Call, Path(id): Path<String>, bytes: Bytes| async move {
+            let id = path_id(&id, "an action")?;
+            let d: Decision = body(&bytes)?;
+            d.check()?;
+            let row = state
+                .remediation
+                .decide(&identity, id, approve, d.comment.as_deref(), d.force)
+                .await?;
+            Ok::<_, ApiError>(Json(action_json(&row)))
+        },
+    )
 }
 
 /// `{"by"?, "force"?}`: a revert meets the pause like any request.
@@ -238,8 +219,7 @@ struct RevertBody {
 }
 
 async fn revert(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -357,8 +337,7 @@ impl RequestBody {
 }
 
 async fn request_action(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let remediation = state.remediation.clone();
@@ -396,19 +375,11 @@ async fn set_paused(
     Ok(Json(json!({"paused": paused, "by": identity.id})))
 }
 
-async fn pause(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn pause(Call { state, identity }: Call, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     set_paused(state, identity, bytes, true).await
 }
 
-async fn resume(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn resume(Call { state, identity }: Call, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     set_paused(state, identity, bytes, false).await
 }
 
@@ -479,8 +450,7 @@ async fn list_flags(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 
 /// `POST /api/v1/flags/import`: a flagd flag file, all or nothing.
 async fn import_flags(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let remediation = state.remediation.clone();
@@ -528,11 +498,7 @@ fn flag_answer(before: Option<FlagRow>, flag: FlagRow) -> Value {
 
 /// `POST /api/v1/flags`: creates a flag (201) or edits it (200); a new
 /// flag without a definition or `enabled` is on.
-async fn create_flag(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
+async fn create_flag(Call { state, identity }: Call, bytes: Bytes) -> Result<Response, ApiError> {
     let remediation = state.remediation.clone();
     let mut f: FlagBody = body(&bytes)?;
     let key = f
@@ -554,8 +520,7 @@ async fn create_flag(
 /// `PUT /api/v1/flags/{key}`: any of `enabled`, `description`, `owner` and
 /// `definition` (a flagd flag definition); what is left out stays.
 async fn put_flag(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(key): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -606,8 +571,7 @@ async fn stale_flags(
 }
 
 async fn delete_flag(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let remediation = state.remediation.clone();

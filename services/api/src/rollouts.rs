@@ -8,14 +8,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
-use firebreak_domain::access::Identity;
+use axum::{Json, Router};
 use firebreak_domain::rollout::{Rollout, RolloutPlan};
 use firebreak_remediation::rollouts::RolloutCommand;
 use firebreak_store::{ActionRow, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::call::Call;
 use crate::error::{bad, body, json_body, path_id, query};
 use crate::paging::page_limit;
 use crate::remediation::action_json;
@@ -48,11 +48,7 @@ fn with_action(r: &Rollout, a: Option<&ActionRow>) -> Value {
 }
 
 /// `POST /api/v1/rollouts`: `{"flag": …, "service": …, "steps": [{"percent": 5, "hold": "1h"}, …], "guards": {…}}`.
-async fn start(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
+async fn start(Call { state, identity }: Call, bytes: Bytes) -> Result<Response, ApiError> {
     let remediation = state.remediation.clone();
     // The plan refuses unknown keys; `flag` is taken out first.
     let mut raw: Value = body(&bytes)?;
@@ -122,8 +118,7 @@ struct CommandBody {
 }
 
 async fn command(
-    State(state): State<AppState>,
-    Extension(identity): Extension<Identity>,
+    Call { state, identity }: Call,
     Path((id, command)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {

@@ -15,6 +15,7 @@ use super::{
     base, check_csrf, form, safe_next, when, Confirmed, Csrf, Id, Ident, PageResult, Posted,
     Refusal, St,
 };
+use crate::call::Call;
 
 #[derive(Deserialize, Default)]
 pub struct LoginQuery {
@@ -254,11 +255,7 @@ pub async fn logout(
     }
 }
 
-pub async fn flags(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
-) -> PageResult {
+pub async fn flags(Call { state, identity }: Call, axum::Extension(csrf): Csrf) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
     let flags = match store.list_flags().await {
         Ok(f) => f,
@@ -286,8 +283,7 @@ pub async fn flags(
 }
 
 pub async fn flag(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     axum::extract::Path(key): Id,
 ) -> PageResult {
@@ -398,8 +394,7 @@ pub struct FlagForm {
 }
 
 pub async fn set_flag(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path(key): Id,
     Posted(f): Posted<FlagForm>,
 ) -> PageResult {
@@ -420,11 +415,7 @@ pub async fn set_flag(
     }
 }
 
-pub async fn playbooks(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
-    axum::Extension(csrf): Csrf,
-) -> PageResult {
+pub async fn playbooks(Call { state, identity }: Call, axum::Extension(csrf): Csrf) -> PageResult {
     let (store, pages) = (&state.store, &state.pages);
     let mut ctx = base(&identity, &csrf, "Playbooks", "playbooks");
     playbooks_context(&state, store.as_ref(), &mut ctx).await;
@@ -485,8 +476,7 @@ pub struct TestForm {
 /// A dry run: which playbooks a pasted event would match, and what their
 /// steps would do. Nothing is stored or claimed.
 pub async fn test_playbooks(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     Posted(f): Posted<TestForm>,
 ) -> PageResult {
@@ -573,8 +563,7 @@ pub struct AuditQuery {
 }
 
 pub async fn audit(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     q: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {

@@ -16,7 +16,8 @@ use firebreak_store::{PostmortemRow, PostmortemSave, Presence, SaveOutcome, Stor
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{base, error_page, path_id, when, Csrf, Id, Ident, PageResult, Posted, Refusal, St};
+use super::{base, error_page, path_id, when, Csrf, Id, PageResult, Posted, Refusal, St};
+use crate::call::Call;
 use crate::postmortems::{transition_ok, STATUSES};
 use crate::ApiError;
 
@@ -58,8 +59,7 @@ pub struct EditorQuery {
 }
 
 pub async fn editor(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
     axum::extract::Query(q): axum::extract::Query<EditorQuery>,
@@ -157,8 +157,7 @@ pub struct SaveForm {
 }
 
 pub async fn save(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
     Posted(f): Posted<SaveForm>,
@@ -347,8 +346,7 @@ fn has_markers(text: &str) -> bool {
 pub struct NoFields {}
 
 pub async fn regenerate(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path(id): Id,
     Posted(_): Posted<NoFields>,
 ) -> PageResult {
@@ -365,8 +363,7 @@ pub async fn regenerate(
 }
 
 pub async fn revision(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     axum::extract::Path((id, rev)): axum::extract::Path<(String, String)>,
 ) -> PageResult {
@@ -469,8 +466,7 @@ pub async fn preview(
 /// open; who else does (seen in the last 20 seconds, through any process:
 /// presence is kept in the store).
 pub async fn presence(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path(id): Id,
 ) -> Result<Json<Value>, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::BadRequest {
@@ -518,8 +514,7 @@ fn given(v: String) -> Option<String> {
 
 /// Adds an action item from the postmortem page.
 pub async fn add_item(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path(id): Id,
     Posted(f): Posted<ItemForm>,
 ) -> PageResult {
@@ -552,8 +547,7 @@ pub struct ItemChangeForm {
 
 /// Closes, reopens or exports an action item from the postmortem page.
 pub async fn change_item(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path((id, item)): axum::extract::Path<(String, String)>,
     Posted(f): Posted<ItemChangeForm>,
 ) -> PageResult {

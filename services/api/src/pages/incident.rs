@@ -20,6 +20,7 @@ use super::timeline::{self, Mark};
 use super::{
     base, duration, path_id, when, Confirmed, Csrf, Id, Ident, PageResult, Posted, Refusal, St, Q,
 };
+use crate::call::Call;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -68,8 +69,7 @@ fn durations(i: &firebreak_store::IncidentRow, t: Option<&IncidentTimes>) -> Val
 }
 
 pub async fn list(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     q: Result<Q<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
@@ -169,8 +169,7 @@ const PICTURE_MAX: i64 = 20_000;
 const PAGE_LOG_LINES: i64 = 20_000;
 
 pub async fn detail(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     axum::extract::Path(id): Id,
     q: Result<Q<DetailQuery>, axum::extract::rejection::QueryRejection>,
@@ -500,8 +499,7 @@ pub struct NoteForm {
 }
 
 pub async fn note(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path(id): Id,
     Posted(f): Posted<NoteForm>,
 ) -> PageResult {
@@ -522,8 +520,7 @@ pub struct CauseForm {
 
 /// A person's word on a suspect change, from the incident page.
 pub async fn cause(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path((id, deploy)): axum::extract::Path<(String, String)>,
     Posted(f): Posted<CauseForm>,
 ) -> PageResult {
@@ -613,8 +610,7 @@ pub struct ResponseForm {
 /// severity, stage and commander (resolving is the stage `resolved`, for
 /// operators). The page says what changed.
 pub async fn response(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::extract::Path(id): Id,
     Posted(f): Posted<ResponseForm>,
 ) -> PageResult {

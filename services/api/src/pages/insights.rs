@@ -7,7 +7,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use serde_json::{json, Value};
 
-use super::{base, Csrf, Ident, PageResult, Refusal, St};
+use super::{base, Csrf, PageResult, Refusal};
+use crate::call::Call;
 use crate::insights::InsightsQuery;
 
 /// Seconds as the incident pages show durations ("1h 5m").
@@ -38,8 +39,7 @@ const CHART_W: f64 = 640.0;
 const CHART_H: f64 = 160.0;
 
 pub async fn page(
-    axum::extract::State(state): St,
-    axum::Extension(identity): Ident,
+    Call { state, identity }: Call,
     axum::Extension(csrf): Csrf,
     q: Result<Query<InsightsQuery>, QueryRejection>,
 ) -> PageResult {
