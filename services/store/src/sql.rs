@@ -631,6 +631,18 @@ async fn fetch_first<T: DialectTx, R>(
     tx.fetch(query).await?.first().map(row).transpose()
 }
 
+/// The one row a statement returns (`INSERT … RETURNING`, an `UPDATE` of a
+/// row known to exist), decoded; `NotFound` when it returned none.
+async fn fetch_one<T: DialectTx, R>(
+    tx: &mut T,
+    query: Query,
+    row: fn(&T::Row) -> Result<R>,
+) -> Result<R> {
+    fetch_first(tx, query, row)
+        .await?
+        .ok_or(StoreError::NotFound)
+}
+
 fn spec_json(spec: &ActionSpec) -> Result<Value> {
     serde_json::to_value(spec)
         .map_err(|e| StoreError::Internal(format!("cannot encode an action spec: {e}")))
@@ -684,6 +696,50 @@ async fn commit_if_changed<T: DialectTx>(
 /// Ids are given here (the last id plus one), not by the database's
 /// sequence, so a rolled-back write leaves no gap: in a keyed chain a
 /// missing id is a removed row.
+/// An append-only log keyed by its owner and each entry's ref, so that a
+/// replayed entry changes nothing: the service timeline and rollout events.
+struct Log {
+    table: &'static str,
+    /// The column naming whose log it is (`service`, `rollout_id`).
+    owner: &'static str,
+    /// The column naming who or what wrote the entry (`source`, `actor`).
+    by: &'static str,
+}
+
+/// One entry of a [`Log`]: owner, time, kind, by, summary and ref.
+type LogEntry<'a> = (Arg, DateTime<Utc>, &'a str, &'a str, &'a str, &'a str);
+
+async fn append_log<T: DialectTx>(tx: &mut T, log: &Log, entries: Vec<LogEntry<'_>>) -> Result<()> {
+    let Log { table, owner, by } = log;
+    let sql = format!(
+        "INSERT INTO {table} ({owner}, at, kind, {by}, summary, ref_id) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT ({owner}, ref_id) DO NOTHING"
+    );
+    for (owner, at, kind, by, summary, ref_id) in entries {
+        let query = q(sql.clone())
+            .bind(owner)
+            .bind(at)
+            .bind(kind)
+            .bind(by)
+            .bind(summary)
+            .bind(ref_id);
+        tx.execute(query).await?;
+    }
+    Ok(())
+}
+
+const SERVICE_TIMELINE: Log = Log {
+    table: "service_timeline",
+    owner: "service",
+    by: "source",
+};
+
+const ROLLOUT_EVENTS: Log = Log {
+    table: "rollout_events",
+    owner: "rollout_id",
+    by: "actor",
+};
+
 async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());

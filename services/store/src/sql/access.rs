@@ -7,24 +7,19 @@ impl<D: Dialect> AccessStore for Db<D> {
     async fn create_token(&self, t: &crate::NewToken, audit: &NewAudit) -> Result<crate::TokenRow> {
         let mut tx = self.d.begin().await?;
         let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
-        let rows = tx
-            .fetch(
-                q(format!(
-                    "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at, created_by, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TOKEN_COLUMNS}"
-                ))
-                .bind(&t.id)
-                .bind(&t.name)
-                .bind(&t.secret_hash)
-                .bind(serde_json::json!(scopes))
-                .bind(t.at)
-                .bind(&t.created_by)
-                .bind(t.expires_at),
-            )
-            .await?;
-        let row = token_row(rows.first().ok_or(StoreError::NotFound)?)?;
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
+        let query = q(format!(
+                "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at, created_by, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TOKEN_COLUMNS}"
+            ))
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.secret_hash)
+            .bind(serde_json::json!(scopes))
+            .bind(t.at)
+            .bind(&t.created_by)
+            .bind(t.expires_at);
+        let row = fetch_one(&mut tx, query, token_row).await?;
+        commit_with(tx, audit, &[]).await?;
         Ok(row)
     }
 
@@ -99,22 +94,17 @@ impl<D: Dialect> AccessStore for Db<D> {
         audit: &NewAudit,
     ) -> Result<crate::UserRow> {
         let mut tx = self.d.begin().await?;
-        let rows = tx
-            .fetch(
-                q(format!(
-                    "INSERT INTO users (username, password_hash, role, created_at, created_by)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
-                ))
-                .bind(user.username)
-                .bind(user.password_hash)
-                .bind(user.role.as_str())
-                .bind(audit.at)
-                .bind(&audit.actor),
-            )
-            .await?;
-        let row = user_row(rows.first().ok_or(StoreError::NotFound)?)?;
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
+        let query = q(format!(
+            "INSERT INTO users (username, password_hash, role, created_at, created_by)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(user.username)
+        .bind(user.password_hash)
+        .bind(user.role.as_str())
+        .bind(audit.at)
+        .bind(&audit.actor);
+        let row = fetch_one(&mut tx, query, user_row).await?;
+        commit_with(tx, audit, &[]).await?;
         Ok(row)
     }
 
@@ -153,37 +143,28 @@ impl<D: Dialect> AccessStore for Db<D> {
             Some(u) if u.disabled_at.is_some() => return Ok(None),
             Some(u) if u.role == role => return Ok(Some(u)),
             Some(_) => {
-                let rows = tx
-                    .fetch(
-                        q(format!(
-                            "UPDATE users SET role = $2 WHERE username = $1 RETURNING {USER_COLUMNS}"
-                        ))
-                        .bind(username)
-                        .bind(role.as_str()),
-                    )
-                    .await?;
-                user_row(rows.first().ok_or(StoreError::NotFound)?)?
+                let query = q(format!(
+                    "UPDATE users SET role = $2 WHERE username = $1 RETURNING {USER_COLUMNS}"
+                ))
+                .bind(username)
+                .bind(role.as_str());
+                fetch_one(&mut tx, query, user_row).await?
             }
             None => {
                 // No password hash can match this one: they sign in only
                 // through their identity provider.
-                let rows = tx
-                    .fetch(
-                        q(format!(
-                            "INSERT INTO users (username, password_hash, role, created_at, created_by)
-                             VALUES ($1, '!external', $2, $3, $4) RETURNING {USER_COLUMNS}"
-                        ))
-                        .bind(username)
-                        .bind(role.as_str())
-                        .bind(audit.at)
-                        .bind(&audit.actor),
-                    )
-                    .await?;
-                user_row(rows.first().ok_or(StoreError::NotFound)?)?
+                let query = q(format!(
+                    "INSERT INTO users (username, password_hash, role, created_at, created_by)
+                         VALUES ($1, '!external', $2, $3, $4) RETURNING {USER_COLUMNS}"
+                ))
+                .bind(username)
+                .bind(role.as_str())
+                .bind(audit.at)
+                .bind(&audit.actor);
+                fetch_one(&mut tx, query, user_row).await?
             }
         };
-        write_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
+        commit_with(tx, audit, &[]).await?;
         Ok(Some(row))
     }
 

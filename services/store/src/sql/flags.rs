@@ -132,22 +132,21 @@ impl<D: Dialect> FlagStore for Db<D> {
             return Ok(());
         }
         let mut tx = self.d.begin().await?;
-        for e in events {
-            tx.execute(
-                q(
-                    "INSERT INTO service_timeline (service, at, kind, source, summary, ref_id)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (service, ref_id) DO NOTHING",
+        let entries = events
+            .iter()
+            .map(|e| {
+                let owner = Arg::from(e.service.as_str());
+                (
+                    owner,
+                    e.at,
+                    e.kind.as_str(),
+                    e.source.as_str(),
+                    e.summary.as_str(),
+                    e.ref_id.as_str(),
                 )
-                .bind(e.service.as_str())
-                .bind(e.at)
-                .bind(e.kind.as_str())
-                .bind(e.source.as_str())
-                .bind(e.summary.as_str())
-                .bind(e.ref_id.as_str()),
-            )
-            .await?;
-        }
+            })
+            .collect();
+        append_log(&mut tx, &SERVICE_TIMELINE, entries).await?;
         tx.commit().await
     }
 

@@ -173,30 +173,26 @@ impl<D: Dialect> IncidentStore for Db<D> {
     ) -> Result<IncidentRow> {
         let mut tx = self.d.begin().await?;
         // One statement: each column keeps its value unless the update names it.
-        let rows = tx
-            .fetch(
-                q(format!(
-                    "UPDATE incidents SET
+        let query = q(format!(
+            "UPDATE incidents SET
                          declared_severity = CASE WHEN $2 THEN $3 ELSE declared_severity END,
                          stage = CASE WHEN $4 THEN $5 ELSE stage END,
                          commander = CASE WHEN $6 THEN $7 ELSE commander END,
                          summary = CASE WHEN $8 THEN $9 ELSE summary END,
                          updated_at = $10
                      WHERE id = $1 RETURNING {INCIDENT_COLUMNS}"
-                ))
-                .bind(id)
-                .bind(u.declared_severity.is_some())
-                .bind(u.declared_severity.clone().flatten())
-                .bind(u.stage.is_some())
-                .bind(u.stage.clone().flatten())
-                .bind(u.commander.is_some())
-                .bind(u.commander.clone().flatten())
-                .bind(u.summary.is_some())
-                .bind(u.summary.clone().flatten())
-                .bind(audit.at),
-            )
-            .await?;
-        let incident = incident_row(rows.first().ok_or(StoreError::NotFound)?)?;
+        ))
+        .bind(id)
+        .bind(u.declared_severity.is_some())
+        .bind(u.declared_severity.clone().flatten())
+        .bind(u.stage.is_some())
+        .bind(u.stage.clone().flatten())
+        .bind(u.commander.is_some())
+        .bind(u.commander.clone().flatten())
+        .bind(u.summary.is_some())
+        .bind(u.summary.clone().flatten())
+        .bind(audit.at);
+        let incident = fetch_one(&mut tx, query, incident_row).await?;
         commit_with(tx, audit, timeline).await?;
         Ok(incident)
     }

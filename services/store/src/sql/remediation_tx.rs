@@ -123,24 +123,21 @@ impl<T: DialectTx + 'static> RemediationTx for Tx<T> {
     }
 
     async fn insert_rollout_events(&mut self, events: &[RolloutEvent]) -> Result<()> {
-        for e in events {
-            self.tx
-                .execute(
-                    q(
-                        "INSERT INTO rollout_events (rollout_id, at, kind, actor, summary, ref_id)
-                       VALUES ($1, $2, $3, $4, $5, $6)
-                       ON CONFLICT (rollout_id, ref_id) DO NOTHING",
-                    )
-                    .bind(e.rollout_id)
-                    .bind(e.at)
-                    .bind(e.kind.as_str())
-                    .bind(e.actor.as_str())
-                    .bind(e.summary.as_str())
-                    .bind(e.ref_id.as_str()),
+        let entries = events
+            .iter()
+            .map(|e| {
+                let owner = Arg::from(e.rollout_id);
+                (
+                    owner,
+                    e.at,
+                    e.kind.as_str(),
+                    e.actor.as_str(),
+                    e.summary.as_str(),
+                    e.ref_id.as_str(),
                 )
-                .await?;
-        }
-        Ok(())
+            })
+            .collect();
+        append_log(&mut self.tx, &ROLLOUT_EVENTS, entries).await
     }
 
     async fn insert_actions(&mut self, actions: &[NewAction]) -> Result<Vec<ActionRow>> {
