@@ -142,55 +142,39 @@ fn tier(name: &'static str) -> Value {
     json!({"tier": name, "bands": TIER_BANDS})
 }
 
+const HOUR: f64 = 3_600.0;
+const DAY: f64 = 24.0 * HOUR;
+
+/// The first tier whose bound the value is `within`, else `low`.
+fn band(tiers: &[(&'static str, f64)], within: impl Fn(f64) -> bool) -> &'static str {
+    tiers
+        .iter()
+        .find(|(_, bound)| within(*bound))
+        .map_or("low", |(tier, _)| tier)
+}
+
 /// Deploys per day: elite at least daily, high at least weekly, medium at least monthly.
 fn frequency_tier(per_day: f64) -> &'static str {
-    if per_day >= 1.0 {
-        "elite"
-    } else if per_day >= 1.0 / 7.0 {
-        "high"
-    } else if per_day >= 1.0 / 30.0 {
-        "medium"
-    } else {
-        "low"
-    }
+    let tiers = [("elite", 1.0), ("high", 1.0 / 7.0), ("medium", 1.0 / 30.0)];
+    band(&tiers, |at_least| per_day >= at_least)
 }
 
 /// Median lead time: elite under a day, high under a week, medium under a month.
 fn lead_time_tier(s: f64) -> &'static str {
-    if s < 86_400.0 {
-        "elite"
-    } else if s < 7.0 * 86_400.0 {
-        "high"
-    } else if s < 30.0 * 86_400.0 {
-        "medium"
-    } else {
-        "low"
-    }
+    let tiers = [("elite", DAY), ("high", 7.0 * DAY), ("medium", 30.0 * DAY)];
+    band(&tiers, |under| s < under)
 }
 
 /// Change fail rate: elite at most 5 %, high at most 20 %, low above (the
 /// 2024 medium cluster, 10 %, lies inside high's band: see the README).
 fn fail_rate_tier(r: f64) -> &'static str {
-    if r <= 0.05 {
-        "elite"
-    } else if r <= 0.20 {
-        "high"
-    } else {
-        "low"
-    }
+    band(&[("elite", 0.05), ("high", 0.20)], |at_most| r <= at_most)
 }
 
 /// Median recovery: elite under an hour, high under a day, medium under a week.
 fn recovery_tier(s: f64) -> &'static str {
-    if s < 3_600.0 {
-        "elite"
-    } else if s < 86_400.0 {
-        "high"
-    } else if s < 7.0 * 86_400.0 {
-        "medium"
-    } else {
-        "low"
-    }
+    let tiers = [("elite", HOUR), ("high", DAY), ("medium", 7.0 * DAY)];
+    band(&tiers, |under| s < under)
 }
 
 /// Monday 00:00 UTC of the week `t` is in.
@@ -555,5 +539,14 @@ mod tests {
         assert_eq!(fail_rate_tier(0.15), "high");
         assert_eq!(recovery_tier(1_800.0), "elite");
         assert_eq!(recovery_tier(30.0 * 86_400.0), "low");
+        // The bounds: "at least" and "at most" take them in, "under" does not.
+        assert_eq!(frequency_tier(1.0), "elite");
+        assert_eq!(frequency_tier(1.0 / 7.0), "high");
+        assert_eq!(lead_time_tier(86_400.0), "high");
+        assert_eq!(lead_time_tier(30.0 * 86_400.0), "low");
+        assert_eq!(fail_rate_tier(0.20), "high");
+        assert_eq!(fail_rate_tier(0.21), "low");
+        assert_eq!(recovery_tier(3_600.0), "high");
+        assert_eq!(recovery_tier(7.0 * 86_400.0 - 1.0), "medium");
     }
 }
