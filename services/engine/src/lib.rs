@@ -664,21 +664,15 @@ impl Engine {
         outcome: &mut Outcome,
     ) -> Result<HashMap<String, Option<i64>>, StoreError> {
         let new_ids = tx.insert_deploys(deploys).await?;
-        outcome.new[EventKind::Deploy.index()] = new_ids.len() as u64;
-        outcome.duplicates[EventKind::Deploy.index()] = (deploys.len() - new_ids.len()) as u64;
-        let fresh: Vec<&DeployEvent> = deploys.iter().filter(|d| new_ids.contains(&d.id)).collect();
+        let fresh = first_seen(EventKind::Deploy, deploys, &new_ids, |d| &d.id, outcome);
         let mut result: HashMap<String, Option<i64>> =
             fresh.iter().map(|d| (d.id.clone(), None)).collect();
         if fresh.is_empty() {
             return Ok(result);
         }
-        let services: Vec<String> = fresh
-            .iter()
-            .map(|d| d.service.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let open = tx.open_incidents_for(&services).await?;
+        let open = tx
+            .open_incidents_for(&services_of(&fresh, |d| &d.service))
+            .await?;
         let lookback = self.config.policy.deploy_lookback;
         let mut pairs = Vec::new();
         for d in &fresh {
@@ -714,9 +708,7 @@ impl Engine {
         outcome: &mut Outcome,
     ) -> Result<HashMap<String, Option<i64>>, StoreError> {
         let new_ids = tx.insert_gates(gates).await?;
-        outcome.new[EventKind::Gate.index()] = new_ids.len() as u64;
-        outcome.duplicates[EventKind::Gate.index()] = (gates.len() - new_ids.len()) as u64;
-        let fresh: Vec<&GateResult> = gates.iter().filter(|g| new_ids.contains(&g.id)).collect();
+        let fresh = first_seen(EventKind::Gate, gates, &new_ids, |g| &g.id, outcome);
         let mut result: HashMap<String, Option<i64>> =
             fresh.iter().map(|g| (g.id.clone(), None)).collect();
         if fresh.is_empty() {
@@ -748,13 +740,9 @@ impl Engine {
         } else {
             tx.incidents_of_deploys(&deploy_ids).await?
         };
-        let services: Vec<String> = fresh
-            .iter()
-            .map(|g| g.service.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let open = tx.open_incidents_for(&services).await?;
+        let open = tx
+            .open_incidents_for(&services_of(&fresh, |g| &g.service))
+            .await?;
         let lookback = self.config.policy.deploy_lookback;
         let mut pairs = BTreeSet::new();
         for g in &fresh {
@@ -845,6 +833,26 @@ impl Engine {
 fn newer(candidate: &AlertEvent, held: &AlertEvent) -> bool {
     candidate.starts_at > held.starts_at
         || (candidate.starts_at == held.starts_at && candidate.status == AlertStatus::Resolved)
+}
+
+/// The events stored for the first time (the others were already stored),
+/// and both counts in `outcome`.
+fn first_seen<'a, T>(
+    kind: EventKind,
+    events: &'a [T],
+    new_ids: &HashSet<String>,
+    id: impl Fn(&T) -> &String,
+    outcome: &mut Outcome,
+) -> Vec<&'a T> {
+    outcome.new[kind.index()] = new_ids.len() as u64;
+    outcome.duplicates[kind.index()] = (events.len() - new_ids.len()) as u64;
+    events.iter().filter(|e| new_ids.contains(id(e))).collect()
+}
+
+/// The services `events` concern, each once.
+fn services_of<T>(events: &[&T], service: impl Fn(&T) -> &String) -> Vec<String> {
+    let services: BTreeSet<&String> = events.iter().map(|e| service(e)).collect();
+    services.into_iter().cloned().collect()
 }
 
 /// Unknown environments match anything; known ones must agree.

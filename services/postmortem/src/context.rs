@@ -206,15 +206,19 @@ fn opt(v: Option<f64>) -> Value {
     v.map(|x| json!(x)).unwrap_or(json!(""))
 }
 
-pub fn build(i: &Inputs<'_>) -> Value {
-    let tz = i.tz;
-    let first_alert = i
-        .alerts
+/// When the incident began: its first alert, or its opening if that came
+/// earlier (or it has no alert).
+pub fn first_alert(incident: &IncidentRow, alerts: &[IncidentAlertRow]) -> DateTime<Utc> {
+    alerts
         .iter()
         .map(|a| a.starts_at)
         .min()
-        .unwrap_or(i.incident.opened_at)
-        .min(i.incident.opened_at);
+        .map_or(incident.opened_at, |t| t.min(incident.opened_at))
+}
+
+pub fn build(i: &Inputs<'_>) -> Value {
+    let tz = i.tz;
+    let first_alert = first_alert(i.incident, i.alerts);
     let suspects = rank(i, first_alert);
     let top = suspects.first().filter(|s| {
         s.deploy.started_at <= first_alert && first_alert - s.deploy.started_at <= i.lookback

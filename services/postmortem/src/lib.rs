@@ -180,13 +180,7 @@ impl Generator {
         let mut actions = self.actions_of(incident_id).await?;
         actions.reverse();
         let action_items = self.store.action_items(incident_id).await?;
-        let first_alert = detail
-            .alerts
-            .iter()
-            .map(|a| a.starts_at)
-            .min()
-            .unwrap_or(detail.incident.opened_at)
-            .min(detail.incident.opened_at);
+        let first_alert = context::first_alert(&detail.incident, &detail.alerts);
         let evidence = self
             .log_evidence(&detail.incident, &detail.changes, first_alert, now, None)
             .await?;
