@@ -169,6 +169,13 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+/// The `SELECT` list that takes apart a row sent as one JSON array of `n`
+/// values: `value ->> 0, …, value ->> n-1`.
+fn row_values(n: usize) -> String {
+    let values: Vec<String> = (0..n).map(|i| format!("value ->> {i}")).collect();
+    values.join(", ")
+}
+
 fn json_list<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
 }
@@ -361,7 +368,7 @@ impl SqliteTx {
     /// it inserted) for `rows`, given as one JSON list; the ids that were new.
     async fn insert_new<T: serde::Serialize>(
         &mut self,
-        insert: &'static str,
+        insert: &str,
         rows: &[T],
     ) -> Result<HashSet<String>> {
         if rows.is_empty() {
@@ -553,42 +560,33 @@ impl DialectTx for SqliteTx {
         let rows: Vec<_> = deploys
             .iter()
             .map(|d| {
-                let strategy = d.strategy.map(|s| s.as_str());
                 (
-                    (
-                        &d.id,
-                        &d.service,
-                        &d.environment,
-                        &d.version,
-                        &d.previous_version,
-                        d.status.as_str(),
-                        strategy,
-                    ),
-                    (
-                        &d.step,
-                        micros(d.started_at),
-                        d.finished_at.map(micros),
-                        &d.commit,
-                        &d.url,
-                        &d.actor,
-                    ),
+                    &d.id,
+                    &d.service,
+                    &d.environment,
+                    &d.version,
+                    &d.previous_version,
+                    d.status.as_str(),
+                    d.strategy.map(|s| s.as_str()),
+                    &d.step,
+                    micros(d.started_at),
+                    d.finished_at.map(micros),
+                    &d.commit,
+                    &d.url,
+                    &d.actor,
                     json_list(&d.flags),
                     (!d.commit_times.is_empty()).then(|| json_list(&d.commit_times)),
                 )
             })
             .collect();
-        self.insert_new(
+        let insert = format!(
             "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
                                   started_at, finished_at, commit_sha, url, actor, flags, commit_times)
-             SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
-                    value ->> '$[0][4]', value ->> '$[0][5]', value ->> '$[0][6]', value ->> '$[1][0]',
-                    value ->> '$[1][1]', value ->> '$[1][2]', value ->> '$[1][3]', value ->> '$[1][4]',
-                    value ->> '$[1][5]', value ->> 2, value ->> 3
-             FROM json_each(?1) WHERE true
+             SELECT {} FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
-            &rows,
-        )
-        .await
+            row_values(15)
+        );
+        self.insert_new(&insert, &rows).await
     }
 
     async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>> {
@@ -596,40 +594,32 @@ impl DialectTx for SqliteTx {
             .iter()
             .map(|g| {
                 (
-                    (
-                        &g.id,
-                        &g.service,
-                        &g.environment,
-                        &g.version,
-                        &g.deploy_id,
-                        &g.gate,
-                        &g.metric,
-                        &g.comparison,
-                    ),
-                    (
-                        g.threshold,
-                        g.baseline,
-                        g.observed,
-                        &g.window,
-                        &g.step,
-                        g.verdict.as_str(),
-                        micros(g.evaluated_at),
-                    ),
+                    &g.id,
+                    &g.service,
+                    &g.environment,
+                    &g.version,
+                    &g.deploy_id,
+                    &g.gate,
+                    &g.metric,
+                    &g.comparison,
+                    g.threshold,
+                    g.baseline,
+                    g.observed,
+                    &g.window,
+                    &g.step,
+                    g.verdict.as_str(),
+                    micros(g.evaluated_at),
                 )
             })
             .collect();
-        self.insert_new(
+        let insert = format!(
             "INSERT INTO gate_results (id, service, environment, version, deploy_id, gate, metric, comparison,
                                        threshold, baseline, observed, window_text, step, verdict, evaluated_at)
-             SELECT value ->> '$[0][0]', value ->> '$[0][1]', value ->> '$[0][2]', value ->> '$[0][3]',
-                    value ->> '$[0][4]', value ->> '$[0][5]', value ->> '$[0][6]', value ->> '$[0][7]',
-                    value ->> '$[1][0]', value ->> '$[1][1]', value ->> '$[1][2]', value ->> '$[1][3]',
-                    value ->> '$[1][4]', value ->> '$[1][5]', value ->> '$[1][6]'
-             FROM json_each(?1) WHERE true
+             SELECT {} FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
-            &rows,
-        )
-        .await
+            row_values(15)
+        );
+        self.insert_new(&insert, &rows).await
     }
 
     async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64> {
