@@ -33,29 +33,24 @@ fn ingest(kind: EventKind) -> MethodRouter<IngestState> {
         move |State(state): State<IngestState>,
               headers: HeaderMap,
               body: Result<Bytes, BytesRejection>| async move {
-            accept(&state, kind, &headers, body).await
+            let outcome = accept(&state, kind, &headers, body).await;
+            if let Err(e) = &outcome {
+                refused(&state, kind, e);
+            }
+            outcome
         },
     )
 }
 
-/// The caller was authenticated with the `ingest` scope before this runs.
-async fn accept(
-    state: &IngestState,
-    kind: EventKind,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept_inner(state, kind, headers, body).await;
-    if let Err(e) = &outcome {
-        if !matches!(
-            e,
-            ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::Backlogged { .. }
-        ) {
-            state.metrics.rejected(kind);
-            tracing::debug!(kind = kind.as_str(), error = %e, "refused an ingest request");
-        }
+/// Counts a request refused for what it sent (not for what was down here).
+fn refused(state: &IngestState, kind: EventKind, e: &ApiError) {
+    if !matches!(
+        e,
+        ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::Backlogged { .. }
+    ) {
+        state.metrics.rejected(kind);
+        tracing::debug!(kind = kind.as_str(), error = %e, "refused an ingest request");
     }
-    outcome
 }
 
 /// Bounds on the bulk lane's backlog: above either, ingest answers 503 with
@@ -90,7 +85,8 @@ pub struct Ingest {
     pub max_message_bytes: usize,
 }
 
-async fn accept_inner(
+/// The caller was authenticated with the `ingest` scope before this runs.
+async fn accept(
     state: &IngestState,
     kind: EventKind,
     headers: &HeaderMap,

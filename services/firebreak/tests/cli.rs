@@ -31,32 +31,34 @@ fn refused(cmd: &mut Command) -> String {
 
 #[test]
 fn bad_configuration_exits_2_naming_the_key() {
-    let stderr = refused(
-        firebreak()
-            .arg("serve")
-            .env("FIREBREAK_QUIET_PERIOD", "soon"),
-    );
-    assert!(
-        stderr.contains("incidents.quiet_period") && stderr.contains("soon"),
-        "{stderr}"
-    );
+    // Each refused value is named with the key it was given for.
+    for (var, value, key, named) in [
+        (
+            "FIREBREAK_QUIET_PERIOD",
+            "soon",
+            "incidents.quiet_period",
+            "soon",
+        ),
+        // A publish timeout too short to reach any broker.
+        (
+            "FIREBREAK_AMQP_PUBLISH_TIMEOUT",
+            "10ms",
+            "amqp.publish_timeout",
+            "100ms",
+        ),
+    ] {
+        let stderr = refused(firebreak().arg("serve").env(var, value));
+        assert!(
+            stderr.contains(key) && stderr.contains(named),
+            "{var}={value}: {stderr}"
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("firebreak.toml");
     std::fs::write(&file, "[engine]\nworkerz = 2\n").unwrap();
     let stderr = refused(firebreak().args(["serve", "--config"]).arg(&file));
     assert!(stderr.contains("workerz"), "{stderr}");
-
-    // A publish timeout too short to reach any broker is refused by name.
-    let stderr = refused(
-        firebreak()
-            .arg("serve")
-            .env("FIREBREAK_AMQP_PUBLISH_TIMEOUT", "10ms"),
-    );
-    assert!(
-        stderr.contains("amqp.publish_timeout") && stderr.contains("100ms"),
-        "{stderr}"
-    );
 }
 
 #[test]

@@ -168,6 +168,7 @@ pub async fn login(
     let f: LoginForm = form(&bytes)?;
     let next = safe_next(f.next.as_deref());
     let address = state.auth.client_address(&headers, peer.0);
+    let refused = |status, message: String| Ok(login_page(&state, &next, Some(&message), status));
     let user = match state
         .auth
         .login(f.username.trim(), &f.password, address)
@@ -175,29 +176,12 @@ pub async fn login(
     {
         Ok(u) => u,
         Err(crate::ApiError::SlowDown { message, .. }) => {
-            return Ok(login_page(
-                &state,
-                &next,
-                Some(&message),
-                StatusCode::TOO_MANY_REQUESTS,
-            ))
+            return refused(StatusCode::TOO_MANY_REQUESTS, message)
         }
         Err(crate::ApiError::BadRequest { message, .. }) => {
-            return Ok(login_page(
-                &state,
-                &next,
-                Some(&message),
-                StatusCode::BAD_REQUEST,
-            ))
+            return refused(StatusCode::BAD_REQUEST, message)
         }
-        Err(crate::ApiError::Unauthorized(m)) => {
-            return Ok(login_page(
-                &state,
-                &next,
-                Some(&m),
-                StatusCode::UNAUTHORIZED,
-            ))
-        }
+        Err(crate::ApiError::Unauthorized(m)) => return refused(StatusCode::UNAUTHORIZED, m),
         Err(e) => return Err(e.into()),
     };
     match crate::access::start_session(&state, &user, &headers).await {
