@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use firebreak_domain::action::{ActionRow, ActionSpec, ActionStatus, NewAction};
 use firebreak_domain::alertmanager::AlertStatus;
-use firebreak_domain::correlation::{IncidentHead, NewIncident};
+use firebreak_domain::correlation::{IncidentHead, IncidentStatus, NewIncident};
 use firebreak_domain::insights::{Deployment, IncidentRecord, LinkedChange};
 use firebreak_domain::timeline::NewEntry;
 use firebreak_domain::{
@@ -339,7 +339,23 @@ pub enum Attach {
 
 /// A stored word the domain knows (a status, a verdict), parsed; else
 /// `Corrupt`, naming the column and what it should have been.
-fn known<T>(word: String, col: &str, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+fn known<T>(r: &impl Get, col: &str, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    word(r.text(col)?, col, what, parse)
+}
+
+/// [`known`] for a column that may be NULL.
+fn known_opt<T>(
+    r: &impl Get,
+    col: &str,
+    what: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<Option<T>> {
+    r.opt_text(col)?
+        .map(|w| word(w, col, what, parse))
+        .transpose()
+}
+
+fn word<T>(word: String, col: &str, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     parse(&word)
         .ok_or_else(|| StoreError::Corrupt(format!("column {col}: unknown {what} {word:?}")))
 }
@@ -351,12 +367,8 @@ pub const INCIDENT_COLUMNS: &str =
 pub fn incident_row(r: &impl Get) -> Result<IncidentRow> {
     let id = r.int("id")?;
     let read = || -> Result<IncidentRow> {
-        let status = r.text("status")?;
-        if firebreak_domain::correlation::IncidentStatus::parse(&status).is_none() {
-            return Err(StoreError::Corrupt(format!(
-                "column status: unknown incident status {status:?}"
-            )));
-        }
+        let status = known(r, "status", "incident status", IncidentStatus::parse)?;
+        let status = status.as_str().to_string();
         let response = from_row!(r => crate::IncidentResponse {
             acknowledged_at: opt_time, acknowledged_by: opt_text, declared_severity: opt_text,
             stage: opt_text, commander: opt_text, summary: opt_text, declared_by: opt_text,
@@ -377,21 +389,8 @@ pub const DEPLOY_COLUMNS: &str =
 pub fn deploy_row(r: &impl Get) -> Result<DeployEvent> {
     let id = r.text("id")?;
     let read = || -> Result<DeployEvent> {
-        let status = known(
-            r.text("status")?,
-            "status",
-            "deploy status",
-            DeployStatus::parse,
-        )?;
-        let strategy = match r.opt_text("strategy")? {
-            None => None,
-            Some(s) => Some(known(
-                s,
-                "strategy",
-                "deploy strategy",
-                DeployStrategy::parse,
-            )?),
-        };
+        let status = known(r, "status", "deploy status", DeployStatus::parse)?;
+        let strategy = known_opt(r, "strategy", "deploy strategy", DeployStrategy::parse)?;
         let flags: Vec<String> = serde_json::from_value(r.json("flags")?).map_err(|e| {
             StoreError::Corrupt(format!("column flags: not a list of flag keys: {e}"))
         })?;
@@ -435,12 +434,7 @@ pub const GATE_COLUMNS: &str =
 pub fn gate_row(r: &impl Get) -> Result<GateResult> {
     let id = r.text("id")?;
     let read = || -> Result<GateResult> {
-        let verdict = known(
-            r.text("verdict")?,
-            "verdict",
-            "gate verdict",
-            GateVerdict::parse,
-        )?;
+        let verdict = known(r, "verdict", "gate verdict", GateVerdict::parse)?;
         Ok(from_row!(r => GateResult {
             service: text, environment: opt_text, version: opt_text, deploy_id: opt_text,
             gate: text, metric: opt_text, comparison: opt_text, threshold: opt_float,
@@ -459,12 +453,7 @@ pub const ACTION_COLUMNS: &str =
 pub fn action_row(r: &impl Get) -> Result<ActionRow> {
     let id = r.int("id")?;
     let read = || -> Result<ActionRow> {
-        let status = known(
-            r.text("status")?,
-            "status",
-            "action status",
-            ActionStatus::parse,
-        )?;
+        let status = known(r, "status", "action status", ActionStatus::parse)?;
         let spec: ActionSpec = serde_json::from_value(r.json("spec")?)
             .map_err(|e| StoreError::Corrupt(format!("column spec: not an action spec: {e}")))?;
         let small = |col: &str| {
@@ -526,12 +515,10 @@ const ROLLOUT_COLUMNS: &str =
 pub fn rollout_row(r: &impl Get) -> Result<Rollout> {
     let id = r.int("id")?;
     let read = || -> Result<Rollout> {
-        let status = r.text("status")?;
+        let status = known(r, "status", "rollout status", RolloutStatus::parse)?;
         let bad = |col: &str, what: String| corrupt("rollouts", id, col, what);
         let plan =
             serde_json::from_value(r.json("plan")?).map_err(|e| bad("plan", e.to_string()))?;
-        let status = RolloutStatus::parse(&status)
-            .ok_or_else(|| bad("status", format!("unknown status {status:?}")))?;
         let step = r
             .opt_int("step")?
             .map(|s| usize::try_from(s).map_err(|_| bad("step", format!("{s} is negative"))))
