@@ -364,17 +364,24 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
-    /// Runs `insert` (one statement over `json_each(?1)` that returns the ids
-    /// it inserted) for `rows`, given as one JSON list; the ids that were new.
+    /// Inserts `rows` into `table` in one statement, each row one JSON array
+    /// of its `columns` in order, skipping ids already stored; the ids that
+    /// were new.
     async fn insert_new<T: serde::Serialize>(
         &mut self,
-        insert: &str,
+        table: &str,
+        columns: &str,
         rows: &[T],
     ) -> Result<HashSet<String>> {
         if rows.is_empty() {
             return Ok(HashSet::new());
         }
-        let ids: Vec<String> = sqlx::query_scalar(insert)
+        let insert = format!(
+            "INSERT INTO {table} ({columns}) SELECT {} FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            row_values(columns.split(',').count())
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&insert)
             .bind(json_list(rows))
             .fetch_all(&mut *self.tx)
             .await?;
@@ -579,14 +586,10 @@ impl DialectTx for SqliteTx {
                 )
             })
             .collect();
-        let insert = format!(
-            "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
-                                  started_at, finished_at, commit_sha, url, actor, flags, commit_times)
-             SELECT {} FROM json_each(?1) WHERE true
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-            row_values(15)
-        );
-        self.insert_new(&insert, &rows).await
+        let columns =
+            "id, service, environment, version, previous_version, status, strategy, step, \
+                       started_at, finished_at, commit_sha, url, actor, flags, commit_times";
+        self.insert_new("deploys", columns, &rows).await
     }
 
     async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>> {
@@ -612,14 +615,9 @@ impl DialectTx for SqliteTx {
                 )
             })
             .collect();
-        let insert = format!(
-            "INSERT INTO gate_results (id, service, environment, version, deploy_id, gate, metric, comparison,
-                                       threshold, baseline, observed, window_text, step, verdict, evaluated_at)
-             SELECT {} FROM json_each(?1) WHERE true
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-            row_values(15)
-        );
-        self.insert_new(&insert, &rows).await
+        let columns = "id, service, environment, version, deploy_id, gate, metric, comparison, \
+                       threshold, baseline, observed, window_text, step, verdict, evaluated_at";
+        self.insert_new("gate_results", columns, &rows).await
     }
 
     async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64> {
