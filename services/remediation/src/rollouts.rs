@@ -81,6 +81,27 @@ fn event(
     }
 }
 
+/// Changes a rollout still running in the same run as `r`, and records what
+/// `said` makes of the changed rollout; `None` (nothing written) when it had
+/// moved on meanwhile (paused, killed or restarted).
+async fn change_running(
+    tx: &mut dyn StoreTx,
+    r: &Rollout,
+    change: RolloutChange,
+    said: impl FnOnce(&Rollout) -> RolloutEvent,
+) -> Result<Option<Rollout>, StoreError> {
+    let change = RolloutChange {
+        generation: Some(r.generation),
+        ..change
+    };
+    let running = [RolloutStatus::Running];
+    let Some(changed) = tx.update_rollout(r.id, &running, &change).await? else {
+        return Ok(None);
+    };
+    tx.insert_rollout_events(&[said(&changed)]).await?;
+    Ok(Some(changed))
+}
+
 fn bad(field: &str, message: impl Into<String>) -> CommandError {
     CommandError::BadRequest {
         field: Some(field.into()),
@@ -712,32 +733,22 @@ impl Remediation {
                 if r.waiting.as_deref() == Some(why.as_str()) {
                     return Ok(false);
                 }
-                let changed = tx
-                    .update_rollout(
-                        r.id,
-                        &[RolloutStatus::Running],
-                        &RolloutChange {
-                            waiting: Some(Some(why.clone())),
-                            generation: Some(r.generation),
-                            ..RolloutChange::at(now)
-                        },
-                    )
-                    .await?;
-                if changed.is_some() {
-                    tx.insert_rollout_events(&[event(
+                let waiting = RolloutChange {
+                    waiting: Some(Some(why.clone())),
+                    ..RolloutChange::at(now)
+                };
+                change_running(tx.as_mut(), r, waiting, |r| {
+                    let step = r.step.map_or(-1, |s| s as i64);
+                    event(
                         r,
                         now,
                         kind::WAITING,
                         "firebreak",
                         format!("waiting: {why}"),
-                        format!(
-                            "waiting:{}:{}:{why}",
-                            r.generation,
-                            r.step.map_or(-1, |s| s as i64)
-                        ),
-                    )])
-                    .await?;
-                }
+                        format!("waiting:{}:{step}:{why}", r.generation),
+                    )
+                })
+                .await?;
                 tx.commit().await?;
                 Ok(false)
             }
@@ -778,32 +789,22 @@ impl Remediation {
                 Ok(true)
             }
             Next::Complete => {
-                let done = tx
-                    .update_rollout(
-                        r.id,
-                        &[RolloutStatus::Running],
-                        &RolloutChange {
-                            status: Some(RolloutStatus::Completed),
-                            waiting: Some(None),
-                            generation: Some(r.generation),
-                            ..RolloutChange::at(now)
-                        },
-                    )
-                    .await?;
+                let completed = RolloutChange {
+                    status: Some(RolloutStatus::Completed),
+                    waiting: Some(None),
+                    ..RolloutChange::at(now)
+                };
+                let done = change_running(tx.as_mut(), r, completed, |done| {
+                    let summary = format!(
+                        "rollout of {} completed: {}% with every guard holding",
+                        done.flag,
+                        done.percent()
+                    );
+                    let ref_id = format!("completed:{}", done.generation);
+                    event(done, now, kind::COMPLETED, "firebreak", summary, ref_id)
+                })
+                .await?;
                 if let Some(done) = done {
-                    tx.insert_rollout_events(&[event(
-                        &done,
-                        now,
-                        kind::COMPLETED,
-                        "firebreak",
-                        format!(
-                            "rollout of {} completed: {}% with every guard holding",
-                            done.flag,
-                            done.percent()
-                        ),
-                        format!("completed:{}", done.generation),
-                    )])
-                    .await?;
                     tx.insert_audit(&[NewAudit::by(
                         "engine",
                         "rollout_completed",
@@ -824,36 +825,26 @@ impl Remediation {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
-        let paused = tx
-            .update_rollout(
-                r.id,
-                &[RolloutStatus::Running],
-                &RolloutChange {
-                    status: Some(RolloutStatus::Paused),
-                    reason: Some(Some(why.clone())),
-                    action_id: Some(None),
-                    generation: Some(r.generation),
-                    ..RolloutChange::at(now)
-                },
-            )
-            .await?;
-        if let Some(p) = paused {
-            tx.insert_rollout_events(&[event(
-                &p,
-                now,
-                kind::PAUSED,
-                "firebreak",
-                format!(
-                    "paused at {}%: {why}; resume or restart it once fixed",
-                    p.percent()
-                ),
-                format!(
-                    "paused:{}:{}",
-                    p.generation,
-                    r.action_id.unwrap_or_default()
-                ),
-            )])
-            .await?;
+        let pause = RolloutChange {
+            status: Some(RolloutStatus::Paused),
+            reason: Some(Some(why.clone())),
+            action_id: Some(None),
+            ..RolloutChange::at(now)
+        };
+        let paused = change_running(tx.as_mut(), r, pause, |p| {
+            let summary = format!(
+                "paused at {}%: {why}; resume or restart it once fixed",
+                p.percent()
+            );
+            let ref_id = format!(
+                "paused:{}:{}",
+                p.generation,
+                r.action_id.unwrap_or_default()
+            );
+            event(p, now, kind::PAUSED, "firebreak", summary, ref_id)
+        })
+        .await?;
+        if paused.is_some() {
             tracing::warn!(rollout = r.id, reason = %why, "rollout paused");
         }
         tx.commit().await?;
