@@ -698,16 +698,7 @@ impl Remediation {
             .freeze(&r.plan.service, r.plan.environment.as_deref(), now)
             .map(|f| f.name.clone());
         let mut tx = self.store.begin().await?;
-        let open: Vec<i64> = tx
-            .open_incidents_for(std::slice::from_ref(&r.plan.service))
-            .await?
-            .into_iter()
-            .filter(|i| match (&r.plan.environment, &i.environment) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            })
-            .map(|i| i.id)
-            .collect();
+        let open = open_incidents(tx.as_mut(), r).await?;
         let gate_passed = match r.step_started_at {
             Some(since) if r.plan.guards.require_gate_pass => tx
                 .gates_between(ServiceWindow {
@@ -972,17 +963,24 @@ fn step_claim_event(r: &Rollout, step: usize, a: &ActionRow, now: DateTime<Utc>)
     )
 }
 
-async fn newest_open(tx: &mut dyn StoreTx, r: &Rollout) -> Result<Option<i64>, StoreError> {
-    Ok(tx
+/// The open incidents of the rollout's service (and environment, where
+/// both name one).
+async fn open_incidents(tx: &mut dyn StoreTx, r: &Rollout) -> Result<Vec<i64>, StoreError> {
+    let open = tx
         .open_incidents_for(std::slice::from_ref(&r.plan.service))
-        .await?
+        .await?;
+    Ok(open
         .into_iter()
         .filter(|i| match (&r.plan.environment, &i.environment) {
             (Some(a), Some(b)) => a == b,
             _ => true,
         })
         .map(|i| i.id)
-        .max())
+        .collect())
+}
+
+async fn newest_open(tx: &mut dyn StoreTx, r: &Rollout) -> Result<Option<i64>, StoreError> {
+    Ok(open_incidents(tx, r).await?.into_iter().max())
 }
 
 /// Opens an incident for a rollout killed by something that has none (a
