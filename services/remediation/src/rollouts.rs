@@ -102,6 +102,21 @@ async fn change_running(
     Ok(Some(changed))
 }
 
+/// Records on a running rollout the action that applies its current step.
+async fn step_action(
+    tx: &mut dyn StoreTx,
+    rollout: i64,
+    action: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<Rollout>, StoreError> {
+    let change = RolloutChange {
+        action_id: Some(Some(action)),
+        ..RolloutChange::at(now)
+    };
+    tx.update_rollout(rollout, &[RolloutStatus::Running], &change)
+        .await
+}
+
 fn bad(field: &str, message: impl Into<String>) -> CommandError {
     CommandError::BadRequest {
         field: Some(field.into()),
@@ -307,16 +322,9 @@ impl Remediation {
         let rollout = match &action {
             Some(a) => {
                 events.push(step_claim_event(&rollout, 0, a, now));
-                tx.update_rollout(
-                    rollout.id,
-                    &[RolloutStatus::Running],
-                    &RolloutChange {
-                        action_id: Some(Some(a.id)),
-                        ..RolloutChange::at(now)
-                    },
-                )
-                .await?
-                .unwrap_or(rollout)
+                step_action(tx.as_mut(), rollout.id, a.id, now)
+                    .await?
+                    .unwrap_or(rollout)
             }
             None => rollout,
         };
@@ -507,15 +515,7 @@ impl Remediation {
                     .await?;
                 if let Some(a) = &a {
                     events.push(step_claim_event(&rollout, step - 1, a, now));
-                    tx.update_rollout(
-                        id,
-                        &[RolloutStatus::Running],
-                        &RolloutChange {
-                            action_id: Some(Some(a.id)),
-                            ..RolloutChange::at(now)
-                        },
-                    )
-                    .await?;
+                    step_action(tx.as_mut(), id, a.id, now).await?;
                 }
                 a
             }
@@ -764,15 +764,7 @@ impl Remediation {
                 let Some(a) = self.claim_one(tx.as_mut(), c, &mut entries, now).await? else {
                     return Ok(false); // another driver claimed it
                 };
-                tx.update_rollout(
-                    r.id,
-                    &[RolloutStatus::Running],
-                    &RolloutChange {
-                        action_id: Some(Some(a.id)),
-                        ..RolloutChange::at(now)
-                    },
-                )
-                .await?;
+                step_action(tx.as_mut(), r.id, a.id, now).await?;
                 tx.insert_rollout_events(&[step_claim_event(r, step, &a, now)])
                     .await?;
                 tx.insert_timeline(&entries).await?;
