@@ -32,6 +32,16 @@ pub mod kind {
     pub const INCIDENT_DECLARED: &str = "incident_declared";
     pub const INCIDENT_UPDATED: &str = "incident_updated";
     pub const ACTION_ITEM: &str = "action_item";
+    // A rollout's steps, on its own timeline and its incidents'.
+    pub const ROLLOUT_STARTED: &str = "rollout_started";
+    pub const ROLLOUT_STEP: &str = "rollout_step";
+    pub const ROLLOUT_WAITING: &str = "rollout_waiting";
+    pub const ROLLOUT_PAUSED: &str = "rollout_paused";
+    pub const ROLLOUT_RESUMED: &str = "rollout_resumed";
+    pub const ROLLOUT_COMPLETED: &str = "rollout_completed";
+    pub const ROLLOUT_ABORTED: &str = "rollout_aborted";
+    pub const ROLLOUT_KILLED: &str = "rollout_killed";
+    pub const ROLLOUT_RESTARTED: &str = "rollout_restarted";
 }
 
 /// A new entry for the timeline. `ref_id` names what it is about (an event id, or

@@ -21,7 +21,7 @@ use firebreak_domain::playbook::{
     FlagState, Guard, KillSwitchStep, RolloutStepAction, StepAction, Trigger,
 };
 use firebreak_domain::rollout::{GuardFacts, Next, Rollout, RolloutPlan, RolloutStatus};
-use firebreak_domain::timeline::NewEntry;
+use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_domain::GateVerdict;
 use firebreak_store::{
     NewAudit, NewRollout, RolloutChange, RolloutEvent, ServiceWindow, StoreError, StoreTx,
@@ -36,19 +36,6 @@ use crate::{facts, ActionSpec, ExecError, Remediation};
 
 /// The playbook name rollout actions are recorded under.
 pub const ROLLOUT: &str = "rollout";
-
-/// Timeline kinds of rollouts (incident timelines and the rollout's own).
-pub mod kind {
-    pub const STARTED: &str = "rollout_started";
-    pub const STEP: &str = "rollout_step";
-    pub const WAITING: &str = "rollout_waiting";
-    pub const PAUSED: &str = "rollout_paused";
-    pub const RESUMED: &str = "rollout_resumed";
-    pub const COMPLETED: &str = "rollout_completed";
-    pub const ABORTED: &str = "rollout_aborted";
-    pub const KILLED: &str = "rollout_killed";
-    pub const RESTARTED: &str = "rollout_restarted";
-}
 
 /// What a person tells a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +297,7 @@ impl Remediation {
         let mut events = vec![event(
             &rollout,
             now,
-            kind::STARTED,
+            kind::ROLLOUT_STARTED,
             who,
             format!(
                 "rollout of {} started by {who}: {}",
@@ -378,7 +365,7 @@ impl Remediation {
                     reason: Some(Some(format!("paused by {who}{said}"))),
                     ..RolloutChange::at(now)
                 },
-                kind::PAUSED,
+                kind::ROLLOUT_PAUSED,
                 format!("paused at {}% by {who}{said}", current.percent()),
                 "rollout_paused",
             ),
@@ -389,7 +376,7 @@ impl Remediation {
                     reason: Some(None),
                     ..RolloutChange::at(now)
                 },
-                kind::RESUMED,
+                kind::ROLLOUT_RESUMED,
                 format!("resumed at {}% by {who}{said}", current.percent()),
                 "rollout_resumed",
             ),
@@ -402,7 +389,7 @@ impl Remediation {
                     action_id: Some(None),
                     ..RolloutChange::at(now)
                 },
-                kind::ABORTED,
+                kind::ROLLOUT_ABORTED,
                 format!(
                     "aborted at {}% by {who}{said}; the flag is turned off for everyone",
                     current.percent()
@@ -444,7 +431,7 @@ impl Remediation {
                         restart: true,
                         ..RolloutChange::at(now)
                     },
-                    kind::RESTARTED,
+                    kind::ROLLOUT_RESTARTED,
                     format!(
                         "restarted at step {step} ({}%) by {who}{said}",
                         current.plan.steps[step - 1].percent
@@ -590,7 +577,7 @@ impl Remediation {
                         entries.push(firebreak_domain::timeline::lifecycle_entry(
                             id,
                             now,
-                            firebreak_domain::timeline::kind::INCIDENT_OPENED,
+                            kind::INCIDENT_OPENED,
                             format!("Incident opened: rollout of {} killed ({why})", killed.flag),
                         ));
                         Some(id)
@@ -612,7 +599,7 @@ impl Remediation {
                 entries.push(NewEntry {
                     incident_id,
                     at: now,
-                    kind: kind::KILLED,
+                    kind: kind::ROLLOUT_KILLED,
                     source: format!("rollout:{}", killed.id),
                     summary: summary.clone(),
                     ref_id: format!("rollout:{}:{}:killed", killed.id, killed.generation),
@@ -621,7 +608,7 @@ impl Remediation {
             tx.insert_rollout_events(&[event(
                 &killed,
                 now,
-                kind::KILLED,
+                kind::ROLLOUT_KILLED,
                 "engine",
                 summary,
                 format!("killed:{}", killed.generation),
@@ -733,7 +720,7 @@ impl Remediation {
                     event(
                         r,
                         now,
-                        kind::WAITING,
+                        kind::ROLLOUT_WAITING,
                         "firebreak",
                         format!("waiting: {why}"),
                         format!("waiting:{}:{step}:{why}", r.generation),
@@ -784,7 +771,14 @@ impl Remediation {
                         done.percent()
                     );
                     let ref_id = format!("completed:{}", done.generation);
-                    event(done, now, kind::COMPLETED, "firebreak", summary, ref_id)
+                    event(
+                        done,
+                        now,
+                        kind::ROLLOUT_COMPLETED,
+                        "firebreak",
+                        summary,
+                        ref_id,
+                    )
                 })
                 .await?;
                 if let Some(done) = done {
@@ -824,7 +818,7 @@ impl Remediation {
                 p.generation,
                 r.action_id.unwrap_or_default()
             );
-            event(p, now, kind::PAUSED, "firebreak", summary, ref_id)
+            event(p, now, kind::ROLLOUT_PAUSED, "firebreak", summary, ref_id)
         })
         .await?;
         if paused.is_some() {
@@ -904,7 +898,7 @@ impl Remediation {
         tx.insert_rollout_events(&[event(
             &rollout,
             now,
-            kind::STEP,
+            kind::ROLLOUT_STEP,
             "firebreak",
             format!(
                 "step {} of {}: {} serves its new variant to {}%{}",
@@ -942,7 +936,7 @@ fn step_claim_event(r: &Rollout, step: usize, a: &ActionRow, now: DateTime<Utc>)
     event(
         r,
         now,
-        kind::STEP,
+        kind::ROLLOUT_STEP,
         &a.requested_by,
         format!(
             "step {} ({}%) requested as action #{} ({})",
