@@ -425,30 +425,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     if let Some(p) = &report["kill_switch_ms"].as_object() {
         for (k, v) in p.iter() {
-            if let Some(o) = v.as_object() {
-                println!(
-                    "{:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms ({} probes)",
-                    format!("webhook -> {k}"),
-                    o["p50"].as_f64().unwrap_or(0.0),
-                    o["p90"].as_f64().unwrap_or(0.0),
-                    o["p99"].as_f64().unwrap_or(0.0),
-                    o["max"].as_f64().unwrap_or(0.0),
-                    o["n"]
-                );
-            }
+            print_latency(&format!("webhook -> {k}"), v);
         }
     }
-    if let Some(o) = report["rollout_kill_ms"].as_object() {
-        println!(
-            "{:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms ({} probes)",
-            "failed gate -> rollout off",
-            o["p50"].as_f64().unwrap_or(0.0),
-            o["p90"].as_f64().unwrap_or(0.0),
-            o["p99"].as_f64().unwrap_or(0.0),
-            o["max"].as_f64().unwrap_or(0.0),
-            o["n"]
-        );
-    }
+    print_latency("failed gate -> rollout off", &report["rollout_kill_ms"]);
     if let Some(p) = &page {
         println!(
             "{:<28} server p50 {:.1} / p99 {:.1} ms, request p50 {:.1} / p99 {:.1} ms ({} timeline entries, {} fetches)",
@@ -535,26 +515,14 @@ async fn probe_rollouts(
     for i in 0..n {
         let flag = format!("bench.rollout-{run_id}-{i}");
         let service = format!("rprobe-{run_id}-{i}");
-        let put = http
+        let req = http
             .put(format!("{url}/api/v1/flags/{flag}"))
-            .json(&json!({"enabled": true, "description": "firebreak bench rollout probe"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            put.status().is_success(),
-            "cannot create {flag}: HTTP {}",
-            put.status()
+            .json(&json!({"enabled": true, "description": "firebreak bench rollout probe"}));
+        succeeds(req, &format!("cannot create {flag}")).await?;
+        let req = http.post(format!("{url}/api/v1/rollouts")).json(
+            &json!({"flag": flag, "service": service, "steps": [{"percent": 50, "hold": "1h"}]}),
         );
-        let started = http
-            .post(format!("{url}/api/v1/rollouts"))
-            .json(&json!({"flag": flag, "service": service, "steps": [{"percent": 50, "hold": "1h"}]}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            started.status().as_u16() == 201,
-            "cannot start a rollout of {flag}: HTTP {}",
-            started.status()
-        );
+        let started = succeeds(req, &format!("cannot start a rollout of {flag}")).await?;
         let id = started.json::<Value>().await?["rollout"]["id"]
             .as_i64()
             .unwrap_or_default();
@@ -564,40 +532,27 @@ async fn probe_rollouts(
                 Instant::now() < limit,
                 "rollout {id} did not reach 50 % within 60 s"
             );
-            let r: Value = http
-                .get(format!("{url}/api/v1/rollouts/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let r = answer(http.get(format!("{url}/api/v1/rollouts/{id}"))).await?;
             if r["percent"] == 50 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let t0 = Instant::now();
-        let sent = http
-            .post(format!("{url}/api/v1/events/gate"))
-            .json(&json!({"service": service, "version": "v2", "gate": "error-rate", "verdict": "fail"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            sent.status().as_u16() == 202,
-            "gate refused: HTTP {}",
-            sent.status()
+        let req = http.post(format!("{url}/api/v1/events/gate")).json(
+            &json!({"service": service, "version": "v2", "gate": "error-rate", "verdict": "fail"}),
         );
+        succeeds(req, "gate refused").await?;
         loop {
             anyhow::ensure!(
                 t0.elapsed() < Duration::from_secs(60),
                 "{flag} was not off within 60 s of the failed gate"
             );
-            let r: Value = http
-                .post(format!("{url}/ofrep/v1/evaluate/flags/{flag}"))
-                .json(&json!({"context": {"targetingKey": "probe-user"}}))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let r = answer(
+                http.post(format!("{url}/ofrep/v1/evaluate/flags/{flag}"))
+                    .json(&json!({"context": {"targetingKey": "probe-user"}})),
+            )
+            .await?;
             if r["reason"] == "DISABLED" {
                 took.push(t0.elapsed().as_micros() as u64);
                 break;
@@ -633,16 +588,10 @@ async fn probe_latency(
         .max(Duration::from_millis(50));
     for i in 0..n {
         tokio::time::sleep(spacing).await;
-        let put = http
+        let req = http
             .put(format!("{url}/api/v1/flags/bench.probe"))
-            .json(&json!({"enabled": true, "description": "firebreak bench latency probe"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            put.status().is_success(),
-            "cannot set the probe flag: HTTP {}",
-            put.status()
-        );
+            .json(&json!({"enabled": true, "description": "firebreak bench latency probe"}));
+        succeeds(req, "cannot set the probe flag").await?;
         let service = format!("probe-{run_id}-{i}");
         let body = json!({
             "version": "4", "groupKey": format!("probe:{i}"), "truncatedAlerts": 0, "status": "firing",
@@ -653,26 +602,18 @@ async fn probe_latency(
                         "generatorURL": "", "fingerprint": format!("probe{run_id}{i:08x}")}],
         });
         let t0 = Instant::now();
-        let sent = http
+        let req = http
             .post(format!("{url}/api/v1/alerts/alertmanager"))
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            sent.status().as_u16() == 202,
-            "probe webhook refused: HTTP {}",
-            sent.status()
-        );
+            .json(&body);
+        succeeds(req, "probe webhook refused").await?;
         let limit = t0 + Duration::from_secs(60);
         let mut flag_at = None;
         while Instant::now() < limit {
-            let r: Value = http
-                .post(format!("{url}/ofrep/v1/evaluate/flags/bench.probe"))
-                .json(&json!({"context": {}}))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let r = answer(
+                http.post(format!("{url}/ofrep/v1/evaluate/flags/bench.probe"))
+                    .json(&json!({"context": {}})),
+            )
+            .await?;
             if r["value"] == Value::Bool(false) {
                 flag_at = Some(t0.elapsed());
                 break;
@@ -684,12 +625,7 @@ async fn probe_latency(
         };
         to_flag.push(flag_at.as_micros() as u64);
         while Instant::now() < limit {
-            let r: Value = http
-                .get(format!("{url}/api/v1/actions?limit=20"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let r = answer(http.get(format!("{url}/api/v1/actions?limit=20"))).await?;
             let verified = r["actions"].as_array().is_some_and(|a| {
                 a.iter().any(|x| {
                     x["playbook"] == "bench-latency-probe"
@@ -717,4 +653,31 @@ async fn probe_latency(
     Ok(
         json!({"kill switch off (OFREP)": summary(to_flag), "action verified": summary(to_verified)}),
     )
+}
+
+/// One line of a probe's latency figures, when it ran.
+fn print_latency(label: &str, figures: &Value) {
+    if let Some(o) = figures.as_object() {
+        let ms = |key: &str| o[key].as_f64().unwrap_or(0.0);
+        println!(
+            "{label:<28} p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms ({} probes)",
+            ms("p50"),
+            ms("p90"),
+            ms("p99"),
+            ms("max"),
+            o["n"]
+        );
+    }
+}
+
+/// Sends `req` and reads its JSON answer.
+async fn answer(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    Ok(req.send().await?.json().await?)
+}
+
+/// Sends `req`; an answer other than 2xx fails, naming what was asked.
+async fn succeeds(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
+    let r = req.send().await?;
+    anyhow::ensure!(r.status().is_success(), "{what}: HTTP {}", r.status());
+    Ok(r)
 }
