@@ -165,19 +165,15 @@ pub async fn dead_letters(config: &Config, command: &DeadLettersCommand) -> anyh
             Ok(())
         }
         DeadLettersCommand::Replay { ids, all } => {
-            let store = crate::open_store(config).await?;
             let ids = (!*all).then(|| ids.clone());
-            let replayed =
-                firebreak_engine::dead_letters::replay(bus.as_ref(), store.as_ref(), CLI, ids)
-                    .await;
-            store.close().await;
-            match replayed {
-                Ok(n) => {
-                    println!("replayed {n} dead letter(s) onto their lanes");
-                    Ok(())
-                }
-                Err(e) => Err(anyhow::anyhow!("{e}")),
-            }
+            // No `?`: the bus is closed below whatever happens.
+            with_store(config, async |store| {
+                firebreak_engine::dead_letters::replay(bus.as_ref(), store, CLI, ids)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .await
+            .map(|n| println!("replayed {n} dead letter(s) onto their lanes"))
         }
     };
     bus.close().await;
@@ -192,12 +188,10 @@ pub async fn flags(config: &Config, command: &FlagsCommand) -> anyhow::Result<()
     if !(1..=3650).contains(days) {
         bail!("--days must be 1 to 3650");
     }
-    let store = crate::open_store(config).await?;
-    let flags = store.list_flags().await;
-    store.close().await;
+    let flags = with_store(config, async |store| Ok(store.list_flags().await?)).await?;
     let now = chrono::Utc::now();
     let mut any = false;
-    for f in flags? {
+    for f in flags {
         let reasons = f.stale_reasons(now, *days);
         if reasons.is_empty() {
             continue;
@@ -230,134 +224,141 @@ pub async fn flags(config: &Config, command: &FlagsCommand) -> anyhow::Result<()
     Ok(())
 }
 
-pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<()> {
+/// Opens the store, runs `work` on it and closes it, whether or not `work`
+/// succeeded.
+async fn with_store<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&dyn firebreak_store::Store) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let store = crate::open_store(config).await?;
-    match command {
-        TokensCommand::Create {
-            name,
-            scopes,
-            expires_in,
-        } => {
-            credentials::check_token_name(name).map_err(anyhow::Error::msg)?;
-            let scopes = scopes
-                .iter()
-                .map(|s| Scope::parse(s).map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let expires_at = expires_in
-                .as_deref()
-                .map(|d| Dur::parse(d).map(|d| chrono::Utc::now() + d.0))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let (shown, new) = credentials::new_token(name, scopes, CLI, expires_at);
-            let audit = NewAudit::by(
-                CLI,
-                "token_created",
-                json!({"token": new.id, "name": new.name, "scopes": new.scopes}),
-            );
-            match store.create_token(&new, &audit).await {
-                Ok(_) => {}
-                Err(StoreError::Conflict(_)) => {
-                    bail!("a token named {name:?} exists: revoke it first (firebreak tokens revoke {name})")
-                }
-                Err(e) => return Err(e.into()),
-            }
-            eprintln!("token {name} ({}) created; it is shown only now:", new.id);
-            println!("{shown}");
-        }
-        TokensCommand::List => {
-            for t in store.list_tokens().await? {
-                println!(
-                    "{}  {:<24} {:<32} created {} by {}{}{}",
-                    t.id,
-                    t.name,
-                    t.scopes
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    t.created_at.format("%Y-%m-%d"),
-                    t.created_by,
-                    t.expires_at
-                        .map(|e| format!(", expires {}", e.format("%Y-%m-%d")))
-                        .unwrap_or_default(),
-                    if t.revoked_at.is_some() {
-                        ", REVOKED"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-        TokensCommand::Revoke { token } => {
-            let audit = NewAudit::by(CLI, "token_revoked", json!({"token": token}));
-            if !store.revoke_token(token, &audit).await? {
-                bail!("no active token {token:?}");
-            }
-            println!("revoked {token} (processes that verified it stop accepting it within 30 s)");
-        }
-    }
+    let result = work(store.as_ref()).await;
     store.close().await;
-    Ok(())
+    result
+}
+
+pub async fn tokens(config: &Config, command: &TokensCommand) -> anyhow::Result<()> {
+    with_store(config, async |store| {
+        match command {
+            TokensCommand::Create {
+                name,
+                scopes,
+                expires_in,
+            } => {
+                credentials::check_token_name(name).map_err(anyhow::Error::msg)?;
+                let scopes = scopes
+                    .iter()
+                    .map(|s| Scope::parse(s).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let expires_at = expires_in
+                    .as_deref()
+                    .map(|d| Dur::parse(d).map(|d| chrono::Utc::now() + d.0))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let (shown, new) = credentials::new_token(name, scopes, CLI, expires_at);
+                let audit = NewAudit::by(
+                    CLI,
+                    "token_created",
+                    json!({"token": new.id, "name": new.name, "scopes": new.scopes}),
+                );
+                match store.create_token(&new, &audit).await {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict(_)) => {
+                        bail!("a token named {name:?} exists: revoke it first (firebreak tokens revoke {name})")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                eprintln!("token {name} ({}) created; it is shown only now:", new.id);
+                println!("{shown}");
+            }
+            TokensCommand::List => {
+                for t in store.list_tokens().await? {
+                    println!(
+                        "{}  {:<24} {:<32} created {} by {}{}{}",
+                        t.id,
+                        t.name,
+                        t.scopes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        t.created_at.format("%Y-%m-%d"),
+                        t.created_by,
+                        t.expires_at
+                            .map(|e| format!(", expires {}", e.format("%Y-%m-%d")))
+                            .unwrap_or_default(),
+                        t.revoked_at.map_or("", |_| ", REVOKED")
+                    );
+                }
+            }
+            TokensCommand::Revoke { token } => {
+                let audit = NewAudit::by(CLI, "token_revoked", json!({"token": token}));
+                if !store.revoke_token(token, &audit).await? {
+                    bail!("no active token {token:?}");
+                }
+                println!("revoked {token} (processes that verified it stop accepting it within 30 s)");
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 pub async fn users(config: &Config, command: &UsersCommand) -> anyhow::Result<()> {
-    let store = crate::open_store(config).await?;
-    match command {
-        UsersCommand::Create { name, role } => {
-            let role = Role::parse(role).map_err(anyhow::Error::msg)?;
-            let password = match std::env::var("FIREBREAK_USER_PASSWORD") {
-                Ok(p) if !p.is_empty() => p,
-                _ => {
-                    eprintln!("password for {name} (one line on stdin):");
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .lock()
-                        .read_line(&mut line)
-                        .context("reading the password")?;
-                    line.trim_end_matches(['\r', '\n']).to_string()
-                }
-            };
-            credentials::check_password(&password, name)
-                .map_err(|e| anyhow::anyhow!("the password {e}"))?;
-            let hash = credentials::hash_password(&password).map_err(anyhow::Error::msg)?;
-            let audit = NewAudit::by(CLI, "user_created", json!({"username": name, "role": role}));
-            let user = NewUser {
-                username: name,
-                password_hash: &hash,
-                role,
-            };
-            match store.create_user(&user, &audit).await {
-                Ok(u) => println!("user {} ({}) created", u.username, u.role),
-                Err(StoreError::Conflict(_)) => bail!("a user named {name:?} exists"),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        UsersCommand::List => {
-            for u in store.list_users().await? {
-                println!(
-                    "{:<24} {:<9} created {} by {}{}",
-                    u.username,
-                    u.role,
-                    u.created_at.format("%Y-%m-%d"),
-                    u.created_by,
-                    if u.disabled_at.is_some() {
-                        ", DISABLED"
-                    } else {
-                        ""
+    with_store(config, async |store| {
+        match command {
+            UsersCommand::Create { name, role } => {
+                let role = Role::parse(role).map_err(anyhow::Error::msg)?;
+                let password = match std::env::var("FIREBREAK_USER_PASSWORD") {
+                    Ok(p) if !p.is_empty() => p,
+                    _ => {
+                        eprintln!("password for {name} (one line on stdin):");
+                        let mut line = String::new();
+                        std::io::stdin()
+                            .lock()
+                            .read_line(&mut line)
+                            .context("reading the password")?;
+                        line.trim_end_matches(['\r', '\n']).to_string()
                     }
-                );
+                };
+                credentials::check_password(&password, name)
+                    .map_err(|e| anyhow::anyhow!("the password {e}"))?;
+                let hash = credentials::hash_password(&password).map_err(anyhow::Error::msg)?;
+                let audit =
+                    NewAudit::by(CLI, "user_created", json!({"username": name, "role": role}));
+                let user = NewUser {
+                    username: name,
+                    password_hash: &hash,
+                    role,
+                };
+                match store.create_user(&user, &audit).await {
+                    Ok(u) => println!("user {} ({}) created", u.username, u.role),
+                    Err(StoreError::Conflict(_)) => bail!("a user named {name:?} exists"),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            UsersCommand::List => {
+                for u in store.list_users().await? {
+                    println!(
+                        "{:<24} {:<9} created {} by {}{}",
+                        u.username,
+                        u.role,
+                        u.created_at.format("%Y-%m-%d"),
+                        u.created_by,
+                        u.disabled_at.map_or("", |_| ", DISABLED")
+                    );
+                }
+            }
+            UsersCommand::Disable { name } => {
+                let audit = NewAudit::by(CLI, "user_disabled", json!({"username": name}));
+                if !store.disable_user(name, &audit).await? {
+                    bail!("no enabled user {name:?}");
+                }
+                println!("disabled {name}");
             }
         }
-        UsersCommand::Disable { name } => {
-            let audit = NewAudit::by(CLI, "user_disabled", json!({"username": name}));
-            if !store.disable_user(name, &audit).await? {
-                bail!("no enabled user {name:?}");
-            }
-            println!("disabled {name}");
-        }
-    }
-    store.close().await;
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 pub async fn audit(config: &Config, command: &AuditCommand) -> anyhow::Result<()> {
@@ -368,15 +369,17 @@ pub async fn audit(config: &Config, command: &AuditCommand) -> anyhow::Result<()
         .transpose()
         .map_err(|e| anyhow::anyhow!("--expect-head: {e}"))?;
     let witnessed = crate::audit::last_witnessed(&config.audit_witness)?;
-    let store = crate::open_store(config).await?;
-    let check = store.verify_audit().await?;
-    let mut heads = Vec::new();
-    for (what, head) in [("--expect-head", expected), ("the witness", witnessed)] {
-        if let Some(head) = head {
-            heads.push((what, crate::audit::check_head(store.as_ref(), &head).await?));
+    let (check, heads) = with_store(config, async |store| {
+        let check = store.verify_audit().await?;
+        let mut heads = Vec::new();
+        for (what, head) in [("--expect-head", expected), ("the witness", witnessed)] {
+            if let Some(head) = head {
+                heads.push((what, crate::audit::check_head(store, &head).await?));
+            }
         }
-    }
-    store.close().await;
+        Ok((check, heads))
+    })
+    .await?;
     if check.before_chain > 0 {
         println!(
             "{} rows were written before the hash chain began (by an older version)",
