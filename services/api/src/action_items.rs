@@ -8,10 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use firebreak_domain::secret::Secret;
 use firebreak_postmortem::action_items::{self, ItemError, ItemPatch, NewItem};
 use firebreak_postmortem::trackers::signature_valid;
 use firebreak_store::ActionItemRow;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::call::Call;
@@ -70,34 +71,6 @@ pub(crate) fn item_json(i: &ActionItemRow) -> Value {
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    #[serde(default)]
-    title: String,
-    owner: Option<String>,
-    due: Option<String>,
-    priority: Option<String>,
-    tracker: Option<String>,
-}
-
-/// `null` and absent differ: `"owner": null` clears the owner.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    title: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    owner: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    due: Option<Option<String>>,
-    priority: Option<String>,
-    status: Option<String>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ExportBody {
     tracker: Option<String>,
 }
@@ -129,21 +102,9 @@ async fn create(
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let incident = path_id(&raw, "an incident")?;
-    let b: CreateBody = body(&bytes)?;
-    let item = action_items::create(
-        state.store.as_ref(),
-        &state.trackers,
-        incident,
-        NewItem {
-            title: b.title,
-            owner: b.owner,
-            due: b.due,
-            priority: b.priority,
-            tracker: b.tracker,
-        },
-        &identity.id,
-    )
-    .await?;
+    let new: NewItem = body(&bytes)?;
+    let store = state.store.as_ref();
+    let item = action_items::create(store, &state.trackers, incident, new, &identity.id).await?;
     state.postmortems.refresh_soon(item.incident_id);
     Ok((StatusCode::CREATED, Json(item_json(&item))))
 }
@@ -155,20 +116,8 @@ async fn change(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let item = path_id(&raw, "an action item")?;
-    let b: PatchBody = body(&bytes)?;
-    let row = action_items::update(
-        state.store.as_ref(),
-        item,
-        ItemPatch {
-            title: b.title,
-            owner: b.owner,
-            due: b.due,
-            priority: b.priority,
-            status: b.status,
-        },
-        &identity.id,
-    )
-    .await?;
+    let patch: ItemPatch = body(&bytes)?;
+    let row = action_items::update(state.store.as_ref(), item, patch, &identity.id).await?;
     state.postmortems.refresh_soon(row.incident_id);
     Ok(Json(item_json(&row)))
 }
@@ -236,6 +185,32 @@ fn applied(state: &AppState, key: &str, row: Option<ActionItemRow>) -> (StatusCo
     }
 }
 
+/// The tracker's configuration, when its webhook is configured and `bytes`
+/// carry its signature.
+fn verified<'a, T>(
+    tracker: &str,
+    config: Option<&'a T>,
+    secret: fn(&T) -> Option<&Secret>,
+    signature: Option<&str>,
+    bytes: &[u8],
+) -> Result<&'a T, ApiError> {
+    let (Some(config), Some(secret)) = (config, config.and_then(secret)) else {
+        return Err(not_configured(tracker));
+    };
+    if !signature_valid(secret.expose(), signature, bytes) {
+        return Err(unsigned(tracker));
+    }
+    Ok(config)
+}
+
+/// A webhook's body: a JSON document, or a 400.
+fn json_event(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: format!("not JSON: {e}"),
+    })
+}
+
 /// `POST /api/v1/trackers/github/webhook`: `issues` events `closed` and
 /// `reopened` of the configured repository, signed with `X-Hub-Signature-256`.
 async fn github_webhook(
@@ -243,28 +218,21 @@ async fn github_webhook(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Some(g) = &state.trackers.github else {
-        return Err(not_configured("github"));
-    };
-    let Some(secret) = &g.webhook_secret else {
-        return Err(not_configured("github"));
-    };
-    if !signature_valid(
-        secret.expose(),
-        header(&headers, "x-hub-signature-256"),
+    let signature = header(&headers, "x-hub-signature-256");
+    let github = state.trackers.github.as_ref();
+    let g = verified(
+        "github",
+        github,
+        |g| g.webhook_secret.as_ref(),
+        signature,
         &bytes,
-    ) {
-        return Err(unsigned("github"));
-    }
+    )?;
     match header(&headers, "x-github-event") {
         Some("ping") => return Ok((StatusCode::OK, Json(json!({"status": "pong"})))),
         Some("issues") => {}
         other => return Ok(ignored(&format!("event {other:?} is not an issues event"))),
     }
-    let event: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: format!("not JSON: {e}"),
-    })?;
+    let event = json_event(&bytes)?;
     if event["repository"]["full_name"].as_str() != Some(g.repo.as_str()) {
         return Ok(ignored("another repository"));
     }
@@ -303,19 +271,16 @@ async fn jira_webhook(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Some(j) = &state.trackers.jira else {
-        return Err(not_configured("jira"));
-    };
-    let Some(secret) = &j.webhook_secret else {
-        return Err(not_configured("jira"));
-    };
-    if !signature_valid(secret.expose(), header(&headers, "x-hub-signature"), &bytes) {
-        return Err(unsigned("jira"));
-    }
-    let event: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: format!("not JSON: {e}"),
-    })?;
+    let signature = header(&headers, "x-hub-signature");
+    let jira = state.trackers.jira.as_ref();
+    verified(
+        "jira",
+        jira,
+        |j| j.webhook_secret.as_ref(),
+        signature,
+        &bytes,
+    )?;
+    let event = json_event(&bytes)?;
     if event["webhookEvent"].as_str() != Some("jira:issue_updated") {
         return Ok(ignored("not jira:issue_updated"));
     }

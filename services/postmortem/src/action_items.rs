@@ -9,6 +9,7 @@ use firebreak_domain::timeline::{kind, NewEntry};
 use firebreak_store::{
     ActionItemChange, ActionItemRow, NewActionItem, NewAudit, Store, StoreError, TrackerStatus,
 };
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
 use crate::trackers::{TrackersConfig, TRACKERS};
@@ -51,9 +52,11 @@ fn bad(field: &'static str, message: impl Into<String>) -> ItemError {
     }
 }
 
-/// What a person asks to create.
-#[derive(Debug, Clone, Default)]
+/// What a person asks to create (the API's JSON body).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewItem {
+    #[serde(default)]
     pub title: String,
     pub owner: Option<String>,
     pub due: Option<String>,
@@ -62,14 +65,23 @@ pub struct NewItem {
     pub tracker: Option<String>,
 }
 
-/// What a person asks to change; `Some(None)` clears an owner or a due date.
-#[derive(Debug, Clone, Default)]
+/// What a person asks to change (the API's JSON body); `Some(None)`
+/// (`"owner": null`) clears an owner or a due date, an absent key keeps it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ItemPatch {
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub owner: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub due: Option<Option<String>>,
     pub priority: Option<String>,
     pub status: Option<String>,
+}
+
+/// A key given, `null` or not: `null` and absent differ.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 fn title(t: &str) -> Result<String, ItemError> {
