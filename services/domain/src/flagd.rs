@@ -265,31 +265,23 @@ impl FlagDefinition {
         context: &Value,
         now: i64,
     ) -> Result<Resolution<'a>, EvalError> {
-        self.evaluate_with(key, context, now, Bucketing::V2)
+        self.evaluate_with(key, context, now, Bucketing::V2, self.state)
     }
 
-    /// [`FlagDefinition::evaluate`] with a chosen bucketing generation.
+    /// [`FlagDefinition::evaluate`] with a chosen bucketing generation, as
+    /// if the flag's state were `state` (the definition's own, or ENABLED
+    /// where Firebreak's switch turned a flag written DISABLED on since).
     pub fn evaluate_with<'a>(
         &'a self,
         key: &str,
         context: &Value,
         now: i64,
         bucketing: Bucketing,
+        state: FlagState,
     ) -> Result<Resolution<'a>, EvalError> {
-        if self.state == FlagState::Disabled {
+        if state == FlagState::Disabled {
             return Ok(Resolution::none(Reason::Disabled));
         }
-        self.evaluate_enabled(key, context, now, bucketing)
-    }
-
-    /// [`FlagDefinition::evaluate_with`] as if the flag's state were ENABLED.
-    pub fn evaluate_enabled<'a>(
-        &'a self,
-        key: &str,
-        context: &Value,
-        now: i64,
-        bucketing: Bucketing,
-    ) -> Result<Resolution<'a>, EvalError> {
         let err = |code, details: String| EvalError { code, details };
         if !matches!(context, Value::Object(_) | Value::Null) {
             return Err(err(
@@ -866,6 +858,7 @@ mod tests {
                         &json!({"user": {"name": name}}),
                         0,
                         bucketing,
+                        flag.state,
                     )
                     .expect("a variant");
                 assert_eq!(r.variant, Some(want), "{bucketing:?} {name}");

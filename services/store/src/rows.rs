@@ -197,7 +197,7 @@ impl FlagRow {
         ),
         firebreak_domain::flagd::EvalError,
     > {
-        use firebreak_domain::flagd::FlagDefinition;
+        use firebreak_domain::flagd::{FlagDefinition, FlagState};
         use std::sync::LazyLock;
         static PLAIN: LazyLock<[FlagDefinition; 2]> = LazyLock::new(|| {
             [
@@ -210,12 +210,13 @@ impl FlagRow {
             Some(d) if self.killed() => return Ok((d.killed(), &d.metadata)),
             Some(d) => d,
         };
-        let r = if self.enabled {
-            // On, even when first written DISABLED and turned on since.
-            d.evaluate_enabled(&self.key, context, now, bucketing)
+        // On, even when first written DISABLED and turned on since.
+        let state = if self.enabled {
+            FlagState::Enabled
         } else {
-            d.evaluate_with(&self.key, context, now, bucketing)
+            d.state
         };
+        let r = d.evaluate_with(&self.key, context, now, bucketing, state);
         r.map(|r| (r, &d.metadata))
     }
 
