@@ -1,7 +1,7 @@
 //! The one place errors become HTTP responses. 4xx bodies say what is wrong and
 //! how to fix it; 5xx bodies are opaque, the details go to the log.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use firebreak_bus::BusError;
@@ -83,6 +83,8 @@ impl From<BusError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The one header some answers add (a challenge, when to retry).
+        let mut extra: Option<(HeaderName, HeaderValue)> = None;
         let (status, body) = match &self {
             ApiError::InvalidBody(e) => (
                 StatusCode::BAD_REQUEST,
@@ -103,16 +105,12 @@ impl IntoResponse for ApiError {
                        "message": format!("the body is larger than the limit of {limit} bytes; split it or raise ingest.max_body_bytes")}),
             ),
             ApiError::Unauthorized(why) => {
-                let mut r = (
+                let challenge = HeaderValue::from_static("Bearer realm=\"firebreak\"");
+                extra = Some((header::WWW_AUTHENTICATE, challenge));
+                (
                     StatusCode::UNAUTHORIZED,
-                    Json(json!({"error": "unauthorized", "message": why})),
+                    json!({"error": "unauthorized", "message": why}),
                 )
-                    .into_response();
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"firebreak\""),
-                );
-                return r;
             }
             ApiError::Forbidden(why) => (
                 StatusCode::FORBIDDEN,
@@ -122,15 +120,11 @@ impl IntoResponse for ApiError {
                 retry_after,
                 message,
             } => {
-                let mut r = (
+                extra = Some(retry(*retry_after));
+                (
                     StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({"error": "too_many_requests", "message": message, "retry_after": retry_after})),
+                    json!({"error": "too_many_requests", "message": message, "retry_after": retry_after}),
                 )
-                    .into_response();
-                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                    r.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                return r;
             }
             ApiError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
@@ -154,29 +148,21 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unavailable(detail) => {
                 tracing::warn!(%detail, "answering 503");
-                let mut response = (
+                extra = Some(retry(1));
+                (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({"error": "unavailable", "message": "temporarily unable to accept this; retry"})),
+                    json!({"error": "unavailable", "message": "temporarily unable to accept this; retry"}),
                 )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
             }
             ApiError::Backlogged {
                 retry_after,
                 message,
             } => {
-                let mut response = (
+                extra = Some(retry(*retry_after));
+                (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({"error": "backlogged", "message": message, "retry_after": retry_after})),
+                    json!({"error": "backlogged", "message": message, "retry_after": retry_after}),
                 )
-                    .into_response();
-                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                return response;
             }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -186,12 +172,19 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 
-/// Query strings decode like bodies: unknown parameters and bad values are
-/// named in a 400, never ignored.
+/// `Retry-After: <seconds>`.
+fn retry(seconds: u64) -> (HeaderName, HeaderValue) {
+    (header::RETRY_AFTER, HeaderValue::from(seconds))
+}
+
 /// A 400 that names the field at fault.
 pub(crate) fn bad(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest {
@@ -228,6 +221,8 @@ pub(crate) fn positive_id(raw: &str) -> Option<i64> {
     raw.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
+/// Query strings decode like bodies: unknown parameters and bad values are
+/// named in a 400, never ignored.
 pub(crate) fn query<T>(
     q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
@@ -236,4 +231,63 @@ pub(crate) fn query<T>(
             field: None,
             message: e.body_text(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_carry_their_one_header() {
+        let header_of = |e: ApiError, name: HeaderName| {
+            let r = e.into_response();
+            (r.status(), r.headers().get(name).cloned())
+        };
+        assert_eq!(
+            header_of(
+                ApiError::Unauthorized("no token".into()),
+                header::WWW_AUTHENTICATE
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                Some(HeaderValue::from_static("Bearer realm=\"firebreak\""))
+            )
+        );
+        let slow = ApiError::SlowDown {
+            retry_after: 7,
+            message: "too many sign-ins".into(),
+        };
+        assert_eq!(
+            header_of(slow, header::RETRY_AFTER),
+            (StatusCode::TOO_MANY_REQUESTS, Some(HeaderValue::from(7u64)))
+        );
+        let backlogged = ApiError::Backlogged {
+            retry_after: 30,
+            message: "the bulk lane is full".into(),
+        };
+        assert_eq!(
+            header_of(backlogged, header::RETRY_AFTER),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(HeaderValue::from(30u64))
+            )
+        );
+        assert_eq!(
+            header_of(
+                ApiError::Unavailable("bus down".into()),
+                header::RETRY_AFTER
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(HeaderValue::from(1u64))
+            )
+        );
+        assert_eq!(
+            header_of(
+                ApiError::NotFound("no incident 9".into()),
+                header::RETRY_AFTER
+            ),
+            (StatusCode::NOT_FOUND, None)
+        );
+    }
 }
