@@ -347,6 +347,14 @@ fn new_user<'a>(
     }
 }
 
+/// The audit row of an export asked for at `at`.
+fn export_at(at: DateTime<Utc>) -> NewAudit {
+    NewAudit {
+        at,
+        ..audit_row("action_item_export")
+    }
+}
+
 fn audit_row(event: &str) -> NewAudit {
     NewAudit {
         at: Utc::now(),
@@ -2590,8 +2598,10 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
         .update_action_item(
             a.id,
             &ActionItemChange::default(),
-            at,
-            &audit_row("action_item_changed"),
+            &NewAudit {
+                at,
+                ..audit_row("action_item_changed")
+            },
             &[],
         )
         .await
@@ -2606,8 +2616,10 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
                 owner: Some(None),
                 ..ActionItemChange::default()
             },
-            at + Duration::minutes(1),
-            &audit_row("action_item_changed"),
+            &NewAudit {
+                at: at + Duration::minutes(1),
+                ..audit_row("action_item_changed")
+            },
             &[],
         )
         .await
@@ -2693,13 +2705,13 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
     );
     assert!(matches!(
         h.store
-            .request_action_item_export(b.id, "jira", again, &audit_row("action_item_export"))
+            .request_action_item_export(b.id, "jira", &export_at(again))
             .await,
         Err(StoreError::Conflict(m)) if m.contains("#12")
     ));
     let asked = h
         .store
-        .request_action_item_export(a.id, "jira", again, &audit_row("action_item_export"))
+        .request_action_item_export(a.id, "jira", &export_at(again))
         .await
         .unwrap();
     assert_eq!(

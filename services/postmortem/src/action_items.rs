@@ -311,8 +311,9 @@ pub async fn update(
                "priority": change.priority, "status": change.status}),
     );
     audit.incident_id = Some(before.incident_id);
+    audit.at = at;
     store
-        .update_action_item(id, &change, at, &audit, &entries)
+        .update_action_item(id, &change, &audit, &entries)
         .await
         .map_err(not_found(id))
 }
@@ -330,7 +331,7 @@ pub async fn export(
     let mut audit = NewAudit::by(by, "action_item_export", json!({"tracker": tracker}));
     audit.incident_id = Some(before.incident_id);
     store
-        .request_action_item_export(id, &tracker, Utc::now(), &audit)
+        .request_action_item_export(id, &tracker, &audit)
         .await
         .map_err(not_found(id))
 }

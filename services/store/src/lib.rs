@@ -553,23 +553,21 @@ pub trait ActionItemStore: Send + Sync {
     /// An incident's items, oldest first.
     async fn action_items(&self, incident_id: i64) -> Result<Vec<ActionItemRow>>;
     async fn action_item(&self, id: i64) -> Result<ActionItemRow>;
-    /// Applies `change` (nothing if it changes nothing), with its audit row
-    /// and timeline entries, in one transaction.
+    /// Applies `change` (nothing if it changes nothing) at the audit row's
+    /// time, with the audit row and timeline entries, in one transaction.
     async fn update_action_item(
         &self,
         id: i64,
         change: &ActionItemChange,
-        at: DateTime<Utc>,
         audit: &NewAudit,
         entries: &[NewEntry],
     ) -> Result<ActionItemRow>;
-    /// Puts an item in the tracker outbox (due now). `Conflict` if it is
-    /// already in a tracker.
+    /// Puts an item in the tracker outbox, due at the audit row's time.
+    /// `Conflict` if it is already in a tracker.
     async fn request_action_item_export(
         &self,
         id: i64,
         tracker: &str,
-        at: DateTime<Utc>,
         audit: &NewAudit,
     ) -> Result<ActionItemRow>;
     /// Claims the outbox's next due export until `until` (one process at a time).

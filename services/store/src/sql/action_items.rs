@@ -118,7 +118,6 @@ impl<D: Dialect> ActionItemStore for Db<D> {
         &self,
         id: i64,
         change: &ActionItemChange,
-        at: DateTime<Utc>,
         audit: &NewAudit,
         entries: &[NewEntry],
     ) -> Result<ActionItemRow> {
@@ -151,7 +150,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                 .bind(&next.due)
                 .bind(&next.priority)
                 .bind(&next.status)
-                .bind(at),
+                .bind(audit.at),
             )
             .await?;
         let row = first(&rows)?;
@@ -163,7 +162,6 @@ impl<D: Dialect> ActionItemStore for Db<D> {
         &self,
         id: i64,
         tracker: &str,
-        at: DateTime<Utc>,
         audit: &NewAudit,
     ) -> Result<ActionItemRow> {
         let mut tx = self.d.begin().await?;
@@ -183,7 +181,7 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                 ))
                 .bind(id)
                 .bind(tracker)
-                .bind(at),
+                .bind(audit.at),
             )
             .await?;
         let row = first(&rows)?;
