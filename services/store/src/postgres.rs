@@ -23,6 +23,10 @@ use crate::sql::{
 };
 use crate::{labels_json, Result};
 
+mod unnest;
+
+use unnest::{Bulk, Unnest};
+
 /// Key for the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i64 = 0x0f1e_b4ea_0001;
 
@@ -235,10 +239,6 @@ pub struct PgTx {
     tx: Transaction<'static, Postgres>,
 }
 
-fn pairs_split(pairs: &[(i64, String)]) -> (Vec<i64>, Vec<String>) {
-    pairs.iter().map(|(i, s)| (*i, s.clone())).unzip()
-}
-
 #[async_trait]
 impl DialectTx for PgTx {
     type Row = PgRow;
@@ -289,23 +289,19 @@ impl DialectTx for PgTx {
     }
 
     async fn attach(&mut self, to: Attach, pairs: &[(i64, String)]) -> Result<Vec<(i64, String)>> {
-        let (incidents, ids) = pairs_split(pairs);
-        let sql = match to {
-            Attach::Changes => {
-                "INSERT INTO incident_changes (incident_id, deploy_id)
-                 SELECT * FROM unnest($1::bigint[], $2::text[])
-                 ON CONFLICT DO NOTHING RETURNING incident_id, deploy_id AS id"
-            }
-            Attach::Gates => {
-                "INSERT INTO incident_gates (incident_id, gate_id)
-                 SELECT * FROM unnest($1::bigint[], $2::text[])
-                 ON CONFLICT DO NOTHING RETURNING incident_id, gate_id AS id"
-            }
+        let (table, id) = match to {
+            Attach::Changes => ("incident_changes", "deploy_id"),
+            Attach::Gates => ("incident_gates", "gate_id"),
         };
-        let rows = sqlx::query(sql)
-            .bind(incidents)
-            .bind(ids)
-            .fetch_all(&mut *self.tx)
+        let columns = [
+            Unnest::Int("incident_id", |(incident, _): &(i64, String)| {
+                Some(*incident)
+            }),
+            Unnest::Text(id, |(_, id)| Some(id)),
+        ];
+        let tail = format!("ON CONFLICT DO NOTHING RETURNING incident_id, {id} AS id");
+        let rows = Bulk::new(table, pairs, &columns, &tail)
+            .fetch(&mut self.tx)
             .await?;
         rows.iter().map(|r| pair(r, "incident_id", "id")).collect()
     }
@@ -314,35 +310,21 @@ impl DialectTx for PgTx {
         if entries.is_empty() {
             return Ok(());
         }
-        let n = entries.len();
-        let (mut incidents, mut ats, mut kinds, mut sources, mut summaries, mut refs) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for e in entries {
-            incidents.push(e.incident_id);
-            ats.push(e.at);
-            kinds.push(e.kind);
-            sources.push(e.source.as_str());
-            summaries.push(e.summary.as_str());
-            refs.push(e.ref_id.as_str());
-        }
-        sqlx::query(
-            "INSERT INTO timeline (incident_id, at, kind, source, summary, ref_id)
-             SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
-             ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
+        let columns = [
+            Unnest::Int("incident_id", |e: &NewEntry| Some(e.incident_id)),
+            Unnest::Time("at", |e| Some(e.at)),
+            Unnest::Text("kind", |e| Some(e.kind)),
+            Unnest::Text("source", |e| Some(&e.source)),
+            Unnest::Text("summary", |e| Some(&e.summary)),
+            Unnest::Text("ref_id", |e| Some(&e.ref_id)),
+        ];
+        Bulk::new(
+            "timeline",
+            entries,
+            &columns,
+            "ON CONFLICT (incident_id, kind, ref_id) DO NOTHING",
         )
-        .bind(incidents)
-        .bind(ats)
-        .bind(kinds)
-        .bind(sources)
-        .bind(summaries)
-        .bind(refs)
-        .execute(&mut *self.tx)
+        .execute(&mut self.tx)
         .await?;
         Ok(())
     }
@@ -368,69 +350,31 @@ impl DialectTx for PgTx {
         if alerts.is_empty() {
             return Ok(());
         }
-        let n = alerts.len();
-        let (mut ids, mut incident_ids, mut fps, mut statuses, mut names) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (
-            mut labels,
-            mut annotations,
-            mut starts,
-            mut ends,
-            mut occurred,
-            mut urls,
-            mut truncated,
-        ) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (incident, a) in alerts {
-            ids.push(a.id.as_str());
-            incident_ids.push(*incident);
-            fps.push(a.fingerprint.as_str());
-            statuses.push(a.status.as_str());
-            names.push(a.alertname());
-            labels.push(labels_json(&a.labels));
-            annotations.push(labels_json(&a.annotations));
-            starts.push(a.starts_at);
-            ends.push(a.ends_at);
-            occurred.push(a.occurred_at());
-            urls.push(a.generator_url.as_str());
-            truncated.push(i64::try_from(a.truncated_alerts).unwrap_or(i64::MAX));
-        }
-        sqlx::query(
-            "INSERT INTO alert_events (id, incident_id, fingerprint, status, alertname, labels, annotations,
-                                       starts_at, ends_at, occurred_at, generator_url, truncated_alerts)
-             SELECT id, incident_id, fingerprint, status, alertname, labels::json, annotations::json,
-                    starts_at, ends_at, occurred_at, generator_url, truncated_alerts
-             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::bigint[])
-                  AS t(id, incident_id, fingerprint, status, alertname, labels, annotations,
-                       starts_at, ends_at, occurred_at, generator_url, truncated_alerts)
-             ON CONFLICT (id) DO NOTHING",
+        let columns = [
+            Unnest::Text("id", |(_, a): &(Option<i64>, &AlertEvent)| Some(&a.id)),
+            Unnest::Int("incident_id", |(incident, _)| *incident),
+            Unnest::Text("fingerprint", |(_, a)| Some(&a.fingerprint)),
+            Unnest::Text("status", |(_, a)| Some(a.status.as_str())),
+            Unnest::Text("alertname", |(_, a)| Some(a.alertname())),
+            Unnest::Json("labels", "json", |(_, a)| Some(labels_json(&a.labels))),
+            Unnest::Json("annotations", "json", |(_, a)| {
+                Some(labels_json(&a.annotations))
+            }),
+            Unnest::Time("starts_at", |(_, a)| Some(a.starts_at)),
+            Unnest::Time("ends_at", |(_, a)| a.ends_at),
+            Unnest::Time("occurred_at", |(_, a)| Some(a.occurred_at())),
+            Unnest::Text("generator_url", |(_, a)| Some(&a.generator_url)),
+            Unnest::Int("truncated_alerts", |(_, a)| {
+                Some(i64::try_from(a.truncated_alerts).unwrap_or(i64::MAX))
+            }),
+        ];
+        Bulk::new(
+            "alert_events",
+            alerts,
+            &columns,
+            "ON CONFLICT (id) DO NOTHING",
         )
-        .bind(ids)
-        .bind(incident_ids)
-        .bind(fps)
-        .bind(statuses)
-        .bind(names)
-        .bind(labels)
-        .bind(annotations)
-        .bind(starts)
-        .bind(ends)
-        .bind(occurred)
-        .bind(urls)
-        .bind(truncated)
-        .execute(&mut *self.tx)
+        .execute(&mut self.tx)
         .await?;
         Ok(())
     }
@@ -439,42 +383,26 @@ impl DialectTx for PgTx {
         if alerts.is_empty() {
             return Ok(());
         }
-        let mut incident_ids = Vec::with_capacity(alerts.len());
-        let mut fps = Vec::with_capacity(alerts.len());
-        let mut names = Vec::with_capacity(alerts.len());
-        let mut labels = Vec::with_capacity(alerts.len());
-        let mut statuses = Vec::with_capacity(alerts.len());
-        let mut starts = Vec::with_capacity(alerts.len());
-        let mut ends = Vec::with_capacity(alerts.len());
-        for (incident, a) in alerts {
-            incident_ids.push(*incident);
-            fps.push(a.fingerprint.as_str());
-            names.push(a.alertname());
-            labels.push(labels_json(&a.labels));
-            statuses.push(a.status.as_str());
-            starts.push(a.starts_at);
-            ends.push(a.ends_at);
-        }
-        sqlx::query(
-            "INSERT INTO incident_alerts (incident_id, fingerprint, alertname, labels, status, starts_at, ends_at)
-             SELECT incident_id, fingerprint, alertname, labels::json, status, starts_at, ends_at
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
-                  AS t(incident_id, fingerprint, alertname, labels, status, starts_at, ends_at)
-             ON CONFLICT (incident_id, fingerprint) DO UPDATE
+        let columns = [
+            Unnest::Int("incident_id", |(incident, _): &(i64, &AlertEvent)| {
+                Some(*incident)
+            }),
+            Unnest::Text("fingerprint", |(_, a)| Some(&a.fingerprint)),
+            Unnest::Text("alertname", |(_, a)| Some(a.alertname())),
+            Unnest::Json("labels", "json", |(_, a)| Some(labels_json(&a.labels))),
+            Unnest::Text("status", |(_, a)| Some(a.status.as_str())),
+            Unnest::Time("starts_at", |(_, a)| Some(a.starts_at)),
+            Unnest::Time("ends_at", |(_, a)| a.ends_at),
+        ];
+        // A redelivered or older alert does not overwrite a newer state.
+        let newer = "ON CONFLICT (incident_id, fingerprint) DO UPDATE
              SET status = EXCLUDED.status, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
                  labels = EXCLUDED.labels
              WHERE EXCLUDED.starts_at > incident_alerts.starts_at
-                OR (EXCLUDED.starts_at = incident_alerts.starts_at AND EXCLUDED.status = 'resolved')",
-        )
-        .bind(incident_ids)
-        .bind(fps)
-        .bind(names)
-        .bind(labels)
-        .bind(statuses)
-        .bind(starts)
-        .bind(ends)
-        .execute(&mut *self.tx)
-        .await?;
+                OR (EXCLUDED.starts_at = incident_alerts.starts_at AND EXCLUDED.status = 'resolved')";
+        Bulk::new("incident_alerts", alerts, &columns, newer)
+            .execute(&mut self.tx)
+            .await?;
         Ok(())
     }
 
@@ -482,75 +410,52 @@ impl DialectTx for PgTx {
         if deploys.is_empty() {
             return Ok(HashSet::new());
         }
-        let col = |f: fn(&DeployEvent) -> Option<String>| deploys.iter().map(f).collect::<Vec<_>>();
-        let ids: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO deploys (id, service, environment, version, previous_version, status, strategy, step,
-                                  started_at, finished_at, commit_sha, url, actor, flags, commit_times)
-             SELECT id, service, environment, version, previous_version, status, strategy, step,
-                    started_at, finished_at, commit_sha, url, actor, flags::jsonb, commit_times::jsonb
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::text[],
-                         $14::text[], $15::text[])
-                  AS t(id, service, environment, version, previous_version, status, strategy, step,
-                       started_at, finished_at, commit_sha, url, actor, flags, commit_times)
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-        )
-        .bind(col(|d| Some(d.id.clone())))
-        .bind(col(|d| Some(d.service.clone())))
-        .bind(col(|d| d.environment.clone()))
-        .bind(col(|d| Some(d.version.clone())))
-        .bind(col(|d| d.previous_version.clone()))
-        .bind(col(|d| Some(d.status.as_str().to_string())))
-        .bind(col(|d| d.strategy.map(|s| s.as_str().to_string())))
-        .bind(col(|d| d.step.clone()))
-        .bind(deploys.iter().map(|d| d.started_at).collect::<Vec<_>>())
-        .bind(deploys.iter().map(|d| d.finished_at).collect::<Vec<_>>())
-        .bind(col(|d| d.commit.clone()))
-        .bind(col(|d| d.url.clone()))
-        .bind(col(|d| d.actor.clone()))
-        .bind(col(|d| serde_json::to_string(&d.flags).ok()))
-        .bind(col(|d| {
-            (!d.commit_times.is_empty())
-                .then(|| serde_json::to_string(&d.commit_times).ok())
-                .flatten()
-        }))
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(ids.into_iter().collect())
+        let columns = [
+            Unnest::Text("id", |d: &DeployEvent| Some(&d.id)),
+            Unnest::Text("service", |d| Some(&d.service)),
+            Unnest::Text("environment", |d| d.environment.as_deref()),
+            Unnest::Text("version", |d| Some(&d.version)),
+            Unnest::Text("previous_version", |d| d.previous_version.as_deref()),
+            Unnest::Text("status", |d| Some(d.status.as_str())),
+            Unnest::Text("strategy", |d| d.strategy.map(|s| s.as_str())),
+            Unnest::Text("step", |d| d.step.as_deref()),
+            Unnest::Time("started_at", |d| Some(d.started_at)),
+            Unnest::Time("finished_at", |d| d.finished_at),
+            Unnest::Text("commit_sha", |d| d.commit.as_deref()),
+            Unnest::Text("url", |d| d.url.as_deref()),
+            Unnest::Text("actor", |d| d.actor.as_deref()),
+            Unnest::Json("flags", "jsonb", |d| serde_json::to_string(&d.flags).ok()),
+            Unnest::Json("commit_times", "jsonb", |d| {
+                (!d.commit_times.is_empty())
+                    .then(|| serde_json::to_string(&d.commit_times).ok())
+                    .flatten()
+            }),
+        ];
+        unnest::insert_new(&mut self.tx, "deploys", deploys, &columns).await
     }
 
     async fn insert_gates(&mut self, gates: &[GateResult]) -> Result<HashSet<String>> {
         if gates.is_empty() {
             return Ok(HashSet::new());
         }
-        let col = |f: fn(&GateResult) -> Option<String>| gates.iter().map(f).collect::<Vec<_>>();
-        let num = |f: fn(&GateResult) -> Option<f64>| gates.iter().map(f).collect::<Vec<_>>();
-        let ids: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO gate_results (id, service, environment, version, deploy_id, gate, metric, comparison,
-                                       threshold, baseline, observed, window_text, step, verdict, evaluated_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::float8[], $10::float8[], $11::float8[], $12::text[],
-                                  $13::text[], $14::text[], $15::timestamptz[])
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-        )
-        .bind(col(|g| Some(g.id.clone())))
-        .bind(col(|g| Some(g.service.clone())))
-        .bind(col(|g| g.environment.clone()))
-        .bind(col(|g| g.version.clone()))
-        .bind(col(|g| g.deploy_id.clone()))
-        .bind(col(|g| Some(g.gate.clone())))
-        .bind(col(|g| g.metric.clone()))
-        .bind(col(|g| g.comparison.clone()))
-        .bind(num(|g| g.threshold))
-        .bind(num(|g| g.baseline))
-        .bind(num(|g| g.observed))
-        .bind(col(|g| g.window.clone()))
-        .bind(col(|g| g.step.clone()))
-        .bind(col(|g| Some(g.verdict.as_str().to_string())))
-        .bind(gates.iter().map(|g| g.evaluated_at).collect::<Vec<_>>())
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(ids.into_iter().collect())
+        let columns = [
+            Unnest::Text("id", |g: &GateResult| Some(&g.id)),
+            Unnest::Text("service", |g| Some(&g.service)),
+            Unnest::Text("environment", |g| g.environment.as_deref()),
+            Unnest::Text("version", |g| g.version.as_deref()),
+            Unnest::Text("deploy_id", |g| g.deploy_id.as_deref()),
+            Unnest::Text("gate", |g| Some(&g.gate)),
+            Unnest::Text("metric", |g| g.metric.as_deref()),
+            Unnest::Text("comparison", |g| g.comparison.as_deref()),
+            Unnest::Float("threshold", |g| g.threshold),
+            Unnest::Float("baseline", |g| g.baseline),
+            Unnest::Float("observed", |g| g.observed),
+            Unnest::Text("window_text", |g| g.window.as_deref()),
+            Unnest::Text("step", |g| g.step.as_deref()),
+            Unnest::Text("verdict", |g| Some(g.verdict.as_str())),
+            Unnest::Time("evaluated_at", |g| Some(g.evaluated_at)),
+        ];
+        unnest::insert_new(&mut self.tx, "gate_results", gates, &columns).await
     }
 
     async fn insert_logs(&mut self, lines: &[LogLine]) -> Result<u64> {
@@ -558,54 +463,32 @@ impl DialectTx for PgTx {
             return Ok(0);
         }
         let (streams, stream_ids) = crate::log_streams(lines);
-        let (stream_keys, stream_labels): (Vec<String>, Vec<String>) = streams.into_iter().unzip();
-        sqlx::query(
-            "INSERT INTO log_streams (id, labels)
-             SELECT id, labels::json FROM unnest($1::text[], $2::text[]) AS t(id, labels)
-             ON CONFLICT (id) DO NOTHING",
+        let columns = [
+            Unnest::Text("id", |(id, _): &(String, String)| Some(id)),
+            Unnest::Json("labels", "json", |(_, labels)| Some(labels.clone())),
+        ];
+        Bulk::new(
+            "log_streams",
+            &streams,
+            &columns,
+            "ON CONFLICT (id) DO NOTHING",
         )
-        .bind(stream_keys)
-        .bind(stream_labels)
-        .execute(&mut *self.tx)
+        .execute(&mut self.tx)
         .await?;
-        let n = lines.len();
-        let (mut ids, mut services, mut envs, mut ats, mut levels, mut messages, mut labels) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for l in lines {
-            ids.push(l.id.as_str());
-            services.push(l.service.as_str());
-            envs.push(l.environment.as_deref());
-            ats.push(l.at);
-            levels.push(l.level.as_deref());
-            messages.push(l.message.as_str());
-            labels.push(labels_json(&l.metadata));
-        }
-        let done = sqlx::query(
-            "INSERT INTO log_lines (id, service, environment, at, level, message, labels, stream_id)
-             SELECT id, service, environment, at, level, message, labels::json, stream_id
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
-                         $8::text[])
-                  AS t(id, service, environment, at, level, message, labels, stream_id)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(ids)
-        .bind(services)
-        .bind(envs)
-        .bind(ats)
-        .bind(levels)
-        .bind(messages)
-        .bind(labels)
-        .bind(stream_ids)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(done.rows_affected())
+        let lines: Vec<(&LogLine, String)> = lines.iter().zip(stream_ids).collect();
+        let columns = [
+            Unnest::Text("id", |(l, _): &(&LogLine, String)| Some(&l.id)),
+            Unnest::Text("service", |(l, _)| Some(&l.service)),
+            Unnest::Text("environment", |(l, _)| l.environment.as_deref()),
+            Unnest::Time("at", |(l, _)| Some(l.at)),
+            Unnest::Text("level", |(l, _)| l.level.as_deref()),
+            Unnest::Text("message", |(l, _)| Some(&l.message)),
+            Unnest::Json("labels", "json", |(l, _)| Some(labels_json(&l.metadata))),
+            Unnest::Text("stream_id", |(_, stream)| Some(stream)),
+        ];
+        Bulk::new("log_lines", &lines, &columns, "ON CONFLICT (id) DO NOTHING")
+            .execute(&mut self.tx)
+            .await
     }
 
     async fn resolve_incidents(&mut self, incidents: &[(i64, DateTime<Utc>)]) -> Result<Vec<i64>> {

@@ -137,23 +137,23 @@ impl<D: Dialect> ActionItemStore for Db<D> {
         if next == now {
             return Ok(now);
         }
-        let rows = tx
-            .fetch(
-                q(format!(
-                    "UPDATE action_items SET title = $2, owner = $3, due = $4, priority = $5,
-                         status = $6, updated_at = $7
-                     WHERE id = $1 RETURNING {COLUMNS}"
-                ))
-                .bind(id)
-                .bind(&next.title)
-                .bind(&next.owner)
-                .bind(&next.due)
-                .bind(&next.priority)
-                .bind(&next.status)
-                .bind(audit.at),
-            )
-            .await?;
-        let row = first(&rows)?;
+        let row = fetch_one(
+            &mut tx,
+            q(format!(
+                "UPDATE action_items SET title = $2, owner = $3, due = $4, priority = $5,
+                     status = $6, updated_at = $7
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ))
+            .bind(id)
+            .bind(&next.title)
+            .bind(&next.owner)
+            .bind(&next.due)
+            .bind(&next.priority)
+            .bind(&next.status)
+            .bind(audit.at),
+            item_row,
+        )
+        .await?;
         commit_with(tx, &about(audit, id), entries).await?;
         Ok(row)
     }
@@ -171,20 +171,20 @@ impl<D: Dialect> ActionItemStore for Db<D> {
                 "action item {id} is already in {t} as {key}"
             )));
         }
-        let rows = tx
-            .fetch(
-                q(format!(
-                    "UPDATE action_items SET tracker = $2, export_state = 'pending', export_error = NULL,
-                         export_attempts = 0, export_next_at = $3, export_claimed_until = NULL,
-                         updated_at = $3
-                     WHERE id = $1 RETURNING {COLUMNS}"
-                ))
-                .bind(id)
-                .bind(tracker)
-                .bind(audit.at),
-            )
-            .await?;
-        let row = first(&rows)?;
+        let row = fetch_one(
+            &mut tx,
+            q(format!(
+                "UPDATE action_items SET tracker = $2, export_state = 'pending', export_error = NULL,
+                     export_attempts = 0, export_next_at = $3, export_claimed_until = NULL,
+                     updated_at = $3
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ))
+            .bind(id)
+            .bind(tracker)
+            .bind(audit.at),
+            item_row,
+        )
+        .await?;
         commit_with(tx, &about(audit, id), &[]).await?;
         Ok(row)
     }
@@ -266,18 +266,18 @@ impl<D: Dialect> ActionItemStore for Db<D> {
         if now.status == word.status {
             return Ok(Some(now));
         }
-        let rows = tx
-            .fetch(
-                q(format!(
-                    "UPDATE action_items SET status = $2, updated_at = $3 WHERE id = $1
-                     RETURNING {COLUMNS}"
-                ))
-                .bind(now.id)
-                .bind(word.status)
-                .bind(word.at),
-            )
-            .await?;
-        let row = first(&rows)?;
+        let row = fetch_one(
+            &mut tx,
+            q(format!(
+                "UPDATE action_items SET status = $2, updated_at = $3 WHERE id = $1
+                 RETURNING {COLUMNS}"
+            ))
+            .bind(now.id)
+            .bind(word.status)
+            .bind(word.at),
+            item_row,
+        )
+        .await?;
         let entry = entry_for(&row);
         commit_with(tx, &about(audit, row.id), &[entry]).await?;
         Ok(Some(row))
