@@ -664,10 +664,6 @@ async fn commit_if_changed<T: DialectTx>(
     Ok(true)
 }
 
-/// Appends audit rows, each hashed with the one before it, under a lock.
-/// Ids are given here (the last id plus one), not by the database's
-/// sequence, so a rolled-back write leaves no gap: in a keyed chain a
-/// missing id is a removed row.
 /// An append-only log keyed by its owner and each entry's ref, so that a
 /// replayed entry changes nothing: the service timeline and rollout events.
 struct Log {

@@ -19,6 +19,10 @@ pub fn set_audit_key(key: &[u8]) -> bool {
     AUDIT_KEY.set(key.to_vec()).is_ok() || AUDIT_KEY.get().is_some_and(|k| k == key)
 }
 
+/// Appends audit rows, each hashed with the one before it, under a lock.
+/// Ids are given here (the last id plus one), not by the database's
+/// sequence, so a rolled-back write leaves no gap: in a keyed chain a
+/// missing id is a removed row.
 pub(super) async fn write_audit<T: DialectTx>(tx: &mut T, rows: &[NewAudit]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
