@@ -239,55 +239,53 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_one_header() {
-        let header_of = |e: ApiError, name: HeaderName| {
-            let r = e.into_response();
-            (r.status(), r.headers().get(name).cloned())
-        };
-        assert_eq!(
-            header_of(
+        let bearer = HeaderValue::from_static("Bearer realm=\"firebreak\"");
+        let cases = [
+            (
                 ApiError::Unauthorized("no token".into()),
-                header::WWW_AUTHENTICATE
-            ),
-            (
+                header::WWW_AUTHENTICATE,
                 StatusCode::UNAUTHORIZED,
-                Some(HeaderValue::from_static("Bearer realm=\"firebreak\""))
-            )
-        );
-        let slow = ApiError::SlowDown {
-            retry_after: 7,
-            message: "too many sign-ins".into(),
-        };
-        assert_eq!(
-            header_of(slow, header::RETRY_AFTER),
-            (StatusCode::TOO_MANY_REQUESTS, Some(HeaderValue::from(7u64)))
-        );
-        let backlogged = ApiError::Backlogged {
-            retry_after: 30,
-            message: "the bulk lane is full".into(),
-        };
-        assert_eq!(
-            header_of(backlogged, header::RETRY_AFTER),
+                Some(bearer),
+            ),
             (
+                ApiError::SlowDown {
+                    retry_after: 7,
+                    message: "too many sign-ins".into(),
+                },
+                header::RETRY_AFTER,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(HeaderValue::from(7u64)),
+            ),
+            (
+                ApiError::Backlogged {
+                    retry_after: 30,
+                    message: "the bulk lane is full".into(),
+                },
+                header::RETRY_AFTER,
                 StatusCode::SERVICE_UNAVAILABLE,
-                Some(HeaderValue::from(30u64))
-            )
-        );
-        assert_eq!(
-            header_of(
+                Some(HeaderValue::from(30u64)),
+            ),
+            (
                 ApiError::Unavailable("bus down".into()),
-                header::RETRY_AFTER
+                header::RETRY_AFTER,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(HeaderValue::from(1u64)),
             ),
             (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(HeaderValue::from(1u64))
-            )
-        );
-        assert_eq!(
-            header_of(
                 ApiError::NotFound("no incident 9".into()),
-                header::RETRY_AFTER
+                header::RETRY_AFTER,
+                StatusCode::NOT_FOUND,
+                None,
             ),
-            (StatusCode::NOT_FOUND, None)
-        );
+        ];
+        for (error, name, status, value) in cases {
+            let what = format!("{error:?}");
+            let r = error.into_response();
+            assert_eq!(
+                (r.status(), r.headers().get(name).cloned()),
+                (status, value),
+                "{what}"
+            );
+        }
     }
 }
