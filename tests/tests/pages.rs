@@ -245,6 +245,93 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
     );
 }
 
+/// A held action whose incident has since resolved: approving it through the
+/// page is refused with the reason, the approve form offers "Run it anyway",
+/// and ticked, it runs (audited as forced). The resolved incident's response
+/// form then saves a commander without touching the stage.
+#[tokio::test]
+async fn a_resolved_incident_offers_to_run_a_held_action_anyway_and_saves_its_response() {
+    let app = TestApp::embedded()
+        .config("[automation.manual]\nrequire_approval = true\n")
+        .start()
+        .await;
+    let fb = &app.fb;
+    let (s, b) = fb
+        .post(
+            "/api/v1/flags",
+            &json!({"key": "checkout.new-payment-flow", "enabled": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let incident = seed_incident(fb).await;
+    let (s, held) = fb
+        .post(
+            "/api/v1/actions",
+            &json!({"kind": "kill_switch", "flag": "checkout.new-payment-flow", "incident": incident}),
+        )
+        .await;
+    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
+    let action = held["id"].as_i64().unwrap();
+    // The alert resolves, and with it the incident.
+    let mut resolved = alert_now("xss1", "HighErrorRate", "checkout", 2);
+    resolved["status"] = json!("resolved");
+    resolved["alerts"][0]["status"] = json!("resolved");
+    resolved["alerts"][0]["endsAt"] = json!(chrono::Utc::now().to_rfc3339());
+    let (s, b) = fb.post("/api/v1/alerts/alertmanager", &resolved).await;
+    assert_eq!(s, 202, "{b}");
+    eventually("the incident resolved", Duration::from_secs(20), || async {
+        let (_, i) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+        (i["status"] == "resolved").then_some(())
+    })
+    .await;
+    let operator = person(fb, "olivia", "operator").await;
+
+    let seen = browser(
+        "forced",
+        json!({"base": fb.base, "operator": operator, "incident": incident, "action": action}),
+    )
+    .await;
+
+    assert_eq!(seen["force_offered"], 1, "{seen}");
+    let refused = seen["refused"].as_str().unwrap();
+    assert!(
+        refused.contains(&format!("incident #{incident} was resolved"))
+            && refused.contains("Run it anyway"),
+        "the refusal names why and what to tick: {refused}"
+    );
+    assert_eq!(seen["held_after_refusal"], 1, "{seen}");
+    assert!(
+        seen["approved_said"]
+            .as_str()
+            .unwrap()
+            .starts_with("Approved"),
+        "{seen}"
+    );
+    assert_eq!(
+        (
+            seen["commander_after"].as_str(),
+            seen["stage_choices"].as_i64()
+        ),
+        (Some("user:olivia"), Some(0)),
+        "a resolved incident's response form saves, and offers no stage: {seen}"
+    );
+    let (_, i) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
+    assert_eq!(i["status"], "resolved", "{i}");
+    let (_, a) = fb.get(&format!("/api/v1/actions/{action}")).await;
+    assert_eq!(a["status"], "succeeded", "{a}");
+    let (_, audit) = fb.get(&format!("/api/v1/audit?action={action}")).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "approved"
+                && e["actor"] == "user:olivia"
+                && e["detail"]["forced"] == true),
+        "{audit}"
+    );
+}
+
 /// Two people edit the draft at once: different sections merge by
 /// themselves; the same line shows both versions to resolve; the blameless
 /// check's hints appear as they type; who else is editing is shown.

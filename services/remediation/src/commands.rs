@@ -485,7 +485,7 @@ impl Remediation {
                         .filter(|_| i.incident.status == "resolved")
                     {
                         return Err(CommandError::Conflict(format!(
-                            "incident #{incident} was resolved at {}: action #{id} ({}) would act on a world that has moved on; approve with force to run it anyway (API: {{\"force\": true}})",
+                            "incident #{incident} was resolved at {}: action #{id} ({}) would act on a world that has moved on; approve with force to run it anyway (on the incident page, tick \"Run it anyway\"; in the API, {{\"force\": true}})",
                             at.format("%Y-%m-%d %H:%M UTC"),
                             current.spec.describe
                         )));

@@ -241,6 +241,40 @@ function edit(text, heading, line, replacement) {
   return lines.join("\n");
 }
 
+// An action held on an incident that has since resolved: approving it is
+// refused with the reason; the form offers "Run it anyway", which runs it.
+async function forced() {
+  const out = {};
+  const { context, page } = await person("operator", input.operator);
+  const incidentPage = `${base}/incidents/${input.incident}`;
+  await page.goto(incidentPage);
+  const approve = page.locator(`#held-banner form[action="/actions/${input.action}/approve"]`);
+  out.force_offered = await approve.getByLabel("Run it anyway").count();
+  await approve.getByLabel("I'm sure").check();
+  await Promise.all([page.waitForURL(`**/actions/${input.action}/approve`), approve.getByRole("button", { name: "Approve" }).click()]);
+  out.refused = await page.locator("main").textContent();
+  await shot(page, "approve-refused-resolved");
+  await page.goto(incidentPage);
+  out.held_after_refusal = await approve.count();
+  await shot(page, "run-it-anyway");
+  await approve.getByLabel("I'm sure").check();
+  await approve.getByLabel("Run it anyway").check();
+  await Promise.all([
+    page.waitForURL(`**/incidents/${input.incident}?done=approved#actions`),
+    approve.getByRole("button", { name: "Approve" }).click(),
+  ]);
+  out.approved_said = await page.locator("#actions p.done").textContent();
+  // The response form of a resolved incident saves what it shows (a
+  // commander named afterwards), leaving the stage resolved.
+  await page.locator("#set-commander").fill("user:olivia");
+  await Promise.all([page.waitForURL(`**/incidents/${input.incident}?done=saved#response`), page.locator("#save-response").click()]);
+  out.commander_after = await page.locator("#commander").textContent();
+  out.stage_choices = await page.locator("#set-stage").count();
+  await shot(page, "resolved-response-saved");
+  await context.close();
+  return out;
+}
+
 async function editor() {
   const out = {};
   const url = `${base}/incidents/${input.incident}/postmortem`;
@@ -484,7 +518,7 @@ async function oidcSignIn() {
   return out;
 }
 
-const scenarios = { incident, editor, dense, oidc, "oidc-refusals": oidcRefusals, "oidc-sign-in": oidcSignIn };
+const scenarios = { incident, forced, editor, dense, oidc, "oidc-refusals": oidcRefusals, "oidc-sign-in": oidcSignIn };
 try {
   check(scenarios[scenario], `no scenario ${scenario}`);
   const out = await scenarios[scenario]();
