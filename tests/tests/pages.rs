@@ -53,11 +53,10 @@ async fn seed_incident(fb: &Firebreak) -> i64 {
     .await
 }
 
-/// The incident list, the incident page with its timeline picture, a held
-/// action approved through the page, a note, a viewer on a phone, and the
-/// page without JavaScript.
-#[tokio::test]
-async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
+/// A Firebreak whose manual actions wait for approval, with the kill switch
+/// `checkout.new-payment-flow` on and one incident (`seed_incident`) for
+/// which turning it off is held. Returns the app, the incident and the action.
+async fn held_kill_switch() -> (TestApp, i64, i64) {
     let app = TestApp::embedded()
         .config("[automation.manual]\nrequire_approval = true\n")
         .start()
@@ -80,6 +79,16 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
         .await;
     assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
     let action = held["id"].as_i64().unwrap();
+    (app, incident, action)
+}
+
+/// The incident list, the incident page with its timeline picture, a held
+/// action approved through the page, a note, a viewer on a phone, and the
+/// page without JavaScript.
+#[tokio::test]
+async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
+    let (app, incident, action) = held_kill_switch().await;
+    let fb = &app.fb;
     let (_, detail) = fb.get(&format!("/api/v1/incidents/{incident}")).await;
     let entries = detail["counts"]["timeline_entries"].as_i64().unwrap();
     let (s, b) = fb
@@ -251,27 +260,8 @@ async fn an_operator_reads_the_incident_and_approves_the_held_kill_switch() {
 /// form then saves a commander without touching the stage.
 #[tokio::test]
 async fn a_resolved_incident_offers_to_run_a_held_action_anyway_and_saves_its_response() {
-    let app = TestApp::embedded()
-        .config("[automation.manual]\nrequire_approval = true\n")
-        .start()
-        .await;
+    let (app, incident, action) = held_kill_switch().await;
     let fb = &app.fb;
-    let (s, b) = fb
-        .post(
-            "/api/v1/flags",
-            &json!({"key": "checkout.new-payment-flow", "enabled": true}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let incident = seed_incident(fb).await;
-    let (s, held) = fb
-        .post(
-            "/api/v1/actions",
-            &json!({"kind": "kill_switch", "flag": "checkout.new-payment-flow", "incident": incident}),
-        )
-        .await;
-    assert_eq!((s, held["status"].as_str()), (202, Some("held")), "{held}");
-    let action = held["id"].as_i64().unwrap();
     // The alert resolves, and with it the incident.
     let mut resolved = alert_now("xss1", "HighErrorRate", "checkout", 2);
     resolved["status"] = json!("resolved");
