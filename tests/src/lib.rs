@@ -35,6 +35,14 @@ fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
+/// A name for a database (`sep` `_`) or queue namespace (`sep` `-`) that this
+/// test process owns: `fbtest<sep><pid><sep><what>`. `bash tests/run` drops
+/// the leftovers of processes that have ended
+/// (`tests/support/clean-stale.sh`) and keeps a running suite's.
+pub fn owned_name(sep: char, what: &str) -> String {
+    format!("fbtest{sep}{}{sep}{what}", std::process::id())
+}
+
 /// A fresh PostgreSQL database.
 pub struct Pg {
     pub url: String,
@@ -46,7 +54,7 @@ impl Pg {
         let base = postgres_base();
         let admin_url = format!("{base}/postgres");
         let mut admin = sqlx_connect(&admin_url).await;
-        let name = format!("fbtest_{}", short_id());
+        let name = owned_name('_', &short_id());
         sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
             .await
             .unwrap_or_else(|e| panic!("cannot create test database on {base}: {e}"));
@@ -87,7 +95,7 @@ impl Amqp {
     pub async fn fresh() -> Amqp {
         let amqp = Amqp {
             url: amqp_url(),
-            namespace: format!("fbtest-{}", short_id()),
+            namespace: owned_name('-', &short_id()),
         };
         // Fail early and clearly if the broker is not there.
         let conn = amqp.connect().await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firebreak_tests::{
-    alert_now, client, deploy_now, eventually, free_port, Firebreak, Options, Recorder,
+    alert_now, client, deploy_now, eventually, free_port, owned_name, Firebreak, Options, Recorder,
 };
 use serde_json::{json, Value};
 
@@ -25,7 +25,7 @@ struct Unleash {
 impl Unleash {
     async fn start() -> Unleash {
         let port = free_port();
-        let db = format!("fbtest_unleash_{port}");
+        let db = owned_name('_', &format!("unleash_{port}"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/unleash/start.sh");
         let out = tokio::process::Command::new("bash")
             .arg(&script)
