@@ -87,8 +87,10 @@ run_mode() {
 
   if [ "$mode" = backed ]; then
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-    rabbitmqctl delete_queue "$ns.engine" >/dev/null 2>&1 || true
-    rabbitmqctl delete_queue "$ns.dead" >/dev/null 2>&1 || true
+    # Every lane's queue (engine, urgent) and the dead letters.
+    for q in $(rabbitmqctl list_queues -q name 2>/dev/null | grep "^$ns\\." || true); do
+      rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
+    done
   fi
   rm -rf "$dir"
 }

@@ -140,7 +140,10 @@ PY
   tail -1 "$results"
   cleanup; pids=()
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  for q in engine dead; do rabbitmqctl delete_queue "$ns.$q" >/dev/null 2>&1 || true; done
+  # Every lane's queue (engine, urgent) and the dead letters.
+  for q in $(rabbitmqctl list_queues -q name 2>/dev/null | grep "^$ns\\." || true); do
+    rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
+  done
   rm -rf "$dir"
 }
 
