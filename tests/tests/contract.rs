@@ -347,11 +347,12 @@ fn new_user<'a>(
     }
 }
 
-/// The audit row of an export asked for at `at`.
-fn export_at(at: DateTime<Utc>) -> NewAudit {
+/// An audit row of `event` at `at` (a store method that acts at its audit
+/// row's time then acts at `at`).
+fn audit_at(event: &str, at: DateTime<Utc>) -> NewAudit {
     NewAudit {
         at,
-        ..audit_row("action_item_export")
+        ..audit_row(event)
     }
 }
 
@@ -2598,10 +2599,7 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
         .update_action_item(
             a.id,
             &ActionItemChange::default(),
-            &NewAudit {
-                at,
-                ..audit_row("action_item_changed")
-            },
+            &audit_at("action_item_changed", at),
             &[],
         )
         .await
@@ -2616,10 +2614,7 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
                 owner: Some(None),
                 ..ActionItemChange::default()
             },
-            &NewAudit {
-                at: at + Duration::minutes(1),
-                ..audit_row("action_item_changed")
-            },
+            &audit_at("action_item_changed", at + Duration::minutes(1)),
             &[],
         )
         .await
@@ -2705,13 +2700,13 @@ async fn action_items_change_once_and_leave_through_one_claimed_export(h: &Harne
     );
     assert!(matches!(
         h.store
-            .request_action_item_export(b.id, "jira", &export_at(again))
+            .request_action_item_export(b.id, "jira", &audit_at("action_item_export", again))
             .await,
         Err(StoreError::Conflict(m)) if m.contains("#12")
     ));
     let asked = h
         .store
-        .request_action_item_export(a.id, "jira", &export_at(again))
+        .request_action_item_export(a.id, "jira", &audit_at("action_item_export", again))
         .await
         .unwrap();
     assert_eq!(

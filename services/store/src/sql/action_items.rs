@@ -30,14 +30,6 @@ fn about(audit: &NewAudit, id: i64) -> NewAudit {
     audit
 }
 
-/// The one row a statement returned (`NotFound`: none).
-fn first(rows: &[impl Get]) -> Result<ActionItemRow> {
-    rows.first()
-        .map(item_row)
-        .transpose()?
-        .ok_or(StoreError::NotFound)
-}
-
 async fn one<T: DialectTx>(tx: &mut T, id: i64) -> Result<ActionItemRow> {
     let query = q(format!("SELECT {COLUMNS} FROM action_items WHERE id = $1"))
         .bind(id)
@@ -107,11 +99,11 @@ impl<D: Dialect> ActionItemStore for Db<D> {
     }
 
     async fn action_item(&self, id: i64) -> Result<ActionItemRow> {
-        let rows = self
-            .d
-            .read(q(format!("SELECT {COLUMNS} FROM action_items WHERE id = $1")).bind(id))
-            .await?;
-        first(&rows)
+        self.read_one(
+            q(format!("SELECT {COLUMNS} FROM action_items WHERE id = $1")).bind(id),
+            item_row,
+        )
+        .await
     }
 
     async fn update_action_item(
